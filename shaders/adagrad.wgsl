@@ -1,0 +1,41 @@
+// Adagrad (torch.optim.Adagrad, single-tensor path).
+
+struct AdagradScalars {
+    neg_clr: f32,          // -lr / (1 + (t - 1) * lr_decay)
+    weight_decay: f32,
+    eps: f32,
+    _pad0: f32,
+    _pad1: f32,
+    _pad2: f32,
+    _pad3: f32,
+    _pad4: f32,
+    _pad5: f32,
+    _pad6: f32,
+    _pad7: f32,
+    _pad8: f32,
+    _pad9: f32,
+    _pad10: f32,
+    _pad11: f32,
+    _pad12: f32,
+}
+
+@group(0) @binding(0) var<storage, read> scal: array<AdagradScalars>;
+@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> sum: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = vec_index(wid, nwg, lid);
+    if (i >= arrayLength(&param) || step_skipped()) {
+        return;
+    }
+    let s = scal[group_index(i)];
+    let p = param[i];
+    let g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
+    let acc = sum[i] + (1.0 * g) * g;
+    sum[i] = acc;
+    let std_ = sqrt(acc) + s.eps;
+    param[i] = p + (s.neg_clr * g) / std_;
+}

@@ -1,0 +1,60 @@
+// Adam / AdamW (torch.optim.Adam, single-tensor path). Order of operations as in ATen.
+
+override AMSGRAD: bool = false;
+override DECOUPLED: bool = false;
+
+struct AdamScalars {
+    weight_decay: f32,     // L2 decay added to the gradient (Adam)
+    decay_factor: f32,     // 1 - lr * weight_decay (AdamW)
+    lerp_w: f32,           // 1 - beta1
+    lerp_w1: f32,          // 1 - (1 - beta1), in f32
+    beta2: f32,
+    one_minus_beta2: f32,
+    neg_step_size: f32,    // -lr / (1 - beta1^t)
+    bc2_sqrt: f32,         // sqrt(1 - beta2^t)
+    eps: f32,
+    _pad0: f32,
+    _pad1: f32,
+    _pad2: f32,
+    _pad3: f32,
+    _pad4: f32,
+    _pad5: f32,
+    _pad6: f32,
+}
+
+@group(0) @binding(0) var<storage, read> scal: array<AdamScalars>;
+@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> exp_avg: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = vec_index(wid, nwg, lid);
+    if (i >= arrayLength(&param) || step_skipped()) {
+        return;
+    }
+    let s = scal[group_index(i)];
+    var p = param[i];
+    var g = prep_grad(grad[i]);
+    if (DECOUPLED) {
+        p = p * s.decay_factor;
+    } else {
+        g = l2_decay(g, p, s.weight_decay);
+    }
+    let m = lerp4(exp_avg[i], g, s.lerp_w, s.lerp_w1);
+    exp_avg[i] = m;
+    let v = exp_avg_sq[i] * s.beta2 + (s.one_minus_beta2 * g) * g;
+    exp_avg_sq[i] = v;
+    var denom: vec4<f32>;
+    if (AMSGRAD) {
+        let vmax = max(max_exp_avg_sq[i], v);
+        max_exp_avg_sq[i] = vmax;
+        denom = sqrt(vmax) / s.bc2_sqrt + s.eps;
+    } else {
+        denom = sqrt(v) / s.bc2_sqrt + s.eps;
+    }
+    param[i] = p + (s.neg_step_size * m) / denom;
+}

@@ -1,0 +1,59 @@
+// RMSprop, optionally centered and with momentum (torch.optim.RMSprop, single-tensor path).
+
+override CENTERED: bool = false;
+override MOMENTUM: bool = false;
+
+struct RmsPropScalars {
+    neg_lr: f32,
+    weight_decay: f32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    lerp_w: f32,           // 1 - alpha (grad_avg.lerp_)
+    lerp_w1: f32,          // 1 - (1 - alpha), in f32
+    eps: f32,
+    momentum: f32,
+    _pad0: f32,
+    _pad1: f32,
+    _pad2: f32,
+    _pad3: f32,
+    _pad4: f32,
+    _pad5: f32,
+    _pad6: f32,
+    _pad7: f32,
+}
+
+@group(0) @binding(0) var<storage, read> scal: array<RmsPropScalars>;
+@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> square_avg: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> momentum_buffer: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> grad_avg: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = vec_index(wid, nwg, lid);
+    if (i >= arrayLength(&param) || step_skipped()) {
+        return;
+    }
+    let s = scal[group_index(i)];
+    let p = param[i];
+    let g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
+    let sq = square_avg[i] * s.alpha + (s.one_minus_alpha * g) * g;
+    square_avg[i] = sq;
+    var avg: vec4<f32>;
+    if (CENTERED) {
+        let ga = lerp4(grad_avg[i], g, s.lerp_w, s.lerp_w1);
+        grad_avg[i] = ga;
+        avg = sqrt(sq + (-1.0 * ga) * ga) + s.eps;
+    } else {
+        avg = sqrt(sq) + s.eps;
+    }
+    if (MOMENTUM) {
+        let buf = momentum_buffer[i] * s.momentum + g / avg;
+        momentum_buffer[i] = buf;
+        param[i] = p + s.neg_lr * buf;
+    } else {
+        param[i] = p + (s.neg_lr * g) / avg;
+    }
+}

@@ -1,0 +1,92 @@
+//! The crate's one error type.
+
+use thiserror::Error;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `wgpu-optim`.
+///
+/// Every variant is raised *before* any GPU work is recorded, so an `Err` never leaves
+/// parameters or optimizer state half-updated.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// No GPU adapter could be found.
+    #[error(
+        "no GPU adapter found ({0}). Install a Vulkan driver: on Debian/Ubuntu `apt-get install -y mesa-vulkan-drivers` \
+         (CPU lavapipe), on Windows/macOS a DX12/Metal capable GPU driver; WGPU_BACKEND and WGPU_ADAPTER_NAME select one"
+    )]
+    NoAdapter(String),
+    /// The adapter refused to create a device.
+    #[error("could not create a device on adapter {adapter}: {reason}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// What wgpu said.
+        reason: String,
+    },
+    /// A hyperparameter is out of its valid range.
+    #[error("invalid {name} = {value}: {rule}")]
+    InvalidHyperparameter {
+        /// PyTorch's name of the option, e.g. `lr` or `betas[0]`.
+        name: &'static str,
+        /// The rejected value.
+        value: f64,
+        /// The rule it broke.
+        rule: &'static str,
+    },
+    /// An invalid combination of options (e.g. nesterov without momentum).
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// A tensor name that the parameter set does not contain.
+    #[error("unknown tensor `{0}`")]
+    UnknownTensor(String),
+    /// A state key the optimizer does not keep (with the keys it does keep).
+    #[error("unknown state `{key}` for {optimizer}; it keeps {known:?}")]
+    UnknownState {
+        /// The requested key.
+        key: String,
+        /// Optimizer name.
+        optimizer: &'static str,
+        /// The keys that exist for this configuration.
+        known: Vec<&'static str>,
+    },
+    /// A tensor name used twice.
+    #[error("duplicate tensor name `{0}`")]
+    DuplicateName(String),
+    /// An empty tensor name, an empty tensor, or an empty parameter list.
+    #[error("empty input: {0}")]
+    Empty(String),
+    /// Data of the wrong length for a tensor.
+    #[error("tensor `{name}` has {expected} elements, got {got}")]
+    LengthMismatch {
+        /// Tensor name.
+        name: String,
+        /// Its length.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// A tensor split across arena chunks cannot be bound as one buffer range.
+    #[error("tensor `{0}` spans several arena chunks and cannot be bound as one buffer range")]
+    SplitTensor(String),
+    /// The parameter set is not the one this optimizer was built for, or lives on another device.
+    #[error("parameters mismatch: {0}")]
+    ParamsMismatch(String),
+    /// The request does not fit the device's limits.
+    #[error("device limit exceeded: {0}")]
+    DeviceLimit(String),
+    /// Reading data back from the GPU failed.
+    #[error("GPU read-back failed: {0}")]
+    ReadBack(String),
+}
+
+/// Check that a hyperparameter is finite and satisfies `ok`.
+pub(crate) fn check(name: &'static str, value: f64, ok: bool, rule: &'static str) -> Result<()> {
+    if value.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidHyperparameter { name, value, rule })
+    }
+}

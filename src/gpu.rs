@@ -1,0 +1,251 @@
+//! The device handle: adapter choice, limits, and a cache of compiled pipelines.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A wgpu device and queue with the adapter's real limits, cheap to clone.
+///
+/// ```no_run
+/// let gpu = wgpu_optim::Gpu::new()?;
+/// println!("{} on {:?}", gpu.info().name, gpu.info().backend);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+}
+
+/// Cache key of a compiled pipeline: the shader and its specialisation constants.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineKey {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub constants: Vec<(&'static str, bool)>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Open the default adapter, blocking.
+    ///
+    /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`), `WGPU_ADAPTER_NAME` (a
+    /// case-insensitive substring of the adapter name) and `WGPU_POWER_PREF`, as wgpu's own
+    /// helpers do, and requests the adapter's full limits (wgpu's defaults would cap one storage
+    /// binding at 128 MiB).
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// Async form of [`Gpu::new`].
+    pub async fn new_async() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(wanted) => {
+                let wanted = wanted.to_lowercase();
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            "WGPU_ADAPTER_NAME={wanted} matches none of {names:?}"
+                        ))
+                    })?
+            }
+            Err(_) => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(e.to_string()))?,
+        };
+        let info = adapter.get_info();
+        let wanted =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-optim"),
+                required_features: adapter.features() & wanted,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::from_device(device, queue))
+    }
+
+    /// Wrap a device and queue the caller already has (e.g. the one their model runs on).
+    ///
+    /// The limits used for chunking are the device's own, so request large
+    /// `max_storage_buffer_binding_size`/`max_buffer_size` when you create it.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let info = device.adapter_info();
+        let limits = device.limits();
+        Gpu {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                limits,
+                pipelines: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter's name, backend, driver, ...
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// Whether GPU timestamp queries are available (used by the benchmarks).
+    pub fn has_timestamps(&self) -> bool {
+        self.device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Largest storage binding this crate will use, in bytes (a multiple of 256).
+    pub fn max_binding_bytes(&self) -> u64 {
+        let l = self.limits();
+        (l.max_storage_buffer_binding_size as u64).min(l.max_buffer_size) / 256 * 256
+    }
+
+    /// Whether two handles share one device.
+    pub fn same_device(&self, other: &Gpu) -> bool {
+        self.inner.device == other.inner.device
+    }
+
+    /// A compute pipeline for `source`, specialised by boolean `override` constants, compiled once.
+    ///
+    /// `trusted`: the shader only indexes in bounds (checked by construction on the host), so
+    /// naga's runtime bounds checks are left out.
+    pub(crate) fn pipeline(
+        &self,
+        key: PipelineKey,
+        source: &str,
+        layout: &wgpu::PipelineLayout,
+        trusted: bool,
+    ) -> wgpu::ComputePipeline {
+        let mut cache = self
+            .inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(&key) {
+            return p.clone();
+        }
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(key.shader),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
+        let module = if trusted {
+            // SAFETY: every array access in our kernels is proven in bounds on the host: the
+            // dispatch covers whole 256-vec4 blocks of buffers whose lengths are multiples of
+            // 1024 elements and each thread's index is checked against the block count first.
+            unsafe {
+                self.device()
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        } else {
+            self.device().create_shader_module(desc)
+        };
+        let constants: Vec<(&str, f64)> = key
+            .constants
+            .iter()
+            .map(|&(n, v)| (n, if v { 1.0 } else { 0.0 }))
+            .collect();
+        let pipeline = self
+            .device()
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(key.shader),
+                layout: Some(layout),
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        cache.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Copy `pieces` (buffer, byte offset, byte length) into one host vector. Blocks.
+    pub(crate) fn read_pieces(&self, pieces: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
+        let total: u64 = pieces.iter().map(|p| p.2).sum();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-optim read-back"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut at = 0;
+        for &(buf, off, len) in pieces {
+            enc.copy_buffer_to_buffer(buf, off, &staging, at, len);
+            at += len;
+        }
+        self.queue().submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::ReadBack(e.to_string()))?
+            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::ReadBack(e.to_string()))?;
+            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

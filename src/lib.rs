@@ -1,0 +1,42 @@
+//! # wgpu-optim
+//!
+//! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad) written
+//! as WGSL compute shaders and dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with
+//! torch.optim's semantics.
+//!
+//! Parameters and gradients live in a flat GPU arena ([`Params`]); an optimizer keeps its state
+//! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
+//! queue submit, with no host read-back.
+//!
+//! ```no_run
+//! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+//!
+//! let gpu = Gpu::new()?;
+//! let w0 = vec![0.5f32; 1000];
+//! let mut params = Params::new(&gpu, &[("w", &w0[..])])?;
+//! let mut opt = Adam::new(&params, AdamConfig { lr: 1e-3, ..Default::default() })?;
+//! for _ in 0..10 {
+//!     params.write_grad("w", &vec![0.1; 1000])?;
+//!     opt.step(&mut params)?;
+//! }
+//! let w = params.read("w")?;
+//! let m = opt.state("exp_avg", "w")?;
+//! # Ok::<(), wgpu_optim::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod gpu;
+mod kernel;
+pub mod optim;
+mod params;
+pub mod reference;
+
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use optim::{
+    Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, RmsProp,
+    RmsPropConfig, Sgd, SgdConfig,
+};
+pub use params::{Params, Piece, CHUNK_ALIGN, TENSOR_ALIGN};
+pub use wgpu;

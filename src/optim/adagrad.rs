@@ -1,0 +1,107 @@
+//! Adagrad (`torch.optim.Adagrad`).
+
+use super::{widen, Optim, OptimizerConfig, SCALARS};
+use crate::error::{check, Result};
+
+/// Adagrad.
+pub type Adagrad = Optim<AdagradConfig>;
+
+/// Options of [`Adagrad`], with PyTorch's names and defaults.
+///
+/// ```
+/// let cfg = wgpu_optim::AdagradConfig { lr_decay: 1e-3, ..Default::default() };
+/// assert_eq!(cfg.eps, 1e-10);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdagradConfig {
+    /// Learning rate (default 1e-2).
+    pub lr: f32,
+    /// Learning-rate decay: step t uses `lr / (1 + (t - 1) * lr_decay)` (0).
+    pub lr_decay: f32,
+    /// L2 penalty (0).
+    pub weight_decay: f32,
+    /// Starting value of the squared-gradient sum (0).
+    pub initial_accumulator_value: f32,
+    /// Added to the denominator (1e-10).
+    pub eps: f32,
+    /// Maximize the objective (false).
+    pub maximize: bool,
+}
+
+impl Default for AdagradConfig {
+    fn default() -> Self {
+        AdagradConfig {
+            lr: 1e-2,
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+            maximize: false,
+        }
+    }
+}
+
+impl OptimizerConfig for AdagradConfig {
+    const NAME: &'static str = "Adagrad";
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/adagrad.wgsl")
+    );
+    const SLOTS: &'static [&'static str] = &["sum"];
+
+    fn validate(&self) -> Result<()> {
+        check("lr", self.lr as f64, self.lr >= 0.0, "must be >= 0")?;
+        check(
+            "lr_decay",
+            self.lr_decay as f64,
+            self.lr_decay >= 0.0,
+            "must be >= 0",
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay as f64,
+            self.weight_decay >= 0.0,
+            "must be >= 0",
+        )?;
+        let iav = self.initial_accumulator_value;
+        check(
+            "initial_accumulator_value",
+            iav as f64,
+            iav >= 0.0,
+            "must be >= 0",
+        )?;
+        check("eps", self.eps as f64, self.eps >= 0.0, "must be >= 0")
+    }
+
+    fn uses_state(&self, _key: &str) -> bool {
+        true
+    }
+
+    fn state_init(&self, _key: &str) -> f32 {
+        self.initial_accumulator_value
+    }
+
+    fn constants(&self) -> Vec<(&'static str, bool)> {
+        Vec::new()
+    }
+
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn scalars(&self, t: u64) -> [f32; SCALARS] {
+        let step = t as f64;
+        let clr = widen(self.lr) / (1.0 + (step - 1.0) * widen(self.lr_decay));
+        let mut s = [0.0; SCALARS];
+        s[..3].copy_from_slice(&[(-clr) as f32, self.weight_decay, self.eps]);
+        s
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}

@@ -1,0 +1,140 @@
+//! Adam and AdamW (`torch.optim.Adam` / `torch.optim.AdamW`).
+
+use super::{widen, Optim, OptimizerConfig, SCALARS};
+use crate::error::{check, Result};
+
+/// Adam, or AdamW with `decoupled_weight_decay: true`.
+pub type Adam = Optim<AdamConfig>;
+
+/// Options of [`Adam`], with PyTorch's names and defaults.
+///
+/// ```
+/// use wgpu_optim::AdamConfig;
+/// let adam = AdamConfig { lr: 3e-4, ..Default::default() };
+/// let adamw = AdamConfig::adamw(); // lr 1e-3, weight_decay 1e-2, decoupled
+/// assert!(adamw.decoupled_weight_decay && adam.betas == (0.9, 0.999));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate (default 1e-3).
+    pub lr: f32,
+    /// Coefficients of the running averages of the gradient and its square (0.9, 0.999).
+    pub betas: (f32, f32),
+    /// Added to the denominator (1e-8).
+    pub eps: f32,
+    /// Weight decay (0; AdamW's default is 1e-2).
+    pub weight_decay: f32,
+    /// Use the AMSGrad variant (false).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing (false).
+    pub maximize: bool,
+    /// AdamW: decay the weights directly (`p *= 1 - lr * wd`) instead of adding `wd * p` to the
+    /// gradient (false).
+    pub decoupled_weight_decay: bool,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            maximize: false,
+            decoupled_weight_decay: false,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// `torch.optim.AdamW`'s defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+    /// weight_decay 1e-2, decoupled weight decay.
+    pub fn adamw() -> Self {
+        AdamConfig {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..Default::default()
+        }
+    }
+}
+
+impl OptimizerConfig for AdamConfig {
+    const NAME: &'static str = "Adam";
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/adam.wgsl")
+    );
+    const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
+
+    fn validate(&self) -> Result<()> {
+        let (b1, b2) = (self.betas.0 as f64, self.betas.1 as f64);
+        check("lr", self.lr as f64, self.lr >= 0.0, "must be >= 0")?;
+        check("eps", self.eps as f64, self.eps >= 0.0, "must be >= 0")?;
+        check(
+            "betas[0]",
+            b1,
+            (0.0..1.0).contains(&b1),
+            "must be in [0, 1)",
+        )?;
+        check(
+            "betas[1]",
+            b2,
+            (0.0..1.0).contains(&b2),
+            "must be in [0, 1)",
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay as f64,
+            self.weight_decay >= 0.0,
+            "must be >= 0",
+        )
+    }
+
+    fn uses_state(&self, key: &str) -> bool {
+        key != "max_exp_avg_sq" || self.amsgrad
+    }
+
+    fn constants(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("AMSGRAD", self.amsgrad),
+            ("DECOUPLED", self.decoupled_weight_decay),
+        ]
+    }
+
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn scalars(&self, t: u64) -> [f32; SCALARS] {
+        let (lr, wd) = (widen(self.lr), widen(self.weight_decay));
+        let (beta1, beta2) = (widen(self.betas.0), widen(self.betas.1));
+        let step = t as f64;
+        let bias_correction1 = 1.0 - beta1.powf(step);
+        let bias_correction2 = 1.0 - beta2.powf(step);
+        let step_size = lr / bias_correction1;
+        let bias_correction2_sqrt = bias_correction2.powf(0.5);
+        let lerp_w = (1.0 - beta1) as f32;
+        let mut s = [0.0; SCALARS];
+        s[..9].copy_from_slice(&[
+            wd as f32,
+            (1.0 - lr * wd) as f32,
+            lerp_w,
+            1.0 - lerp_w,
+            beta2 as f32,
+            (1.0 - beta2) as f32,
+            (-step_size) as f32,
+            bias_correction2_sqrt as f32,
+            widen(self.eps) as f32,
+        ]);
+        s
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}

@@ -1,0 +1,121 @@
+//! RMSprop, optionally centered and with momentum (`torch.optim.RMSprop`).
+
+use super::{widen, Optim, OptimizerConfig, SCALARS};
+use crate::error::{check, Result};
+
+/// RMSprop.
+pub type RmsProp = Optim<RmsPropConfig>;
+
+/// Options of [`RmsProp`], with PyTorch's names and defaults.
+///
+/// ```
+/// let cfg = wgpu_optim::RmsPropConfig { centered: true, ..Default::default() };
+/// assert_eq!((cfg.lr, cfg.alpha), (1e-2, 0.99));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsPropConfig {
+    /// Learning rate (default 1e-2).
+    pub lr: f32,
+    /// Smoothing constant of the squared-gradient average (0.99).
+    pub alpha: f32,
+    /// Added to the denominator (1e-8).
+    pub eps: f32,
+    /// L2 penalty (0).
+    pub weight_decay: f32,
+    /// Momentum factor (0).
+    pub momentum: f32,
+    /// Normalise by an estimate of the gradient's variance (false).
+    pub centered: bool,
+    /// Maximize the objective (false).
+    pub maximize: bool,
+}
+
+impl Default for RmsPropConfig {
+    fn default() -> Self {
+        RmsPropConfig {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+        }
+    }
+}
+
+impl OptimizerConfig for RmsPropConfig {
+    const NAME: &'static str = "RMSprop";
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/rmsprop.wgsl")
+    );
+    const SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
+
+    fn validate(&self) -> Result<()> {
+        check("lr", self.lr as f64, self.lr >= 0.0, "must be >= 0")?;
+        check("eps", self.eps as f64, self.eps >= 0.0, "must be >= 0")?;
+        check(
+            "momentum",
+            self.momentum as f64,
+            self.momentum >= 0.0,
+            "must be >= 0",
+        )?;
+        check(
+            "weight_decay",
+            self.weight_decay as f64,
+            self.weight_decay >= 0.0,
+            "must be >= 0",
+        )?;
+        check(
+            "alpha",
+            self.alpha as f64,
+            self.alpha >= 0.0,
+            "must be >= 0",
+        )
+    }
+
+    fn uses_state(&self, key: &str) -> bool {
+        match key {
+            "momentum_buffer" => self.momentum > 0.0,
+            "grad_avg" => self.centered,
+            _ => true,
+        }
+    }
+
+    fn constants(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("CENTERED", self.centered),
+            ("MOMENTUM", self.momentum > 0.0),
+        ]
+    }
+
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn scalars(&self, _t: u64) -> [f32; SCALARS] {
+        let alpha = widen(self.alpha);
+        let lerp_w = (1.0 - alpha) as f32;
+        let mut s = [0.0; SCALARS];
+        s[..8].copy_from_slice(&[
+            (-widen(self.lr)) as f32,
+            self.weight_decay,
+            self.alpha,
+            (1.0 - alpha) as f32,
+            lerp_w,
+            1.0 - lerp_w,
+            self.eps,
+            self.momentum,
+        ]);
+        s
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}

@@ -1,0 +1,109 @@
+//! Stochastic gradient descent with momentum, dampening and Nesterov (`torch.optim.SGD`).
+
+use super::{widen, Optim, OptimizerConfig, SCALARS};
+use crate::error::{check, Error, Result};
+
+/// SGD, optionally with (Nesterov) momentum.
+pub type Sgd = Optim<SgdConfig>;
+
+/// Options of [`Sgd`], with PyTorch's names and defaults.
+///
+/// ```
+/// let cfg = wgpu_optim::SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() };
+/// assert_eq!(cfg.dampening, 0.0);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate (default 1e-3).
+    pub lr: f32,
+    /// Momentum factor (0: plain SGD).
+    pub momentum: f32,
+    /// Dampening of the momentum (0).
+    pub dampening: f32,
+    /// L2 penalty (0).
+    pub weight_decay: f32,
+    /// Nesterov momentum; needs momentum > 0 and dampening 0 (false).
+    pub nesterov: bool,
+    /// Maximize the objective (false).
+    pub maximize: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            lr: 1e-3,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            maximize: false,
+        }
+    }
+}
+
+impl OptimizerConfig for SgdConfig {
+    const NAME: &'static str = "SGD";
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/sgd.wgsl")
+    );
+    const SLOTS: &'static [&'static str] = &["momentum_buffer"];
+
+    fn validate(&self) -> Result<()> {
+        check("lr", self.lr as f64, self.lr >= 0.0, "must be >= 0")?;
+        check(
+            "momentum",
+            self.momentum as f64,
+            self.momentum >= 0.0,
+            "must be >= 0",
+        )?;
+        check("dampening", self.dampening as f64, true, "must be finite")?;
+        check(
+            "weight_decay",
+            self.weight_decay as f64,
+            self.weight_decay >= 0.0,
+            "must be >= 0",
+        )?;
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::InvalidOptions(
+                "Nesterov momentum requires a momentum and zero dampening".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn uses_state(&self, _key: &str) -> bool {
+        self.momentum != 0.0
+    }
+
+    fn constants(&self) -> Vec<(&'static str, bool)> {
+        vec![
+            ("MOMENTUM", self.momentum != 0.0),
+            ("NESTEROV", self.nesterov),
+        ]
+    }
+
+    fn maximize(&self) -> bool {
+        self.maximize
+    }
+
+    fn scalars(&self, t: u64) -> [f32; SCALARS] {
+        let mut s = [0.0; SCALARS];
+        s[..5].copy_from_slice(&[
+            (-widen(self.lr)) as f32,
+            self.weight_decay,
+            self.momentum,
+            (1.0 - widen(self.dampening)) as f32,
+            if t == 1 { 1.0 } else { 0.0 },
+        ]);
+        s
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}

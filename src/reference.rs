@@ -1,0 +1,219 @@
+//! CPU reference implementations, on ndarray: one plain function per optimizer, line by line
+//! the algorithm of PyTorch's single-tensor path (`foreach=False`) and of our shaders, in f32
+//! with the per-step scalars computed in f64.
+//!
+//! The tests compare every GPU kernel against these; they are public so you can check your own
+//! runs.
+//!
+//! ```
+//! use ndarray::array;
+//! use wgpu_optim::{reference, AdamConfig};
+//! let cfg = AdamConfig::default();
+//! let mut p = array![1.0f32, -2.0];
+//! let mut state = reference::State::new(&cfg, p.len());
+//! reference::adam(&cfg, &mut p, &array![0.5, 0.5], &mut state);
+//! assert!((p[0] - (1.0 - 1e-3)).abs() < 1e-6); // first Adam step moves by ~lr
+//! ```
+
+use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
+use ndarray::Array1;
+
+/// Optimizer state of one tensor: the step count and PyTorch's named buffers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// Steps taken.
+    pub step: u64,
+    buffers: Vec<(&'static str, Array1<f32>)>,
+}
+
+impl State {
+    /// Fresh state for a tensor of `len` elements, initialised as PyTorch does.
+    pub fn new<C: OptimizerConfig>(config: &C, len: usize) -> State {
+        let buffers = C::SLOTS
+            .iter()
+            .filter(|k| config.uses_state(k))
+            .map(|&k| (k, Array1::from_elem(len, config.state_init(k))))
+            .collect();
+        State { step: 0, buffers }
+    }
+
+    /// A state buffer by PyTorch's key, if this configuration keeps it.
+    pub fn get(&self, key: &str) -> Option<&Array1<f32>> {
+        self.buffers.iter().find(|(k, _)| *k == key).map(|(_, b)| b)
+    }
+
+    /// Mutable access to a state buffer.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Array1<f32>> {
+        self.buffers
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b)
+    }
+
+    /// The keys kept.
+    pub fn keys(&self) -> Vec<&'static str> {
+        self.buffers.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn take(&mut self, key: &str) -> Array1<f32> {
+        self.get_mut(key).map(std::mem::take).unwrap_or_default()
+    }
+
+    fn put(&mut self, key: &str, value: Array1<f32>) {
+        if let Some(b) = self.get_mut(key) {
+            *b = value;
+        }
+    }
+}
+
+/// torch.lerp for a scalar weight, as ATen evaluates it.
+fn lerp(start: f32, end: f32, w: f32) -> f32 {
+    if w.abs() < 0.5 {
+        start + w * (end - start)
+    } else {
+        end - (end - start) * (1.0 - w)
+    }
+}
+
+/// `grad.add(param, alpha=weight_decay)` when weight_decay != 0.
+fn l2(g: f32, p: f32, wd: f32) -> f32 {
+    if wd != 0.0 {
+        g + wd * p
+    } else {
+        g
+    }
+}
+
+fn maybe_neg(g: f32, maximize: bool) -> f32 {
+    if maximize {
+        -g
+    } else {
+        g
+    }
+}
+
+/// One step of `torch.optim.SGD` on one tensor.
+pub fn sgd(cfg: &SgdConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let first = state.step == 1;
+    let neg_lr = (-widen(cfg.lr)) as f32;
+    let one_minus_dampening = (1.0 - widen(cfg.dampening)) as f32;
+    let mut buf = state.take("momentum_buffer");
+    for i in 0..param.len() {
+        let p = param[i];
+        let mut g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        if cfg.momentum != 0.0 {
+            buf[i] = if first {
+                g
+            } else {
+                buf[i] * cfg.momentum + one_minus_dampening * g
+            };
+            g = if cfg.nesterov {
+                g + cfg.momentum * buf[i]
+            } else {
+                buf[i]
+            };
+        }
+        param[i] = p + neg_lr * g;
+    }
+    state.put("momentum_buffer", buf);
+}
+
+/// One step of `torch.optim.Adam` (AdamW when `decoupled_weight_decay`) on one tensor.
+pub fn adam(cfg: &AdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let step = state.step as f64;
+    let (lr, wd) = (widen(cfg.lr), widen(cfg.weight_decay));
+    let (beta1, beta2) = (widen(cfg.betas.0), widen(cfg.betas.1));
+    let bias_correction1 = 1.0 - beta1.powf(step);
+    let bias_correction2 = 1.0 - beta2.powf(step);
+    let neg_step_size = (-(lr / bias_correction1)) as f32;
+    let bias_correction2_sqrt = bias_correction2.powf(0.5) as f32;
+    let (decay, one_minus_beta1, one_minus_beta2) = (
+        (1.0 - lr * wd) as f32,
+        (1.0 - beta1) as f32,
+        (1.0 - beta2) as f32,
+    );
+    let (beta2, eps) = (beta2 as f32, cfg.eps);
+    let mut exp_avg = state.take("exp_avg");
+    let mut exp_avg_sq = state.take("exp_avg_sq");
+    let mut max_exp_avg_sq = state.take("max_exp_avg_sq");
+    for i in 0..param.len() {
+        let mut p = param[i];
+        let mut g = maybe_neg(grad[i], cfg.maximize);
+        if cfg.decoupled_weight_decay {
+            p *= decay;
+        } else {
+            g = l2(g, p, cfg.weight_decay);
+        }
+        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
+        exp_avg_sq[i] = exp_avg_sq[i] * beta2 + (one_minus_beta2 * g) * g;
+        let denom = if cfg.amsgrad {
+            max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
+            max_exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
+        } else {
+            exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
+        };
+        param[i] = p + (neg_step_size * exp_avg[i]) / denom;
+    }
+    state.put("exp_avg", exp_avg);
+    state.put("exp_avg_sq", exp_avg_sq);
+    state.put("max_exp_avg_sq", max_exp_avg_sq);
+}
+
+/// One step of `torch.optim.RMSprop` on one tensor.
+pub fn rmsprop(
+    cfg: &RmsPropConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    state.step += 1;
+    let neg_lr = (-widen(cfg.lr)) as f32;
+    let one_minus_alpha = (1.0 - widen(cfg.alpha)) as f32;
+    let mut square_avg = state.take("square_avg");
+    let mut grad_avg = state.take("grad_avg");
+    let mut buf = state.take("momentum_buffer");
+    for i in 0..param.len() {
+        let p = param[i];
+        let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        square_avg[i] = square_avg[i] * cfg.alpha + (one_minus_alpha * g) * g;
+        let avg = if cfg.centered {
+            grad_avg[i] = lerp(grad_avg[i], g, one_minus_alpha);
+            (square_avg[i] + (-1.0 * grad_avg[i]) * grad_avg[i]).sqrt() + cfg.eps
+        } else {
+            square_avg[i].sqrt() + cfg.eps
+        };
+        if cfg.momentum > 0.0 {
+            buf[i] = buf[i] * cfg.momentum + g / avg;
+            param[i] = p + neg_lr * buf[i];
+        } else {
+            param[i] = p + (neg_lr * g) / avg;
+        }
+    }
+    state.put("square_avg", square_avg);
+    state.put("grad_avg", grad_avg);
+    state.put("momentum_buffer", buf);
+}
+
+/// One step of `torch.optim.Adagrad` on one tensor.
+pub fn adagrad(
+    cfg: &AdagradConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    state.step += 1;
+    let step = state.step as f64;
+    let clr = widen(cfg.lr) / (1.0 + (step - 1.0) * widen(cfg.lr_decay));
+    let neg_clr = (-clr) as f32;
+    let mut sum = state.take("sum");
+    for i in 0..param.len() {
+        let p = param[i];
+        let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        sum[i] += (1.0 * g) * g;
+        let std = sum[i].sqrt() + cfg.eps;
+        param[i] = p + (neg_clr * g) / std;
+    }
+    state.put("sum", sum);
+}
