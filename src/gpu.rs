@@ -2,7 +2,10 @@
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
 /// A wgpu device and queue with the adapter's real limits, cheap to clone.
 ///
@@ -21,6 +24,10 @@ struct Inner {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    dispatch_dim: u32,
+    /// Identity of the device behind this handle (wgpu's own `Device` equality compares ids
+    /// that repeat across instances, so it cannot tell two devices apart).
+    uid: u64,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -108,6 +115,8 @@ impl Gpu {
                 device,
                 queue,
                 info,
+                dispatch_dim: limits.max_compute_workgroups_per_dimension,
+                uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
                 limits,
                 pipelines: Mutex::new(HashMap::new()),
             }),
@@ -134,6 +143,29 @@ impl Gpu {
         &self.inner.limits
     }
 
+    /// A handle on the same device whose dispatches use at most `cap` workgroups per grid
+    /// dimension (at least 1, at most the device's limit). Grids beyond it go 2-D; this lets a
+    /// test exercise the 2-D path without gigabytes of data.
+    pub fn with_dispatch_dim_cap(&self, cap: u32) -> Gpu {
+        let i = &self.inner;
+        Gpu {
+            inner: Arc::new(Inner {
+                device: i.device.clone(),
+                queue: i.queue.clone(),
+                info: i.info.clone(),
+                limits: i.limits.clone(),
+                dispatch_dim: cap.clamp(1, i.limits.max_compute_workgroups_per_dimension),
+                uid: i.uid,
+                pipelines: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Most workgroups per dimension of one dispatch (the device's limit unless capped).
+    pub fn dispatch_dim(&self) -> u32 {
+        self.inner.dispatch_dim
+    }
+
     /// Whether GPU timestamp queries are available (used by the benchmarks).
     pub fn has_timestamps(&self) -> bool {
         self.device()
@@ -147,9 +179,10 @@ impl Gpu {
         (l.max_storage_buffer_binding_size as u64).min(l.max_buffer_size) / 256 * 256
     }
 
-    /// Whether two handles share one device.
+    /// Whether two handles share one device: clones of one [`Gpu`] do; each [`Gpu::new`] and
+    /// [`Gpu::from_device`] call makes a new identity.
     pub fn same_device(&self, other: &Gpu) -> bool {
-        self.inner.device == other.inner.device
+        self.inner.uid == other.inner.uid
     }
 
     /// A compute pipeline for `source`, specialised by boolean `override` constants, compiled once.

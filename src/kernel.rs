@@ -87,7 +87,7 @@ pub(crate) fn record(
     pipeline: &wgpu::ComputePipeline,
     chunks: &[(wgpu::BindGroup, usize)],
 ) {
-    let max_dim = gpu.limits().max_compute_workgroups_per_dimension;
+    let max_dim = gpu.dispatch_dim();
     pass.set_pipeline(pipeline);
     for (bg, elems) in chunks {
         let groups = elems.div_ceil(ELEMS_PER_WORKGROUP) as u32;
