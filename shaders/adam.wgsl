@@ -36,7 +36,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let s = scal[group_index(i)];
+    let s = scal[scalar_index(i)];
     var p = param[i];
     var g = prep_grad(grad[i]);
     if (DECOUPLED) {

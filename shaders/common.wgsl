@@ -1,8 +1,11 @@
 // Shared by every optimizer kernel (concatenated in front of the family's file at build time).
 //
 // Binding convention of an update kernel:
-//   0: per-group step scalars (storage, read; the family's own struct)
-//   1: ctrl: [gradient multiplier, skip flag, ...] written on the GPU by the norm pass
+//   0: step scalars (storage, read; the family's own struct), WINDOW x GROUPS entries: entry
+//      (s % WINDOW) * GROUPS + g holds group g's scalars for the case that s steps were skipped
+//      so far (skipped steps do not advance torch's step count, and only the GPU knows s)
+//   1: ctrl, written on the GPU by the norm pass: gradient multiplier, skip flag, norm, count
+//      of skipped steps
 //   2: granule -> group table (one u32 per 64 elements), read only when GROUPED
 //   3: param (read_write), 4: grad (read), 5..: optimizer state (read_write)
 // Every buffer of the arena holds a multiple of 1024 f32, so one thread per vec4 and 256 threads
@@ -12,8 +15,17 @@ override MAXIMIZE: bool = false;
 override GRAD_MUL: bool = false;
 override SKIP: bool = false;
 override GROUPED: bool = false;
+override GROUPS: u32 = 1u;
+override WINDOW: u32 = 1u;
 
-@group(0) @binding(1) var<storage, read> ctrl: array<f32>;
+struct Ctrl {
+    grad_mul: f32,
+    skip: u32,
+    norm: f32,
+    skipped: u32,
+}
+
+@group(0) @binding(1) var<storage, read> ctrl: Ctrl;
 @group(0) @binding(2) var<storage, read> group_of: array<u32>;
 
 const WG: u32 = 256u;
@@ -23,22 +35,27 @@ fn vec_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-fn group_index(i: u32) -> u32 {
+// Index of this element's scalars: its group, in the window slot of the current skip count.
+fn scalar_index(i: u32) -> u32 {
+    var g = 0u;
     if (GROUPED) {
-        return group_of[i / 16u];
+        g = group_of[i / 16u];
     }
-    return 0u;
+    if (WINDOW > 1u) {
+        return (ctrl.skipped % WINDOW) * GROUPS + g;
+    }
+    return g;
 }
 
 fn step_skipped() -> bool {
-    return SKIP && ctrl[1] != 0.0;
+    return SKIP && ctrl.skip != 0u;
 }
 
 // Gradient preprocessing: loss-scale / clip multiplier, then maximize (as torch: grad = -grad).
 fn prep_grad(g_in: vec4<f32>) -> vec4<f32> {
     var g = g_in;
     if (GRAD_MUL) {
-        g = g * ctrl[0];
+        g = g * ctrl.grad_mul;
     }
     if (MAXIMIZE) {
         g = -g;

@@ -34,7 +34,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= arrayLength(&param) || step_skipped()) {
         return;
     }
-    let s = scal[group_index(i)];
+    let s = scal[scalar_index(i)];
     let p = param[i];
     var g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
     if (MOMENTUM) {

@@ -74,6 +74,15 @@ pub enum Error {
     /// The parameter set is not the one this optimizer was built for, or lives on another device.
     #[error("parameters mismatch: {0}")]
     ParamsMismatch(String),
+    /// A user's buffer lacks a usage flag the optimizer needs.
+    #[error("wrong buffer usage: {0}")]
+    BufferUsage(String),
+    /// A user's buffer is too small for its tensor.
+    #[error("wrong buffer size: {0}")]
+    BufferSize(String),
+    /// Parameter groups that do not partition the tensors, or an unknown group index.
+    #[error("invalid parameter groups: {0}")]
+    InvalidGroups(String),
     /// The request does not fit the device's limits.
     #[error("device limit exceeded: {0}")]
     DeviceLimit(String),

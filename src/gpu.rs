@@ -36,7 +36,7 @@ struct Inner {
 pub(crate) struct PipelineKey {
     pub shader: &'static str,
     pub entry: &'static str,
-    pub constants: Vec<(&'static str, bool)>,
+    pub constants: Vec<(&'static str, u32)>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -185,7 +185,7 @@ impl Gpu {
         self.inner.uid == other.inner.uid
     }
 
-    /// A compute pipeline for `source`, specialised by boolean `override` constants, compiled once.
+    /// A compute pipeline for `source`, specialised by `override` constants (booleans as 0/1), compiled once.
     ///
     /// `trusted`: the shader only indexes in bounds (checked by construction on the host), so
     /// naga's runtime bounds checks are left out.
@@ -219,11 +219,8 @@ impl Gpu {
         } else {
             self.device().create_shader_module(desc)
         };
-        let constants: Vec<(&str, f64)> = key
-            .constants
-            .iter()
-            .map(|&(n, v)| (n, if v { 1.0 } else { 0.0 }))
-            .collect();
+        let constants: Vec<(&str, f64)> =
+            key.constants.iter().map(|&(n, v)| (n, v as f64)).collect();
         let pipeline = self
             .device()
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -19,65 +19,99 @@ pub(crate) fn grid(groups: u32, max_dim: u32) -> (u32, u32) {
     }
 }
 
-/// Bind group layout of an update kernel: scalars, ctrl, group table (read-only storage),
-/// param (read-write), grad (read-only), then `states` read-write state buffers.
-pub(crate) fn update_layout(
+/// Kind of one binding of a kernel's bind group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bind {
+    /// `var<storage, read>`
+    Read,
+    /// `var<storage, read_write>`
+    ReadWrite,
+    /// `var<uniform>`
+    Uniform,
+}
+
+/// Bind group layout and pipeline layout for bindings `0..kinds.len()` in order (a `None`
+/// leaves that binding number out).
+pub(crate) fn layout(
     gpu: &Gpu,
-    states: usize,
+    kinds: &[Option<Bind>],
 ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-    let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
-    let mut entries = vec![
-        entry(0, true),
-        entry(1, true),
-        entry(2, true),
-        entry(3, false),
-        entry(4, true),
-    ];
-    entries.extend((0..states as u32).map(|k| entry(5 + k, false)));
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.map(|k| (i, k)))
+        .map(|(i, k)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match k {
+                    Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
     let bgl = gpu
         .device()
         .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("wgpu-optim update"),
+            label: Some("wgpu-optim"),
             entries: &entries,
         });
     let pl = gpu
         .device()
         .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("wgpu-optim update"),
+            label: Some("wgpu-optim"),
             bind_group_layouts: &[Some(&bgl)],
             immediate_size: 0,
         });
     (bgl, pl)
 }
 
-/// Bind group over `buffers`, bound whole, in binding order 0, 1, 2, ...
-pub(crate) fn bind_all(
+/// Layout of an update kernel: scalars, ctrl, group table (read-only storage), param
+/// (read-write), grad (read-only), then `states` read-write state buffers.
+pub(crate) fn update_layout(
+    gpu: &Gpu,
+    states: usize,
+) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let mut kinds = vec![
+        Some(Bind::Read),
+        Some(Bind::Read),
+        Some(Bind::Read),
+        Some(Bind::ReadWrite),
+        Some(Bind::Read),
+    ];
+    kinds.extend((0..states).map(|_| Some(Bind::ReadWrite)));
+    layout(gpu, &kinds)
+}
+
+/// Bind group with `(binding number, buffer range)` entries.
+pub(crate) fn bind(
     gpu: &Gpu,
     layout: &wgpu::BindGroupLayout,
-    buffers: &[&wgpu::Buffer],
+    entries: &[(u32, wgpu::BufferBinding<'_>)],
 ) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
+    let entries: Vec<wgpu::BindGroupEntry> = entries
         .iter()
-        .enumerate()
         .map(|(i, b)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: b.as_entire_binding(),
+            binding: *i,
+            resource: wgpu::BindingResource::Buffer(b.clone()),
         })
         .collect();
     gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("wgpu-optim update"),
+        label: Some("wgpu-optim"),
         layout,
         entries: &entries,
     })
+}
+
+/// Dispatch `groups` workgroups as a 1-D or 2-D grid.
+pub(crate) fn dispatch(pass: &mut wgpu::ComputePass<'_>, gpu: &Gpu, groups: u32) {
+    let (x, y) = grid(groups, gpu.dispatch_dim());
+    pass.dispatch_workgroups(x, y, 1);
 }
 
 /// Record one dispatch per chunk: `(bind group, elements in the chunk)`.
@@ -87,13 +121,10 @@ pub(crate) fn record(
     pipeline: &wgpu::ComputePipeline,
     chunks: &[(wgpu::BindGroup, usize)],
 ) {
-    let max_dim = gpu.dispatch_dim();
     pass.set_pipeline(pipeline);
     for (bg, elems) in chunks {
-        let groups = elems.div_ceil(ELEMS_PER_WORKGROUP) as u32;
-        let (x, y) = grid(groups, max_dim);
         pass.set_bind_group(0, bg, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        dispatch(pass, gpu, elems.div_ceil(ELEMS_PER_WORKGROUP) as u32);
     }
 }
 

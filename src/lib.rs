@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod clip;
 mod error;
 mod gpu;
 mod kernel;
@@ -32,11 +33,12 @@ pub mod optim;
 mod params;
 pub mod reference;
 
+pub use clip::{GradNorm, GradScaler, NormType, ScalerConfig};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, RmsProp,
-    RmsPropConfig, Sgd, SgdConfig,
+    Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, ParamGroup,
+    RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use params::{Params, Piece, CHUNK_ALIGN, TENSOR_ALIGN};
 pub use wgpu;

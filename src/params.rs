@@ -127,6 +127,9 @@ pub struct Params {
     pub(crate) layout: Arc<Layout>,
     pub(crate) param_bufs: Vec<wgpu::Buffer>,
     pub(crate) grad_bufs: Vec<wgpu::Buffer>,
+    /// Whether each chunk is a user's own buffer (bound by range, one tensor per chunk).
+    pub(crate) borrowed: bool,
+    pub(crate) clip: crate::clip::ClipSlot,
 }
 
 impl std::fmt::Debug for Params {
@@ -194,6 +197,79 @@ impl Params {
             layout: Arc::new(layout),
             param_bufs,
             grad_bufs,
+            borrowed: false,
+            clip: Default::default(),
+        })
+    }
+
+    /// Step tensors in buffers you already own, in place, without copying them into an arena.
+    ///
+    /// Each entry is `(name, param buffer, grad buffer, elements)`. Both buffers need
+    /// `STORAGE | COPY_SRC | COPY_DST` usage and room for the element count rounded up to a
+    /// multiple of 4 (the kernels move vec4s; the at most 3 elements past the tensor are updated
+    /// like padding, so keep them zero or unused). Each tensor becomes its own chunk: a step is
+    /// one dispatch per tensor, all recorded in one compute pass and one submit.
+    ///
+    /// Buffers from another device are detected (wgpu validation, before any step) and rejected.
+    pub fn from_buffers(
+        gpu: &Gpu,
+        tensors: &[(&str, &wgpu::Buffer, &wgpu::Buffer, usize)],
+    ) -> Result<Params> {
+        let specs: Vec<(&str, usize)> = tensors.iter().map(|t| (t.0, t.3)).collect();
+        // Validate names and lengths with the arena rules (empty, duplicate, zero length).
+        Layout::pack(&specs, usize::MAX / 2)?;
+        let need = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let mut slots = Vec::with_capacity(tensors.len());
+        let mut index = HashMap::with_capacity(tensors.len());
+        let mut chunk_lens = Vec::with_capacity(tensors.len());
+        for (i, &(name, p, g, len)) in tensors.iter().enumerate() {
+            let bytes = (len.div_ceil(4) * 16) as u64;
+            for (what, b) in [("param", p), ("grad", g)] {
+                if !b.usage().contains(need) {
+                    return Err(Error::BufferUsage(format!(
+                        "{what} buffer of `{name}` has usage {:?}, needs STORAGE | COPY_SRC | COPY_DST",
+                        b.usage()
+                    )));
+                }
+                if b.size() < bytes {
+                    return Err(Error::BufferSize(format!(
+                        "{what} buffer of `{name}` has {} bytes, needs {bytes} for {len} elements",
+                        b.size()
+                    )));
+                }
+            }
+            if bytes > gpu.max_binding_bytes() {
+                return Err(Error::DeviceLimit(format!(
+                    "`{name}` ({bytes} bytes) exceeds the device's storage binding limit"
+                )));
+            }
+            index.insert(name.to_string(), i);
+            slots.push(Slot {
+                name: name.to_string(),
+                len,
+                pieces: vec![Piece {
+                    chunk: i,
+                    offset: 0,
+                    len,
+                }],
+            });
+            chunk_lens.push(len.div_ceil(4) * 4);
+        }
+        check_same_device(gpu, tensors.iter().flat_map(|t| [t.1, t.2]))?;
+        Ok(Params {
+            gpu: gpu.clone(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            layout: Arc::new(Layout {
+                slots,
+                index,
+                chunk_lens,
+            }),
+            param_bufs: tensors.iter().map(|t| t.1.clone()).collect(),
+            grad_bufs: tensors.iter().map(|t| t.2.clone()).collect(),
+            borrowed: true,
+            clip: Default::default(),
         })
     }
 
@@ -312,6 +388,65 @@ impl Params {
             _ => Err(Error::SplitTensor(name.to_string())),
         }
     }
+}
+
+/// The binding of chunk `c` of `bufs` as the kernels see it: the whole arena buffer, or the
+/// vec4-rounded range of a user's own buffer.
+pub(crate) fn chunk_binding<'a>(
+    layout: &Layout,
+    bufs: &'a [wgpu::Buffer],
+    c: usize,
+    borrowed: bool,
+) -> wgpu::BufferBinding<'a> {
+    wgpu::BufferBinding {
+        buffer: &bufs[c],
+        offset: 0,
+        size: if borrowed {
+            NonZeroU64::new((layout.chunk_lens[c] * 4) as u64)
+        } else {
+            None
+        },
+    }
+}
+
+/// Reject buffers that do not belong to `gpu`'s device: binding them to a throwaway bind group
+/// inside an error scope makes wgpu's validation tell.
+fn check_same_device<'a>(gpu: &Gpu, bufs: impl Iterator<Item = &'a wgpu::Buffer>) -> Result<()> {
+    let device = gpu.device();
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("wgpu-optim device check"),
+        entries: &[wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: false },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }],
+    });
+    for buf in bufs {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let _ = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("wgpu-optim device check"),
+            layout: &layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: buf,
+                    offset: 0,
+                    size: NonZeroU64::new(4),
+                }),
+            }],
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::ParamsMismatch(format!(
+                "a buffer cannot be used on this device (is it from another device?): {e}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Read one tensor's range out of per-chunk buffers of the arena layout.

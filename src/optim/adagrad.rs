@@ -81,7 +81,7 @@ impl OptimizerConfig for AdagradConfig {
         self.initial_accumulator_value
     }
 
-    fn constants(&self) -> Vec<(&'static str, bool)> {
+    fn constants(&self) -> Vec<(&'static str, u32)> {
         Vec::new()
     }
 

@@ -95,10 +95,10 @@ impl OptimizerConfig for AdamConfig {
         key != "max_exp_avg_sq" || self.amsgrad
     }
 
-    fn constants(&self) -> Vec<(&'static str, bool)> {
+    fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
-            ("AMSGRAD", self.amsgrad),
-            ("DECOUPLED", self.decoupled_weight_decay),
+            ("AMSGRAD", self.amsgrad as u32),
+            ("DECOUPLED", self.decoupled_weight_decay as u32),
         ]
     }
 
@@ -136,5 +136,13 @@ impl OptimizerConfig for AdamConfig {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn momentum(&self) -> Option<f32> {
+        Some(self.betas.0)
+    }
+
+    fn set_momentum(&mut self, momentum: f32) {
+        self.betas.0 = momentum;
     }
 }

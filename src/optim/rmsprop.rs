@@ -83,10 +83,10 @@ impl OptimizerConfig for RmsPropConfig {
         }
     }
 
-    fn constants(&self) -> Vec<(&'static str, bool)> {
+    fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
-            ("CENTERED", self.centered),
-            ("MOMENTUM", self.momentum > 0.0),
+            ("CENTERED", self.centered as u32),
+            ("MOMENTUM", (self.momentum > 0.0) as u32),
         ]
     }
 
@@ -117,5 +117,13 @@ impl OptimizerConfig for RmsPropConfig {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn momentum(&self) -> Option<f32> {
+        Some(self.momentum)
+    }
+
+    fn set_momentum(&mut self, momentum: f32) {
+        self.momentum = momentum;
     }
 }

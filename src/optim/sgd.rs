@@ -76,10 +76,10 @@ impl OptimizerConfig for SgdConfig {
         self.momentum != 0.0
     }
 
-    fn constants(&self) -> Vec<(&'static str, bool)> {
+    fn constants(&self) -> Vec<(&'static str, u32)> {
         vec![
-            ("MOMENTUM", self.momentum != 0.0),
-            ("NESTEROV", self.nesterov),
+            ("MOMENTUM", (self.momentum != 0.0) as u32),
+            ("NESTEROV", self.nesterov as u32),
         ]
     }
 
@@ -105,5 +105,13 @@ impl OptimizerConfig for SgdConfig {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn momentum(&self) -> Option<f32> {
+        Some(self.momentum)
+    }
+
+    fn set_momentum(&mut self, momentum: f32) {
+        self.momentum = momentum;
     }
 }

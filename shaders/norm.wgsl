@@ -1,0 +1,200 @@
+// Global gradient norm and non-finite check, deterministic: a fixed reduction tree, no atomics.
+//
+//   first:    one workgroup per 1024 gradient elements of a chunk -> one partial (value, flag)
+//   reduce:   one workgroup per 1024 partials -> one partial; repeated until one is left
+//   finalize: norm, clip coefficient, skip decision, loss-scale update, into ctrl
+// Partials are (value, non-finite flag); value is sum g^2 (L2), sum |g| (L1) or max |g| (inf),
+// of the gradient divided by the loss scale when a scaler is attached.
+
+override NORM: u32 = 2u;
+override SCALED: bool = false;
+
+struct Ctrl {
+    grad_mul: f32,
+    skip: u32,
+    norm: f32,
+    skipped: u32,
+}
+
+struct Scaler {
+    scale: f32,
+    growth_tracker: u32,
+    growth_factor: f32,
+    backoff_factor: f32,
+    growth_interval: u32,
+    found_inf: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct Level {
+    src: u32,
+    count: u32,
+    dst: u32,
+    _pad: u32,
+}
+
+struct Config {
+    max_norm: f32,
+    clip: u32,
+    skip_nonfinite: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read_write> scaler: Scaler;
+@group(0) @binding(3) var<uniform> level: Level;
+@group(0) @binding(4) var<storage, read_write> ctrl: Ctrl;
+@group(0) @binding(5) var<uniform> cfg: Config;
+
+var<workgroup> tree: array<vec2<f32>, 256>;
+
+fn combine(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    if (NORM == 0u) {
+        return vec2<f32>(max(a.x, b.x), max(a.y, b.y));
+    }
+    return vec2<f32>(a.x + b.x, max(a.y, b.y));
+}
+
+// (value, flag): flag 1 for an infinity, 2 for a NaN (tested on the bits: drivers may assume
+// no NaNs in float comparisons).
+fn contribution(x: f32) -> vec2<f32> {
+    let bits = bitcast<u32>(x);
+    let bad = (bits & 0x7f800000u) == 0x7f800000u;
+    let nan = bad && (bits & 0x007fffffu) != 0u;
+    var v = abs(x);
+    if (NORM == 2u) {
+        v = x * x;
+    }
+    return vec2<f32>(select(v, 0.0, bad), select(select(0.0, 1.0, bad), 2.0, nan));
+}
+
+fn inv_scale() -> f32 {
+    if (SCALED) {
+        return 1.0 / scaler.scale;
+    }
+    return 1.0;
+}
+
+// Fixed-order tree over the workgroup; thread 0 ends with the workgroup's value.
+fn reduce_workgroup(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    tree[lid] = v;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            tree[lid] = combine(tree[lid], tree[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    return tree[0];
+}
+
+@compute @workgroup_size(256)
+fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let w = wid.y * nwg.x + wid.x;
+    if (w >= level.count) {
+        return;
+    }
+    let i = w * 256u + lid;
+    var v = vec2<f32>(0.0, 0.0);
+    if (i < arrayLength(&grad)) {
+        let g = grad[i] * inv_scale();
+        v = combine(combine(contribution(g.x), contribution(g.y)),
+                    combine(contribution(g.z), contribution(g.w)));
+    }
+    let total = reduce_workgroup(lid, v);
+    if (lid == 0u) {
+        partials[level.dst + w] = total;
+    }
+}
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let w = wid.y * nwg.x + wid.x;
+    if (w * 1024u >= level.count) {
+        return;
+    }
+    var p: array<vec2<f32>, 4>;
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let j = w * 1024u + lid * 4u + k;
+        p[k] = vec2<f32>(0.0, 0.0);
+        if (j < level.count) {
+            p[k] = partials[level.src + j];
+        }
+    }
+    let total = reduce_workgroup(lid, combine(combine(p[0], p[1]), combine(p[2], p[3])));
+    if (lid == 0u) {
+        partials[level.dst + w] = total;
+    }
+}
+
+@compute @workgroup_size(1)
+fn finalize() {
+    let total = partials[level.src];
+    var norm = total.x;
+    if (NORM == 2u) {
+        norm = sqrt(total.x);
+    }
+    let found_inf = total.y != 0.0;
+    if (total.y >= 2.0) {
+        norm = bitcast<f32>(0x7fc00000u); // a NaN gradient: torch's norm is NaN
+    } else if (found_inf) {
+        norm = bitcast<f32>(0x7f800000u); // an infinite gradient: torch's norm is inf
+    }
+    var mul = inv_scale();
+    if (cfg.clip != 0u) {
+        // torch.nn.utils.clip_grad_norm_: coef = max_norm / (total_norm + 1e-6), clamped to 1.
+        let coef = cfg.max_norm / (norm + 1e-6);
+        mul = mul * min(coef, 1.0);
+    }
+    let skip = found_inf && (cfg.skip_nonfinite != 0u || cfg.clip != 0u || SCALED);
+    ctrl.grad_mul = mul;
+    ctrl.norm = norm;
+    ctrl.skip = select(0u, 1u, skip);
+    if (skip) {
+        ctrl.skipped = ctrl.skipped + 1u;
+    }
+    if (SCALED) {
+        // torch's _amp_update_scale_: back off on overflow, grow after growth_interval clean steps.
+        scaler.found_inf = select(0u, 1u, found_inf);
+        if (found_inf) {
+            scaler.scale = scaler.scale * scaler.backoff_factor;
+            scaler.growth_tracker = 0u;
+        } else {
+            let successful = scaler.growth_tracker + 1u;
+            if (successful == scaler.growth_interval) {
+                let grown = scaler.scale * scaler.growth_factor;
+                if ((bitcast<u32>(grown) & 0x7f800000u) != 0x7f800000u) {
+                    scaler.scale = grown;
+                }
+                scaler.growth_tracker = 0u;
+            } else {
+                scaler.growth_tracker = successful;
+            }
+        }
+    }
+}
+
+// Standalone clipping (Params::clip_grad_norm / clip_grad_value): rewrite gradients in place.
+@group(0) @binding(6) var<storage, read_write> grad_rw: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn scale_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i < arrayLength(&grad_rw) && ctrl.skip == 0u) {
+        grad_rw[i] = grad_rw[i] * ctrl.grad_mul;
+    }
+}
+
+@compute @workgroup_size(256)
+fn clamp_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i < arrayLength(&grad_rw)) {
+        grad_rw[i] = clamp(grad_rw[i], vec4<f32>(-cfg.max_norm), vec4<f32>(cfg.max_norm));
+    }
+}

@@ -1,0 +1,686 @@
+//! [`Optim`]: the part of every optimizer that is not its own algorithm.
+
+use super::groups::{self, ParamGroup};
+use super::{Optimizer, OptimizerConfig, SCALARS};
+use crate::clip::{self, GradScaler, NormConfig, NormPlan, NormType};
+use crate::error::{check, Error, Result};
+use crate::gpu::{Gpu, PipelineKey};
+use crate::kernel;
+use crate::params::{self, Layout, Params};
+use std::sync::{Arc, Mutex};
+
+/// Candidate step counts prepared per step once steps can be skipped on the GPU (see
+/// `shaders/common.wgsl`): the host may run this many steps ahead of what it knows of the
+/// GPU's skip count before it waits for a (16-byte) read-back.
+const WINDOW: u32 = 8;
+
+/// A fused optimizer over a [`Params`] set. Use the aliases [`crate::Adam`], [`crate::Sgd`],
+/// [`crate::RmsProp`] and [`crate::Adagrad`].
+pub struct Optim<C: OptimizerConfig> {
+    gpu: Gpu,
+    params_id: u64,
+    layout: Arc<Layout>,
+    groups: Vec<C>,
+    /// Steps submitted (skipped ones included).
+    submitted: u64,
+    pipeline_layout: wgpu::PipelineLayout,
+    pipeline: wgpu::ComputePipeline,
+    chunks: Vec<(wgpu::BindGroup, usize)>,
+    grad_bufs: Vec<wgpu::Buffer>,
+    borrowed: bool,
+    states: Vec<(&'static str, Vec<wgpu::Buffer>)>,
+    scalars: wgpu::Buffer,
+    scratch: Vec<f32>,
+    ctrl: wgpu::Buffer,
+    _tables: Vec<wgpu::Buffer>,
+    max_grad_norm: Option<f32>,
+    norm_type: NormType,
+    skip_nonfinite: bool,
+    scaler: Option<GradScaler>,
+    norm: Option<NormPlan>,
+    norm_ran: bool,
+    window: u32,
+    tracker: Mutex<SkipTracker>,
+}
+
+impl<C: OptimizerConfig> std::fmt::Debug for Optim<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(C::NAME)
+            .field("groups", &self.groups)
+            .field("submitted_steps", &self.submitted)
+            .field("max_grad_norm", &self.max_grad_norm)
+            .finish()
+    }
+}
+
+fn buffer_with(gpu: &Gpu, label: &str, data: &[u8]) -> wgpu::Buffer {
+    let buf = clip::storage(gpu, label, data.len() as u64);
+    gpu.queue().write_buffer(&buf, 0, data);
+    buf
+}
+
+impl<C: OptimizerConfig> Optim<C> {
+    /// One group holding every tensor.
+    pub fn new(params: &Params, config: C) -> Result<Self> {
+        Self::with_groups(params, vec![ParamGroup::rest(config)])
+    }
+
+    /// Parameter groups with their own hyperparameters, still one dispatch per chunk: the
+    /// kernel finds each element's group in a table of one u32 per 64 elements.
+    pub fn with_groups(params: &Params, groups: Vec<ParamGroup<C>>) -> Result<Self> {
+        let owner = groups::resolve(&params.layout, &groups)?;
+        let configs: Vec<C> = groups.into_iter().map(|g| g.config).collect();
+        for c in &configs {
+            c.validate()?;
+            if c.constants() != configs[0].constants() || c.maximize() != configs[0].maximize() {
+                return Err(Error::InvalidGroups(
+                    "boolean options (amsgrad, nesterov, centered, maximize, momentum on/off, ...) must be the same in every group".into(),
+                ));
+            }
+        }
+        let gpu = params.gpu.clone();
+        let layout = params.layout.clone();
+        let slots = C::SLOTS.len();
+        let limit = gpu.limits().max_storage_buffers_per_shader_stage as usize;
+        if 5 + slots > limit {
+            return Err(Error::DeviceLimit(format!(
+                "{} needs {} storage buffers per shader stage, the device allows {limit}",
+                C::NAME,
+                5 + slots
+            )));
+        }
+        let first = &configs[0];
+        let mut states = Vec::new();
+        for &key in C::SLOTS.iter().filter(|k| first.uses_state(k)) {
+            let inits: Vec<f32> = configs.iter().map(|c| c.state_init(key)).collect();
+            let uniform = inits.iter().all(|&v| v == inits[0]);
+            let init = if uniform { inits[0] } else { 0.0 };
+            let bufs: Vec<wgpu::Buffer> = layout
+                .chunk_lens
+                .iter()
+                .map(|&n| state_buffer(&gpu, key, n, init))
+                .collect();
+            if !uniform {
+                for (t, slot) in layout.slots.iter().enumerate() {
+                    let v = inits[owner[t] as usize];
+                    if v != 0.0 {
+                        write_pieces(&gpu, &bufs, slot, &vec![v; slot.len]);
+                    }
+                }
+            }
+            states.push((key, bufs));
+        }
+        let dummy = clip::storage(&gpu, "wgpu-optim unused state", 16);
+        let scalars = clip::storage(
+            &gpu,
+            "wgpu-optim scalars",
+            (WINDOW as usize * configs.len() * SCALARS * 4) as u64,
+        );
+        let ctrl = buffer_with(
+            &gpu,
+            "wgpu-optim ctrl",
+            bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 0.0]),
+        );
+        let tables: Vec<wgpu::Buffer> = if configs.len() > 1 {
+            groups::granule_table(&layout, &owner)
+                .iter()
+                .map(|t| buffer_with(&gpu, "wgpu-optim group table", bytemuck::cast_slice(t)))
+                .collect()
+        } else {
+            vec![clip::storage(&gpu, "wgpu-optim no groups", 16)]
+        };
+        let (bgl, pipeline_layout) = kernel::update_layout(&gpu, slots);
+        let chunks = (0..layout.chunk_lens.len())
+            .map(|c| {
+                let mut entries = vec![
+                    (0, scalars.as_entire_buffer_binding()),
+                    (1, ctrl.as_entire_buffer_binding()),
+                    (
+                        2,
+                        tables[c.min(tables.len() - 1)].as_entire_buffer_binding(),
+                    ),
+                    (
+                        3,
+                        params::chunk_binding(&layout, &params.param_bufs, c, params.borrowed),
+                    ),
+                    (
+                        4,
+                        params::chunk_binding(&layout, &params.grad_bufs, c, params.borrowed),
+                    ),
+                ];
+                for (k, slot) in C::SLOTS.iter().enumerate() {
+                    let b = match states.iter().find(|(key, _)| key == slot) {
+                        Some((_, b)) => &b[c],
+                        None => &dummy,
+                    };
+                    entries.push((5 + k as u32, b.as_entire_buffer_binding()));
+                }
+                (kernel::bind(&gpu, &bgl, &entries), layout.chunk_lens[c])
+            })
+            .collect();
+        let n_groups = configs.len();
+        Ok(Optim {
+            pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false], 1),
+            grad_bufs: params.grad_bufs.clone(),
+            borrowed: params.borrowed,
+            gpu,
+            params_id: params.id,
+            layout,
+            groups: configs,
+            submitted: 0,
+            pipeline_layout,
+            chunks,
+            states,
+            scalars,
+            scratch: vec![0.0; WINDOW as usize * n_groups * SCALARS],
+            ctrl,
+            _tables: tables,
+            max_grad_norm: None,
+            norm_type: NormType::L2,
+            skip_nonfinite: false,
+            scaler: None,
+            norm: None,
+            norm_ran: false,
+            window: 1,
+            tracker: Mutex::new(SkipTracker::default()),
+        })
+    }
+
+    fn norm_active(&self) -> bool {
+        self.max_grad_norm.is_some() || self.skip_nonfinite || self.scaler.is_some()
+    }
+
+    fn rebuild_pipeline(&mut self) {
+        let flags = [
+            self.max_grad_norm.is_some() || self.scaler.is_some(),
+            self.norm_active(),
+        ];
+        self.pipeline = update_pipeline(
+            &self.gpu,
+            &self.pipeline_layout,
+            &self.groups,
+            flags,
+            self.window,
+        );
+    }
+
+    /// Build the norm passes for the current norm type and scaler. The first time, the update
+    /// kernel switches to the windowed scalars (steps can be skipped from now on).
+    fn build_norm(&mut self) -> Result<()> {
+        let plan = NormPlan::new(
+            &self.gpu,
+            &self.layout,
+            &self.grad_bufs,
+            self.borrowed,
+            self.norm_type,
+            self.scaler.as_ref(),
+            &self.ctrl,
+        )?;
+        self.norm = Some(plan);
+        if self.window == 1 {
+            self.window = WINDOW;
+            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            t.known = 0;
+            t.known_at = self.submitted;
+        }
+        Ok(())
+    }
+
+    /// After a change of clipping, skipping, norm type or scaler: the passes and the kernel.
+    fn reconfigure(&mut self, rebuild_norm: bool) -> Result<()> {
+        if self.norm_active() && (rebuild_norm || self.norm.is_none()) {
+            self.build_norm()?;
+        }
+        self.rebuild_pipeline();
+        Ok(())
+    }
+
+    /// The configuration of group 0 (the only one unless built with groups).
+    pub fn config(&self) -> &C {
+        &self.groups[0]
+    }
+
+    /// The configuration of one group.
+    pub fn group_config(&self, group: usize) -> Result<&C> {
+        self.groups
+            .get(group)
+            .ok_or_else(|| bad_group(group, self.groups.len()))
+    }
+
+    /// Change every number of group 0's configuration (see [`Optim::set_group_config`]).
+    pub fn set_config(&mut self, config: C) -> Result<()> {
+        self.set_group_config(0, config)
+    }
+
+    /// Change a group's numbers (lr, betas, weight decay, ...) from the next step on.
+    ///
+    /// Boolean options select a specialised pipeline and are fixed at construction: changing one
+    /// here is an [`Error::InvalidOptions`].
+    pub fn set_group_config(&mut self, group: usize, config: C) -> Result<()> {
+        let current = self.group_config(group)?;
+        config.validate()?;
+        if config.constants() != current.constants() || config.maximize() != current.maximize() {
+            return Err(Error::InvalidOptions(
+                "boolean options are fixed when the optimizer is built; build a new one".into(),
+            ));
+        }
+        self.groups[group] = config;
+        Ok(())
+    }
+
+    /// Overwrite one state tensor (e.g. when resuming). Validated before any GPU work.
+    pub fn set_state(&mut self, key: &str, tensor: &str, data: &[f32]) -> Result<()> {
+        let bufs = self.state_buffers(key)?;
+        let slot = self.layout.slot(tensor)?;
+        if data.len() != slot.len {
+            return Err(Error::LengthMismatch {
+                name: tensor.to_string(),
+                expected: slot.len,
+                got: data.len(),
+            });
+        }
+        write_pieces(&self.gpu, bufs, slot, data);
+        Ok(())
+    }
+
+    /// Set the number of steps already taken (e.g. when resuming): the next step is `steps + 1`.
+    pub fn set_step_count(&mut self, steps: u64) {
+        self.submitted = steps;
+        self.gpu
+            .queue()
+            .write_buffer(&self.ctrl, 12, &0u32.to_le_bytes());
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        t.known = 0;
+        t.known_at = steps;
+    }
+
+    fn state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]> {
+        self.states
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b.as_slice())
+            .ok_or_else(|| Error::UnknownState {
+                key: key.to_string(),
+                optimizer: C::NAME,
+                known: self.state_keys(),
+            })
+    }
+
+    fn check_params(&self, params: &Params) -> Result<()> {
+        if params.id == self.params_id {
+            return Ok(());
+        }
+        let why = if params.gpu.same_device(&self.gpu) {
+            "this is not the parameter set the optimizer was built for"
+        } else {
+            "these parameters live on another device"
+        };
+        Err(Error::ParamsMismatch(why.into()))
+    }
+
+    fn read_ctrl(&self) -> Result<[u32; 4]> {
+        let v = self.gpu.read_pieces(&[(&self.ctrl, 0, 16)])?;
+        Ok([
+            v[0].to_bits(),
+            v[1].to_bits(),
+            v[2].to_bits(),
+            v[3].to_bits(),
+        ])
+    }
+
+    /// Write the scalars of every candidate skip count the GPU may be at.
+    fn write_scalars(&mut self) -> Result<()> {
+        let g = self.groups.len();
+        let n = self.submitted;
+        if self.window == 1 {
+            for (k, c) in self.groups.iter().enumerate() {
+                self.scratch[k * SCALARS..(k + 1) * SCALARS].copy_from_slice(&c.scalars(n + 1));
+            }
+            let bytes = bytemuck::cast_slice(&self.scratch[..g * SCALARS]);
+            self.gpu.queue().write_buffer(&self.scalars, 0, bytes);
+            return Ok(());
+        }
+        let (known, known_at) = {
+            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            t.harvest(&self.gpu);
+            if n - t.known_at >= self.window as u64 {
+                // The GPU may have skipped more steps than the window covers: ask it.
+                let skipped = self.read_ctrl()?[3] as u64;
+                t.known = skipped;
+                t.known_at = n;
+            }
+            (t.known, t.known_at)
+        };
+        let _ = known_at;
+        for s in known..known + self.window as u64 {
+            let slot = (s % self.window as u64) as usize;
+            for (k, c) in self.groups.iter().enumerate() {
+                let at = (slot * g + k) * SCALARS;
+                // Candidate: s steps skipped so far, so this is step n + 1 - s.
+                let v = if s <= n {
+                    c.scalars(n + 1 - s)
+                } else {
+                    [0.0; SCALARS]
+                };
+                self.scratch[at..at + SCALARS].copy_from_slice(&v);
+            }
+        }
+        let bytes = bytemuck::cast_slice(&self.scratch[..self.window as usize * g * SCALARS]);
+        self.gpu.queue().write_buffer(&self.scalars, 0, bytes);
+        Ok(())
+    }
+}
+
+/// The update kernel specialised for these groups, `[grad_mul, skip]` and the scalar window.
+fn update_pipeline<C: OptimizerConfig>(
+    gpu: &Gpu,
+    layout: &wgpu::PipelineLayout,
+    groups: &[C],
+    [grad_mul, skip]: [bool; 2],
+    window: u32,
+) -> wgpu::ComputePipeline {
+    let mut constants = vec![
+        ("MAXIMIZE", groups[0].maximize() as u32),
+        ("GRAD_MUL", grad_mul as u32),
+        ("SKIP", skip as u32),
+        ("GROUPED", (groups.len() > 1) as u32),
+        ("GROUPS", groups.len() as u32),
+        ("WINDOW", window),
+    ];
+    constants.extend(groups[0].constants());
+    gpu.pipeline(
+        PipelineKey {
+            shader: C::NAME,
+            entry: "main",
+            constants,
+        },
+        C::SHADER,
+        layout,
+        true,
+    )
+}
+
+fn bad_group(group: usize, n: usize) -> Error {
+    Error::InvalidGroups(format!("group {group} does not exist ({n} groups)"))
+}
+
+fn write_pieces(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &params::Slot, data: &[f32]) {
+    let mut at = 0;
+    for p in &slot.pieces {
+        gpu.queue().write_buffer(
+            &bufs[p.chunk],
+            (p.offset * 4) as u64,
+            bytemuck::cast_slice(&data[at..at + p.len]),
+        );
+        at += p.len;
+    }
+}
+
+fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
+    if init == 0.0 {
+        return params::arena_buffer(gpu, key, elems);
+    }
+    let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(key),
+        size: (elems * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: true,
+    });
+    {
+        let mut view = buf
+            .slice(..)
+            .get_mapped_range_mut()
+            .expect("fresh mapped buffer");
+        let (mut words, _) = view.slice(..).into_chunks::<4>();
+        words.fill(init.to_le_bytes());
+    }
+    buf.unmap();
+    buf
+}
+
+/// What the host knows of the GPU's count of skipped steps, learned through small
+/// non-blocking read-backs of `ctrl` that complete a step or two later.
+#[derive(Default)]
+struct SkipTracker {
+    known: u64,
+    known_at: u64,
+    slots: Vec<ReadSlot>,
+}
+
+struct ReadSlot {
+    buf: wgpu::Buffer,
+    state: Arc<Mutex<SlotState>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Pending,
+    Ready(u64),
+}
+
+impl SkipTracker {
+    /// Collect finished read-backs without waiting.
+    fn harvest(&mut self, gpu: &Gpu) {
+        let _ = gpu.device().poll(wgpu::PollType::Poll);
+        for slot in &self.slots {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let SlotState::Ready(at) = *st {
+                if let Ok(view) = slot.buf.get_mapped_range(..) {
+                    let skipped =
+                        u32::from_le_bytes([view[12], view[13], view[14], view[15]]) as u64;
+                    drop(view);
+                    if at > self.known_at {
+                        self.known = skipped;
+                        self.known_at = at;
+                    }
+                }
+                slot.buf.unmap();
+                *st = SlotState::Free;
+            }
+        }
+    }
+
+    /// A free read-back slot (at most 3 in flight; one is made on first use).
+    fn free_slot(&mut self, gpu: &Gpu) -> Option<usize> {
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| *s.state.lock().unwrap_or_else(|e| e.into_inner()) == SlotState::Free)
+        {
+            return Some(i);
+        }
+        if self.slots.len() < 3 {
+            self.slots.push(ReadSlot {
+                buf: gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgpu-optim skip count read-back"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                state: Arc::new(Mutex::new(SlotState::Free)),
+            });
+            return Some(self.slots.len() - 1);
+        }
+        None
+    }
+}
+
+impl<C: OptimizerConfig> Optimizer for Optim<C> {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn step(&mut self, params: &mut Params) -> Result<()> {
+        for c in &self.groups {
+            c.validate()?;
+        }
+        self.check_params(params)?;
+        let active = self.norm_active();
+        self.write_scalars()?;
+        let gpu = self.gpu.clone();
+        if let (true, Some(plan)) = (active, &self.norm) {
+            let cfg = NormConfig {
+                max_norm: self.max_grad_norm.unwrap_or(1.0),
+                clip: self.max_grad_norm.is_some() as u32,
+                skip_nonfinite: self.skip_nonfinite as u32,
+                _pad: 0,
+            };
+            gpu.queue()
+                .write_buffer(&plan.config, 0, bytemuck::bytes_of(&cfg));
+        }
+        let mut enc = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(C::NAME),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(C::NAME),
+                timestamp_writes: None,
+            });
+            if let (true, Some(plan)) = (active, &self.norm) {
+                plan.record(&mut pass, &gpu);
+            }
+            kernel::record(&mut pass, &gpu, &self.pipeline, &self.chunks);
+        }
+        let readback = if self.window > 1 {
+            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            t.free_slot(&gpu).map(|i| {
+                enc.copy_buffer_to_buffer(&self.ctrl, 0, &t.slots[i].buf, 0, 16);
+                (t.slots[i].buf.clone(), t.slots[i].state.clone())
+            })
+        } else {
+            None
+        };
+        gpu.queue().submit([enc.finish()]);
+        self.submitted += 1;
+        self.norm_ran = active;
+        if let Some((buf, state)) = readback {
+            let at = self.submitted;
+            *state.lock().unwrap_or_else(|e| e.into_inner()) = SlotState::Pending;
+            buf.map_async(wgpu::MapMode::Read, .., move |r| {
+                *state.lock().unwrap_or_else(|e| e.into_inner()) = if r.is_ok() {
+                    SlotState::Ready(at)
+                } else {
+                    SlotState::Free
+                };
+            });
+        }
+        Ok(())
+    }
+
+    fn lr(&self) -> f32 {
+        self.groups[0].lr()
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        for g in &mut self.groups {
+            g.set_lr(lr);
+        }
+    }
+
+    /// Steps applied: submitted steps minus those the GPU skipped (may wait for a read-back
+    /// when steps can be skipped and the host does not know yet).
+    fn step_count(&self) -> u64 {
+        if self.window == 1 {
+            return self.submitted;
+        }
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        t.harvest(&self.gpu);
+        if t.known_at < self.submitted {
+            if let Ok(c) = self.read_ctrl() {
+                t.known = c[3] as u64;
+                t.known_at = self.submitted;
+            }
+        }
+        self.submitted - t.known
+    }
+
+    fn state_keys(&self) -> Vec<&'static str> {
+        self.states.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {
+        let bufs = self.state_buffers(key)?;
+        let slot = self.layout.slot(tensor)?;
+        params::read_slot(&self.gpu, bufs, slot)
+    }
+
+    fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    fn group_lr(&self, group: usize) -> Result<f32> {
+        Ok(self.group_config(group)?.lr())
+    }
+
+    fn set_group_lr(&mut self, group: usize, lr: f32) -> Result<()> {
+        let mut c = self.group_config(group)?.clone();
+        c.set_lr(lr);
+        self.set_group_config(group, c)
+    }
+
+    fn group_momentum(&self, group: usize) -> Result<Option<f32>> {
+        Ok(self.group_config(group)?.momentum())
+    }
+
+    fn set_group_momentum(&mut self, group: usize, momentum: f32) -> Result<()> {
+        let mut c = self.group_config(group)?.clone();
+        if c.momentum().is_none() {
+            return Err(Error::InvalidOptions(format!(
+                "{} has no momentum to set",
+                C::NAME
+            )));
+        }
+        c.set_momentum(momentum);
+        self.set_group_config(group, c)
+    }
+
+    fn set_max_grad_norm(&mut self, max_norm: Option<f32>) -> Result<()> {
+        if let Some(m) = max_norm {
+            check("max_norm", m as f64, m > 0.0, "must be > 0")?;
+        }
+        self.max_grad_norm = max_norm;
+        self.reconfigure(false)
+    }
+
+    fn set_grad_norm_type(&mut self, norm_type: f32) -> Result<()> {
+        let t = NormType::from_p(norm_type)?;
+        let changed = t != self.norm_type;
+        self.norm_type = t;
+        self.reconfigure(changed)
+    }
+
+    fn last_grad_norm(&self) -> Result<f32> {
+        if !self.norm_ran {
+            return Err(Error::InvalidOptions(
+                "no gradient norm was computed in the last step: enable clipping, skip_nonfinite or a grad scaler".into(),
+            ));
+        }
+        Ok(f32::from_bits(self.read_ctrl()?[2]))
+    }
+
+    fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+        self.skip_nonfinite = skip;
+        self.reconfigure(false)
+    }
+
+    fn last_step_skipped(&self) -> Result<bool> {
+        Ok(self.norm_ran && self.read_ctrl()?[1] != 0)
+    }
+
+    fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()> {
+        if let Some(s) = scaler {
+            if !s.gpu().same_device(&self.gpu) {
+                return Err(Error::ParamsMismatch(
+                    "the grad scaler lives on another device".into(),
+                ));
+            }
+        }
+        self.scaler = scaler.cloned();
+        self.reconfigure(true)
+    }
+}
