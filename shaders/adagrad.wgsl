@@ -34,7 +34,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let s = scal[scalar_index(i)];
     let p = param[i];
     let g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
-    let acc = sum[i] + (1.0 * g) * g;
+    let acc = addcmul(sum[i], g, g, 1.0);
     sum[i] = acc;
     let std_ = sqrt(acc) + s.eps;
     param[i] = p + (s.neg_clr * g) / std_;

@@ -7,7 +7,7 @@ struct AdamScalars {
     weight_decay: f32,     // L2 decay added to the gradient (Adam)
     decay_factor: f32,     // 1 - lr * weight_decay (AdamW)
     lerp_w: f32,           // 1 - beta1
-    lerp_w1: f32,          // 1 - (1 - beta1), in f32
+    _pad7: f32,
     beta2: f32,
     one_minus_beta2: f32,
     neg_step_size: f32,    // -lr / (1 - beta1^t)
@@ -44,9 +44,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else {
         g = l2_decay(g, p, s.weight_decay);
     }
-    let m = lerp4(exp_avg[i], g, s.lerp_w, s.lerp_w1);
+    let m = lerp4(exp_avg[i], g, s.lerp_w);
     exp_avg[i] = m;
-    let v = exp_avg_sq[i] * s.beta2 + (s.one_minus_beta2 * g) * g;
+    let v = addcmul(exp_avg_sq[i] * s.beta2, g, g, s.one_minus_beta2);
     exp_avg_sq[i] = v;
     var denom: vec4<f32>;
     if (AMSGRAD) {

@@ -63,18 +63,32 @@ fn prep_grad(g_in: vec4<f32>) -> vec4<f32> {
     return g;
 }
 
+// ATen's CPU kernels (the reference torch runs) fuse multiply-adds: `a.add(b, alpha=s)` is
+// fma(b, s, a), `a.addcmul(b, c, value=s)` is fma(s * b, c, a), lerp is an fma; `addcdiv` is
+// a + (s * b) / c with no fusion. The helpers below follow that exactly.
+
+// a.add(b, alpha=s)
+fn add_scaled(a: vec4<f32>, b: vec4<f32>, s: f32) -> vec4<f32> {
+    return fma(b, vec4<f32>(s), a);
+}
+
+// a.addcmul(b, c, value=s)
+fn addcmul(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, s: f32) -> vec4<f32> {
+    return fma(s * b, c, a);
+}
+
 // torch's `grad.add(param, alpha=weight_decay)`, only when weight_decay != 0.
 fn l2_decay(g: vec4<f32>, p: vec4<f32>, wd: f32) -> vec4<f32> {
     if (wd != 0.0) {
-        return g + wd * p;
+        return add_scaled(g, p, wd);
     }
     return g;
 }
 
-// torch.lerp(start, end, w) as ATen computes it for a scalar weight (w1 = 1 - w in f32).
-fn lerp4(start: vec4<f32>, end: vec4<f32>, w: f32, w1: f32) -> vec4<f32> {
+// torch.lerp(start, end, w) as ATen's vectorised kernel computes it for a scalar weight.
+fn lerp4(start: vec4<f32>, end: vec4<f32>, w: f32) -> vec4<f32> {
     if (abs(w) < 0.5) {
-        return start + w * (end - start);
+        return fma(vec4<f32>(w), end - start, start);
     }
-    return end - (end - start) * w1;
+    return fma(vec4<f32>(w - 1.0), end - start, end);
 }

@@ -9,7 +9,7 @@ struct RmsPropScalars {
     alpha: f32,
     one_minus_alpha: f32,
     lerp_w: f32,           // 1 - alpha (grad_avg.lerp_)
-    lerp_w1: f32,          // 1 - (1 - alpha), in f32
+    _pad8: f32,
     eps: f32,
     momentum: f32,
     _pad0: f32,
@@ -39,20 +39,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let s = scal[scalar_index(i)];
     let p = param[i];
     let g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
-    let sq = square_avg[i] * s.alpha + (s.one_minus_alpha * g) * g;
+    let sq = addcmul(square_avg[i] * s.alpha, g, g, s.one_minus_alpha);
     square_avg[i] = sq;
     var avg: vec4<f32>;
     if (CENTERED) {
-        let ga = lerp4(grad_avg[i], g, s.lerp_w, s.lerp_w1);
+        let ga = lerp4(grad_avg[i], g, s.lerp_w);
         grad_avg[i] = ga;
-        avg = sqrt(sq + (-1.0 * ga) * ga) + s.eps;
+        avg = sqrt(addcmul(sq, ga, ga, -1.0)) + s.eps;
     } else {
         avg = sqrt(sq) + s.eps;
     }
     if (MOMENTUM) {
-        let buf = momentum_buffer[i] * s.momentum + g / avg;
+        let buf = momentum_buffer[i] * s.momentum + (1.0 * g) / avg;
         momentum_buffer[i] = buf;
-        param[i] = p + s.neg_lr * buf;
+        param[i] = add_scaled(p, buf, s.neg_lr);
     } else {
         param[i] = p + (s.neg_lr * g) / avg;
     }

@@ -42,14 +42,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (s.first_step != 0.0) {
             buf = g;
         } else {
-            buf = momentum_buffer[i] * s.momentum + s.one_minus_dampening * g;
+            buf = add_scaled(momentum_buffer[i] * s.momentum, g, s.one_minus_dampening);
         }
         momentum_buffer[i] = buf;
         if (NESTEROV) {
-            g = g + s.momentum * buf;
+            g = add_scaled(g, buf, s.momentum);
         } else {
             g = buf;
         }
     }
-    param[i] = p + s.neg_lr * g;
+    param[i] = add_scaled(p, g, s.neg_lr);
 }

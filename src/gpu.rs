@@ -28,6 +28,7 @@ struct Inner {
     /// Identity of the device behind this handle (wgpu's own `Device` equality compares ids
     /// that repeat across instances, so it cannot tell two devices apart).
     uid: u64,
+    fma: std::sync::OnceLock<bool>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
@@ -117,6 +118,7 @@ impl Gpu {
                 info,
                 dispatch_dim: limits.max_compute_workgroups_per_dimension,
                 uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+                fma: Default::default(),
                 limits,
                 pipelines: Mutex::new(HashMap::new()),
             }),
@@ -156,6 +158,7 @@ impl Gpu {
                 limits: i.limits.clone(),
                 dispatch_dim: cap.clamp(1, i.limits.max_compute_workgroups_per_dimension),
                 uid: i.uid,
+                fma: i.fma.clone(),
                 pipelines: Mutex::new(HashMap::new()),
             }),
         }
@@ -164,6 +167,70 @@ impl Gpu {
     /// Most workgroups per dimension of one dispatch (the device's limit unless capped).
     pub fn dispatch_dim(&self) -> u32 {
         self.inner.dispatch_dim
+    }
+
+    /// Whether WGSL's `fma` is fused (one rounding) on this device, probed once with a tiny
+    /// kernel. ATen's CPU and CUDA kernels fuse the multiply-adds of `add(alpha=)`, `addcmul`
+    /// and `lerp`; so do our shaders, through `fma`, which a driver may still split (lavapipe
+    /// does). [`crate::reference::set_fused_multiply_add`] makes the CPU reference round the
+    /// same way, for bit-for-bit comparisons. Blocks the first time.
+    pub fn fused_multiply_add(&self) -> bool {
+        *self
+            .inner
+            .fma
+            .get_or_init(|| self.probe_fma().unwrap_or(true))
+    }
+
+    fn probe_fma(&self) -> Result<bool> {
+        // fma(a, a, -c) with a = 1 + 2^-12, c = 1 + 2^-11: a*a = c + 2^-24, which an unfused
+        // multiply rounds back to c (a tie to even), giving 0; a fused one gives 2^-24.
+        let a = f32::from_bits(0x3F80_0800);
+        let c = f32::from_bits(0x3F80_1000);
+        let buf = self.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-optim fma probe"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue()
+            .write_buffer(&buf, 0, bytemuck::cast_slice(&[a, -c, 0.0, 0.0]));
+        let src = "@group(0) @binding(0) var<storage, read_write> v: array<f32>;\n\
+                   @compute @workgroup_size(1) fn main() { v[2] = fma(v[0], v[0], v[1]); }";
+        let module = self
+            .device()
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("wgpu-optim fma probe"),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let pipeline = self
+            .device()
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("wgpu-optim fma probe"),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let bg = self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: buf.as_entire_binding(),
+            }],
+        });
+        let mut enc = self.device().create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        self.queue().submit([enc.finish()]);
+        Ok(self.read_pieces(&[(&buf, 8, 4)])?[0] != 0.0)
     }
 
     /// Whether GPU timestamp queries are available (used by the benchmarks).

@@ -66,19 +66,53 @@ impl State {
     }
 }
 
-/// torch.lerp for a scalar weight, as ATen evaluates it.
+thread_local! {
+    static FUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Choose, for the calling thread, whether the reference fuses multiply-adds (the default, as
+/// ATen's CPU and CUDA kernels do) or rounds the product first, as a GPU driver that splits
+/// WGSL's `fma` does (see [`crate::Gpu::fused_multiply_add`]). With the device's choice the
+/// reference reproduces its results bit for bit on lavapipe.
+pub fn set_fused_multiply_add(fused: bool) {
+    FUSED.with(|f| f.set(fused));
+}
+
+/// `x * y + z`, fused or not (see [`set_fused_multiply_add`]).
+fn fma(x: f32, y: f32, z: f32) -> f32 {
+    if FUSED.with(|f| f.get()) {
+        x.mul_add(y, z)
+    } else {
+        x * y + z
+    }
+}
+
+// ATen fuses multiply-adds: these three helpers are the exact forms of `add(alpha=)`,
+// `addcmul` and `lerp`; `addcdiv` is `a + (s * b) / c`, unfused.
+
+/// `a.add(b, alpha=s)`
+fn add_scaled(a: f32, b: f32, s: f32) -> f32 {
+    fma(b, s, a)
+}
+
+/// `a.addcmul(b, c, value=s)`
+fn addcmul(a: f32, b: f32, c: f32, s: f32) -> f32 {
+    fma(s * b, c, a)
+}
+
+/// `torch.lerp(start, end, w)` for a scalar weight.
 fn lerp(start: f32, end: f32, w: f32) -> f32 {
     if w.abs() < 0.5 {
-        start + w * (end - start)
+        fma(w, end - start, start)
     } else {
-        end - (end - start) * (1.0 - w)
+        fma(w - 1.0, end - start, end)
     }
 }
 
 /// `grad.add(param, alpha=weight_decay)` when weight_decay != 0.
 fn l2(g: f32, p: f32, wd: f32) -> f32 {
     if wd != 0.0 {
-        g + wd * p
+        add_scaled(g, p, wd)
     } else {
         g
     }
@@ -147,7 +181,7 @@ pub fn adam(cfg: &AdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state
             g = l2(g, p, cfg.weight_decay);
         }
         exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
-        exp_avg_sq[i] = exp_avg_sq[i] * beta2 + (one_minus_beta2 * g) * g;
+        exp_avg_sq[i] = addcmul(exp_avg_sq[i] * beta2, g, g, one_minus_beta2);
         let denom = if cfg.amsgrad {
             max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
             max_exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
@@ -177,16 +211,16 @@ pub fn rmsprop(
     for i in 0..param.len() {
         let p = param[i];
         let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
-        square_avg[i] = square_avg[i] * cfg.alpha + (one_minus_alpha * g) * g;
+        square_avg[i] = addcmul(square_avg[i] * cfg.alpha, g, g, one_minus_alpha);
         let avg = if cfg.centered {
             grad_avg[i] = lerp(grad_avg[i], g, one_minus_alpha);
-            (square_avg[i] + (-1.0 * grad_avg[i]) * grad_avg[i]).sqrt() + cfg.eps
+            addcmul(square_avg[i], grad_avg[i], grad_avg[i], -1.0).sqrt() + cfg.eps
         } else {
             square_avg[i].sqrt() + cfg.eps
         };
         if cfg.momentum > 0.0 {
-            buf[i] = buf[i] * cfg.momentum + g / avg;
-            param[i] = p + neg_lr * buf[i];
+            buf[i] = buf[i] * cfg.momentum + (1.0 * g) / avg;
+            param[i] = add_scaled(p, buf[i], neg_lr);
         } else {
             param[i] = p + (neg_lr * g) / avg;
         }
@@ -211,7 +245,7 @@ pub fn adagrad(
     for i in 0..param.len() {
         let p = param[i];
         let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
-        sum[i] += (1.0 * g) * g;
+        sum[i] = addcmul(sum[i], g, g, 1.0);
         let std = sum[i].sqrt() + cfg.eps;
         param[i] = p + (neg_clr * g) / std;
     }

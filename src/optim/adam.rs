@@ -120,7 +120,7 @@ impl OptimizerConfig for AdamConfig {
             wd as f32,
             (1.0 - lr * wd) as f32,
             lerp_w,
-            1.0 - lerp_w,
+            0.0,
             beta2 as f32,
             (1.0 - beta2) as f32,
             (-step_size) as f32,

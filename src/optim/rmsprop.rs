@@ -104,7 +104,7 @@ impl OptimizerConfig for RmsPropConfig {
             self.alpha,
             (1.0 - alpha) as f32,
             lerp_w,
-            1.0 - lerp_w,
+            0.0,
             self.eps,
             self.momentum,
         ]);

@@ -6,7 +6,7 @@ use ndarray::Array1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
-use wgpu_optim::reference::State;
+use wgpu_optim::reference::{self, State};
 use wgpu_optim::{Gpu, Optim, Optimizer, OptimizerConfig, Params};
 
 /// The adapter every test runs on. No adapter is a test failure that says how to get one.
@@ -99,6 +99,7 @@ pub fn run_vs_reference<C: OptimizerConfig>(
         .zip(init.iter().map(|v| &v[..]))
         .collect();
     let gpu = gpu();
+    reference::set_fused_multiply_add(gpu.fused_multiply_add());
     let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, max_chunk_bytes).unwrap();
     let mut opt = Optim::new(&params, cfg.clone()).unwrap();
     let mut cpu_p: Vec<Array1<f32>> = init.iter().map(|v| Array1::from(v.clone())).collect();
