@@ -251,3 +251,68 @@ pub fn adagrad(
     }
     state.put("sum", sum);
 }
+
+/// Total norm of all gradients (each multiplied by `inv_scale` first, as `GradScaler.unscale_`
+/// does), accumulated in f64: `norm_type` 2, 1 or inf. `None` when a gradient is inf or NaN.
+pub fn grad_norm(grads: &[&Array1<f32>], norm: crate::NormType, inv_scale: f32) -> Option<f64> {
+    let mut acc = 0.0f64;
+    for g in grads {
+        for &x in g.iter() {
+            let x = x * inv_scale;
+            if !x.is_finite() {
+                return None;
+            }
+            let x = x as f64;
+            match norm {
+                crate::NormType::L2 => acc += x * x,
+                crate::NormType::L1 => acc += x.abs(),
+                crate::NormType::Inf => acc = acc.max(x.abs()),
+            }
+        }
+    }
+    Some(if norm == crate::NormType::L2 {
+        acc.sqrt()
+    } else {
+        acc
+    })
+}
+
+/// `clip_grad_norm_`'s multiplier in f32: `min(1, max_norm / (total_norm + 1e-6))`.
+pub fn clip_coef(total_norm: f32, max_norm: f32) -> f32 {
+    (max_norm / (total_norm + 1e-6)).min(1.0)
+}
+
+/// `torch.amp.GradScaler`'s scale and growth tracker, updated as `_amp_update_scale_` does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalerState {
+    /// Current scale.
+    pub scale: f32,
+    /// Clean steps since the last change.
+    pub growth_tracker: u32,
+}
+
+impl ScalerState {
+    /// The starting state of a scaler with `config`.
+    pub fn new(config: &crate::ScalerConfig) -> Self {
+        ScalerState {
+            scale: config.init_scale,
+            growth_tracker: 0,
+        }
+    }
+
+    /// One `scaler.update()` after a step that did (or did not) find an inf/NaN gradient.
+    pub fn update(&mut self, found_inf: bool, config: &crate::ScalerConfig) {
+        if found_inf {
+            self.scale *= config.backoff_factor;
+            self.growth_tracker = 0;
+        } else if self.growth_tracker + 1 == config.growth_interval {
+            let grown = self.scale * config.growth_factor;
+            if grown.is_finite() {
+                self.scale = grown;
+            }
+            self.growth_tracker = 0;
+        } else {
+            self.growth_tracker += 1;
+        }
+    }
+}
