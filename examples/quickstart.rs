@@ -1,6 +1,9 @@
 //! The README's quick start: Adam on two tensors for 100 steps.
 //!
 //! `cargo run --release --example quickstart`
+//!
+//! This is the API contract verbatim, `vec!` included.
+#![allow(clippy::useless_vec)]
 use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
 
 fn main() -> Result<(), wgpu_optim::Error> {

@@ -1,6 +1,8 @@
 // Global gradient norm and non-finite check, deterministic: a fixed reduction tree, no atomics.
 //
-//   first:    one workgroup per 1024 gradient elements of a chunk -> one partial (value, flag)
+//   first:    one workgroup per block of up to 1024 elements of one tensor -> one partial
+//             (value, flag); blocks start at each tensor's start, so the partials, and so every
+//             bit of the result, do not depend on how tensors are packed into buffers
 //   reduce:   one workgroup per 1024 partials -> one partial; repeated until one is left
 //   finalize: norm, clip coefficient, skip decision, loss-scale update, into ctrl
 // Partials are (value, non-finite flag); value is sum g^2 (L2), sum |g| (L1) or max |g| (inf),
@@ -47,6 +49,9 @@ struct Config {
 @group(0) @binding(3) var<uniform> level: Level;
 @group(0) @binding(4) var<storage, read_write> ctrl: Ctrl;
 @group(0) @binding(5) var<uniform> cfg: Config;
+
+// Per first-pass workgroup: (index of the block's first vec4 in the chunk, elements in block).
+@group(0) @binding(7) var<storage, read> segments: array<vec2<u32>>;
 
 var<workgroup> tree: array<vec2<f32>, 256>;
 
@@ -97,12 +102,18 @@ fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (w >= level.count) {
         return;
     }
-    let i = w * 256u + lid;
+    let seg = segments[w];
     var v = vec2<f32>(0.0, 0.0);
-    if (i < arrayLength(&grad)) {
-        let g = grad[i] * inv_scale();
-        v = combine(combine(contribution(g.x), contribution(g.y)),
-                    combine(contribution(g.z), contribution(g.w)));
+    let e = lid * 4u; // this thread's first element within the block
+    if (e < seg.y) {
+        let g = grad[seg.x + lid] * inv_scale();
+        // Elements past the tensor's end (padding) count as zero.
+        let c = array<vec2<f32>, 4>(
+            contribution(g.x),
+            select(vec2<f32>(0.0), contribution(g.y), e + 1u < seg.y),
+            select(vec2<f32>(0.0), contribution(g.z), e + 2u < seg.y),
+            select(vec2<f32>(0.0), contribution(g.w), e + 3u < seg.y));
+        v = combine(combine(c[0], c[1]), combine(c[2], c[3]));
     }
     let total = reduce_workgroup(lid, v);
     if (lid == 0u) {

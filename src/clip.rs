@@ -286,6 +286,8 @@ impl NormPlan {
                 Some(Bind::Uniform),
                 Some(Bind::ReadWrite),
                 Some(Bind::Uniform),
+                None,
+                Some(Bind::Read),
             ],
         );
         let constants = vec![("NORM", norm.code()), ("SCALED", scaler.is_some() as u32)];
@@ -302,12 +304,17 @@ impl NormPlan {
             )
         };
         let (first, reduce, finalize) = (pipe("first"), pipe("reduce"), pipe("finalize"));
-        // Level 0: one partial per 1024 gradient elements of each chunk, chunk after chunk.
-        let counts: Vec<u32> = layout
-            .chunk_lens
-            .iter()
-            .map(|&n| n.div_ceil(ELEMS_PER_WORKGROUP) as u32)
-            .collect();
+        // Level 0: one partial per block of up to 1024 elements of a tensor, in tensor order.
+        let mut segments: Vec<Vec<[u32; 2]>> = vec![Vec::new(); layout.chunk_lens.len()];
+        for slot in &layout.slots {
+            for p in &slot.pieces {
+                for b in 0..p.len.div_ceil(ELEMS_PER_WORKGROUP) {
+                    let elems = (p.len - b * ELEMS_PER_WORKGROUP).min(ELEMS_PER_WORKGROUP);
+                    segments[p.chunk].push([(p.offset / 4 + b * 256) as u32, elems as u32]);
+                }
+            }
+        }
+        let counts: Vec<u32> = segments.iter().map(|s| s.len() as u32).collect();
         let mut total: u32 = counts.iter().sum();
         let mut level_specs = Vec::new(); // (src, count, dst)
         let mut src = 0u32;
@@ -333,8 +340,18 @@ impl NormPlan {
         );
         let dummy_grad = storage(gpu, "wgpu-optim no grad", 16);
         let mut keep = Vec::new();
-        let group = |grad: wgpu::BufferBinding<'_>, lv: [u32; 3], keep: &mut Vec<wgpu::Buffer>| {
+        let group = |grad: wgpu::BufferBinding<'_>,
+                     seg: &[[u32; 2]],
+                     lv: [u32; 3],
+                     keep: &mut Vec<wgpu::Buffer>| {
             let level = uniform(gpu, bytemuck::cast_slice(&[lv[0], lv[1], lv[2], 0]));
+            let seg_bytes: &[u8] = if seg.is_empty() {
+                &[0; 8]
+            } else {
+                bytemuck::cast_slice(seg)
+            };
+            let segs = storage(gpu, "wgpu-optim norm segments", seg_bytes.len() as u64);
+            gpu.queue().write_buffer(&segs, 0, seg_bytes);
             let bg = kernel::bind(
                 gpu,
                 &bgl,
@@ -345,9 +362,10 @@ impl NormPlan {
                     (3, level.as_entire_buffer_binding()),
                     (4, ctrl.as_entire_buffer_binding()),
                     (5, config.as_entire_buffer_binding()),
+                    (7, segs.as_entire_buffer_binding()),
                 ],
             );
-            keep.push(level);
+            keep.extend([level, segs]);
             bg
         };
         let mut base = 0;
@@ -355,6 +373,7 @@ impl NormPlan {
         for (c, &n) in counts.iter().enumerate() {
             let bg = group(
                 chunk_binding(layout, grad_bufs, c, borrowed),
+                &segments[c],
                 [0, n, base],
                 &mut keep,
             );
@@ -365,13 +384,19 @@ impl NormPlan {
             .iter()
             .map(|&(s, n, d)| {
                 (
-                    group(dummy_grad.as_entire_buffer_binding(), [s, n, d], &mut keep),
+                    group(
+                        dummy_grad.as_entire_buffer_binding(),
+                        &[],
+                        [s, n, d],
+                        &mut keep,
+                    ),
                     n.div_ceil(1024),
                 )
             })
             .collect();
         let final_group = group(
             dummy_grad.as_entire_buffer_binding(),
+            &[],
             [src, 1, 0],
             &mut keep,
         );

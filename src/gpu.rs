@@ -62,8 +62,12 @@ impl Gpu {
 
     /// Async form of [`Gpu::new`].
     pub async fn new_async() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        // One instance for every Gpu of the process: wgpu ids are per instance, so only devices
+        // of one instance can be told apart (see Params::from_buffers' device check).
+        static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+        let instance = INSTANCE.get_or_init(|| {
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+        });
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(wanted) => {
                 let wanted = wanted.to_lowercase();
@@ -243,7 +247,7 @@ impl Gpu {
     /// Largest storage binding this crate will use, in bytes (a multiple of 256).
     pub fn max_binding_bytes(&self) -> u64 {
         let l = self.limits();
-        (l.max_storage_buffer_binding_size as u64).min(l.max_buffer_size) / 256 * 256
+        l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 256 * 256
     }
 
     /// Whether two handles share one device: clones of one [`Gpu`] do; each [`Gpu::new`] and
@@ -303,6 +307,20 @@ impl Gpu {
             });
         cache.insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Read the first `len` f32 of any buffer with `COPY_SRC` usage. Blocks.
+    pub fn read_buffer_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        if (len * 4) as u64 > buffer.size()
+            || !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
+        {
+            return Err(Error::BufferSize(format!(
+                "cannot read {len} f32 from a buffer of {} bytes with usage {:?}",
+                buffer.size(),
+                buffer.usage()
+            )));
+        }
+        self.read_pieces(&[(buffer, 0, (len * 4) as u64)])
     }
 
     /// Copy `pieces` (buffer, byte offset, byte length) into one host vector. Blocks.

@@ -1,0 +1,488 @@
+//! Parameter groups, user-owned buffers, and many small tensors.
+
+mod common;
+use common::{assert_close, gpu, randn, rng, RefFn};
+use ndarray::Array1;
+use rand::Rng;
+use wgpu_optim::reference::{self, State};
+use wgpu_optim::{
+    AdagradConfig, Adam, AdamConfig, Error, Gpu, Optim, Optimizer, OptimizerConfig, ParamGroup,
+    Params, RmsPropConfig, SgdConfig,
+};
+
+/// GPT-style names so predicates have something to match.
+const NAMES: &[(&str, usize)] = &[
+    ("wte.weight", 3000),
+    ("h.0.ln_1.weight", 64),
+    ("h.0.ln_1.bias", 64),
+    ("h.0.attn.c_attn.weight", 5000),
+    ("h.0.attn.c_attn.bias", 65),
+    ("h.0.mlp.c_fc.weight", 777),
+    ("h.0.mlp.c_fc.bias", 3),
+    ("ln_f.weight", 1),
+];
+
+/// Run `groups` on the GPU and each tensor's group config on the CPU; compare at the end.
+fn run_groups<C: OptimizerConfig>(
+    groups: Vec<ParamGroup<C>>,
+    group_of: impl Fn(&str) -> usize,
+    configs: &[C],
+    reference: RefFn<C>,
+    steps: usize,
+) {
+    let gpu = gpu();
+    reference::set_fused_multiply_add(gpu.fused_multiply_add());
+    let mut rng = rng(C::NAME);
+    let init: Vec<Vec<f32>> = NAMES.iter().map(|t| randn(&mut rng, t.1, 1.0)).collect();
+    let tensors: Vec<(&str, &[f32])> = NAMES
+        .iter()
+        .map(|t| t.0)
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, 16 * 1024).unwrap();
+    let mut opt = Optim::with_groups(&params, groups).unwrap();
+    assert_eq!(opt.group_count(), configs.len());
+    let mut cpu_p: Vec<Array1<f32>> = init.iter().map(|v| Array1::from(v.clone())).collect();
+    let mut cpu_s: Vec<State> = NAMES
+        .iter()
+        .map(|t| State::new(&configs[group_of(t.0)], t.1))
+        .collect();
+    for step in 0..steps {
+        for (i, t) in NAMES.iter().enumerate() {
+            let g = randn(&mut rng, t.1, [1.0, 0.1][step % 2]);
+            params.write_grad(t.0, &g).unwrap();
+            reference(
+                &configs[group_of(t.0)],
+                &mut cpu_p[i],
+                &Array1::from(g),
+                &mut cpu_s[i],
+            );
+        }
+        opt.step(&mut params).unwrap();
+    }
+    for (i, t) in NAMES.iter().enumerate() {
+        assert_close(
+            t.0,
+            &params.read(t.0).unwrap(),
+            cpu_p[i].as_slice().unwrap(),
+            1e-6,
+        );
+        for k in opt.state_keys() {
+            assert_close(
+                &format!("{} {k}", t.0),
+                &opt.state(k, t.0).unwrap(),
+                cpu_s[i].get(k).unwrap().as_slice().unwrap(),
+                1e-6,
+            );
+        }
+    }
+}
+
+fn no_decay(name: &str) -> bool {
+    name.ends_with(".bias") || name.contains("ln_")
+}
+
+#[test]
+fn groups_with_their_own_hyperparameters() {
+    // Adam: embeddings at a lower lr, no decay on biases and norms, the rest decayed.
+    let emb = AdamConfig {
+        lr: 1e-3,
+        betas: (0.8, 0.99),
+        weight_decay: 0.05,
+        ..AdamConfig::adamw()
+    };
+    let nd = AdamConfig {
+        lr: 3e-2,
+        eps: 1e-6,
+        weight_decay: 0.0,
+        ..AdamConfig::adamw()
+    };
+    let rest = AdamConfig {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        ..AdamConfig::adamw()
+    };
+    let which = |n: &str| {
+        if n == "wte.weight" {
+            0
+        } else if no_decay(n) {
+            1
+        } else {
+            2
+        }
+    };
+    let groups = vec![
+        ParamGroup::new(["wte.weight"], emb.clone()),
+        ParamGroup::matching(no_decay, nd.clone()),
+        ParamGroup::rest(rest.clone()),
+    ];
+    run_groups(groups, which, &[emb, nd, rest], reference::adam, 6);
+
+    let a = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        dampening: 0.1,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = SgdConfig {
+        lr: 0.01,
+        momentum: 0.5,
+        ..Default::default()
+    };
+    let which = |n: &str| no_decay(n) as usize;
+    run_groups(
+        vec![
+            ParamGroup::rest(a.clone()),
+            ParamGroup::matching(no_decay, b.clone()),
+        ],
+        which,
+        &[a, b],
+        reference::sgd,
+        5,
+    );
+
+    let a = RmsPropConfig {
+        alpha: 0.9,
+        momentum: 0.3,
+        centered: true,
+        ..Default::default()
+    };
+    let b = RmsPropConfig {
+        lr: 1e-3,
+        alpha: 0.99,
+        eps: 1e-6,
+        momentum: 0.8,
+        centered: true,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    run_groups(
+        vec![
+            ParamGroup::matching(|n| !no_decay(n), a.clone()),
+            ParamGroup::rest(b.clone()),
+        ],
+        which_nd,
+        &[a, b],
+        reference::rmsprop,
+        5,
+    );
+
+    let a = AdagradConfig {
+        initial_accumulator_value: 0.5,
+        lr_decay: 0.1,
+        ..Default::default()
+    };
+    let b = AdagradConfig {
+        lr: 0.3,
+        initial_accumulator_value: 0.0,
+        ..Default::default()
+    };
+    run_groups(
+        vec![
+            ParamGroup::matching(|n| !no_decay(n), a.clone()),
+            ParamGroup::rest(b.clone()),
+        ],
+        which_nd,
+        &[a, b],
+        reference::adagrad,
+        4,
+    );
+}
+
+fn which_nd(n: &str) -> usize {
+    no_decay(n) as usize
+}
+
+#[test]
+fn group_setters_touch_one_group() {
+    let gpu = gpu();
+    let params = Params::zeros(&gpu, &[("w", 10), ("b", 2)]).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let mut opt = Optim::with_groups(
+        &params,
+        vec![
+            ParamGroup::new(["w"], cfg.clone()),
+            ParamGroup::new(["b"], cfg),
+        ],
+    )
+    .unwrap();
+    opt.set_group_lr(1, 0.5).unwrap();
+    assert_eq!(
+        (opt.group_lr(0).unwrap(), opt.group_lr(1).unwrap()),
+        (0.1, 0.5)
+    );
+    opt.set_group_momentum(0, 0.7).unwrap();
+    assert_eq!(opt.group_momentum(0).unwrap(), Some(0.7));
+    assert!(matches!(
+        opt.set_group_lr(1, -1.0),
+        Err(Error::InvalidHyperparameter { .. })
+    ));
+    assert!(matches!(
+        opt.set_group_lr(2, 0.1),
+        Err(Error::InvalidGroups(_))
+    ));
+    assert!(
+        matches!(
+            opt.set_group_momentum(1, 0.0),
+            Err(Error::InvalidOptions(_))
+        ),
+        "momentum on/off is fixed"
+    );
+    assert_eq!(
+        opt.group_lr(1).unwrap(),
+        0.5,
+        "failed setters change nothing"
+    );
+    opt.set_lr(0.2);
+    assert_eq!(
+        (opt.group_lr(0).unwrap(), opt.group_lr(1).unwrap()),
+        (0.2, 0.2)
+    );
+    let ada = Optim::new(&params, AdagradConfig::default()).unwrap();
+    assert_eq!(ada.group_momentum(0).unwrap(), None);
+}
+
+fn user_buffer(gpu: &Gpu, data: &[f32], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("user"),
+        size: (data.len().div_ceil(4) * 16) as u64,
+        usage,
+        mapped_at_creation: false,
+    });
+    gpu.queue()
+        .write_buffer(&buf, 0, bytemuck::cast_slice(data));
+    buf
+}
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+#[test]
+fn user_buffers_match_the_arena_bit_for_bit() {
+    let gpu = gpu();
+    let mut rng = rng("byo");
+    let init: Vec<Vec<f32>> = NAMES.iter().map(|t| randn(&mut rng, t.1, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..5)
+        .map(|_| NAMES.iter().map(|t| randn(&mut rng, t.1, 1.0)).collect())
+        .collect();
+    let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> = init
+        .iter()
+        .map(|v| {
+            (
+                user_buffer(&gpu, v, USAGE),
+                user_buffer(&gpu, &vec![0.0; v.len()], USAGE),
+            )
+        })
+        .collect();
+    let specs: Vec<(&str, &wgpu::Buffer, &wgpu::Buffer, usize)> = NAMES
+        .iter()
+        .zip(&bufs)
+        .map(|(t, (p, g))| (t.0, p, g, t.1))
+        .collect();
+    let mut byo = Params::from_buffers(&gpu, &specs).unwrap();
+    let tensors: Vec<(&str, &[f32])> = NAMES
+        .iter()
+        .map(|t| t.0)
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let mut arena = Params::new(&gpu, &tensors).unwrap();
+    let cfg = AdamConfig {
+        amsgrad: true,
+        ..AdamConfig::adamw()
+    };
+    let groups = || {
+        vec![
+            ParamGroup::matching(
+                no_decay,
+                AdamConfig {
+                    weight_decay: 0.0,
+                    ..cfg.clone()
+                },
+            ),
+            ParamGroup::rest(cfg.clone()),
+        ]
+    };
+    let mut a = Adam::with_groups(&byo, groups()).unwrap();
+    let mut b = Adam::with_groups(&arena, groups()).unwrap();
+    a.set_max_grad_norm(Some(10.0)).unwrap();
+    b.set_max_grad_norm(Some(10.0)).unwrap();
+    for step in &grads {
+        for (t, g) in NAMES.iter().zip(step) {
+            byo.write_grad(t.0, g).unwrap();
+            arena.write_grad(t.0, g).unwrap();
+        }
+        a.step(&mut byo).unwrap();
+        b.step(&mut arena).unwrap();
+    }
+    assert_eq!(
+        a.last_grad_norm().unwrap().to_bits(),
+        b.last_grad_norm().unwrap().to_bits()
+    );
+    for (i, t) in NAMES.iter().enumerate() {
+        let x = byo.read(t.0).unwrap();
+        assert_eq!(x, arena.read(t.0).unwrap(), "{}", t.0);
+        assert_ne!(x, init[i]);
+        // The user's own buffer holds the result.
+        let direct = gpu.read_buffer_f32(&bufs[i].0, t.1).unwrap();
+        assert_eq!(direct, x);
+        assert_eq!(
+            a.state("max_exp_avg_sq", t.0).unwrap(),
+            b.state("max_exp_avg_sq", t.0).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_thousand_tiny_tensors() {
+    let gpu = gpu();
+    reference::set_fused_multiply_add(gpu.fused_multiply_add());
+    let mut rng = rng("tiny");
+    let sizes: Vec<usize> = (0..1000).map(|_| rng.random_range(1..=17)).collect();
+    let names: Vec<String> = (0..1000).map(|i| format!("layer{i}.bias")).collect();
+    let init: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let tensors: Vec<(&str, &[f32])> = names
+        .iter()
+        .map(|s| s.as_str())
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let mut params = Params::new(&gpu, &tensors).unwrap();
+    let even = AdamConfig {
+        lr: 0.01,
+        ..Default::default()
+    };
+    let odd = AdamConfig {
+        lr: 0.002,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let is_odd = |n: &str| {
+        n.trim_start_matches("layer")
+            .trim_end_matches(".bias")
+            .parse::<usize>()
+            .unwrap()
+            % 2
+            == 1
+    };
+    let mut opt = Adam::with_groups(
+        &params,
+        vec![
+            ParamGroup::matching(is_odd, odd.clone()),
+            ParamGroup::rest(even.clone()),
+        ],
+    )
+    .unwrap();
+    let mut cpu: Vec<(Array1<f32>, State)> = init
+        .iter()
+        .map(|v| (Array1::from(v.clone()), State::new(&even, v.len())))
+        .collect();
+    for _ in 0..3 {
+        for (i, n) in names.iter().enumerate() {
+            let g = randn(&mut rng, sizes[i], 1.0);
+            params.write_grad(n, &g).unwrap();
+            let cfg = if is_odd(n) { &odd } else { &even };
+            let (p, s) = &mut cpu[i];
+            reference::adam(cfg, p, &Array1::from(g), s);
+        }
+        opt.step(&mut params).unwrap();
+    }
+    for (i, n) in names.iter().enumerate() {
+        assert_close(
+            n,
+            &params.read(n).unwrap(),
+            cpu[i].0.as_slice().unwrap(),
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn bad_groups_and_buffers() {
+    let gpu = gpu();
+    let params = Params::new(&gpu, &[("a", &[1.0f32; 5][..]), ("b", &[2.0f32; 3][..])]).unwrap();
+    let c = AdamConfig::default();
+    let bad = |g: Vec<ParamGroup<AdamConfig>>| Adam::with_groups(&params, g).map(|_| ());
+    assert!(matches!(
+        bad(vec![
+            ParamGroup::new(["a", "b"], c.clone()),
+            ParamGroup::new(["b"], c.clone())
+        ]),
+        Err(Error::InvalidGroups(_))
+    ));
+    assert!(matches!(
+        bad(vec![ParamGroup::new(["a", "zz"], c.clone())]),
+        Err(Error::UnknownTensor(_))
+    ));
+    assert!(
+        matches!(
+            bad(vec![ParamGroup::new(["a"], c.clone())]),
+            Err(Error::InvalidGroups(_))
+        ),
+        "b in no group"
+    );
+    assert!(matches!(
+        bad(vec![
+            ParamGroup::matching(|_| true, c.clone()),
+            ParamGroup::new(["a"], c.clone())
+        ]),
+        Err(Error::InvalidGroups(_))
+    ));
+    assert!(matches!(
+        bad(vec![
+            ParamGroup::rest(c.clone()),
+            ParamGroup::rest(c.clone())
+        ]),
+        Err(Error::InvalidGroups(_))
+    ));
+    assert!(matches!(bad(vec![]), Err(Error::InvalidGroups(_))));
+    let ams = AdamConfig {
+        amsgrad: true,
+        ..c.clone()
+    };
+    assert!(matches!(
+        bad(vec![
+            ParamGroup::new(["a"], c.clone()),
+            ParamGroup::rest(ams)
+        ]),
+        Err(Error::InvalidGroups(_))
+    ));
+    assert!(matches!(
+        bad(vec![
+            ParamGroup::new(
+                ["a"],
+                AdamConfig {
+                    lr: -1.0,
+                    ..c.clone()
+                }
+            ),
+            ParamGroup::rest(c.clone())
+        ]),
+        Err(Error::InvalidHyperparameter { .. })
+    ));
+    assert_eq!(params.read("a").unwrap(), vec![1.0; 5]);
+
+    let good = user_buffer(&gpu, &[0.0; 8], USAGE);
+    let no_copy = user_buffer(
+        &gpu,
+        &[0.0; 8],
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    );
+    let small = user_buffer(&gpu, &[0.0; 4], USAGE);
+    let r = Params::from_buffers(&gpu, &[("w", &no_copy, &good, 8)]);
+    assert!(matches!(r, Err(Error::BufferUsage(_))));
+    let r = Params::from_buffers(&gpu, &[("w", &good, &small, 8)]);
+    assert!(matches!(r, Err(Error::BufferSize(_))));
+    let r = Params::from_buffers(&gpu, &[("w", &good, &good, 0)]);
+    assert!(matches!(r, Err(Error::Empty(_))));
+    let r = Params::from_buffers(&gpu, &[("w", &good, &small, 4), ("w", &good, &small, 4)]);
+    assert!(matches!(r, Err(Error::DuplicateName(_))));
+    let other = Gpu::new().unwrap();
+    let foreign = user_buffer(&other, &[0.0; 8], USAGE);
+    let r = Params::from_buffers(&gpu, &[("w", &foreign, &good, 8)]);
+    assert!(matches!(r, Err(Error::ParamsMismatch(_))), "{r:?}");
+}
