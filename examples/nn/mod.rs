@@ -1,0 +1,441 @@
+//! A small dense network whose forward and backward passes are WGSL kernels that read the
+//! weights from, and write the gradients into, a `wgpu_optim::Params` arena. Shared by the
+//! training examples (`#[path = "nn/mod.rs"] mod nn;`). Data stays on the GPU; the only
+//! read-backs are the loss/accuracy totals, when the caller asks for them.
+#![allow(dead_code)]
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use wgpu_optim::{Gpu, Params};
+
+const SHADER: &str = include_str!("nn.wgsl");
+
+/// The loss at the output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loss {
+    /// Softmax cross-entropy over classes (targets are class indices).
+    SoftmaxXent,
+    /// Squared error of a single output (targets are values).
+    Mse,
+}
+
+struct Pipes {
+    forward: wgpu::ComputePipeline,
+    backward_weights: wgpu::ComputePipeline,
+    backward_input: wgpu::ComputePipeline,
+    loss: wgpu::ComputePipeline,
+    accumulate: wgpu::ComputePipeline,
+}
+
+/// One recorded pass: (pipeline, bind group, threads) in order.
+struct Pass {
+    ops: Vec<(usize, wgpu::BindGroup, u32)>,
+    /// Dims uniforms whose `offset` moves with the batch.
+    indexed_dims: Vec<wgpu::Buffer>,
+    acc: wgpu::Buffer,
+    batch: usize,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+/// A multilayer perceptron: `sizes = [inputs, hidden.., outputs]`, ReLU between layers.
+pub struct Mlp {
+    gpu: Gpu,
+    /// The weights (`fc{l}.weight`, `[out x in]`) and biases (`fc{l}.bias`) with their gradients.
+    pub params: Params,
+    pipes: Pipes,
+    train: Pass,
+    eval: Pass,
+    idx: wgpu::Buffer,
+    order: Vec<u32>,
+    n_train: usize,
+}
+
+fn storage(gpu: &Gpu, data: &[u8], label: &str) -> wgpu::Buffer {
+    let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (data.len() as u64).max(16),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    gpu.queue().write_buffer(&buf, 0, data);
+    buf
+}
+
+fn zeros(gpu: &Gpu, floats: usize, label: &str) -> wgpu::Buffer {
+    storage(gpu, &vec![0u8; floats * 4], label)
+}
+
+fn dims(gpu: &Gpu, batch: usize, inp: usize, out: usize, flags: u32) -> wgpu::Buffer {
+    let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("nn dims"),
+        size: 32,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let d: [u32; 8] = [batch as u32, inp as u32, out as u32, flags, 0, 0, 0, 0];
+    gpu.queue().write_buffer(&buf, 0, bytemuck::cast_slice(&d));
+    buf
+}
+
+impl Mlp {
+    /// Build the network with He-initialised weights and upload both data sets.
+    ///
+    /// `train`/`test` are `(rows, targets)`: rows `[n x inputs]` row-major, one target per row
+    /// (a class index as f32 for [`Loss::SoftmaxXent`], a value for [`Loss::Mse`]).
+    pub fn new(
+        gpu: &Gpu,
+        sizes: &[usize],
+        loss: Loss,
+        train: (&[f32], &[f32]),
+        test: (&[f32], &[f32]),
+        batch: usize,
+        rng: &mut StdRng,
+    ) -> Result<Mlp, wgpu_optim::Error> {
+        let layers = sizes.len() - 1;
+        let mut tensors: Vec<(String, Vec<f32>)> = Vec::new();
+        for l in 0..layers {
+            let (i, o) = (sizes[l], sizes[l + 1]);
+            let std = (2.0 / i as f32).sqrt();
+            let w: Vec<f32> = (0..i * o)
+                .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * std * 3f32.sqrt())
+                .collect();
+            tensors.push((format!("fc{l}.weight"), w));
+            tensors.push((format!("fc{l}.bias"), vec![0.0; o]));
+        }
+        let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
+        let params = Params::new(gpu, &refs)?;
+        let module = gpu
+            .device()
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("nn"),
+                source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+            });
+        let pipe = |entry: &str| {
+            gpu.device()
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        };
+        let pipes = Pipes {
+            forward: pipe("forward"),
+            backward_weights: pipe("backward_weights"),
+            backward_input: pipe("backward_input"),
+            loss: pipe(if loss == Loss::Mse {
+                "mse"
+            } else {
+                "softmax_xent"
+            }),
+            accumulate: pipe("accumulate"),
+        };
+        let n_train = train.1.len();
+        let idx = storage(
+            gpu,
+            bytemuck::cast_slice(&(0..n_train as u32).collect::<Vec<_>>()),
+            "nn idx",
+        );
+        let x_train = storage(gpu, bytemuck::cast_slice(train.0), "nn x train");
+        let t_train = storage(gpu, bytemuck::cast_slice(train.1), "nn t train");
+        let x_test = storage(gpu, bytemuck::cast_slice(test.0), "nn x test");
+        let t_test = storage(gpu, bytemuck::cast_slice(test.1), "nn t test");
+        let train_pass = Self::pass(
+            gpu, &pipes, &params, sizes, batch, x_train, t_train, &idx, true,
+        );
+        let eval_pass = Self::pass(
+            gpu,
+            &pipes,
+            &params,
+            sizes,
+            test.1.len(),
+            x_test,
+            t_test,
+            &idx,
+            false,
+        );
+        Ok(Mlp {
+            gpu: gpu.clone(),
+            params,
+            pipes,
+            train: train_pass,
+            eval: eval_pass,
+            idx,
+            order: (0..n_train as u32).collect(),
+            n_train,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        gpu: &Gpu,
+        pipes: &Pipes,
+        params: &Params,
+        sizes: &[usize],
+        batch: usize,
+        x: wgpu::Buffer,
+        target: wgpu::Buffer,
+        idx: &wgpu::Buffer,
+        training: bool,
+    ) -> Pass {
+        let layers = sizes.len() - 1;
+        let indexed = if training { 2 } else { 0 };
+        let mut keep = vec![];
+        let mut indexed_dims = vec![];
+        let acts: Vec<wgpu::Buffer> = (1..=layers)
+            .map(|l| zeros(gpu, batch * sizes[l], "nn act"))
+            .collect();
+        let dacts: Vec<wgpu::Buffer> = (1..=layers)
+            .map(|l| zeros(gpu, batch * sizes[l], "nn dact"))
+            .collect();
+        let losses = zeros(gpu, 2 * batch, "nn losses");
+        let acc = zeros(gpu, 4, "nn acc");
+        let act = |l: usize| if l == 0 { &x } else { &acts[l - 1] };
+        let pl = |p: &wgpu::ComputePipeline| -> usize {
+            [
+                &pipes.forward,
+                &pipes.backward_weights,
+                &pipes.backward_input,
+                &pipes.loss,
+                &pipes.accumulate,
+            ]
+            .iter()
+            .position(|q| *q == p)
+            .unwrap()
+        };
+        let mut ops = vec![];
+        let mut op = |p: &wgpu::ComputePipeline,
+                      dims: wgpu::Buffer,
+                      entries: Vec<(u32, wgpu::BindingResource)>,
+                      threads: usize,
+                      keep: &mut Vec<wgpu::Buffer>| {
+            let mut all = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: dims.as_entire_binding(),
+            }];
+            all.extend(
+                entries
+                    .into_iter()
+                    .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource }),
+            );
+            let bg = gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &p.get_bind_group_layout(0),
+                entries: &all,
+            });
+            ops.push((pl(p), bg, threads as u32));
+            keep.push(dims);
+        };
+        let name = |l: usize, what: &str| format!("fc{l}.{what}");
+        fn bind(b: wgpu::BufferBinding<'_>) -> wgpu::BindingResource<'_> {
+            wgpu::BindingResource::Buffer(b)
+        }
+        for l in 0..layers {
+            let flags = (l + 1 < layers) as u32 | if l == 0 { indexed } else { 0 };
+            let d = dims(gpu, batch, sizes[l], sizes[l + 1], flags);
+            if l == 0 && training {
+                indexed_dims.push(d.clone());
+            }
+            let w = params.binding(&name(l, "weight")).unwrap();
+            let b = params.binding(&name(l, "bias")).unwrap();
+            op(
+                &pipes.forward,
+                d,
+                vec![
+                    (1, act(l).as_entire_binding()),
+                    (2, bind(w)),
+                    (3, bind(b)),
+                    (4, acts[l].as_entire_binding()),
+                    (5, idx.as_entire_binding()),
+                ],
+                batch * sizes[l + 1],
+                &mut keep,
+            );
+        }
+        let d = dims(gpu, batch, 0, sizes[layers], indexed);
+        if training {
+            indexed_dims.push(d.clone());
+        }
+        op(
+            &pipes.loss,
+            d,
+            vec![
+                (5, idx.as_entire_binding()),
+                (10, acts[layers - 1].as_entire_binding()),
+                (11, target.as_entire_binding()),
+                (12, dacts[layers - 1].as_entire_binding()),
+                (14, losses.as_entire_binding()),
+            ],
+            batch,
+            &mut keep,
+        );
+        op(
+            &pipes.accumulate,
+            dims(gpu, batch, 0, 0, 0),
+            vec![
+                (13, acc.as_entire_binding()),
+                (14, losses.as_entire_binding()),
+            ],
+            1,
+            &mut keep,
+        );
+        if training {
+            for l in (0..layers).rev() {
+                let d = dims(
+                    gpu,
+                    batch,
+                    sizes[l],
+                    sizes[l + 1],
+                    if l == 0 { indexed } else { 0 },
+                );
+                if l == 0 {
+                    indexed_dims.push(d.clone());
+                }
+                let gw = params.grad_binding(&name(l, "weight")).unwrap();
+                let gb = params.grad_binding(&name(l, "bias")).unwrap();
+                op(
+                    &pipes.backward_weights,
+                    d,
+                    vec![
+                        (1, act(l).as_entire_binding()),
+                        (5, idx.as_entire_binding()),
+                        (6, dacts[l].as_entire_binding()),
+                        (7, bind(gw)),
+                        (8, bind(gb)),
+                    ],
+                    sizes[l] * sizes[l + 1] + sizes[l + 1],
+                    &mut keep,
+                );
+                if l > 0 {
+                    let d = dims(gpu, batch, sizes[l], sizes[l + 1], 1);
+                    let w = params.binding(&name(l, "weight")).unwrap();
+                    op(
+                        &pipes.backward_input,
+                        d,
+                        vec![
+                            (1, acts[l - 1].as_entire_binding()),
+                            (2, bind(w)),
+                            (6, dacts[l].as_entire_binding()),
+                            (9, dacts[l - 1].as_entire_binding()),
+                        ],
+                        batch * sizes[l],
+                        &mut keep,
+                    );
+                }
+            }
+        }
+        keep.extend(acts);
+        keep.extend(dacts);
+        keep.extend([losses, x, target]);
+        Pass {
+            ops,
+            indexed_dims,
+            acc,
+            batch,
+            _keep: keep,
+        }
+    }
+
+    /// Full batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.n_train / self.train.batch
+    }
+
+    /// New random sample order (uploaded once per epoch: 4 bytes per sample).
+    pub fn shuffle(&mut self, rng: &mut StdRng) {
+        self.order.shuffle(rng);
+        self.gpu
+            .queue()
+            .write_buffer(&self.idx, 0, bytemuck::cast_slice(&self.order));
+    }
+
+    fn run(&self, pass: &Pass) {
+        let pipes = [
+            &self.pipes.forward,
+            &self.pipes.backward_weights,
+            &self.pipes.backward_input,
+            &self.pipes.loss,
+            &self.pipes.accumulate,
+        ];
+        let mut enc = self
+            .gpu
+            .device()
+            .create_command_encoder(&Default::default());
+        {
+            let mut cp = enc.begin_compute_pass(&Default::default());
+            for (p, bg, threads) in &pass.ops {
+                cp.set_pipeline(pipes[*p]);
+                cp.set_bind_group(0, bg, &[]);
+                let groups = if *p == 4 { 1 } else { threads.div_ceil(64) };
+                cp.dispatch_workgroups(groups, 1, 1);
+            }
+        }
+        self.gpu.queue().submit([enc.finish()]);
+    }
+
+    /// Forward + loss + backward of batch `k` of the current epoch order: the gradients land in
+    /// `params`' grad buffers, the loss is added to the running totals on the GPU.
+    pub fn forward_backward(&mut self, k: usize) {
+        let offset = (k * self.train.batch) as u32;
+        for d in &self.train.indexed_dims {
+            self.gpu.queue().write_buffer(d, 16, &offset.to_le_bytes());
+        }
+        self.run(&self.train);
+    }
+
+    fn take(&self, acc: &wgpu::Buffer) -> (f32, f32) {
+        let v = self.gpu.read_buffer_f32(acc, 3).unwrap();
+        self.gpu.queue().write_buffer(acc, 0, &[0u8; 12]);
+        (v[0] / v[2].max(1.0), v[1] / v[2].max(1.0))
+    }
+
+    /// Mean loss and accuracy since the last call (a read-back: call it only when printing).
+    pub fn take_train_stats(&mut self) -> (f32, f32) {
+        self.take(&self.train.acc)
+    }
+
+    /// Mean loss and accuracy on the test set (one forward pass over all of it).
+    pub fn evaluate(&mut self) -> (f32, f32) {
+        self.run(&self.eval);
+        self.take(&self.eval.acc)
+    }
+}
+
+/// Standardise columns of `x` (`[n x f]`) with the mean/std of the rows in `fit`.
+pub fn standardize(x: &mut [f32], f: usize, fit: std::ops::Range<usize>) {
+    for j in 0..f {
+        let col: Vec<f64> = fit.clone().map(|i| x[i * f + j] as f64).collect();
+        let mean = col.iter().sum::<f64>() / col.len() as f64;
+        let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64)
+            .sqrt()
+            .max(1e-12);
+        for i in 0..x.len() / f {
+            x[i * f + j] = ((x[i * f + j] as f64 - mean) / std) as f32;
+        }
+    }
+}
+
+/// The UCI 8x8 handwritten digits (1797 images), pixels scaled to [0, 1]: (rows, labels).
+pub fn digits() -> (Vec<f32>, Vec<f32>) {
+    use std::io::Read;
+    let gz = include_bytes!("../data/digits.csv.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut text)
+        .expect("digits.csv.gz");
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Vec<f32> = line
+            .split(',')
+            .map(|s| s.trim().parse().expect("number"))
+            .collect();
+        x.extend(v[..64].iter().map(|p| p / 16.0));
+        y.push(v[64]);
+    }
+    (x, y)
+}
