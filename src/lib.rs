@@ -8,6 +8,10 @@
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
 //! queue submit, with no host read-back.
 //!
+//! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
+//! ReduceLROnPlateau, SequentialLR, ...) follow `torch.optim.lr_scheduler` to the last bit of
+//! their f64 arithmetic.
+//!
 //! ```no_run
 //! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
 //!
@@ -32,6 +36,7 @@ mod kernel;
 pub mod optim;
 mod params;
 pub mod reference;
+pub mod schedule;
 
 pub use clip::{GradNorm, GradScaler, NormType, ScalerConfig};
 pub use error::{Error, Result};
@@ -41,4 +46,9 @@ pub use optim::{
     RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use params::{Params, Piece, CHUNK_ALIGN, TENSOR_ALIGN};
+pub use schedule::{
+    AnnealStrategy, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode,
+    ExponentialLR, LinearLR, LrScheduler, MultiStepLR, OneCycleLR, PerGroup, PlateauMode,
+    PlateauScheduler, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, StepLR, ThresholdMode,
+};
 pub use wgpu;
