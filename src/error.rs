@@ -128,6 +128,9 @@ pub enum Error {
         /// What the optimizer said.
         reason: String,
     },
+    /// Writing a plot failed.
+    #[error("plot failed: {0}")]
+    Plot(String),
 }
 
 /// Check that a hyperparameter is finite and satisfies `ok`.

@@ -10,7 +10,7 @@
 //!
 //! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
 //! ReduceLROnPlateau, SequentialLR, ...) follow `torch.optim.lr_scheduler` to the last bit of
-//! their f64 arithmetic.
+//! their f64 arithmetic, and [`LrFinder`] runs the learning-rate range test.
 //!
 //! ```no_run
 //! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
@@ -33,6 +33,7 @@ mod clip;
 mod error;
 mod gpu;
 mod kernel;
+pub mod lr_finder;
 pub mod optim;
 mod params;
 pub mod reference;
@@ -41,6 +42,7 @@ pub mod schedule;
 pub use clip::{GradNorm, GradScaler, NormType, ScalerConfig};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
+pub use lr_finder::LrFinder;
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, ParamGroup,
     RmsProp, RmsPropConfig, Sgd, SgdConfig,
