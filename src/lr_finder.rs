@@ -179,6 +179,10 @@ impl LrFinder {
     /// The lr at the steepest descent of the smoothed loss against `log10(lr)` (central
     /// differences inside, one-sided at the ends, as `numpy.gradient`), ignoring the step that
     /// diverged. `None` with fewer than 3 usable points or where the loss never decreases.
+    ///
+    /// The moving average lags about `1 / (1 - beta)` steps (50 at the default 0.98) behind the
+    /// raw loss, so the suggestion sits that many sweep steps above the raw curve's steepest
+    /// point: sweep a few hundred steps, or smooth less ([`LrFinder::with_smoothing`]).
     pub fn suggestion(&self) -> Option<f64> {
         let n = self.usable();
         if n < 3 {

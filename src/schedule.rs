@@ -1328,6 +1328,24 @@ impl ReduceLROnPlateau {
 
 /// [`ReduceLROnPlateau`] attached to (some groups of) an optimizer; stepped with a metric by
 /// [`PlateauScheduler::step_with`].
+///
+/// ```no_run
+/// use wgpu_optim::{Adam, AdamConfig, Gpu, Params, PlateauScheduler, ReduceLROnPlateau};
+///
+/// # fn validation_loss(_: &Params) -> f64 { 1.0 }
+/// let gpu = Gpu::new()?;
+/// let params = Params::zeros(&gpu, &[("w", 1000)])?;
+/// let mut opt = Adam::new(&params, AdamConfig { lr: 1e-3, ..Default::default() })?;
+/// let mut plateau = PlateauScheduler::new(
+///     &opt,
+///     ReduceLROnPlateau { factor: 0.5, patience: 3, min_lr: 1e-6.into(), ..Default::default() },
+/// )?;
+/// for _epoch in 0..50 {
+///     // ... train one epoch ...
+///     plateau.step_with(validation_loss(&params), &mut opt)?;
+/// }
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct PlateauScheduler {
     config: ReduceLROnPlateau,

@@ -156,7 +156,7 @@ fn schedule(s: &Value) -> Schedule {
                     Some("cos") | None => AnnealStrategy::Cos,
                     Some(o) => panic!("anneal_strategy {o}"),
                 },
-                cycle_momentum: get("cycle_momentum").map_or(true, |v| v.as_bool().unwrap()),
+                cycle_momentum: get("cycle_momentum").is_none_or(|v| v.as_bool().unwrap()),
                 base_momentum: get("base_momentum").map_or(d.base_momentum.clone(), per_group),
                 max_momentum: get("max_momentum").map_or(d.max_momentum.clone(), per_group),
                 div_factor: num("div_factor", d.div_factor),
@@ -178,7 +178,7 @@ fn schedule(s: &Value) -> Schedule {
                     Some(o) => panic!("mode {o}"),
                 },
                 gamma: num("gamma", d.gamma),
-                cycle_momentum: get("cycle_momentum").map_or(true, |v| v.as_bool().unwrap()),
+                cycle_momentum: get("cycle_momentum").is_none_or(|v| v.as_bool().unwrap()),
                 base_momentum: get("base_momentum").map_or(d.base_momentum.clone(), per_group),
                 max_momentum: get("max_momentum").map_or(d.max_momentum.clone(), per_group),
                 ..d
