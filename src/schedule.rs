@@ -971,7 +971,11 @@ impl Scheduler {
         for sub in &mut subs {
             sub.last_epoch -= 1;
         }
-        let milestones: Vec<i64> = s.milestones.iter().map(|&m| m as i64).collect();
+        let milestones: Vec<i64> = s
+            .milestones
+            .iter()
+            .map(|&m| i64::try_from(m).unwrap_or(i64::MAX))
+            .collect();
         let idx = milestones.partition_point(|&m| m <= 0);
         subs[idx].step_count = 0;
         subs[idx].advance(vals, How::Initial)?;
@@ -1058,7 +1062,11 @@ impl Scheduler {
                 }
             }
             Kind::MultiStep(s) => {
-                let count = s.milestones.iter().filter(|&&m| m as i64 == e).count();
+                let count = s
+                    .milestones
+                    .iter()
+                    .filter(|&&m| m as i128 == e as i128)
+                    .count();
                 if count == 0 {
                     cur.clone()
                 } else {
@@ -1192,7 +1200,11 @@ impl Scheduler {
         match &self.kind {
             Kind::Step(s) => map(&|b| b * s.gamma.powf((e / s.step_size as i64) as f64)),
             Kind::MultiStep(s) => {
-                let k = s.milestones.iter().filter(|&&m| m as i64 <= e).count();
+                let k = s
+                    .milestones
+                    .iter()
+                    .filter(|&&m| m as i128 <= e as i128)
+                    .count();
                 map(&|b| b * s.gamma.powf(k as f64))
             }
             Kind::Exponential(s) => map(&|b| b * s.gamma.powf(e as f64)),
