@@ -89,6 +89,48 @@ pub enum Error {
     /// Reading data back from the GPU failed.
     #[error("GPU read-back failed: {0}")]
     ReadBack(String),
+    /// A learning-rate scheduler option is out of its valid range. Raised before the scheduler
+    /// touches the optimizer.
+    #[error("invalid scheduler option {name} = {value}: {rule}")]
+    InvalidScheduler {
+        /// PyTorch's name of the option, e.g. `step_size` or `T_max`.
+        name: &'static str,
+        /// The rejected value (a count or length for list options).
+        value: f64,
+        /// The rule it broke.
+        rule: &'static str,
+    },
+    /// A scheduler was stepped past the end of its schedule (PyTorch's OneCycleLR raises the
+    /// same way). The optimizer and the scheduler are left as they were.
+    #[error("tried to step {scheduler} to step {step}; the schedule has {total_steps} steps")]
+    ScheduleExhausted {
+        /// The scheduler's name.
+        scheduler: &'static str,
+        /// The step that was asked for.
+        step: i64,
+        /// The schedule's `total_steps`.
+        total_steps: u64,
+    },
+    /// A scheduler that cycles momentum (`cycle_momentum`) was given an optimizer group whose
+    /// momentum cannot be cycled: it has none (Adagrad) or it is switched off (SGD built with
+    /// `momentum = 0`, whose kernel keeps no momentum buffer).
+    #[error(
+        "{scheduler} cycles momentum but {optimizer} group {group} has none to cycle ({reason}); \
+         set cycle_momentum to false"
+    )]
+    NoMomentum {
+        /// The scheduler's name.
+        scheduler: &'static str,
+        /// The optimizer's name.
+        optimizer: &'static str,
+        /// The group index.
+        group: usize,
+        /// What the optimizer said.
+        reason: String,
+    },
+    /// Writing a plot failed.
+    #[error("plot failed: {0}")]
+    Plot(String),
 }
 
 /// Check that a hyperparameter is finite and satisfies `ok`.

@@ -8,6 +8,10 @@
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
 //! queue submit, with no host read-back.
 //!
+//! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
+//! ReduceLROnPlateau, SequentialLR, ...) follow `torch.optim.lr_scheduler` to the last bit of
+//! their f64 arithmetic, and [`LrFinder`] runs the learning-rate range test.
+//!
 //! ```no_run
 //! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
 //!
@@ -29,16 +33,24 @@ mod clip;
 mod error;
 mod gpu;
 mod kernel;
+pub mod lr_finder;
 pub mod optim;
 mod params;
 pub mod reference;
+pub mod schedule;
 
 pub use clip::{GradNorm, GradScaler, NormType, ScalerConfig};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
+pub use lr_finder::LrFinder;
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, ParamGroup,
     RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use params::{Params, Piece, CHUNK_ALIGN, TENSOR_ALIGN};
+pub use schedule::{
+    AnnealStrategy, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode,
+    ExponentialLR, LinearLR, LrScheduler, MultiStepLR, OneCycleLR, PerGroup, PlateauMode,
+    PlateauScheduler, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, StepLR, ThresholdMode,
+};
 pub use wgpu;

@@ -1,0 +1,892 @@
+//! Learning-rate schedulers against PyTorch: every trajectory recorded by
+//! `tools/torch_lr_schedules.py` (tests/data/lr_schedules.json) replayed with the crate's
+//! schedulers driving a real optimizer that steps on the GPU between scheduler steps; then every
+//! validation error (typed, and the optimizer untouched).
+
+mod common;
+use common::gpu;
+use serde_json::Value;
+use wgpu_optim::{
+    Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, CosineAnnealingLR,
+    CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR, LinearLR, LrScheduler,
+    MultiStepLR, OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode,
+    PlateauScheduler, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, Sgd, SgdConfig, StepLR,
+    ThresholdMode,
+};
+
+/// The optimizer stores f32: each lr must be PyTorch's f64 value rounded to f32, up to a
+/// relative 1e-6 (a couple of f32 ULPs).
+const RTOL_F32: f64 = 1e-6;
+/// The schedulers compute in f64 with PyTorch's formulas in PyTorch's order, so their f64
+/// values agree with Python's floats to the last bit where both use the same libm (glibc: every
+/// fixture matches exactly); the tolerance leaves room for another platform's cos/pow.
+const RTOL_F64: f64 = 1e-12;
+
+fn fixtures() -> Vec<Value> {
+    let doc: Value = serde_json::from_str(include_str!("data/lr_schedules.json"))
+        .expect("tests/data/lr_schedules.json: run tools/torch_lr_schedules.py");
+    doc["cases"].as_array().unwrap().clone()
+}
+
+fn case(name: &str) -> Value {
+    fixtures()
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn per_group(v: &Value) -> PerGroup {
+    match v {
+        Value::Array(a) => PerGroup::Each(a.iter().map(f).collect()),
+        v => PerGroup::All(f(v)),
+    }
+}
+
+/// Two-element tensors, one per group, with gradients, so the optimizer really steps.
+fn optimizer(spec: &Value) -> (Params, Box<dyn Optimizer>) {
+    let lrs: Vec<f32> = spec["lrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| f(v) as f32)
+        .collect();
+    let names: Vec<String> = (0..lrs.len()).map(|i| format!("p{i}")).collect();
+    let init: Vec<Vec<f32>> = (0..lrs.len()).map(|i| vec![0.5 + i as f32; 3]).collect();
+    let tensors: Vec<(&str, &[f32])> = names
+        .iter()
+        .map(|n| n.as_str())
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let params = Params::new(&gpu(), &tensors).unwrap();
+    for n in &names {
+        params.write_grad(n, &[0.1, -0.2, 0.3]).unwrap();
+    }
+    fn groups<C>(names: &[String], lrs: &[f32], cfg: impl Fn(f32) -> C) -> Vec<ParamGroup<C>> {
+        names
+            .iter()
+            .zip(lrs)
+            .map(|(n, &lr)| ParamGroup::new([n.clone()], cfg(lr)))
+            .collect()
+    }
+    let opt: Box<dyn Optimizer> = match spec["kind"].as_str().unwrap() {
+        "sgd" => {
+            let momentum = spec["momentum"].as_f64().unwrap_or(0.0) as f32;
+            let g = groups(&names, &lrs, |lr| SgdConfig {
+                lr,
+                momentum,
+                ..Default::default()
+            });
+            Box::new(Sgd::with_groups(&params, g).unwrap())
+        }
+        "adam" => {
+            let betas = match spec.get("betas") {
+                Some(b) => (f(&b[0]) as f32, f(&b[1]) as f32),
+                None => (0.9, 0.999),
+            };
+            let g = groups(&names, &lrs, |lr| AdamConfig {
+                lr,
+                betas,
+                ..Default::default()
+            });
+            Box::new(Adam::with_groups(&params, g).unwrap())
+        }
+        "adagrad" => {
+            let g = groups(&names, &lrs, |lr| AdagradConfig {
+                lr,
+                ..Default::default()
+            });
+            Box::new(Adagrad::with_groups(&params, g).unwrap())
+        }
+        k => panic!("unknown optimizer {k}"),
+    };
+    (params, opt)
+}
+
+/// PyTorch's keyword arguments to a [`Schedule`].
+fn schedule(s: &Value) -> Schedule {
+    let get = |k: &str| s.get(k).filter(|v| !v.is_null());
+    let num = |k: &str, d: f64| get(k).map_or(d, f);
+    let count = |k: &str, d: u64| get(k).map_or(d, u);
+    match s["kind"].as_str().unwrap() {
+        "StepLR" => StepLR {
+            step_size: u(&s["step_size"]),
+            gamma: num("gamma", 0.1),
+        }
+        .into(),
+        "MultiStepLR" => MultiStepLR {
+            milestones: s["milestones"].as_array().unwrap().iter().map(u).collect(),
+            gamma: num("gamma", 0.1),
+        }
+        .into(),
+        "ExponentialLR" => ExponentialLR::new(f(&s["gamma"])).into(),
+        "CosineAnnealingLR" => CosineAnnealingLR {
+            t_max: u(&s["T_max"]),
+            eta_min: num("eta_min", 0.0),
+        }
+        .into(),
+        "CosineAnnealingWarmRestarts" => CosineAnnealingWarmRestarts {
+            t_0: u(&s["T_0"]),
+            t_mult: count("T_mult", 1),
+            eta_min: num("eta_min", 0.0),
+        }
+        .into(),
+        "LinearLR" => {
+            let d = LinearLR::default();
+            LinearLR {
+                start_factor: num("start_factor", d.start_factor),
+                end_factor: num("end_factor", d.end_factor),
+                total_iters: count("total_iters", d.total_iters),
+            }
+            .into()
+        }
+        "OneCycleLR" => {
+            let d = OneCycleLR::new(per_group(&s["max_lr"]), u(&s["total_steps"]));
+            OneCycleLR {
+                pct_start: num("pct_start", d.pct_start),
+                anneal_strategy: match get("anneal_strategy").and_then(|v| v.as_str()) {
+                    Some("linear") => AnnealStrategy::Linear,
+                    Some("cos") | None => AnnealStrategy::Cos,
+                    Some(o) => panic!("anneal_strategy {o}"),
+                },
+                cycle_momentum: get("cycle_momentum").is_none_or(|v| v.as_bool().unwrap()),
+                base_momentum: get("base_momentum").map_or(d.base_momentum.clone(), per_group),
+                max_momentum: get("max_momentum").map_or(d.max_momentum.clone(), per_group),
+                div_factor: num("div_factor", d.div_factor),
+                final_div_factor: num("final_div_factor", d.final_div_factor),
+                three_phase: get("three_phase").is_some_and(|v| v.as_bool().unwrap()),
+                ..d
+            }
+            .into()
+        }
+        "CyclicLR" => {
+            let d = CyclicLR::new(per_group(&s["base_lr"]), per_group(&s["max_lr"]));
+            CyclicLR {
+                step_size_up: count("step_size_up", d.step_size_up),
+                step_size_down: get("step_size_down").map(u),
+                mode: match get("mode").and_then(|v| v.as_str()) {
+                    Some("triangular") | None => CyclicMode::Triangular,
+                    Some("triangular2") => CyclicMode::Triangular2,
+                    Some("exp_range") => CyclicMode::ExpRange,
+                    Some(o) => panic!("mode {o}"),
+                },
+                gamma: num("gamma", d.gamma),
+                cycle_momentum: get("cycle_momentum").is_none_or(|v| v.as_bool().unwrap()),
+                base_momentum: get("base_momentum").map_or(d.base_momentum.clone(), per_group),
+                max_momentum: get("max_momentum").map_or(d.max_momentum.clone(), per_group),
+                ..d
+            }
+            .into()
+        }
+        "SequentialLR" => SequentialLR::new(
+            s["schedulers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(schedule)
+                .collect(),
+            s["milestones"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(u)
+                .collect::<Vec<_>>(),
+        )
+        .into(),
+        k => panic!("unknown scheduler {k}"),
+    }
+}
+
+fn plateau(s: &Value) -> ReduceLROnPlateau {
+    let get = |k: &str| s.get(k).filter(|v| !v.is_null());
+    let d = ReduceLROnPlateau::default();
+    ReduceLROnPlateau {
+        mode: match get("mode").and_then(|v| v.as_str()) {
+            Some("max") => PlateauMode::Max,
+            _ => PlateauMode::Min,
+        },
+        factor: get("factor").map_or(d.factor, f),
+        patience: get("patience").map_or(d.patience, u),
+        threshold: get("threshold").map_or(d.threshold, f),
+        threshold_mode: match get("threshold_mode").and_then(|v| v.as_str()) {
+            Some("abs") => ThresholdMode::Abs,
+            _ => ThresholdMode::Rel,
+        },
+        cooldown: get("cooldown").map_or(d.cooldown, u),
+        min_lr: get("min_lr").map_or(d.min_lr.clone(), per_group),
+        eps: get("eps").map_or(d.eps, f),
+    }
+}
+
+/// Either kind of scheduler, as the replay drives it.
+enum Driver {
+    Epochs(Scheduler),
+    Plateau(PlateauScheduler, Vec<f64>),
+}
+
+impl Driver {
+    fn step(&mut self, i: usize, opt: &mut dyn Optimizer) {
+        match self {
+            Driver::Epochs(s) => s.step(opt).unwrap(),
+            Driver::Plateau(s, metrics) => s.step_with(metrics[i], opt).unwrap(),
+        }
+    }
+    fn last_epoch(&self) -> i64 {
+        match self {
+            Driver::Epochs(s) => s.last_epoch(),
+            Driver::Plateau(s, _) => s.last_epoch(),
+        }
+    }
+    fn last_lr(&self) -> Vec<f32> {
+        match self {
+            Driver::Epochs(s) => s.last_lr(),
+            Driver::Plateau(s, _) => s.last_lr(),
+        }
+    }
+    fn last_lr_f64(&self) -> Option<&[f64]> {
+        match self {
+            Driver::Epochs(s) => Some(s.last_lr_f64()),
+            Driver::Plateau(..) => None,
+        }
+    }
+}
+
+fn attach(c: &Value, opt: &mut dyn Optimizer, group: Option<usize>) -> Driver {
+    let s = &c["scheduler"];
+    if s["kind"] == "ReduceLROnPlateau" {
+        let metrics = c["metrics"].as_array().unwrap().iter().map(f).collect();
+        let p = match group {
+            None => PlateauScheduler::new(opt, plateau(s)),
+            Some(g) => PlateauScheduler::for_group(opt, g, plateau(s)),
+        };
+        Driver::Plateau(p.unwrap(), metrics)
+    } else {
+        let r = match group {
+            None => Scheduler::new(opt, schedule(s)),
+            Some(g) => Scheduler::for_group(opt, g, schedule(s)),
+        };
+        Driver::Epochs(r.unwrap_or_else(|e| panic!("{}: {e}", c["name"])))
+    }
+}
+
+/// Worst relative deviations seen (f32 in the optimizer, f64 in the scheduler).
+#[derive(Default)]
+struct Worst {
+    f32: f64,
+    f64: f64,
+}
+
+fn rel(got: f64, want: f64) -> f64 {
+    if got == want {
+        0.0
+    } else {
+        (got - want).abs() / want.abs().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Compare group `g` of `opt` (driven as fixture group `fg`) at record `k`.
+fn check(
+    c: &Value,
+    k: usize,
+    opt: &dyn Optimizer,
+    g: usize,
+    fg: usize,
+    f64_lr: Option<f64>,
+    worst: &mut Worst,
+) {
+    let name = c["name"].as_str().unwrap();
+    let mut want = f(&c["lr"][k][fg]);
+    if want < 0.0 {
+        // OneCycleLR's linear extrapolation at step total_steps (see schedule.rs): clamped.
+        assert_eq!(c["scheduler"]["kind"], "OneCycleLR", "{name}: negative lr");
+        assert_eq!(
+            k as u64,
+            u(&c["steps"]),
+            "{name}: negative lr before the last step"
+        );
+        want = 0.0;
+    }
+    let got = opt.group_lr(g).unwrap() as f64;
+    let e = rel(got, want);
+    assert!(
+        e <= RTOL_F32,
+        "{name} step {k} group {fg}: lr {got:e} vs torch {want:e} (rel {e:e})"
+    );
+    worst.f32 = worst.f32.max(e);
+    if let Some(l) = f64_lr {
+        let e = rel(l, want);
+        assert!(
+            e <= RTOL_F64,
+            "{name} step {k} group {fg}: f64 lr {l:e} vs torch {want:e} (rel {e:e})"
+        );
+        worst.f64 = worst.f64.max(e);
+    }
+    if let Some(m) = c["momentum"].as_array() {
+        let want = f(&m[k][fg]);
+        let got = opt.group_momentum(g).unwrap().expect("momentum") as f64;
+        let e = rel(got, want);
+        assert!(
+            e <= RTOL_F32,
+            "{name} step {k} group {fg}: momentum {got} vs torch {want} (rel {e:e})"
+        );
+    }
+}
+
+/// Replay fixture `c` on `opt` (driving all groups, or only `group`, which then follows the
+/// fixture's group 0).
+fn replay(
+    c: &Value,
+    params: &mut Params,
+    opt: &mut dyn Optimizer,
+    group: Option<usize>,
+    worst: &mut Worst,
+) {
+    let name = c["name"].as_str().unwrap();
+    let mut sched = attach(c, opt, group);
+    let groups: Vec<(usize, usize)> = match group {
+        None => (0..opt.group_count()).map(|g| (g, g)).collect(),
+        Some(g) => vec![(g, 0)],
+    };
+    let steps = u(&c["steps"]) as usize;
+    for k in 0..=steps {
+        if k > 0 {
+            opt.step(params).unwrap();
+            sched.step(k - 1, opt);
+        }
+        assert_eq!(
+            sched.last_epoch(),
+            c["last_epoch"][k].as_i64().unwrap(),
+            "{name}: last_epoch at {k}"
+        );
+        let last = sched.last_lr();
+        for (i, &(g, fg)) in groups.iter().enumerate() {
+            check(c, k, opt, g, fg, sched.last_lr_f64().map(|l| l[i]), worst);
+            assert_eq!(last[i], opt.group_lr(g).unwrap(), "{name}: last_lr at {k}");
+        }
+    }
+}
+
+#[test]
+fn pytorch_trajectories() {
+    let cases = fixtures();
+    assert!(cases.len() >= 30, "{} fixtures", cases.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for c in &cases {
+        let (mut params, mut opt) = optimizer(&c["optimizer"]);
+        let mut worst = Worst::default();
+        replay(c, &mut params, opt.as_mut(), None, &mut worst);
+        eprintln!(
+            "{:<32} {} steps, worst rel. error: f32 lr {:.1e}, f64 lr {:.1e}",
+            c["name"].as_str().unwrap(),
+            c["steps"],
+            worst.f32,
+            worst.f64
+        );
+        kinds.insert(c["scheduler"]["kind"].as_str().unwrap().to_string());
+    }
+    for k in [
+        "StepLR",
+        "MultiStepLR",
+        "ExponentialLR",
+        "CosineAnnealingLR",
+        "CosineAnnealingWarmRestarts",
+        "LinearLR",
+        "OneCycleLR",
+        "CyclicLR",
+        "ReduceLROnPlateau",
+        "SequentialLR",
+    ] {
+        assert!(kinds.contains(k), "no fixture for {k}");
+    }
+}
+
+/// A one-group fixture replayed on group 1 of a two-group optimizer: group 1 follows PyTorch,
+/// group 0 (lr and momentum) is left alone.
+#[test]
+fn for_group_drives_only_that_group() {
+    for name in [
+        "cosine_tmax7",
+        "cyclic_exp_range",
+        "plateau_max_abs",
+        "sequential_warmup_restarts",
+        "step_default_gamma",
+    ] {
+        let c = case(name);
+        let mut spec = c["optimizer"].clone();
+        assert_eq!(spec["lrs"].as_array().unwrap().len(), 1, "{name}");
+        let lr = f(&spec["lrs"][0]);
+        spec["lrs"] = serde_json::json!([0.375, lr]);
+        let (mut params, mut opt) = optimizer(&spec);
+        let m0 = opt.group_momentum(0).unwrap();
+        let mut worst = Worst::default();
+        replay(&c, &mut params, opt.as_mut(), Some(1), &mut worst);
+        assert_eq!(opt.group_lr(0).unwrap(), 0.375, "{name}: group 0 lr");
+        assert_eq!(
+            opt.group_momentum(0).unwrap(),
+            m0,
+            "{name}: group 0 momentum"
+        );
+    }
+}
+
+/// Recursive schedulers continue from the optimizer's lr when something else changed it, as
+/// PyTorch's chainable `get_lr` does.
+#[test]
+fn recursive_forms_chain_from_the_current_lr() {
+    let (_p, mut opt) = optimizer(&serde_json::json!({"kind": "sgd", "lrs": [0.1]}));
+    let mut s = Scheduler::new(opt.as_mut(), ExponentialLR::new(0.5)).unwrap();
+    s.step(opt.as_mut()).unwrap();
+    assert_eq!(opt.lr(), 0.05);
+    opt.set_group_lr(0, 1.0).unwrap();
+    s.step(opt.as_mut()).unwrap();
+    assert_eq!(opt.lr(), 0.5);
+    assert_eq!(s.last_lr(), vec![0.5]);
+    assert_eq!(s.last_epoch(), 2);
+    // Trait objects work.
+    let mut boxed: Box<dyn LrScheduler> = Box::new(s);
+    boxed.step(opt.as_mut()).unwrap();
+    assert_eq!(opt.lr(), 0.25);
+}
+
+/// What the optimizer looks like to a scheduler: every group's lr and momentum.
+fn snapshot(opt: &dyn Optimizer) -> Vec<(f32, Option<f32>)> {
+    (0..opt.group_count())
+        .map(|g| (opt.group_lr(g).unwrap(), opt.group_momentum(g).unwrap()))
+        .collect()
+}
+
+fn sgd2() -> (Params, Box<dyn Optimizer>) {
+    optimizer(&serde_json::json!({"kind": "sgd", "lrs": [0.1, 0.01], "momentum": 0.9}))
+}
+
+/// `r` is an `InvalidScheduler` error for option `name`, and `opt` is as `before`.
+fn invalid<T: std::fmt::Debug>(
+    r: Result<T, Error>,
+    name: &str,
+    opt: &dyn Optimizer,
+    before: &[(f32, Option<f32>)],
+) {
+    match r {
+        Err(Error::InvalidScheduler { name: n, .. }) => assert_eq!(n, name),
+        other => panic!("{name}: expected InvalidScheduler, got {other:?}"),
+    }
+    assert_eq!(snapshot(opt), before, "{name}: the optimizer changed");
+}
+
+#[test]
+fn invalid_options_are_rejected_before_touching_the_optimizer() {
+    let (_p, mut opt) = sgd2();
+    let before = snapshot(opt.as_ref());
+    let cases: Vec<(&str, Schedule)> = vec![
+        ("step_size", StepLR::new(0).into()),
+        (
+            "gamma",
+            StepLR {
+                gamma: 0.0,
+                ..StepLR::new(3)
+            }
+            .into(),
+        ),
+        (
+            "gamma",
+            StepLR {
+                gamma: -0.5,
+                ..StepLR::new(3)
+            }
+            .into(),
+        ),
+        (
+            "gamma",
+            StepLR {
+                gamma: f64::NAN,
+                ..StepLR::new(3)
+            }
+            .into(),
+        ),
+        ("milestones", MultiStepLR::new(vec![5, 3]).into()),
+        (
+            "gamma",
+            MultiStepLR {
+                gamma: 0.0,
+                ..MultiStepLR::new(vec![2])
+            }
+            .into(),
+        ),
+        ("gamma", ExponentialLR::new(0.0).into()),
+        ("gamma", ExponentialLR::new(f64::INFINITY).into()),
+        ("T_max", CosineAnnealingLR::new(0).into()),
+        (
+            "eta_min",
+            CosineAnnealingLR {
+                eta_min: -1e-3,
+                ..CosineAnnealingLR::new(5)
+            }
+            .into(),
+        ),
+        ("T_0", CosineAnnealingWarmRestarts::new(0).into()),
+        (
+            "T_mult",
+            CosineAnnealingWarmRestarts {
+                t_mult: 0,
+                ..CosineAnnealingWarmRestarts::new(3)
+            }
+            .into(),
+        ),
+        (
+            "eta_min",
+            CosineAnnealingWarmRestarts {
+                eta_min: f64::NAN,
+                ..CosineAnnealingWarmRestarts::new(3)
+            }
+            .into(),
+        ),
+        (
+            "start_factor",
+            LinearLR {
+                start_factor: 0.0,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        (
+            "start_factor",
+            LinearLR {
+                start_factor: 1.5,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        (
+            "end_factor",
+            LinearLR {
+                end_factor: 1.5,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        (
+            "end_factor",
+            LinearLR {
+                end_factor: -0.1,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        (
+            "total_iters",
+            LinearLR {
+                total_iters: 0,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ("total_steps", OneCycleLR::new(0.1, 0).into()),
+        (
+            "pct_start",
+            OneCycleLR {
+                pct_start: 1.5,
+                ..OneCycleLR::new(0.1, 10)
+            }
+            .into(),
+        ),
+        (
+            "pct_start",
+            OneCycleLR {
+                pct_start: -0.1,
+                ..OneCycleLR::new(0.1, 10)
+            }
+            .into(),
+        ),
+        // pct_start * total_steps == 1: a first phase of zero steps (PyTorch: ZeroDivisionError).
+        (
+            "pct_start",
+            OneCycleLR {
+                pct_start: 0.1,
+                ..OneCycleLR::new(0.1, 10)
+            }
+            .into(),
+        ),
+        ("max_lr", OneCycleLR::new(0.0, 10).into()),
+        ("max_lr", OneCycleLR::new(vec![0.1, 0.2, 0.3], 10).into()),
+        (
+            "div_factor",
+            OneCycleLR {
+                div_factor: 0.0,
+                ..OneCycleLR::new(0.1, 10)
+            }
+            .into(),
+        ),
+        (
+            "final_div_factor",
+            OneCycleLR {
+                final_div_factor: -1.0,
+                ..OneCycleLR::new(0.1, 10)
+            }
+            .into(),
+        ),
+        (
+            "base_momentum",
+            OneCycleLR {
+                base_momentum: vec![0.8; 3].into(),
+                ..OneCycleLR::new(0.1, 10)
+            }
+            .into(),
+        ),
+        ("max_lr", CyclicLR::new(0.1, 0.01).into()),
+        ("base_lr", CyclicLR::new(-0.01, 0.1).into()),
+        ("base_lr", CyclicLR::new(vec![0.01; 3], 0.1).into()),
+        (
+            "step_size_up",
+            CyclicLR {
+                step_size_up: 0,
+                ..CyclicLR::new(0.01, 0.1)
+            }
+            .into(),
+        ),
+        (
+            "gamma",
+            CyclicLR {
+                gamma: 0.0,
+                mode: CyclicMode::ExpRange,
+                ..CyclicLR::new(0.01, 0.1)
+            }
+            .into(),
+        ),
+        (
+            "max_momentum",
+            CyclicLR {
+                max_momentum: f64::NAN.into(),
+                ..CyclicLR::new(0.01, 0.1)
+            }
+            .into(),
+        ),
+        ("schedulers", SequentialLR::new(vec![], vec![]).into()),
+        (
+            "milestones",
+            SequentialLR::new(vec![StepLR::new(2).into(), StepLR::new(3).into()], vec![]).into(),
+        ),
+        (
+            "milestones",
+            SequentialLR::new(vec![StepLR::new(2).into()], vec![4]).into(),
+        ),
+        (
+            "milestones",
+            SequentialLR::new(
+                vec![
+                    StepLR::new(2).into(),
+                    StepLR::new(3).into(),
+                    StepLR::new(4).into(),
+                ],
+                vec![5, 5],
+            )
+            .into(),
+        ),
+        (
+            "schedulers",
+            SequentialLR::new(
+                vec![
+                    StepLR::new(2).into(),
+                    SequentialLR::new(vec![StepLR::new(2).into()], vec![]).into(),
+                ],
+                vec![3],
+            )
+            .into(),
+        ),
+        (
+            "T_max",
+            SequentialLR::new(
+                vec![LinearLR::default().into(), CosineAnnealingLR::new(0).into()],
+                vec![5],
+            )
+            .into(),
+        ),
+    ];
+    for (name, s) in cases {
+        invalid(
+            Scheduler::new(opt.as_mut(), s.clone()),
+            name,
+            opt.as_ref(),
+            &before,
+        );
+        invalid(
+            Scheduler::for_group(opt.as_mut(), 1, s),
+            name,
+            opt.as_ref(),
+            &before,
+        );
+    }
+    // Per-group values: group 1's max_lr below its base_lr.
+    invalid(
+        Scheduler::new(opt.as_mut(), CyclicLR::new([0.01, 0.01], [0.1, 0.001])),
+        "max_lr",
+        opt.as_ref(),
+        &before,
+    );
+
+    let plateaus = [
+        (
+            "factor",
+            ReduceLROnPlateau {
+                factor: 1.0,
+                ..Default::default()
+            },
+        ),
+        (
+            "factor",
+            ReduceLROnPlateau {
+                factor: 1.5,
+                ..Default::default()
+            },
+        ),
+        (
+            "factor",
+            ReduceLROnPlateau {
+                factor: -0.1,
+                ..Default::default()
+            },
+        ),
+        (
+            "threshold",
+            ReduceLROnPlateau {
+                threshold: -1e-4,
+                ..Default::default()
+            },
+        ),
+        (
+            "eps",
+            ReduceLROnPlateau {
+                eps: f64::NAN,
+                ..Default::default()
+            },
+        ),
+        (
+            "min_lr",
+            ReduceLROnPlateau {
+                min_lr: (-1e-3).into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "min_lr",
+            ReduceLROnPlateau {
+                min_lr: vec![0.0; 3].into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, p) in plateaus {
+        invalid(
+            PlateauScheduler::new(opt.as_ref(), p),
+            name,
+            opt.as_ref(),
+            &before,
+        );
+    }
+}
+
+#[test]
+fn unknown_group_is_rejected() {
+    let (_p, mut opt) = sgd2();
+    let before = snapshot(opt.as_ref());
+    let r = Scheduler::for_group(opt.as_mut(), 2, StepLR::new(1));
+    assert!(matches!(r, Err(Error::InvalidGroups(_))), "{r:?}");
+    let r = PlateauScheduler::for_group(opt.as_ref(), 5, ReduceLROnPlateau::default());
+    assert!(matches!(r, Err(Error::InvalidGroups(_))), "{r:?}");
+    assert_eq!(snapshot(opt.as_ref()), before);
+}
+
+/// CyclicLR and OneCycleLR cycle momentum by default; an optimizer without one (Adagrad) or
+/// with it switched off (SGD built with momentum 0) is a typed error and stays untouched.
+#[test]
+fn cycling_momentum_needs_one() {
+    let (_p, mut adagrad) = optimizer(&serde_json::json!({"kind": "adagrad", "lrs": [0.01, 0.05]}));
+    let (_q, mut plain_sgd) = optimizer(&serde_json::json!({"kind": "sgd", "lrs": [0.1, 0.02]}));
+    let schedules: [Schedule; 2] = [
+        CyclicLR::new(0.001, 0.01).into(),
+        OneCycleLR::new(0.1, 10).into(),
+    ];
+    for opt in [&mut adagrad, &mut plain_sgd] {
+        let before = snapshot(opt.as_ref());
+        for s in &schedules {
+            match Scheduler::new(opt.as_mut(), s.clone()) {
+                Err(Error::NoMomentum {
+                    scheduler,
+                    group: 0,
+                    ..
+                }) => assert_eq!(scheduler, s.name()),
+                other => panic!("{} on {}: {other:?}", s.name(), opt.name()),
+            }
+            assert_eq!(snapshot(opt.as_ref()), before);
+        }
+        // Inside a SequentialLR too.
+        let seq = SequentialLR::new(
+            vec![LinearLR::default().into(), schedules[0].clone()],
+            vec![3],
+        );
+        assert!(matches!(
+            Scheduler::new(opt.as_mut(), seq),
+            Err(Error::NoMomentum { .. })
+        ));
+        assert_eq!(snapshot(opt.as_ref()), before);
+    }
+    // Without momentum cycling both work on Adagrad.
+    let s = CyclicLR {
+        cycle_momentum: false,
+        ..CyclicLR::new(0.001, 0.01)
+    };
+    Scheduler::new(adagrad.as_mut(), s).unwrap();
+    assert_eq!(adagrad.lr(), 0.001);
+}
+
+/// OneCycleLR allows `total_steps` steps and refuses the next, as PyTorch raises; the refused
+/// step changes nothing and can be retried (and refused) again.
+#[test]
+fn one_cycle_refuses_to_step_past_the_end() {
+    let (mut params, mut opt) = sgd2();
+    let mut s = Scheduler::new(opt.as_mut(), OneCycleLR::new(vec![0.1, 0.05], 5)).unwrap();
+    for _ in 0..5 {
+        opt.step(&mut params).unwrap();
+        s.step(opt.as_mut()).unwrap();
+    }
+    assert_eq!(s.last_epoch(), 5);
+    let before = snapshot(opt.as_ref());
+    let last = s.last_lr();
+    for _ in 0..2 {
+        match s.step(opt.as_mut()) {
+            Err(Error::ScheduleExhausted {
+                scheduler: "OneCycleLR",
+                step: 6,
+                total_steps: 5,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(snapshot(opt.as_ref()), before);
+        assert_eq!(s.last_epoch(), 5);
+        assert_eq!(s.last_lr(), last);
+    }
+}
+
+/// A failure partway through writing the groups puts every group back: Adam's beta1 must stay
+/// below 1, so a per-group `max_momentum` of 1.0 fails in group 1 after group 0 was written.
+#[test]
+fn a_failed_write_changes_nothing() {
+    let (_p, mut opt) = optimizer(&serde_json::json!({"kind": "adam", "lrs": [0.1, 0.2]}));
+    let before = snapshot(opt.as_ref());
+    let s = CyclicLR {
+        max_momentum: vec![0.95, 1.0].into(),
+        ..CyclicLR::new(0.01, 0.1)
+    };
+    let r = Scheduler::new(opt.as_mut(), s);
+    assert!(
+        matches!(r, Err(Error::InvalidHyperparameter { .. })),
+        "{r:?}"
+    );
+    assert_eq!(snapshot(opt.as_ref()), before);
+}
