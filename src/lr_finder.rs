@@ -214,6 +214,14 @@ impl LrFinder {
     }
 }
 
+/// Register a sans-serif TrueType font with plotters (once per process) for other plots of
+/// yours, found as [`LrFinder::plot`] finds it; whether one was found (without one, plots are
+/// drawn without text).
+#[cfg(feature = "plot")]
+pub fn register_plot_font() -> bool {
+    plot::font()
+}
+
 #[cfg(feature = "plot")]
 mod plot {
     use super::LrFinder;
@@ -251,7 +259,7 @@ mod plot {
     }
 
     /// Register a sans-serif font with plotters once; whether one was found.
-    fn font() -> bool {
+    pub fn font() -> bool {
         static FOUND: OnceLock<bool> = OnceLock::new();
         *FOUND.get_or_init(|| {
             for p in font_candidates() {

@@ -33,6 +33,8 @@ struct Pass {
     ops: Vec<(usize, wgpu::BindGroup, u32)>,
     /// Dims uniforms whose `offset` moves with the batch.
     indexed_dims: Vec<wgpu::Buffer>,
+    /// Dims of the accumulate kernel (its `_p0` is the loss-log slot).
+    acc_dims: wgpu::Buffer,
     acc: wgpu::Buffer,
     batch: usize,
     _keep: Vec<wgpu::Buffer>,
@@ -49,7 +51,11 @@ pub struct Mlp {
     idx: wgpu::Buffer,
     order: Vec<u32>,
     n_train: usize,
+    log: wgpu::Buffer,
 }
+
+/// Capacity of the per-step loss log.
+pub const LOG_STEPS: usize = 1 << 16;
 
 fn storage(gpu: &Gpu, data: &[u8], label: &str) -> wgpu::Buffer {
     let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
@@ -145,8 +151,9 @@ impl Mlp {
         let t_train = storage(gpu, bytemuck::cast_slice(train.1), "nn t train");
         let x_test = storage(gpu, bytemuck::cast_slice(test.0), "nn x test");
         let t_test = storage(gpu, bytemuck::cast_slice(test.1), "nn t test");
+        let log = zeros(gpu, LOG_STEPS, "nn loss log");
         let train_pass = Self::pass(
-            gpu, &pipes, &params, sizes, batch, x_train, t_train, &idx, true,
+            gpu, &pipes, &params, sizes, batch, x_train, t_train, &idx, &log, true,
         );
         let eval_pass = Self::pass(
             gpu,
@@ -157,6 +164,7 @@ impl Mlp {
             x_test,
             t_test,
             &idx,
+            &log,
             false,
         );
         Ok(Mlp {
@@ -168,6 +176,7 @@ impl Mlp {
             idx,
             order: (0..n_train as u32).collect(),
             n_train,
+            log,
         })
     }
 
@@ -181,6 +190,7 @@ impl Mlp {
         x: wgpu::Buffer,
         target: wgpu::Buffer,
         idx: &wgpu::Buffer,
+        log: &wgpu::Buffer,
         training: bool,
     ) -> Pass {
         let layers = sizes.len() - 1;
@@ -274,12 +284,14 @@ impl Mlp {
             batch,
             &mut keep,
         );
+        let acc_dims = dims(gpu, batch, 0, 0, 0);
         op(
             &pipes.accumulate,
-            dims(gpu, batch, 0, 0, 0),
+            acc_dims.clone(),
             vec![
                 (13, acc.as_entire_binding()),
                 (14, losses.as_entire_binding()),
+                (15, log.as_entire_binding()),
             ],
             1,
             &mut keep,
@@ -335,6 +347,7 @@ impl Mlp {
         Pass {
             ops,
             indexed_dims,
+            acc_dims,
             acc,
             batch,
             _keep: keep,
@@ -392,6 +405,27 @@ impl Mlp {
         let v = self.gpu.read_buffer_f32(acc, 3).unwrap();
         self.gpu.queue().write_buffer(acc, 0, &[0u8; 12]);
         (v[0] / v[2].max(1.0), v[1] / v[2].max(1.0))
+    }
+
+    /// Keep the mean loss of the next training batches in the loss log, from `slot` on
+    /// (`None`: stop logging).
+    pub fn log_losses_at(&self, slot: Option<usize>) {
+        let (flags, s) = match slot {
+            Some(s) => (4u32, s.min(LOG_STEPS - 1) as u32),
+            None => (0, 0),
+        };
+        self.gpu.queue().write_buffer(
+            &self.train.acc_dims,
+            12,
+            bytemuck::cast_slice(&[flags, 0, s]),
+        );
+    }
+
+    /// The first `n` entries of the loss log (one read-back).
+    pub fn read_loss_log(&self, n: usize) -> Vec<f32> {
+        self.gpu
+            .read_buffer_f32(&self.log, n.min(LOG_STEPS))
+            .unwrap()
     }
 
     /// Mean loss and accuracy since the last call (a read-back: call it only when printing).

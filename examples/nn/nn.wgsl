@@ -28,6 +28,7 @@ struct Dims {
 @group(0) @binding(12) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(13) var<storage, read_write> acc: array<f32>; // [loss sum, correct, count]
 @group(0) @binding(14) var<storage, read_write> losses: array<f32>; // [batch] loss, [batch..2b] correct
+@group(0) @binding(15) var<storage, read_write> loss_log: array<f32>;    // mean loss of each step
 
 fn row(b: u32) -> u32 {
     if ((d.flags & 2u) != 0u) {
@@ -151,4 +152,8 @@ fn accumulate() {
     acc[0] = acc[0] + l;
     acc[1] = acc[1] + c;
     acc[2] = acc[2] + f32(d.batch);
+    // flag 4: also keep this batch's mean loss in log[_p0] (a loss curve read back at the end)
+    if ((d.flags & 4u) != 0u) {
+        loss_log[d._p0] = l / f32(d.batch);
+    }
 }
