@@ -8,6 +8,10 @@
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
 //! queue submit, with no host read-back.
 //!
+//! [`checkpoint`] saves and resumes parameters and optimizer state exactly, as a `.safetensors`
+//! file with PyTorch's state names (`tools/torch_checkpoint.py` converts to and from
+//! `torch.optim` state dicts).
+//!
 //! ```no_run
 //! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
 //!
@@ -25,6 +29,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 mod clip;
 mod error;
 mod gpu;
