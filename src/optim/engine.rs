@@ -714,7 +714,16 @@ impl<C: OptimizerConfig> Optim<C> {
         Ok(self.group_of[t] as usize)
     }
 
-    /// The tensors of a group, in the parameter set's order.
+    /// The tensors of a group, in the parameter set's order (see [`Optim::group_of`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8), ("b", 2)])?;
+    /// let opt = Sgd::new(&params, SgdConfig::default())?;
+    /// assert_eq!(opt.group_tensors(0)?, vec!["w", "b"]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn group_tensors(&self, group: usize) -> Result<Vec<&str>> {
         self.group_config(group)?;
         Ok(self
@@ -745,17 +754,48 @@ impl<C: OptimizerConfig> Optim<C> {
     }
 
     /// The norm used for clipping ([`Optimizer::set_grad_norm_type`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// opt.set_grad_norm_type(f32::INFINITY)?;
+    /// assert_eq!(opt.grad_norm_type(), wgpu_optim::NormType::Inf);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn grad_norm_type(&self) -> NormType {
         self.norm_type
     }
 
     /// Whether steps with a non-finite gradient are skipped ([`Optimizer::set_skip_nonfinite`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// opt.set_skip_nonfinite(true)?;
+    /// assert!(opt.skip_nonfinite());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn skip_nonfinite(&self) -> bool {
         self.skip_nonfinite
     }
 
     /// The attached loss scaler ([`Optimizer::set_grad_scaler`]), sharing its GPU buffer with
     /// yours.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// let scaler = wgpu_optim::GradScaler::new(&gpu, Default::default())?;
+    /// opt.set_grad_scaler(Some(&scaler))?;
+    /// assert_eq!(opt.grad_scaler().unwrap().config(), scaler.config());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn grad_scaler(&self) -> Option<&GradScaler> {
         self.scaler.as_ref()
     }
