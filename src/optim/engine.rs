@@ -293,6 +293,8 @@ impl<C: OptimizerConfig> Optim<C> {
             .queue()
             .write_buffer(&self.ctrl, 12, &0u32.to_le_bytes());
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        // Skip counts still being read back belong to the old step count: drop them.
+        t.discard(&self.gpu);
         t.known = 0;
         t.known_at = steps;
     }
@@ -480,6 +482,22 @@ impl SkipTracker {
                         self.known_at = at;
                     }
                 }
+                slot.buf.unmap();
+                *st = SlotState::Free;
+            }
+        }
+    }
+
+    /// Wait for the read-backs in flight and drop them unread.
+    fn discard(&mut self, gpu: &Gpu) {
+        let busy =
+            |s: &ReadSlot| *s.state.lock().unwrap_or_else(|e| e.into_inner()) != SlotState::Free;
+        if self.slots.iter().any(busy) {
+            let _ = gpu.device().poll(wgpu::PollType::wait_indefinitely());
+        }
+        for slot in &self.slots {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let SlotState::Ready(_) = *st {
                 slot.buf.unmap();
                 *st = SlotState::Free;
             }
