@@ -774,6 +774,7 @@ impl Parts {
 }
 
 type Variant = (&'static str, Vec<u8>);
+type Edit<'a> = (&'static str, &'a dyn Fn(&mut Parts));
 
 /// Damaged, inconsistent or mismatched versions of `base`, named `<expected error>__<what>`.
 fn variants(base: &[u8]) -> Vec<Variant> {
@@ -812,7 +813,7 @@ fn variants(base: &[u8]) -> Vec<Variant> {
             p.to_bytes_with(|h| h["param.t3"]["shape"] = json!([1usize << 40, 1usize << 40]))
         }),
     ];
-    let edits: Vec<(&'static str, &dyn Fn(&mut Parts))> = vec![
+    let edits: Vec<Edit> = vec![
         ("format__no_metadata", &|q| q.meta = None),
         ("format__missing_param_groups", &|q| {
             q.meta.as_mut().unwrap().remove("param_groups");
@@ -1269,4 +1270,54 @@ fn resumes_from_pytorch_checkpoints() {
     }
     seen.sort();
     assert_eq!(seen, vec!["Adagrad", "Adam", "AdamW", "RMSprop", "SGD"]);
+}
+
+/// Loading into an optimizer that has run ahead (with steps skipped on the GPU and skip-count
+/// read-backs still in flight) resumes exactly like loading into a fresh one.
+#[test]
+fn load_into_an_optimizer_that_ran_ahead() {
+    let gpu = gpu();
+    let mut rng = rng("load_into_an_optimizer_that_ran_ahead");
+    let w = randn(&mut rng, 1000, 1.0);
+    let make = || {
+        let params = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+        let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+        opt.set_skip_nonfinite(true).unwrap();
+        (params, opt)
+    };
+    let grads: Vec<Vec<f32>> = (0..20)
+        .map(|s| {
+            let mut g = randn(&mut rng, 1000, 1.0);
+            if s % 3 == 1 {
+                g[5] = f32::NAN;
+            }
+            g
+        })
+        .collect();
+    let dir = temp_dir("ran_ahead");
+    let path = dir.join("ck.safetensors");
+    let (mut pa, mut oa) = make();
+    for g in &grads[..2] {
+        pa.write_grad("w", g).unwrap();
+        oa.step(&mut pa).unwrap();
+    }
+    checkpoint::save(&path, &pa, &oa).unwrap();
+    // Run ahead 12 steps (4 skipped) without asking the GPU anything, then go back.
+    for g in &grads[2..14] {
+        pa.write_grad("w", g).unwrap();
+        oa.step(&mut pa).unwrap();
+    }
+    checkpoint::load(&path, &mut pa, &mut oa).unwrap();
+    assert_eq!(oa.step_count(), 1);
+    let (mut pb, mut ob) = make();
+    checkpoint::load(&path, &mut pb, &mut ob).unwrap();
+    for g in &grads[2..] {
+        for (p, o) in [(&mut pa, &mut oa), (&mut pb, &mut ob)] {
+            p.write_grad("w", g).unwrap();
+            o.step(p).unwrap();
+        }
+    }
+    assert_eq!(snapshot(&pa, &oa, None), snapshot(&pb, &ob, None));
+    assert_eq!(oa.step_count(), 1 + 12);
+    fs::remove_dir_all(dir).unwrap();
 }
