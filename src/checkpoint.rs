@@ -52,7 +52,9 @@
 //! over the destination, so a crash leaves either the old checkpoint or the new one, never a
 //! half-written file. It streams: each tensor is read back from the GPU and written in blocks of
 //! at most [`BLOCK_BYTES`] (16 MiB), so the extra host memory is one block (plus wgpu's staging
-//! buffer of the same size and a 1 MiB write buffer), whatever the size of the state.
+//! buffer of the same size and a 1 MiB write buffer), whatever the size of the state:
+//! `tests/checkpoint_memory.rs` measures 17 MiB of heap growth to save a 72 MiB state and
+//! 16 MiB to load it.
 //!
 //! # Loading
 //!
@@ -69,9 +71,10 @@
 //! Loading streams too: the file is read twice, block by block (a validation pass, then the
 //! upload), so the extra host memory is the header plus one block. The upload pass checks
 //! that each tensor's bytes hash as in the validation pass; the file is held open, so a
-//! checkpoint replaced by a later [`save`] (a rename) in between is not seen, but a file
-//! modified in place by another program during the load is reported as an
-//! [`Error::CheckpointFormat`] after part of it was uploaded.
+//! checkpoint replaced by a later [`save`] (a rename) in between is not seen on Unix (on
+//! Windows that rename fails while the file is open), but a file modified in place by another
+//! program during the load is reported as an [`Error::CheckpointFormat`] after part of it was
+//! uploaded.
 //!
 //! Like `torch.optim.Optimizer.load_state_dict`, loading replaces every hyperparameter of every
 //! group (lr included) with the checkpoint's, and also restores max_grad_norm, the norm type and

@@ -1134,8 +1134,13 @@ fn random_damage_never_panics_and_errors_change_nothing() {
     // The runner wants an `Fn`: the loaded-into state lives in a RefCell.
     let live = std::cell::RefCell::new((params, opt, before, 0usize, 0usize));
     let path = dir.join("damaged.safetensors");
+    // PROPTEST_CASES=20000 for a longer soak.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let mut runner = TestRunner::new(Config {
-        cases: 256,
+        cases,
         failure_persistence: None,
         ..Config::default()
     });
