@@ -131,6 +131,63 @@ pub enum Error {
     /// Writing a plot failed.
     #[error("plot failed: {0}")]
     Plot(String),
+    /// A hyperparameter name the optimizer does not have (e.g. in a checkpoint).
+    #[error("unknown hyperparameter `{name}` for {optimizer}")]
+    UnknownHyperparameter {
+        /// The name given.
+        name: String,
+        /// Optimizer name.
+        optimizer: &'static str,
+    },
+    /// Reading or writing a file failed.
+    #[error("could not {op} `{path}`: {message}")]
+    Io {
+        /// What was being done: `open`, `read`, `write`, `rename`, ...
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The kind of I/O error.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        message: String,
+    },
+    /// A file that is not a valid checkpoint: not safetensors, truncated, a damaged header, a
+    /// missing or malformed metadata entry, a tensor that is not F32.
+    #[error("not a valid wgpu-optim checkpoint: {0}")]
+    CheckpointFormat(String),
+    /// A valid checkpoint that does not fit these parameters or this optimizer (another
+    /// algorithm, other tensors or lengths, other groups, other boolean options, ...).
+    #[error("checkpoint does not match: {what}: expected {expected}, the checkpoint has {got}")]
+    CheckpointMismatch {
+        /// What differs, e.g. `optimizer` or `length of fc.weight`.
+        what: String,
+        /// What the parameters / optimizer being loaded into have.
+        expected: String,
+        /// What the checkpoint has.
+        got: String,
+    },
+    /// A checkpoint tensor holding an inf or NaN.
+    #[error("checkpoint tensor `{tensor}` has the non-finite value {value} at element {index}")]
+    CheckpointNonFinite {
+        /// The checkpoint's tensor name, e.g. `state.fc.weight.exp_avg`.
+        tensor: String,
+        /// The first non-finite element.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] from a `std::io::Error`.
+    pub(crate) fn io(op: &'static str, path: &std::path::Path, e: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.display().to_string(),
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// Check that a hyperparameter is finite and satisfies `ok`.

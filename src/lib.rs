@@ -11,6 +11,9 @@
 //! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
 //! ReduceLROnPlateau, SequentialLR, ...) follow `torch.optim.lr_scheduler` to the last bit of
 //! their f64 arithmetic, and [`LrFinder`] runs the learning-rate range test.
+//! [`checkpoint`] saves and resumes parameters and optimizer state exactly, as a `.safetensors`
+//! file with PyTorch's state names (`tools/torch_checkpoint.py` converts to and from
+//! `torch.optim` state dicts).
 //!
 //! ```no_run
 //! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
@@ -29,6 +32,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 mod clip;
 mod error;
 mod gpu;

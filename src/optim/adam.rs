@@ -1,6 +1,6 @@
 //! Adam and AdamW (`torch.optim.Adam` / `torch.optim.AdamW`).
 
-use super::{widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
 use crate::error::{check, Result};
 
 /// Adam, or AdamW with `decoupled_weight_decay: true`.
@@ -144,5 +144,39 @@ impl OptimizerConfig for AdamConfig {
 
     fn set_momentum(&mut self, momentum: f32) {
         self.betas.0 = momentum;
+    }
+
+    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("lr", hyper(self.lr)),
+            ("betas[0]", hyper(self.betas.0)),
+            ("betas[1]", hyper(self.betas.1)),
+            ("eps", hyper(self.eps)),
+            ("weight_decay", hyper(self.weight_decay)),
+            ("amsgrad", self.amsgrad as u8 as f64),
+            ("maximize", self.maximize as u8 as f64),
+            (
+                "decoupled_weight_decay",
+                self.decoupled_weight_decay as u8 as f64,
+            ),
+        ]
+    }
+
+    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
+        let v = value as f32;
+        match name {
+            "lr" => self.lr = v,
+            "betas[0]" => self.betas.0 = v,
+            "betas[1]" => self.betas.1 = v,
+            "eps" => self.eps = v,
+            "weight_decay" => self.weight_decay = v,
+            "amsgrad" => self.amsgrad = flag("amsgrad", value)?,
+            "maximize" => self.maximize = flag("maximize", value)?,
+            "decoupled_weight_decay" => {
+                self.decoupled_weight_decay = flag("decoupled_weight_decay", value)?
+            }
+            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
+        }
+        Ok(())
     }
 }

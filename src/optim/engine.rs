@@ -21,6 +21,8 @@ pub struct Optim<C: OptimizerConfig> {
     params_id: u64,
     layout: Arc<Layout>,
     groups: Vec<C>,
+    /// The group of every tensor, in layout order.
+    group_of: Vec<u32>,
     /// Steps submitted (skipped ones included).
     submitted: u64,
     pipeline_layout: wgpu::PipelineLayout,
@@ -167,6 +169,7 @@ impl<C: OptimizerConfig> Optim<C> {
             params_id: params.id,
             layout,
             groups: configs,
+            group_of: owner,
             submitted: 0,
             pipeline_layout,
             chunks,
@@ -290,6 +293,8 @@ impl<C: OptimizerConfig> Optim<C> {
             .queue()
             .write_buffer(&self.ctrl, 12, &0u32.to_le_bytes());
         let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        // Skip counts still being read back belong to the old step count: drop them.
+        t.discard(&self.gpu);
         t.known = 0;
         t.known_at = steps;
     }
@@ -477,6 +482,22 @@ impl SkipTracker {
                         self.known_at = at;
                     }
                 }
+                slot.buf.unmap();
+                *st = SlotState::Free;
+            }
+        }
+    }
+
+    /// Wait for the read-backs in flight and drop them unread.
+    fn discard(&mut self, gpu: &Gpu) {
+        let busy =
+            |s: &ReadSlot| *s.state.lock().unwrap_or_else(|e| e.into_inner()) != SlotState::Free;
+        if self.slots.iter().any(busy) {
+            let _ = gpu.device().poll(wgpu::PollType::wait_indefinitely());
+        }
+        for slot in &self.slots {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let SlotState::Ready(_) = *st {
                 slot.buf.unmap();
                 *st = SlotState::Free;
             }
@@ -682,5 +703,138 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
         }
         self.scaler = scaler.cloned();
         self.reconfigure(true)
+    }
+}
+
+/// Read-only views of the settings, and crate-internal access for checkpoints
+/// (`crate::checkpoint`).
+impl<C: OptimizerConfig> Optim<C> {
+    /// The index of the group a tensor belongs to.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Optim, ParamGroup, Params, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8), ("b", 2)])?;
+    /// let opt: Sgd = Optim::with_groups(&params, vec![
+    ///     ParamGroup::new(["b"], SgdConfig::default()),
+    ///     ParamGroup::rest(SgdConfig::default()),
+    /// ])?;
+    /// assert_eq!((opt.group_of("b")?, opt.group_of("w")?), (0, 1));
+    /// assert_eq!(opt.group_tensors(1)?, vec!["w"]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn group_of(&self, tensor: &str) -> Result<usize> {
+        let t = *self
+            .layout
+            .index
+            .get(tensor)
+            .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
+        Ok(self.group_of[t] as usize)
+    }
+
+    /// The tensors of a group, in the parameter set's order (see [`Optim::group_of`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8), ("b", 2)])?;
+    /// let opt = Sgd::new(&params, SgdConfig::default())?;
+    /// assert_eq!(opt.group_tensors(0)?, vec!["w", "b"]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn group_tensors(&self, group: usize) -> Result<Vec<&str>> {
+        self.group_config(group)?;
+        Ok(self
+            .layout
+            .slots
+            .iter()
+            .zip(&self.group_of)
+            .filter(|(_, &g)| g as usize == group)
+            .map(|(s, _)| s.name.as_str())
+            .collect())
+    }
+
+    /// The clipping threshold set with [`Optimizer::set_max_grad_norm`] (`None`: no clipping).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, NormType, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// opt.set_max_grad_norm(Some(1.0))?;
+    /// assert_eq!(opt.max_grad_norm(), Some(1.0));
+    /// assert_eq!(opt.grad_norm_type(), NormType::L2);
+    /// assert!(!opt.skip_nonfinite() && opt.grad_scaler().is_none());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn max_grad_norm(&self) -> Option<f32> {
+        self.max_grad_norm
+    }
+
+    /// The norm used for clipping ([`Optimizer::set_grad_norm_type`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// opt.set_grad_norm_type(f32::INFINITY)?;
+    /// assert_eq!(opt.grad_norm_type(), wgpu_optim::NormType::Inf);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn grad_norm_type(&self) -> NormType {
+        self.norm_type
+    }
+
+    /// Whether steps with a non-finite gradient are skipped ([`Optimizer::set_skip_nonfinite`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// opt.set_skip_nonfinite(true)?;
+    /// assert!(opt.skip_nonfinite());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn skip_nonfinite(&self) -> bool {
+        self.skip_nonfinite
+    }
+
+    /// The attached loss scaler ([`Optimizer::set_grad_scaler`]), sharing its GPU buffer with
+    /// yours.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 8)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// let scaler = wgpu_optim::GradScaler::new(&gpu, Default::default())?;
+    /// opt.set_grad_scaler(Some(&scaler))?;
+    /// assert_eq!(opt.grad_scaler().unwrap().config(), scaler.config());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn grad_scaler(&self) -> Option<&GradScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// `Err` unless this optimizer was built for `params`.
+    pub(crate) fn ensure_params(&self, params: &Params) -> Result<()> {
+        self.check_params(params)
+    }
+
+    /// The arena layout shared with the parameters.
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The per-chunk buffers of state `key`.
+    pub(crate) fn state_chunks(&self, key: &str) -> Result<&[wgpu::Buffer]> {
+        self.state_buffers(key)
+    }
+
+    /// The device.
+    pub(crate) fn device(&self) -> &Gpu {
+        &self.gpu
     }
 }

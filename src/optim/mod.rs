@@ -110,6 +110,65 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     }
     /// Set the momentum-like coefficient (ignored where there is none).
     fn set_momentum(&mut self, _momentum: f32) {}
+    /// Every option by PyTorch's name (Adam's `betas` tuple as `betas[0]` and `betas[1]`):
+    /// numbers as the f64 a Python user would have written (see [`widen`]; `0.9f32` is `0.9`),
+    /// booleans as 0 or 1. Checkpoints store these for every group.
+    ///
+    /// ```
+    /// use wgpu_optim::{OptimizerConfig, SgdConfig};
+    /// let hp = SgdConfig { lr: 0.1, nesterov: true, momentum: 0.9, ..Default::default() }
+    ///     .hyperparameters();
+    /// assert!(hp.contains(&("lr", 0.1)) && hp.contains(&("nesterov", 1.0)));
+    /// ```
+    fn hyperparameters(&self) -> Vec<(&'static str, f64)>;
+    /// Set one option by its name in [`OptimizerConfig::hyperparameters`]: numbers are rounded
+    /// to f32, booleans must be exactly 0 or 1 ([`crate::Error::InvalidHyperparameter`]), an
+    /// unknown name is an [`crate::Error::UnknownHyperparameter`]. The value is not range-checked
+    /// here: call [`OptimizerConfig::validate`] after the last one.
+    ///
+    /// ```
+    /// use wgpu_optim::{AdamConfig, OptimizerConfig};
+    /// let mut cfg = AdamConfig::default();
+    /// cfg.set_hyperparameter("betas[1]", 0.98)?;
+    /// cfg.set_hyperparameter("amsgrad", 1.0)?;
+    /// assert_eq!((cfg.betas.1, cfg.amsgrad), (0.98, true));
+    /// assert!(cfg.set_hyperparameter("momentum", 0.9).is_err());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()>;
+}
+
+/// A hyperparameter for [`OptimizerConfig::hyperparameters`]: [`widen`]ed, unless that would
+/// not round back to the same f32 (then the f32's exact value), so a save/load round trip is
+/// exact.
+pub(crate) fn hyper(x: f32) -> f64 {
+    let w = widen(x);
+    if w as f32 == x || x.is_nan() {
+        w
+    } else {
+        x as f64
+    }
+}
+
+/// A boolean hyperparameter from 0 or 1.
+pub(crate) fn flag(name: &'static str, value: f64) -> Result<bool> {
+    if value == 0.0 || value == 1.0 {
+        Ok(value == 1.0)
+    } else {
+        Err(crate::Error::InvalidHyperparameter {
+            name,
+            value,
+            rule: "a boolean option must be 0 or 1",
+        })
+    }
+}
+
+/// The error for a hyperparameter name an optimizer does not have.
+pub(crate) fn unknown_hyperparameter(optimizer: &'static str, name: &str) -> crate::Error {
+    crate::Error::UnknownHyperparameter {
+        name: name.to_string(),
+        optimizer,
+    }
 }
 
 /// A hyperparameter given as f32, widened to the f64 a Python user would have written

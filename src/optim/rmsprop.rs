@@ -1,6 +1,6 @@
 //! RMSprop, optionally centered and with momentum (`torch.optim.RMSprop`).
 
-use super::{widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
 use crate::error::{check, Result};
 
 /// RMSprop.
@@ -125,5 +125,32 @@ impl OptimizerConfig for RmsPropConfig {
 
     fn set_momentum(&mut self, momentum: f32) {
         self.momentum = momentum;
+    }
+
+    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("lr", hyper(self.lr)),
+            ("alpha", hyper(self.alpha)),
+            ("eps", hyper(self.eps)),
+            ("weight_decay", hyper(self.weight_decay)),
+            ("momentum", hyper(self.momentum)),
+            ("centered", self.centered as u8 as f64),
+            ("maximize", self.maximize as u8 as f64),
+        ]
+    }
+
+    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
+        let v = value as f32;
+        match name {
+            "lr" => self.lr = v,
+            "alpha" => self.alpha = v,
+            "eps" => self.eps = v,
+            "weight_decay" => self.weight_decay = v,
+            "momentum" => self.momentum = v,
+            "centered" => self.centered = flag("centered", value)?,
+            "maximize" => self.maximize = flag("maximize", value)?,
+            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov (`torch.optim.SGD`).
 
-use super::{widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
 use crate::error::{check, Error, Result};
 
 /// SGD, optionally with (Nesterov) momentum.
@@ -113,5 +113,30 @@ impl OptimizerConfig for SgdConfig {
 
     fn set_momentum(&mut self, momentum: f32) {
         self.momentum = momentum;
+    }
+
+    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("lr", hyper(self.lr)),
+            ("momentum", hyper(self.momentum)),
+            ("dampening", hyper(self.dampening)),
+            ("weight_decay", hyper(self.weight_decay)),
+            ("nesterov", self.nesterov as u8 as f64),
+            ("maximize", self.maximize as u8 as f64),
+        ]
+    }
+
+    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
+        let v = value as f32;
+        match name {
+            "lr" => self.lr = v,
+            "momentum" => self.momentum = v,
+            "dampening" => self.dampening = v,
+            "weight_decay" => self.weight_decay = v,
+            "nesterov" => self.nesterov = flag("nesterov", value)?,
+            "maximize" => self.maximize = flag("maximize", value)?,
+            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
+        }
+        Ok(())
     }
 }

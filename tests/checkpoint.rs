@@ -1,0 +1,1328 @@
+//! Checkpoints (`wgpu_optim::checkpoint`): exact resume for every optimizer and option, strict
+//! validation that leaves everything untouched on error, robustness against damaged files
+//! (cases written here, a committed corpus, and a property test), the safetensors format as the
+//! reference crate reads it, and interchange with PyTorch (a committed fixture written by
+//! `python3 tools/torch_checkpoint.py fixture`).
+
+mod common;
+use common::{gpu, randn, rng};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use wgpu_optim::checkpoint::{self, Checkpoint};
+use wgpu_optim::{
+    AdagradConfig, Adam, AdamConfig, Error, GradScaler, Optim, Optimizer, OptimizerConfig,
+    ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
+};
+
+fn temp_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wgpu-optim-test-{test}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Everything a load may change, read back bit for bit.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    params: Vec<(String, Vec<u32>)>,
+    state: Vec<(String, Vec<u32>)>,
+    step: u64,
+    hyperparameters: Vec<Vec<(&'static str, f64)>>,
+    clip: (Option<f32>, wgpu_optim::NormType, bool),
+    scaler: Option<(u32, u32)>,
+}
+
+fn snapshot<C: OptimizerConfig>(
+    params: &Params,
+    opt: &Optim<C>,
+    scaler: Option<&GradScaler>,
+) -> Snapshot {
+    let names: Vec<String> = params.names().iter().map(|s| s.to_string()).collect();
+    Snapshot {
+        params: names
+            .iter()
+            .map(|n| (n.clone(), bits(&params.read(n).unwrap())))
+            .collect(),
+        state: names
+            .iter()
+            .flat_map(|n| {
+                opt.state_keys()
+                    .into_iter()
+                    .map(move |k| (n.clone(), k))
+                    .collect::<Vec<_>>()
+            })
+            .map(|(n, k)| (format!("{n}.{k}"), bits(&opt.state(k, &n).unwrap())))
+            .collect(),
+        step: opt.step_count(),
+        hyperparameters: (0..opt.group_count())
+            .map(|g| opt.group_config(g).unwrap().hyperparameters())
+            .collect(),
+        clip: (
+            opt.max_grad_norm(),
+            opt.grad_norm_type(),
+            opt.skip_nonfinite(),
+        ),
+        scaler: scaler.map(|s| (s.scale().unwrap().to_bits(), s.growth_tracker().unwrap())),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Exact resume
+// ------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Settings {
+    max_grad_norm: Option<f32>,
+    norm_type: Option<f32>,
+    skip_nonfinite: bool,
+    scaler: Option<ScalerConfig>,
+    /// Steps (0-based) whose gradient holds an inf.
+    bad_steps: Vec<usize>,
+}
+
+const NAMES: [&str; 4] = ["emb.weight", "fc.weight", "fc.bias", "out"];
+const SIZES: [usize; 4] = [3000, 300, 5, 1];
+
+/// N steps, save, load into fresh params (other values) and a fresh optimizer (other numbers,
+/// no clipping settings), M steps: the same bits as N + M uninterrupted steps.
+fn resume_exact<C: OptimizerConfig>(
+    name: &str,
+    groups: impl Fn() -> Vec<ParamGroup<C>>,
+    settings: Settings,
+) {
+    const N: usize = 5;
+    const M: usize = 4;
+    let gpu = gpu();
+    let mut rng = rng(name);
+    let init: Vec<Vec<f32>> = SIZES.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let other: Vec<Vec<f32>> = SIZES.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..N + M)
+        .map(|s| {
+            let scale = [1.0, 0.1, 3.0, 1e-3][s % 4];
+            SIZES
+                .iter()
+                .enumerate()
+                .map(|(t, &n)| {
+                    let mut g = randn(&mut rng, n, scale);
+                    if settings.bad_steps.contains(&s) && t == 1 {
+                        g[7] = f32::INFINITY;
+                    }
+                    g
+                })
+                .collect()
+        })
+        .collect();
+    // Chunks of 2048 elements: `emb.weight` is split over two chunks.
+    let make = |values: &[Vec<f32>], configured: bool| {
+        let tensors: Vec<(&str, &[f32])> = NAMES
+            .iter()
+            .copied()
+            .zip(values.iter().map(|v| &v[..]))
+            .collect();
+        let params = Params::with_max_chunk_bytes(&gpu, &tensors, 8192).unwrap();
+        let mut opt = Optim::with_groups(&params, groups()).unwrap();
+        let scaler = settings
+            .scaler
+            .clone()
+            .map(|c| GradScaler::new(&gpu, c).unwrap());
+        opt.set_grad_scaler(scaler.as_ref()).unwrap();
+        if configured {
+            opt.set_max_grad_norm(settings.max_grad_norm).unwrap();
+            if let Some(p) = settings.norm_type {
+                opt.set_grad_norm_type(p).unwrap();
+            }
+            opt.set_skip_nonfinite(settings.skip_nonfinite).unwrap();
+        } else {
+            // Numbers differ from the checkpoint's: load must restore them.
+            for g in 0..opt.group_count() {
+                opt.set_group_lr(g, 0.123).unwrap();
+            }
+        }
+        (params, opt, scaler)
+    };
+    let run = |params: &mut Params, opt: &mut Optim<C>, steps: std::ops::Range<usize>| {
+        for s in steps {
+            for (t, n) in NAMES.iter().enumerate() {
+                params.write_grad(n, &grads[s][t]).unwrap();
+            }
+            opt.step(params).unwrap();
+        }
+    };
+
+    let (mut pa, mut oa, sa) = make(&init, true);
+    run(&mut pa, &mut oa, 0..N + M);
+
+    let dir = temp_dir(name);
+    let path = dir.join("ck.safetensors");
+    let (mut pb, mut ob, _sb) = make(&init, true);
+    run(&mut pb, &mut ob, 0..N);
+    checkpoint::save(&path, &pb, &ob).unwrap();
+    drop((pb, ob));
+
+    let (mut pc, mut oc, sc) = make(&other, false);
+    checkpoint::load(&path, &mut pc, &mut oc).unwrap();
+    let skipped_before = settings.bad_steps.iter().filter(|&&s| s < N).count() as u64;
+    assert_eq!(
+        oc.step_count(),
+        N as u64 - skipped_before,
+        "{name}: step count"
+    );
+    run(&mut pc, &mut oc, N..N + M);
+
+    let a = snapshot(&pa, &oa, sa.as_ref());
+    let c = snapshot(&pc, &oc, sc.as_ref());
+    assert_eq!(
+        a, c,
+        "{name}: resumed run differs from the uninterrupted one"
+    );
+    eprintln!(
+        "{name}: exact after {} steps ({} skipped), state {:?}",
+        N + M,
+        settings.bad_steps.len(),
+        oc.state_keys()
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+fn scaler_config() -> ScalerConfig {
+    ScalerConfig {
+        init_scale: 1024.0,
+        growth_factor: 2.0,
+        backoff_factor: 0.5,
+        growth_interval: 3,
+    }
+}
+
+fn two_groups<C: Clone>(a: C, b: C) -> Vec<ParamGroup<C>> {
+    vec![
+        ParamGroup::new(["fc.bias", "emb.weight"], a),
+        ParamGroup::rest(b),
+    ]
+}
+
+#[test]
+fn resume_is_exact_adam() {
+    resume_exact(
+        "adam_default",
+        || vec![ParamGroup::rest(AdamConfig::default())],
+        Settings::default(),
+    );
+    let a = AdamConfig {
+        lr: 0.01,
+        betas: (0.8, 0.99),
+        eps: 1e-6,
+        weight_decay: 0.1,
+        amsgrad: true,
+        maximize: true,
+        decoupled_weight_decay: false,
+    };
+    let b = AdamConfig {
+        lr: 0.003,
+        weight_decay: 0.0,
+        ..a.clone()
+    };
+    resume_exact(
+        "adam_amsgrad_maximize_groups_clip",
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(0.5),
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "adamw_amsgrad_skip_nonfinite",
+        || {
+            vec![ParamGroup::rest(AdamConfig {
+                amsgrad: true,
+                ..AdamConfig::adamw()
+            })]
+        },
+        Settings {
+            skip_nonfinite: true,
+            bad_steps: vec![2, 6],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "adamw_grad_scaler",
+        || vec![ParamGroup::rest(AdamConfig::adamw())],
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![1, 7],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_sgd() {
+    resume_exact(
+        "sgd_plain",
+        || vec![ParamGroup::rest(SgdConfig::default())],
+        Settings::default(),
+    );
+    let a = SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        dampening: 0.1,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = SgdConfig {
+        lr: 0.01,
+        momentum: 0.5,
+        ..a.clone()
+    };
+    resume_exact(
+        "sgd_momentum_dampening_groups_clip_inf",
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(0.7),
+            norm_type: Some(f32::INFINITY),
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "sgd_nesterov_maximize_scaler",
+        || {
+            vec![ParamGroup::rest(SgdConfig {
+                lr: 0.02,
+                momentum: 0.9,
+                nesterov: true,
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![3],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_rmsprop() {
+    resume_exact(
+        "rmsprop_default",
+        || vec![ParamGroup::rest(RmsPropConfig::default())],
+        Settings::default(),
+    );
+    let a = RmsPropConfig {
+        lr: 0.01,
+        alpha: 0.9,
+        eps: 1e-6,
+        weight_decay: 0.01,
+        momentum: 0.9,
+        centered: true,
+        maximize: false,
+    };
+    let b = RmsPropConfig {
+        momentum: 0.5,
+        alpha: 0.99,
+        ..a.clone()
+    };
+    resume_exact(
+        "rmsprop_centered_momentum_groups_clip_l1",
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(2.0),
+            norm_type: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![6],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "rmsprop_maximize",
+        || {
+            vec![ParamGroup::rest(RmsPropConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings::default(),
+    );
+}
+
+#[test]
+fn resume_is_exact_adagrad() {
+    // Groups with different initial accumulators: the state is not uniform at step 0.
+    let a = AdagradConfig {
+        lr: 0.05,
+        lr_decay: 0.01,
+        weight_decay: 0.01,
+        initial_accumulator_value: 0.1,
+        eps: 1e-10,
+        maximize: false,
+    };
+    let b = AdagradConfig {
+        initial_accumulator_value: 0.0,
+        lr: 0.02,
+        ..a.clone()
+    };
+    resume_exact(
+        "adagrad_groups",
+        || two_groups(a.clone(), b.clone()),
+        Settings::default(),
+    );
+    resume_exact(
+        "adagrad_maximize_scaler_clip",
+        || {
+            vec![ParamGroup::rest(AdagradConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            max_grad_norm: Some(1.0),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The file: standard safetensors, what `Checkpoint` reports, building from a checkpoint
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn saved_file_is_standard_safetensors() {
+    let gpu = gpu();
+    let mut rng = rng("saved_file_is_standard_safetensors");
+    let w = randn(&mut rng, 3000, 1.0);
+    let b = randn(&mut rng, 3, 1.0);
+    let mut params =
+        Params::with_max_chunk_bytes(&gpu, &[("fc.weight", &w[..]), ("fc.bias", &b[..])], 8192)
+            .unwrap();
+    let cfg = AdamConfig {
+        amsgrad: true,
+        lr: 0.01,
+        ..AdamConfig::adamw()
+    };
+    let mut opt: Adam = Optim::with_groups(
+        &params,
+        vec![
+            ParamGroup::new(
+                ["fc.bias"],
+                AdamConfig {
+                    weight_decay: 0.0,
+                    ..cfg.clone()
+                },
+            ),
+            ParamGroup::rest(cfg.clone()),
+        ],
+    )
+    .unwrap();
+    let scaler = GradScaler::new(&gpu, scaler_config()).unwrap();
+    opt.set_grad_scaler(Some(&scaler)).unwrap();
+    opt.set_max_grad_norm(Some(3.0)).unwrap();
+    for _ in 0..3 {
+        params
+            .write_grad("fc.weight", &randn(&mut rng, 3000, 1.0))
+            .unwrap();
+        params
+            .write_grad("fc.bias", &randn(&mut rng, 3, 1.0))
+            .unwrap();
+        opt.step(&mut params).unwrap();
+    }
+    let dir = temp_dir("standard");
+    let path = dir.join("ck.safetensors");
+    checkpoint::save(&path, &params, &opt).unwrap();
+
+    // The reference crate reads it.
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "param.fc.bias",
+            "param.fc.weight",
+            "state.fc.bias.exp_avg",
+            "state.fc.bias.exp_avg_sq",
+            "state.fc.bias.max_exp_avg_sq",
+            "state.fc.bias.step",
+            "state.fc.weight.exp_avg",
+            "state.fc.weight.exp_avg_sq",
+            "state.fc.weight.max_exp_avg_sq",
+            "state.fc.weight.step",
+        ]
+    );
+    let f32s = |name: &str| -> Vec<f32> {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        t.data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    assert_eq!(st.tensor("param.fc.weight").unwrap().shape(), &[3000]);
+    assert_eq!(
+        st.tensor("state.fc.bias.step").unwrap().shape(),
+        &[] as &[usize]
+    );
+    assert_eq!(f32s("state.fc.bias.step"), vec![3.0]);
+    assert_eq!(
+        bits(&f32s("param.fc.weight")),
+        bits(&params.read("fc.weight").unwrap())
+    );
+    assert_eq!(
+        bits(&f32s("state.fc.weight.max_exp_avg_sq")),
+        bits(&opt.state("max_exp_avg_sq", "fc.weight").unwrap())
+    );
+    // Data starts 8-byte aligned.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    assert_eq!(n % 8, 0);
+
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let md = meta.metadata().as_ref().unwrap();
+    assert_eq!(md["format"], "wgpu-optim-checkpoint");
+    assert_eq!(md["format_version"], "1");
+    assert_eq!(md["optimizer"], "Adam");
+    assert_eq!(md["step"], "3");
+    assert_eq!(md["tensors"], r#"["fc.weight","fc.bias"]"#);
+    let groups: Value = serde_json::from_str(&md["param_groups"]).unwrap();
+    assert_eq!(groups[0]["params"], json!(["fc.bias"]));
+    assert_eq!(groups[1]["params"], json!(["fc.weight"]));
+    assert_eq!(groups[1]["lr"], json!(0.01));
+    assert_eq!(groups[1]["weight_decay"], json!(0.01));
+    assert_eq!(groups[0]["weight_decay"], json!(0.0));
+    assert_eq!(groups[1]["amsgrad"], json!(1.0));
+    assert_eq!(groups[1]["decoupled_weight_decay"], json!(1.0));
+    assert_eq!(md["max_grad_norm"], "3.0");
+    assert_eq!(md["grad_norm_type"], "2");
+    assert_eq!(md["skip_nonfinite"], "false");
+    let sc: Value = serde_json::from_str(&md["grad_scaler"]).unwrap();
+    assert_eq!(sc["scale"], json!(scaler.scale().unwrap() as f64));
+    assert_eq!(
+        sc["growth_tracker"],
+        json!(scaler.growth_tracker().unwrap())
+    );
+    assert_eq!(sc["growth_interval"], json!(3));
+
+    // What `Checkpoint` reports, and a fresh optimizer built from it resumes.
+    let ck = Checkpoint::open(&path).unwrap();
+    assert_eq!(ck.optimizer(), "Adam");
+    assert_eq!(ck.step_count(), 3);
+    assert_eq!(
+        ck.tensors(),
+        &[("fc.weight".to_string(), 3000), ("fc.bias".to_string(), 3)]
+    );
+    assert_eq!(ck.groups()[0].tensors, vec!["fc.bias".to_string()]);
+    assert_eq!(ck.max_grad_norm(), Some(3.0));
+    assert_eq!(ck.grad_scaler().unwrap().config, scaler_config());
+    assert_eq!(ck.read("state.fc.weight.step").unwrap(), vec![3.0]);
+    assert!(matches!(ck.read("nope"), Err(Error::UnknownTensor(_))));
+    assert!(matches!(
+        ck.param_groups::<SgdConfig>(),
+        Err(Error::CheckpointMismatch { .. })
+    ));
+    let mut p2 = ck.params(&gpu).unwrap();
+    let mut o2: Adam = Optim::with_groups(&p2, ck.param_groups::<AdamConfig>().unwrap()).unwrap();
+    assert_eq!(o2.group_config(1).unwrap(), &cfg);
+    let s2 = GradScaler::new(&gpu, scaler_config()).unwrap();
+    o2.set_grad_scaler(Some(&s2)).unwrap();
+    ck.restore(&mut p2, &mut o2).unwrap();
+    assert_eq!(
+        snapshot(&p2, &o2, Some(&s2)),
+        snapshot(&params, &opt, Some(&scaler))
+    );
+    // Only the checkpoint is left in the directory (no temporary file).
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn save_rejects_foreign_params_and_bad_paths() {
+    let gpu = gpu();
+    let params = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
+    let other = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
+    let opt = Adam::new(&params, AdamConfig::default()).unwrap();
+    let dir = temp_dir("save_errors");
+    assert!(matches!(
+        checkpoint::save(dir.join("a"), &other, &opt),
+        Err(Error::ParamsMismatch(_))
+    ));
+    assert!(matches!(
+        checkpoint::save(dir.join("missing/dir/ck.safetensors"), &params, &opt),
+        Err(Error::Io { .. })
+    ));
+    let mut p2 = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
+    let mut o2 = Adam::new(&p2, AdamConfig::default()).unwrap();
+    assert!(matches!(
+        checkpoint::load(dir.join("nothing-here"), &mut p2, &mut o2),
+        Err(Error::Io {
+            kind: std::io::ErrorKind::NotFound,
+            ..
+        })
+    ));
+    // An optimizer built for other parameters.
+    checkpoint::save(dir.join("ok"), &params, &opt).unwrap();
+    assert!(matches!(
+        checkpoint::load(
+            dir.join("ok"),
+            &mut p2,
+            &mut Adam::new(&params, AdamConfig::default()).unwrap()
+        ),
+        Err(Error::ParamsMismatch(_))
+    ));
+    fs::remove_file(dir.join("ok")).unwrap();
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Damaged and mismatched checkpoints
+// ------------------------------------------------------------------------------------------
+
+/// The target every damaged checkpoint is loaded into (and the corpus was written for): Adam
+/// with amsgrad, two groups, clipping and a loss scaler, tensors `t0..t3`.
+const T_NAMES: [&str; 4] = ["t0", "t1", "t2", "t3"];
+const T_SIZES: [usize; 4] = [3, 70, 130, 5];
+
+fn det_values(t: usize, n: usize, salt: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7 + t * 13) as f32 * 0.1 + salt).sin())
+        .collect()
+}
+
+fn target(salt: f32) -> (Params, Adam, GradScaler) {
+    let gpu = gpu();
+    let values: Vec<Vec<f32>> = T_SIZES
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| det_values(t, n, salt))
+        .collect();
+    let tensors: Vec<(&str, &[f32])> = T_NAMES
+        .iter()
+        .copied()
+        .zip(values.iter().map(|v| &v[..]))
+        .collect();
+    let mut params = Params::new(&gpu, &tensors).unwrap();
+    let a = AdamConfig {
+        lr: 0.01,
+        amsgrad: true,
+        ..Default::default()
+    };
+    let b = AdamConfig {
+        lr: 0.02,
+        weight_decay: 0.1,
+        ..a.clone()
+    };
+    let mut opt: Adam = Optim::with_groups(
+        &params,
+        vec![ParamGroup::new(["t0", "t2"], a), ParamGroup::rest(b)],
+    )
+    .unwrap();
+    let scaler = GradScaler::new(&gpu, scaler_config()).unwrap();
+    opt.set_grad_scaler(Some(&scaler)).unwrap();
+    opt.set_max_grad_norm(Some(1.0)).unwrap();
+    for s in 0..3 {
+        for (t, n) in T_NAMES.iter().enumerate() {
+            let g = det_values(t + 5, T_SIZES[t], salt + s as f32);
+            params.write_grad(n, &g).unwrap();
+        }
+        opt.step(&mut params).unwrap();
+    }
+    (params, opt, scaler)
+}
+
+/// A valid checkpoint of `target(0.0)`.
+fn base_checkpoint(dir: &Path) -> Vec<u8> {
+    let (params, opt, _scaler) = target(0.0);
+    let path = dir.join("base.safetensors");
+    checkpoint::save(&path, &params, &opt).unwrap();
+    fs::read(&path).unwrap()
+}
+
+/// A safetensors file taken apart, to damage it in a controlled way and put it back together.
+#[derive(Clone)]
+struct Parts {
+    meta: Option<serde_json::Map<String, Value>>,
+    /// (name, dtype, shape, data) in file order.
+    tensors: Vec<(String, String, Vec<usize>, Vec<u8>)>,
+}
+
+impl Parts {
+    fn parse(bytes: &[u8]) -> Parts {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let mut obj = header.as_object().unwrap().clone();
+        let meta = obj
+            .remove("__metadata__")
+            .map(|m| m.as_object().unwrap().clone());
+        let mut tensors: Vec<_> = obj
+            .into_iter()
+            .map(|(name, info)| {
+                let o = info["data_offsets"].as_array().unwrap();
+                let (s, e) = (
+                    o[0].as_u64().unwrap() as usize,
+                    o[1].as_u64().unwrap() as usize,
+                );
+                let shape = info["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
+                let dtype = info["dtype"].as_str().unwrap().to_string();
+                (
+                    s,
+                    (name, dtype, shape, bytes[8 + n + s..8 + n + e].to_vec()),
+                )
+            })
+            .collect();
+        tensors.sort_by_key(|t| t.0);
+        Parts {
+            meta,
+            tensors: tensors.into_iter().map(|t| t.1).collect(),
+        }
+    }
+
+    fn to_bytes_with(&self, tweak: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        if let Some(m) = &self.meta {
+            header.insert("__metadata__".into(), Value::Object(m.clone()));
+        }
+        let mut offset = 0;
+        for (name, dtype, shape, data) in &self.tensors {
+            header.insert(
+                name.clone(),
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+            );
+            offset += data.len();
+        }
+        tweak(&mut header);
+        let mut h = serde_json::to_vec(&header).unwrap();
+        h.resize(h.len().next_multiple_of(8), b' ');
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend(h);
+        for t in &self.tensors {
+            out.extend(&t.3);
+        }
+        out
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_with(|_| {})
+    }
+
+    fn meta_json(&self, key: &str) -> Value {
+        serde_json::from_str(self.meta.as_ref().unwrap()[key].as_str().unwrap()).unwrap()
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) {
+        self.meta
+            .as_mut()
+            .unwrap()
+            .insert(key.into(), Value::String(value.into()));
+    }
+
+    fn edit_json(&mut self, key: &str, f: impl FnOnce(&mut Value)) {
+        let mut v = self.meta_json(key);
+        f(&mut v);
+        self.set_meta(key, &v.to_string());
+    }
+
+    fn tensor(&mut self, name: &str) -> &mut (String, String, Vec<usize>, Vec<u8>) {
+        self.tensors.iter_mut().find(|t| t.0 == name).unwrap()
+    }
+
+    fn set_f32(&mut self, name: &str, i: usize, v: f32) {
+        self.tensor(name).3[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn remove(&mut self, pred: impl Fn(&str) -> bool) {
+        self.tensors.retain(|t| !pred(&t.0));
+    }
+
+    /// Rename a tensor everywhere: its tensors, `tensors` and its group.
+    fn rename(&mut self, from: &str, to: &str) {
+        for t in &mut self.tensors {
+            for prefix in ["param.", "state."] {
+                if let Some(rest) = t.0.strip_prefix(&format!("{prefix}{from}")) {
+                    if rest.is_empty() || rest.starts_with('.') {
+                        t.0 = format!("{prefix}{to}{rest}");
+                    }
+                }
+            }
+        }
+        let fix = |v: &mut Value| {
+            if v == from {
+                *v = json!(to)
+            }
+        };
+        self.edit_json("tensors", |v| {
+            v.as_array_mut().unwrap().iter_mut().for_each(fix)
+        });
+        self.edit_json("param_groups", |v| {
+            for g in v.as_array_mut().unwrap() {
+                g["params"].as_array_mut().unwrap().iter_mut().for_each(fix);
+            }
+        });
+    }
+}
+
+type Variant = (&'static str, Vec<u8>);
+type Edit<'a> = (&'static str, &'a dyn Fn(&mut Parts));
+
+/// Damaged, inconsistent or mismatched versions of `base`, named `<expected error>__<what>`.
+fn variants(base: &[u8]) -> Vec<Variant> {
+    let p = Parts::parse(base);
+    let n = u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+    let edit = |f: &dyn Fn(&mut Parts)| {
+        let mut q = p.clone();
+        f(&mut q);
+        q.to_bytes()
+    };
+    let mut v: Vec<Variant> = vec![
+        ("format__empty", vec![]),
+        ("format__length_only", base[..8].to_vec()),
+        ("format__truncated_header", base[..8 + n / 2].to_vec()),
+        ("format__truncated_data", base[..base.len() - 7].to_vec()),
+        ("format__trailing_bytes", [base, &[0u8; 4][..]].concat()),
+        ("format__huge_header_length", {
+            let mut b = base.to_vec();
+            b[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            b
+        }),
+        ("format__header_length_past_end", {
+            let mut b = base.to_vec();
+            b[..8].copy_from_slice(&((base.len() + 1000) as u64).to_le_bytes());
+            b
+        }),
+        ("format__header_garbage", {
+            let mut b = base.to_vec();
+            b[8..8 + n].fill(b'#');
+            b
+        }),
+        ("format__overlapping_offsets", {
+            p.to_bytes_with(|h| h["param.t1"]["data_offsets"] = json!([0, 280]))
+        }),
+        ("format__shape_too_big", {
+            p.to_bytes_with(|h| h["param.t3"]["shape"] = json!([1usize << 40, 1usize << 40]))
+        }),
+    ];
+    let edits: Vec<Edit> = vec![
+        ("format__no_metadata", &|q| q.meta = None),
+        ("format__missing_param_groups", &|q| {
+            q.meta.as_mut().unwrap().remove("param_groups");
+        }),
+        ("format__not_ours", &|q| {
+            q.set_meta("format", "something-else")
+        }),
+        ("format__future_version", &|q| {
+            q.set_meta("format_version", "2")
+        }),
+        ("format__step_not_integer", &|q| q.set_meta("step", "ten")),
+        ("format__step_tensor_disagrees", &|q| {
+            q.set_f32("state.t0.step", 0, 7.0)
+        }),
+        ("format__tensors_not_json", &|q| {
+            q.set_meta("tensors", "[\"t0\", ")
+        }),
+        ("format__extra_tensor", &|q| {
+            q.tensors
+                .push(("bogus".into(), "F32".into(), vec![2], vec![0; 8]))
+        }),
+        ("format__state_of_unknown_tensor", &|q| {
+            q.tensors
+                .push(("state.t9.exp_avg".into(), "F32".into(), vec![2], vec![0; 8]))
+        }),
+        ("format__state_shape_wrong", &|q| {
+            let t = q.tensor("state.t1.exp_avg");
+            t.2 = vec![69];
+            t.3.truncate(69 * 4);
+        }),
+        ("format__tensor_in_two_groups", &|q| {
+            q.edit_json("param_groups", |v| {
+                v[1]["params"].as_array_mut().unwrap().push(json!("t0"))
+            })
+        }),
+        ("format__tensor_in_no_group", &|q| {
+            q.edit_json("param_groups", |v| {
+                v[1]["params"].as_array_mut().unwrap().retain(|x| x != "t3")
+            })
+        }),
+        ("format__missing_hyperparameter", &|q| {
+            q.edit_json("param_groups", |v| {
+                v[1].as_object_mut().unwrap().remove("eps");
+            })
+        }),
+        ("format__hyperparameter_string", &|q| {
+            q.edit_json("param_groups", |v| v[0]["lr"] = json!("0.01"))
+        }),
+        ("format__bad_norm_type", &|q| {
+            q.set_meta("grad_norm_type", "3")
+        }),
+        ("format__scaler_tracker_negative", &|q| {
+            q.edit_json("grad_scaler", |v| v["growth_tracker"] = json!(-1))
+        }),
+        ("mismatch__dtype_i32", &|q| {
+            q.tensor("state.t2.exp_avg_sq").1 = "I32".into()
+        }),
+        ("mismatch__wrong_optimizer", &|q| {
+            q.set_meta("optimizer", "SGD")
+        }),
+        ("mismatch__missing_state_tensor", &|q| {
+            q.remove(|n| n == "state.t1.exp_avg_sq")
+        }),
+        ("mismatch__amsgrad_off", &|q| {
+            q.remove(|n| n.ends_with(".max_exp_avg_sq"));
+            q.edit_json("param_groups", |v| {
+                for g in v.as_array_mut().unwrap() {
+                    g["amsgrad"] = json!(0.0);
+                }
+            })
+        }),
+        ("mismatch__renamed_tensor", &|q| q.rename("t3", "u3")),
+        ("mismatch__longer_tensor", &|q| {
+            for t in &mut q.tensors {
+                if t.0 == "param.t3" || (t.0.starts_with("state.t3.") && !t.0.ends_with(".step")) {
+                    t.2 = vec![6];
+                    t.3.extend(0.5f32.to_le_bytes());
+                }
+            }
+        }),
+        ("mismatch__group_moved", &|q| {
+            q.edit_json("param_groups", |v| {
+                v[1]["params"].as_array_mut().unwrap().retain(|x| x != "t1");
+                v[0]["params"].as_array_mut().unwrap().push(json!("t1"));
+            })
+        }),
+        ("mismatch__one_group", &|q| {
+            q.edit_json("param_groups", |v| {
+                let mut g0 = v[0].clone();
+                g0["params"] = json!(["t0", "t1", "t2", "t3"]);
+                *v = json!([g0]);
+            })
+        }),
+        ("mismatch__no_scaler", &|q| {
+            q.set_meta("grad_scaler", "null")
+        }),
+        ("mismatch__scaler_interval", &|q| {
+            q.edit_json("grad_scaler", |v| v["growth_interval"] = json!(4))
+        }),
+        ("nonfinite__nan_state", &|q| {
+            q.set_f32("state.t2.exp_avg", 17, f32::NAN)
+        }),
+        ("nonfinite__inf_param", &|q| {
+            q.set_f32("param.t1", 69, f32::NEG_INFINITY)
+        }),
+        ("nonfinite__nan_last_element", &|q| {
+            q.set_f32("state.t3.max_exp_avg_sq", 4, f32::NAN)
+        }),
+        ("hyperparameter__negative_lr", &|q| {
+            q.edit_json("param_groups", |v| v[0]["lr"] = json!(-1.0))
+        }),
+        ("hyperparameter__beta_one", &|q| {
+            q.edit_json("param_groups", |v| v[1]["betas[1]"] = json!(1.0))
+        }),
+        ("hyperparameter__lr_overflows_f32", &|q| {
+            q.edit_json("param_groups", |v| v[1]["lr"] = json!(1e300))
+        }),
+        ("hyperparameter__boolean_half", &|q| {
+            q.edit_json("param_groups", |v| v[0]["amsgrad"] = json!(0.5))
+        }),
+        ("hyperparameter__negative_max_grad_norm", &|q| {
+            q.set_meta("max_grad_norm", "-1.0")
+        }),
+        ("hyperparameter__zero_scale", &|q| {
+            q.edit_json("grad_scaler", |v| v["scale"] = json!(0.0))
+        }),
+        ("unknown_hyperparameter__momentum", &|q| {
+            q.edit_json("param_groups", |v| v[0]["momentum"] = json!(0.9))
+        }),
+    ];
+    for (name, f) in edits {
+        v.push((name, edit(f)));
+    }
+    v
+}
+
+fn category(e: &Error) -> &'static str {
+    match e {
+        Error::CheckpointFormat(_) => "format",
+        Error::CheckpointMismatch { .. } => "mismatch",
+        Error::CheckpointNonFinite { .. } => "nonfinite",
+        Error::InvalidHyperparameter { .. } => "hyperparameter",
+        Error::UnknownHyperparameter { .. } => "unknown_hyperparameter",
+        Error::Io { .. } => "io",
+        _ => "other",
+    }
+}
+
+#[test]
+fn damaged_checkpoints_give_typed_errors_and_change_nothing() {
+    let dir = temp_dir("damaged");
+    let base = base_checkpoint(&dir);
+    // Sanity: the base taken apart and put back together still loads (so each variant fails
+    // for its own reason).
+    let (mut params, mut opt, scaler) = target(1.5);
+    let rebuilt = dir.join("rebuilt.safetensors");
+    fs::write(&rebuilt, Parts::parse(&base).to_bytes()).unwrap();
+    let (mut p1, mut o1, _s1) = target(1.5);
+    checkpoint::load(&rebuilt, &mut p1, &mut o1).unwrap();
+    drop((p1, o1));
+    let before = snapshot(&params, &opt, Some(&scaler));
+    let variants = variants(&base);
+    assert!(variants.len() >= 40);
+    for (name, bytes) in &variants {
+        let path = dir.join(format!("{name}.safetensors"));
+        fs::write(&path, bytes).unwrap();
+        let err =
+            checkpoint::load(&path, &mut params, &mut opt).expect_err(&format!("{name} loaded"));
+        let want = name.split("__").next().unwrap();
+        assert_eq!(category(&err), want, "{name}: {err}");
+        eprintln!("{name}: {err}");
+        assert_eq!(
+            snapshot(&params, &opt, Some(&scaler)),
+            before,
+            "{name} changed something"
+        );
+    }
+    // Details of a few.
+    let load = |name: &str, p: &mut Params, o: &mut Adam| {
+        let bytes = &variants.iter().find(|v| v.0 == name).unwrap().1;
+        let path = dir.join("one.safetensors");
+        fs::write(&path, bytes).unwrap();
+        checkpoint::load(&path, p, o).unwrap_err()
+    };
+    assert!(matches!(
+        load("nonfinite__nan_state", &mut params, &mut opt),
+        Error::CheckpointNonFinite { tensor, index: 17, value }
+            if tensor == "state.t2.exp_avg" && value.is_nan()
+    ));
+    assert!(matches!(
+        load("mismatch__wrong_optimizer", &mut params, &mut opt),
+        Error::CheckpointMismatch { what, expected, got } if what == "optimizer" && expected == "Adam" && got == "SGD"
+    ));
+    assert!(matches!(
+        load("hyperparameter__negative_lr", &mut params, &mut opt),
+        Error::InvalidHyperparameter { name: "lr", .. }
+    ));
+    // The valid one loads, and then holds exactly the saved state.
+    let path = dir.join("base.safetensors");
+    checkpoint::load(&path, &mut params, &mut opt).unwrap();
+    let (p0, o0, s0) = target(0.0);
+    assert_eq!(
+        snapshot(&params, &opt, Some(&scaler)),
+        snapshot(&p0, &o0, Some(&s0))
+    );
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// Where the committed corpus of damaged checkpoints lives.
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_corpus")
+}
+
+/// Every file of the committed corpus fails with the error its name announces (`valid` loads),
+/// without a panic and without changing anything. The corpus was written for `target(_)` by
+/// `cargo test --release --test checkpoint -- --ignored write_checkpoint_corpus`; files that a
+/// property test once found can be added by hand with a name `<expected error>__<what>`.
+#[test]
+fn corpus_of_damaged_files_never_loads() {
+    let (mut params, mut opt, scaler) = target(2.5);
+    let mut files: Vec<PathBuf> = fs::read_dir(corpus_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 40, "corpus has {} files", files.len());
+    let before = snapshot(&params, &opt, Some(&scaler));
+    let mut valid = None;
+    for f in &files {
+        let stem = f.file_stem().unwrap().to_str().unwrap();
+        if stem == "valid" {
+            valid = Some(f.clone());
+            continue;
+        }
+        let err = checkpoint::load(f, &mut params, &mut opt).expect_err(&format!("{stem} loaded"));
+        assert_eq!(
+            category(&err),
+            stem.split("__").next().unwrap(),
+            "{stem}: {err}"
+        );
+        assert_eq!(snapshot(&params, &opt, Some(&scaler)), before, "{stem}");
+    }
+    checkpoint::load(valid.expect("valid.safetensors"), &mut params, &mut opt).unwrap();
+    assert_eq!(opt.step_count(), 3);
+}
+
+#[test]
+#[ignore = "writes tests/data/checkpoint_corpus; run by hand"]
+fn write_checkpoint_corpus() {
+    let dir = corpus_dir();
+    fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("corpus");
+    let base = base_checkpoint(&tmp);
+    fs::write(dir.join("valid.safetensors"), &base).unwrap();
+    for (name, bytes) in variants(&base) {
+        fs::write(dir.join(format!("{name}.safetensors")), bytes).unwrap();
+    }
+    fs::remove_dir_all(tmp).unwrap();
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Truncate(usize),
+    SetBytes(Vec<(usize, u8)>),
+    /// Replace the i-th ASCII digit of the header with another digit.
+    Digit(usize, u8),
+    Delete(usize, usize),
+    Insert(usize, Vec<u8>),
+}
+
+fn apply(base: &[u8], digits: &[usize], m: &Mutation) -> Vec<u8> {
+    let mut b = base.to_vec();
+    match m {
+        Mutation::Truncate(n) => b.truncate(*n),
+        Mutation::SetBytes(v) => {
+            for &(i, x) in v {
+                b[i % base.len()] = x;
+            }
+        }
+        Mutation::Digit(i, d) => b[digits[i % digits.len()]] = b'0' + d,
+        Mutation::Delete(i, n) => {
+            let i = i % base.len();
+            b.drain(i..(i + n).min(base.len()));
+        }
+        Mutation::Insert(i, bytes) => {
+            let i = i % base.len();
+            b.splice(i..i, bytes.iter().copied());
+        }
+    }
+    b
+}
+
+/// Random damage to a valid checkpoint (truncation, byte changes anywhere or in the header,
+/// digit changes in the header, deletions, insertions): loading returns `Ok` or `Err`, never
+/// panics, and an `Err` changes nothing.
+#[test]
+fn random_damage_never_panics_and_errors_change_nothing() {
+    let dir = temp_dir("proptest");
+    let base = base_checkpoint(&dir);
+    let header_end = 8 + u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+    let digits: Vec<usize> = (8..header_end)
+        .filter(|&i| base[i].is_ascii_digit())
+        .collect();
+    let len = base.len();
+    let strategy = prop_oneof![
+        (0..len).prop_map(Mutation::Truncate),
+        prop::collection::vec((0..len, any::<u8>()), 1..8).prop_map(Mutation::SetBytes),
+        prop::collection::vec((0..header_end, any::<u8>()), 1..4).prop_map(Mutation::SetBytes),
+        prop::collection::vec((0..8usize, any::<u8>()), 1..3).prop_map(Mutation::SetBytes),
+        (0..digits.len(), 0..10u8).prop_map(|(i, d)| Mutation::Digit(i, d)),
+        (0..header_end, 1..24usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
+        (0..header_end, prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(i, b)| Mutation::Insert(i, b)),
+    ];
+    let (params, opt, scaler) = target(3.5);
+    let before = snapshot(&params, &opt, Some(&scaler));
+    // The runner wants an `Fn`: the loaded-into state lives in a RefCell.
+    let live = std::cell::RefCell::new((params, opt, before, 0usize, 0usize));
+    let path = dir.join("damaged.safetensors");
+    // PROPTEST_CASES=20000 for a longer soak.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&strategy, |m| {
+            let mut guard = live.borrow_mut();
+            let (params, opt, before, ok, err) = &mut *guard;
+            fs::write(&path, apply(&base, &digits, &m)).unwrap();
+            match checkpoint::load(&path, params, opt) {
+                Ok(()) => {
+                    *ok += 1;
+                    *before = snapshot(params, opt, Some(&scaler));
+                }
+                Err(e) => {
+                    *err += 1;
+                    prop_assert_eq!(
+                        &snapshot(params, opt, Some(&scaler)),
+                        &*before,
+                        "{:?} -> {} changed something",
+                        m,
+                        e
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (_, _, _, ok, err) = live.into_inner();
+    eprintln!("random damage: {ok} loaded, {err} rejected");
+    assert!(err > 0);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// PyTorch interchange
+// ------------------------------------------------------------------------------------------
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn torch_close(what: &str, got: &[f32], want: &[f32], worst: &mut f32) {
+    const ATOL: f32 = 1e-6;
+    const RTOL: f32 = 2e-5;
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let err = (a - b).abs();
+        assert!(
+            err <= ATOL + RTOL * b.abs(),
+            "{what}[{i}]: gpu {a} vs torch {b} (err {err:e})"
+        );
+        *worst = worst.max(err / (ATOL + RTOL * b.abs()));
+    }
+}
+
+/// Resume from a checkpoint converted from PyTorch after 10 steps, take the next 10 steps
+/// here, and compare with PyTorch's 20-step result.
+fn replay_torch_case<C: OptimizerConfig + Default>(case: &Value, dir: &Path) {
+    let gpu = gpu();
+    let name = case["name"].as_str().unwrap();
+    let ck = Checkpoint::open(dir.join(case["checkpoint"].as_str().unwrap())).unwrap();
+    // PyTorch's SGD keeps no step count: the converter records 1 (the first step is done),
+    // all SGD needs to know.
+    let steps = case["steps_before"].as_u64().unwrap();
+    match case["optimizer_class"].as_str().unwrap() {
+        "SGD" => assert_eq!(ck.step_count(), 1),
+        _ => assert_eq!(ck.step_count(), steps),
+    }
+    let mut params = ck.params(&gpu).unwrap();
+    let mut opt: Optim<C> = Optim::with_groups(&params, ck.param_groups::<C>().unwrap()).unwrap();
+    ck.restore(&mut params, &mut opt).unwrap();
+    for step in case["grads"].as_array().unwrap() {
+        for (n, g) in step.as_object().unwrap() {
+            params.write_grad(n, &floats(g)).unwrap();
+        }
+        opt.step(&mut params).unwrap();
+    }
+    let mut worst = 0.0f32;
+    for (n, want) in case["params"].as_object().unwrap() {
+        torch_close(
+            &format!("{name} {n}"),
+            &params.read(n).unwrap(),
+            &floats(want),
+            &mut worst,
+        );
+    }
+    for (n, state) in case["state"].as_object().unwrap() {
+        let mut keys: Vec<&str> = state
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut ours = opt.state_keys();
+        keys.sort();
+        ours.sort();
+        assert_eq!(keys, ours, "{name}: state keys of {n}");
+        for (k, want) in state.as_object().unwrap() {
+            torch_close(
+                &format!("{name} {n} {k}"),
+                &opt.state(k, n).unwrap(),
+                &floats(want),
+                &mut worst,
+            );
+        }
+    }
+    eprintln!("{name}: worst error {worst:.3} of the tolerance");
+}
+
+#[test]
+fn resumes_from_pytorch_checkpoints() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch");
+    let data: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    eprintln!("fixture from torch {}", data["torch_version"]);
+    let cases = data["cases"].as_array().unwrap();
+    let mut seen = Vec::new();
+    for case in cases {
+        let class = case["optimizer_class"].as_str().unwrap();
+        match class {
+            "Adam" | "AdamW" => replay_torch_case::<AdamConfig>(case, &dir),
+            "SGD" => replay_torch_case::<SgdConfig>(case, &dir),
+            "RMSprop" => replay_torch_case::<RmsPropConfig>(case, &dir),
+            "Adagrad" => replay_torch_case::<AdagradConfig>(case, &dir),
+            other => panic!("unknown optimizer class {other}"),
+        }
+        seen.push(class);
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["Adagrad", "Adam", "AdamW", "RMSprop", "SGD"]);
+}
+
+/// Loading into an optimizer that has run ahead (with steps skipped on the GPU and skip-count
+/// read-backs still in flight) resumes exactly like loading into a fresh one.
+#[test]
+fn load_into_an_optimizer_that_ran_ahead() {
+    let gpu = gpu();
+    let mut rng = rng("load_into_an_optimizer_that_ran_ahead");
+    let w = randn(&mut rng, 1000, 1.0);
+    let make = || {
+        let params = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+        let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+        opt.set_skip_nonfinite(true).unwrap();
+        (params, opt)
+    };
+    let grads: Vec<Vec<f32>> = (0..20)
+        .map(|s| {
+            let mut g = randn(&mut rng, 1000, 1.0);
+            if s % 3 == 1 {
+                g[5] = f32::NAN;
+            }
+            g
+        })
+        .collect();
+    let dir = temp_dir("ran_ahead");
+    let path = dir.join("ck.safetensors");
+    let (mut pa, mut oa) = make();
+    for g in &grads[..2] {
+        pa.write_grad("w", g).unwrap();
+        oa.step(&mut pa).unwrap();
+    }
+    checkpoint::save(&path, &pa, &oa).unwrap();
+    // Run ahead 12 steps (4 skipped) without asking the GPU anything, then go back.
+    for g in &grads[2..14] {
+        pa.write_grad("w", g).unwrap();
+        oa.step(&mut pa).unwrap();
+    }
+    checkpoint::load(&path, &mut pa, &mut oa).unwrap();
+    assert_eq!(oa.step_count(), 1);
+    let (mut pb, mut ob) = make();
+    checkpoint::load(&path, &mut pb, &mut ob).unwrap();
+    for g in &grads[2..] {
+        for (p, o) in [(&mut pa, &mut oa), (&mut pb, &mut ob)] {
+            p.write_grad("w", g).unwrap();
+            o.step(p).unwrap();
+        }
+    }
+    assert_eq!(snapshot(&pa, &oa, None), snapshot(&pb, &ob, None));
+    assert_eq!(oa.step_count(), 1 + 12);
+    fs::remove_dir_all(dir).unwrap();
+}
