@@ -1029,7 +1029,7 @@ fn corpus_dir() -> PathBuf {
 
 /// Every file of the committed corpus fails with the error its name announces (`valid` loads),
 /// without a panic and without changing anything. The corpus was written for `target(_)` by
-/// `cargo test --release --test checkpoint -- --ignored write_checkpoint_corpus`; files that a
+/// `WRITE_CHECKPOINT_CORPUS=1 cargo test --release --test checkpoint write_checkpoint_corpus`; files that a
 /// property test once found can be added by hand with a name `<expected error>__<what>`.
 #[test]
 fn corpus_of_damaged_files_never_loads() {
@@ -1061,16 +1061,24 @@ fn corpus_of_damaged_files_never_loads() {
     assert_eq!(opt.step_count(), 3);
 }
 
+/// Builds the corpus: into tests/data/checkpoint_corpus with `WRITE_CHECKPOINT_CORPUS=1`,
+/// otherwise into a scratch directory, where the same variants must each fail to load.
 #[test]
-#[ignore = "writes tests/data/checkpoint_corpus; run by hand"]
 fn write_checkpoint_corpus() {
-    let dir = corpus_dir();
-    fs::create_dir_all(&dir).unwrap();
     let tmp = temp_dir("corpus");
+    let write_repo = std::env::var_os("WRITE_CHECKPOINT_CORPUS").is_some();
+    let dir = if write_repo { corpus_dir() } else { tmp.join("out") };
+    fs::create_dir_all(&dir).unwrap();
     let base = base_checkpoint(&tmp);
     fs::write(dir.join("valid.safetensors"), &base).unwrap();
-    for (name, bytes) in variants(&base) {
-        fs::write(dir.join(format!("{name}.safetensors")), bytes).unwrap();
+    let variants = variants(&base);
+    assert!(variants.len() >= 40);
+    let (mut params, mut opt, _scaler) = target(2.5);
+    for (name, bytes) in variants {
+        let path = dir.join(format!("{name}.safetensors"));
+        fs::write(&path, bytes).unwrap();
+        let err = checkpoint::load(&path, &mut params, &mut opt).expect_err(&name);
+        assert_eq!(category(&err), name.split("__").next().unwrap(), "{name}: {err}");
     }
     fs::remove_dir_all(tmp).unwrap();
 }
