@@ -11,7 +11,7 @@ mod nn;
 use nn::{Loss, Mlp};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use wgpu_optim::{Gpu, Optimizer, Sgd, SgdConfig};
+use wgpu_optim::{ExponentialLR, Gpu, LrScheduler, Optimizer, Scheduler, Sgd, SgdConfig};
 
 /// Least squares with an intercept: solve (A^T A) w = A^T y by Gaussian elimination in f64.
 fn least_squares(x: &[f32], y: &[f32], f: usize) -> Vec<f64> {
@@ -111,14 +111,15 @@ fn main() -> Result<(), wgpu_optim::Error> {
         ..Default::default()
     };
     let mut opt = Sgd::new(&net.params, cfg)?;
+    let mut sched = Scheduler::new(&mut opt, ExponentialLR::new(0.98))?; // stepped per epoch
     let epochs = 200;
     for epoch in 0..epochs {
-        opt.set_lr(0.05 * 0.98f32.powi(epoch)); // exponential decay
         net.shuffle(&mut rng);
         for k in 0..net.batches_per_epoch() {
             net.forward_backward(k);
             opt.step(&mut net.params)?;
         }
+        sched.step(&mut opt)?;
         if epoch % 40 == 39 {
             let (loss, _) = net.take_train_stats();
             println!(

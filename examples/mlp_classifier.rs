@@ -12,7 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nn::{Loss, Mlp};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer};
+use wgpu_optim::{
+    Adam, AdamConfig, CosineAnnealingLR, Gpu, LinearLR, LrScheduler, Optimizer, Scheduler,
+    SequentialLR,
+};
 
 fn main() -> Result<(), wgpu_optim::Error> {
     let gpu = Gpu::new()?;
@@ -52,35 +55,37 @@ fn main() -> Result<(), wgpu_optim::Error> {
     )?;
     let epochs = 30;
     let steps = epochs * net.batches_per_epoch();
-    let warmup = steps / 10;
-    let peak = 3e-3;
+    let warmup = (steps / 10) as u64;
     let mut opt = Adam::new(
         &net.params,
         AdamConfig {
-            lr: peak,
+            lr: 3e-3,
             weight_decay: 1e-4,
             ..AdamConfig::adamw()
         },
     )?;
     opt.set_max_grad_norm(Some(1.0))?;
+    // Linear warm-up from 1% of the peak lr, then cosine decay to zero, stepped every batch.
+    let warm = LinearLR {
+        start_factor: 0.01,
+        end_factor: 1.0,
+        total_iters: warmup,
+    };
+    let cosine = CosineAnnealingLR::new(steps as u64 - warmup);
+    let mut sched = Scheduler::new(
+        &mut opt,
+        SequentialLR::new(vec![warm.into(), cosine.into()], vec![warmup]),
+    )?;
     let bar = ProgressBar::new(epochs as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} epoch {pos}/{len} {msg}").unwrap());
-    let mut step = 0;
-    for _ in 0..epochs {
+    for epoch in 0..epochs {
         net.shuffle(&mut rng);
         for k in 0..net.batches_per_epoch() {
-            // linear warm-up, then cosine decay
-            let lr = if step < warmup {
-                peak * (step + 1) as f32 / warmup as f32
-            } else {
-                let t = (step - warmup) as f32 / (steps - warmup) as f32;
-                peak * 0.5 * (1.0 + (std::f32::consts::PI * t).cos())
-            };
-            opt.set_lr(lr);
             net.forward_backward(k);
             opt.step(&mut net.params)?;
-            step += 1;
+            sched.step(&mut opt)?;
         }
+        // The only read-back of the epoch: the loss and accuracy totals it prints.
         let (loss, acc) = net.take_train_stats();
         bar.set_message(format!(
             "loss {loss:.4} acc {:.1}% lr {:.2e}",
@@ -88,6 +93,17 @@ fn main() -> Result<(), wgpu_optim::Error> {
             opt.lr()
         ));
         bar.inc(1);
+        if !bar.is_hidden() {
+            continue;
+        }
+        if epoch % 5 == 4 {
+            println!(
+                "epoch {:2}: train loss {loss:.4}, accuracy {:.1}%, lr {:.2e}",
+                epoch + 1,
+                100.0 * acc,
+                opt.lr()
+            );
+        }
     }
     bar.finish();
     let (loss, acc) = net.evaluate();

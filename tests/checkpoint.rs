@@ -1067,7 +1067,11 @@ fn corpus_of_damaged_files_never_loads() {
 fn write_checkpoint_corpus() {
     let tmp = temp_dir("corpus");
     let write_repo = std::env::var_os("WRITE_CHECKPOINT_CORPUS").is_some();
-    let dir = if write_repo { corpus_dir() } else { tmp.join("out") };
+    let dir = if write_repo {
+        corpus_dir()
+    } else {
+        tmp.join("out")
+    };
     fs::create_dir_all(&dir).unwrap();
     let base = base_checkpoint(&tmp);
     fs::write(dir.join("valid.safetensors"), &base).unwrap();
@@ -1078,7 +1082,11 @@ fn write_checkpoint_corpus() {
         let path = dir.join(format!("{name}.safetensors"));
         fs::write(&path, bytes).unwrap();
         let err = checkpoint::load(&path, &mut params, &mut opt).expect_err(&name);
-        assert_eq!(category(&err), name.split("__").next().unwrap(), "{name}: {err}");
+        assert_eq!(
+            category(&err),
+            name.split("__").next().unwrap(),
+            "{name}: {err}"
+        );
     }
     fs::remove_dir_all(tmp).unwrap();
 }
