@@ -36,11 +36,12 @@ fn least_squares(x: &[f32], y: &[f32], f: usize) -> Vec<f64> {
             .max_by(|&a, &b| m[a][c].abs().total_cmp(&m[b][c].abs()))
             .unwrap();
         m.swap(c, p);
-        for r in 0..k {
+        let pivot = m[c].clone();
+        for (r, row) in m.iter_mut().enumerate() {
             if r != c {
-                let q = m[r][c] / m[c][c];
-                for j in c..=k {
-                    m[r][j] -= q * m[c][j];
+                let q = row[c] / pivot[c];
+                for (v, p) in row.iter_mut().zip(&pivot).skip(c) {
+                    *v -= q * p;
                 }
             }
         }

@@ -1081,7 +1081,7 @@ fn write_checkpoint_corpus() {
     for (name, bytes) in variants {
         let path = dir.join(format!("{name}.safetensors"));
         fs::write(&path, bytes).unwrap();
-        let err = checkpoint::load(&path, &mut params, &mut opt).expect_err(&name);
+        let err = checkpoint::load(&path, &mut params, &mut opt).expect_err(name);
         assert_eq!(
             category(&err),
             name.split("__").next().unwrap(),
