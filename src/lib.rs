@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 mod clip;
 mod error;
 mod gpu;
