@@ -15,14 +15,15 @@
 //!
 //! Each step runs alone on an idle queue, and steps alternate with runs of the copy kernel of
 //! the same size (`step copy step copy ...`), so a change of load on a shared machine hits both
-//! alike; the fraction compares the two medians. Without `--iters`, each cell takes about 3 s
+//! alike: the copy fraction is the median over pairs of (step bandwidth / bandwidth of the copy
+//! run right after it), and the clipping ratio likewise pairs the two steps. Without `--iters`, each cell takes about 3 s
 //! of GPU time (5 to 50 steps). `WGPU_BACKEND`/`WGPU_ADAPTER_NAME` pick the adapter too.
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use ndarray::Array1;
 use serde_json::json;
-use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload};
+use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
 use wgpu_optim::{reference, AdamConfig, Gpu, Params};
 
 struct Args {
@@ -171,8 +172,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         info.name, info.backend, info.device_type, info.driver, info.driver_info
     );
     println!(
-        "timer: {:?} ({}); steps per cell: {}; each step timed alone and interleaved with a copy \
-         of the same size (median of each); CPU reference: 1 thread",
+        "timer: {:?} ({}); steps per cell: {}; each step timed alone, alternating with a copy \
+         of the same size; copy fraction = median over (step, copy) pairs; CPU reference: 1 thread",
         timer.mode(),
         if timer.mode().is_gpu() {
             "GPU timestamps"
@@ -218,19 +219,40 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             let times = timer.time_interleaved(runs, &mut [&mut step, &mut copy_run])?;
             let copies: Vec<Duration> = times[1].iter().map(|t| t.mul_f64(copy_scale)).collect();
             copy_all.extend_from_slice(&copies);
-            cells.push((w, bench::median(&times[0]), bench::median(&copies), runs));
+            // Each step against the copy run right after it: a change of load between pairs
+            // cancels out.
+            let pair_fractions: Vec<f64> = times[0]
+                .iter()
+                .zip(&copies)
+                .map(|(s, c)| {
+                    (w.bytes_per_element() as f64 * c.as_secs_f64())
+                        / (COPY_BYTES_PER_ELEMENT as f64 * s.as_secs_f64())
+                })
+                .collect();
+            cells.push((
+                w,
+                bench::median(&times[0]),
+                bench::median(&copies),
+                runs,
+                median_f64(pair_fractions),
+            ));
         }
         progress(&format!("{} CPU reference", size_label(n)));
         let copy_median = bench::median(&copy_all);
         cells.insert(
             0,
-            (Workload::Copy, copy_median, copy_median, copy_all.len()),
+            (
+                Workload::Copy,
+                copy_median,
+                copy_median,
+                copy_all.len(),
+                1.0,
+            ),
         );
-        for (w, gpu_time, copy_time, runs) in cells {
+        for (w, gpu_time, copy_time, runs, fraction) in cells {
             let bpe = w.bytes_per_element();
             let gbps = bench::gb_per_s(bpe * n as u64, gpu_time);
             let copy_gbps = bench::gb_per_s(8 * n as u64, copy_time);
-            let fraction = gbps / copy_gbps;
             let cpu = (args.cpu_all || n <= 1 << 24).then(|| cpu_step(&w, n));
             table.push(format!(
                 "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {} | {} |",
@@ -287,7 +309,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut b = || clipped.step(&mut params.borrow_mut());
     let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
     let (t_plain, t_clip) = (bench::median(&times[0]), bench::median(&times[1]));
-    let ratio = t_clip.as_secs_f64() / t_plain.as_secs_f64();
+    let ratio = median_f64(
+        times[1]
+            .iter()
+            .zip(&times[0])
+            .map(|(c, p)| c.as_secs_f64() / p.as_secs_f64())
+            .collect(),
+    );
     println!();
     println!(
         "Adam + max_grad_norm vs Adam at {}: {:.3} ms vs {:.3} ms per step, ratio {:.3} \
@@ -330,6 +358,20 @@ fn progress(what: &str) {
     if err.is_terminal() {
         let _ = write!(err, "\r{what:<60}\r");
         let _ = err.flush();
+    }
+}
+
+/// The median of `v` (NaN when empty).
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[k]
+    } else {
+        (v[k - 1] + v[k]) / 2.0
     }
 }
 
