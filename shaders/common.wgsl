@@ -10,6 +10,11 @@
 //   3: param (read_write), 4: grad (read), 5..: optimizer state (read_write)
 // Every buffer of the arena holds a multiple of 1024 f32, so one thread per vec4 and 256 threads
 // per workgroup cover it exactly; the only check is the workgroup index of a 2-D grid.
+//
+// Each kernel reads ctrl and its scalars first, before any branch (see `begin`): a load from a
+// uniform address in uniform control flow is one load for the whole SIMD group on drivers that
+// tell (llvmpipe/lavapipe does a scalar load and a broadcast), while the same load after the
+// bounds check's early return is made lane by lane, field by field.
 
 override MAXIMIZE: bool = false;
 override GRAD_MUL: bool = false;
@@ -30,32 +35,40 @@ struct Ctrl {
 
 const WG: u32 = 256u;
 
+// This step's ctrl, read once by `begin` (only when an option uses it).
+var<private> step_ctrl: Ctrl;
+
 // Index of this thread's vec4, or a value >= n when the thread is past the end of the grid.
 fn vec_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// Index of this element's scalars: its group, in the window slot of the current skip count.
-fn scalar_index(i: u32) -> u32 {
+// Read ctrl and return the index of this element's scalars: its group, in the window slot of
+// the current skip count. Call it first thing in a kernel; `n` is the kernel's vec4 count.
+fn begin(i: u32, n: u32) -> u32 {
+    if (GRAD_MUL || SKIP || WINDOW > 1u) {
+        step_ctrl = ctrl;
+    }
     var g = 0u;
     if (GROUPED) {
-        g = group_of[i / 16u];
+        // Threads past the end read the last granule's group (and return right after).
+        g = group_of[min(i, n - 1u) / 16u];
     }
     if (WINDOW > 1u) {
-        return (ctrl.skipped % WINDOW) * GROUPS + g;
+        return (step_ctrl.skipped % WINDOW) * GROUPS + g;
     }
     return g;
 }
 
 fn step_skipped() -> bool {
-    return SKIP && ctrl.skip != 0u;
+    return SKIP && step_ctrl.skip != 0u;
 }
 
 // Gradient preprocessing: loss-scale / clip multiplier, then maximize (as torch: grad = -grad).
 fn prep_grad(g_in: vec4<f32>) -> vec4<f32> {
     var g = g_in;
     if (GRAD_MUL) {
-        g = g * ctrl.grad_mul;
+        g = g * step_ctrl.grad_mul;
     }
     if (MAXIMIZE) {
         g = -g;

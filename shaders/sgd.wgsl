@@ -31,10 +31,11 @@ struct SgdScalars {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = vec_index(wid, nwg, lid);
-    if (i >= arrayLength(&param) || step_skipped()) {
+    let n = arrayLength(&param);
+    let s = scal[begin(i, n)];
+    if (i >= n || step_skipped()) {
         return;
     }
-    let s = scal[scalar_index(i)];
     let p = param[i];
     var g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
     if (MOMENTUM) {

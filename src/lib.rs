@@ -32,6 +32,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 mod clip;
 mod error;

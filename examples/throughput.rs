@@ -1,0 +1,381 @@
+//! Throughput table: every optimizer against the copy kernel's bandwidth on one adapter, and
+//! against the single-threaded CPU reference.
+//!
+//! ```text
+//! cargo run --release --example throughput -- [--backend vulkan|metal|dx12|gl]
+//!     [--sizes 1048576,16777216] [--iters N] [--json PATH] [--cpu-all] [--timer encoder|pass|wall]
+//! ```
+//!
+//! For each size (default 2^20, 2^22, 2^24) and optimizer: the median GPU time of one step
+//! (timestamp queries when the adapter has them, else wall time around submit + wait), the
+//! effective bandwidth (bytes moved per element × elements / time), the fraction of the copy
+//! kernel's bandwidth, and the CPU reference's time per step (one thread; skipped above 2^24
+//! elements unless `--cpu-all`). Then Adam with gradient clipping (`max_grad_norm`) against
+//! Adam alone at the largest size.
+//!
+//! Each step runs alone on an idle queue, and steps alternate with runs of the copy kernel of
+//! the same size (`step copy step copy ...`), so a change of load on a shared machine hits both
+//! alike: the copy fraction is the median over pairs of (step bandwidth / bandwidth of the copy
+//! run right after it), and the clipping ratio likewise pairs the two steps. Without `--iters`, each cell takes about 3 s
+//! of GPU time (5 to 50 steps). `WGPU_BACKEND`/`WGPU_ADAPTER_NAME` pick the adapter too.
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use ndarray::Array1;
+use serde_json::json;
+use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
+use wgpu_optim::{reference, AdamConfig, Gpu, Params};
+
+struct Args {
+    sizes: Vec<usize>,
+    iters: Option<usize>,
+    json: Option<String>,
+    cpu_all: bool,
+    timer: Option<TimerMode>,
+}
+
+const USAGE: &str = "usage: throughput [--backend vulkan|metal|dx12|gl] [--sizes N,N,...] \
+                     [--iters N] [--json PATH] [--cpu-all] [--timer encoder|pass|wall]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        sizes: vec![1 << 20, 1 << 22, 1 << 24],
+        iters: None,
+        json: None,
+        cpu_all: false,
+        timer: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value\n{USAGE}"));
+        match a.as_str() {
+            "--backend" => {
+                let b = value("--backend")?;
+                if !["vulkan", "metal", "dx12", "gl"].contains(&b.to_lowercase().as_str()) {
+                    return Err(format!("unknown backend {b}\n{USAGE}"));
+                }
+                // Gpu::new honours WGPU_BACKEND; set before any wgpu call, single-threaded.
+                std::env::set_var("WGPU_BACKEND", b);
+            }
+            "--sizes" => {
+                args.sizes = value("--sizes")?
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse::<usize>()
+                            .map_err(|e| format!("--sizes {s}: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                if args.sizes.is_empty() || args.sizes.contains(&0) {
+                    return Err("--sizes needs positive sizes".into());
+                }
+            }
+            "--iters" => {
+                let n: usize = value("--iters")?
+                    .parse()
+                    .map_err(|e| format!("--iters: {e}"))?;
+                args.iters = Some(n.max(1));
+            }
+            "--json" => args.json = Some(value("--json")?),
+            "--cpu-all" => args.cpu_all = true,
+            "--timer" => {
+                args.timer = Some(match value("--timer")?.as_str() {
+                    "encoder" => TimerMode::EncoderTimestamps,
+                    "pass" => TimerMode::PassTimestamps,
+                    "wall" => TimerMode::WallClock,
+                    t => return Err(format!("unknown timer {t}\n{USAGE}")),
+                })
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            // cargo passes --bench to examples run through `cargo bench`; ignore it.
+            "--bench" => {}
+            _ => return Err(format!("unknown argument {a}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Median CPU-reference time per step of `workload` on `n` elements, on this thread: 2 to 5
+/// timed steps (about 2 s), after one untimed step.
+fn cpu_step(workload: &Workload, n: usize) -> Duration {
+    let grad = Array1::from(bench::pattern(n, 2));
+    let mut p = Array1::from(bench::pattern(n, 3));
+    let mut times: Vec<Duration> = Vec::new();
+    let more =
+        |times: &[Duration]| times.is_empty() || times.len() < adaptive_runs(times[0], 2.0, 2, 5);
+    macro_rules! run {
+        ($f:path, $cfg:expr) => {{
+            let mut state = reference::State::new($cfg, n);
+            $f($cfg, &mut p, &grad, &mut state); // first step (buffer creation rules)
+            while more(&times) {
+                let t = Instant::now();
+                $f($cfg, &mut p, &grad, &mut state);
+                times.push(t.elapsed());
+            }
+        }};
+    }
+    match workload {
+        Workload::Copy => {
+            let mut dst = Array1::<f32>::zeros(n);
+            dst.assign(&grad);
+            while more(&times) {
+                let t = Instant::now();
+                dst.assign(&grad);
+                times.push(t.elapsed());
+            }
+            std::hint::black_box(&dst);
+        }
+        Workload::Sgd(c) => run!(reference::sgd, c),
+        Workload::Adam(c) => run!(reference::adam, c),
+        Workload::RmsProp(c) => run!(reference::rmsprop, c),
+        Workload::Adagrad(c) => run!(reference::adagrad, c),
+    }
+    std::hint::black_box(&p);
+    bench::median(&times)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn size_label(n: usize) -> String {
+    if n.is_power_of_two() {
+        format!("2^{}", n.trailing_zeros())
+    } else {
+        n.to_string()
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = Gpu::new()?;
+    let info = gpu.info();
+    let mut timer = match args.timer {
+        Some(m) => GpuTimer::with_mode(&gpu, m)?,
+        None => GpuTimer::new(&gpu),
+    };
+    println!(
+        "adapter: {} ({:?}, {:?}), driver: {} {}",
+        info.name, info.backend, info.device_type, info.driver, info.driver_info
+    );
+    println!(
+        "timer: {:?} ({}); steps per cell: {}; each step timed alone, alternating with a copy \
+         of the same size; copy fraction = median over (step, copy) pairs; CPU reference: 1 thread",
+        timer.mode(),
+        if timer.mode().is_gpu() {
+            "GPU timestamps"
+        } else {
+            "wall time around submit + wait"
+        },
+        args.iters
+            .map_or("adaptive (about 3 s per cell, 5 to 50)".into(), |n| n
+                .to_string()),
+    );
+    let mut rows = Vec::new();
+    let mut table = vec![
+        "| optimizer | size | B/elem | GPU ms/step | GB/s | copy fraction | CPU ms/step | CPU/GPU |"
+            .to_string(),
+        "|---|---:|---:|---:|---:|---:|---:|---:|".to_string(),
+    ];
+    for &n in &args.sizes {
+        let copy = CopyKernel::new(&gpu, n)?;
+        // The copy covers n rounded up to 1024 elements: scale to what n elements cost.
+        let copy_scale = n as f64 / copy.elems() as f64;
+        bench::time_copy(&mut timer, &copy, 1)?;
+        let mut copy_all = Vec::new();
+        let mut cells = Vec::new();
+        for w in Workload::standard() {
+            if w == Workload::Copy {
+                continue;
+            }
+            progress(&format!("{} {}", size_label(n), w.label()));
+            let mut params = Params::zeros(&gpu, &[("w", n)])?;
+            params.write("w", &bench::pattern(n, 3))?;
+            params.write_grad("w", &bench::pattern(n, 2))?;
+            let mut opt = w.optimizer(&params)?.expect("an optimizer");
+            opt.step(&mut params)?;
+            let first = timer.time(1, || opt.step(&mut params))?[0];
+            let runs = args
+                .iters
+                .unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
+            let mut step = || opt.step(&mut params);
+            let mut copy_run = || {
+                copy.submit();
+                Ok(())
+            };
+            let times = timer.time_interleaved(runs, &mut [&mut step, &mut copy_run])?;
+            let copies: Vec<Duration> = times[1].iter().map(|t| t.mul_f64(copy_scale)).collect();
+            copy_all.extend_from_slice(&copies);
+            // Each step against the copy run right after it: a change of load between pairs
+            // cancels out.
+            let pair_fractions: Vec<f64> = times[0]
+                .iter()
+                .zip(&copies)
+                .map(|(s, c)| {
+                    (w.bytes_per_element() as f64 * c.as_secs_f64())
+                        / (COPY_BYTES_PER_ELEMENT as f64 * s.as_secs_f64())
+                })
+                .collect();
+            cells.push((
+                w,
+                bench::median(&times[0]),
+                bench::median(&copies),
+                runs,
+                median_f64(pair_fractions),
+            ));
+        }
+        progress(&format!("{} CPU reference", size_label(n)));
+        let copy_median = bench::median(&copy_all);
+        cells.insert(
+            0,
+            (
+                Workload::Copy,
+                copy_median,
+                copy_median,
+                copy_all.len(),
+                1.0,
+            ),
+        );
+        for (w, gpu_time, copy_time, runs, fraction) in cells {
+            let bpe = w.bytes_per_element();
+            let gbps = bench::gb_per_s(bpe * n as u64, gpu_time);
+            let copy_gbps = bench::gb_per_s(8 * n as u64, copy_time);
+            let cpu = (args.cpu_all || n <= 1 << 24).then(|| cpu_step(&w, n));
+            table.push(format!(
+                "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {} | {} |",
+                w.label(),
+                size_label(n),
+                bpe,
+                ms(gpu_time),
+                gbps,
+                fraction,
+                cpu.map_or("-".into(), |c| format!("{:.2}", ms(c))),
+                cpu.map_or("-".into(), |c| format!(
+                    "{:.1}",
+                    c.as_secs_f64() / gpu_time.as_secs_f64()
+                )),
+            ));
+            rows.push(json!({
+                "optimizer": w.label(),
+                "n": n,
+                "bytes_per_elem": bpe,
+                "runs": runs,
+                "gpu_s": gpu_time.as_secs_f64(),
+                "gb_per_s": gbps,
+                "copy_s": copy_time.as_secs_f64(),
+                "copy_gb_per_s": copy_gbps,
+                "copy_fraction": fraction,
+                "cpu_s": cpu.map(|c| c.as_secs_f64()),
+            }));
+        }
+    }
+    progress("");
+    println!();
+    for line in &table {
+        println!("{line}");
+    }
+
+    // Clipping: the fused norm pass reads the gradients once more and reduces them.
+    let n = *args.sizes.iter().max().expect("sizes");
+    let mut params = Params::zeros(&gpu, &[("w", n)])?;
+    params.write_grad("w", &bench::pattern(n, 2))?;
+    let workload = Workload::Adam(AdamConfig::default());
+    let mut plain = workload.optimizer(&params)?.expect("Adam");
+    let mut clipped = workload.optimizer(&params)?.expect("Adam");
+    clipped.set_max_grad_norm(Some(1.0))?;
+    for _ in 0..2 {
+        plain.step(&mut params)?;
+        clipped.step(&mut params)?;
+    }
+    let first = timer.time(1, || clipped.step(&mut params))?[0];
+    let runs = args
+        .iters
+        .unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
+    let params = RefCell::new(params);
+    let mut a = || plain.step(&mut params.borrow_mut());
+    let mut b = || clipped.step(&mut params.borrow_mut());
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
+    let (t_plain, t_clip) = (bench::median(&times[0]), bench::median(&times[1]));
+    let ratio = median_f64(
+        times[1]
+            .iter()
+            .zip(&times[0])
+            .map(|(c, p)| c.as_secs_f64() / p.as_secs_f64())
+            .collect(),
+    );
+    println!();
+    println!(
+        "Adam + max_grad_norm vs Adam at {}: {:.3} ms vs {:.3} ms per step, ratio {:.3} \
+         (bytes alone: (28 + 4) / 28 = {:.3})",
+        size_label(n),
+        ms(t_clip),
+        ms(t_plain),
+        ratio,
+        32.0 / 28.0
+    );
+
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "adapter": info.name,
+            "backend": format!("{:?}", info.backend),
+            "device_type": format!("{:?}", info.device_type),
+            "driver": info.driver,
+            "driver_info": info.driver_info,
+            "timer": format!("{:?}", timer.mode()),
+            "iters": args.iters,
+            "results": rows,
+            "clip": {
+                "n": n,
+                "runs": runs,
+                "adam_s": t_plain.as_secs_f64(),
+                "adam_clip_s": t_clip.as_secs_f64(),
+                "ratio": ratio,
+            },
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        println!("wrote {path}");
+    }
+    Ok(())
+}
+
+/// Show what is being measured on one terminal line (nothing when stderr is not a terminal).
+fn progress(what: &str) {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r{what:<60}\r");
+        let _ = err.flush();
+    }
+}
+
+/// The median of `v` (NaN when empty).
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let k = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[k]
+    } else {
+        (v[k - 1] + v[k]) / 2.0
+    }
+}
+
+/// Runs that take about `budget_s` seconds when one takes `first`, within `[min, max]`.
+fn adaptive_runs(first: Duration, budget_s: f64, min: usize, max: usize) -> usize {
+    ((budget_s / first.as_secs_f64().max(1e-9)) as usize).clamp(min, max)
+}
