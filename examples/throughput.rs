@@ -327,6 +327,49 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         32.0 / 28.0
     );
 
+    // Many tensors at the cost of one: GPT-2 small's 148-tensor layout scaled to n elements
+    // against one tensor of the same total, both Adam.
+    let layout = gpt2_small_layout(n);
+    let total: usize = layout.iter().map(|t| t.1).sum();
+    let specs: Vec<(&str, usize)> = layout
+        .iter()
+        .map(|(name, len)| (name.as_str(), *len))
+        .collect();
+    let mut many = Params::zeros(&gpu, &specs)?;
+    let mut one = Params::zeros(&gpu, &[("flat", total)])?;
+    let flat = bench::pattern(total, 2);
+    let mut at = 0;
+    for (name, len) in &specs {
+        many.write_grad(name, &flat[at..at + len])?;
+        at += len;
+    }
+    one.write_grad("flat", &flat)?;
+    let mut opt_many = workload.optimizer(&many)?.expect("Adam");
+    let mut opt_one = workload.optimizer(&one)?.expect("Adam");
+    for _ in 0..2 {
+        opt_many.step(&mut many)?;
+        opt_one.step(&mut one)?;
+    }
+    let mut a = || opt_one.step(&mut one);
+    let mut b = || opt_many.step(&mut many);
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
+    let (t_one, t_many) = (bench::median(&times[0]), bench::median(&times[1]));
+    let layout_ratio = median_f64(
+        times[1]
+            .iter()
+            .zip(&times[0])
+            .map(|(m, o)| m.as_secs_f64() / o.as_secs_f64())
+            .collect(),
+    );
+    println!(
+        "GPT-2 small layout ({} tensors, {} elements) vs one tensor, Adam: {:.3} ms vs {:.3} ms per step, ratio {:.3}",
+        specs.len(),
+        total,
+        ms(t_many),
+        ms(t_one),
+        layout_ratio
+    );
+
     if let Some(path) = &args.json {
         let doc = json!({
             "adapter": info.name,
@@ -344,11 +387,53 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "adam_clip_s": t_clip.as_secs_f64(),
                 "ratio": ratio,
             },
+            "gpt2_layout": {
+                "tensors": specs.len(),
+                "elements": total,
+                "one_tensor_s": t_one.as_secs_f64(),
+                "gpt2_layout_s": t_many.as_secs_f64(),
+                "ratio": layout_ratio,
+            },
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         println!("wrote {path}");
     }
     Ok(())
+}
+
+/// GPT-2 small's 148 parameter tensors (124M elements) with every size scaled to total about
+/// `n` elements (at least 1 each).
+fn gpt2_small_layout(n: usize) -> Vec<(String, usize)> {
+    let (d, vocab, ctx, layers) = (768usize, 50257usize, 1024usize, 12);
+    let mut t: Vec<(String, usize)> = vec![
+        ("wte.weight".into(), vocab * d),
+        ("wpe.weight".into(), ctx * d),
+    ];
+    for l in 0..layers {
+        for (name, len) in [
+            ("ln_1.weight", d),
+            ("ln_1.bias", d),
+            ("attn.c_attn.weight", d * 3 * d),
+            ("attn.c_attn.bias", 3 * d),
+            ("attn.c_proj.weight", d * d),
+            ("attn.c_proj.bias", d),
+            ("ln_2.weight", d),
+            ("ln_2.bias", d),
+            ("mlp.c_fc.weight", d * 4 * d),
+            ("mlp.c_fc.bias", 4 * d),
+            ("mlp.c_proj.weight", 4 * d * d),
+            ("mlp.c_proj.bias", d),
+        ] {
+            t.push((format!("h.{l}.{name}"), len));
+        }
+    }
+    t.push(("ln_f.weight".into(), d));
+    t.push(("ln_f.bias".into(), d));
+    let total: usize = t.iter().map(|x| x.1).sum();
+    let scale = n as f64 / total as f64;
+    t.into_iter()
+        .map(|(name, len)| (name, ((len as f64 * scale).round() as usize).max(1)))
+        .collect()
 }
 
 /// Show what is being measured on one terminal line (nothing when stderr is not a terminal).

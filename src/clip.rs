@@ -3,11 +3,14 @@
 
 use crate::error::{check, Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
-use crate::kernel::{self, Bind, ELEMS_PER_WORKGROUP};
+use crate::kernel::{self, Bind};
 use crate::params::{chunk_binding, Layout, Params};
 use std::sync::Mutex;
 
 const SHADER: &str = include_str!("../shaders/norm.wgsl");
+
+/// Gradient elements per workgroup of the first norm pass (256 threads x 32 vec4).
+const NORM_BLOCK: usize = 32768;
 
 /// Which norm of the gradients: PyTorch's `norm_type` 2, 1 or `inf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -304,13 +307,14 @@ impl NormPlan {
             )
         };
         let (first, reduce, finalize) = (pipe("first"), pipe("reduce"), pipe("finalize"));
-        // Level 0: one partial per block of up to 1024 elements of a tensor, in tensor order.
+        // Level 0: one partial per block of up to NORM_BLOCK elements of a tensor, in tensor order.
         let mut segments: Vec<Vec<[u32; 2]>> = vec![Vec::new(); layout.chunk_lens.len()];
         for slot in &layout.slots {
             for p in &slot.pieces {
-                for b in 0..p.len.div_ceil(ELEMS_PER_WORKGROUP) {
-                    let elems = (p.len - b * ELEMS_PER_WORKGROUP).min(ELEMS_PER_WORKGROUP);
-                    segments[p.chunk].push([(p.offset / 4 + b * 256) as u32, elems as u32]);
+                for b in 0..p.len.div_ceil(NORM_BLOCK) {
+                    let elems = (p.len - b * NORM_BLOCK).min(NORM_BLOCK);
+                    segments[p.chunk]
+                        .push([(p.offset / 4 + b * NORM_BLOCK / 4) as u32, elems as u32]);
                 }
             }
         }
