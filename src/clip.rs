@@ -474,21 +474,10 @@ impl Params {
             skip_nonfinite: 0,
             _pad: 0,
         };
-        let guard = self.clip_cache(norm)?;
-        let cache = guard.as_ref().expect("clip cache was just built");
-        let gpu = &self.gpu;
-        gpu.queue()
-            .write_buffer(&cache.plan.config, 0, bytemuck::bytes_of(&cfg));
-        let mut enc = gpu.device().create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            cache.plan.record(&mut pass, gpu);
-            kernel::record(&mut pass, gpu, &cache.scale_pipe, &cache.rewrite_groups);
-        }
-        gpu.queue().submit([enc.finish()]);
+        let ctrl = self.rewrite_grads(Some(norm), cfg)?;
         Ok(GradNorm {
-            gpu: gpu.clone(),
-            ctrl: cache.ctrl.clone(),
+            gpu: self.gpu.clone(),
+            ctrl,
         })
     }
 
@@ -501,7 +490,15 @@ impl Params {
             skip_nonfinite: 0,
             _pad: 0,
         };
-        let guard = self.clip_cache(NormType::L2)?;
+        self.rewrite_grads(None, cfg)?;
+        Ok(())
+    }
+
+    /// One submit that writes `cfg` and rewrites every gradient chunk in place: scaled by the
+    /// clip coefficient after the norm passes (`Some(norm)`), else clamped to ±`cfg.max_norm`.
+    /// Returns the ctrl buffer the norm lands in.
+    fn rewrite_grads(&self, norm: Option<NormType>, cfg: NormConfig) -> Result<wgpu::Buffer> {
+        let guard = self.clip_cache(norm)?;
         let cache = guard.as_ref().expect("clip cache was just built");
         let gpu = &self.gpu;
         gpu.queue()
@@ -509,15 +506,28 @@ impl Params {
         let mut enc = gpu.device().create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            kernel::record(&mut pass, gpu, &cache.clamp_pipe, &cache.rewrite_groups);
+            match norm {
+                Some(_) => {
+                    cache.plan.record(&mut pass, gpu);
+                    kernel::record(&mut pass, gpu, &cache.scale_pipe, &cache.rewrite_groups);
+                }
+                None => kernel::record(&mut pass, gpu, &cache.clamp_pipe, &cache.rewrite_groups),
+            }
         }
         gpu.queue().submit([enc.finish()]);
-        Ok(())
+        Ok(cache.ctrl.clone())
     }
 
-    fn clip_cache(&self, norm: NormType) -> Result<std::sync::MutexGuard<'_, Option<ClipCache>>> {
+    /// The cached clipping machinery, (re)built for `norm`; `None` takes any cached norm type
+    /// (clamping needs no norm) and builds L2 only when nothing is cached.
+    fn clip_cache(
+        &self,
+        norm: Option<NormType>,
+    ) -> Result<std::sync::MutexGuard<'_, Option<ClipCache>>> {
         let mut guard = self.clip.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().map(|c| c.norm) != Some(norm) {
+        let cached = guard.as_ref().map(|c| c.norm);
+        if cached.is_none() || norm.is_some_and(|n| Some(n) != cached) {
+            let norm = norm.unwrap_or_default();
             let gpu = &self.gpu;
             let ctrl = storage(gpu, "wgpu-optim clip ctrl", 16);
             let plan = NormPlan::new(

@@ -345,7 +345,7 @@ impl<C: OptimizerConfig> Optim<C> {
             self.gpu.queue().write_buffer(&self.scalars, 0, bytes);
             return Ok(());
         }
-        let (known, known_at) = {
+        let known = {
             let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
             t.harvest(&self.gpu);
             if n - t.known_at >= self.window as u64 {
@@ -354,9 +354,8 @@ impl<C: OptimizerConfig> Optim<C> {
                 t.known = skipped;
                 t.known_at = n;
             }
-            (t.known, t.known_at)
+            t.known
         };
-        let _ = known_at;
         for s in known..known + self.window as u64 {
             let slot = (s % self.window as u64) as usize;
             for (k, c) in self.groups.iter().enumerate() {
