@@ -13,7 +13,6 @@ mod nn;
 
 use nn::{Loss, Mlp};
 use plotters::prelude::*;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::time::Instant;
 use wgpu_optim::{
@@ -150,22 +149,8 @@ fn find_lr(gpu: &Gpu, data: &Data, build: Build) -> Result<(f32, LrFinder), wgpu
 fn main() -> Result<(), wgpu_optim::Error> {
     let gpu = Gpu::new()?;
     println!("adapter: {} ({:?})", gpu.info().name, gpu.info().backend);
-    let (x, y) = nn::digits();
-    let mut order: Vec<usize> = (0..y.len()).collect();
-    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
-    let pick = |ids: &[usize]| -> (Vec<f32>, Vec<f32>) {
-        (
-            ids.iter()
-                .flat_map(|&i| x[i * 64..(i + 1) * 64].to_vec())
-                .collect(),
-            ids.iter().map(|&i| y[i]).collect(),
-        )
-    };
-    let n_test = y.len() / 5;
-    let data = Data {
-        test: pick(&order[..n_test]),
-        train: pick(&order[n_test..]),
-    };
+    let (train, test) = nn::digits_split(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let data = Data { train, test };
     let epochs = 15;
     let mut curves = Vec::new();
     let mut rows = Vec::new();

@@ -10,7 +10,6 @@ mod nn;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use nn::{Loss, Mlp};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use wgpu_optim::{
     Adam, AdamConfig, CosineAnnealingLR, Gpu, LinearLR, LrScheduler, Optimizer, Scheduler,
@@ -21,22 +20,8 @@ fn main() -> Result<(), wgpu_optim::Error> {
     let gpu = Gpu::new()?;
     println!("adapter: {} ({:?})", gpu.info().name, gpu.info().backend);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let (x, y) = nn::digits();
-    let n = y.len();
     // Shuffle once, hold out 20% for testing.
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rng);
-    let pick = |ids: &[usize]| -> (Vec<f32>, Vec<f32>) {
-        (
-            ids.iter()
-                .flat_map(|&i| x[i * 64..(i + 1) * 64].to_vec())
-                .collect(),
-            ids.iter().map(|&i| y[i]).collect(),
-        )
-    };
-    let n_test = n / 5;
-    let (test_x, test_y) = pick(&order[..n_test]);
-    let (train_x, train_y) = pick(&order[n_test..]);
+    let ((train_x, train_y), (test_x, test_y)) = nn::digits_split(&mut rng);
     println!(
         "digits: {} train, {} test, 64 features, 10 classes",
         train_y.len(),

@@ -454,6 +454,26 @@ pub fn standardize(x: &mut [f32], f: usize, fit: std::ops::Range<usize>) {
     }
 }
 
+/// Rows and targets of a data set: `(rows [n x features], one target per row)`.
+pub type Split = (Vec<f32>, Vec<f32>);
+
+/// The digits shuffled with `rng` and split into (train, test), 20% held out for testing.
+pub fn digits_split(rng: &mut StdRng) -> (Split, Split) {
+    let (x, y) = digits();
+    let mut order: Vec<usize> = (0..y.len()).collect();
+    order.shuffle(rng);
+    let pick = |ids: &[usize]| -> Split {
+        (
+            ids.iter()
+                .flat_map(|&i| x[i * 64..(i + 1) * 64].to_vec())
+                .collect(),
+            ids.iter().map(|&i| y[i]).collect(),
+        )
+    };
+    let n_test = y.len() / 5;
+    (pick(&order[n_test..]), pick(&order[..n_test]))
+}
+
 /// The UCI 8x8 handwritten digits (1797 images), pixels scaled to [0, 1]: (rows, labels).
 pub fn digits() -> (Vec<f32>, Vec<f32>) {
     use std::io::Read;
