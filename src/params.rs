@@ -349,23 +349,7 @@ impl Params {
     }
 
     fn write_to(&self, bufs: &[wgpu::Buffer], name: &str, data: &[f32]) -> Result<()> {
-        let slot = self.layout.slot(name)?;
-        if data.len() != slot.len {
-            return Err(Error::LengthMismatch {
-                name: name.to_string(),
-                expected: slot.len,
-                got: data.len(),
-            });
-        }
-        let mut at = 0;
-        for p in &slot.pieces {
-            let bytes = bytemuck::cast_slice(&data[at..at + p.len]);
-            self.gpu
-                .queue()
-                .write_buffer(&bufs[p.chunk], (p.offset * 4) as u64, bytes);
-            at += p.len;
-        }
-        Ok(())
+        write_checked(&self.gpu, bufs, &self.layout, name, data)
     }
 
     fn read_from(&self, bufs: &[wgpu::Buffer], name: &str) -> Result<Vec<f32>> {
@@ -447,6 +431,38 @@ fn check_same_device<'a>(gpu: &Gpu, bufs: impl Iterator<Item = &'a wgpu::Buffer>
         }
     }
     Ok(())
+}
+
+/// Write one tensor's range of per-chunk buffers of the arena layout, after checking the name
+/// and the length (nothing is written on error).
+pub(crate) fn write_checked(
+    gpu: &Gpu,
+    bufs: &[wgpu::Buffer],
+    layout: &Layout,
+    name: &str,
+    data: &[f32],
+) -> Result<()> {
+    let slot = layout.slot(name)?;
+    if data.len() != slot.len {
+        return Err(Error::LengthMismatch {
+            name: name.to_string(),
+            expected: slot.len,
+            got: data.len(),
+        });
+    }
+    write_slot(gpu, bufs, slot, data);
+    Ok(())
+}
+
+/// Write `data` (exactly `slot.len` values) into one tensor's pieces.
+pub(crate) fn write_slot(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &Slot, data: &[f32]) {
+    let mut at = 0;
+    for p in &slot.pieces {
+        let bytes = bytemuck::cast_slice(&data[at..at + p.len]);
+        gpu.queue()
+            .write_buffer(&bufs[p.chunk], (p.offset * 4) as u64, bytes);
+        at += p.len;
+    }
 }
 
 /// Read one tensor's range out of per-chunk buffers of the arena layout.

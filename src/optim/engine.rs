@@ -106,7 +106,7 @@ impl<C: OptimizerConfig> Optim<C> {
                 for (t, slot) in layout.slots.iter().enumerate() {
                     let v = inits[owner[t] as usize];
                     if v != 0.0 {
-                        write_pieces(&gpu, &bufs, slot, &vec![v; slot.len]);
+                        params::write_slot(&gpu, &bufs, slot, &vec![v; slot.len]);
                     }
                 }
             }
@@ -274,16 +274,7 @@ impl<C: OptimizerConfig> Optim<C> {
     /// Overwrite one state tensor (e.g. when resuming). Validated before any GPU work.
     pub fn set_state(&mut self, key: &str, tensor: &str, data: &[f32]) -> Result<()> {
         let bufs = self.state_buffers(key)?;
-        let slot = self.layout.slot(tensor)?;
-        if data.len() != slot.len {
-            return Err(Error::LengthMismatch {
-                name: tensor.to_string(),
-                expected: slot.len,
-                got: data.len(),
-            });
-        }
-        write_pieces(&self.gpu, bufs, slot, data);
-        Ok(())
+        params::write_checked(&self.gpu, bufs, &self.layout, tensor, data)
     }
 
     /// Set the number of steps already taken (e.g. when resuming): the next step is `steps + 1`.
@@ -406,18 +397,6 @@ fn update_pipeline<C: OptimizerConfig>(
 
 fn bad_group(group: usize, n: usize) -> Error {
     Error::InvalidGroups(format!("group {group} does not exist ({n} groups)"))
-}
-
-fn write_pieces(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &params::Slot, data: &[f32]) {
-    let mut at = 0;
-    for p in &slot.pieces {
-        gpu.queue().write_buffer(
-            &bufs[p.chunk],
-            (p.offset * 4) as u64,
-            bytemuck::cast_slice(&data[at..at + p.len]),
-        );
-        at += p.len;
-    }
 }
 
 fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
