@@ -62,19 +62,6 @@ fn combine(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return vec2<f32>(a.x + b.x, max(a.y, b.y));
 }
 
-// (value, flag): flag 1 for an infinity, 2 for a NaN (tested on the bits: drivers may assume
-// no NaNs in float comparisons).
-fn contribution(x: f32) -> vec2<f32> {
-    let bits = bitcast<u32>(x);
-    let bad = (bits & 0x7f800000u) == 0x7f800000u;
-    let nan = bad && (bits & 0x007fffffu) != 0u;
-    var v = abs(x);
-    if (NORM == 2u) {
-        v = x * x;
-    }
-    return vec2<f32>(select(v, 0.0, bad), select(select(0.0, 1.0, bad), 2.0, nan));
-}
-
 fn inv_scale() -> f32 {
     if (SCALED) {
         return 1.0 / scaler.scale;
@@ -95,6 +82,25 @@ fn reduce_workgroup(lid: u32, v: vec2<f32>) -> vec2<f32> {
     return tree[0];
 }
 
+// Fold one vec4 into the running per-lane value. Non-finite values are tracked apart, by the
+// largest magnitude bits seen (`magnitude_bits`): 0x7f800000 is an infinity, anything above is
+// a NaN. That is exact, costs two integer ops per element, and does not rely on float
+// comparisons with NaN (drivers may assume there are none). The value itself may become inf or
+// NaN then; finalize ignores it when the flag is set.
+fn fold(acc: vec4<f32>, g: vec4<f32>) -> vec4<f32> {
+    if (NORM == 2u) {
+        return fma(g, g, acc);
+    }
+    if (NORM == 1u) {
+        return acc + abs(g);
+    }
+    return max(acc, abs(g));
+}
+
+fn magnitude_bits(g: vec4<f32>) -> vec4<u32> {
+    return bitcast<vec4<u32>>(g) & vec4<u32>(0x7fffffffu);
+}
+
 @compute @workgroup_size(256)
 fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -103,24 +109,42 @@ fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let seg = segments[w];
-    var v = vec2<f32>(0.0, 0.0);
-    // Each thread folds 32 vec4s, 256 apart (coalesced), before the workgroup tree: fewer
+    let inv = inv_scale();
+    let whole = seg.y / 4u; // vec4s entirely inside the tensor
+    var acc = vec4<f32>(0.0);
+    var bits = vec4<u32>(0u);
+    // Each thread folds up to 32 vec4s, 256 apart (coalesced), before the workgroup tree: fewer
     // partials and far fewer barriers per element than one vec4 per thread.
     for (var k = 0u; k < 32u; k = k + 1u) {
-        let q = lid + k * 256u; // vec4 within the block
-        let e = q * 4u;         // first element within the block
-        if (e < seg.y) {
-            let g = grad[seg.x + q] * inv_scale();
-            // Elements past the tensor's end (padding) count as zero.
-            let c = array<vec2<f32>, 4>(
-                contribution(g.x),
-                select(vec2<f32>(0.0), contribution(g.y), e + 1u < seg.y),
-                select(vec2<f32>(0.0), contribution(g.z), e + 2u < seg.y),
-                select(vec2<f32>(0.0), contribution(g.w), e + 3u < seg.y));
-            v = combine(v, combine(combine(c[0], c[1]), combine(c[2], c[3])));
+        let q = lid + k * 256u;
+        if (q < whole) {
+            var g = grad[seg.x + q];
+            if (SCALED) {
+                g = g * inv;
+            }
+            acc = fold(acc, g);
+            bits = max(bits, magnitude_bits(g));
         }
     }
-    let total = reduce_workgroup(lid, v);
+    // The tensor's last, partial vec4: elements past its end (padding) count as zero.
+    if (lid == 0u && whole * 4u < seg.y) {
+        var g = grad[seg.x + whole];
+        if (SCALED) {
+            g = g * inv;
+        }
+        let tail = seg.y - whole * 4u;
+        g = select(vec4<f32>(0.0), g, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tail));
+        acc = fold(acc, g);
+        bits = max(bits, magnitude_bits(g));
+    }
+    var v = acc.x + acc.y + acc.z + acc.w;
+    if (NORM == 0u) {
+        v = max(max(acc.x, acc.y), max(acc.z, acc.w));
+    }
+    let big = max(max(bits.x, bits.y), max(bits.z, bits.w));
+    // flag: 1 for an infinity, 2 for a NaN
+    let flag = select(select(0.0, 1.0, big >= 0x7f800000u), 2.0, big > 0x7f800000u);
+    let total = reduce_workgroup(lid, vec2<f32>(v, flag));
     if (lid == 0u) {
         partials[level.dst + w] = total;
     }
