@@ -1,9 +1,10 @@
 // Shared by every optimizer kernel (concatenated in front of the family's file at build time).
 //
 // Binding convention of an update kernel:
-//   0: step scalars (storage, read; the family's own struct), WINDOW x GROUPS entries: entry
-//      (s % WINDOW) * GROUPS + g holds group g's scalars for the case that s steps were skipped
-//      so far (skipped steps do not advance torch's step count, and only the GPU knows s)
+//   0: step scalars (storage, read; the family's own struct), one entry per group. Once steps
+//      can be skipped on the GPU (skipped steps do not advance torch's step count, and only the
+//      GPU knows how many there were), the host writes a window of candidates and a small pass
+//      (select.wgsl) copies the right one here before the update.
 //   1: ctrl, written on the GPU by the norm pass: gradient multiplier, skip flag, norm, count
 //      of skipped steps
 //   2: granule -> group table (one u32 per 64 elements), read only when GROUPED
@@ -14,14 +15,12 @@
 // Each kernel reads ctrl and its scalars first, before any branch (see `begin`): a load from a
 // uniform address in uniform control flow is one load for the whole SIMD group on drivers that
 // tell (llvmpipe/lavapipe does a scalar load and a broadcast), while the same load after the
-// bounds check's early return is made lane by lane, field by field.
+// bounds check's early return, or at an index read from a buffer, is made lane by lane.
 
 override MAXIMIZE: bool = false;
 override GRAD_MUL: bool = false;
 override SKIP: bool = false;
 override GROUPED: bool = false;
-override GROUPS: u32 = 1u;
-override WINDOW: u32 = 1u;
 
 struct Ctrl {
     grad_mul: f32,
@@ -43,21 +42,17 @@ fn vec_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// Read ctrl and return the index of this element's scalars: its group, in the window slot of
-// the current skip count. Call it first thing in a kernel; `n` is the kernel's vec4 count.
+// Read ctrl and return the index of this element's scalars (its group). Call it first thing
+// in a kernel; `n` is the kernel's vec4 count.
 fn begin(i: u32, n: u32) -> u32 {
-    if (GRAD_MUL || SKIP || WINDOW > 1u) {
+    if (GRAD_MUL || SKIP) {
         step_ctrl = ctrl;
     }
-    var g = 0u;
     if (GROUPED) {
         // Threads past the end read the last granule's group (and return right after).
-        g = group_of[min(i, n - 1u) / 16u];
+        return group_of[min(i, n - 1u) / 16u];
     }
-    if (WINDOW > 1u) {
-        return (step_ctrl.skipped % WINDOW) * GROUPS + g;
-    }
-    return g;
+    return 0u;
 }
 
 fn step_skipped() -> bool {

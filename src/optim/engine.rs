@@ -31,7 +31,12 @@ pub struct Optim<C: OptimizerConfig> {
     grad_bufs: Vec<wgpu::Buffer>,
     borrowed: bool,
     states: Vec<(&'static str, Vec<wgpu::Buffer>)>,
+    /// This step's scalars, one entry per group: what the update kernel reads.
+    live: wgpu::Buffer,
+    /// The window of candidate scalars (`WINDOW` entries per group) once steps can be skipped,
+    /// and the pass that copies the right one into `live`.
     scalars: wgpu::Buffer,
+    select: SelectPass,
     scratch: Vec<f32>,
     ctrl: wgpu::Buffer,
     _tables: Vec<wgpu::Buffer>,
@@ -113,11 +118,9 @@ impl<C: OptimizerConfig> Optim<C> {
             states.push((key, bufs));
         }
         let dummy = clip::storage(&gpu, "wgpu-optim unused state", 16);
-        let scalars = clip::storage(
-            &gpu,
-            "wgpu-optim scalars",
-            (WINDOW as usize * configs.len() * SCALARS * 4) as u64,
-        );
+        let live_bytes = (configs.len() * SCALARS * 4) as u64;
+        let live = clip::storage(&gpu, "wgpu-optim scalars", live_bytes);
+        let scalars = clip::storage(&gpu, "wgpu-optim scalar window", WINDOW as u64 * live_bytes);
         let ctrl = buffer_with(
             &gpu,
             "wgpu-optim ctrl",
@@ -135,7 +138,7 @@ impl<C: OptimizerConfig> Optim<C> {
         let chunks = (0..layout.chunk_lens.len())
             .map(|c| {
                 let mut entries = vec![
-                    (0, scalars.as_entire_buffer_binding()),
+                    (0, live.as_entire_buffer_binding()),
                     (1, ctrl.as_entire_buffer_binding()),
                     (
                         2,
@@ -161,8 +164,9 @@ impl<C: OptimizerConfig> Optim<C> {
             })
             .collect();
         let n_groups = configs.len();
+        let select = SelectPass::new(&gpu, &scalars, &ctrl, &live);
         Ok(Optim {
-            pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false], 1),
+            pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false]),
             grad_bufs: params.grad_bufs.clone(),
             borrowed: params.borrowed,
             gpu,
@@ -174,7 +178,9 @@ impl<C: OptimizerConfig> Optim<C> {
             pipeline_layout,
             chunks,
             states,
+            live,
             scalars,
+            select,
             scratch: vec![0.0; WINDOW as usize * n_groups * SCALARS],
             ctrl,
             _tables: tables,
@@ -198,13 +204,7 @@ impl<C: OptimizerConfig> Optim<C> {
             self.max_grad_norm.is_some() || self.scaler.is_some(),
             self.norm_active(),
         ];
-        self.pipeline = update_pipeline(
-            &self.gpu,
-            &self.pipeline_layout,
-            &self.groups,
-            flags,
-            self.window,
-        );
+        self.pipeline = update_pipeline(&self.gpu, &self.pipeline_layout, &self.groups, flags);
     }
 
     /// Build the norm passes for the current norm type and scaler. The first time, the update
@@ -333,7 +333,7 @@ impl<C: OptimizerConfig> Optim<C> {
                 self.scratch[k * SCALARS..(k + 1) * SCALARS].copy_from_slice(&c.scalars(n + 1));
             }
             let bytes = bytemuck::cast_slice(&self.scratch[..g * SCALARS]);
-            self.gpu.queue().write_buffer(&self.scalars, 0, bytes);
+            self.gpu.queue().write_buffer(&self.live, 0, bytes);
             return Ok(());
         }
         let known = {
@@ -366,21 +366,69 @@ impl<C: OptimizerConfig> Optim<C> {
     }
 }
 
-/// The update kernel specialised for these groups, `[grad_mul, skip]` and the scalar window.
+/// The pass that copies this step's scalars out of the window (`shaders/select.wgsl`).
+struct SelectPass {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: u32,
+}
+
+impl SelectPass {
+    fn new(gpu: &Gpu, window: &wgpu::Buffer, ctrl: &wgpu::Buffer, live: &wgpu::Buffer) -> Self {
+        let (bgl, layout) = kernel::layout(
+            gpu,
+            &[
+                Some(kernel::Bind::Read),
+                Some(kernel::Bind::Read),
+                Some(kernel::Bind::ReadWrite),
+            ],
+        );
+        let pipeline = gpu.pipeline(
+            PipelineKey {
+                shader: "select",
+                entry: "main",
+                constants: vec![("WINDOW", WINDOW)],
+            },
+            include_str!("../../shaders/select.wgsl"),
+            &layout,
+            false,
+        );
+        let bind_group = kernel::bind(
+            gpu,
+            &bgl,
+            &[
+                (0, window.as_entire_buffer_binding()),
+                (1, ctrl.as_entire_buffer_binding()),
+                (2, live.as_entire_buffer_binding()),
+            ],
+        );
+        let vec4s = live.size() / 16;
+        SelectPass {
+            pipeline,
+            bind_group,
+            workgroups: vec4s.div_ceil(kernel::WORKGROUP as u64) as u32,
+        }
+    }
+
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, gpu: &Gpu) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        kernel::dispatch(pass, gpu, self.workgroups);
+    }
+}
+
+/// The update kernel specialised for these groups and `[grad_mul, skip]`.
 fn update_pipeline<C: OptimizerConfig>(
     gpu: &Gpu,
     layout: &wgpu::PipelineLayout,
     groups: &[C],
     [grad_mul, skip]: [bool; 2],
-    window: u32,
 ) -> wgpu::ComputePipeline {
     let mut constants = vec![
         ("MAXIMIZE", groups[0].maximize() as u32),
         ("GRAD_MUL", grad_mul as u32),
         ("SKIP", skip as u32),
         ("GROUPED", (groups.len() > 1) as u32),
-        ("GROUPS", groups.len() as u32),
-        ("WINDOW", window),
     ];
     constants.extend(groups[0].constants());
     gpu.pipeline(
@@ -542,6 +590,9 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
             });
             if let (true, Some(plan)) = (active, &self.norm) {
                 plan.record(&mut pass, &gpu);
+            }
+            if self.window > 1 {
+                self.select.record(&mut pass, &gpu);
             }
             kernel::record(&mut pass, &gpu, &self.pipeline, &self.chunks);
         }
