@@ -69,17 +69,29 @@ fn inv_scale() -> f32 {
     return 1.0;
 }
 
-// Fixed-order tree over the workgroup; thread 0 ends with the workgroup's value.
+// Fixed-order reduction over the workgroup, returning the workgroup's value in thread 0:
+// 16 threads each fold 16 consecutive values in order, then thread 0 folds those 16. Two
+// barriers instead of a binary tree's nine (a barrier is a costly context switch on CPU
+// drivers such as llvmpipe; on GPUs the 16-long chains in shared memory cost next to nothing).
 fn reduce_workgroup(lid: u32, v: vec2<f32>) -> vec2<f32> {
     tree[lid] = v;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            tree[lid] = combine(tree[lid], tree[lid + stride]);
+    if (lid < 16u) {
+        var s = tree[lid * 16u];
+        for (var j = 1u; j < 16u; j = j + 1u) {
+            s = combine(s, tree[lid * 16u + j]);
         }
-        workgroupBarrier();
+        tree[lid * 16u] = s;
     }
-    return tree[0];
+    workgroupBarrier();
+    var t = vec2<f32>(0.0);
+    if (lid == 0u) {
+        t = tree[0];
+        for (var j = 1u; j < 16u; j = j + 1u) {
+            t = combine(t, tree[j * 16u]);
+        }
+    }
+    return t;
 }
 
 // Fold one vec4 into the running per-lane value. Non-finite values are tracked apart, by the
