@@ -4,22 +4,13 @@ struct AdagradScalars {
     neg_clr: f32,          // -lr / (1 + (t - 1) * lr_decay)
     weight_decay: f32,
     eps: f32,
-    _pad0: f32,
-    _pad1: f32,
-    _pad2: f32,
-    _pad3: f32,
-    _pad4: f32,
-    _pad5: f32,
-    _pad6: f32,
-    _pad7: f32,
-    _pad8: f32,
-    _pad9: f32,
-    _pad10: f32,
-    _pad11: f32,
-    _pad12: f32,
 }
 
-@group(0) @binding(0) var<storage, read> scal: array<AdagradScalars>;
+// The group's 16 scalars as `OptimizerConfig::scalars` lays them out on the host.
+fn unpack(p: array<vec4<f32>, 4>) -> AdagradScalars {
+    return AdagradScalars(p[0].x, p[0].y, p[0].z);
+}
+
 @group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> sum: array<vec4<f32>>;
@@ -29,7 +20,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = vec_index(wid, nwg, lid);
     let n = arrayLength(&param);
-    let s = scal[begin(i, n)];
+    let s = unpack(begin(i, n));
     if (i >= n || step_skipped()) {
         return;
     }

@@ -7,22 +7,18 @@ struct AdamScalars {
     weight_decay: f32,     // L2 decay added to the gradient (Adam)
     decay_factor: f32,     // 1 - lr * weight_decay (AdamW)
     lerp_w: f32,           // 1 - beta1
-    _pad7: f32,
     beta2: f32,
     one_minus_beta2: f32,
     neg_step_size: f32,    // -lr / (1 - beta1^t)
     bc2_sqrt: f32,         // sqrt(1 - beta2^t)
     eps: f32,
-    _pad0: f32,
-    _pad1: f32,
-    _pad2: f32,
-    _pad3: f32,
-    _pad4: f32,
-    _pad5: f32,
-    _pad6: f32,
 }
 
-@group(0) @binding(0) var<storage, read> scal: array<AdamScalars>;
+// The group's 16 scalars as `OptimizerConfig::scalars` lays them out on the host.
+fn unpack(p: array<vec4<f32>, 4>) -> AdamScalars {
+    return AdamScalars(p[0].x, p[0].y, p[0].z, p[1].x, p[1].y, p[1].z, p[1].w, p[2].x);
+}
+
 @group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> exp_avg: array<vec4<f32>>;
@@ -34,7 +30,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = vec_index(wid, nwg, lid);
     let n = arrayLength(&param);
-    let s = scal[begin(i, n)];
+    let s = unpack(begin(i, n));
     if (i >= n || step_skipped()) {
         return;
     }

@@ -1,7 +1,8 @@
 // Shared by every optimizer kernel (concatenated in front of the family's file at build time).
 //
 // Binding convention of an update kernel:
-//   0: step scalars (storage, read; the family's own struct), one entry per group. Once steps
+//   0: step scalars (storage, read), 16 f32 per group, unpacked into the family's own struct
+//      by its `unpack`. Once steps
 //      can be skipped on the GPU (skipped steps do not advance torch's step count, and only the
 //      GPU knows how many there were), the host writes a window of candidates and a small pass
 //      (select.wgsl) copies the right one here before the update.
@@ -21,6 +22,7 @@ override MAXIMIZE: bool = false;
 override GRAD_MUL: bool = false;
 override SKIP: bool = false;
 override GROUPED: bool = false;
+override GROUPS: u32 = 1u;
 
 struct Ctrl {
     grad_mul: f32,
@@ -29,6 +31,7 @@ struct Ctrl {
     skipped: u32,
 }
 
+@group(0) @binding(0) var<storage, read> scal: array<array<vec4<f32>, 4>>;
 @group(0) @binding(1) var<storage, read> ctrl: Ctrl;
 @group(0) @binding(2) var<storage, read> group_of: array<u32>;
 
@@ -42,17 +45,40 @@ fn vec_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// Read ctrl and return the index of this element's scalars (its group). Call it first thing
-// in a kernel; `n` is the kernel's vec4 count.
-fn begin(i: u32, n: u32) -> u32 {
+// Read ctrl and return this element's scalars (its group's). Call it first thing in a kernel;
+// `n` is the kernel's vec4 count.
+fn begin(i: u32, n: u32) -> array<vec4<f32>, 4> {
     if (GRAD_MUL || SKIP) {
         step_ctrl = ctrl;
     }
-    if (GROUPED) {
-        // Threads past the end read the last granule's group (and return right after).
-        return group_of[min(i, n - 1u) / 16u];
+    if (!GROUPED) {
+        return scal[0];
     }
-    return 0u;
+    // Threads past the end read the last granule's group (and return right after).
+    let g = group_of[min(i, n - 1u) / 16u];
+    if (GROUPS > 4u) {
+        return scal[g];
+    }
+    // Up to 4 groups: every group's scalars are loaded at a constant index, which is one load
+    // for the whole SIMD group on every driver, and each thread selects its own. An index read
+    // from a buffer is loaded lane by lane on drivers that cannot prove it uniform (llvmpipe),
+    // which cost grouped Adam half again its time there.
+    var s = scal[0];
+    if (GROUPS > 1u) {
+        s = pick(s, scal[1], g == 1u);
+    }
+    if (GROUPS > 2u) {
+        s = pick(s, scal[2], g == 2u);
+    }
+    if (GROUPS > 3u) {
+        s = pick(s, scal[3], g == 3u);
+    }
+    return s;
+}
+
+fn pick(a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>, take_b: bool) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(select(a[0], b[0], take_b), select(a[1], b[1], take_b),
+                               select(a[2], b[2], take_b), select(a[3], b[3], take_b));
 }
 
 fn step_skipped() -> bool {

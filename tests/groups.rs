@@ -190,6 +190,49 @@ fn groups_with_their_own_hyperparameters() {
     );
 }
 
+/// Up to 4 groups take one kernel path (every group's scalars loaded, each thread picks its
+/// own), more take another (each thread loads its group's): both against the CPU, with every
+/// group's hyperparameters different.
+#[test]
+fn four_groups_and_one_group_per_tensor() {
+    fn index(n: &str) -> usize {
+        NAMES.iter().position(|t| t.0 == n).unwrap()
+    }
+    for count in [4, NAMES.len()] {
+        let configs: Vec<AdamConfig> = (0..count)
+            .map(|k| AdamConfig {
+                lr: 1e-3 * (k + 1) as f32,
+                betas: (0.9 - 0.05 * k as f32, 0.999 - 0.01 * k as f32),
+                eps: 1e-8 * (k + 1) as f32,
+                weight_decay: 0.02 * k as f32,
+                amsgrad: true,
+                ..AdamConfig::adamw()
+            })
+            .collect();
+        let which = move |n: &str| index(n) % count;
+        let groups = configs
+            .iter()
+            .enumerate()
+            .map(|(k, c)| ParamGroup::matching(move |n| which(n) == k, c.clone()))
+            .collect();
+        run_groups(groups, which, &configs, reference::adam, 4);
+    }
+    let configs: Vec<AdagradConfig> = (0..3)
+        .map(|k| AdagradConfig {
+            lr: 0.05 * (k + 1) as f32,
+            lr_decay: 0.01 * k as f32,
+            ..Default::default()
+        })
+        .collect();
+    let which = |n: &str| index(n) % 3;
+    let groups = configs
+        .iter()
+        .enumerate()
+        .map(|(k, c)| ParamGroup::matching(move |n| which(n) == k, c.clone()))
+        .collect();
+    run_groups(groups, which, &configs, reference::adagrad, 3);
+}
+
 fn which_nd(n: &str) -> usize {
     no_decay(n) as usize
 }

@@ -429,6 +429,7 @@ fn update_pipeline<C: OptimizerConfig>(
         ("GRAD_MUL", grad_mul as u32),
         ("SKIP", skip as u32),
         ("GROUPED", (groups.len() > 1) as u32),
+        ("GROUPS", groups.len() as u32),
     ];
     constants.extend(groups[0].constants());
     gpu.pipeline(
