@@ -10,21 +10,22 @@
 //! (timestamp queries when the adapter has them, else wall time around submit + wait), the
 //! effective bandwidth (bytes moved per element × elements / time), the fraction of the copy
 //! kernel's bandwidth, and the CPU reference's time per step (one thread; skipped above 2^24
-//! elements unless `--cpu-all`). Then Adam with gradient clipping (`max_grad_norm`) against
-//! Adam alone at the largest size.
+//! elements unless `--cpu-all`). Then, at the largest size: Adam with gradient clipping
+//! (`max_grad_norm`) against Adam alone, GPT-2 small's 148-tensor layout against one tensor,
+//! and that layout with AdamW's usual decay / no-decay parameter groups against one group.
 //!
 //! Each step runs alone on an idle queue, and steps alternate with runs of the copy kernel of
 //! the same size (`step copy step copy ...`), so a change of load on a shared machine hits both
 //! alike: the copy fraction is the median over pairs of (step bandwidth / bandwidth of the copy
-//! run right after it), and the clipping ratio likewise pairs the two steps. Without `--iters`, each cell takes about 3 s
-//! of GPU time (5 to 50 steps). `WGPU_BACKEND`/`WGPU_ADAPTER_NAME` pick the adapter too.
+//! run right after it), and the clipping, layout and group ratios likewise pair the steps they
+//! compare. Without `--iters`, each cell takes about 3 s of GPU time (5 to 50 steps). `WGPU_BACKEND`/`WGPU_ADAPTER_NAME` pick the adapter too.
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{reference, AdamConfig, Gpu, Params};
+use wgpu_optim::{reference, Adam, AdamConfig, Gpu, Optim, Optimizer, ParamGroup, Params};
 
 struct Args {
     sizes: Vec<usize>,
@@ -346,21 +347,44 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     one.write_grad("flat", &flat)?;
     let mut opt_many = workload.optimizer(&many)?.expect("Adam");
     let mut opt_one = workload.optimizer(&one)?.expect("Adam");
+    // The usual AdamW split: no weight decay on biases and layer norms.
+    let decay = AdamConfig::adamw();
+    let no_decay = AdamConfig {
+        weight_decay: 0.0,
+        ..decay.clone()
+    };
+    let mut opt_groups: Adam = Optim::with_groups(
+        &many,
+        vec![
+            ParamGroup::matching(|n| n.ends_with(".bias") || n.contains("ln_"), no_decay),
+            ParamGroup::rest(decay),
+        ],
+    )?;
     for _ in 0..2 {
         opt_many.step(&mut many)?;
         opt_one.step(&mut one)?;
+        opt_groups.step(&mut many)?;
     }
+    let many = RefCell::new(many);
     let mut a = || opt_one.step(&mut one);
-    let mut b = || opt_many.step(&mut many);
-    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
-    let (t_one, t_many) = (bench::median(&times[0]), bench::median(&times[1]));
-    let layout_ratio = median_f64(
-        times[1]
-            .iter()
-            .zip(&times[0])
-            .map(|(m, o)| m.as_secs_f64() / o.as_secs_f64())
-            .collect(),
+    let mut b = || opt_many.step(&mut many.borrow_mut());
+    let mut c = || opt_groups.step(&mut many.borrow_mut());
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b, &mut c])?;
+    let (t_one, t_many, t_groups) = (
+        bench::median(&times[0]),
+        bench::median(&times[1]),
+        bench::median(&times[2]),
     );
+    let paired = |x: &[Duration], y: &[Duration]| {
+        median_f64(
+            x.iter()
+                .zip(y)
+                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+                .collect(),
+        )
+    };
+    let layout_ratio = paired(&times[1], &times[0]);
+    let groups_ratio = paired(&times[2], &times[1]);
     println!(
         "GPT-2 small layout ({} tensors, {} elements) vs one tensor, Adam: {:.3} ms vs {:.3} ms per step, ratio {:.3}",
         specs.len(),
@@ -368,6 +392,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ms(t_many),
         ms(t_one),
         layout_ratio
+    );
+    println!(
+        "Same layout, AdamW with decay / no-decay groups vs one group: {:.3} ms vs {:.3} ms per step, ratio {:.3}",
+        ms(t_groups),
+        ms(t_many),
+        groups_ratio
     );
 
     if let Some(path) = &args.json {
@@ -393,6 +423,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "one_tensor_s": t_one.as_secs_f64(),
                 "gpt2_layout_s": t_many.as_secs_f64(),
                 "ratio": layout_ratio,
+                "two_groups_s": t_groups.as_secs_f64(),
+                "two_groups_ratio": groups_ratio,
             },
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
