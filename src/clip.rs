@@ -458,7 +458,47 @@ pub(crate) struct ClipCache {
     rewrite_groups: Vec<(wgpu::BindGroup, usize)>,
 }
 
+/// What a standalone gradient pass does after (or instead of) the norm passes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rewrite {
+    /// Nothing: the norm alone.
+    Keep,
+    /// Scale by the clip coefficient the norm passes computed.
+    Scale,
+    /// Clamp to ±`max_norm` (no norm passes).
+    Clamp,
+}
+
 impl Params {
+    /// `torch.nn.utils.get_total_norm` over the gradients: the total norm of all of them
+    /// together, computed on the GPU (the same passes as clipping), gradients untouched. Nothing
+    /// is read back: the returned handle reads the norm when asked.
+    ///
+    /// `norm_type` is 1, 2 or `f32::INFINITY`; the norm is NaN or inf when a gradient is.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 4)])?;
+    /// params.write_grad("w", &[3.0, 0.0, 4.0, 0.0])?;
+    /// assert_eq!(params.grad_norm(2.0)?.value()?, 5.0);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn grad_norm(&self, norm_type: f32) -> Result<GradNorm> {
+        let norm = NormType::from_p(norm_type)?;
+        let cfg = NormConfig {
+            max_norm: 1.0,
+            clip: 0,
+            skip_nonfinite: 0,
+            _pad: 0,
+        };
+        let ctrl = self.run_grad_pass(Some(norm), cfg, Rewrite::Keep)?;
+        Ok(GradNorm {
+            gpu: self.gpu.clone(),
+            ctrl,
+        })
+    }
+
     /// `torch.nn.utils.clip_grad_norm_`: scale every gradient in place by
     /// `min(1, max_norm / (total_norm + 1e-6))`, with the total norm over all tensors computed on
     /// the GPU. Nothing is read back: the returned handle reads the norm when asked.
@@ -474,7 +514,7 @@ impl Params {
             skip_nonfinite: 0,
             _pad: 0,
         };
-        let ctrl = self.rewrite_grads(Some(norm), cfg)?;
+        let ctrl = self.run_grad_pass(Some(norm), cfg, Rewrite::Scale)?;
         Ok(GradNorm {
             gpu: self.gpu.clone(),
             ctrl,
@@ -490,14 +530,18 @@ impl Params {
             skip_nonfinite: 0,
             _pad: 0,
         };
-        self.rewrite_grads(None, cfg)?;
+        self.run_grad_pass(None, cfg, Rewrite::Clamp)?;
         Ok(())
     }
 
-    /// One submit that writes `cfg` and rewrites every gradient chunk in place: scaled by the
-    /// clip coefficient after the norm passes (`Some(norm)`), else clamped to ±`cfg.max_norm`.
-    /// Returns the ctrl buffer the norm lands in.
-    fn rewrite_grads(&self, norm: Option<NormType>, cfg: NormConfig) -> Result<wgpu::Buffer> {
+    /// One submit that writes `cfg`, runs the norm passes when `norm` is given, then does
+    /// `rewrite` to every gradient chunk in place. Returns the ctrl buffer the norm lands in.
+    fn run_grad_pass(
+        &self,
+        norm: Option<NormType>,
+        cfg: NormConfig,
+        rewrite: Rewrite,
+    ) -> Result<wgpu::Buffer> {
         let guard = self.clip_cache(norm)?;
         let cache = guard.as_ref().expect("clip cache was just built");
         let gpu = &self.gpu;
@@ -506,12 +550,17 @@ impl Params {
         let mut enc = gpu.device().create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            match norm {
-                Some(_) => {
-                    cache.plan.record(&mut pass, gpu);
-                    kernel::record(&mut pass, gpu, &cache.scale_pipe, &cache.rewrite_groups);
+            if norm.is_some() {
+                cache.plan.record(&mut pass, gpu);
+            }
+            match rewrite {
+                Rewrite::Keep => {}
+                Rewrite::Scale => {
+                    kernel::record(&mut pass, gpu, &cache.scale_pipe, &cache.rewrite_groups)
                 }
-                None => kernel::record(&mut pass, gpu, &cache.clamp_pipe, &cache.rewrite_groups),
+                Rewrite::Clamp => {
+                    kernel::record(&mut pass, gpu, &cache.clamp_pipe, &cache.rewrite_groups)
+                }
             }
         }
         gpu.queue().submit([enc.finish()]);

@@ -432,6 +432,43 @@ fn standalone_clip_functions() {
     assert_close("b", &params.read_grad("b").unwrap(), &clamped, 0.0);
 }
 
+/// `Params::grad_norm` (torch's `get_total_norm`): the norm of every type, gradients untouched,
+/// NaN or inf when a gradient is.
+#[test]
+fn grad_norm_alone() {
+    let gpu = gpu();
+    let mut rng = rng("grad_norm");
+    let (a, b) = (randn(&mut rng, 5001, 3.0), randn(&mut rng, 20000, 0.5));
+    let mut params =
+        Params::zeros_with_max_chunk_bytes(&gpu, &[("a", 5001), ("b", 20000)], 64 * 1024).unwrap();
+    params.write_grad("a", &a).unwrap();
+    params.write_grad("b", &b).unwrap();
+    let (aa, bb) = (Array1::from(a.clone()), Array1::from(b.clone()));
+    for p in [2.0, 1.0, f32::INFINITY] {
+        let want = reference::grad_norm(&[&aa, &bb], NormType::from_p(p).unwrap(), 1.0).unwrap();
+        let got = params.grad_norm(p).unwrap().value().unwrap() as f64;
+        assert!(
+            ((got - want) / want).abs() < 1e-6,
+            "norm {p}: {got} vs {want}"
+        );
+    }
+    assert_close("a", &params.read_grad("a").unwrap(), &a, 0.0);
+    assert_close("b", &params.read_grad("b").unwrap(), &b, 0.0);
+    for (bad, nan) in [(f32::NAN, true), (f32::NEG_INFINITY, false)] {
+        let mut g = b.clone();
+        g[19999] = bad;
+        params.write_grad("b", &g).unwrap();
+        for p in [2.0, 1.0, f32::INFINITY] {
+            let v = params.grad_norm(p).unwrap().value().unwrap();
+            assert_eq!((v.is_nan(), v == f32::INFINITY), (nan, !nan), "norm {p}");
+        }
+    }
+    assert!(matches!(
+        params.grad_norm(3.0),
+        Err(Error::InvalidOptions(_))
+    ));
+}
+
 #[test]
 fn bad_clipping_and_scaler_options() {
     let gpu = gpu();
