@@ -11,7 +11,8 @@
 //! effective bandwidth (bytes moved per element × elements / time), the fraction of the copy
 //! kernel's bandwidth, and the CPU reference's time per step (one thread; skipped above 2^24
 //! elements unless `--cpu-all`). Then, at the largest size: Adam with gradient clipping
-//! (`max_grad_norm`) against Adam alone, GPT-2 small's 148-tensor layout against one tensor,
+//! (`max_grad_norm`) against Adam alone, the norm passes alone (`Params::grad_norm`) against
+//! the copy kernel and Adam, GPT-2 small's 148-tensor layout against one tensor,
 //! and that layout with AdamW's usual decay / no-decay parameter groups against one group.
 //!
 //! Each step runs alone on an idle queue, and steps alternate with runs of the copy kernel of
@@ -305,18 +306,36 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let runs = args
         .iters
         .unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
+    // The norm passes alone (`Params::grad_norm`: the same passes, gradients untouched) and a
+    // copy of the same size, to see what the norm costs in copy-kernel units.
+    let copy = CopyKernel::new(&gpu, n)?;
     let params = RefCell::new(params);
     let mut a = || plain.step(&mut params.borrow_mut());
     let mut b = || clipped.step(&mut params.borrow_mut());
-    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
-    let (t_plain, t_clip) = (bench::median(&times[0]), bench::median(&times[1]));
-    let ratio = median_f64(
-        times[1]
-            .iter()
-            .zip(&times[0])
-            .map(|(c, p)| c.as_secs_f64() / p.as_secs_f64())
-            .collect(),
+    let mut c = || params.borrow().grad_norm(2.0).map(|_| ());
+    let mut d = || {
+        copy.submit();
+        Ok(())
+    };
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b, &mut c, &mut d])?;
+    let (t_plain, t_clip, t_norm) = (
+        bench::median(&times[0]),
+        bench::median(&times[1]),
+        bench::median(&times[2]),
     );
+    let paired = |x: &[Duration], y: &[Duration]| {
+        median_f64(
+            x.iter()
+                .zip(y)
+                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+                .collect(),
+        )
+    };
+    let ratio = paired(&times[1], &times[0]);
+    let copy_scale = n as f64 / copy.elems() as f64;
+    let copies: Vec<Duration> = times[3].iter().map(|t| t.mul_f64(copy_scale)).collect();
+    let norm_copies = paired(&times[2], &copies);
+    let norm_adam = paired(&times[2], &times[0]);
     println!();
     println!(
         "Adam + max_grad_norm vs Adam at {}: {:.3} ms vs {:.3} ms per step, ratio {:.3} \
@@ -326,6 +345,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ms(t_plain),
         ratio,
         32.0 / 28.0
+    );
+    println!(
+        "Norm passes alone (Params::grad_norm, L2): {:.3} ms, {:.2} copy-kernel times, {:.3} of an Adam step",
+        ms(t_norm),
+        norm_copies,
+        norm_adam
     );
 
     // Many tensors at the cost of one: GPT-2 small's 148-tensor layout scaled to n elements
@@ -375,14 +400,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         bench::median(&times[1]),
         bench::median(&times[2]),
     );
-    let paired = |x: &[Duration], y: &[Duration]| {
-        median_f64(
-            x.iter()
-                .zip(y)
-                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
-                .collect(),
-        )
-    };
     let layout_ratio = paired(&times[1], &times[0]);
     let groups_ratio = paired(&times[2], &times[1]);
     println!(
@@ -416,6 +433,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "adam_s": t_plain.as_secs_f64(),
                 "adam_clip_s": t_clip.as_secs_f64(),
                 "ratio": ratio,
+                "norm_alone_s": t_norm.as_secs_f64(),
+                "norm_copy_ratio": norm_copies,
+                "norm_adam_ratio": norm_adam,
             },
             "gpt2_layout": {
                 "tensors": specs.len(),
