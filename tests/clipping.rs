@@ -439,7 +439,7 @@ fn grad_norm_alone() {
     let gpu = gpu();
     let mut rng = rng("grad_norm");
     let (a, b) = (randn(&mut rng, 5001, 3.0), randn(&mut rng, 20000, 0.5));
-    let mut params =
+    let params =
         Params::zeros_with_max_chunk_bytes(&gpu, &[("a", 5001), ("b", 20000)], 64 * 1024).unwrap();
     params.write_grad("a", &a).unwrap();
     params.write_grad("b", &b).unwrap();
