@@ -197,7 +197,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 ";
 
-/// The bandwidth baseline: a WGSL kernel copying one buffer of vec4<f32> into another, 256
+/// The bandwidth baseline: a WGSL kernel copying one buffer of `vec4<f32>` into another, 256
 /// threads per workgroup, one vec4 per thread, a 2-D grid beyond the per-dimension workgroup
 /// limit, exactly as the update kernels are dispatched. It moves
 /// [`COPY_BYTES_PER_ELEMENT`] bytes per element.
