@@ -56,22 +56,17 @@ fn begin(i: u32, n: u32) -> array<vec4<f32>, 4> {
     }
     // Threads past the end read the last granule's group (and return right after).
     let g = group_of[min(i, n - 1u) / 16u];
-    if (GROUPS > 4u) {
+    if (GROUPS > 8u) {
         return scal[g];
     }
-    // Up to 4 groups: every group's scalars are loaded at a constant index, which is one load
-    // for the whole SIMD group on every driver, and each thread selects its own. An index read
-    // from a buffer is loaded lane by lane on drivers that cannot prove it uniform (llvmpipe),
-    // which cost grouped Adam half again its time there.
+    // Up to 8 groups: every group's scalars are loaded at a uniform index (the loop has a
+    // constant trip count and is unrolled), which is one load for the whole SIMD group on every
+    // driver, and each thread selects its own. An index read from a buffer is loaded lane by
+    // lane on drivers that cannot prove it uniform (llvmpipe), which cost grouped Adam half
+    // again its time there; selecting among 8 costs it under 10%.
     var s = scal[0];
-    if (GROUPS > 1u) {
-        s = pick(s, scal[1], g == 1u);
-    }
-    if (GROUPS > 2u) {
-        s = pick(s, scal[2], g == 2u);
-    }
-    if (GROUPS > 3u) {
-        s = pick(s, scal[3], g == 3u);
+    for (var k = 1u; k < GROUPS; k = k + 1u) {
+        s = pick(s, scal[k], g == k);
     }
     return s;
 }

@@ -19,6 +19,7 @@ const NAMES: &[(&str, usize)] = &[
     ("h.0.attn.c_attn.bias", 65),
     ("h.0.mlp.c_fc.weight", 777),
     ("h.0.mlp.c_fc.bias", 3),
+    ("h.0.mlp.c_proj.weight", 300),
     ("ln_f.weight", 1),
 ];
 
@@ -190,15 +191,16 @@ fn groups_with_their_own_hyperparameters() {
     );
 }
 
-/// Up to 4 groups take one kernel path (every group's scalars loaded, each thread picks its
+/// Up to 8 groups take one kernel path (every group's scalars loaded, each thread picks its
 /// own), more take another (each thread loads its group's): both against the CPU, with every
 /// group's hyperparameters different.
 #[test]
-fn four_groups_and_one_group_per_tensor() {
+fn up_to_eight_groups_and_more() {
     fn index(n: &str) -> usize {
         NAMES.iter().position(|t| t.0 == n).unwrap()
     }
-    for count in [4, NAMES.len()] {
+    assert!(NAMES.len() > 8);
+    for count in [4, 8, NAMES.len()] {
         let configs: Vec<AdamConfig> = (0..count)
             .map(|k| AdamConfig {
                 lr: 1e-3 * (k + 1) as f32,
