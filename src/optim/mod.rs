@@ -177,7 +177,51 @@ pub fn widen(x: f32) -> f64 {
     if !x.is_finite() {
         return x as f64;
     }
-    x.to_string().parse().unwrap_or(x as f64)
+    // Every step widens each hyperparameter again (for up to 8 candidate step counts once
+    // steps can be skipped), and formatting + parsing is the costly part of the host's own
+    // work in `step()`: remember the last few, per thread.
+    thread_local! {
+        static RECENT: std::cell::Cell<[(u32, f64); 16]> =
+            const { std::cell::Cell::new([(u32::MAX, 0.0); 16]) };
+    }
+    let bits = x.to_bits();
+    let slot = (bits ^ (bits >> 7) ^ (bits >> 17)) as usize % 16;
+    RECENT.with(|recent| {
+        let mut cache = recent.get();
+        if cache[slot].0 == bits {
+            return cache[slot].1;
+        }
+        let wide = x.to_string().parse().unwrap_or(x as f64);
+        cache[slot] = (bits, wide);
+        recent.set(cache);
+        wide
+    })
 }
 
 pub use engine::Optim;
+
+#[cfg(test)]
+mod tests {
+    use super::widen;
+
+    #[test]
+    fn widen_is_the_shortest_decimal_and_cached_values_agree() {
+        assert_eq!(widen(0.9), 0.9);
+        assert_eq!(widen(1e-3), 1e-3);
+        assert_eq!(widen(0.999), 0.999);
+        assert_eq!(widen(f32::INFINITY), f64::INFINITY);
+        assert!(widen(f32::NAN).is_nan());
+        // Many values through the 16-entry cache, twice, in different orders: every answer is
+        // the uncached one.
+        let xs: Vec<f32> = (0..200).map(|i| 1e-4 * (i as f32 + 0.37)).collect();
+        let want: Vec<f64> = xs.iter().map(|x| x.to_string().parse().unwrap()).collect();
+        for _ in 0..2 {
+            for (x, w) in xs.iter().zip(&want) {
+                assert_eq!(widen(*x), *w);
+            }
+            for (x, w) in xs.iter().zip(&want).rev() {
+                assert_eq!(widen(*x), *w);
+            }
+        }
+    }
+}
