@@ -196,9 +196,6 @@ fn groups_with_their_own_hyperparameters() {
 /// group's hyperparameters different.
 #[test]
 fn up_to_eight_groups_and_more() {
-    fn index(n: &str) -> usize {
-        NAMES.iter().position(|t| t.0 == n).unwrap()
-    }
     assert!(NAMES.len() > 8);
     for count in [4, 8, NAMES.len()] {
         let configs: Vec<AdamConfig> = (0..count)
@@ -211,13 +208,7 @@ fn up_to_eight_groups_and_more() {
                 ..AdamConfig::adamw()
             })
             .collect();
-        let which = move |n: &str| index(n) % count;
-        let groups = configs
-            .iter()
-            .enumerate()
-            .map(|(k, c)| ParamGroup::matching(move |n| which(n) == k, c.clone()))
-            .collect();
-        run_groups(groups, which, &configs, reference::adam, 4);
+        round_robin(&configs, reference::adam, 4);
     }
     let configs: Vec<AdagradConfig> = (0..3)
         .map(|k| AdagradConfig {
@@ -226,13 +217,19 @@ fn up_to_eight_groups_and_more() {
             ..Default::default()
         })
         .collect();
-    let which = |n: &str| index(n) % 3;
+    round_robin(&configs, reference::adagrad, 3);
+}
+
+/// `run_groups` with tensor `i` of `NAMES` in group `i % configs.len()`.
+fn round_robin<C: OptimizerConfig>(configs: &[C], reference: RefFn<C>, steps: usize) {
+    let count = configs.len();
+    let which = move |n: &str| NAMES.iter().position(|t| t.0 == n).unwrap() % count;
     let groups = configs
         .iter()
         .enumerate()
         .map(|(k, c)| ParamGroup::matching(move |n| which(n) == k, c.clone()))
         .collect();
-    run_groups(groups, which, &configs, reference::adagrad, 3);
+    run_groups(groups, which, configs, reference, steps);
 }
 
 fn which_nd(n: &str) -> usize {
