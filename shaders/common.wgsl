@@ -2,10 +2,9 @@
 //
 // Binding convention of an update kernel:
 //   0: step scalars (storage, read), 16 f32 per group, unpacked into the family's own struct
-//      by its `unpack`. Once steps
-//      can be skipped on the GPU (skipped steps do not advance torch's step count, and only the
-//      GPU knows how many there were), the host writes a window of candidates and a small pass
-//      (select.wgsl) copies the right one here before the update.
+//      by its `unpack`. Once steps can be skipped on the GPU (skipped steps do not advance
+//      torch's step count, and only the GPU knows how many there were), the host writes a
+//      window of candidates and a small pass (select.wgsl) copies the right one here first.
 //   1: ctrl, written on the GPU by the norm pass: gradient multiplier, skip flag, norm, count
 //      of skipped steps
 //   2: granule -> group table (one u32 per 64 elements), read only when GROUPED

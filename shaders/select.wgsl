@@ -6,15 +6,9 @@
 
 override WINDOW: u32 = 8u;
 
-struct Ctrl {
-    grad_mul: f32,
-    skip: u32,
-    norm: f32,
-    skipped: u32,
-}
-
 @group(0) @binding(0) var<storage, read> window: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> ctrl: Ctrl;
+// ctrl (common.wgsl's `Ctrl`) as words: the fourth is the count of skipped steps.
+@group(0) @binding(1) var<storage, read> ctrl: array<u32, 4>;
 @group(0) @binding(2) var<storage, read_write> live: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
@@ -23,6 +17,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     let n = arrayLength(&live);
     if (i < n) {
-        live[i] = window[(ctrl.skipped % WINDOW) * n + i];
+        live[i] = window[(ctrl[3] % WINDOW) * n + i];
     }
 }

@@ -35,7 +35,7 @@ pub struct Optim<C: OptimizerConfig> {
     live: wgpu::Buffer,
     /// The window of candidate scalars (`WINDOW` entries per group) once steps can be skipped,
     /// and the pass that copies the right one into `live`.
-    scalars: wgpu::Buffer,
+    candidates: wgpu::Buffer,
     select: SelectPass,
     scratch: Vec<f32>,
     ctrl: wgpu::Buffer,
@@ -120,7 +120,8 @@ impl<C: OptimizerConfig> Optim<C> {
         let dummy = clip::storage(&gpu, "wgpu-optim unused state", 16);
         let live_bytes = (configs.len() * SCALARS * 4) as u64;
         let live = clip::storage(&gpu, "wgpu-optim scalars", live_bytes);
-        let scalars = clip::storage(&gpu, "wgpu-optim scalar window", WINDOW as u64 * live_bytes);
+        let candidates =
+            clip::storage(&gpu, "wgpu-optim scalar window", WINDOW as u64 * live_bytes);
         let ctrl = buffer_with(
             &gpu,
             "wgpu-optim ctrl",
@@ -164,7 +165,7 @@ impl<C: OptimizerConfig> Optim<C> {
             })
             .collect();
         let n_groups = configs.len();
-        let select = SelectPass::new(&gpu, &scalars, &ctrl, &live);
+        let select = SelectPass::new(&gpu, &candidates, &ctrl, &live);
         Ok(Optim {
             pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false]),
             grad_bufs: params.grad_bufs.clone(),
@@ -179,7 +180,7 @@ impl<C: OptimizerConfig> Optim<C> {
             chunks,
             states,
             live,
-            scalars,
+            candidates,
             select,
             scratch: vec![0.0; WINDOW as usize * n_groups * SCALARS],
             ctrl,
@@ -361,7 +362,7 @@ impl<C: OptimizerConfig> Optim<C> {
             }
         }
         let bytes = bytemuck::cast_slice(&self.scratch[..self.window as usize * g * SCALARS]);
-        self.gpu.queue().write_buffer(&self.scalars, 0, bytes);
+        self.gpu.queue().write_buffer(&self.candidates, 0, bytes);
         Ok(())
     }
 }
