@@ -125,8 +125,8 @@ fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let whole = seg.y / 4u; // vec4s entirely inside the tensor
     var acc = vec4<f32>(0.0);
     var bits = vec4<u32>(0u);
-    // Each thread folds up to 32 vec4s, 256 apart (coalesced), before the workgroup tree: fewer
-    // partials and far fewer barriers per element than one vec4 per thread.
+    // Each thread folds up to 32 vec4s, 256 apart (coalesced), before the workgroup reduction:
+    // fewer partials and far fewer barriers per element than one vec4 per thread.
     for (var k = 0u; k < 32u; k = k + 1u) {
         let q = lid + k * 256u;
         if (q < whole) {
