@@ -2,8 +2,9 @@
 //!
 //! A schedule is described by a plain config with PyTorch's option names and defaults
 //! ([`StepLR`], [`MultiStepLR`], [`ExponentialLR`], [`CosineAnnealingLR`],
-//! [`CosineAnnealingWarmRestarts`], [`LinearLR`], [`OneCycleLR`], [`CyclicLR`],
-//! [`SequentialLR`]) and attached to an optimizer with [`Scheduler::new`] (every parameter
+//! [`CosineAnnealingWarmRestarts`], [`LinearLR`], [`ConstantLR`], [`PolynomialLR`],
+//! [`LambdaLR`], [`MultiplicativeLR`], [`OneCycleLR`], [`CyclicLR`], [`SequentialLR`],
+//! [`ChainedScheduler`]) and attached to an optimizer with [`Scheduler::new`] (every parameter
 //! group) or [`Scheduler::for_group`] (one group). Attaching performs PyTorch's initial step
 //! (`last_epoch = 0`): LinearLR multiplies the lr by `start_factor`, OneCycleLR sets it to
 //! `max_lr / div_factor`, CyclicLR to `base_lr`, and so on. Each [`LrScheduler::step`] then
@@ -39,22 +40,33 @@
 //! # Exactness
 //! Every formula is PyTorch's, evaluated in the same order in f64: the recursive ("chainable")
 //! forms where PyTorch's `get_lr` uses them (StepLR, MultiStepLR, ExponentialLR,
-//! CosineAnnealingLR, LinearLR read the group's current lr and update it), the closed forms
-//! where it does (CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR, and SequentialLR's switch
-//! to the next scheduler at a milestone). The optimizer stores f32, so a scheduler keeps the
-//! f64 value it last wrote and continues its recursion from that while the optimizer still
-//! holds it (rounded); if something else changed the lr in between, it continues from the new
-//! value. Results agree with PyTorch to f32 rounding (`tests/schedulers.rs` replays PyTorch's
+//! CosineAnnealingLR, LinearLR, ConstantLR, PolynomialLR, MultiplicativeLR read the group's
+//! current lr and update it), the closed forms where it does (CosineAnnealingWarmRestarts,
+//! CyclicLR, OneCycleLR, LambdaLR, and SequentialLR's switch to the next scheduler at a
+//! milestone). The optimizer stores f32, so a scheduler keeps the f64 value it last wrote and
+//! continues its recursion from that while the optimizer still holds it (rounded); if something
+//! else changed the lr in between, it continues from the new value. Results agree with PyTorch to f32 rounding (`tests/schedulers.rs` replays PyTorch's
 //! trajectories).
 //!
 //! # Errors
 //! Options are validated when a scheduler is attached ([`Error::InvalidScheduler`]), before
 //! the optimizer is touched. A step that fails (stepping OneCycleLR past `total_steps`,
-//! a value the optimizer rejects) leaves the optimizer and the scheduler as they were.
+//! a value the optimizer rejects, such as a NaN or negative factor from an [`LrLambda`]) leaves
+//! the optimizer and the scheduler as they were.
 //!
 //! # Differences from PyTorch
 //! - A scheduler does not resume from a `last_epoch` argument, and the deprecated
 //!   `step(epoch)` form is not offered.
+//! - Options that make PyTorch divide by zero or misbehave are rejected: ConstantLR's
+//!   `factor = 0` (PyTorch divides by it at `total_iters`) and `total_iters = 0` (PyTorch then
+//!   applies the factor forever, against its own closed form), PolynomialLR's
+//!   `total_iters = 0` and negative `power`, LinearLR's `total_iters = 0`.
+//! - A ChainedScheduler can be a SequentialLR's first scheduler only (PyTorch raises
+//!   `NotImplementedError` when it restarts one at a milestone); as the first one it behaves
+//!   as in PyTorch, whose initial step then steps every chained scheduler normally (ExponentialLR
+//!   applies `gamma` once more at epoch 0, for example). ChainedScheduler has no `last_epoch` in
+//!   PyTorch; here it counts the steps taken.
+//! - A SequentialLR cannot contain a SequentialLR, also not through a ChainedScheduler.
 //! - PyTorch records `initial_lr` in the optimizer's param groups, so that a second scheduler
 //!   built on the same optimizer starts from the first one's base lrs; this crate's optimizers
 //!   have no such field, so every scheduler starts from the lrs it finds (SequentialLR does
@@ -70,6 +82,7 @@
 use crate::error::{Error, Result};
 use crate::optim::{widen, Optimizer};
 use std::f64::consts::PI;
+use std::sync::Arc;
 
 /// Something that sets an optimizer's learning rates epoch by epoch (PyTorch's
 /// `LRScheduler`). Object safe.
@@ -131,6 +144,11 @@ impl PerGroup {
             }),
         }
     }
+}
+
+/// A count option as an epoch (saturating; no schedule gets near 2^63 epochs).
+fn epoch_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn bad(name: &'static str, value: f64, rule: &'static str) -> Error {
@@ -410,6 +428,344 @@ impl SequentialLR {
     }
 }
 
+/// A function of the epoch giving an lr factor (PyTorch's `lr_lambda`), for [`LambdaLR`] and
+/// [`MultiplicativeLR`]. Cheap to clone (an `Arc`); two `LrLambda`s are equal when they are
+/// clones of the same function (pointer equality), which keeps [`Schedule`]'s `PartialEq`
+/// meaningful without comparing code.
+///
+/// The scheduler calls it with its `last_epoch` (0 at construction), as PyTorch does.
+///
+/// ```
+/// use wgpu_optim::LrLambda;
+/// let decay = LrLambda::new(|epoch| 0.95f64.powf(epoch as f64));
+/// assert_eq!(decay.call(0), 1.0);
+/// assert_eq!(decay.clone(), decay); // a clone is the same function
+/// assert_ne!(decay, LrLambda::new(|epoch| 0.95f64.powf(epoch as f64)));
+/// ```
+#[derive(Clone)]
+pub struct LrLambda(Arc<dyn Fn(u64) -> f64 + Send + Sync>);
+
+impl LrLambda {
+    /// Wrap a closure.
+    ///
+    /// ```
+    /// let half_every_10 = wgpu_optim::LrLambda::new(|epoch| 0.5f64.powf((epoch / 10) as f64));
+    /// assert_eq!(half_every_10.call(25), 0.25);
+    /// ```
+    pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        LrLambda(Arc::new(f))
+    }
+
+    /// The factor at `epoch`.
+    ///
+    /// ```
+    /// let f = wgpu_optim::LrLambda::new(|epoch| 1.0 / (1.0 + epoch as f64));
+    /// assert_eq!(f.call(3), 0.25);
+    /// ```
+    pub fn call(&self, epoch: u64) -> f64 {
+        (self.0)(epoch)
+    }
+}
+
+impl std::fmt::Debug for LrLambda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LrLambda({:p})", Arc::as_ptr(&self.0).cast::<()>())
+    }
+}
+
+impl PartialEq for LrLambda {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<F: Fn(u64) -> f64 + Send + Sync + 'static> From<F> for LrLambda {
+    fn from(f: F) -> Self {
+        LrLambda::new(f)
+    }
+}
+
+/// One [`LrLambda`] for every driven parameter group, or one each (PyTorch's `lr_lambda`
+/// accepts a function or a list).
+///
+/// ```
+/// use wgpu_optim::{LrLambda, LrLambdas};
+/// let all: LrLambdas = LrLambda::new(|_| 0.9).into();
+/// let each: LrLambdas = vec![LrLambda::new(|_| 0.9), LrLambda::new(|_| 0.99)].into();
+/// assert!(matches!(all, LrLambdas::All(_)));
+/// assert!(matches!(each, LrLambdas::Each(ref v) if v.len() == 2));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum LrLambdas {
+    /// The same function for every group.
+    All(LrLambda),
+    /// One function per driven group, in group order.
+    Each(Vec<LrLambda>),
+}
+
+impl From<LrLambda> for LrLambdas {
+    fn from(f: LrLambda) -> Self {
+        LrLambdas::All(f)
+    }
+}
+
+impl From<Vec<LrLambda>> for LrLambdas {
+    fn from(v: Vec<LrLambda>) -> Self {
+        LrLambdas::Each(v)
+    }
+}
+
+impl<const N: usize> From<[LrLambda; N]> for LrLambdas {
+    fn from(v: [LrLambda; N]) -> Self {
+        LrLambdas::Each(v.to_vec())
+    }
+}
+
+impl LrLambdas {
+    /// The functions for `n` groups; a list of another length is an
+    /// [`Error::InvalidScheduler`].
+    fn resolve(&self, n: usize) -> Result<Vec<LrLambda>> {
+        match self {
+            LrLambdas::All(f) => Ok(vec![f.clone(); n]),
+            LrLambdas::Each(v) if v.len() == n => Ok(v.clone()),
+            LrLambdas::Each(v) => Err(bad(
+                "lr_lambda",
+                v.len() as f64,
+                "a list needs one function per driven parameter group",
+            )),
+        }
+    }
+}
+
+/// Sets each group's lr to its initial lr times `lr_lambda(epoch)` (PyTorch's `LambdaLR`).
+/// This is how Hugging Face's `get_linear_schedule_with_warmup` and friends are written.
+///
+/// ```
+/// use wgpu_optim::{LambdaLR, Schedule};
+/// // Linear warm-up over 100 steps, then linear decay to 0 at step 1000 (Hugging Face's
+/// // get_linear_schedule_with_warmup); build a `Scheduler` with it as with any schedule.
+/// let (warmup, total) = (100u64, 1000u64);
+/// let sched = LambdaLR::new(move |step| {
+///     if step < warmup {
+///         step as f64 / warmup.max(1) as f64
+///     } else {
+///         (total.saturating_sub(step) as f64 / (total - warmup).max(1) as f64).max(0.0)
+///     }
+/// });
+/// assert_eq!(sched.lr_lambda_for(0).map(|f| f.call(50)), Some(0.5));
+/// Schedule::from(sched).validate(2)?; // any number of groups: one function for all
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct LambdaLR {
+    /// The factor function: one for every group, or one per driven group.
+    pub lr_lambda: LrLambdas,
+}
+
+impl LambdaLR {
+    /// One function for every group.
+    ///
+    /// ```
+    /// let s = wgpu_optim::LambdaLR::new(|epoch| 0.95f64.powf(epoch as f64));
+    /// assert_eq!(s.lr_lambda_for(1).unwrap().call(0), 1.0);
+    /// ```
+    pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        LambdaLR {
+            lr_lambda: LrLambdas::All(LrLambda::new(f)),
+        }
+    }
+
+    /// One function per driven group, in group order.
+    ///
+    /// ```
+    /// use wgpu_optim::{LambdaLR, LrLambda};
+    /// let s = LambdaLR::per_group(vec![
+    ///     LrLambda::new(|epoch| (epoch / 30) as f64),
+    ///     LrLambda::new(|epoch| 0.95f64.powf(epoch as f64)),
+    /// ]);
+    /// assert_eq!(s.lr_lambda_for(0).unwrap().call(60), 2.0);
+    /// ```
+    pub fn per_group(lambdas: Vec<LrLambda>) -> Self {
+        LambdaLR {
+            lr_lambda: LrLambdas::Each(lambdas),
+        }
+    }
+
+    /// The function driving group number `i` of the driven groups (`None` past the end of a
+    /// per-group list).
+    ///
+    /// ```
+    /// let s = wgpu_optim::LambdaLR::new(|_| 0.5);
+    /// assert_eq!(s.lr_lambda_for(7).unwrap().call(1), 0.5);
+    /// ```
+    pub fn lr_lambda_for(&self, i: usize) -> Option<&LrLambda> {
+        match &self.lr_lambda {
+            LrLambdas::All(f) => Some(f),
+            LrLambdas::Each(v) => v.get(i),
+        }
+    }
+}
+
+/// Multiplies each group's current lr by `lr_lambda(epoch)` every epoch (PyTorch's
+/// `MultiplicativeLR`); construction leaves the lr as it is.
+///
+/// ```
+/// use wgpu_optim::{MultiplicativeLR, Schedule};
+/// // lr *= 0.95 every epoch (what ExponentialLR(0.95) does), written as PyTorch's example.
+/// let s = MultiplicativeLR::new(|_epoch| 0.95);
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiplicativeLR {
+    /// The factor function: one for every group, or one per driven group.
+    pub lr_lambda: LrLambdas,
+}
+
+impl MultiplicativeLR {
+    /// One function for every group.
+    ///
+    /// ```
+    /// let s = wgpu_optim::MultiplicativeLR::new(|epoch| if epoch % 10 == 0 { 0.5 } else { 1.0 });
+    /// assert!(matches!(s.lr_lambda, wgpu_optim::LrLambdas::All(_)));
+    /// ```
+    pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        MultiplicativeLR {
+            lr_lambda: LrLambdas::All(LrLambda::new(f)),
+        }
+    }
+
+    /// One function per driven group, in group order.
+    ///
+    /// ```
+    /// use wgpu_optim::{LrLambda, MultiplicativeLR};
+    /// let s = MultiplicativeLR::per_group(vec![LrLambda::new(|_| 0.9), LrLambda::new(|_| 1.0)]);
+    /// assert!(matches!(s.lr_lambda, wgpu_optim::LrLambdas::Each(ref v) if v.len() == 2));
+    /// ```
+    pub fn per_group(lambdas: Vec<LrLambda>) -> Self {
+        MultiplicativeLR {
+            lr_lambda: LrLambdas::Each(lambdas),
+        }
+    }
+}
+
+/// Multiplies the lr by `factor` until epoch `total_iters`, then restores it (PyTorch's
+/// `ConstantLR`, its recursive form). Defaults are PyTorch's: 1/3, 5.
+///
+/// ```
+/// use wgpu_optim::{ConstantLR, Schedule};
+/// // lr/2 for the first 4 epochs, then the full lr.
+/// let s = ConstantLR::new(0.5, 4);
+/// assert_eq!(ConstantLR::default(), ConstantLR::new(1.0 / 3.0, 5));
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstantLR {
+    /// Factor applied before epoch `total_iters`, in (0, 1].
+    pub factor: f64,
+    /// Epochs at the reduced lr (>= 1).
+    pub total_iters: u64,
+}
+
+impl Default for ConstantLR {
+    fn default() -> Self {
+        ConstantLR {
+            factor: 1.0 / 3.0,
+            total_iters: 5,
+        }
+    }
+}
+
+impl ConstantLR {
+    /// `factor` for `total_iters` epochs.
+    ///
+    /// ```
+    /// let s = wgpu_optim::ConstantLR::new(0.1, 2);
+    /// assert_eq!((s.factor, s.total_iters), (0.1, 2));
+    /// ```
+    pub fn new(factor: f64, total_iters: u64) -> Self {
+        ConstantLR {
+            factor,
+            total_iters,
+        }
+    }
+}
+
+/// Decays the lr as `(1 - epoch / total_iters)^power` of the initial lr, reaching 0 at
+/// `total_iters` (PyTorch's `PolynomialLR`, its recursive form). Defaults are PyTorch's: 5, 1.
+///
+/// ```
+/// use wgpu_optim::{PolynomialLR, Schedule};
+/// // Quadratic decay to 0 over 100 epochs.
+/// let s = PolynomialLR::new(100, 2.0);
+/// assert_eq!(PolynomialLR::default(), PolynomialLR::new(5, 1.0));
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolynomialLR {
+    /// Epochs until the lr reaches 0 (>= 1); it stays there after.
+    pub total_iters: u64,
+    /// The power of the polynomial (>= 0).
+    pub power: f64,
+}
+
+impl Default for PolynomialLR {
+    fn default() -> Self {
+        PolynomialLR {
+            total_iters: 5,
+            power: 1.0,
+        }
+    }
+}
+
+impl PolynomialLR {
+    /// Decay over `total_iters` epochs with `power`.
+    ///
+    /// ```
+    /// let s = wgpu_optim::PolynomialLR::new(30, 0.5);
+    /// assert_eq!((s.total_iters, s.power), (30, 0.5));
+    /// ```
+    pub fn new(total_iters: u64, power: f64) -> Self {
+        PolynomialLR { total_iters, power }
+    }
+}
+
+/// Steps several schedulers together, in order, at every step (PyTorch's `ChainedScheduler`):
+/// their effects compose. They are built in order on the same groups (sharing the groups'
+/// initial lrs), each taking its usual initial step, exactly as the Python objects would have
+/// been built before being handed to `ChainedScheduler`.
+///
+/// ```
+/// use wgpu_optim::{ChainedScheduler, ConstantLR, ExponentialLR, Schedule};
+/// // PyTorch's example: lr * 0.1 for two epochs, and * 0.9 every epoch throughout.
+/// let s = ChainedScheduler::new(vec![
+///     ConstantLR::new(0.1, 2).into(),
+///     ExponentialLR::new(0.9).into(),
+/// ]);
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainedScheduler {
+    /// The schedulers (at least one), stepped in this order.
+    pub schedulers: Vec<Schedule>,
+}
+
+impl ChainedScheduler {
+    /// Chain `schedulers`.
+    ///
+    /// ```
+    /// use wgpu_optim::{ChainedScheduler, LinearLR, StepLR};
+    /// let s = ChainedScheduler::new(vec![LinearLR::default().into(), StepLR::new(10).into()]);
+    /// assert_eq!(s.schedulers.len(), 2);
+    /// ```
+    pub fn new(schedulers: Vec<Schedule>) -> Self {
+        ChainedScheduler { schedulers }
+    }
+}
+
 /// Any epoch-driven schedule; what [`Scheduler::new`] attaches. Every config converts into it
 /// with `.into()`.
 #[derive(Clone, Debug, PartialEq)]
@@ -432,6 +788,16 @@ pub enum Schedule {
     Cyclic(CyclicLR),
     /// [`SequentialLR`].
     Sequential(SequentialLR),
+    /// [`ConstantLR`].
+    Constant(ConstantLR),
+    /// [`PolynomialLR`].
+    Polynomial(PolynomialLR),
+    /// [`LambdaLR`].
+    Lambda(LambdaLR),
+    /// [`MultiplicativeLR`].
+    Multiplicative(MultiplicativeLR),
+    /// [`ChainedScheduler`].
+    Chained(ChainedScheduler),
 }
 
 macro_rules! into_schedule {
@@ -454,6 +820,11 @@ into_schedule! {
     OneCycleLR => OneCycle,
     CyclicLR => Cyclic,
     SequentialLR => Sequential,
+    ConstantLR => Constant,
+    PolynomialLR => Polynomial,
+    LambdaLR => Lambda,
+    MultiplicativeLR => Multiplicative,
+    ChainedScheduler => Chained,
 }
 
 impl Schedule {
@@ -469,6 +840,11 @@ impl Schedule {
             Schedule::OneCycle(_) => "OneCycleLR",
             Schedule::Cyclic(_) => "CyclicLR",
             Schedule::Sequential(_) => "SequentialLR",
+            Schedule::Constant(_) => "ConstantLR",
+            Schedule::Polynomial(_) => "PolynomialLR",
+            Schedule::Lambda(_) => "LambdaLR",
+            Schedule::Multiplicative(_) => "MultiplicativeLR",
+            Schedule::Chained(_) => "ChainedScheduler",
         }
     }
 
@@ -569,18 +945,74 @@ impl Schedule {
                         "must be strictly increasing",
                     ));
                 }
-                for sub in &s.schedulers {
-                    if matches!(sub, Schedule::Sequential(_)) {
+                for (i, sub) in s.schedulers.iter().enumerate() {
+                    if sub.contains_sequential() {
                         return Err(bad(
                             "schedulers",
-                            0.0,
+                            i as f64,
                             "a SequentialLR inside a SequentialLR is not supported",
+                        ));
+                    }
+                    if i > 0 && matches!(sub, Schedule::Chained(_)) {
+                        return Err(bad(
+                            "schedulers",
+                            i as f64,
+                            "a ChainedScheduler can only be a SequentialLR's first scheduler \
+                             (PyTorch raises NotImplementedError restarting one at a milestone)",
                         ));
                     }
                     sub.validate(groups)?;
                 }
                 Ok(())
             }
+            Schedule::Constant(s) => {
+                ensure(
+                    "factor",
+                    s.factor,
+                    s.factor > 0.0 && s.factor <= 1.0,
+                    "must be in (0, 1] (PyTorch divides by it at total_iters)",
+                )?;
+                ensure_count(
+                    "total_iters",
+                    s.total_iters,
+                    1,
+                    "must be >= 1 (with 0 PyTorch applies the factor forever)",
+                )
+            }
+            Schedule::Polynomial(s) => {
+                ensure_count(
+                    "total_iters",
+                    s.total_iters,
+                    1,
+                    "must be >= 1 (PyTorch's closed form divides by it)",
+                )?;
+                ensure(
+                    "power",
+                    s.power,
+                    s.power >= 0.0,
+                    "must be >= 0 (a negative power divides by zero at total_iters)",
+                )
+            }
+            Schedule::Lambda(s) => s.lr_lambda.resolve(groups).map(|_| ()),
+            Schedule::Multiplicative(s) => s.lr_lambda.resolve(groups).map(|_| ()),
+            Schedule::Chained(s) => {
+                if s.schedulers.is_empty() {
+                    return Err(bad("schedulers", 0.0, "needs at least one scheduler"));
+                }
+                for sub in &s.schedulers {
+                    sub.validate(groups)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this is a SequentialLR or chains one.
+    fn contains_sequential(&self) -> bool {
+        match self {
+            Schedule::Sequential(_) => true,
+            Schedule::Chained(c) => c.schedulers.iter().any(Schedule::contains_sequential),
+            _ => false,
         }
     }
 }
@@ -688,6 +1120,13 @@ enum Kind {
     Sequential {
         subs: Vec<Scheduler>,
         milestones: Vec<i64>,
+    },
+    Constant(ConstantLR),
+    Polynomial(PolynomialLR),
+    Lambda(Vec<LrLambda>),
+    Multiplicative(Vec<LrLambda>),
+    Chained {
+        subs: Vec<Scheduler>,
     },
 }
 
@@ -930,6 +1369,11 @@ impl Scheduler {
                 )
             }
             Schedule::Sequential(s) => return Self::build_sequential(s, groups, vals, optimizer),
+            Schedule::Chained(s) => return Self::build_chained(s, groups, vals, optimizer),
+            Schedule::Constant(s) => Kind::Constant(s.clone()),
+            Schedule::Polynomial(s) => Kind::Polynomial(s.clone()),
+            Schedule::Lambda(s) => Kind::Lambda(s.lr_lambda.resolve(n)?),
+            Schedule::Multiplicative(s) => Kind::Multiplicative(s.lr_lambda.resolve(n)?),
         };
         // `LRScheduler.__init__`: `initial_lr` (setdefault), `base_lrs`, the initial step.
         for (slot, &lr) in vals.initial_lr.iter_mut().zip(&vals.lr) {
@@ -969,7 +1413,7 @@ impl Scheduler {
             *lr = init.unwrap_or(*lr);
         }
         for sub in &mut subs {
-            sub.last_epoch -= 1;
+            sub.undo();
         }
         let milestones: Vec<i64> = s
             .milestones
@@ -990,6 +1434,39 @@ impl Scheduler {
         })
     }
 
+    /// ChainedScheduler's construction: the schedulers were built in order on the same groups
+    /// (each with its initial step); the chain itself changes nothing.
+    fn build_chained(
+        s: &ChainedScheduler,
+        groups: &[usize],
+        vals: &mut Vals,
+        optimizer: &'static str,
+    ) -> Result<Self> {
+        let mut subs = Vec::with_capacity(s.schedulers.len());
+        for sub in &s.schedulers {
+            subs.push(Self::build(sub, groups, vals, optimizer)?);
+        }
+        Ok(Scheduler {
+            name: "ChainedScheduler",
+            groups: groups.to_vec(),
+            base_lrs: vals.initial_lr.iter().map(|l| l.unwrap_or(0.0)).collect(),
+            last_lr: vals.lr.clone(),
+            kind: Kind::Chained { subs },
+            last_epoch: 0,
+            step_count: 0,
+        })
+    }
+
+    /// SequentialLR's `recursive_undo`: one epoch back, in every scheduler of a chain.
+    fn undo(&mut self) {
+        match &mut self.kind {
+            Kind::Chained { subs } | Kind::Sequential { subs, .. } => {
+                subs.iter_mut().for_each(Scheduler::undo)
+            }
+            _ => self.last_epoch -= 1,
+        }
+    }
+
     /// PyTorch's `step()` / `_initial_step()` / `_update_lr(0)` on the mirrored group values.
     fn advance(&mut self, vals: &mut Vals, how: How) -> Result<()> {
         if let Kind::Sequential { subs, milestones } = &mut self.kind {
@@ -1001,6 +1478,33 @@ impl Scheduler {
             let sub = &mut subs[idx];
             sub.advance(vals, if zero { How::ZeroEpoch } else { How::Step })?;
             self.last_lr.clone_from(&sub.last_lr);
+            return Ok(());
+        }
+        if let Kind::Chained { subs } = &mut self.kind {
+            // ChainedScheduler has no `get_lr`: PyTorch's `_update_lr(0)` (SequentialLR's restart)
+            // raises on it, which validation rules out. Its `_initial_step` (as a SequentialLR's
+            // first scheduler) calls its `step()`, which steps every scheduler normally.
+            match how {
+                How::ZeroEpoch => {
+                    return Err(bad(
+                        "schedulers",
+                        0.0,
+                        "a ChainedScheduler cannot be restarted at a SequentialLR milestone",
+                    ))
+                }
+                How::Initial => {
+                    self.last_epoch = 0;
+                    self.step_count = 1;
+                }
+                How::Step => {
+                    self.last_epoch += 1;
+                    self.step_count += 1;
+                }
+            }
+            for sub in subs.iter_mut() {
+                sub.advance(vals, How::Step)?;
+            }
+            self.last_lr.clone_from(&vals.lr);
             return Ok(());
         }
         // CosineAnnealingWarmRestarts overrides `step` (not `_update_lr`, which SequentialLR's
@@ -1189,7 +1693,46 @@ impl Scheduler {
                 }
                 lrs
             }
-            Kind::Sequential { .. } => unreachable!("SequentialLR delegates to its schedulers"),
+            Kind::Constant(s) => {
+                if e == 0 {
+                    cur.iter().map(|lr| lr * s.factor).collect()
+                } else if e != epoch_of(s.total_iters) {
+                    cur.clone()
+                } else {
+                    let f = 1.0 / s.factor;
+                    cur.iter().map(|lr| lr * f).collect()
+                }
+            }
+            Kind::Polynomial(s) => {
+                if initial || e > epoch_of(s.total_iters) {
+                    cur.clone()
+                } else {
+                    let t = s.total_iters as f64;
+                    let decay = ((1.0 - e as f64 / t) / (1.0 - (e - 1) as f64 / t)).powf(s.power);
+                    cur.iter().map(|lr| lr * decay).collect()
+                }
+            }
+            Kind::Lambda(fs) => {
+                let epoch = u64::try_from(e).unwrap_or(0);
+                base.iter()
+                    .zip(fs)
+                    .map(|(b, f)| b * f.call(epoch))
+                    .collect()
+            }
+            Kind::Multiplicative(fs) => {
+                if initial {
+                    cur.clone()
+                } else {
+                    let epoch = u64::try_from(e).unwrap_or(0);
+                    cur.iter()
+                        .zip(fs)
+                        .map(|(lr, f)| lr * f.call(epoch))
+                        .collect()
+                }
+            }
+            Kind::Sequential { .. } | Kind::Chained { .. } => {
+                unreachable!("SequentialLR and ChainedScheduler delegate to their schedulers")
+            }
         })
     }
 
@@ -1215,6 +1758,19 @@ impl Scheduler {
                 let t = s.total_iters as i64;
                 b * (s.start_factor
                     + (s.end_factor - s.start_factor) * t.min(e) as f64 / s.total_iters as f64)
+            }),
+            Kind::Constant(s) => map(&|b| {
+                // Python's `(last_epoch >= total_iters) * (1 - factor)`: a bool times a float.
+                let after = if e >= epoch_of(s.total_iters) {
+                    1.0 - s.factor
+                } else {
+                    0.0
+                };
+                b * (s.factor + after)
+            }),
+            Kind::Polynomial(s) => map(&|b| {
+                let t = epoch_of(s.total_iters);
+                b * (1.0 - t.min(e) as f64 / s.total_iters as f64).powf(s.power)
             }),
             _ => None,
         }

@@ -1,16 +1,18 @@
 //! Learning-rate schedulers against PyTorch: every trajectory recorded by
 //! `tools/torch_lr_schedules.py` (tests/data/lr_schedules.json) replayed with the crate's
-//! schedulers driving a real optimizer that steps on the GPU between scheduler steps; then every
+//! schedulers driving a real optimizer that steps on the GPU between scheduler steps; every
 //! validation error (typed, and the optimizer untouched).
 
 mod common;
 use common::gpu;
 use serde_json::Value;
+use std::f64::consts::PI;
 use wgpu_optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, CosineAnnealingLR,
-    CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR, LinearLR, LrScheduler,
-    MultiStepLR, OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode,
-    PlateauScheduler, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, Sgd, SgdConfig, StepLR,
+    Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, ChainedScheduler, ConstantLR,
+    CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR,
+    LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler, MultiStepLR, MultiplicativeLR,
+    OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode, PlateauScheduler,
+    PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, Sgd, SgdConfig, StepLR,
     ThresholdMode,
 };
 
@@ -110,6 +112,64 @@ fn optimizer(spec: &Value) -> (Params, Box<dyn Optimizer>) {
     (params, opt)
 }
 
+/// The Rust twin of a named function of `tools/torch_lr_schedules.py`'s LAMBDAS, with the same
+/// arithmetic in the same order.
+fn lambda(v: &Value) -> LrLambda {
+    let p = |k: &str| f(&v[k]);
+    match v["lambda"].as_str().unwrap() {
+        "const" => {
+            let c = p("value");
+            LrLambda::new(move |_| c)
+        }
+        "pow" => {
+            let base = p("base");
+            LrLambda::new(move |epoch| base.powf(epoch as f64))
+        }
+        "step_factor" => {
+            let (gamma, every) = (p("gamma"), u(&v["every"]));
+            LrLambda::new(move |epoch| {
+                if epoch > 0 && epoch % every == 0 {
+                    gamma
+                } else {
+                    1.0
+                }
+            })
+        }
+        "warmup_linear" => {
+            let (warmup, total) = (u(&v["warmup"]) as i64, u(&v["total"]) as i64);
+            LrLambda::new(move |step| {
+                let step = step as i64;
+                if step < warmup {
+                    step as f64 / warmup.max(1) as f64
+                } else {
+                    ((total - step) as f64 / (total - warmup).max(1) as f64).max(0.0)
+                }
+            })
+        }
+        "warmup_cosine" => {
+            let (warmup, total) = (u(&v["warmup"]) as i64, u(&v["total"]) as i64);
+            let cycles = v.get("cycles").map_or(0.5, f);
+            LrLambda::new(move |step| {
+                let step = step as i64;
+                if step < warmup {
+                    return step as f64 / warmup.max(1) as f64;
+                }
+                let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+                (0.5 * (1.0 + (PI * cycles * 2.0 * progress).cos())).max(0.0)
+            })
+        }
+        k => panic!("unknown lambda {k}"),
+    }
+}
+
+/// `lr_lambda`: one function, or a list of them.
+fn lambdas(v: &Value) -> LrLambdas {
+    match v {
+        Value::Array(a) => LrLambdas::Each(a.iter().map(lambda).collect()),
+        v => LrLambdas::All(lambda(v)),
+    }
+}
+
 /// PyTorch's keyword arguments to a [`Schedule`].
 fn schedule(s: &Value) -> Schedule {
     let get = |k: &str| s.get(k).filter(|v| !v.is_null());
@@ -198,6 +258,39 @@ fn schedule(s: &Value) -> Schedule {
                 .iter()
                 .map(u)
                 .collect::<Vec<_>>(),
+        )
+        .into(),
+        "ConstantLR" => {
+            let d = ConstantLR::default();
+            ConstantLR {
+                factor: num("factor", d.factor),
+                total_iters: count("total_iters", d.total_iters),
+            }
+            .into()
+        }
+        "PolynomialLR" => {
+            let d = PolynomialLR::default();
+            PolynomialLR {
+                total_iters: count("total_iters", d.total_iters),
+                power: num("power", d.power),
+            }
+            .into()
+        }
+        "LambdaLR" => LambdaLR {
+            lr_lambda: lambdas(&s["lr_lambda"]),
+        }
+        .into(),
+        "MultiplicativeLR" => MultiplicativeLR {
+            lr_lambda: lambdas(&s["lr_lambda"]),
+        }
+        .into(),
+        "ChainedScheduler" => ChainedScheduler::new(
+            s["schedulers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(schedule)
+                .collect(),
         )
         .into(),
         k => panic!("unknown scheduler {k}"),
@@ -360,11 +453,9 @@ fn replay(
             opt.step(params).unwrap();
             sched.step(k - 1, opt);
         }
-        assert_eq!(
-            sched.last_epoch(),
-            c["last_epoch"][k].as_i64().unwrap(),
-            "{name}: last_epoch at {k}"
-        );
+        // ChainedScheduler has no last_epoch in PyTorch (null); here it counts the steps.
+        let want_epoch = c["last_epoch"][k].as_i64().unwrap_or(k as i64);
+        assert_eq!(sched.last_epoch(), want_epoch, "{name}: last_epoch at {k}");
         let last = sched.last_lr();
         for (i, &(g, fg)) in groups.iter().enumerate() {
             check(c, k, opt, g, fg, sched.last_lr_f64().map(|l| l[i]), worst);
@@ -376,7 +467,7 @@ fn replay(
 #[test]
 fn pytorch_trajectories() {
     let cases = fixtures();
-    assert!(cases.len() >= 30, "{} fixtures", cases.len());
+    assert!(cases.len() >= 50, "{} fixtures", cases.len());
     let mut kinds = std::collections::BTreeSet::new();
     for c in &cases {
         let (mut params, mut opt) = optimizer(&c["optimizer"]);
@@ -402,6 +493,11 @@ fn pytorch_trajectories() {
         "CyclicLR",
         "ReduceLROnPlateau",
         "SequentialLR",
+        "ConstantLR",
+        "PolynomialLR",
+        "LambdaLR",
+        "MultiplicativeLR",
+        "ChainedScheduler",
     ] {
         assert!(kinds.contains(k), "no fixture for {k}");
     }
@@ -417,6 +513,10 @@ fn for_group_drives_only_that_group() {
         "plateau_max_abs",
         "sequential_warmup_restarts",
         "step_default_gamma",
+        "constant_half",
+        "polynomial_sqrt",
+        "lambda_pow_one_group",
+        "chained_cyclic_exponential",
     ] {
         let c = case(name);
         let mut spec = c["optimizer"].clone();
@@ -707,6 +807,71 @@ fn invalid_options_are_rejected_before_touching_the_optimizer() {
             )
             .into(),
         ),
+        // ConstantLR: factor in (0, 1] (PyTorch: [0, 1], then 1/0 at total_iters), total_iters
+        // >= 1 (PyTorch applies the factor forever with 0).
+        ("factor", ConstantLR::new(0.0, 5).into()),
+        ("factor", ConstantLR::new(1.5, 5).into()),
+        ("factor", ConstantLR::new(-0.1, 5).into()),
+        ("factor", ConstantLR::new(f64::NAN, 5).into()),
+        ("total_iters", ConstantLR::new(0.5, 0).into()),
+        // PolynomialLR: total_iters >= 1 (PyTorch's closed form divides by it), power >= 0.
+        ("total_iters", PolynomialLR::new(0, 1.0).into()),
+        ("power", PolynomialLR::new(10, -1.0).into()),
+        ("power", PolynomialLR::new(10, f64::INFINITY).into()),
+        // One function per group, or one for all.
+        (
+            "lr_lambda",
+            LambdaLR::per_group(vec![LrLambda::new(|_| 1.0); 3]).into(),
+        ),
+        (
+            "lr_lambda",
+            MultiplicativeLR::per_group(vec![LrLambda::new(|_| 0.9); 3]).into(),
+        ),
+        ("schedulers", ChainedScheduler::new(vec![]).into()),
+        (
+            "gamma",
+            ChainedScheduler::new(vec![
+                ConstantLR::default().into(),
+                ExponentialLR::new(-1.0).into(),
+            ])
+            .into(),
+        ),
+        // A ChainedScheduler only first in a SequentialLR (PyTorch raises when restarting one),
+        // and no SequentialLR inside a SequentialLR through one.
+        (
+            "schedulers",
+            SequentialLR::new(
+                vec![
+                    StepLR::new(2).into(),
+                    ChainedScheduler::new(vec![StepLR::new(3).into()]).into(),
+                ],
+                vec![4],
+            )
+            .into(),
+        ),
+        (
+            "schedulers",
+            SequentialLR::new(
+                vec![
+                    ChainedScheduler::new(vec![
+                        StepLR::new(3).into(),
+                        SequentialLR::new(vec![StepLR::new(2).into()], vec![]).into(),
+                    ])
+                    .into(),
+                    StepLR::new(2).into(),
+                ],
+                vec![4],
+            )
+            .into(),
+        ),
+        (
+            "factor",
+            SequentialLR::new(
+                vec![LinearLR::default().into(), ConstantLR::new(2.0, 3).into()],
+                vec![5],
+            )
+            .into(),
+        ),
     ];
     for (name, s) in cases {
         invalid(
@@ -889,4 +1054,54 @@ fn a_failed_write_changes_nothing() {
         "{r:?}"
     );
     assert_eq!(snapshot(opt.as_ref()), before);
+}
+
+/// An lr_lambda giving a NaN or negative factor: the optimizer refuses the lr, so attaching or
+/// stepping fails with its typed error and nothing changes.
+#[test]
+fn a_bad_lambda_value_changes_nothing() {
+    let (_p, mut opt) = sgd2();
+    let before = snapshot(opt.as_ref());
+    let r = Scheduler::new(opt.as_mut(), LambdaLR::new(|_| -1.0));
+    assert!(
+        matches!(r, Err(Error::InvalidHyperparameter { name: "lr", .. })),
+        "{r:?}"
+    );
+    assert_eq!(snapshot(opt.as_ref()), before);
+
+    let mut s = Scheduler::new(
+        opt.as_mut(),
+        MultiplicativeLR::new(|e| if e == 3 { f64::NAN } else { 0.5 }),
+    )
+    .unwrap();
+    s.step(opt.as_mut()).unwrap();
+    s.step(opt.as_mut()).unwrap();
+    let (before, state) = (snapshot(opt.as_ref()), s.last_lr_f64().to_vec());
+    for _ in 0..2 {
+        let r = s.step(opt.as_mut());
+        assert!(
+            matches!(r, Err(Error::InvalidHyperparameter { .. })),
+            "{r:?}"
+        );
+        assert_eq!(snapshot(opt.as_ref()), before);
+        assert_eq!((s.last_epoch(), s.last_lr_f64()), (2, &state[..]));
+    }
+}
+
+/// Closures keep `Schedule`'s derives meaningful: clones are equal, other functions are not.
+#[test]
+fn schedules_with_functions_compare_by_identity() {
+    let f = LrLambda::new(|e| 0.9f64.powf(e as f64));
+    let a: Schedule = LambdaLR {
+        lr_lambda: f.clone().into(),
+    }
+    .into();
+    assert_eq!(a.clone(), a);
+    let b: Schedule = LambdaLR {
+        lr_lambda: LrLambda::new(|e| 0.9f64.powf(e as f64)).into(),
+    }
+    .into();
+    assert_ne!(a, b);
+    assert_eq!(a.name(), "LambdaLR");
+    assert!(format!("{a:?}").contains("LrLambda(0x"), "{a:?}");
 }
