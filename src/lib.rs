@@ -10,8 +10,8 @@
 //!
 //! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
 //! LambdaLR, ReduceLROnPlateau, SequentialLR, ChainedScheduler, ...) follow
-//! `torch.optim.lr_scheduler` to the last bit of their f64 arithmetic, and [`LrFinder`] runs the
-//! learning-rate range test.
+//! `torch.optim.lr_scheduler` to the last bit of their f64 arithmetic, and save and load their
+//! state for exact resumption; [`LrFinder`] runs the learning-rate range test.
 //! [`checkpoint`] saves and resumes parameters and optimizer state exactly, as a `.safetensors`
 //! file with PyTorch's state names (`tools/torch_checkpoint.py` converts to and from
 //! `torch.optim` state dicts).
@@ -58,6 +58,7 @@ pub use schedule::{
     AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
     CyclicLR, CyclicMode, ExponentialLR, LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler,
     MultiStepLR, MultiplicativeLR, OneCycleLR, PerGroup, PlateauMode, PlateauScheduler,
-    PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, StepLR, ThresholdMode,
+    PlateauState, PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SchedulerState,
+    SequentialLR, StepLR, ThresholdMode,
 };
 pub use wgpu;

@@ -48,15 +48,39 @@
 //! else changed the lr in between, it continues from the new value. Results agree with PyTorch to f32 rounding (`tests/schedulers.rs` replays PyTorch's
 //! trajectories).
 //!
+//! # Saving and resuming
+//! [`Scheduler::state`] and [`PlateauScheduler::state`] return what PyTorch's `state_dict()`
+//! holds ([`SchedulerState`], [`PlateauState`]: serde-serializable, exact through JSON);
+//! `load_state` on a scheduler built with the same schedule continues bit for bit, and writes the
+//! saved lrs (and cycled momenta) to the optimizer.
+//!
+//! ```no_run
+//! use wgpu_optim::{
+//!     ExponentialLR, Gpu, LrScheduler, Optimizer, Params, Scheduler, Sgd, SgdConfig,
+//! };
+//! let gpu = Gpu::new()?;
+//! let params = Params::zeros(&gpu, &[("w", 10)])?;
+//! let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+//! let mut sched = Scheduler::new(&mut opt, ExponentialLR::new(0.9))?;
+//! sched.step(&mut opt)?;
+//! let saved = sched.state();
+//! let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+//! let mut sched2 = Scheduler::new(&mut opt2, ExponentialLR::new(0.9))?;
+//! sched2.load_state(&mut opt2, &saved)?;
+//! assert_eq!(opt2.lr(), opt.lr());
+//! # Ok::<(), wgpu_optim::Error>(())
+//! ```
+//!
 //! # Errors
 //! Options are validated when a scheduler is attached ([`Error::InvalidScheduler`]), before
 //! the optimizer is touched. A step that fails (stepping OneCycleLR past `total_steps`,
 //! a value the optimizer rejects, such as a NaN or negative factor from an [`LrLambda`]) leaves
-//! the optimizer and the scheduler as they were.
+//! the optimizer and the scheduler as they were. A saved state that does not fit is an
+//! [`Error::SchedulerState`] and changes nothing.
 //!
 //! # Differences from PyTorch
-//! - A scheduler does not resume from a `last_epoch` argument, and the deprecated
-//!   `step(epoch)` form is not offered.
+//! - A scheduler does not resume from a `last_epoch` argument (use `load_state`), and the
+//!   deprecated `step(epoch)` form is not offered.
 //! - Options that make PyTorch divide by zero or misbehave are rejected: ConstantLR's
 //!   `factor = 0` (PyTorch divides by it at `total_iters`) and `total_iters = 0` (PyTorch then
 //!   applies the factor forever, against its own closed form), PolynomialLR's
@@ -67,6 +91,8 @@
 //!   applies `gamma` once more at epoch 0, for example). ChainedScheduler has no `last_epoch` in
 //!   PyTorch; here it counts the steps taken.
 //! - A SequentialLR cannot contain a SequentialLR, also not through a ChainedScheduler.
+//! - [`LrLambda`]s are not part of a saved state (PyTorch saves only callable objects'
+//!   attributes); build the scheduler with the same functions before loading.
 //! - PyTorch records `initial_lr` in the optimizer's param groups, so that a second scheduler
 //!   built on the same optimizer starts from the first one's base lrs; this crate's optimizers
 //!   have no such field, so every scheduler starts from the lrs it finds (SequentialLR does
@@ -81,6 +107,7 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{widen, Optimizer};
+use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use std::sync::Arc;
 
@@ -1145,6 +1172,9 @@ pub struct Scheduler {
     /// PyTorch's `_step_count`.
     step_count: u64,
     last_lr: Vec<f64>,
+    /// The driven groups' momenta after the last attach or step (kept for [`Scheduler::state`]
+    /// where the schedule cycles momentum; empty in the schedulers inside a Sequential/Chained).
+    momentum: Vec<Option<f64>>,
 }
 
 /// Read the driven groups' lrs and momenta. `shadow`: the f64 lrs this scheduler last wrote,
@@ -1235,8 +1265,9 @@ impl Scheduler {
         schedule.validate(groups.len())?;
         let before = read_vals(opt, &groups, None)?;
         let mut vals = before.clone();
-        let sched = Self::build(&schedule, &groups, &mut vals, opt.name())?;
+        let mut sched = Self::build(&schedule, &groups, &mut vals, opt.name())?;
         apply(opt, sched.name, &groups, &before, &vals)?;
+        sched.momentum = vals.momentum;
         Ok(sched)
     }
 
@@ -1387,6 +1418,7 @@ impl Scheduler {
             last_epoch: -1,
             step_count: 0,
             last_lr: vals.lr.clone(),
+            momentum: Vec::new(),
         };
         sched.advance(vals, How::Initial)?;
         // CyclicLR sets its base lrs after its (initial-lr based) initial step.
@@ -1431,6 +1463,7 @@ impl Scheduler {
             kind: Kind::Sequential { subs, milestones },
             last_epoch: 0,
             step_count: 1,
+            momentum: Vec::new(),
         })
     }
 
@@ -1454,6 +1487,7 @@ impl Scheduler {
             kind: Kind::Chained { subs },
             last_epoch: 0,
             step_count: 0,
+            momentum: Vec::new(),
         })
     }
 
@@ -1520,7 +1554,7 @@ impl Scheduler {
                     *t_cur += 1;
                     if *t_cur >= *t_i {
                         *t_cur %= *t_i;
-                        *t_i *= cfg.t_mult as i64;
+                        *t_i = t_i.saturating_mul(epoch_of(cfg.t_mult));
                     }
                 }
                 true
@@ -1793,6 +1827,308 @@ impl Scheduler {
     }
 }
 
+/// Largest epoch or counter a loaded state may hold: far beyond any schedule, and far enough
+/// below `i64::MAX` that stepping on cannot overflow.
+const MAX_STATE_EPOCH: i64 = 1 << 53;
+
+/// What a [`Scheduler`] needs to continue exactly where it was (PyTorch's
+/// `scheduler.state_dict()`): its counters and lrs, and those of every scheduler inside a
+/// SequentialLR or ChainedScheduler. Serializable with serde (JSON numbers round-trip exactly).
+///
+/// The options are not part of the state, and neither are [`LrLambda`]s: load a state into a
+/// scheduler built with the same schedule (the same options and functions), as PyTorch's
+/// `load_state_dict` expects for lambdas. Everything else a scheduler holds (OneCycleLR's phases,
+/// CyclicLR's bounds, ...) is a function of its options.
+///
+/// ```no_run
+/// use wgpu_optim::{Gpu, LrScheduler, Params, Scheduler, SchedulerState, Sgd, SgdConfig, StepLR};
+///
+/// let gpu = Gpu::new()?;
+/// let params = Params::zeros(&gpu, &[("w", 10)])?;
+/// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+/// let mut sched = Scheduler::new(&mut opt, StepLR::new(3))?;
+/// for _ in 0..5 {
+///     sched.step(&mut opt)?;
+/// }
+/// let saved: String = serde_json::to_string(&sched.state()).unwrap();
+///
+/// // Later: the same schedule on a fresh optimizer, then the saved state.
+/// let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+/// let mut resumed = Scheduler::new(&mut opt2, StepLR::new(3))?;
+/// let state: SchedulerState = serde_json::from_str(&saved).unwrap();
+/// resumed.load_state(&mut opt2, &state)?;
+/// assert_eq!((resumed.last_epoch(), resumed.last_lr()), (5, sched.last_lr()));
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SchedulerState {
+    /// PyTorch's class name, e.g. `CosineAnnealingLR`.
+    pub kind: String,
+    /// The optimizer groups driven.
+    pub groups: Vec<usize>,
+    /// PyTorch's `last_epoch` (steps taken; -1 for a scheduler of a SequentialLR that has not
+    /// started yet).
+    pub last_epoch: i64,
+    /// PyTorch's `_step_count`.
+    pub step_count: u64,
+    /// PyTorch's `base_lrs`, in f64.
+    pub base_lrs: Vec<f64>,
+    /// The lrs as last set, in f64 (PyTorch's `_last_lr`).
+    pub last_lr: Vec<f64>,
+    /// CosineAnnealingWarmRestarts's `T_cur` (absent for the other kinds).
+    #[serde(rename = "T_cur", default, skip_serializing_if = "Option::is_none")]
+    pub t_cur: Option<i64>,
+    /// CosineAnnealingWarmRestarts's `T_i` (absent for the other kinds).
+    #[serde(rename = "T_i", default, skip_serializing_if = "Option::is_none")]
+    pub t_i: Option<i64>,
+    /// The driven groups' momenta as last set, where the schedule cycles momentum (CyclicLR,
+    /// OneCycleLR, or a SequentialLR / ChainedScheduler with one of them); in the outermost
+    /// state only. PyTorch keeps these in the optimizer's param groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<Vec<f64>>,
+    /// The states of a SequentialLR's or ChainedScheduler's schedulers, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedulers: Vec<SchedulerState>,
+}
+
+fn state_err(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Error {
+    Error::SchedulerState {
+        what: what.into(),
+        expected: expected.to_string(),
+        got: got.to_string(),
+    }
+}
+
+/// `values` has one entry per driven group, each finite and >= 0.
+fn check_state_values(what: &str, values: &[f64], groups: usize) -> Result<()> {
+    if values.len() != groups {
+        return Err(state_err(
+            what,
+            format!("{groups} values (one per driven group)"),
+            values.len(),
+        ));
+    }
+    match values.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        Some(i) => Err(state_err(
+            format!("{what}[{i}]"),
+            "a finite value >= 0",
+            values[i],
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_state_count(what: &str, value: i64, min: i64) -> Result<()> {
+    if (min..=MAX_STATE_EPOCH).contains(&value) {
+        Ok(())
+    } else {
+        Err(state_err(
+            what,
+            format!("a count in {min}..={MAX_STATE_EPOCH}"),
+            value,
+        ))
+    }
+}
+
+impl Scheduler {
+    /// The state to save next to the optimizer's (PyTorch's `scheduler.state_dict()`); load it
+    /// with [`Scheduler::load_state`] to continue exactly.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, CosineAnnealingLR, Gpu, LrScheduler, Params, Scheduler};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// let mut sched = Scheduler::new(&mut opt, CosineAnnealingLR::new(50))?;
+    /// sched.step(&mut opt)?;
+    /// let state = sched.state();
+    /// assert_eq!((state.kind.as_str(), state.last_epoch), ("CosineAnnealingLR", 1));
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn state(&self) -> SchedulerState {
+        let mut state = self.state_of();
+        if self.cycles_momentum() {
+            state.momentum = self.momentum.iter().copied().collect();
+        }
+        state
+    }
+
+    fn state_of(&self) -> SchedulerState {
+        let (t_cur, t_i) = match &self.kind {
+            Kind::WarmRestarts { t_cur, t_i, .. } => (Some(*t_cur), Some(*t_i)),
+            _ => (None, None),
+        };
+        SchedulerState {
+            kind: self.name.to_string(),
+            groups: self.groups.clone(),
+            last_epoch: self.last_epoch,
+            step_count: self.step_count,
+            base_lrs: self.base_lrs.clone(),
+            last_lr: self.last_lr.clone(),
+            t_cur,
+            t_i,
+            momentum: None,
+            schedulers: self.subs().iter().map(Scheduler::state_of).collect(),
+        }
+    }
+
+    /// Continue from a saved [`Scheduler::state`] (PyTorch's `load_state_dict`): the counters
+    /// and lrs of this scheduler and of every scheduler inside it are replaced, and the saved
+    /// lrs (and, where the schedule cycles momentum, momenta) are written to the driven groups
+    /// of `opt`, so that the next [`LrScheduler::step`] gives the same bits as it would have
+    /// given without the interruption. Build the scheduler with the same schedule first
+    /// (construction's initial step is overwritten here, so it may come before or after
+    /// restoring the optimizer from a checkpoint).
+    ///
+    /// The state must come from the same kind of schedule, driving the same groups, with the same
+    /// chain of schedulers inside, and hold finite lrs: anything else is an
+    /// [`Error::SchedulerState`], and an `Err` changes neither the scheduler nor `opt`.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{
+    ///     Gpu, LambdaLR, LrScheduler, Optimizer, Params, Schedule, Scheduler, Sgd, SgdConfig,
+    /// };
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let warmup = || Schedule::from(LambdaLR::new(|e| ((e + 1) as f64 / 10.0).min(1.0)));
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut sched = Scheduler::new(&mut opt, warmup())?;
+    /// for _ in 0..4 {
+    ///     sched.step(&mut opt)?;
+    /// }
+    /// let state = sched.state();
+    ///
+    /// let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut resumed = Scheduler::new(&mut opt2, warmup())?; // the same function again
+    /// resumed.load_state(&mut opt2, &state)?;
+    /// sched.step(&mut opt)?;
+    /// resumed.step(&mut opt2)?;
+    /// assert_eq!(opt.lr(), opt2.lr());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn load_state(&mut self, opt: &mut dyn Optimizer, state: &SchedulerState) -> Result<()> {
+        self.check_state(state, "")?;
+        let n = self.groups.len();
+        match (self.cycles_momentum(), &state.momentum) {
+            (true, Some(m)) => check_state_values("momentum", m, n)?,
+            (false, None) => {}
+            (true, None) => {
+                return Err(state_err(
+                    "momentum",
+                    "one value per driven group (the schedule cycles momentum)",
+                    "none",
+                ))
+            }
+            (false, Some(m)) => {
+                return Err(state_err(
+                    "momentum",
+                    "none (the schedule does not cycle momentum)",
+                    format!("{m:?}"),
+                ))
+            }
+        }
+        let before = read_vals(opt, &self.groups, None)?;
+        let mut after = before.clone();
+        after.lr.clone_from(&state.last_lr);
+        if let Some(m) = &state.momentum {
+            after.momentum = m.iter().map(|&m| Some(m)).collect();
+        }
+        apply(opt, self.name, &self.groups, &before, &after)?;
+        self.set_state(state);
+        self.momentum = after.momentum;
+        Ok(())
+    }
+
+    /// The schedulers inside a SequentialLR or ChainedScheduler.
+    fn subs(&self) -> &[Scheduler] {
+        match &self.kind {
+            Kind::Sequential { subs, .. } | Kind::Chained { subs } => subs,
+            _ => &[],
+        }
+    }
+
+    /// Whether stepping writes momenta (CyclicLR / OneCycleLR with `cycle_momentum`).
+    fn cycles_momentum(&self) -> bool {
+        match &self.kind {
+            Kind::Cyclic(_, st) => st.momentum.is_some(),
+            Kind::OneCycle(_, st) => st.momentum.is_some(),
+            _ => self.subs().iter().any(Scheduler::cycles_momentum),
+        }
+    }
+
+    /// Everything [`Scheduler::set_state`] needs holds; `path` prefixes the names in errors.
+    fn check_state(&self, st: &SchedulerState, path: &str) -> Result<()> {
+        if st.kind != self.name {
+            return Err(state_err(format!("{path}kind"), self.name, &st.kind));
+        }
+        if st.groups != self.groups {
+            return Err(state_err(
+                format!("{path}groups"),
+                format!("{:?}", self.groups),
+                format!("{:?}", st.groups),
+            ));
+        }
+        let n = self.groups.len();
+        check_state_values(&format!("{path}base_lrs"), &st.base_lrs, n)?;
+        check_state_values(&format!("{path}last_lr"), &st.last_lr, n)?;
+        check_state_count(&format!("{path}last_epoch"), st.last_epoch, -1)?;
+        match (&self.kind, st.t_cur, st.t_i) {
+            (Kind::WarmRestarts { .. }, Some(t_cur), Some(t_i)) => {
+                check_state_count(&format!("{path}T_cur"), t_cur, -1)?;
+                check_state_count(&format!("{path}T_i"), t_i, 1)?;
+            }
+            (Kind::WarmRestarts { .. }, ..) => {
+                return Err(state_err(
+                    format!("{path}T_cur, T_i"),
+                    "both (CosineAnnealingWarmRestarts)",
+                    "none or one",
+                ))
+            }
+            (_, None, None) => {}
+            _ => {
+                return Err(state_err(
+                    format!("{path}T_cur, T_i"),
+                    format!("none ({} has neither)", self.name),
+                    format!("{:?}, {:?}", st.t_cur, st.t_i),
+                ))
+            }
+        }
+        let subs = self.subs();
+        if st.schedulers.len() != subs.len() {
+            return Err(state_err(
+                format!("{path}schedulers"),
+                format!("{} scheduler states", subs.len()),
+                st.schedulers.len(),
+            ));
+        }
+        for (i, (sub, s)) in subs.iter().zip(&st.schedulers).enumerate() {
+            sub.check_state(s, &format!("{path}schedulers[{i}]."))?;
+        }
+        Ok(())
+    }
+
+    /// Take over a state that passed [`Scheduler::check_state`].
+    fn set_state(&mut self, st: &SchedulerState) {
+        self.last_epoch = st.last_epoch;
+        self.step_count = st.step_count;
+        self.base_lrs.clone_from(&st.base_lrs);
+        self.last_lr.clone_from(&st.last_lr);
+        match &mut self.kind {
+            Kind::WarmRestarts { t_cur, t_i, .. } => {
+                *t_cur = st.t_cur.unwrap_or(*t_cur);
+                *t_i = st.t_i.unwrap_or(*t_i);
+            }
+            Kind::Sequential { subs, .. } | Kind::Chained { subs } => {
+                for (sub, s) in subs.iter_mut().zip(&st.schedulers) {
+                    sub.set_state(s);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl LrScheduler for Scheduler {
     fn step(&mut self, opt: &mut dyn Optimizer) -> Result<()> {
         let before = read_vals(opt, &self.groups, Some(&self.last_lr))?;
@@ -1800,6 +2136,7 @@ impl LrScheduler for Scheduler {
         let mut next = self.clone();
         next.advance(&mut vals, How::Step)?;
         apply(opt, self.name, &self.groups, &before, &vals)?;
+        next.momentum = vals.momentum;
         *self = next;
         Ok(())
     }
@@ -2035,5 +2372,179 @@ impl PlateauScheduler {
     /// The optimizer groups this scheduler drives.
     pub fn groups(&self) -> &[usize] {
         &self.groups
+    }
+
+    /// The state to save next to the optimizer's (PyTorch's `state_dict()`); load it with
+    /// [`PlateauScheduler::load_state`] to continue exactly.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params, PlateauScheduler, ReduceLROnPlateau, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut plateau = PlateauScheduler::new(&opt, ReduceLROnPlateau::default())?;
+    /// plateau.step_with(1.0, &mut opt)?;
+    /// plateau.step_with(1.5, &mut opt)?;
+    /// assert_eq!(plateau.state().num_bad_epochs, 1);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn state(&self) -> PlateauState {
+        PlateauState {
+            kind: "ReduceLROnPlateau".into(),
+            groups: self.groups.clone(),
+            last_epoch: self.last_epoch,
+            best: self.best,
+            num_bad_epochs: self.num_bad_epochs,
+            cooldown_counter: self.cooldown_counter,
+            last_lr: self.last_lr.clone(),
+        }
+    }
+
+    /// Continue from a saved [`PlateauScheduler::state`] (PyTorch's `load_state_dict`): the
+    /// epoch, best metric, counters and lrs are replaced, and the saved lrs are written to the
+    /// driven groups of `opt`. The options are this scheduler's own. A state of another kind,
+    /// for other groups, or with impossible values (a NaN `best`, a non-finite lr) is an
+    /// [`Error::SchedulerState`], and an `Err` changes neither the scheduler nor `opt`.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{
+    ///     Gpu, Optimizer, Params, PlateauScheduler, ReduceLROnPlateau, Sgd, SgdConfig,
+    /// };
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let config = ReduceLROnPlateau { patience: 0, ..Default::default() };
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut plateau = PlateauScheduler::new(&opt, config.clone())?;
+    /// for loss in [1.0, 2.0, 3.0] {
+    ///     plateau.step_with(loss, &mut opt)?;
+    /// }
+    /// let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut resumed = PlateauScheduler::new(&opt2, config)?;
+    /// resumed.load_state(&mut opt2, &plateau.state())?;
+    /// assert_eq!((opt2.lr(), resumed.best()), (opt.lr(), 1.0));
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn load_state(&mut self, opt: &mut dyn Optimizer, state: &PlateauState) -> Result<()> {
+        if state.kind != "ReduceLROnPlateau" {
+            return Err(state_err("kind", "ReduceLROnPlateau", &state.kind));
+        }
+        if state.groups != self.groups {
+            return Err(state_err(
+                "groups",
+                format!("{:?}", self.groups),
+                format!("{:?}", state.groups),
+            ));
+        }
+        check_state_values("last_lr", &state.last_lr, self.groups.len())?;
+        check_state_count("last_epoch", state.last_epoch, 0)?;
+        for (what, v) in [
+            ("num_bad_epochs", state.num_bad_epochs),
+            ("cooldown_counter", state.cooldown_counter),
+        ] {
+            check_state_count(what, i64::try_from(v).unwrap_or(i64::MAX), 0)?;
+        }
+        if state.best.is_nan() {
+            return Err(state_err("best", "a number or ±inf", state.best));
+        }
+        let before = read_vals(opt, &self.groups, None)?;
+        let mut after = before.clone();
+        after.lr.clone_from(&state.last_lr);
+        apply(opt, "ReduceLROnPlateau", &self.groups, &before, &after)?;
+        self.last_epoch = state.last_epoch;
+        self.best = state.best;
+        self.num_bad_epochs = state.num_bad_epochs;
+        self.cooldown_counter = state.cooldown_counter;
+        self.last_lr.clone_from(&state.last_lr);
+        Ok(())
+    }
+}
+
+/// What a [`PlateauScheduler`] needs to continue exactly where it was (PyTorch's
+/// `ReduceLROnPlateau.state_dict()`): the epoch, the best metric, the counters and the lrs.
+/// Serializable with serde; in human-readable formats an infinite `best` (before the first
+/// step) is written as the string `"inf"` or `"-inf"`, since JSON has no infinities.
+///
+/// ```no_run
+/// use wgpu_optim::{Gpu, Params, PlateauScheduler, PlateauState, ReduceLROnPlateau, Sgd, SgdConfig};
+/// let gpu = Gpu::new()?;
+/// let params = Params::zeros(&gpu, &[("w", 10)])?;
+/// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+/// let mut plateau = PlateauScheduler::new(&opt, ReduceLROnPlateau::default())?;
+/// plateau.step_with(0.5, &mut opt)?;
+/// let json = serde_json::to_string(&plateau.state()).unwrap();
+/// let state: PlateauState = serde_json::from_str(&json).unwrap();
+/// assert_eq!(state.best, 0.5);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PlateauState {
+    /// Always `ReduceLROnPlateau`.
+    pub kind: String,
+    /// The optimizer groups driven.
+    pub groups: Vec<usize>,
+    /// Epochs stepped.
+    pub last_epoch: i64,
+    /// The best metric so far (±inf before the first step).
+    #[serde(with = "extended_f64")]
+    pub best: f64,
+    /// Consecutive epochs without significant improvement.
+    pub num_bad_epochs: u64,
+    /// Epochs of cooldown left.
+    pub cooldown_counter: u64,
+    /// The lrs as last seen or set, in f64.
+    pub last_lr: Vec<f64>,
+}
+
+/// An f64 that may be infinite: a number, or `"inf"`, `"-inf"`, `"nan"` in human-readable
+/// formats (JSON has no infinities).
+mod extended_f64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() || !s.is_human_readable() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("nan")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, \"inf\", \"-inf\" or \"nan\"")
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(Visitor)
+        } else {
+            f64::deserialize(d)
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Learning-rate schedulers against PyTorch: every trajectory recorded by
 //! `tools/torch_lr_schedules.py` (tests/data/lr_schedules.json) replayed with the crate's
 //! schedulers driving a real optimizer that steps on the GPU between scheduler steps; every
-//! validation error (typed, and the optimizer untouched).
+//! validation error (typed, and the optimizer untouched); saving and loading scheduler state
+//! (every fixture interrupted, resumed from JSON, and compared with the uninterrupted run).
 
 mod common;
 use common::gpu;
@@ -12,8 +13,8 @@ use wgpu_optim::{
     CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR,
     LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler, MultiStepLR, MultiplicativeLR,
     OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode, PlateauScheduler,
-    PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, Sgd, SgdConfig, StepLR,
-    ThresholdMode,
+    PlateauState, PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SchedulerState,
+    SequentialLR, Sgd, SgdConfig, StepLR, ThresholdMode,
 };
 
 /// The optimizer stores f32: each lr must be PyTorch's f64 value rounded to f32, up to a
@@ -348,6 +349,20 @@ impl Driver {
             Driver::Epochs(s) => Some(s.last_lr_f64()),
             Driver::Plateau(..) => None,
         }
+    }
+    /// The state, through JSON text as it would be saved.
+    fn state_json(&self) -> String {
+        match self {
+            Driver::Epochs(s) => serde_json::to_string(&s.state()).unwrap(),
+            Driver::Plateau(s, _) => serde_json::to_string(&s.state()).unwrap(),
+        }
+    }
+    fn load_json(&mut self, json: &str, opt: &mut dyn Optimizer) {
+        match self {
+            Driver::Epochs(s) => s.load_state(opt, &serde_json::from_str(json).unwrap()),
+            Driver::Plateau(s, _) => s.load_state(opt, &serde_json::from_str(json).unwrap()),
+        }
+        .unwrap()
     }
 }
 
@@ -1076,7 +1091,7 @@ fn a_bad_lambda_value_changes_nothing() {
     .unwrap();
     s.step(opt.as_mut()).unwrap();
     s.step(opt.as_mut()).unwrap();
-    let (before, state) = (snapshot(opt.as_ref()), s.last_lr_f64().to_vec());
+    let (before, state) = (snapshot(opt.as_ref()), s.state());
     for _ in 0..2 {
         let r = s.step(opt.as_mut());
         assert!(
@@ -1084,7 +1099,7 @@ fn a_bad_lambda_value_changes_nothing() {
             "{r:?}"
         );
         assert_eq!(snapshot(opt.as_ref()), before);
-        assert_eq!((s.last_epoch(), s.last_lr_f64()), (2, &state[..]));
+        assert_eq!(s.state(), state);
     }
 }
 
@@ -1104,4 +1119,196 @@ fn schedules_with_functions_compare_by_identity() {
     assert_ne!(a, b);
     assert_eq!(a.name(), "LambdaLR");
     assert!(format!("{a:?}").contains("LrLambda(0x"), "{a:?}");
+}
+
+/// What a scheduler looks like from outside, after each step: its full state (every counter,
+/// f64 lr and sub-state) and the optimizer's groups.
+fn observe(d: &Driver, opt: &dyn Optimizer) -> (String, Vec<(f32, Option<f32>)>) {
+    (d.state_json(), snapshot(opt))
+}
+
+/// Every fixture: interrupted after `split` steps, its state saved as JSON text, loaded into a
+/// scheduler built the same way on a fresh optimizer (whose lrs are the initial ones), and run
+/// to the end: every step equals the uninterrupted run, bit for bit (f64 lrs, counters,
+/// momenta, the optimizer's f32 lr and momentum).
+#[test]
+fn resuming_from_a_saved_state_is_exact() {
+    let mut runs = 0;
+    for c in &fixtures() {
+        let name = c["name"].as_str().unwrap();
+        let steps = u(&c["steps"]) as usize;
+        let (_p, mut opt) = optimizer(&c["optimizer"]);
+        let mut sched = attach(c, opt.as_mut(), None);
+        let mut want = vec![observe(&sched, opt.as_ref())];
+        for k in 0..steps {
+            sched.step(k, opt.as_mut());
+            want.push(observe(&sched, opt.as_ref()));
+        }
+        let mut splits = vec![0, 1, 7, steps / 2, steps - 1, steps];
+        splits.dedup();
+        for split in splits {
+            let (_p, mut opt) = optimizer(&c["optimizer"]);
+            let mut first = attach(c, opt.as_mut(), None);
+            for k in 0..split {
+                first.step(k, opt.as_mut());
+            }
+            let json = first.state_json();
+            drop(first);
+            let (_q, mut opt2) = optimizer(&c["optimizer"]);
+            let mut resumed = attach(c, opt2.as_mut(), None);
+            resumed.load_json(&json, opt2.as_mut());
+            assert_eq!(
+                observe(&resumed, opt2.as_ref()),
+                want[split],
+                "{name}: loaded at {split}"
+            );
+            for k in split..steps {
+                resumed.step(k, opt2.as_mut());
+                assert_eq!(
+                    observe(&resumed, opt2.as_ref()),
+                    want[k + 1],
+                    "{name}: resumed at {split}, step {}",
+                    k + 1
+                );
+            }
+            runs += 1;
+        }
+    }
+    eprintln!("{runs} interrupted runs resumed exactly");
+}
+
+/// `r` is an `Error::SchedulerState` about `what`.
+fn state_error<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
+    match r {
+        Err(Error::SchedulerState { what: w, .. }) => assert_eq!(w, what),
+        other => panic!("{what}: expected SchedulerState, got {other:?}"),
+    }
+}
+
+/// Loading checks the state against the scheduler (kind, groups, the chain inside, impossible
+/// values) and changes nothing, neither scheduler nor optimizer, when it does not fit.
+#[test]
+fn load_state_rejects_what_does_not_fit() {
+    let (_p, mut opt) = sgd2();
+    let mut step = Scheduler::new(opt.as_mut(), StepLR::new(3)).unwrap();
+    step.step(opt.as_mut()).unwrap();
+    let good = step.state();
+
+    // Try `state` on `sched`: the error names `what`, and nothing changed.
+    fn reject(sched: &mut Scheduler, opt: &mut dyn Optimizer, state: &SchedulerState, what: &str) {
+        let (before, own) = (snapshot(opt), sched.state());
+        state_error(sched.load_state(opt, state), what);
+        assert_eq!(snapshot(opt), before, "{what}: the optimizer changed");
+        assert_eq!(sched.state(), own, "{what}: the scheduler changed");
+    }
+
+    let mut cosine = Scheduler::new(opt.as_mut(), CosineAnnealingLR::new(10)).unwrap();
+    reject(&mut cosine, opt.as_mut(), &good, "kind");
+    let mut one = Scheduler::for_group(opt.as_mut(), 1, StepLR::new(3)).unwrap();
+    reject(&mut one, opt.as_mut(), &good, "groups");
+    let mut bad = good.clone();
+    bad.last_lr[1] = f64::NAN;
+    reject(&mut step, opt.as_mut(), &bad, "last_lr[1]");
+    let mut bad = good.clone();
+    bad.base_lrs.pop();
+    reject(&mut step, opt.as_mut(), &bad, "base_lrs");
+    let mut bad = good.clone();
+    bad.last_epoch = -5;
+    reject(&mut step, opt.as_mut(), &bad, "last_epoch");
+    let mut bad = good.clone();
+    bad.t_i = Some(3);
+    reject(&mut step, opt.as_mut(), &bad, "T_cur, T_i");
+    let mut bad = good.clone();
+    bad.schedulers.push(good.clone());
+    reject(&mut step, opt.as_mut(), &bad, "schedulers");
+
+    // CosineAnnealingWarmRestarts: T_i >= 1 (it is a divisor), both counters present.
+    let mut restarts = Scheduler::new(opt.as_mut(), CosineAnnealingWarmRestarts::new(4)).unwrap();
+    let mut bad = restarts.state();
+    bad.t_i = Some(0);
+    reject(&mut restarts, opt.as_mut(), &bad, "T_i");
+    bad.t_i = None;
+    reject(&mut restarts, opt.as_mut(), &bad, "T_cur, T_i");
+
+    // The chain inside a SequentialLR: the same number of schedulers, each of the same kind.
+    let seq = || {
+        SequentialLR::new(
+            vec![LinearLR::default().into(), StepLR::new(2).into()],
+            vec![5],
+        )
+    };
+    let mut a = Scheduler::new(opt.as_mut(), seq()).unwrap();
+    let mut bad = a.state();
+    bad.schedulers[1].kind = "ExponentialLR".into();
+    reject(&mut a, opt.as_mut(), &bad, "schedulers[1].kind");
+    let mut bad = a.state();
+    bad.schedulers.pop();
+    reject(&mut a, opt.as_mut(), &bad, "schedulers");
+    let mut bad = a.state();
+    bad.schedulers[0].last_lr[0] = -1.0;
+    reject(&mut a, opt.as_mut(), &bad, "schedulers[0].last_lr[0]");
+
+    // Momentum: present exactly where the schedule cycles it.
+    let mut cyclic = Scheduler::new(opt.as_mut(), CyclicLR::new(0.01, 0.1)).unwrap();
+    let mut bad = cyclic.state();
+    assert_eq!(bad.momentum, Some(vec![0.9, 0.9]));
+    bad.momentum = None;
+    reject(&mut cyclic, opt.as_mut(), &bad, "momentum");
+    let mut bad = cyclic.state();
+    bad.momentum = Some(vec![0.9]);
+    reject(&mut cyclic, opt.as_mut(), &bad, "momentum");
+    let mut bad = good.clone();
+    bad.momentum = Some(vec![0.9, 0.9]);
+    reject(&mut step, opt.as_mut(), &bad, "momentum");
+
+    // A value the optimizer refuses (Adam's beta1 must be < 1): its error, nothing changed.
+    let (_q, mut adam) = optimizer(&serde_json::json!({"kind": "adam", "lrs": [0.1, 0.2]}));
+    let mut cyc = Scheduler::new(adam.as_mut(), CyclicLR::new(0.01, 0.1)).unwrap();
+    let mut bad = cyc.state();
+    bad.momentum = Some(vec![0.9, 1.0]);
+    let (before, own) = (snapshot(adam.as_ref()), cyc.state());
+    let r = cyc.load_state(adam.as_mut(), &bad);
+    assert!(
+        matches!(r, Err(Error::InvalidHyperparameter { .. })),
+        "{r:?}"
+    );
+    assert_eq!((snapshot(adam.as_ref()), cyc.state()), (before, own));
+
+    // The state survives JSON with unknown fields ignored; broken JSON is serde's error.
+    let mut v = serde_json::to_value(&good).unwrap();
+    v["future_field"] = serde_json::json!(1);
+    let back: SchedulerState = serde_json::from_value(v).unwrap();
+    assert_eq!(back, good);
+
+    // ReduceLROnPlateau.
+    let mut plateau = PlateauScheduler::new(opt.as_ref(), ReduceLROnPlateau::default()).unwrap();
+    plateau.step_with(1.0, opt.as_mut()).unwrap();
+    let good = plateau.state();
+    let reject_plateau =
+        |p: &mut PlateauScheduler, opt: &mut dyn Optimizer, s: &PlateauState, what: &str| {
+            let (before, own) = (snapshot(opt), p.state());
+            state_error(p.load_state(opt, s), what);
+            assert_eq!((snapshot(opt), p.state()), (before, own), "{what}");
+        };
+    let mut bad = good.clone();
+    bad.kind = "StepLR".into();
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "kind");
+    let mut bad = good.clone();
+    bad.best = f64::NAN;
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "best");
+    let mut bad = good.clone();
+    bad.last_lr = vec![0.1];
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "last_lr");
+    let mut bad = good.clone();
+    bad.num_bad_epochs = u64::MAX;
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "num_bad_epochs");
+    let mut one =
+        PlateauScheduler::for_group(opt.as_ref(), 0, ReduceLROnPlateau::default()).unwrap();
+    reject_plateau(&mut one, opt.as_mut(), &good, "groups");
+    // An infinite best goes through JSON as a string.
+    let fresh = PlateauScheduler::new(opt.as_ref(), ReduceLROnPlateau::default()).unwrap();
+    let json = serde_json::to_string(&fresh.state()).unwrap();
+    assert!(json.contains(r#""best":"inf""#), "{json}");
+    let back: PlateauState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, fresh.state());
 }
