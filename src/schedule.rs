@@ -52,7 +52,8 @@
 //! [`Scheduler::state`] and [`PlateauScheduler::state`] return what PyTorch's `state_dict()`
 //! holds ([`SchedulerState`], [`PlateauState`]: serde-serializable, exact through JSON);
 //! `load_state` on a scheduler built with the same schedule continues bit for bit, and writes the
-//! saved lrs (and cycled momenta) to the optimizer.
+//! saved lrs (and cycled momenta) to the optimizer. [`crate::checkpoint::save_with_schedulers`]
+//! stores them in a checkpoint file.
 //!
 //! ```no_run
 //! use wgpu_optim::{
@@ -1833,7 +1834,8 @@ const MAX_STATE_EPOCH: i64 = 1 << 53;
 
 /// What a [`Scheduler`] needs to continue exactly where it was (PyTorch's
 /// `scheduler.state_dict()`): its counters and lrs, and those of every scheduler inside a
-/// SequentialLR or ChainedScheduler. Serializable with serde (JSON numbers round-trip exactly).
+/// SequentialLR or ChainedScheduler. Serializable with serde (JSON numbers round-trip exactly);
+/// [`crate::checkpoint::save_with_schedulers`] stores it in a checkpoint.
 ///
 /// The options are not part of the state, and neither are [`LrLambda`]s: load a state into a
 /// scheduler built with the same schedule (the same options and functions), as PyTorch's

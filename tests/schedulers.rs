@@ -8,6 +8,7 @@ mod common;
 use common::gpu;
 use serde_json::Value;
 use std::f64::consts::PI;
+use wgpu_optim::checkpoint::{self, Checkpoint, SchedulerRecord};
 use wgpu_optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, ChainedScheduler, ConstantLR,
     CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR,
@@ -1311,4 +1312,111 @@ fn load_state_rejects_what_does_not_fit() {
     assert!(json.contains(r#""best":"inf""#), "{json}");
     let back: PlateauState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, fresh.state());
+}
+
+/// Scheduler states in a checkpoint: saved with the optimizer, read back exactly, and a run
+/// resumed from the file alone (optimizer restored, schedulers rebuilt and loaded) continues as
+/// if uninterrupted.
+#[test]
+fn scheduler_states_travel_in_a_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-sched-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.safetensors");
+    let gpu = gpu();
+    let config = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let build = |params: &Params| {
+        let groups = vec![
+            ParamGroup::new(["a"], config.clone()),
+            ParamGroup::new(
+                ["b"],
+                SgdConfig {
+                    lr: 0.05,
+                    ..config.clone()
+                },
+            ),
+        ];
+        Sgd::with_groups(params, groups).unwrap()
+    };
+    let cyclic = || {
+        ChainedScheduler::new(vec![
+            CyclicLR {
+                step_size_up: 3,
+                ..CyclicLR::new(0.01, 0.1)
+            }
+            .into(),
+            ExponentialLR::new(0.97).into(),
+        ])
+    };
+    let plateau = || ReduceLROnPlateau {
+        patience: 1,
+        ..Default::default()
+    };
+    let metric = |k: usize| 1.0 / (1.0 + (k % 5) as f64);
+    let grads = |params: &mut Params| {
+        params.write_grad("a", &[0.1, -0.2, 0.3]).unwrap();
+        params.write_grad("b", &[0.4, 0.5]).unwrap();
+    };
+    let init_a = [1.0f32, 2.0, 3.0];
+    let init_b = [4.0f32, 5.0];
+    let tensors: [(&str, &[f32]); 2] = [("a", &init_a), ("b", &init_b)];
+
+    let mut params = Params::new(&gpu, &tensors).unwrap();
+    let mut opt = build(&params);
+    let mut s0 = Scheduler::for_group(&mut opt, 0, cyclic()).unwrap();
+    let mut s1 = PlateauScheduler::for_group(&opt, 1, plateau()).unwrap();
+    let run = |k: usize,
+               params: &mut Params,
+               opt: &mut Sgd,
+               s0: &mut Scheduler,
+               s1: &mut PlateauScheduler| {
+        grads(params);
+        opt.step(params).unwrap();
+        s0.step(opt).unwrap();
+        s1.step_with(metric(k), opt).unwrap();
+    };
+    for k in 0..6 {
+        run(k, &mut params, &mut opt, &mut s0, &mut s1);
+    }
+    let records: Vec<SchedulerRecord> = vec![s0.state().into(), s1.state().into()];
+    checkpoint::save_with_schedulers(&path, &params, &opt, &records).unwrap();
+    for k in 6..15 {
+        run(k, &mut params, &mut opt, &mut s0, &mut s1);
+    }
+
+    let ck = Checkpoint::open(&path).unwrap();
+    assert_eq!(ck.schedulers(), &records[..]);
+    let mut params2 = ck.params(&gpu).unwrap();
+    let mut opt2 = build(&params2);
+    ck.restore(&mut params2, &mut opt2).unwrap();
+    // Built after the restore, so their initial steps clobber the restored lrs; loading fixes them.
+    let mut r0 = Scheduler::for_group(&mut opt2, 0, cyclic()).unwrap();
+    let mut r1 = PlateauScheduler::for_group(&opt2, 1, plateau()).unwrap();
+    match ck.schedulers() {
+        [SchedulerRecord::Epochs(a), SchedulerRecord::Plateau(b)] => {
+            r0.load_state(&mut opt2, a).unwrap();
+            r1.load_state(&mut opt2, b).unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    for k in 6..15 {
+        run(k, &mut params2, &mut opt2, &mut r0, &mut r1);
+    }
+    assert_eq!(r0.state(), s0.state());
+    assert_eq!(r1.state(), s1.state());
+    assert_eq!(snapshot(&opt2), snapshot(&opt));
+    for t in ["a", "b"] {
+        assert_eq!(params2.read(t).unwrap(), params.read(t).unwrap(), "{t}");
+    }
+
+    // A checkpoint written by `save` has none, and `load` ignores them.
+    let plain = dir.join("plain.safetensors");
+    checkpoint::save(&plain, &params, &opt).unwrap();
+    assert!(Checkpoint::open(&plain).unwrap().schedulers().is_empty());
+    let mut opt3 = build(&params2);
+    checkpoint::load(&path, &mut params2, &mut opt3).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
