@@ -44,6 +44,7 @@
 //! | `grad_norm_type` | `1`, `2` or `inf` |
 //! | `skip_nonfinite` | `true` or `false` |
 //! | `grad_scaler` | `null`, or JSON `{"scale", "growth_tracker", "init_scale", "growth_factor", "backoff_factor", "growth_interval"}` |
+//! | `lr_schedulers` | optional ([`save_with_schedulers`]): JSON list of [`SchedulerState`] / [`PlateauState`] objects, told apart by `kind` |
 //! | `written_by` | `wgpu-optim <version>` (informational) |
 //!
 //! # Saving
@@ -86,6 +87,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::optim::{Optim, Optimizer, OptimizerConfig, ParamGroup};
 use crate::params::{Params, Slot};
+use crate::schedule::{PlateauState, SchedulerState};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -130,6 +132,7 @@ const K_NORM_TYPE: &str = "grad_norm_type";
 const K_SKIP: &str = "skip_nonfinite";
 const K_SCALER: &str = "grad_scaler";
 const K_WRITTEN_BY: &str = "written_by";
+const K_SCHEDULERS: &str = "lr_schedulers";
 
 fn format_err(msg: impl Into<String>) -> Error {
     Error::CheckpointFormat(msg.into())
@@ -175,7 +178,7 @@ pub fn save<C: OptimizerConfig>(
     params: &Params,
     opt: &Optim<C>,
 ) -> Result<()> {
-    save_impl(path.as_ref(), params, opt, opt.grad_scaler())
+    save_impl(path.as_ref(), params, opt, opt.grad_scaler(), &[])
 }
 
 /// [`save`] with the state of `scaler` (whether or not it is attached to `opt`) in place of the
@@ -196,7 +199,82 @@ pub fn save_with_scaler<C: OptimizerConfig>(
     opt: &Optim<C>,
     scaler: &GradScaler,
 ) -> Result<()> {
-    save_impl(path.as_ref(), params, opt, Some(scaler))
+    save_impl(path.as_ref(), params, opt, Some(scaler), &[])
+}
+
+/// A learning-rate scheduler's state as a checkpoint records it ([`save_with_schedulers`],
+/// [`Checkpoint::schedulers`]).
+///
+/// ```
+/// use wgpu_optim::checkpoint::SchedulerRecord;
+/// fn epochs_state(r: &SchedulerRecord) -> Option<&wgpu_optim::SchedulerState> {
+///     match r {
+///         SchedulerRecord::Epochs(s) => Some(s),
+///         SchedulerRecord::Plateau(_) => None,
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum SchedulerRecord {
+    /// A [`crate::Scheduler`]'s state.
+    Epochs(SchedulerState),
+    /// A [`crate::PlateauScheduler`]'s state.
+    Plateau(PlateauState),
+}
+
+impl From<SchedulerState> for SchedulerRecord {
+    fn from(s: SchedulerState) -> Self {
+        SchedulerRecord::Epochs(s)
+    }
+}
+
+impl From<PlateauState> for SchedulerRecord {
+    fn from(s: PlateauState) -> Self {
+        SchedulerRecord::Plateau(s)
+    }
+}
+
+/// [`save`], plus the states of learning-rate schedulers (in the metadata entry
+/// `lr_schedulers`), so that one file resumes the whole run. [`load`] ignores them; read them
+/// back with [`Checkpoint::schedulers`] and hand each to its scheduler's `load_state`.
+///
+/// ```no_run
+/// use wgpu_optim::checkpoint::{self, Checkpoint, SchedulerRecord};
+/// use wgpu_optim::{
+///     CosineAnnealingLR, Gpu, LrScheduler, Optimizer, Params, Scheduler, Sgd, SgdConfig,
+/// };
+///
+/// let gpu = Gpu::new()?;
+/// let mut params = Params::zeros(&gpu, &[("w", 10)])?;
+/// let config = SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() };
+/// let mut opt = Sgd::new(&params, config.clone())?;
+/// let mut sched = Scheduler::new(&mut opt, CosineAnnealingLR::new(100))?;
+/// for _ in 0..10 {
+///     params.write_grad("w", &[0.1; 10])?;
+///     opt.step(&mut params)?;
+///     sched.step(&mut opt)?;
+/// }
+/// checkpoint::save_with_schedulers("run.safetensors", &params, &opt, &[sched.state().into()])?;
+///
+/// // Resume: optimizer, then the scheduler built as before, then its state.
+/// let ck = Checkpoint::open("run.safetensors")?;
+/// let mut params = ck.params(&gpu)?;
+/// let mut opt = Sgd::new(&params, config)?;
+/// ck.restore(&mut params, &mut opt)?;
+/// let mut sched = Scheduler::new(&mut opt, CosineAnnealingLR::new(100))?;
+/// if let [SchedulerRecord::Epochs(state)] = ck.schedulers() {
+///     sched.load_state(&mut opt, state)?;
+/// }
+/// assert_eq!(sched.last_epoch(), 10);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+pub fn save_with_schedulers<C: OptimizerConfig>(
+    path: impl AsRef<Path>,
+    params: &Params,
+    opt: &Optim<C>,
+    schedulers: &[SchedulerRecord],
+) -> Result<()> {
+    save_impl(path.as_ref(), params, opt, opt.grad_scaler(), schedulers)
 }
 
 /// One tensor of a checkpoint being written.
@@ -211,6 +289,7 @@ fn save_impl<C: OptimizerConfig>(
     params: &Params,
     opt: &Optim<C>,
     scaler: Option<&GradScaler>,
+    schedulers: &[SchedulerRecord],
 ) -> Result<()> {
     opt.ensure_params(params)?;
     for g in 0..opt.group_count() {
@@ -247,7 +326,7 @@ fn save_impl<C: OptimizerConfig>(
         ));
         offset += len * 4;
     }
-    let metadata = Metadata::new(Some(save_metadata(opt, steps, scaler)?), infos)
+    let metadata = Metadata::new(Some(save_metadata(opt, steps, scaler, schedulers)?), infos)
         .map_err(|e| format_err(format!("building the header: {e}")))?;
     let mut header = serde_json::to_vec(&metadata)
         .map_err(|e| format_err(format!("serializing the header: {e}")))?;
@@ -276,6 +355,7 @@ fn save_metadata<C: OptimizerConfig>(
     opt: &Optim<C>,
     steps: u64,
     scaler: Option<&GradScaler>,
+    schedulers: &[SchedulerRecord],
 ) -> Result<HashMap<String, String>> {
     let tensors: Vec<&str> = opt.layout().slots.iter().map(|s| s.name.as_str()).collect();
     let mut groups = Vec::new();
@@ -325,10 +405,22 @@ fn save_metadata<C: OptimizerConfig>(
             format!("wgpu-optim {}", env!("CARGO_PKG_VERSION")),
         ),
     ];
-    Ok(entries
+    let mut map: HashMap<String, String> = entries
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect())
+        .collect();
+    if !schedulers.is_empty() {
+        let states = schedulers
+            .iter()
+            .map(|r| match r {
+                SchedulerRecord::Epochs(s) => serde_json::to_value(s),
+                SchedulerRecord::Plateau(s) => serde_json::to_value(s),
+            })
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(|e| format_err(format!("serializing a scheduler state: {e}")))?;
+        map.insert(K_SCHEDULERS.into(), Value::Array(states).to_string());
+    }
+    Ok(map)
 }
 
 /// Read one tensor back from per-chunk GPU buffers and write it, block by block.
@@ -546,6 +638,7 @@ struct Header {
     norm_type: NormType,
     skip_nonfinite: bool,
     scaler: Option<ScalerRecord>,
+    schedulers: Vec<SchedulerRecord>,
 }
 
 /// Where a validated checkpoint tensor goes.
@@ -836,7 +929,36 @@ impl Header {
                 Some(record)
             }
         };
+        let schedulers = match md.get(K_SCHEDULERS) {
+            None => Vec::new(),
+            Some(_) => {
+                let list = get_json(K_SCHEDULERS)?;
+                let list = list
+                    .as_array()
+                    .ok_or_else(|| format_err(format!("`{K_SCHEDULERS}` is not a list")))?;
+                let bad = |i: usize, e: serde_json::Error| {
+                    format_err(format!(
+                        "`{K_SCHEDULERS}`[{i}] is not a scheduler state: {e}"
+                    ))
+                };
+                list.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        Ok(if v["kind"] == "ReduceLROnPlateau" {
+                            SchedulerRecord::Plateau(
+                                serde_json::from_value(v.clone()).map_err(|e| bad(i, e))?,
+                            )
+                        } else {
+                            SchedulerRecord::Epochs(
+                                serde_json::from_value(v.clone()).map_err(|e| bad(i, e))?,
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
         Ok(Header {
+            schedulers,
             optimizer,
             step,
             tensors,
@@ -944,6 +1066,25 @@ impl Checkpoint {
     /// ```
     pub fn grad_scaler(&self) -> Option<&ScalerRecord> {
         self.header.scaler.as_ref()
+    }
+
+    /// The learning-rate scheduler states saved with [`save_with_schedulers`], in the order
+    /// given (empty for a checkpoint written by [`save`]). Their structure was checked when the
+    /// checkpoint was opened; whether one fits a scheduler is checked by its `load_state`.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::checkpoint::{Checkpoint, SchedulerRecord};
+    /// let ck = Checkpoint::open("run.safetensors")?;
+    /// for r in ck.schedulers() {
+    ///     match r {
+    ///         SchedulerRecord::Epochs(s) => println!("{} at epoch {}", s.kind, s.last_epoch),
+    ///         SchedulerRecord::Plateau(p) => println!("plateau, best {}", p.best),
+    ///     }
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn schedulers(&self) -> &[SchedulerRecord] {
+        &self.header.schedulers
     }
 
     /// The configuration of every group, built from its saved hyperparameters and validated:

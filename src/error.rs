@@ -128,6 +128,19 @@ pub enum Error {
         /// What the optimizer said.
         reason: String,
     },
+    /// A saved scheduler state ([`crate::schedule::SchedulerState`],
+    /// [`crate::schedule::PlateauState`]) that does not fit the scheduler it is loaded into
+    /// (another kind, other groups, another chain of schedulers) or holds an impossible value.
+    /// Raised before anything is changed.
+    #[error("scheduler state does not fit: {what}: expected {expected}, the state has {got}")]
+    SchedulerState {
+        /// What differs, e.g. `kind` or `schedulers[1].last_lr[0]`.
+        what: String,
+        /// What the scheduler being loaded into has or accepts.
+        expected: String,
+        /// What the state has.
+        got: String,
+    },
     /// Writing a plot failed.
     #[error("plot failed: {0}")]
     Plot(String),

@@ -9,8 +9,9 @@
 //! queue submit, with no host read-back.
 //!
 //! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
-//! ReduceLROnPlateau, SequentialLR, ...) follow `torch.optim.lr_scheduler` to the last bit of
-//! their f64 arithmetic, and [`LrFinder`] runs the learning-rate range test.
+//! LambdaLR, ReduceLROnPlateau, SequentialLR, ChainedScheduler, ...) follow
+//! `torch.optim.lr_scheduler` to the last bit of their f64 arithmetic, and save and load their
+//! state for exact resumption; [`LrFinder`] runs the learning-rate range test.
 //! [`checkpoint`] saves and resumes parameters and optimizer state exactly, as a `.safetensors`
 //! file with PyTorch's state names (`tools/torch_checkpoint.py` converts to and from
 //! `torch.optim` state dicts).
@@ -54,8 +55,10 @@ pub use optim::{
 };
 pub use params::{Params, Piece, CHUNK_ALIGN, TENSOR_ALIGN};
 pub use schedule::{
-    AnnealStrategy, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode,
-    ExponentialLR, LinearLR, LrScheduler, MultiStepLR, OneCycleLR, PerGroup, PlateauMode,
-    PlateauScheduler, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, StepLR, ThresholdMode,
+    AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
+    CyclicLR, CyclicMode, ExponentialLR, LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler,
+    MultiStepLR, MultiplicativeLR, OneCycleLR, PerGroup, PlateauMode, PlateauScheduler,
+    PlateauState, PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SchedulerState,
+    SequentialLR, StepLR, ThresholdMode,
 };
 pub use wgpu;

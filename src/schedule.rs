@@ -2,8 +2,9 @@
 //!
 //! A schedule is described by a plain config with PyTorch's option names and defaults
 //! ([`StepLR`], [`MultiStepLR`], [`ExponentialLR`], [`CosineAnnealingLR`],
-//! [`CosineAnnealingWarmRestarts`], [`LinearLR`], [`OneCycleLR`], [`CyclicLR`],
-//! [`SequentialLR`]) and attached to an optimizer with [`Scheduler::new`] (every parameter
+//! [`CosineAnnealingWarmRestarts`], [`LinearLR`], [`ConstantLR`], [`PolynomialLR`],
+//! [`LambdaLR`], [`MultiplicativeLR`], [`OneCycleLR`], [`CyclicLR`], [`SequentialLR`],
+//! [`ChainedScheduler`]) and attached to an optimizer with [`Scheduler::new`] (every parameter
 //! group) or [`Scheduler::for_group`] (one group). Attaching performs PyTorch's initial step
 //! (`last_epoch = 0`): LinearLR multiplies the lr by `start_factor`, OneCycleLR sets it to
 //! `max_lr / div_factor`, CyclicLR to `base_lr`, and so on. Each [`LrScheduler::step`] then
@@ -39,22 +40,60 @@
 //! # Exactness
 //! Every formula is PyTorch's, evaluated in the same order in f64: the recursive ("chainable")
 //! forms where PyTorch's `get_lr` uses them (StepLR, MultiStepLR, ExponentialLR,
-//! CosineAnnealingLR, LinearLR read the group's current lr and update it), the closed forms
-//! where it does (CosineAnnealingWarmRestarts, CyclicLR, OneCycleLR, and SequentialLR's switch
-//! to the next scheduler at a milestone). The optimizer stores f32, so a scheduler keeps the
-//! f64 value it last wrote and continues its recursion from that while the optimizer still
-//! holds it (rounded); if something else changed the lr in between, it continues from the new
-//! value. Results agree with PyTorch to f32 rounding (`tests/schedulers.rs` replays PyTorch's
+//! CosineAnnealingLR, LinearLR, ConstantLR, PolynomialLR, MultiplicativeLR read the group's
+//! current lr and update it), the closed forms where it does (CosineAnnealingWarmRestarts,
+//! CyclicLR, OneCycleLR, LambdaLR, and SequentialLR's switch to the next scheduler at a
+//! milestone). The optimizer stores f32, so a scheduler keeps the f64 value it last wrote and
+//! continues its recursion from that while the optimizer still holds it (rounded); if something
+//! else changed the lr in between, it continues from the new value. Results agree with PyTorch to f32 rounding (`tests/schedulers.rs` replays PyTorch's
 //! trajectories).
+//!
+//! # Saving and resuming
+//! [`Scheduler::state`] and [`PlateauScheduler::state`] return what PyTorch's `state_dict()`
+//! holds ([`SchedulerState`], [`PlateauState`]: serde-serializable, exact through JSON);
+//! `load_state` on a scheduler built with the same schedule continues bit for bit, and writes the
+//! saved lrs (and cycled momenta) to the optimizer. [`crate::checkpoint::save_with_schedulers`]
+//! stores them in a checkpoint file.
+//!
+//! ```no_run
+//! use wgpu_optim::{
+//!     ExponentialLR, Gpu, LrScheduler, Optimizer, Params, Scheduler, Sgd, SgdConfig,
+//! };
+//! let gpu = Gpu::new()?;
+//! let params = Params::zeros(&gpu, &[("w", 10)])?;
+//! let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+//! let mut sched = Scheduler::new(&mut opt, ExponentialLR::new(0.9))?;
+//! sched.step(&mut opt)?;
+//! let saved = sched.state();
+//! let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+//! let mut sched2 = Scheduler::new(&mut opt2, ExponentialLR::new(0.9))?;
+//! sched2.load_state(&mut opt2, &saved)?;
+//! assert_eq!(opt2.lr(), opt.lr());
+//! # Ok::<(), wgpu_optim::Error>(())
+//! ```
 //!
 //! # Errors
 //! Options are validated when a scheduler is attached ([`Error::InvalidScheduler`]), before
 //! the optimizer is touched. A step that fails (stepping OneCycleLR past `total_steps`,
-//! a value the optimizer rejects) leaves the optimizer and the scheduler as they were.
+//! a value the optimizer rejects, such as a NaN or negative factor from an [`LrLambda`]) leaves
+//! the optimizer and the scheduler as they were. A saved state that does not fit is an
+//! [`Error::SchedulerState`] and changes nothing.
 //!
 //! # Differences from PyTorch
-//! - A scheduler does not resume from a `last_epoch` argument, and the deprecated
-//!   `step(epoch)` form is not offered.
+//! - A scheduler does not resume from a `last_epoch` argument (use `load_state`), and the
+//!   deprecated `step(epoch)` form is not offered.
+//! - Options that make PyTorch divide by zero or misbehave are rejected: ConstantLR's
+//!   `factor = 0` (PyTorch divides by it at `total_iters`) and `total_iters = 0` (PyTorch then
+//!   applies the factor forever, against its own closed form), PolynomialLR's
+//!   `total_iters = 0` and negative `power`, LinearLR's `total_iters = 0`.
+//! - A ChainedScheduler can be a SequentialLR's first scheduler only (PyTorch raises
+//!   `NotImplementedError` when it restarts one at a milestone); as the first one it behaves
+//!   as in PyTorch, whose initial step then steps every chained scheduler normally (ExponentialLR
+//!   applies `gamma` once more at epoch 0, for example). ChainedScheduler has no `last_epoch` in
+//!   PyTorch; here it counts the steps taken.
+//! - A SequentialLR cannot contain a SequentialLR, also not through a ChainedScheduler.
+//! - [`LrLambda`]s are not part of a saved state (PyTorch saves only callable objects'
+//!   attributes); build the scheduler with the same functions before loading.
 //! - PyTorch records `initial_lr` in the optimizer's param groups, so that a second scheduler
 //!   built on the same optimizer starts from the first one's base lrs; this crate's optimizers
 //!   have no such field, so every scheduler starts from the lrs it finds (SequentialLR does
@@ -69,7 +108,9 @@
 
 use crate::error::{Error, Result};
 use crate::optim::{widen, Optimizer};
+use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
+use std::sync::Arc;
 
 /// Something that sets an optimizer's learning rates epoch by epoch (PyTorch's
 /// `LRScheduler`). Object safe.
@@ -131,6 +172,11 @@ impl PerGroup {
             }),
         }
     }
+}
+
+/// A count option as an epoch (saturating; no schedule gets near 2^63 epochs).
+fn epoch_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn bad(name: &'static str, value: f64, rule: &'static str) -> Error {
@@ -410,6 +456,344 @@ impl SequentialLR {
     }
 }
 
+/// A function of the epoch giving an lr factor (PyTorch's `lr_lambda`), for [`LambdaLR`] and
+/// [`MultiplicativeLR`]. Cheap to clone (an `Arc`); two `LrLambda`s are equal when they are
+/// clones of the same function (pointer equality), which keeps [`Schedule`]'s `PartialEq`
+/// meaningful without comparing code.
+///
+/// The scheduler calls it with its `last_epoch` (0 at construction), as PyTorch does.
+///
+/// ```
+/// use wgpu_optim::LrLambda;
+/// let decay = LrLambda::new(|epoch| 0.95f64.powf(epoch as f64));
+/// assert_eq!(decay.call(0), 1.0);
+/// assert_eq!(decay.clone(), decay); // a clone is the same function
+/// assert_ne!(decay, LrLambda::new(|epoch| 0.95f64.powf(epoch as f64)));
+/// ```
+#[derive(Clone)]
+pub struct LrLambda(Arc<dyn Fn(u64) -> f64 + Send + Sync>);
+
+impl LrLambda {
+    /// Wrap a closure.
+    ///
+    /// ```
+    /// let half_every_10 = wgpu_optim::LrLambda::new(|epoch| 0.5f64.powf((epoch / 10) as f64));
+    /// assert_eq!(half_every_10.call(25), 0.25);
+    /// ```
+    pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        LrLambda(Arc::new(f))
+    }
+
+    /// The factor at `epoch`.
+    ///
+    /// ```
+    /// let f = wgpu_optim::LrLambda::new(|epoch| 1.0 / (1.0 + epoch as f64));
+    /// assert_eq!(f.call(3), 0.25);
+    /// ```
+    pub fn call(&self, epoch: u64) -> f64 {
+        (self.0)(epoch)
+    }
+}
+
+impl std::fmt::Debug for LrLambda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LrLambda({:p})", Arc::as_ptr(&self.0).cast::<()>())
+    }
+}
+
+impl PartialEq for LrLambda {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<F: Fn(u64) -> f64 + Send + Sync + 'static> From<F> for LrLambda {
+    fn from(f: F) -> Self {
+        LrLambda::new(f)
+    }
+}
+
+/// One [`LrLambda`] for every driven parameter group, or one each (PyTorch's `lr_lambda`
+/// accepts a function or a list).
+///
+/// ```
+/// use wgpu_optim::{LrLambda, LrLambdas};
+/// let all: LrLambdas = LrLambda::new(|_| 0.9).into();
+/// let each: LrLambdas = vec![LrLambda::new(|_| 0.9), LrLambda::new(|_| 0.99)].into();
+/// assert!(matches!(all, LrLambdas::All(_)));
+/// assert!(matches!(each, LrLambdas::Each(ref v) if v.len() == 2));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum LrLambdas {
+    /// The same function for every group.
+    All(LrLambda),
+    /// One function per driven group, in group order.
+    Each(Vec<LrLambda>),
+}
+
+impl From<LrLambda> for LrLambdas {
+    fn from(f: LrLambda) -> Self {
+        LrLambdas::All(f)
+    }
+}
+
+impl From<Vec<LrLambda>> for LrLambdas {
+    fn from(v: Vec<LrLambda>) -> Self {
+        LrLambdas::Each(v)
+    }
+}
+
+impl<const N: usize> From<[LrLambda; N]> for LrLambdas {
+    fn from(v: [LrLambda; N]) -> Self {
+        LrLambdas::Each(v.to_vec())
+    }
+}
+
+impl LrLambdas {
+    /// The functions for `n` groups; a list of another length is an
+    /// [`Error::InvalidScheduler`].
+    fn resolve(&self, n: usize) -> Result<Vec<LrLambda>> {
+        match self {
+            LrLambdas::All(f) => Ok(vec![f.clone(); n]),
+            LrLambdas::Each(v) if v.len() == n => Ok(v.clone()),
+            LrLambdas::Each(v) => Err(bad(
+                "lr_lambda",
+                v.len() as f64,
+                "a list needs one function per driven parameter group",
+            )),
+        }
+    }
+}
+
+/// Sets each group's lr to its initial lr times `lr_lambda(epoch)` (PyTorch's `LambdaLR`).
+/// This is how Hugging Face's `get_linear_schedule_with_warmup` and friends are written.
+///
+/// ```
+/// use wgpu_optim::{LambdaLR, Schedule};
+/// // Linear warm-up over 100 steps, then linear decay to 0 at step 1000 (Hugging Face's
+/// // get_linear_schedule_with_warmup); build a `Scheduler` with it as with any schedule.
+/// let (warmup, total) = (100u64, 1000u64);
+/// let sched = LambdaLR::new(move |step| {
+///     if step < warmup {
+///         step as f64 / warmup.max(1) as f64
+///     } else {
+///         (total.saturating_sub(step) as f64 / (total - warmup).max(1) as f64).max(0.0)
+///     }
+/// });
+/// assert_eq!(sched.lr_lambda_for(0).map(|f| f.call(50)), Some(0.5));
+/// Schedule::from(sched).validate(2)?; // any number of groups: one function for all
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct LambdaLR {
+    /// The factor function: one for every group, or one per driven group.
+    pub lr_lambda: LrLambdas,
+}
+
+impl LambdaLR {
+    /// One function for every group.
+    ///
+    /// ```
+    /// let s = wgpu_optim::LambdaLR::new(|epoch| 0.95f64.powf(epoch as f64));
+    /// assert_eq!(s.lr_lambda_for(1).unwrap().call(0), 1.0);
+    /// ```
+    pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        LambdaLR {
+            lr_lambda: LrLambdas::All(LrLambda::new(f)),
+        }
+    }
+
+    /// One function per driven group, in group order.
+    ///
+    /// ```
+    /// use wgpu_optim::{LambdaLR, LrLambda};
+    /// let s = LambdaLR::per_group(vec![
+    ///     LrLambda::new(|epoch| (epoch / 30) as f64),
+    ///     LrLambda::new(|epoch| 0.95f64.powf(epoch as f64)),
+    /// ]);
+    /// assert_eq!(s.lr_lambda_for(0).unwrap().call(60), 2.0);
+    /// ```
+    pub fn per_group(lambdas: Vec<LrLambda>) -> Self {
+        LambdaLR {
+            lr_lambda: LrLambdas::Each(lambdas),
+        }
+    }
+
+    /// The function driving group number `i` of the driven groups (`None` past the end of a
+    /// per-group list).
+    ///
+    /// ```
+    /// let s = wgpu_optim::LambdaLR::new(|_| 0.5);
+    /// assert_eq!(s.lr_lambda_for(7).unwrap().call(1), 0.5);
+    /// ```
+    pub fn lr_lambda_for(&self, i: usize) -> Option<&LrLambda> {
+        match &self.lr_lambda {
+            LrLambdas::All(f) => Some(f),
+            LrLambdas::Each(v) => v.get(i),
+        }
+    }
+}
+
+/// Multiplies each group's current lr by `lr_lambda(epoch)` every epoch (PyTorch's
+/// `MultiplicativeLR`); construction leaves the lr as it is.
+///
+/// ```
+/// use wgpu_optim::{MultiplicativeLR, Schedule};
+/// // lr *= 0.95 every epoch (what ExponentialLR(0.95) does), written as PyTorch's example.
+/// let s = MultiplicativeLR::new(|_epoch| 0.95);
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiplicativeLR {
+    /// The factor function: one for every group, or one per driven group.
+    pub lr_lambda: LrLambdas,
+}
+
+impl MultiplicativeLR {
+    /// One function for every group.
+    ///
+    /// ```
+    /// let s = wgpu_optim::MultiplicativeLR::new(|epoch| if epoch % 10 == 0 { 0.5 } else { 1.0 });
+    /// assert!(matches!(s.lr_lambda, wgpu_optim::LrLambdas::All(_)));
+    /// ```
+    pub fn new(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        MultiplicativeLR {
+            lr_lambda: LrLambdas::All(LrLambda::new(f)),
+        }
+    }
+
+    /// One function per driven group, in group order.
+    ///
+    /// ```
+    /// use wgpu_optim::{LrLambda, MultiplicativeLR};
+    /// let s = MultiplicativeLR::per_group(vec![LrLambda::new(|_| 0.9), LrLambda::new(|_| 1.0)]);
+    /// assert!(matches!(s.lr_lambda, wgpu_optim::LrLambdas::Each(ref v) if v.len() == 2));
+    /// ```
+    pub fn per_group(lambdas: Vec<LrLambda>) -> Self {
+        MultiplicativeLR {
+            lr_lambda: LrLambdas::Each(lambdas),
+        }
+    }
+}
+
+/// Multiplies the lr by `factor` until epoch `total_iters`, then restores it (PyTorch's
+/// `ConstantLR`, its recursive form). Defaults are PyTorch's: 1/3, 5.
+///
+/// ```
+/// use wgpu_optim::{ConstantLR, Schedule};
+/// // lr/2 for the first 4 epochs, then the full lr.
+/// let s = ConstantLR::new(0.5, 4);
+/// assert_eq!(ConstantLR::default(), ConstantLR::new(1.0 / 3.0, 5));
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstantLR {
+    /// Factor applied before epoch `total_iters`, in (0, 1].
+    pub factor: f64,
+    /// Epochs at the reduced lr (>= 1).
+    pub total_iters: u64,
+}
+
+impl Default for ConstantLR {
+    fn default() -> Self {
+        ConstantLR {
+            factor: 1.0 / 3.0,
+            total_iters: 5,
+        }
+    }
+}
+
+impl ConstantLR {
+    /// `factor` for `total_iters` epochs.
+    ///
+    /// ```
+    /// let s = wgpu_optim::ConstantLR::new(0.1, 2);
+    /// assert_eq!((s.factor, s.total_iters), (0.1, 2));
+    /// ```
+    pub fn new(factor: f64, total_iters: u64) -> Self {
+        ConstantLR {
+            factor,
+            total_iters,
+        }
+    }
+}
+
+/// Decays the lr as `(1 - epoch / total_iters)^power` of the initial lr, reaching 0 at
+/// `total_iters` (PyTorch's `PolynomialLR`, its recursive form). Defaults are PyTorch's: 5, 1.
+///
+/// ```
+/// use wgpu_optim::{PolynomialLR, Schedule};
+/// // Quadratic decay to 0 over 100 epochs.
+/// let s = PolynomialLR::new(100, 2.0);
+/// assert_eq!(PolynomialLR::default(), PolynomialLR::new(5, 1.0));
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolynomialLR {
+    /// Epochs until the lr reaches 0 (>= 1); it stays there after.
+    pub total_iters: u64,
+    /// The power of the polynomial (>= 0).
+    pub power: f64,
+}
+
+impl Default for PolynomialLR {
+    fn default() -> Self {
+        PolynomialLR {
+            total_iters: 5,
+            power: 1.0,
+        }
+    }
+}
+
+impl PolynomialLR {
+    /// Decay over `total_iters` epochs with `power`.
+    ///
+    /// ```
+    /// let s = wgpu_optim::PolynomialLR::new(30, 0.5);
+    /// assert_eq!((s.total_iters, s.power), (30, 0.5));
+    /// ```
+    pub fn new(total_iters: u64, power: f64) -> Self {
+        PolynomialLR { total_iters, power }
+    }
+}
+
+/// Steps several schedulers together, in order, at every step (PyTorch's `ChainedScheduler`):
+/// their effects compose. They are built in order on the same groups (sharing the groups'
+/// initial lrs), each taking its usual initial step, exactly as the Python objects would have
+/// been built before being handed to `ChainedScheduler`.
+///
+/// ```
+/// use wgpu_optim::{ChainedScheduler, ConstantLR, ExponentialLR, Schedule};
+/// // PyTorch's example: lr * 0.1 for two epochs, and * 0.9 every epoch throughout.
+/// let s = ChainedScheduler::new(vec![
+///     ConstantLR::new(0.1, 2).into(),
+///     ExponentialLR::new(0.9).into(),
+/// ]);
+/// Schedule::from(s).validate(1)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainedScheduler {
+    /// The schedulers (at least one), stepped in this order.
+    pub schedulers: Vec<Schedule>,
+}
+
+impl ChainedScheduler {
+    /// Chain `schedulers`.
+    ///
+    /// ```
+    /// use wgpu_optim::{ChainedScheduler, LinearLR, StepLR};
+    /// let s = ChainedScheduler::new(vec![LinearLR::default().into(), StepLR::new(10).into()]);
+    /// assert_eq!(s.schedulers.len(), 2);
+    /// ```
+    pub fn new(schedulers: Vec<Schedule>) -> Self {
+        ChainedScheduler { schedulers }
+    }
+}
+
 /// Any epoch-driven schedule; what [`Scheduler::new`] attaches. Every config converts into it
 /// with `.into()`.
 #[derive(Clone, Debug, PartialEq)]
@@ -432,6 +816,16 @@ pub enum Schedule {
     Cyclic(CyclicLR),
     /// [`SequentialLR`].
     Sequential(SequentialLR),
+    /// [`ConstantLR`].
+    Constant(ConstantLR),
+    /// [`PolynomialLR`].
+    Polynomial(PolynomialLR),
+    /// [`LambdaLR`].
+    Lambda(LambdaLR),
+    /// [`MultiplicativeLR`].
+    Multiplicative(MultiplicativeLR),
+    /// [`ChainedScheduler`].
+    Chained(ChainedScheduler),
 }
 
 macro_rules! into_schedule {
@@ -454,6 +848,11 @@ into_schedule! {
     OneCycleLR => OneCycle,
     CyclicLR => Cyclic,
     SequentialLR => Sequential,
+    ConstantLR => Constant,
+    PolynomialLR => Polynomial,
+    LambdaLR => Lambda,
+    MultiplicativeLR => Multiplicative,
+    ChainedScheduler => Chained,
 }
 
 impl Schedule {
@@ -469,6 +868,11 @@ impl Schedule {
             Schedule::OneCycle(_) => "OneCycleLR",
             Schedule::Cyclic(_) => "CyclicLR",
             Schedule::Sequential(_) => "SequentialLR",
+            Schedule::Constant(_) => "ConstantLR",
+            Schedule::Polynomial(_) => "PolynomialLR",
+            Schedule::Lambda(_) => "LambdaLR",
+            Schedule::Multiplicative(_) => "MultiplicativeLR",
+            Schedule::Chained(_) => "ChainedScheduler",
         }
     }
 
@@ -569,18 +973,74 @@ impl Schedule {
                         "must be strictly increasing",
                     ));
                 }
-                for sub in &s.schedulers {
-                    if matches!(sub, Schedule::Sequential(_)) {
+                for (i, sub) in s.schedulers.iter().enumerate() {
+                    if sub.contains_sequential() {
                         return Err(bad(
                             "schedulers",
-                            0.0,
+                            i as f64,
                             "a SequentialLR inside a SequentialLR is not supported",
+                        ));
+                    }
+                    if i > 0 && matches!(sub, Schedule::Chained(_)) {
+                        return Err(bad(
+                            "schedulers",
+                            i as f64,
+                            "a ChainedScheduler can only be a SequentialLR's first scheduler \
+                             (PyTorch raises NotImplementedError restarting one at a milestone)",
                         ));
                     }
                     sub.validate(groups)?;
                 }
                 Ok(())
             }
+            Schedule::Constant(s) => {
+                ensure(
+                    "factor",
+                    s.factor,
+                    s.factor > 0.0 && s.factor <= 1.0,
+                    "must be in (0, 1] (PyTorch divides by it at total_iters)",
+                )?;
+                ensure_count(
+                    "total_iters",
+                    s.total_iters,
+                    1,
+                    "must be >= 1 (with 0 PyTorch applies the factor forever)",
+                )
+            }
+            Schedule::Polynomial(s) => {
+                ensure_count(
+                    "total_iters",
+                    s.total_iters,
+                    1,
+                    "must be >= 1 (PyTorch's closed form divides by it)",
+                )?;
+                ensure(
+                    "power",
+                    s.power,
+                    s.power >= 0.0,
+                    "must be >= 0 (a negative power divides by zero at total_iters)",
+                )
+            }
+            Schedule::Lambda(s) => s.lr_lambda.resolve(groups).map(|_| ()),
+            Schedule::Multiplicative(s) => s.lr_lambda.resolve(groups).map(|_| ()),
+            Schedule::Chained(s) => {
+                if s.schedulers.is_empty() {
+                    return Err(bad("schedulers", 0.0, "needs at least one scheduler"));
+                }
+                for sub in &s.schedulers {
+                    sub.validate(groups)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether this is a SequentialLR or chains one.
+    fn contains_sequential(&self) -> bool {
+        match self {
+            Schedule::Sequential(_) => true,
+            Schedule::Chained(c) => c.schedulers.iter().any(Schedule::contains_sequential),
+            _ => false,
         }
     }
 }
@@ -689,6 +1149,13 @@ enum Kind {
         subs: Vec<Scheduler>,
         milestones: Vec<i64>,
     },
+    Constant(ConstantLR),
+    Polynomial(PolynomialLR),
+    Lambda(Vec<LrLambda>),
+    Multiplicative(Vec<LrLambda>),
+    Chained {
+        subs: Vec<Scheduler>,
+    },
 }
 
 /// An epoch-driven [`Schedule`] attached to (some groups of) an optimizer. Implements
@@ -706,6 +1173,9 @@ pub struct Scheduler {
     /// PyTorch's `_step_count`.
     step_count: u64,
     last_lr: Vec<f64>,
+    /// The driven groups' momenta after the last attach or step (kept for [`Scheduler::state`]
+    /// where the schedule cycles momentum; empty in the schedulers inside a Sequential/Chained).
+    momentum: Vec<Option<f64>>,
 }
 
 /// Read the driven groups' lrs and momenta. `shadow`: the f64 lrs this scheduler last wrote,
@@ -796,8 +1266,9 @@ impl Scheduler {
         schedule.validate(groups.len())?;
         let before = read_vals(opt, &groups, None)?;
         let mut vals = before.clone();
-        let sched = Self::build(&schedule, &groups, &mut vals, opt.name())?;
+        let mut sched = Self::build(&schedule, &groups, &mut vals, opt.name())?;
         apply(opt, sched.name, &groups, &before, &vals)?;
+        sched.momentum = vals.momentum;
         Ok(sched)
     }
 
@@ -930,6 +1401,11 @@ impl Scheduler {
                 )
             }
             Schedule::Sequential(s) => return Self::build_sequential(s, groups, vals, optimizer),
+            Schedule::Chained(s) => return Self::build_chained(s, groups, vals, optimizer),
+            Schedule::Constant(s) => Kind::Constant(s.clone()),
+            Schedule::Polynomial(s) => Kind::Polynomial(s.clone()),
+            Schedule::Lambda(s) => Kind::Lambda(s.lr_lambda.resolve(n)?),
+            Schedule::Multiplicative(s) => Kind::Multiplicative(s.lr_lambda.resolve(n)?),
         };
         // `LRScheduler.__init__`: `initial_lr` (setdefault), `base_lrs`, the initial step.
         for (slot, &lr) in vals.initial_lr.iter_mut().zip(&vals.lr) {
@@ -943,6 +1419,7 @@ impl Scheduler {
             last_epoch: -1,
             step_count: 0,
             last_lr: vals.lr.clone(),
+            momentum: Vec::new(),
         };
         sched.advance(vals, How::Initial)?;
         // CyclicLR sets its base lrs after its (initial-lr based) initial step.
@@ -969,7 +1446,7 @@ impl Scheduler {
             *lr = init.unwrap_or(*lr);
         }
         for sub in &mut subs {
-            sub.last_epoch -= 1;
+            sub.undo();
         }
         let milestones: Vec<i64> = s
             .milestones
@@ -987,7 +1464,42 @@ impl Scheduler {
             kind: Kind::Sequential { subs, milestones },
             last_epoch: 0,
             step_count: 1,
+            momentum: Vec::new(),
         })
+    }
+
+    /// ChainedScheduler's construction: the schedulers were built in order on the same groups
+    /// (each with its initial step); the chain itself changes nothing.
+    fn build_chained(
+        s: &ChainedScheduler,
+        groups: &[usize],
+        vals: &mut Vals,
+        optimizer: &'static str,
+    ) -> Result<Self> {
+        let mut subs = Vec::with_capacity(s.schedulers.len());
+        for sub in &s.schedulers {
+            subs.push(Self::build(sub, groups, vals, optimizer)?);
+        }
+        Ok(Scheduler {
+            name: "ChainedScheduler",
+            groups: groups.to_vec(),
+            base_lrs: vals.initial_lr.iter().map(|l| l.unwrap_or(0.0)).collect(),
+            last_lr: vals.lr.clone(),
+            kind: Kind::Chained { subs },
+            last_epoch: 0,
+            step_count: 0,
+            momentum: Vec::new(),
+        })
+    }
+
+    /// SequentialLR's `recursive_undo`: one epoch back, in every scheduler of a chain.
+    fn undo(&mut self) {
+        match &mut self.kind {
+            Kind::Chained { subs } | Kind::Sequential { subs, .. } => {
+                subs.iter_mut().for_each(Scheduler::undo)
+            }
+            _ => self.last_epoch -= 1,
+        }
     }
 
     /// PyTorch's `step()` / `_initial_step()` / `_update_lr(0)` on the mirrored group values.
@@ -1003,6 +1515,33 @@ impl Scheduler {
             self.last_lr.clone_from(&sub.last_lr);
             return Ok(());
         }
+        if let Kind::Chained { subs } = &mut self.kind {
+            // ChainedScheduler has no `get_lr`: PyTorch's `_update_lr(0)` (SequentialLR's restart)
+            // raises on it, which validation rules out. Its `_initial_step` (as a SequentialLR's
+            // first scheduler) calls its `step()`, which steps every scheduler normally.
+            match how {
+                How::ZeroEpoch => {
+                    return Err(bad(
+                        "schedulers",
+                        0.0,
+                        "a ChainedScheduler cannot be restarted at a SequentialLR milestone",
+                    ))
+                }
+                How::Initial => {
+                    self.last_epoch = 0;
+                    self.step_count = 1;
+                }
+                How::Step => {
+                    self.last_epoch += 1;
+                    self.step_count += 1;
+                }
+            }
+            for sub in subs.iter_mut() {
+                sub.advance(vals, How::Step)?;
+            }
+            self.last_lr.clone_from(&vals.lr);
+            return Ok(());
+        }
         // CosineAnnealingWarmRestarts overrides `step` (not `_update_lr`, which SequentialLR's
         // restart uses: that one keeps the stale `T_cur`, as in PyTorch).
         let restarts_step = match &mut self.kind {
@@ -1016,7 +1555,7 @@ impl Scheduler {
                     *t_cur += 1;
                     if *t_cur >= *t_i {
                         *t_cur %= *t_i;
-                        *t_i *= cfg.t_mult as i64;
+                        *t_i = t_i.saturating_mul(epoch_of(cfg.t_mult));
                     }
                 }
                 true
@@ -1189,7 +1728,46 @@ impl Scheduler {
                 }
                 lrs
             }
-            Kind::Sequential { .. } => unreachable!("SequentialLR delegates to its schedulers"),
+            Kind::Constant(s) => {
+                if e == 0 {
+                    cur.iter().map(|lr| lr * s.factor).collect()
+                } else if e != epoch_of(s.total_iters) {
+                    cur.clone()
+                } else {
+                    let f = 1.0 / s.factor;
+                    cur.iter().map(|lr| lr * f).collect()
+                }
+            }
+            Kind::Polynomial(s) => {
+                if initial || e > epoch_of(s.total_iters) {
+                    cur.clone()
+                } else {
+                    let t = s.total_iters as f64;
+                    let decay = ((1.0 - e as f64 / t) / (1.0 - (e - 1) as f64 / t)).powf(s.power);
+                    cur.iter().map(|lr| lr * decay).collect()
+                }
+            }
+            Kind::Lambda(fs) => {
+                let epoch = u64::try_from(e).unwrap_or(0);
+                base.iter()
+                    .zip(fs)
+                    .map(|(b, f)| b * f.call(epoch))
+                    .collect()
+            }
+            Kind::Multiplicative(fs) => {
+                if initial {
+                    cur.clone()
+                } else {
+                    let epoch = u64::try_from(e).unwrap_or(0);
+                    cur.iter()
+                        .zip(fs)
+                        .map(|(lr, f)| lr * f.call(epoch))
+                        .collect()
+                }
+            }
+            Kind::Sequential { .. } | Kind::Chained { .. } => {
+                unreachable!("SequentialLR and ChainedScheduler delegate to their schedulers")
+            }
         })
     }
 
@@ -1216,6 +1794,19 @@ impl Scheduler {
                 b * (s.start_factor
                     + (s.end_factor - s.start_factor) * t.min(e) as f64 / s.total_iters as f64)
             }),
+            Kind::Constant(s) => map(&|b| {
+                // Python's `(last_epoch >= total_iters) * (1 - factor)`: a bool times a float.
+                let after = if e >= epoch_of(s.total_iters) {
+                    1.0 - s.factor
+                } else {
+                    0.0
+                };
+                b * (s.factor + after)
+            }),
+            Kind::Polynomial(s) => map(&|b| {
+                let t = epoch_of(s.total_iters);
+                b * (1.0 - t.min(e) as f64 / s.total_iters as f64).powf(s.power)
+            }),
             _ => None,
         }
     }
@@ -1237,6 +1828,309 @@ impl Scheduler {
     }
 }
 
+/// Largest epoch or counter a loaded state may hold: far beyond any schedule, and far enough
+/// below `i64::MAX` that stepping on cannot overflow.
+const MAX_STATE_EPOCH: i64 = 1 << 53;
+
+/// What a [`Scheduler`] needs to continue exactly where it was (PyTorch's
+/// `scheduler.state_dict()`): its counters and lrs, and those of every scheduler inside a
+/// SequentialLR or ChainedScheduler. Serializable with serde (JSON numbers round-trip exactly);
+/// [`crate::checkpoint::save_with_schedulers`] stores it in a checkpoint.
+///
+/// The options are not part of the state, and neither are [`LrLambda`]s: load a state into a
+/// scheduler built with the same schedule (the same options and functions), as PyTorch's
+/// `load_state_dict` expects for lambdas. Everything else a scheduler holds (OneCycleLR's phases,
+/// CyclicLR's bounds, ...) is a function of its options.
+///
+/// ```no_run
+/// use wgpu_optim::{Gpu, LrScheduler, Params, Scheduler, SchedulerState, Sgd, SgdConfig, StepLR};
+///
+/// let gpu = Gpu::new()?;
+/// let params = Params::zeros(&gpu, &[("w", 10)])?;
+/// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+/// let mut sched = Scheduler::new(&mut opt, StepLR::new(3))?;
+/// for _ in 0..5 {
+///     sched.step(&mut opt)?;
+/// }
+/// let saved: String = serde_json::to_string(&sched.state()).unwrap();
+///
+/// // Later: the same schedule on a fresh optimizer, then the saved state.
+/// let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+/// let mut resumed = Scheduler::new(&mut opt2, StepLR::new(3))?;
+/// let state: SchedulerState = serde_json::from_str(&saved).unwrap();
+/// resumed.load_state(&mut opt2, &state)?;
+/// assert_eq!((resumed.last_epoch(), resumed.last_lr()), (5, sched.last_lr()));
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SchedulerState {
+    /// PyTorch's class name, e.g. `CosineAnnealingLR`.
+    pub kind: String,
+    /// The optimizer groups driven.
+    pub groups: Vec<usize>,
+    /// PyTorch's `last_epoch` (steps taken; -1 for a scheduler of a SequentialLR that has not
+    /// started yet).
+    pub last_epoch: i64,
+    /// PyTorch's `_step_count`.
+    pub step_count: u64,
+    /// PyTorch's `base_lrs`, in f64.
+    pub base_lrs: Vec<f64>,
+    /// The lrs as last set, in f64 (PyTorch's `_last_lr`).
+    pub last_lr: Vec<f64>,
+    /// CosineAnnealingWarmRestarts's `T_cur` (absent for the other kinds).
+    #[serde(rename = "T_cur", default, skip_serializing_if = "Option::is_none")]
+    pub t_cur: Option<i64>,
+    /// CosineAnnealingWarmRestarts's `T_i` (absent for the other kinds).
+    #[serde(rename = "T_i", default, skip_serializing_if = "Option::is_none")]
+    pub t_i: Option<i64>,
+    /// The driven groups' momenta as last set, where the schedule cycles momentum (CyclicLR,
+    /// OneCycleLR, or a SequentialLR / ChainedScheduler with one of them); in the outermost
+    /// state only. PyTorch keeps these in the optimizer's param groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<Vec<f64>>,
+    /// The states of a SequentialLR's or ChainedScheduler's schedulers, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedulers: Vec<SchedulerState>,
+}
+
+fn state_err(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Error {
+    Error::SchedulerState {
+        what: what.into(),
+        expected: expected.to_string(),
+        got: got.to_string(),
+    }
+}
+
+/// `values` has one entry per driven group, each finite and >= 0.
+fn check_state_values(what: &str, values: &[f64], groups: usize) -> Result<()> {
+    if values.len() != groups {
+        return Err(state_err(
+            what,
+            format!("{groups} values (one per driven group)"),
+            values.len(),
+        ));
+    }
+    match values.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+        Some(i) => Err(state_err(
+            format!("{what}[{i}]"),
+            "a finite value >= 0",
+            values[i],
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_state_count(what: &str, value: i64, min: i64) -> Result<()> {
+    if (min..=MAX_STATE_EPOCH).contains(&value) {
+        Ok(())
+    } else {
+        Err(state_err(
+            what,
+            format!("a count in {min}..={MAX_STATE_EPOCH}"),
+            value,
+        ))
+    }
+}
+
+impl Scheduler {
+    /// The state to save next to the optimizer's (PyTorch's `scheduler.state_dict()`); load it
+    /// with [`Scheduler::load_state`] to continue exactly.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, CosineAnnealingLR, Gpu, LrScheduler, Params, Scheduler};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// let mut sched = Scheduler::new(&mut opt, CosineAnnealingLR::new(50))?;
+    /// sched.step(&mut opt)?;
+    /// let state = sched.state();
+    /// assert_eq!((state.kind.as_str(), state.last_epoch), ("CosineAnnealingLR", 1));
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn state(&self) -> SchedulerState {
+        let mut state = self.state_of();
+        if self.cycles_momentum() {
+            state.momentum = self.momentum.iter().copied().collect();
+        }
+        state
+    }
+
+    fn state_of(&self) -> SchedulerState {
+        let (t_cur, t_i) = match &self.kind {
+            Kind::WarmRestarts { t_cur, t_i, .. } => (Some(*t_cur), Some(*t_i)),
+            _ => (None, None),
+        };
+        SchedulerState {
+            kind: self.name.to_string(),
+            groups: self.groups.clone(),
+            last_epoch: self.last_epoch,
+            step_count: self.step_count,
+            base_lrs: self.base_lrs.clone(),
+            last_lr: self.last_lr.clone(),
+            t_cur,
+            t_i,
+            momentum: None,
+            schedulers: self.subs().iter().map(Scheduler::state_of).collect(),
+        }
+    }
+
+    /// Continue from a saved [`Scheduler::state`] (PyTorch's `load_state_dict`): the counters
+    /// and lrs of this scheduler and of every scheduler inside it are replaced, and the saved
+    /// lrs (and, where the schedule cycles momentum, momenta) are written to the driven groups
+    /// of `opt`, so that the next [`LrScheduler::step`] gives the same bits as it would have
+    /// given without the interruption. Build the scheduler with the same schedule first
+    /// (construction's initial step is overwritten here, so it may come before or after
+    /// restoring the optimizer from a checkpoint).
+    ///
+    /// The state must come from the same kind of schedule, driving the same groups, with the same
+    /// chain of schedulers inside, and hold finite lrs: anything else is an
+    /// [`Error::SchedulerState`], and an `Err` changes neither the scheduler nor `opt`.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{
+    ///     Gpu, LambdaLR, LrScheduler, Optimizer, Params, Schedule, Scheduler, Sgd, SgdConfig,
+    /// };
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let warmup = || Schedule::from(LambdaLR::new(|e| ((e + 1) as f64 / 10.0).min(1.0)));
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut sched = Scheduler::new(&mut opt, warmup())?;
+    /// for _ in 0..4 {
+    ///     sched.step(&mut opt)?;
+    /// }
+    /// let state = sched.state();
+    ///
+    /// let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut resumed = Scheduler::new(&mut opt2, warmup())?; // the same function again
+    /// resumed.load_state(&mut opt2, &state)?;
+    /// sched.step(&mut opt)?;
+    /// resumed.step(&mut opt2)?;
+    /// assert_eq!(opt.lr(), opt2.lr());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn load_state(&mut self, opt: &mut dyn Optimizer, state: &SchedulerState) -> Result<()> {
+        self.check_state(state, "")?;
+        let n = self.groups.len();
+        match (self.cycles_momentum(), &state.momentum) {
+            (true, Some(m)) => check_state_values("momentum", m, n)?,
+            (false, None) => {}
+            (true, None) => {
+                return Err(state_err(
+                    "momentum",
+                    "one value per driven group (the schedule cycles momentum)",
+                    "none",
+                ))
+            }
+            (false, Some(m)) => {
+                return Err(state_err(
+                    "momentum",
+                    "none (the schedule does not cycle momentum)",
+                    format!("{m:?}"),
+                ))
+            }
+        }
+        let before = read_vals(opt, &self.groups, None)?;
+        let mut after = before.clone();
+        after.lr.clone_from(&state.last_lr);
+        if let Some(m) = &state.momentum {
+            after.momentum = m.iter().map(|&m| Some(m)).collect();
+        }
+        apply(opt, self.name, &self.groups, &before, &after)?;
+        self.set_state(state);
+        self.momentum = after.momentum;
+        Ok(())
+    }
+
+    /// The schedulers inside a SequentialLR or ChainedScheduler.
+    fn subs(&self) -> &[Scheduler] {
+        match &self.kind {
+            Kind::Sequential { subs, .. } | Kind::Chained { subs } => subs,
+            _ => &[],
+        }
+    }
+
+    /// Whether stepping writes momenta (CyclicLR / OneCycleLR with `cycle_momentum`).
+    fn cycles_momentum(&self) -> bool {
+        match &self.kind {
+            Kind::Cyclic(_, st) => st.momentum.is_some(),
+            Kind::OneCycle(_, st) => st.momentum.is_some(),
+            _ => self.subs().iter().any(Scheduler::cycles_momentum),
+        }
+    }
+
+    /// Everything [`Scheduler::set_state`] needs holds; `path` prefixes the names in errors.
+    fn check_state(&self, st: &SchedulerState, path: &str) -> Result<()> {
+        if st.kind != self.name {
+            return Err(state_err(format!("{path}kind"), self.name, &st.kind));
+        }
+        if st.groups != self.groups {
+            return Err(state_err(
+                format!("{path}groups"),
+                format!("{:?}", self.groups),
+                format!("{:?}", st.groups),
+            ));
+        }
+        let n = self.groups.len();
+        check_state_values(&format!("{path}base_lrs"), &st.base_lrs, n)?;
+        check_state_values(&format!("{path}last_lr"), &st.last_lr, n)?;
+        check_state_count(&format!("{path}last_epoch"), st.last_epoch, -1)?;
+        match (&self.kind, st.t_cur, st.t_i) {
+            (Kind::WarmRestarts { .. }, Some(t_cur), Some(t_i)) => {
+                check_state_count(&format!("{path}T_cur"), t_cur, -1)?;
+                check_state_count(&format!("{path}T_i"), t_i, 1)?;
+            }
+            (Kind::WarmRestarts { .. }, ..) => {
+                return Err(state_err(
+                    format!("{path}T_cur, T_i"),
+                    "both (CosineAnnealingWarmRestarts)",
+                    "none or one",
+                ))
+            }
+            (_, None, None) => {}
+            _ => {
+                return Err(state_err(
+                    format!("{path}T_cur, T_i"),
+                    format!("none ({} has neither)", self.name),
+                    format!("{:?}, {:?}", st.t_cur, st.t_i),
+                ))
+            }
+        }
+        let subs = self.subs();
+        if st.schedulers.len() != subs.len() {
+            return Err(state_err(
+                format!("{path}schedulers"),
+                format!("{} scheduler states", subs.len()),
+                st.schedulers.len(),
+            ));
+        }
+        for (i, (sub, s)) in subs.iter().zip(&st.schedulers).enumerate() {
+            sub.check_state(s, &format!("{path}schedulers[{i}]."))?;
+        }
+        Ok(())
+    }
+
+    /// Take over a state that passed [`Scheduler::check_state`].
+    fn set_state(&mut self, st: &SchedulerState) {
+        self.last_epoch = st.last_epoch;
+        self.step_count = st.step_count;
+        self.base_lrs.clone_from(&st.base_lrs);
+        self.last_lr.clone_from(&st.last_lr);
+        match &mut self.kind {
+            Kind::WarmRestarts { t_cur, t_i, .. } => {
+                *t_cur = st.t_cur.unwrap_or(*t_cur);
+                *t_i = st.t_i.unwrap_or(*t_i);
+            }
+            Kind::Sequential { subs, .. } | Kind::Chained { subs } => {
+                for (sub, s) in subs.iter_mut().zip(&st.schedulers) {
+                    sub.set_state(s);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl LrScheduler for Scheduler {
     fn step(&mut self, opt: &mut dyn Optimizer) -> Result<()> {
         let before = read_vals(opt, &self.groups, Some(&self.last_lr))?;
@@ -1244,6 +2138,7 @@ impl LrScheduler for Scheduler {
         let mut next = self.clone();
         next.advance(&mut vals, How::Step)?;
         apply(opt, self.name, &self.groups, &before, &vals)?;
+        next.momentum = vals.momentum;
         *self = next;
         Ok(())
     }
@@ -1479,5 +2374,179 @@ impl PlateauScheduler {
     /// The optimizer groups this scheduler drives.
     pub fn groups(&self) -> &[usize] {
         &self.groups
+    }
+
+    /// The state to save next to the optimizer's (PyTorch's `state_dict()`); load it with
+    /// [`PlateauScheduler::load_state`] to continue exactly.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params, PlateauScheduler, ReduceLROnPlateau, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut plateau = PlateauScheduler::new(&opt, ReduceLROnPlateau::default())?;
+    /// plateau.step_with(1.0, &mut opt)?;
+    /// plateau.step_with(1.5, &mut opt)?;
+    /// assert_eq!(plateau.state().num_bad_epochs, 1);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn state(&self) -> PlateauState {
+        PlateauState {
+            kind: "ReduceLROnPlateau".into(),
+            groups: self.groups.clone(),
+            last_epoch: self.last_epoch,
+            best: self.best,
+            num_bad_epochs: self.num_bad_epochs,
+            cooldown_counter: self.cooldown_counter,
+            last_lr: self.last_lr.clone(),
+        }
+    }
+
+    /// Continue from a saved [`PlateauScheduler::state`] (PyTorch's `load_state_dict`): the
+    /// epoch, best metric, counters and lrs are replaced, and the saved lrs are written to the
+    /// driven groups of `opt`. The options are this scheduler's own. A state of another kind,
+    /// for other groups, or with impossible values (a NaN `best`, a non-finite lr) is an
+    /// [`Error::SchedulerState`], and an `Err` changes neither the scheduler nor `opt`.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{
+    ///     Gpu, Optimizer, Params, PlateauScheduler, ReduceLROnPlateau, Sgd, SgdConfig,
+    /// };
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 10)])?;
+    /// let config = ReduceLROnPlateau { patience: 0, ..Default::default() };
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut plateau = PlateauScheduler::new(&opt, config.clone())?;
+    /// for loss in [1.0, 2.0, 3.0] {
+    ///     plateau.step_with(loss, &mut opt)?;
+    /// }
+    /// let mut opt2 = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// let mut resumed = PlateauScheduler::new(&opt2, config)?;
+    /// resumed.load_state(&mut opt2, &plateau.state())?;
+    /// assert_eq!((opt2.lr(), resumed.best()), (opt.lr(), 1.0));
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn load_state(&mut self, opt: &mut dyn Optimizer, state: &PlateauState) -> Result<()> {
+        if state.kind != "ReduceLROnPlateau" {
+            return Err(state_err("kind", "ReduceLROnPlateau", &state.kind));
+        }
+        if state.groups != self.groups {
+            return Err(state_err(
+                "groups",
+                format!("{:?}", self.groups),
+                format!("{:?}", state.groups),
+            ));
+        }
+        check_state_values("last_lr", &state.last_lr, self.groups.len())?;
+        check_state_count("last_epoch", state.last_epoch, 0)?;
+        for (what, v) in [
+            ("num_bad_epochs", state.num_bad_epochs),
+            ("cooldown_counter", state.cooldown_counter),
+        ] {
+            check_state_count(what, i64::try_from(v).unwrap_or(i64::MAX), 0)?;
+        }
+        if state.best.is_nan() {
+            return Err(state_err("best", "a number or ±inf", state.best));
+        }
+        let before = read_vals(opt, &self.groups, None)?;
+        let mut after = before.clone();
+        after.lr.clone_from(&state.last_lr);
+        apply(opt, "ReduceLROnPlateau", &self.groups, &before, &after)?;
+        self.last_epoch = state.last_epoch;
+        self.best = state.best;
+        self.num_bad_epochs = state.num_bad_epochs;
+        self.cooldown_counter = state.cooldown_counter;
+        self.last_lr.clone_from(&state.last_lr);
+        Ok(())
+    }
+}
+
+/// What a [`PlateauScheduler`] needs to continue exactly where it was (PyTorch's
+/// `ReduceLROnPlateau.state_dict()`): the epoch, the best metric, the counters and the lrs.
+/// Serializable with serde; in human-readable formats an infinite `best` (before the first
+/// step) is written as the string `"inf"` or `"-inf"`, since JSON has no infinities.
+///
+/// ```no_run
+/// use wgpu_optim::{Gpu, Params, PlateauScheduler, PlateauState, ReduceLROnPlateau, Sgd, SgdConfig};
+/// let gpu = Gpu::new()?;
+/// let params = Params::zeros(&gpu, &[("w", 10)])?;
+/// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+/// let mut plateau = PlateauScheduler::new(&opt, ReduceLROnPlateau::default())?;
+/// plateau.step_with(0.5, &mut opt)?;
+/// let json = serde_json::to_string(&plateau.state()).unwrap();
+/// let state: PlateauState = serde_json::from_str(&json).unwrap();
+/// assert_eq!(state.best, 0.5);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PlateauState {
+    /// Always `ReduceLROnPlateau`.
+    pub kind: String,
+    /// The optimizer groups driven.
+    pub groups: Vec<usize>,
+    /// Epochs stepped.
+    pub last_epoch: i64,
+    /// The best metric so far (±inf before the first step).
+    #[serde(with = "extended_f64")]
+    pub best: f64,
+    /// Consecutive epochs without significant improvement.
+    pub num_bad_epochs: u64,
+    /// Epochs of cooldown left.
+    pub cooldown_counter: u64,
+    /// The lrs as last seen or set, in f64.
+    pub last_lr: Vec<f64>,
+}
+
+/// An f64 that may be infinite: a number, or `"inf"`, `"-inf"`, `"nan"` in human-readable
+/// formats (JSON has no infinities).
+mod extended_f64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() || !s.is_human_readable() {
+            s.serialize_f64(*x)
+        } else if x.is_nan() {
+            s.serialize_str("nan")
+        } else if *x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, \"inf\", \"-inf\" or \"nan\"")
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(Visitor)
+        } else {
+            f64::deserialize(d)
+        }
     }
 }

@@ -1,17 +1,21 @@
 //! Learning-rate schedulers against PyTorch: every trajectory recorded by
 //! `tools/torch_lr_schedules.py` (tests/data/lr_schedules.json) replayed with the crate's
-//! schedulers driving a real optimizer that steps on the GPU between scheduler steps; then every
-//! validation error (typed, and the optimizer untouched).
+//! schedulers driving a real optimizer that steps on the GPU between scheduler steps; every
+//! validation error (typed, and the optimizer untouched); saving and loading scheduler state
+//! (every fixture interrupted, resumed from JSON, and compared with the uninterrupted run).
 
 mod common;
 use common::gpu;
 use serde_json::Value;
+use std::f64::consts::PI;
+use wgpu_optim::checkpoint::{self, Checkpoint, SchedulerRecord};
 use wgpu_optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, CosineAnnealingLR,
-    CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR, LinearLR, LrScheduler,
-    MultiStepLR, OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode,
-    PlateauScheduler, ReduceLROnPlateau, Schedule, Scheduler, SequentialLR, Sgd, SgdConfig, StepLR,
-    ThresholdMode,
+    Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, ChainedScheduler, ConstantLR,
+    CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR,
+    LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler, MultiStepLR, MultiplicativeLR,
+    OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode, PlateauScheduler,
+    PlateauState, PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SchedulerState,
+    SequentialLR, Sgd, SgdConfig, StepLR, ThresholdMode,
 };
 
 /// The optimizer stores f32: each lr must be PyTorch's f64 value rounded to f32, up to a
@@ -110,6 +114,64 @@ fn optimizer(spec: &Value) -> (Params, Box<dyn Optimizer>) {
     (params, opt)
 }
 
+/// The Rust twin of a named function of `tools/torch_lr_schedules.py`'s LAMBDAS, with the same
+/// arithmetic in the same order.
+fn lambda(v: &Value) -> LrLambda {
+    let p = |k: &str| f(&v[k]);
+    match v["lambda"].as_str().unwrap() {
+        "const" => {
+            let c = p("value");
+            LrLambda::new(move |_| c)
+        }
+        "pow" => {
+            let base = p("base");
+            LrLambda::new(move |epoch| base.powf(epoch as f64))
+        }
+        "step_factor" => {
+            let (gamma, every) = (p("gamma"), u(&v["every"]));
+            LrLambda::new(move |epoch| {
+                if epoch > 0 && epoch % every == 0 {
+                    gamma
+                } else {
+                    1.0
+                }
+            })
+        }
+        "warmup_linear" => {
+            let (warmup, total) = (u(&v["warmup"]) as i64, u(&v["total"]) as i64);
+            LrLambda::new(move |step| {
+                let step = step as i64;
+                if step < warmup {
+                    step as f64 / warmup.max(1) as f64
+                } else {
+                    ((total - step) as f64 / (total - warmup).max(1) as f64).max(0.0)
+                }
+            })
+        }
+        "warmup_cosine" => {
+            let (warmup, total) = (u(&v["warmup"]) as i64, u(&v["total"]) as i64);
+            let cycles = v.get("cycles").map_or(0.5, f);
+            LrLambda::new(move |step| {
+                let step = step as i64;
+                if step < warmup {
+                    return step as f64 / warmup.max(1) as f64;
+                }
+                let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+                (0.5 * (1.0 + (PI * cycles * 2.0 * progress).cos())).max(0.0)
+            })
+        }
+        k => panic!("unknown lambda {k}"),
+    }
+}
+
+/// `lr_lambda`: one function, or a list of them.
+fn lambdas(v: &Value) -> LrLambdas {
+    match v {
+        Value::Array(a) => LrLambdas::Each(a.iter().map(lambda).collect()),
+        v => LrLambdas::All(lambda(v)),
+    }
+}
+
 /// PyTorch's keyword arguments to a [`Schedule`].
 fn schedule(s: &Value) -> Schedule {
     let get = |k: &str| s.get(k).filter(|v| !v.is_null());
@@ -200,6 +262,39 @@ fn schedule(s: &Value) -> Schedule {
                 .collect::<Vec<_>>(),
         )
         .into(),
+        "ConstantLR" => {
+            let d = ConstantLR::default();
+            ConstantLR {
+                factor: num("factor", d.factor),
+                total_iters: count("total_iters", d.total_iters),
+            }
+            .into()
+        }
+        "PolynomialLR" => {
+            let d = PolynomialLR::default();
+            PolynomialLR {
+                total_iters: count("total_iters", d.total_iters),
+                power: num("power", d.power),
+            }
+            .into()
+        }
+        "LambdaLR" => LambdaLR {
+            lr_lambda: lambdas(&s["lr_lambda"]),
+        }
+        .into(),
+        "MultiplicativeLR" => MultiplicativeLR {
+            lr_lambda: lambdas(&s["lr_lambda"]),
+        }
+        .into(),
+        "ChainedScheduler" => ChainedScheduler::new(
+            s["schedulers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(schedule)
+                .collect(),
+        )
+        .into(),
         k => panic!("unknown scheduler {k}"),
     }
 }
@@ -255,6 +350,20 @@ impl Driver {
             Driver::Epochs(s) => Some(s.last_lr_f64()),
             Driver::Plateau(..) => None,
         }
+    }
+    /// The state, through JSON text as it would be saved.
+    fn state_json(&self) -> String {
+        match self {
+            Driver::Epochs(s) => serde_json::to_string(&s.state()).unwrap(),
+            Driver::Plateau(s, _) => serde_json::to_string(&s.state()).unwrap(),
+        }
+    }
+    fn load_json(&mut self, json: &str, opt: &mut dyn Optimizer) {
+        match self {
+            Driver::Epochs(s) => s.load_state(opt, &serde_json::from_str(json).unwrap()),
+            Driver::Plateau(s, _) => s.load_state(opt, &serde_json::from_str(json).unwrap()),
+        }
+        .unwrap()
     }
 }
 
@@ -360,11 +469,9 @@ fn replay(
             opt.step(params).unwrap();
             sched.step(k - 1, opt);
         }
-        assert_eq!(
-            sched.last_epoch(),
-            c["last_epoch"][k].as_i64().unwrap(),
-            "{name}: last_epoch at {k}"
-        );
+        // ChainedScheduler has no last_epoch in PyTorch (null); here it counts the steps.
+        let want_epoch = c["last_epoch"][k].as_i64().unwrap_or(k as i64);
+        assert_eq!(sched.last_epoch(), want_epoch, "{name}: last_epoch at {k}");
         let last = sched.last_lr();
         for (i, &(g, fg)) in groups.iter().enumerate() {
             check(c, k, opt, g, fg, sched.last_lr_f64().map(|l| l[i]), worst);
@@ -376,7 +483,7 @@ fn replay(
 #[test]
 fn pytorch_trajectories() {
     let cases = fixtures();
-    assert!(cases.len() >= 30, "{} fixtures", cases.len());
+    assert!(cases.len() >= 50, "{} fixtures", cases.len());
     let mut kinds = std::collections::BTreeSet::new();
     for c in &cases {
         let (mut params, mut opt) = optimizer(&c["optimizer"]);
@@ -402,6 +509,11 @@ fn pytorch_trajectories() {
         "CyclicLR",
         "ReduceLROnPlateau",
         "SequentialLR",
+        "ConstantLR",
+        "PolynomialLR",
+        "LambdaLR",
+        "MultiplicativeLR",
+        "ChainedScheduler",
     ] {
         assert!(kinds.contains(k), "no fixture for {k}");
     }
@@ -417,6 +529,10 @@ fn for_group_drives_only_that_group() {
         "plateau_max_abs",
         "sequential_warmup_restarts",
         "step_default_gamma",
+        "constant_half",
+        "polynomial_sqrt",
+        "lambda_pow_one_group",
+        "chained_cyclic_exponential",
     ] {
         let c = case(name);
         let mut spec = c["optimizer"].clone();
@@ -707,6 +823,71 @@ fn invalid_options_are_rejected_before_touching_the_optimizer() {
             )
             .into(),
         ),
+        // ConstantLR: factor in (0, 1] (PyTorch: [0, 1], then 1/0 at total_iters), total_iters
+        // >= 1 (PyTorch applies the factor forever with 0).
+        ("factor", ConstantLR::new(0.0, 5).into()),
+        ("factor", ConstantLR::new(1.5, 5).into()),
+        ("factor", ConstantLR::new(-0.1, 5).into()),
+        ("factor", ConstantLR::new(f64::NAN, 5).into()),
+        ("total_iters", ConstantLR::new(0.5, 0).into()),
+        // PolynomialLR: total_iters >= 1 (PyTorch's closed form divides by it), power >= 0.
+        ("total_iters", PolynomialLR::new(0, 1.0).into()),
+        ("power", PolynomialLR::new(10, -1.0).into()),
+        ("power", PolynomialLR::new(10, f64::INFINITY).into()),
+        // One function per group, or one for all.
+        (
+            "lr_lambda",
+            LambdaLR::per_group(vec![LrLambda::new(|_| 1.0); 3]).into(),
+        ),
+        (
+            "lr_lambda",
+            MultiplicativeLR::per_group(vec![LrLambda::new(|_| 0.9); 3]).into(),
+        ),
+        ("schedulers", ChainedScheduler::new(vec![]).into()),
+        (
+            "gamma",
+            ChainedScheduler::new(vec![
+                ConstantLR::default().into(),
+                ExponentialLR::new(-1.0).into(),
+            ])
+            .into(),
+        ),
+        // A ChainedScheduler only first in a SequentialLR (PyTorch raises when restarting one),
+        // and no SequentialLR inside a SequentialLR through one.
+        (
+            "schedulers",
+            SequentialLR::new(
+                vec![
+                    StepLR::new(2).into(),
+                    ChainedScheduler::new(vec![StepLR::new(3).into()]).into(),
+                ],
+                vec![4],
+            )
+            .into(),
+        ),
+        (
+            "schedulers",
+            SequentialLR::new(
+                vec![
+                    ChainedScheduler::new(vec![
+                        StepLR::new(3).into(),
+                        SequentialLR::new(vec![StepLR::new(2).into()], vec![]).into(),
+                    ])
+                    .into(),
+                    StepLR::new(2).into(),
+                ],
+                vec![4],
+            )
+            .into(),
+        ),
+        (
+            "factor",
+            SequentialLR::new(
+                vec![LinearLR::default().into(), ConstantLR::new(2.0, 3).into()],
+                vec![5],
+            )
+            .into(),
+        ),
     ];
     for (name, s) in cases {
         invalid(
@@ -889,4 +1070,353 @@ fn a_failed_write_changes_nothing() {
         "{r:?}"
     );
     assert_eq!(snapshot(opt.as_ref()), before);
+}
+
+/// An lr_lambda giving a NaN or negative factor: the optimizer refuses the lr, so attaching or
+/// stepping fails with its typed error and nothing changes.
+#[test]
+fn a_bad_lambda_value_changes_nothing() {
+    let (_p, mut opt) = sgd2();
+    let before = snapshot(opt.as_ref());
+    let r = Scheduler::new(opt.as_mut(), LambdaLR::new(|_| -1.0));
+    assert!(
+        matches!(r, Err(Error::InvalidHyperparameter { name: "lr", .. })),
+        "{r:?}"
+    );
+    assert_eq!(snapshot(opt.as_ref()), before);
+
+    let mut s = Scheduler::new(
+        opt.as_mut(),
+        MultiplicativeLR::new(|e| if e == 3 { f64::NAN } else { 0.5 }),
+    )
+    .unwrap();
+    s.step(opt.as_mut()).unwrap();
+    s.step(opt.as_mut()).unwrap();
+    let (before, state) = (snapshot(opt.as_ref()), s.state());
+    for _ in 0..2 {
+        let r = s.step(opt.as_mut());
+        assert!(
+            matches!(r, Err(Error::InvalidHyperparameter { .. })),
+            "{r:?}"
+        );
+        assert_eq!(snapshot(opt.as_ref()), before);
+        assert_eq!(s.state(), state);
+    }
+}
+
+/// Closures keep `Schedule`'s derives meaningful: clones are equal, other functions are not.
+#[test]
+fn schedules_with_functions_compare_by_identity() {
+    let f = LrLambda::new(|e| 0.9f64.powf(e as f64));
+    let a: Schedule = LambdaLR {
+        lr_lambda: f.clone().into(),
+    }
+    .into();
+    assert_eq!(a.clone(), a);
+    let b: Schedule = LambdaLR {
+        lr_lambda: LrLambda::new(|e| 0.9f64.powf(e as f64)).into(),
+    }
+    .into();
+    assert_ne!(a, b);
+    assert_eq!(a.name(), "LambdaLR");
+    assert!(format!("{a:?}").contains("LrLambda(0x"), "{a:?}");
+}
+
+/// What a scheduler looks like from outside, after each step: its full state (every counter,
+/// f64 lr and sub-state) and the optimizer's groups.
+fn observe(d: &Driver, opt: &dyn Optimizer) -> (String, Vec<(f32, Option<f32>)>) {
+    (d.state_json(), snapshot(opt))
+}
+
+/// Every fixture: interrupted after `split` steps, its state saved as JSON text, loaded into a
+/// scheduler built the same way on a fresh optimizer (whose lrs are the initial ones), and run
+/// to the end: every step equals the uninterrupted run, bit for bit (f64 lrs, counters,
+/// momenta, the optimizer's f32 lr and momentum).
+#[test]
+fn resuming_from_a_saved_state_is_exact() {
+    let mut runs = 0;
+    for c in &fixtures() {
+        let name = c["name"].as_str().unwrap();
+        let steps = u(&c["steps"]) as usize;
+        let (_p, mut opt) = optimizer(&c["optimizer"]);
+        let mut sched = attach(c, opt.as_mut(), None);
+        let mut want = vec![observe(&sched, opt.as_ref())];
+        for k in 0..steps {
+            sched.step(k, opt.as_mut());
+            want.push(observe(&sched, opt.as_ref()));
+        }
+        let mut splits = vec![0, 1, 7, steps / 2, steps - 1, steps];
+        splits.dedup();
+        for split in splits {
+            let (_p, mut opt) = optimizer(&c["optimizer"]);
+            let mut first = attach(c, opt.as_mut(), None);
+            for k in 0..split {
+                first.step(k, opt.as_mut());
+            }
+            let json = first.state_json();
+            drop(first);
+            let (_q, mut opt2) = optimizer(&c["optimizer"]);
+            let mut resumed = attach(c, opt2.as_mut(), None);
+            resumed.load_json(&json, opt2.as_mut());
+            assert_eq!(
+                observe(&resumed, opt2.as_ref()),
+                want[split],
+                "{name}: loaded at {split}"
+            );
+            for k in split..steps {
+                resumed.step(k, opt2.as_mut());
+                assert_eq!(
+                    observe(&resumed, opt2.as_ref()),
+                    want[k + 1],
+                    "{name}: resumed at {split}, step {}",
+                    k + 1
+                );
+            }
+            runs += 1;
+        }
+    }
+    eprintln!("{runs} interrupted runs resumed exactly");
+}
+
+/// `r` is an `Error::SchedulerState` about `what`.
+fn state_error<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
+    match r {
+        Err(Error::SchedulerState { what: w, .. }) => assert_eq!(w, what),
+        other => panic!("{what}: expected SchedulerState, got {other:?}"),
+    }
+}
+
+/// Loading checks the state against the scheduler (kind, groups, the chain inside, impossible
+/// values) and changes nothing, neither scheduler nor optimizer, when it does not fit.
+#[test]
+fn load_state_rejects_what_does_not_fit() {
+    let (_p, mut opt) = sgd2();
+    let mut step = Scheduler::new(opt.as_mut(), StepLR::new(3)).unwrap();
+    step.step(opt.as_mut()).unwrap();
+    let good = step.state();
+
+    // Try `state` on `sched`: the error names `what`, and nothing changed.
+    fn reject(sched: &mut Scheduler, opt: &mut dyn Optimizer, state: &SchedulerState, what: &str) {
+        let (before, own) = (snapshot(opt), sched.state());
+        state_error(sched.load_state(opt, state), what);
+        assert_eq!(snapshot(opt), before, "{what}: the optimizer changed");
+        assert_eq!(sched.state(), own, "{what}: the scheduler changed");
+    }
+
+    let mut cosine = Scheduler::new(opt.as_mut(), CosineAnnealingLR::new(10)).unwrap();
+    reject(&mut cosine, opt.as_mut(), &good, "kind");
+    let mut one = Scheduler::for_group(opt.as_mut(), 1, StepLR::new(3)).unwrap();
+    reject(&mut one, opt.as_mut(), &good, "groups");
+    let mut bad = good.clone();
+    bad.last_lr[1] = f64::NAN;
+    reject(&mut step, opt.as_mut(), &bad, "last_lr[1]");
+    let mut bad = good.clone();
+    bad.base_lrs.pop();
+    reject(&mut step, opt.as_mut(), &bad, "base_lrs");
+    let mut bad = good.clone();
+    bad.last_epoch = -5;
+    reject(&mut step, opt.as_mut(), &bad, "last_epoch");
+    let mut bad = good.clone();
+    bad.t_i = Some(3);
+    reject(&mut step, opt.as_mut(), &bad, "T_cur, T_i");
+    let mut bad = good.clone();
+    bad.schedulers.push(good.clone());
+    reject(&mut step, opt.as_mut(), &bad, "schedulers");
+
+    // CosineAnnealingWarmRestarts: T_i >= 1 (it is a divisor), both counters present.
+    let mut restarts = Scheduler::new(opt.as_mut(), CosineAnnealingWarmRestarts::new(4)).unwrap();
+    let mut bad = restarts.state();
+    bad.t_i = Some(0);
+    reject(&mut restarts, opt.as_mut(), &bad, "T_i");
+    bad.t_i = None;
+    reject(&mut restarts, opt.as_mut(), &bad, "T_cur, T_i");
+
+    // The chain inside a SequentialLR: the same number of schedulers, each of the same kind.
+    let seq = || {
+        SequentialLR::new(
+            vec![LinearLR::default().into(), StepLR::new(2).into()],
+            vec![5],
+        )
+    };
+    let mut a = Scheduler::new(opt.as_mut(), seq()).unwrap();
+    let mut bad = a.state();
+    bad.schedulers[1].kind = "ExponentialLR".into();
+    reject(&mut a, opt.as_mut(), &bad, "schedulers[1].kind");
+    let mut bad = a.state();
+    bad.schedulers.pop();
+    reject(&mut a, opt.as_mut(), &bad, "schedulers");
+    let mut bad = a.state();
+    bad.schedulers[0].last_lr[0] = -1.0;
+    reject(&mut a, opt.as_mut(), &bad, "schedulers[0].last_lr[0]");
+
+    // Momentum: present exactly where the schedule cycles it.
+    let mut cyclic = Scheduler::new(opt.as_mut(), CyclicLR::new(0.01, 0.1)).unwrap();
+    let mut bad = cyclic.state();
+    assert_eq!(bad.momentum, Some(vec![0.9, 0.9]));
+    bad.momentum = None;
+    reject(&mut cyclic, opt.as_mut(), &bad, "momentum");
+    let mut bad = cyclic.state();
+    bad.momentum = Some(vec![0.9]);
+    reject(&mut cyclic, opt.as_mut(), &bad, "momentum");
+    let mut bad = good.clone();
+    bad.momentum = Some(vec![0.9, 0.9]);
+    reject(&mut step, opt.as_mut(), &bad, "momentum");
+
+    // A value the optimizer refuses (Adam's beta1 must be < 1): its error, nothing changed.
+    let (_q, mut adam) = optimizer(&serde_json::json!({"kind": "adam", "lrs": [0.1, 0.2]}));
+    let mut cyc = Scheduler::new(adam.as_mut(), CyclicLR::new(0.01, 0.1)).unwrap();
+    let mut bad = cyc.state();
+    bad.momentum = Some(vec![0.9, 1.0]);
+    let (before, own) = (snapshot(adam.as_ref()), cyc.state());
+    let r = cyc.load_state(adam.as_mut(), &bad);
+    assert!(
+        matches!(r, Err(Error::InvalidHyperparameter { .. })),
+        "{r:?}"
+    );
+    assert_eq!((snapshot(adam.as_ref()), cyc.state()), (before, own));
+
+    // The state survives JSON with unknown fields ignored; broken JSON is serde's error.
+    let mut v = serde_json::to_value(&good).unwrap();
+    v["future_field"] = serde_json::json!(1);
+    let back: SchedulerState = serde_json::from_value(v).unwrap();
+    assert_eq!(back, good);
+
+    // ReduceLROnPlateau.
+    let mut plateau = PlateauScheduler::new(opt.as_ref(), ReduceLROnPlateau::default()).unwrap();
+    plateau.step_with(1.0, opt.as_mut()).unwrap();
+    let good = plateau.state();
+    let reject_plateau =
+        |p: &mut PlateauScheduler, opt: &mut dyn Optimizer, s: &PlateauState, what: &str| {
+            let (before, own) = (snapshot(opt), p.state());
+            state_error(p.load_state(opt, s), what);
+            assert_eq!((snapshot(opt), p.state()), (before, own), "{what}");
+        };
+    let mut bad = good.clone();
+    bad.kind = "StepLR".into();
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "kind");
+    let mut bad = good.clone();
+    bad.best = f64::NAN;
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "best");
+    let mut bad = good.clone();
+    bad.last_lr = vec![0.1];
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "last_lr");
+    let mut bad = good.clone();
+    bad.num_bad_epochs = u64::MAX;
+    reject_plateau(&mut plateau, opt.as_mut(), &bad, "num_bad_epochs");
+    let mut one =
+        PlateauScheduler::for_group(opt.as_ref(), 0, ReduceLROnPlateau::default()).unwrap();
+    reject_plateau(&mut one, opt.as_mut(), &good, "groups");
+    // An infinite best goes through JSON as a string.
+    let fresh = PlateauScheduler::new(opt.as_ref(), ReduceLROnPlateau::default()).unwrap();
+    let json = serde_json::to_string(&fresh.state()).unwrap();
+    assert!(json.contains(r#""best":"inf""#), "{json}");
+    let back: PlateauState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, fresh.state());
+}
+
+/// Scheduler states in a checkpoint: saved with the optimizer, read back exactly, and a run
+/// resumed from the file alone (optimizer restored, schedulers rebuilt and loaded) continues as
+/// if uninterrupted.
+#[test]
+fn scheduler_states_travel_in_a_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-sched-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.safetensors");
+    let gpu = gpu();
+    let config = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let build = |params: &Params| {
+        let groups = vec![
+            ParamGroup::new(["a"], config.clone()),
+            ParamGroup::new(
+                ["b"],
+                SgdConfig {
+                    lr: 0.05,
+                    ..config.clone()
+                },
+            ),
+        ];
+        Sgd::with_groups(params, groups).unwrap()
+    };
+    let cyclic = || {
+        ChainedScheduler::new(vec![
+            CyclicLR {
+                step_size_up: 3,
+                ..CyclicLR::new(0.01, 0.1)
+            }
+            .into(),
+            ExponentialLR::new(0.97).into(),
+        ])
+    };
+    let plateau = || ReduceLROnPlateau {
+        patience: 1,
+        ..Default::default()
+    };
+    let metric = |k: usize| 1.0 / (1.0 + (k % 5) as f64);
+    let grads = |params: &mut Params| {
+        params.write_grad("a", &[0.1, -0.2, 0.3]).unwrap();
+        params.write_grad("b", &[0.4, 0.5]).unwrap();
+    };
+    let init_a = [1.0f32, 2.0, 3.0];
+    let init_b = [4.0f32, 5.0];
+    let tensors: [(&str, &[f32]); 2] = [("a", &init_a), ("b", &init_b)];
+
+    let mut params = Params::new(&gpu, &tensors).unwrap();
+    let mut opt = build(&params);
+    let mut s0 = Scheduler::for_group(&mut opt, 0, cyclic()).unwrap();
+    let mut s1 = PlateauScheduler::for_group(&opt, 1, plateau()).unwrap();
+    let run = |k: usize,
+               params: &mut Params,
+               opt: &mut Sgd,
+               s0: &mut Scheduler,
+               s1: &mut PlateauScheduler| {
+        grads(params);
+        opt.step(params).unwrap();
+        s0.step(opt).unwrap();
+        s1.step_with(metric(k), opt).unwrap();
+    };
+    for k in 0..6 {
+        run(k, &mut params, &mut opt, &mut s0, &mut s1);
+    }
+    let records: Vec<SchedulerRecord> = vec![s0.state().into(), s1.state().into()];
+    checkpoint::save_with_schedulers(&path, &params, &opt, &records).unwrap();
+    for k in 6..15 {
+        run(k, &mut params, &mut opt, &mut s0, &mut s1);
+    }
+
+    let ck = Checkpoint::open(&path).unwrap();
+    assert_eq!(ck.schedulers(), &records[..]);
+    let mut params2 = ck.params(&gpu).unwrap();
+    let mut opt2 = build(&params2);
+    ck.restore(&mut params2, &mut opt2).unwrap();
+    // Built after the restore, so their initial steps clobber the restored lrs; loading fixes them.
+    let mut r0 = Scheduler::for_group(&mut opt2, 0, cyclic()).unwrap();
+    let mut r1 = PlateauScheduler::for_group(&opt2, 1, plateau()).unwrap();
+    match ck.schedulers() {
+        [SchedulerRecord::Epochs(a), SchedulerRecord::Plateau(b)] => {
+            r0.load_state(&mut opt2, a).unwrap();
+            r1.load_state(&mut opt2, b).unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    for k in 6..15 {
+        run(k, &mut params2, &mut opt2, &mut r0, &mut r1);
+    }
+    assert_eq!(r0.state(), s0.state());
+    assert_eq!(r1.state(), s1.state());
+    assert_eq!(snapshot(&opt2), snapshot(&opt));
+    for t in ["a", "b"] {
+        assert_eq!(params2.read(t).unwrap(), params.read(t).unwrap(), "{t}");
+    }
+
+    // A checkpoint written by `save` has none, and `load` ignores them.
+    let plain = dir.join("plain.safetensors");
+    checkpoint::save(&plain, &params, &opt).unwrap();
+    assert!(Checkpoint::open(&plain).unwrap().schedulers().is_empty());
+    let mut opt3 = build(&params2);
+    checkpoint::load(&path, &mut params2, &mut opt3).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

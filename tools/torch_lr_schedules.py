@@ -15,9 +15,13 @@ every `scheduler.step()` (preceded by an `optimizer.step()`, the documented orde
   * `lr`: `group["lr"]` of every group,
   * `momentum`: SGD's `group["momentum"]` or Adam's `group["betas"][0]` of every group, or null
     for optimizers without one (Adagrad),
-  * `last_epoch`: the scheduler's `last_epoch`.
+  * `last_epoch`: the scheduler's `last_epoch` (null for ChainedScheduler, which has none).
 ReduceLROnPlateau steps with `metrics[i]`. Option names are PyTorch's, so the Rust side maps them
 one to one.
+
+LambdaLR's and MultiplicativeLR's `lr_lambda` is given by name and parameters, e.g.
+`{"lambda": "warmup_linear", "warmup": 5, "total": 30}` (or a list of those, one per group); the
+functions are in LAMBDAS below and tests/schedulers.rs builds the same ones in Rust.
 """
 
 import json
@@ -49,12 +53,52 @@ def make_optimizer(spec):
     raise ValueError(kind)
 
 
+def _warmup_linear(warmup, total):
+    # Hugging Face's get_linear_schedule_with_warmup.
+    def f(step):
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+    return f
+
+
+def _warmup_cosine(warmup, total, cycles=0.5):
+    # Hugging Face's get_cosine_schedule_with_warmup.
+    def f(step):
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        progress = float(step - warmup) / float(max(1, total - warmup))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(cycles) * 2.0 * progress)))
+
+    return f
+
+
+LAMBDAS = {
+    "const": lambda value: (lambda epoch: value),
+    "pow": lambda base: (lambda epoch: base**epoch),
+    "step_factor": lambda gamma, every: (lambda epoch: gamma if epoch > 0 and epoch % every == 0 else 1.0),
+    "warmup_linear": _warmup_linear,
+    "warmup_cosine": _warmup_cosine,
+}
+
+
+def make_lambda(spec):
+    if isinstance(spec, list):
+        return [make_lambda(s) for s in spec]
+    return LAMBDAS[spec["lambda"]](**{k: v for k, v in spec.items() if k != "lambda"})
+
+
 def make_scheduler(opt, spec):
     kind = spec["kind"]
     o = {k: v for k, v in spec.items() if k != "kind"}
     if kind == "SequentialLR":
         subs = [make_scheduler(opt, s) for s in o["schedulers"]]
         return S.SequentialLR(opt, subs, milestones=o["milestones"])
+    if kind == "ChainedScheduler":
+        return S.ChainedScheduler([make_scheduler(opt, s) for s in o["schedulers"]])
+    if "lr_lambda" in o:
+        o["lr_lambda"] = make_lambda(o["lr_lambda"])
     return getattr(S, kind)(opt, **o)
 
 
@@ -76,7 +120,7 @@ def record(case):
     metrics = case.get("metrics")
     lrs = [[g["lr"] for g in opt.param_groups]]
     moms = [momenta(opt)]
-    epochs = [sched.last_epoch]
+    epochs = [getattr(sched, "last_epoch", None)]
     for i in range(case["steps"]):
         opt.step()
         if metrics is not None:
@@ -85,7 +129,7 @@ def record(case):
             sched.step()
         lrs.append([g["lr"] for g in opt.param_groups])
         moms.append(momenta(opt))
-        epochs.append(sched.last_epoch)
+        epochs.append(getattr(sched, "last_epoch", None))
     for row in lrs:
         assert all(isinstance(x, float) or isinstance(x, int) for x in row), row
     out = dict(case)
@@ -183,6 +227,49 @@ CASES = [
     {"name": "sequential_cyclic_multistep", "optimizer": SGD2, "scheduler": {"kind": "SequentialLR", "schedulers": [
         {"kind": "CyclicLR", "base_lr": 0.01, "max_lr": 0.05, "step_size_up": 3},
         {"kind": "MultiStepLR", "milestones": [3, 8], "gamma": 0.5}], "milestones": [10]}},
+    # ConstantLR
+    {"name": "constant_default", "optimizer": SGD2, "scheduler": {"kind": "ConstantLR"}},
+    {"name": "constant_half", "optimizer": ADAM1, "scheduler": {"kind": "ConstantLR", "factor": 0.5, "total_iters": 12}},
+    {"name": "constant_one_step", "optimizer": ADAGRAD, "scheduler": {"kind": "ConstantLR", "factor": 0.1, "total_iters": 1}},
+    # PolynomialLR (reaches 0 at total_iters and stays there)
+    {"name": "polynomial_default", "optimizer": SGD2, "scheduler": {"kind": "PolynomialLR"}},
+    {"name": "polynomial_square", "optimizer": ADAM2, "scheduler": {"kind": "PolynomialLR", "total_iters": 30, "power": 2.0}},
+    {"name": "polynomial_sqrt", "optimizer": SGD1, "scheduler": {"kind": "PolynomialLR", "total_iters": 37, "power": 0.5}},
+    # LambdaLR: Hugging Face's warm-up schedules, one function for all groups or one each
+    {"name": "lambda_warmup_linear", "optimizer": SGD2, "scheduler": {"kind": "LambdaLR", "lr_lambda": {"lambda": "warmup_linear", "warmup": 5, "total": 30}}},
+    {"name": "lambda_per_group", "optimizer": ADAM2, "scheduler": {"kind": "LambdaLR", "lr_lambda": [
+        {"lambda": "warmup_cosine", "warmup": 4, "total": 36}, {"lambda": "pow", "base": 0.95}]}},
+    {"name": "lambda_pow_one_group", "optimizer": SGD1, "scheduler": {"kind": "LambdaLR", "lr_lambda": {"lambda": "pow", "base": 0.9}}},
+    # MultiplicativeLR
+    {"name": "multiplicative_const", "optimizer": SGD2, "scheduler": {"kind": "MultiplicativeLR", "lr_lambda": {"lambda": "const", "value": 0.95}}},
+    {"name": "multiplicative_per_group", "optimizer": ADAGRAD, "scheduler": {"kind": "MultiplicativeLR", "lr_lambda": [
+        {"lambda": "step_factor", "gamma": 0.5, "every": 7}, {"lambda": "pow", "base": 0.99}]}},
+    # ChainedScheduler (PyTorch's example; a warm-up chained with a decay; momentum cycling)
+    {"name": "chained_constant_exponential", "optimizer": SGD2, "scheduler": {"kind": "ChainedScheduler", "schedulers": [
+        {"kind": "ConstantLR", "factor": 0.1, "total_iters": 2},
+        {"kind": "ExponentialLR", "gamma": 0.9}]}},
+    {"name": "chained_three", "optimizer": ADAM2, "scheduler": {"kind": "ChainedScheduler", "schedulers": [
+        {"kind": "LinearLR", "start_factor": 0.2, "total_iters": 6},
+        {"kind": "MultiStepLR", "milestones": [10, 25], "gamma": 0.5},
+        {"kind": "CosineAnnealingLR", "T_max": 15, "eta_min": 0.0001}]}},
+    {"name": "chained_cyclic_exponential", "optimizer": SGD1, "scheduler": {"kind": "ChainedScheduler", "schedulers": [
+        {"kind": "CyclicLR", "base_lr": 0.01, "max_lr": 0.05, "step_size_up": 4},
+        {"kind": "ExponentialLR", "gamma": 0.98}]}},
+    # The new schedulers inside SequentialLR (their closed forms, or get_lr, at the milestone)
+    {"name": "sequential_constant_polynomial", "optimizer": SGD2, "scheduler": {"kind": "SequentialLR", "schedulers": [
+        {"kind": "ConstantLR", "factor": 0.25, "total_iters": 10},
+        {"kind": "PolynomialLR", "total_iters": 20, "power": 1.5}], "milestones": [4]}},
+    {"name": "sequential_linear_constant", "optimizer": ADAM1, "scheduler": {"kind": "SequentialLR", "schedulers": [
+        {"kind": "LinearLR", "start_factor": 0.5, "total_iters": 5},
+        {"kind": "ConstantLR", "factor": 0.5, "total_iters": 8}], "milestones": [6]}},
+    {"name": "sequential_lambda_multiplicative", "optimizer": ADAM2, "scheduler": {"kind": "SequentialLR", "schedulers": [
+        {"kind": "LambdaLR", "lr_lambda": {"lambda": "warmup_linear", "warmup": 8, "total": 8}},
+        {"kind": "MultiplicativeLR", "lr_lambda": {"lambda": "const", "value": 0.9}}], "milestones": [8]}},
+    {"name": "sequential_chained_first", "optimizer": SGD2, "scheduler": {"kind": "SequentialLR", "schedulers": [
+        {"kind": "ChainedScheduler", "schedulers": [
+            {"kind": "ConstantLR", "factor": 0.5, "total_iters": 3},
+            {"kind": "ExponentialLR", "gamma": 0.9}]},
+        {"kind": "CosineAnnealingLR", "T_max": 20}], "milestones": [10]}},
 ]
 
 
