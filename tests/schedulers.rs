@@ -173,6 +173,10 @@ fn lambdas(v: &Value) -> LrLambdas {
 }
 
 /// PyTorch's keyword arguments to a [`Schedule`].
+fn schedules(list: &Value) -> Vec<Schedule> {
+    list.as_array().unwrap().iter().map(schedule).collect()
+}
+
 fn schedule(s: &Value) -> Schedule {
     let get = |k: &str| s.get(k).filter(|v| !v.is_null());
     let num = |k: &str, d: f64| get(k).map_or(d, f);
@@ -248,12 +252,7 @@ fn schedule(s: &Value) -> Schedule {
             .into()
         }
         "SequentialLR" => SequentialLR::new(
-            s["schedulers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(schedule)
-                .collect(),
+            schedules(&s["schedulers"]),
             s["milestones"]
                 .as_array()
                 .unwrap()
@@ -286,15 +285,7 @@ fn schedule(s: &Value) -> Schedule {
             lr_lambda: lambdas(&s["lr_lambda"]),
         }
         .into(),
-        "ChainedScheduler" => ChainedScheduler::new(
-            s["schedulers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(schedule)
-                .collect(),
-        )
-        .into(),
+        "ChainedScheduler" => ChainedScheduler::new(schedules(&s["schedulers"])).into(),
         k => panic!("unknown scheduler {k}"),
     }
 }
