@@ -5,7 +5,7 @@
 //! `python3 tools/torch_checkpoint.py fixture`).
 
 mod common;
-use common::{gpu, randn, rng};
+use common::{gpu, named, randn, rng};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -121,11 +121,7 @@ fn resume_exact<C: OptimizerConfig>(
         .collect();
     // Chunks of 2048 elements: `emb.weight` is split over two chunks.
     let make = |values: &[Vec<f32>], configured: bool| {
-        let tensors: Vec<(&str, &[f32])> = NAMES
-            .iter()
-            .copied()
-            .zip(values.iter().map(|v| &v[..]))
-            .collect();
+        let tensors = named(NAMES.iter().copied(), values);
         let params = Params::with_max_chunk_bytes(&gpu, &tensors, 8192).unwrap();
         let mut opt = Optim::with_groups(&params, groups()).unwrap();
         let scaler = settings
@@ -603,11 +599,7 @@ fn target(salt: f32) -> (Params, Adam, GradScaler) {
         .enumerate()
         .map(|(t, &n)| det_values(t, n, salt))
         .collect();
-    let tensors: Vec<(&str, &[f32])> = T_NAMES
-        .iter()
-        .copied()
-        .zip(values.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(T_NAMES.iter().copied(), &values);
     let mut params = Params::new(&gpu, &tensors).unwrap();
     let a = AdamConfig {
         lr: 0.01,

@@ -2,7 +2,7 @@
 //! CPU reference and torch's GradScaler.
 
 mod common;
-use common::{assert_close, gpu, randn, rng, RefFn};
+use common::{assert_close, gpu, named, randn, rng, RefFn};
 use ndarray::Array1;
 use serde_json::Value;
 use wgpu_optim::reference::{self, ScalerState, State};
@@ -21,11 +21,7 @@ fn run_clipped<C: OptimizerConfig>(cfg: C, reference: RefFn<C>, p: f32, max_norm
     reference::set_fused_multiply_add(gpu.fused_multiply_add());
     let names: Vec<String> = (0..SIZES.len()).map(|i| format!("t{i}")).collect();
     let init: Vec<Vec<f32>> = SIZES.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = names
-        .iter()
-        .map(|s| s.as_str())
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(names.iter().map(|s| s.as_str()), &init);
     let mut params = Params::new(&gpu, &tensors).unwrap();
     let mut opt = Optim::new(&params, cfg.clone()).unwrap();
     opt.set_max_grad_norm(Some(max_norm)).unwrap();
@@ -171,11 +167,7 @@ fn run_with_bad_steps(pattern: &[bool], value: f32, at: (&str, usize), clip: boo
     let mut rng = rng("nonfinite");
     let sizes = [("a", 5000usize), ("b", 20000), ("c", 3)];
     let init: Vec<Vec<f32>> = sizes.iter().map(|s| randn(&mut rng, s.1, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = sizes
-        .iter()
-        .map(|s| s.0)
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(sizes.iter().map(|s| s.0), &init);
     let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, 64 * 1024).unwrap();
     assert!(params.pieces("b").unwrap().len() > 1);
     let cfg = AdamConfig {

@@ -1,7 +1,7 @@
 //! Parameter groups, user-owned buffers, and many small tensors.
 
 mod common;
-use common::{assert_close, gpu, randn, rng, RefFn};
+use common::{assert_close, gpu, named, randn, rng, RefFn};
 use ndarray::Array1;
 use rand::Rng;
 use wgpu_optim::reference::{self, State};
@@ -35,11 +35,7 @@ fn run_groups<C: OptimizerConfig>(
     reference::set_fused_multiply_add(gpu.fused_multiply_add());
     let mut rng = rng(C::NAME);
     let init: Vec<Vec<f32>> = NAMES.iter().map(|t| randn(&mut rng, t.1, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = NAMES
-        .iter()
-        .map(|t| t.0)
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(NAMES.iter().map(|t| t.0), &init);
     let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, 16 * 1024).unwrap();
     let mut opt = Optim::with_groups(&params, groups).unwrap();
     assert_eq!(opt.group_count(), configs.len());
@@ -335,11 +331,7 @@ fn user_buffers_match_the_arena_bit_for_bit() {
         gpu.queue()
             .write_buffer(g, (len * 4) as u64, bytemuck::cast_slice(&nan));
     }
-    let tensors: Vec<(&str, &[f32])> = NAMES
-        .iter()
-        .map(|t| t.0)
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(NAMES.iter().map(|t| t.0), &init);
     let mut arena = Params::new(&gpu, &tensors).unwrap();
     let cfg = AdamConfig {
         amsgrad: true,
@@ -395,11 +387,7 @@ fn a_thousand_tiny_tensors() {
     let sizes: Vec<usize> = (0..1000).map(|_| rng.random_range(1..=17)).collect();
     let names: Vec<String> = (0..1000).map(|i| format!("layer{i}.bias")).collect();
     let init: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = names
-        .iter()
-        .map(|s| s.as_str())
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(names.iter().map(|s| s.as_str()), &init);
     let mut params = Params::new(&gpu, &tensors).unwrap();
     let even = AdamConfig {
         lr: 0.01,

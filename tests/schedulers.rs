@@ -5,7 +5,7 @@
 //! (every fixture interrupted, resumed from JSON, and compared with the uninterrupted run).
 
 mod common;
-use common::gpu;
+use common::{gpu, named};
 use serde_json::Value;
 use std::f64::consts::PI;
 use wgpu_optim::checkpoint::{self, Checkpoint, SchedulerRecord};
@@ -64,11 +64,7 @@ fn optimizer(spec: &Value) -> (Params, Box<dyn Optimizer>) {
         .collect();
     let names: Vec<String> = (0..lrs.len()).map(|i| format!("p{i}")).collect();
     let init: Vec<Vec<f32>> = (0..lrs.len()).map(|i| vec![0.5 + i as f32; 3]).collect();
-    let tensors: Vec<(&str, &[f32])> = names
-        .iter()
-        .map(|n| n.as_str())
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(names.iter().map(|n| n.as_str()), &init);
     let params = Params::new(&gpu(), &tensors).unwrap();
     for n in &names {
         params.write_grad(n, &[0.1, -0.2, 0.3]).unwrap();

@@ -9,6 +9,17 @@ use std::sync::OnceLock;
 use wgpu_optim::reference::{self, State};
 use wgpu_optim::{Gpu, Optim, Optimizer, OptimizerConfig, Params};
 
+/// `(name, values)` pairs for `Params::new` from parallel lists of names and values.
+pub fn named<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    values: &'a [Vec<f32>],
+) -> Vec<(&'a str, &'a [f32])> {
+    names
+        .into_iter()
+        .zip(values.iter().map(|v| &v[..]))
+        .collect()
+}
+
 /// The adapter every test runs on. No adapter is a test failure that says how to get one.
 pub fn gpu() -> Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
@@ -93,11 +104,7 @@ pub fn run_vs_reference<C: OptimizerConfig>(
         .map(|(i, n)| format!("t{i}_{n}"))
         .collect();
     let init: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = names
-        .iter()
-        .map(|n| n.as_str())
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
+    let tensors = named(names.iter().map(|n| n.as_str()), &init);
     let gpu = gpu();
     reference::set_fused_multiply_add(gpu.fused_multiply_add());
     let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, max_chunk_bytes).unwrap();
