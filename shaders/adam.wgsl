@@ -3,37 +3,8 @@
 override AMSGRAD: bool = false;
 override DECOUPLED: bool = false;
 
-struct AdamScalars {
-    weight_decay: f32,     // L2 decay added to the gradient (Adam)
-    decay_factor: f32,     // 1 - lr * weight_decay (AdamW)
-    lerp_w: f32,           // 1 - beta1
-    beta2: f32,
-    one_minus_beta2: f32,
-    neg_step_size: f32,    // -lr / (1 - beta1^t)
-    bc2_sqrt: f32,         // sqrt(1 - beta2^t)
-    eps: f32,
-}
-
-// The group's 16 scalars as `OptimizerConfig::scalars` lays them out on the host.
-fn unpack(p: array<vec4<f32>, 4>) -> AdamScalars {
-    return AdamScalars(p[0].x, p[0].y, p[0].z, p[1].x, p[1].y, p[1].z, p[1].w, p[2].x);
-}
-
-@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> exp_avg: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> exp_avg_sq: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read_write> max_exp_avg_sq: array<vec4<f32>>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = vec_index(wid, nwg, lid);
-    let n = arrayLength(&param);
-    let s = unpack(begin(i, n));
-    if (i >= n || step_skipped()) {
-        return;
-    }
+// Called by common.wgsl's entry point for vec4 `i` (in bounds, step not skipped).
+fn update(i: u32, s: Scalars) {
     var p = param[i];
     var g = prep_grad(grad[i]);
     if (DECOUPLED) {

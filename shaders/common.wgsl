@@ -1,19 +1,22 @@
-// Shared by every optimizer kernel (concatenated in front of the family's file at build time).
+// The shared part of every optimizer's update kernel. The host assembles a kernel as: the
+// generated declarations of `Ctrl` and the optimizer's scalars struct (with `alias Scalars` and
+// `unpack_scalars`, see src/shader.rs), this file, one `read_write` binding per state slot
+// (5, 6, ... named as the state), then the optimizer's own file, which defines
+// `fn update(i: u32, s: Scalars)`: the update of vec4 `i` of param, grad and state.
 //
 // Binding convention of an update kernel:
-//   0: step scalars (storage, read), 16 f32 per group, unpacked into the family's own struct
-//      by its `unpack`. Once steps can be skipped on the GPU (skipped steps do not advance
-//      torch's step count, and only the GPU knows how many there were), the host writes a
-//      window of candidates and a small pass (select.wgsl) copies the right one here first.
-//   1: ctrl, written on the GPU by the norm pass: gradient multiplier, skip flag, norm, count
-//      of skipped steps
+//   0: step scalars (storage, read), a 64-byte slot per group. Once steps can be skipped on the
+//      GPU (skipped steps do not advance torch's step count, and only the GPU knows how many
+//      there were), the host writes a window of candidates and a small pass (select.wgsl)
+//      copies the right one here first.
+//   1: ctrl, written on the GPU by the norm pass
 //   2: granule -> group table (one u32 per 64 elements), read only when GROUPED
 //   3: param (read_write), 4: grad (read), 5..: optimizer state (read_write)
 // Every buffer of the arena holds a multiple of 1024 f32, so one thread per vec4 and 256 threads
 // per workgroup cover it exactly; the only check is the workgroup index of a 2-D grid.
 //
-// Each kernel reads ctrl and its scalars first, before any branch (see `begin`): a load from a
-// uniform address in uniform control flow is one load for the whole SIMD group on drivers that
+// The entry point reads ctrl and its scalars first, before any branch (see `begin`): a load from
+// a uniform address in uniform control flow is one load for the whole SIMD group on drivers that
 // tell (llvmpipe/lavapipe does a scalar load and a broadcast), while the same load after the
 // bounds check's early return, or at an index read from a buffer, is made lane by lane.
 
@@ -23,16 +26,11 @@ override SKIP: bool = false;
 override GROUPED: bool = false;
 override GROUPS: u32 = 1u;
 
-struct Ctrl {
-    grad_mul: f32,
-    skip: u32,
-    norm: f32,
-    skipped: u32,
-}
-
 @group(0) @binding(0) var<storage, read> scal: array<array<vec4<f32>, 4>>;
 @group(0) @binding(1) var<storage, read> ctrl: Ctrl;
 @group(0) @binding(2) var<storage, read> group_of: array<u32>;
+@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
 
 const WG: u32 = 256u;
 
@@ -77,6 +75,18 @@ fn pick(a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>, take_b: bool) -> array<v
 
 fn step_skipped() -> bool {
     return SKIP && step_ctrl.skip != 0u;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = vec_index(wid, nwg, lid);
+    let n = arrayLength(&param);
+    let s = unpack_scalars(begin(i, n));
+    if (i >= n || step_skipped()) {
+        return;
+    }
+    update(i, s);
 }
 
 // Gradient preprocessing: loss-scale / clip multiplier, then maximize (as torch: grad = -grad).

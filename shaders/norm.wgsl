@@ -1,8 +1,13 @@
 // Global gradient norm and non-finite check, deterministic: a fixed reduction tree, no atomics.
 //
 //   first:    one workgroup per block of up to 32768 elements of one tensor -> one partial
-//             (value, flag); blocks start at each tensor's start, so the partials, and so every
-//             bit of the result, do not depend on how tensors are packed into buffers
+//             (value, flag); blocks start at each tensor's start
+//   first_small: tensors (or pieces) of at most 1024 elements, a team of 8 lanes each, 32
+//             tensors per workgroup -> one partial each, so tiny tensors do not each cost a
+//             workgroup (10,000 of them take 313 workgroups, not 10,000)
+//             Every partial covers one tensor's elements in an order fixed by that tensor alone,
+//             and partials are stored in tensor order, so every bit of the result is the same
+//             however tensors are packed into buffers or how many share a workgroup
 //   reduce:   one workgroup per 1024 partials -> one partial; repeated until one is left
 //   finalize: norm, clip coefficient, skip decision, loss-scale update, into ctrl
 // Partials are (value, non-finite flag); value is sum g^2 (L2), sum |g| (L1) or max |g| (inf),
@@ -11,47 +16,18 @@
 override NORM: u32 = 2u;
 override SCALED: bool = false;
 
-struct Ctrl {
-    grad_mul: f32,
-    skip: u32,
-    norm: f32,
-    skipped: u32,
-}
-
-struct Scaler {
-    scale: f32,
-    growth_tracker: u32,
-    growth_factor: f32,
-    backoff_factor: f32,
-    growth_interval: u32,
-    found_inf: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-struct Level {
-    src: u32,
-    count: u32,
-    dst: u32,
-    _pad: u32,
-}
-
-struct Config {
-    max_norm: f32,
-    clip: u32,
-    skip_nonfinite: u32,
-    _pad: u32,
-}
+// Ctrl, ScalerState, NormLevel and NormSettings are generated from their Rust definitions
+// (src/shader.rs, src/scaler.rs, src/norm.rs) and put in front of this file.
 
 @group(0) @binding(0) var<storage, read> grad: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
-@group(0) @binding(2) var<storage, read_write> scaler: Scaler;
-@group(0) @binding(3) var<uniform> level: Level;
+@group(0) @binding(2) var<storage, read_write> scaler: ScalerState;
+@group(0) @binding(3) var<uniform> level: NormLevel;
 @group(0) @binding(4) var<storage, read_write> ctrl: Ctrl;
-@group(0) @binding(5) var<uniform> cfg: Config;
+@group(0) @binding(5) var<uniform> cfg: NormSettings;
 
-// Per first-pass workgroup: (index of the block's first vec4 in the chunk, elements in block).
-@group(0) @binding(7) var<storage, read> segments: array<vec2<u32>>;
+// Per segment: (index of its first vec4 in the chunk, elements, index of its partial, unused).
+@group(0) @binding(7) var<storage, read> segments: array<vec4<u32>>;
 
 var<workgroup> tree: array<vec2<f32>, 256>;
 
@@ -158,7 +134,65 @@ fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let flag = select(select(0.0, 1.0, big >= 0x7f800000u), 2.0, big > 0x7f800000u);
     let total = reduce_workgroup(lid, vec2<f32>(v, flag));
     if (lid == 0u) {
-        partials[level.dst + w] = total;
+        partials[seg.z] = total;
+    }
+}
+
+// Lanes per small tensor, and small tensors per workgroup.
+const TEAM: u32 = 8u;
+const TEAMS: u32 = 32u;
+
+// The lane's (value, flag) of vec4s lane, lane + TEAM, ... of a small segment.
+fn fold_small(seg: vec4<u32>, lane: u32) -> vec2<f32> {
+    let inv = inv_scale();
+    let whole = seg.y / 4u;
+    var acc = vec4<f32>(0.0);
+    var bits = vec4<u32>(0u);
+    for (var q = lane; q < whole; q = q + TEAM) {
+        var g = grad[seg.x + q];
+        if (SCALED) {
+            g = g * inv;
+        }
+        acc = fold(acc, g);
+        bits = max(bits, magnitude_bits(g));
+    }
+    if (lane == 0u && whole * 4u < seg.y) {
+        var g = grad[seg.x + whole];
+        if (SCALED) {
+            g = g * inv;
+        }
+        let tail = seg.y - whole * 4u;
+        g = select(vec4<f32>(0.0), g, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tail));
+        acc = fold(acc, g);
+        bits = max(bits, magnitude_bits(g));
+    }
+    var v = acc.x + acc.y + acc.z + acc.w;
+    if (NORM == 0u) {
+        v = max(max(acc.x, acc.y), max(acc.z, acc.w));
+    }
+    let big = max(max(bits.x, bits.y), max(bits.z, bits.w));
+    let flag = select(select(0.0, 1.0, big >= 0x7f800000u), 2.0, big > 0x7f800000u);
+    return vec2<f32>(v, flag);
+}
+
+@compute @workgroup_size(256)
+fn first_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.y * nwg.x + wid.x) * TEAMS + lid / TEAM;
+    let lane = lid % TEAM;
+    var v = vec2<f32>(0.0);
+    if (t < level.count) {
+        v = fold_small(segments[t], lane);
+    }
+    tree[lid] = v;
+    workgroupBarrier();
+    // The team's first lane folds its 8 values in order.
+    if (lane == 0u && t < level.count) {
+        var s = tree[lid];
+        for (var j = 1u; j < TEAM; j = j + 1u) {
+            s = combine(s, tree[lid + j]);
+        }
+        partials[segments[t].z] = s;
     }
 }
 

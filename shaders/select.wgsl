@@ -7,8 +7,8 @@
 override WINDOW: u32 = 8u;
 
 @group(0) @binding(0) var<storage, read> window: array<vec4<f32>>;
-// ctrl (common.wgsl's `Ctrl`) as words: the fourth is the count of skipped steps.
-@group(0) @binding(1) var<storage, read> ctrl: array<u32, 4>;
+// `Ctrl` is generated from its Rust definition (src/shader.rs) and put in front of this file.
+@group(0) @binding(1) var<storage, read> ctrl: Ctrl;
 @group(0) @binding(2) var<storage, read_write> live: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
@@ -17,6 +17,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     let n = arrayLength(&live);
     if (i < n) {
-        live[i] = window[(ctrl[3] % WINDOW) * n + i];
+        live[i] = window[(ctrl.skipped % WINDOW) * n + i];
     }
 }

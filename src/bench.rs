@@ -24,13 +24,14 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 
+use crate::arena::CHUNK_ALIGN;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel::{self, Bind};
 use crate::optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, Optimizer, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
-use crate::params::{Params, CHUNK_ALIGN};
+use crate::params::Params;
 use std::time::{Duration, Instant};
 
 /// Bytes one f32 element costs a plain copy: one read and one write.
@@ -252,7 +253,7 @@ impl CopyKernel {
                 entry: "main",
                 constants: Vec::new(),
             },
-            COPY_SHADER,
+            || COPY_SHADER.to_string(),
             &layout,
             trusted,
         );

@@ -82,11 +82,13 @@
 //! skip_nonfinite. Resuming is exact: N steps, save, load into a fresh parameter set and
 //! optimizer, M steps gives the same bits as N + M steps without the interruption.
 
-use crate::clip::{GradScaler, NormType, ScalerConfig};
+use crate::arena::Slot;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::norm::NormType;
 use crate::optim::{Optim, Optimizer, OptimizerConfig, ParamGroup};
-use crate::params::{Params, Slot};
+use crate::params::Params;
+use crate::scaler::{GradScaler, ScalerConfig};
 use crate::schedule::{PlateauState, SchedulerState};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use serde_json::{json, Map, Value};

@@ -263,7 +263,7 @@ impl Gpu {
     pub(crate) fn pipeline(
         &self,
         key: PipelineKey,
-        source: &str,
+        source: impl FnOnce() -> String,
         layout: &wgpu::PipelineLayout,
         trusted: bool,
     ) -> wgpu::ComputePipeline {
@@ -277,7 +277,7 @@ impl Gpu {
         }
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(key.shader),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
+            source: wgpu::ShaderSource::Wgsl(source().into()),
         };
         let module = if trusted {
             // SAFETY: every array access in our kernels is proven in bounds on the host: the
@@ -325,9 +325,29 @@ impl Gpu {
 
     /// Copy `pieces` (buffer, byte offset, byte length) into one host vector. Blocks.
     pub(crate) fn read_pieces(&self, pieces: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
+        self.read_with(pieces, |bytes| {
+            bytemuck::pod_collect_to_vec::<u8, f32>(bytes)
+        })
+    }
+
+    /// Read a plain-data struct from the start of `buffer`. Blocks.
+    pub(crate) fn read_struct<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer) -> Result<T> {
+        let size = std::mem::size_of::<T>() as u64;
+        self.read_with(&[(buffer, 0, size)], |bytes| {
+            bytemuck::pod_read_unaligned(bytes)
+        })
+    }
+
+    /// Copy `(buffer, offset, length)` ranges into one staging buffer, wait, and hand the
+    /// mapped bytes to `read` (no intermediate copy). Blocks.
+    pub(crate) fn read_with<T>(
+        &self,
+        pieces: &[(&wgpu::Buffer, u64, u64)],
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
         let total: u64 = pieces.iter().map(|p| p.2).sum();
         if total == 0 {
-            return Ok(Vec::new());
+            return Ok(read(&[]));
         }
         let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-optim read-back"),
@@ -358,7 +378,7 @@ impl Gpu {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| Error::ReadBack(e.to_string()))?;
-            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
+            read(&view)
         };
         staging.unmap();
         Ok(out)

@@ -33,27 +33,34 @@
 //! ```
 #![warn(missing_docs)]
 
+mod arena;
 pub mod bench;
 pub mod checkpoint;
-mod clip;
 mod error;
 mod gpu;
 mod kernel;
 pub mod lr_finder;
+mod norm;
 pub mod optim;
 mod params;
 pub mod reference;
+mod scaler;
 pub mod schedule;
+pub mod shader;
 
-pub use clip::{GradNorm, GradScaler, NormType, ScalerConfig};
+pub use arena::{Piece, CHUNK_ALIGN, TENSOR_ALIGN};
+#[doc(hidden)]
+pub use bytemuck;
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
+pub use norm::{GradNorm, NormType};
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, ParamGroup,
     RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
-pub use params::{Params, Piece, CHUNK_ALIGN, TENSOR_ALIGN};
+pub use params::Params;
+pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{
     AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
     CyclicLR, CyclicMode, ExponentialLR, LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler,

@@ -1,114 +1,16 @@
-//! Named f32 tensors packed into a flat GPU arena (param and grad buffers of one layout).
+//! [`Params`]: the user's named f32 tensors, a param and a grad buffer per chunk of one arena
+//! [`Layout`].
 
-use crate::error::{Error, Result};
+use crate::arena::{arena_buffer, read_slot, write_checked, Layout, Piece, Slot, CHUNK_ALIGN};
+use crate::error::{check, Error, Result};
 use crate::gpu::Gpu;
+use crate::norm::{Clipper, GradNorm, NormSettings, NormType, Rewrite};
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-/// Every tensor starts on a multiple of this many elements (256 bytes), so it can be bound on
-/// its own as a storage buffer range, and its padding keeps every vec4 inside the arena.
-pub const TENSOR_ALIGN: usize = 64;
-/// Every chunk is a whole number of these elements: one workgroup (256 threads) × one vec4.
-pub const CHUNK_ALIGN: usize = 1024;
+use std::sync::{Arc, Mutex};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// One contiguous run of a tensor inside one chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Piece {
-    /// Chunk index.
-    pub chunk: usize,
-    /// Offset of the first element inside the chunk, in elements (a multiple of 64).
-    pub offset: usize,
-    /// Number of the tensor's elements in this piece.
-    pub len: usize,
-}
-
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub name: String,
-    pub len: usize,
-    pub pieces: Vec<Piece>,
-}
-
-/// The arena's layout: where each tensor lives. Optimizer state reuses it element for element.
-#[derive(Debug)]
-pub(crate) struct Layout {
-    pub slots: Vec<Slot>,
-    pub index: HashMap<String, usize>,
-    /// Length of each chunk in elements (a multiple of [`CHUNK_ALIGN`]).
-    pub chunk_lens: Vec<usize>,
-}
-
-impl Layout {
-    /// Pack `specs` in order; a chunk holds at most `cap` elements (a multiple of CHUNK_ALIGN).
-    pub fn pack(specs: &[(&str, usize)], cap: usize) -> Result<Layout> {
-        if specs.is_empty() {
-            return Err(Error::Empty("no tensors given".into()));
-        }
-        let mut slots = Vec::with_capacity(specs.len());
-        let mut index = HashMap::with_capacity(specs.len());
-        let mut chunk_lens: Vec<usize> = vec![0];
-        for &(name, len) in specs {
-            if name.is_empty() {
-                return Err(Error::Empty("a tensor name is empty".into()));
-            }
-            if len == 0 {
-                return Err(Error::Empty(format!("tensor `{name}` has no elements")));
-            }
-            if index.insert(name.to_string(), slots.len()).is_some() {
-                return Err(Error::DuplicateName(name.to_string()));
-            }
-            let padded = len.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
-            let mut used = *chunk_lens.last().unwrap();
-            // Start a fresh chunk when the tensor would fit in one but not in what is left.
-            if used + padded > cap && padded <= cap && used > 0 {
-                chunk_lens.push(0);
-                used = 0;
-            }
-            let mut pieces = Vec::new();
-            let mut done = 0;
-            while done < padded {
-                if used == cap {
-                    chunk_lens.push(0);
-                    used = 0;
-                }
-                let take = (padded - done).min(cap - used);
-                pieces.push(Piece {
-                    chunk: chunk_lens.len() - 1,
-                    offset: used,
-                    len: take.min(len.saturating_sub(done)),
-                });
-                used += take;
-                done += take;
-                *chunk_lens.last_mut().unwrap() = used;
-            }
-            pieces.retain(|p| p.len > 0);
-            slots.push(Slot {
-                name: name.to_string(),
-                len,
-                pieces,
-            });
-        }
-        for c in &mut chunk_lens {
-            *c = c.div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
-        }
-        Ok(Layout {
-            slots,
-            index,
-            chunk_lens,
-        })
-    }
-
-    pub fn slot(&self, name: &str) -> Result<&Slot> {
-        self.index
-            .get(name)
-            .map(|&i| &self.slots[i])
-            .ok_or_else(|| Error::UnknownTensor(name.to_string()))
-    }
-}
 
 /// Named f32 tensors in GPU storage buffers: the parameters and their gradients, packed into a
 /// flat arena of one or more chunks (one param and one grad buffer per chunk, same layout).
@@ -129,7 +31,8 @@ pub struct Params {
     pub(crate) grad_bufs: Vec<wgpu::Buffer>,
     /// Whether each chunk is a user's own buffer (bound by range, one tensor per chunk).
     pub(crate) borrowed: bool,
-    pub(crate) clip: crate::clip::ClipSlot,
+    /// The standalone clipping passes, built on first use.
+    pub(crate) clip: Mutex<Option<Clipper>>,
 }
 
 impl std::fmt::Debug for Params {
@@ -374,25 +277,6 @@ impl Params {
     }
 }
 
-/// The binding of chunk `c` of `bufs` as the kernels see it: the whole arena buffer, or the
-/// vec4-rounded range of a user's own buffer.
-pub(crate) fn chunk_binding<'a>(
-    layout: &Layout,
-    bufs: &'a [wgpu::Buffer],
-    c: usize,
-    borrowed: bool,
-) -> wgpu::BufferBinding<'a> {
-    wgpu::BufferBinding {
-        buffer: &bufs[c],
-        offset: 0,
-        size: if borrowed {
-            NonZeroU64::new((layout.chunk_lens[c] * 4) as u64)
-        } else {
-            None
-        },
-    }
-}
-
 /// Reject buffers that do not belong to `gpu`'s device: binding them to a throwaway bind group
 /// inside an error scope makes wgpu's validation tell.
 fn check_same_device<'a>(gpu: &Gpu, bufs: impl Iterator<Item = &'a wgpu::Buffer>) -> Result<()> {
@@ -433,115 +317,72 @@ fn check_same_device<'a>(gpu: &Gpu, bufs: impl Iterator<Item = &'a wgpu::Buffer>
     Ok(())
 }
 
-/// Write one tensor's range of per-chunk buffers of the arena layout, after checking the name
-/// and the length (nothing is written on error).
-pub(crate) fn write_checked(
-    gpu: &Gpu,
-    bufs: &[wgpu::Buffer],
-    layout: &Layout,
-    name: &str,
-    data: &[f32],
-) -> Result<()> {
-    let slot = layout.slot(name)?;
-    if data.len() != slot.len {
-        return Err(Error::LengthMismatch {
-            name: name.to_string(),
-            expected: slot.len,
-            got: data.len(),
-        });
-    }
-    write_slot(gpu, bufs, slot, data);
-    Ok(())
-}
-
-/// Write `data` (exactly `slot.len` values) into one tensor's pieces.
-pub(crate) fn write_slot(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &Slot, data: &[f32]) {
-    let mut at = 0;
-    for p in &slot.pieces {
-        let bytes = bytemuck::cast_slice(&data[at..at + p.len]);
-        gpu.queue()
-            .write_buffer(&bufs[p.chunk], (p.offset * 4) as u64, bytes);
-        at += p.len;
-    }
-}
-
-/// Read one tensor's range out of per-chunk buffers of the arena layout.
-pub(crate) fn read_slot(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &Slot) -> Result<Vec<f32>> {
-    let pieces: Vec<_> = slot
-        .pieces
-        .iter()
-        .map(|p| (&bufs[p.chunk], (p.offset * 4) as u64, (p.len * 4) as u64))
-        .collect();
-    gpu.read_pieces(&pieces)
-}
-
-/// A zero-filled storage buffer of `elems` f32 in the arena's usage set.
-pub(crate) fn arena_buffer(gpu: &Gpu, label: &str, elems: usize) -> wgpu::Buffer {
-    gpu.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: (elems * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packing_aligns_and_splits() {
-        let l = Layout::pack(&[("a", 3), ("b", 64), ("c", 5000)], 2048).unwrap();
-        assert_eq!(
-            l.slots[0].pieces,
-            vec![Piece {
-                chunk: 0,
-                offset: 0,
-                len: 3
-            }]
-        );
-        assert_eq!(
-            l.slots[1].pieces,
-            vec![Piece {
-                chunk: 0,
-                offset: 64,
-                len: 64
-            }]
-        );
-        // c (5000 > cap) fills the rest of chunk 0, then whole chunks.
-        let total: usize = l.slots[2].pieces.iter().map(|p| p.len).sum();
-        assert_eq!(total, 5000);
-        assert_eq!(
-            l.slots[2].pieces[0],
-            Piece {
-                chunk: 0,
-                offset: 128,
-                len: 1920
-            }
-        );
-        assert!(l
-            .chunk_lens
-            .iter()
-            .all(|&c| c % CHUNK_ALIGN == 0 && c <= 2048));
-        assert_eq!(l.chunk_lens.len(), 3);
+/// Gradient norm and clipping outside an optimizer, on the GPU ([`crate::norm`]).
+impl Params {
+    /// `torch.nn.utils.get_total_norm` over the gradients: the total norm of all of them
+    /// together, computed on the GPU (the same passes as clipping), gradients untouched. Nothing
+    /// is read back: the returned handle reads the norm when asked.
+    ///
+    /// `norm_type` is 1, 2 or `f32::INFINITY`; the norm is NaN or inf when a gradient is.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 4)])?;
+    /// params.write_grad("w", &[3.0, 0.0, 4.0, 0.0])?;
+    /// assert_eq!(params.grad_norm(2.0)?.value()?, 5.0);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn grad_norm(&self, norm_type: f32) -> Result<GradNorm> {
+        let norm = NormType::from_p(norm_type)?;
+        let settings = NormSettings::step(None, false);
+        self.grad_pass(Some(norm), settings, Rewrite::Keep)
     }
 
-    #[test]
-    fn packing_rejects_bad_names() {
-        assert!(matches!(Layout::pack(&[], 1024), Err(Error::Empty(_))));
-        assert!(matches!(
-            Layout::pack(&[("", 3)], 1024),
-            Err(Error::Empty(_))
-        ));
-        assert!(matches!(
-            Layout::pack(&[("a", 0)], 1024),
-            Err(Error::Empty(_))
-        ));
-        assert!(matches!(
-            Layout::pack(&[("a", 1), ("a", 2)], 1024),
-            Err(Error::DuplicateName(_))
-        ));
+    /// `torch.nn.utils.clip_grad_norm_`: scale every gradient in place by
+    /// `min(1, max_norm / (total_norm + 1e-6))`, with the total norm over all tensors computed on
+    /// the GPU. Nothing is read back: the returned handle reads the norm when asked.
+    ///
+    /// `norm_type` is 1, 2 or `f32::INFINITY`. Unlike PyTorch (which multiplies by NaN), a
+    /// non-finite norm leaves the gradients as they are; the handle reports it.
+    pub fn clip_grad_norm(&mut self, max_norm: f32, norm_type: f32) -> Result<GradNorm> {
+        check("max_norm", max_norm as f64, max_norm > 0.0, "must be > 0")?;
+        let norm = NormType::from_p(norm_type)?;
+        let settings = NormSettings::step(Some(max_norm), false);
+        self.grad_pass(Some(norm), settings, Rewrite::Scale)
+    }
+
+    /// `torch.nn.utils.clip_grad_value_`: clamp every gradient to `[-clip, clip]` in place.
+    pub fn clip_grad_value(&mut self, clip: f32) -> Result<()> {
+        check("clip_value", clip as f64, clip >= 0.0, "must be >= 0")?;
+        let settings = NormSettings {
+            max_norm: clip,
+            ..NormSettings::step(None, false)
+        };
+        self.grad_pass(None, settings, Rewrite::Clamp)?;
+        Ok(())
+    }
+
+    /// Run the standalone passes with the cached [`Clipper`], (re)built for `norm`; `None`
+    /// (clamping, which needs no norm) takes any cached one and builds L2 only when none is.
+    fn grad_pass(
+        &self,
+        norm: Option<NormType>,
+        settings: NormSettings,
+        rewrite: Rewrite,
+    ) -> Result<GradNorm> {
+        let mut guard = self.clip.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = guard.as_ref().map(|c| c.norm());
+        if cached.is_none() || norm.is_some_and(|n| Some(n) != cached) {
+            *guard = Some(Clipper::new(
+                &self.gpu,
+                &self.layout,
+                &self.grad_bufs,
+                self.borrowed,
+                norm.unwrap_or_default(),
+            )?);
+        }
+        let clipper = guard.as_ref().expect("the clipper was just built");
+        Ok(clipper.run(&self.gpu, norm.is_some(), settings, rewrite))
     }
 }

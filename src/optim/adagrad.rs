@@ -1,6 +1,6 @@
 //! Adagrad (`torch.optim.Adagrad`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adagrad.
@@ -41,12 +41,22 @@ impl Default for AdagradConfig {
     }
 }
 
+crate::shader_struct! {
+    /// What `shaders/adagrad.wgsl` reads each step, per group (PyTorch's single-tensor Adagrad).
+    pub struct AdagradScalars {
+        /// `-clr`, the decayed learning rate `-lr / (1 + (t - 1) * lr_decay)`.
+        pub neg_clr: f32,
+        /// `weight_decay` (L2, added to the gradient).
+        pub weight_decay: f32,
+        /// `eps`.
+        pub eps: f32,
+    }
+}
+
 impl OptimizerConfig for AdagradConfig {
     const NAME: &'static str = "Adagrad";
-    const SHADER: &'static str = concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/adagrad.wgsl")
-    );
+    const SHADER: &'static str = include_str!("../../shaders/adagrad.wgsl");
+    type Scalars = AdagradScalars;
     const SLOTS: &'static [&'static str] = &["sum"];
 
     fn validate(&self) -> Result<()> {
@@ -89,12 +99,14 @@ impl OptimizerConfig for AdagradConfig {
         self.maximize
     }
 
-    fn scalars(&self, t: u64) -> [f32; SCALARS] {
+    fn scalars(&self, t: u64) -> AdagradScalars {
         let step = t as f64;
         let clr = widen(self.lr) / (1.0 + (step - 1.0) * widen(self.lr_decay));
-        let mut s = [0.0; SCALARS];
-        s[..3].copy_from_slice(&[(-clr) as f32, self.weight_decay, self.eps]);
-        s
+        AdagradScalars {
+            neg_clr: (-clr) as f32,
+            weight_decay: self.weight_decay,
+            eps: self.eps,
+        }
     }
 
     fn lr(&self) -> f32 {

@@ -1,6 +1,6 @@
 //! Adam and AdamW (`torch.optim.Adam` / `torch.optim.AdamW`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adam, or AdamW with `decoupled_weight_decay: true`.
@@ -59,12 +59,32 @@ impl AdamConfig {
     }
 }
 
+crate::shader_struct! {
+    /// What `shaders/adam.wgsl` reads each step, per group (PyTorch's single-tensor Adam).
+    pub struct AdamScalars {
+        /// L2 decay added to the gradient (Adam).
+        pub weight_decay: f32,
+        /// `1 - lr * weight_decay` (AdamW's decoupled decay).
+        pub decay_factor: f32,
+        /// `1 - beta1`, the weight of `exp_avg.lerp_(grad, 1 - beta1)`.
+        pub lerp_w: f32,
+        /// `beta2`.
+        pub beta2: f32,
+        /// `1 - beta2`.
+        pub one_minus_beta2: f32,
+        /// `-lr / (1 - beta1^t)`.
+        pub neg_step_size: f32,
+        /// `sqrt(1 - beta2^t)`.
+        pub bc2_sqrt: f32,
+        /// `eps`.
+        pub eps: f32,
+    }
+}
+
 impl OptimizerConfig for AdamConfig {
     const NAME: &'static str = "Adam";
-    const SHADER: &'static str = concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/adam.wgsl")
-    );
+    const SHADER: &'static str = include_str!("../../shaders/adam.wgsl");
+    type Scalars = AdamScalars;
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
 
     fn validate(&self) -> Result<()> {
@@ -106,28 +126,23 @@ impl OptimizerConfig for AdamConfig {
         self.maximize
     }
 
-    fn scalars(&self, t: u64) -> [f32; SCALARS] {
+    fn scalars(&self, t: u64) -> AdamScalars {
         let (lr, wd) = (widen(self.lr), widen(self.weight_decay));
         let (beta1, beta2) = (widen(self.betas.0), widen(self.betas.1));
         let step = t as f64;
         let bias_correction1 = 1.0 - beta1.powf(step);
         let bias_correction2 = 1.0 - beta2.powf(step);
         let step_size = lr / bias_correction1;
-        let bias_correction2_sqrt = bias_correction2.powf(0.5);
-        let lerp_w = (1.0 - beta1) as f32;
-        let mut s = [0.0; SCALARS];
-        s[..9].copy_from_slice(&[
-            wd as f32,
-            (1.0 - lr * wd) as f32,
-            lerp_w,
-            0.0,
-            beta2 as f32,
-            (1.0 - beta2) as f32,
-            (-step_size) as f32,
-            bias_correction2_sqrt as f32,
-            widen(self.eps) as f32,
-        ]);
-        s
+        AdamScalars {
+            weight_decay: wd as f32,
+            decay_factor: (1.0 - lr * wd) as f32,
+            lerp_w: (1.0 - beta1) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            neg_step_size: (-step_size) as f32,
+            bc2_sqrt: bias_correction2.powf(0.5) as f32,
+            eps: widen(self.eps) as f32,
+        }
     }
 
     fn lr(&self) -> f32 {

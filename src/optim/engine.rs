@@ -1,18 +1,17 @@
 //! [`Optim`]: the part of every optimizer that is not its own algorithm.
 
 use super::groups::{self, ParamGroup};
-use super::{Optimizer, OptimizerConfig, SCALARS};
-use crate::clip::{self, GradScaler, NormConfig, NormPlan, NormType};
+use super::window::ScalarWindow;
+use super::{Optimizer, OptimizerConfig};
+use crate::arena::{self, Layout};
 use crate::error::{check, Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel;
-use crate::params::{self, Layout, Params};
-use std::sync::{Arc, Mutex};
-
-/// Candidate step counts prepared per step once steps can be skipped on the GPU (see
-/// `shaders/common.wgsl`): the host may run this many steps ahead of what it knows of the
-/// GPU's skip count before it waits for a (16-byte) read-back.
-const WINDOW: u32 = 8;
+use crate::norm::{NormPlan, NormSettings, NormType};
+use crate::params::Params;
+use crate::scaler::GradScaler;
+use crate::shader::{self, Ctrl, SCALAR_SLOT_BYTES};
+use std::sync::Arc;
 
 /// A fused optimizer over a [`Params`] set. Use the aliases [`crate::Adam`], [`crate::Sgd`],
 /// [`crate::RmsProp`] and [`crate::Adagrad`].
@@ -31,13 +30,9 @@ pub struct Optim<C: OptimizerConfig> {
     grad_bufs: Vec<wgpu::Buffer>,
     borrowed: bool,
     states: Vec<(&'static str, Vec<wgpu::Buffer>)>,
-    /// This step's scalars, one entry per group: what the update kernel reads.
-    live: wgpu::Buffer,
-    /// The window of candidate scalars (`WINDOW` entries per group) once steps can be skipped,
-    /// and the pass that copies the right one into `live`.
-    candidates: wgpu::Buffer,
-    select: SelectPass,
-    scratch: Vec<f32>,
+    /// The step's scalars (and, once steps can be skipped, their window and select pass).
+    scalars: ScalarWindow,
+    /// Written by the norm passes, read by the update kernel and the select pass.
     ctrl: wgpu::Buffer,
     _tables: Vec<wgpu::Buffer>,
     max_grad_norm: Option<f32>,
@@ -46,8 +41,6 @@ pub struct Optim<C: OptimizerConfig> {
     scaler: Option<GradScaler>,
     norm: Option<NormPlan>,
     norm_ran: bool,
-    window: u32,
-    tracker: Mutex<SkipTracker>,
 }
 
 impl<C: OptimizerConfig> std::fmt::Debug for Optim<C> {
@@ -58,12 +51,6 @@ impl<C: OptimizerConfig> std::fmt::Debug for Optim<C> {
             .field("max_grad_norm", &self.max_grad_norm)
             .finish()
     }
-}
-
-fn buffer_with(gpu: &Gpu, label: &str, data: &[u8]) -> wgpu::Buffer {
-    let buf = clip::storage(gpu, label, data.len() as u64);
-    gpu.queue().write_buffer(&buf, 0, data);
-    buf
 }
 
 impl<C: OptimizerConfig> Optim<C> {
@@ -84,6 +71,13 @@ impl<C: OptimizerConfig> Optim<C> {
                     "boolean options (amsgrad, nesterov, centered, maximize, momentum on/off, ...) must be the same in every group".into(),
                 ));
             }
+        }
+        let scalar_bytes = std::mem::size_of::<C::Scalars>();
+        if scalar_bytes > SCALAR_SLOT_BYTES {
+            return Err(Error::InvalidOptions(format!(
+                "{}'s scalars take {scalar_bytes} bytes; at most {SCALAR_SLOT_BYTES} fit a slot",
+                C::NAME
+            )));
         }
         let gpu = params.gpu.clone();
         let layout = params.layout.clone();
@@ -111,35 +105,30 @@ impl<C: OptimizerConfig> Optim<C> {
                 for (t, slot) in layout.slots.iter().enumerate() {
                     let v = inits[owner[t] as usize];
                     if v != 0.0 {
-                        params::write_slot(&gpu, &bufs, slot, &vec![v; slot.len]);
+                        arena::write_slot(&gpu, &bufs, slot, &vec![v; slot.len]);
                     }
                 }
             }
             states.push((key, bufs));
         }
-        let dummy = clip::storage(&gpu, "wgpu-optim unused state", 16);
-        let live_bytes = (configs.len() * SCALARS * 4) as u64;
-        let live = clip::storage(&gpu, "wgpu-optim scalars", live_bytes);
-        let candidates =
-            clip::storage(&gpu, "wgpu-optim scalar window", WINDOW as u64 * live_bytes);
-        let ctrl = buffer_with(
-            &gpu,
-            "wgpu-optim ctrl",
-            bytemuck::cast_slice(&[1.0f32, 0.0, 0.0, 0.0]),
-        );
+        let dummy = arena::storage(&gpu, "wgpu-optim unused state", 16);
+        let ctrl = arena::storage_with(&gpu, "wgpu-optim ctrl", bytemuck::bytes_of(&Ctrl::INITIAL));
+        let scalars = ScalarWindow::new(&gpu, configs.len(), &ctrl);
         let tables: Vec<wgpu::Buffer> = if configs.len() > 1 {
             groups::granule_table(&layout, &owner)
                 .iter()
-                .map(|t| buffer_with(&gpu, "wgpu-optim group table", bytemuck::cast_slice(t)))
+                .map(|t| {
+                    arena::storage_with(&gpu, "wgpu-optim group table", bytemuck::cast_slice(t))
+                })
                 .collect()
         } else {
-            vec![clip::storage(&gpu, "wgpu-optim no groups", 16)]
+            vec![arena::storage(&gpu, "wgpu-optim no groups", 16)]
         };
         let (bgl, pipeline_layout) = kernel::update_layout(&gpu, slots);
         let chunks = (0..layout.chunk_lens.len())
             .map(|c| {
                 let mut entries = vec![
-                    (0, live.as_entire_buffer_binding()),
+                    (0, scalars.live().as_entire_buffer_binding()),
                     (1, ctrl.as_entire_buffer_binding()),
                     (
                         2,
@@ -147,11 +136,11 @@ impl<C: OptimizerConfig> Optim<C> {
                     ),
                     (
                         3,
-                        params::chunk_binding(&layout, &params.param_bufs, c, params.borrowed),
+                        arena::chunk_binding(&layout, &params.param_bufs, c, params.borrowed),
                     ),
                     (
                         4,
-                        params::chunk_binding(&layout, &params.grad_bufs, c, params.borrowed),
+                        arena::chunk_binding(&layout, &params.grad_bufs, c, params.borrowed),
                     ),
                 ];
                 for (k, slot) in C::SLOTS.iter().enumerate() {
@@ -164,8 +153,6 @@ impl<C: OptimizerConfig> Optim<C> {
                 (kernel::bind(&gpu, &bgl, &entries), layout.chunk_lens[c])
             })
             .collect();
-        let n_groups = configs.len();
-        let select = SelectPass::new(&gpu, &candidates, &ctrl, &live);
         Ok(Optim {
             pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false]),
             grad_bufs: params.grad_bufs.clone(),
@@ -179,10 +166,7 @@ impl<C: OptimizerConfig> Optim<C> {
             pipeline_layout,
             chunks,
             states,
-            live,
-            candidates,
-            select,
-            scratch: vec![0.0; WINDOW as usize * n_groups * SCALARS],
+            scalars,
             ctrl,
             _tables: tables,
             max_grad_norm: None,
@@ -191,8 +175,6 @@ impl<C: OptimizerConfig> Optim<C> {
             scaler: None,
             norm: None,
             norm_ran: false,
-            window: 1,
-            tracker: Mutex::new(SkipTracker::default()),
         })
     }
 
@@ -220,13 +202,12 @@ impl<C: OptimizerConfig> Optim<C> {
             self.scaler.as_ref(),
             &self.ctrl,
         )?;
+        plan.set_settings(
+            &self.gpu,
+            &NormSettings::step(self.max_grad_norm, self.skip_nonfinite),
+        );
         self.norm = Some(plan);
-        if self.window == 1 {
-            self.window = WINDOW;
-            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            t.known = 0;
-            t.known_at = self.submitted;
-        }
+        self.scalars.enable(self.submitted);
         Ok(())
     }
 
@@ -234,6 +215,12 @@ impl<C: OptimizerConfig> Optim<C> {
     fn reconfigure(&mut self, rebuild_norm: bool) -> Result<()> {
         if self.norm_active() && (rebuild_norm || self.norm.is_none()) {
             self.build_norm()?;
+        }
+        if let Some(plan) = &self.norm {
+            plan.set_settings(
+                &self.gpu,
+                &NormSettings::step(self.max_grad_norm, self.skip_nonfinite),
+            );
         }
         self.rebuild_pipeline();
         Ok(())
@@ -275,20 +262,23 @@ impl<C: OptimizerConfig> Optim<C> {
     /// Overwrite one state tensor (e.g. when resuming). Validated before any GPU work.
     pub fn set_state(&mut self, key: &str, tensor: &str, data: &[f32]) -> Result<()> {
         let bufs = self.state_buffers(key)?;
-        params::write_checked(&self.gpu, bufs, &self.layout, tensor, data)
+        arena::write_checked(&self.gpu, bufs, &self.layout, tensor, data)
     }
 
     /// Set the number of steps already taken (e.g. when resuming): the next step is `steps + 1`.
     pub fn set_step_count(&mut self, steps: u64) {
         self.submitted = steps;
-        self.gpu
-            .queue()
-            .write_buffer(&self.ctrl, 12, &0u32.to_le_bytes());
-        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        // Skip counts still being read back belong to the old step count: drop them.
-        t.discard(&self.gpu);
-        t.known = 0;
-        t.known_at = steps;
+        let ctrl = Ctrl {
+            skipped: 0,
+            ..Ctrl::INITIAL
+        };
+        let at = std::mem::offset_of!(Ctrl, skipped);
+        self.gpu.queue().write_buffer(
+            &self.ctrl,
+            at as u64,
+            &bytemuck::bytes_of(&ctrl)[at..at + 4],
+        );
+        self.scalars.reset(steps);
     }
 
     fn state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]> {
@@ -315,106 +305,8 @@ impl<C: OptimizerConfig> Optim<C> {
         Err(Error::ParamsMismatch(why.into()))
     }
 
-    fn read_ctrl(&self) -> Result<[u32; 4]> {
-        let v = self.gpu.read_pieces(&[(&self.ctrl, 0, 16)])?;
-        Ok([
-            v[0].to_bits(),
-            v[1].to_bits(),
-            v[2].to_bits(),
-            v[3].to_bits(),
-        ])
-    }
-
-    /// Write the scalars of every candidate skip count the GPU may be at.
-    fn write_scalars(&mut self) -> Result<()> {
-        let g = self.groups.len();
-        let n = self.submitted;
-        if self.window == 1 {
-            for (k, c) in self.groups.iter().enumerate() {
-                self.scratch[k * SCALARS..(k + 1) * SCALARS].copy_from_slice(&c.scalars(n + 1));
-            }
-            let bytes = bytemuck::cast_slice(&self.scratch[..g * SCALARS]);
-            self.gpu.queue().write_buffer(&self.live, 0, bytes);
-            return Ok(());
-        }
-        let known = {
-            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            t.harvest(&self.gpu);
-            if n - t.known_at >= self.window as u64 {
-                // The GPU may have skipped more steps than the window covers: ask it.
-                let skipped = self.read_ctrl()?[3] as u64;
-                t.known = skipped;
-                t.known_at = n;
-            }
-            t.known
-        };
-        for s in known..known + self.window as u64 {
-            let slot = (s % self.window as u64) as usize;
-            for (k, c) in self.groups.iter().enumerate() {
-                let at = (slot * g + k) * SCALARS;
-                // Candidate: s steps skipped so far, so this is step n + 1 - s.
-                let v = if s <= n {
-                    c.scalars(n + 1 - s)
-                } else {
-                    [0.0; SCALARS]
-                };
-                self.scratch[at..at + SCALARS].copy_from_slice(&v);
-            }
-        }
-        let bytes = bytemuck::cast_slice(&self.scratch[..self.window as usize * g * SCALARS]);
-        self.gpu.queue().write_buffer(&self.candidates, 0, bytes);
-        Ok(())
-    }
-}
-
-/// The pass that copies this step's scalars out of the window (`shaders/select.wgsl`).
-struct SelectPass {
-    pipeline: wgpu::ComputePipeline,
-    bind_group: wgpu::BindGroup,
-    workgroups: u32,
-}
-
-impl SelectPass {
-    fn new(gpu: &Gpu, window: &wgpu::Buffer, ctrl: &wgpu::Buffer, live: &wgpu::Buffer) -> Self {
-        let (bgl, layout) = kernel::layout(
-            gpu,
-            &[
-                Some(kernel::Bind::Read),
-                Some(kernel::Bind::Read),
-                Some(kernel::Bind::ReadWrite),
-            ],
-        );
-        let pipeline = gpu.pipeline(
-            PipelineKey {
-                shader: "select",
-                entry: "main",
-                constants: vec![("WINDOW", WINDOW)],
-            },
-            include_str!("../../shaders/select.wgsl"),
-            &layout,
-            false,
-        );
-        let bind_group = kernel::bind(
-            gpu,
-            &bgl,
-            &[
-                (0, window.as_entire_buffer_binding()),
-                (1, ctrl.as_entire_buffer_binding()),
-                (2, live.as_entire_buffer_binding()),
-            ],
-        );
-        let vec4s = live.size() / 16;
-        SelectPass {
-            pipeline,
-            bind_group,
-            workgroups: vec4s.div_ceil(kernel::WORKGROUP as u64) as u32,
-        }
-    }
-
-    fn record(&self, pass: &mut wgpu::ComputePass<'_>, gpu: &Gpu) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        kernel::dispatch(pass, gpu, self.workgroups);
+    fn read_ctrl(&self) -> Result<Ctrl> {
+        self.gpu.read_struct(&self.ctrl)
     }
 }
 
@@ -439,7 +331,7 @@ fn update_pipeline<C: OptimizerConfig>(
             entry: "main",
             constants,
         },
-        C::SHADER,
+        || shader::update_kernel::<C::Scalars>(C::SLOTS, C::SHADER),
         layout,
         true,
     )
@@ -451,7 +343,7 @@ fn bad_group(group: usize, n: usize) -> Error {
 
 fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
     if init == 0.0 {
-        return params::arena_buffer(gpu, key, elems);
+        return arena::arena_buffer(gpu, key, elems);
     }
     let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(key),
@@ -473,90 +365,6 @@ fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
     buf
 }
 
-/// What the host knows of the GPU's count of skipped steps, learned through small
-/// non-blocking read-backs of `ctrl` that complete a step or two later.
-#[derive(Default)]
-struct SkipTracker {
-    known: u64,
-    known_at: u64,
-    slots: Vec<ReadSlot>,
-}
-
-struct ReadSlot {
-    buf: wgpu::Buffer,
-    state: Arc<Mutex<SlotState>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    Pending,
-    Ready(u64),
-}
-
-impl SkipTracker {
-    /// Collect finished read-backs without waiting.
-    fn harvest(&mut self, gpu: &Gpu) {
-        let _ = gpu.device().poll(wgpu::PollType::Poll);
-        for slot in &self.slots {
-            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let SlotState::Ready(at) = *st {
-                if let Ok(view) = slot.buf.get_mapped_range(..) {
-                    let skipped =
-                        u32::from_le_bytes([view[12], view[13], view[14], view[15]]) as u64;
-                    drop(view);
-                    if at > self.known_at {
-                        self.known = skipped;
-                        self.known_at = at;
-                    }
-                }
-                slot.buf.unmap();
-                *st = SlotState::Free;
-            }
-        }
-    }
-
-    /// Wait for the read-backs in flight and drop them unread.
-    fn discard(&mut self, gpu: &Gpu) {
-        let busy =
-            |s: &ReadSlot| *s.state.lock().unwrap_or_else(|e| e.into_inner()) != SlotState::Free;
-        if self.slots.iter().any(busy) {
-            let _ = gpu.device().poll(wgpu::PollType::wait_indefinitely());
-        }
-        for slot in &self.slots {
-            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let SlotState::Ready(_) = *st {
-                slot.buf.unmap();
-                *st = SlotState::Free;
-            }
-        }
-    }
-
-    /// A free read-back slot (at most 3 in flight; one is made on first use).
-    fn free_slot(&mut self, gpu: &Gpu) -> Option<usize> {
-        if let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| *s.state.lock().unwrap_or_else(|e| e.into_inner()) == SlotState::Free)
-        {
-            return Some(i);
-        }
-        if self.slots.len() < 3 {
-            self.slots.push(ReadSlot {
-                buf: gpu.device().create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("wgpu-optim skip count read-back"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                }),
-                state: Arc::new(Mutex::new(SlotState::Free)),
-            });
-            return Some(self.slots.len() - 1);
-        }
-        None
-    }
-}
-
 impl<C: OptimizerConfig> Optimizer for Optim<C> {
     fn name(&self) -> &'static str {
         C::NAME
@@ -568,18 +376,10 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
         }
         self.check_params(params)?;
         let active = self.norm_active();
-        self.write_scalars()?;
+        let groups = &self.groups;
+        self.scalars
+            .write(self.submitted, |g, t| groups[g].scalars(t))?;
         let gpu = self.gpu.clone();
-        if let (true, Some(plan)) = (active, &self.norm) {
-            let cfg = NormConfig {
-                max_norm: self.max_grad_norm.unwrap_or(1.0),
-                clip: self.max_grad_norm.is_some() as u32,
-                skip_nonfinite: self.skip_nonfinite as u32,
-                _pad: 0,
-            };
-            gpu.queue()
-                .write_buffer(&plan.config, 0, bytemuck::bytes_of(&cfg));
-        }
         let mut enc = gpu
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -593,33 +393,15 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
             if let (true, Some(plan)) = (active, &self.norm) {
                 plan.record(&mut pass, &gpu);
             }
-            if self.window > 1 {
-                self.select.record(&mut pass, &gpu);
-            }
+            self.scalars.record_select(&mut pass);
             kernel::record(&mut pass, &gpu, &self.pipeline, &self.chunks);
         }
-        let readback = if self.window > 1 {
-            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            t.free_slot(&gpu).map(|i| {
-                enc.copy_buffer_to_buffer(&self.ctrl, 0, &t.slots[i].buf, 0, 16);
-                (t.slots[i].buf.clone(), t.slots[i].state.clone())
-            })
-        } else {
-            None
-        };
+        let readback = self.scalars.queue_readback(&mut enc, &self.ctrl);
         gpu.queue().submit([enc.finish()]);
         self.submitted += 1;
         self.norm_ran = active;
-        if let Some((buf, state)) = readback {
-            let at = self.submitted;
-            *state.lock().unwrap_or_else(|e| e.into_inner()) = SlotState::Pending;
-            buf.map_async(wgpu::MapMode::Read, .., move |r| {
-                *state.lock().unwrap_or_else(|e| e.into_inner()) = if r.is_ok() {
-                    SlotState::Ready(at)
-                } else {
-                    SlotState::Free
-                };
-            });
+        if let Some(r) = readback {
+            r.start(self.submitted);
         }
         Ok(())
     }
@@ -637,18 +419,7 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
     /// Steps applied: submitted steps minus those the GPU skipped (may wait for a read-back
     /// when steps can be skipped and the host does not know yet).
     fn step_count(&self) -> u64 {
-        if self.window == 1 {
-            return self.submitted;
-        }
-        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        t.harvest(&self.gpu);
-        if t.known_at < self.submitted {
-            if let Ok(c) = self.read_ctrl() {
-                t.known = c[3] as u64;
-                t.known_at = self.submitted;
-            }
-        }
-        self.submitted - t.known
+        self.submitted - self.scalars.skipped(self.submitted, || self.read_ctrl())
     }
 
     fn state_keys(&self) -> Vec<&'static str> {
@@ -658,7 +429,7 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {
         let bufs = self.state_buffers(key)?;
         let slot = self.layout.slot(tensor)?;
-        params::read_slot(&self.gpu, bufs, slot)
+        arena::read_slot(&self.gpu, bufs, slot)
     }
 
     fn group_count(&self) -> usize {
@@ -712,7 +483,7 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
                 "no gradient norm was computed in the last step: enable clipping, skip_nonfinite or a grad scaler".into(),
             ));
         }
-        Ok(f32::from_bits(self.read_ctrl()?[2]))
+        Ok(self.read_ctrl()?.norm)
     }
 
     fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
@@ -721,7 +492,7 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
     }
 
     fn last_step_skipped(&self) -> Result<bool> {
-        Ok(self.norm_ran && self.read_ctrl()?[1] != 0)
+        Ok(self.norm_ran && self.read_ctrl()?.skip != 0)
     }
 
     fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()> {

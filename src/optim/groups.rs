@@ -1,7 +1,7 @@
 //! Parameter groups: which tensors get which hyperparameters.
 
+use crate::arena::Layout;
 use crate::error::{Error, Result};
-use crate::params::Layout;
 use std::fmt;
 use std::sync::Arc;
 

@@ -10,22 +10,24 @@ mod adam;
 mod rmsprop;
 mod sgd;
 
-pub use adagrad::{Adagrad, AdagradConfig};
-pub use adam::{Adam, AdamConfig};
-pub use rmsprop::{RmsProp, RmsPropConfig};
-pub use sgd::{Sgd, SgdConfig};
+pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
+pub use adam::{Adam, AdamConfig, AdamScalars};
+pub use rmsprop::{RmsProp, RmsPropConfig, RmsPropScalars};
+pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;
 mod groups;
+mod window;
+
+#[cfg(test)]
+pub(crate) use window::select_source;
 
 pub use groups::ParamGroup;
 
-use crate::clip::GradScaler;
 use crate::error::Result;
 use crate::params::Params;
-
-/// Number of f32 scalars per parameter group passed to a kernel each step (64 bytes).
-pub const SCALARS: usize = 16;
+use crate::scaler::GradScaler;
+use crate::shader::ShaderStruct;
 
 /// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works.
 pub trait Optimizer {
@@ -81,10 +83,19 @@ pub trait Optimizer {
 pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The algorithm's name.
     const NAME: &'static str;
-    /// Full WGSL source of the update kernel (common code + the family's file).
+    /// The optimizer's own WGSL: its `override` constants and
+    /// `fn update(i: u32, s: Scalars)`, the update of vec4 `i` of `param`, `grad` and the state
+    /// buffers (one `array<vec4<f32>>` per [`Self::SLOTS`] entry, by that name). The engine puts
+    /// the shared prologue in front (`shaders/common.wgsl`: bindings, entry point, gradient
+    /// preparation `prep_grad` and ATen's fused helpers) and the generated declaration of
+    /// [`Self::Scalars`].
     const SHADER: &'static str;
-    /// Every state buffer the shader declares, in binding order (PyTorch's names).
+    /// Every state buffer the shader uses, in binding order (PyTorch's names; valid WGSL
+    /// identifiers).
     const SLOTS: &'static [&'static str];
+    /// The per-step scalars the kernel reads (at most 64 bytes), defined with
+    /// [`shader_struct!`](crate::shader_struct): the shader sees the same struct as `Scalars`.
+    type Scalars: ShaderStruct;
     /// Check every option against PyTorch's rules.
     fn validate(&self) -> Result<()>;
     /// Whether this configuration uses state `key` (one of [`Self::SLOTS`]).
@@ -99,7 +110,7 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn maximize(&self) -> bool;
     /// The scalars for step `t` (1-based, the step about to be taken), computed in f64 as
     /// PyTorch's single-tensor path does and rounded to f32 once.
-    fn scalars(&self, t: u64) -> [f32; SCALARS];
+    fn scalars(&self, t: u64) -> Self::Scalars;
     /// The learning rate.
     fn lr(&self) -> f32;
     /// Set the learning rate.

@@ -1,6 +1,6 @@
 //! RMSprop, optionally centered and with momentum (`torch.optim.RMSprop`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// RMSprop.
@@ -44,12 +44,28 @@ impl Default for RmsPropConfig {
     }
 }
 
+crate::shader_struct! {
+    /// What `shaders/rmsprop.wgsl` reads each step, per group (PyTorch's single-tensor RMSprop).
+    pub struct RmsPropScalars {
+        /// `-lr`.
+        pub neg_lr: f32,
+        /// `weight_decay` (L2, added to the gradient).
+        pub weight_decay: f32,
+        /// `alpha`.
+        pub alpha: f32,
+        /// `1 - alpha`: `square_avg`'s weight of `grad²` and `grad_avg.lerp_`'s weight.
+        pub one_minus_alpha: f32,
+        /// `eps`.
+        pub eps: f32,
+        /// `momentum`.
+        pub momentum: f32,
+    }
+}
+
 impl OptimizerConfig for RmsPropConfig {
     const NAME: &'static str = "RMSprop";
-    const SHADER: &'static str = concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/rmsprop.wgsl")
-    );
+    const SHADER: &'static str = include_str!("../../shaders/rmsprop.wgsl");
+    type Scalars = RmsPropScalars;
     const SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
 
     fn validate(&self) -> Result<()> {
@@ -94,21 +110,15 @@ impl OptimizerConfig for RmsPropConfig {
         self.maximize
     }
 
-    fn scalars(&self, _t: u64) -> [f32; SCALARS] {
-        let alpha = widen(self.alpha);
-        let lerp_w = (1.0 - alpha) as f32;
-        let mut s = [0.0; SCALARS];
-        s[..8].copy_from_slice(&[
-            (-widen(self.lr)) as f32,
-            self.weight_decay,
-            self.alpha,
-            (1.0 - alpha) as f32,
-            lerp_w,
-            0.0,
-            self.eps,
-            self.momentum,
-        ]);
-        s
+    fn scalars(&self, _t: u64) -> RmsPropScalars {
+        RmsPropScalars {
+            neg_lr: (-widen(self.lr)) as f32,
+            weight_decay: self.weight_decay,
+            alpha: self.alpha,
+            one_minus_alpha: (1.0 - widen(self.alpha)) as f32,
+            eps: self.eps,
+            momentum: self.momentum,
+        }
     }
 
     fn lr(&self) -> f32 {

@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov (`torch.optim.SGD`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig, SCALARS};
+use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
 use crate::error::{check, Error, Result};
 
 /// SGD, optionally with (Nesterov) momentum.
@@ -41,12 +41,26 @@ impl Default for SgdConfig {
     }
 }
 
+crate::shader_struct! {
+    /// What `shaders/sgd.wgsl` reads each step, per group (PyTorch's single-tensor SGD).
+    pub struct SgdScalars {
+        /// `-lr`.
+        pub neg_lr: f32,
+        /// `weight_decay` (L2, added to the gradient).
+        pub weight_decay: f32,
+        /// `momentum`.
+        pub momentum: f32,
+        /// `1 - dampening`.
+        pub one_minus_dampening: f32,
+        /// 1 on the step that creates the momentum buffer (`buf = grad`), else 0.
+        pub first_step: f32,
+    }
+}
+
 impl OptimizerConfig for SgdConfig {
     const NAME: &'static str = "SGD";
-    const SHADER: &'static str = concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/sgd.wgsl")
-    );
+    const SHADER: &'static str = include_str!("../../shaders/sgd.wgsl");
+    type Scalars = SgdScalars;
     const SLOTS: &'static [&'static str] = &["momentum_buffer"];
 
     fn validate(&self) -> Result<()> {
@@ -87,16 +101,14 @@ impl OptimizerConfig for SgdConfig {
         self.maximize
     }
 
-    fn scalars(&self, t: u64) -> [f32; SCALARS] {
-        let mut s = [0.0; SCALARS];
-        s[..5].copy_from_slice(&[
-            (-widen(self.lr)) as f32,
-            self.weight_decay,
-            self.momentum,
-            (1.0 - widen(self.dampening)) as f32,
-            if t == 1 { 1.0 } else { 0.0 },
-        ]);
-        s
+    fn scalars(&self, t: u64) -> SgdScalars {
+        SgdScalars {
+            neg_lr: (-widen(self.lr)) as f32,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            one_minus_dampening: (1.0 - widen(self.dampening)) as f32,
+            first_step: if t == 1 { 1.0 } else { 0.0 },
+        }
     }
 
     fn lr(&self) -> f32 {
