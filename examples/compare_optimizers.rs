@@ -125,7 +125,7 @@ fn find_lr(gpu: &Gpu, data: &Data, build: Build) -> Result<(f32, LrFinder), wgpu
         if i % per_epoch == 0 {
             net.shuffle(&mut rng);
         }
-        opt.set_lr(finder.lr_at(i) as f32);
+        opt.set_lr(finder.lr_at(i) as f32)?;
         net.log_losses_at(Some(i));
         net.forward_backward(i % per_epoch);
         opt.step(&mut net.params)?;

@@ -24,7 +24,7 @@ fn main() -> Result<(), wgpu_optim::Error> {
     }
     let w: Vec<f32> = params.read("w")?;
     let m: Vec<f32> = opt.state("exp_avg", "w")?; // PyTorch's state names
-    opt.set_lr(5e-4);
+    opt.set_lr(5e-4)?;
     println!("{} {} {}", w[0], m[0], opt.lr());
     Ok(())
 }

@@ -1395,12 +1395,7 @@ impl Checkpoint {
             opt.set_max_grad_norm(self.header.max_grad_norm)?;
         }
         if opt.grad_norm_type() != self.header.norm_type {
-            let p = match self.header.norm_type {
-                NormType::L1 => 1.0,
-                NormType::L2 => 2.0,
-                NormType::Inf => f32::INFINITY,
-            };
-            opt.set_grad_norm_type(p)?;
+            opt.set_grad_norm_type(self.header.norm_type)?;
         }
         if opt.skip_nonfinite() != self.header.skip_nonfinite {
             opt.set_skip_nonfinite(self.header.skip_nonfinite)?;

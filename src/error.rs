@@ -7,9 +7,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `wgpu-optim`.
 ///
-/// Every variant is raised *before* any GPU work is recorded, so an `Err` never leaves
-/// parameters or optimizer state half-updated.
-#[derive(Debug, Error, Clone, PartialEq)]
+/// Every variant but [`Error::DeviceLost`] and [`Error::Gpu`] is raised *before* any GPU work is
+/// recorded, so such an `Err` never leaves parameters or optimizer state half-updated.
+///
+/// `Debug` prints the same readable message as `Display`, so `fn main() -> Result<(), Error>`
+/// shows it (with the install hint of [`Error::NoAdapter`]).
+#[derive(Error, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Error {
     /// No GPU adapter could be found.
@@ -27,7 +30,7 @@ pub enum Error {
         reason: String,
     },
     /// A hyperparameter is out of its valid range.
-    #[error("invalid {name} = {value}: {rule}")]
+    #[error("invalid {name} = {}: {rule}", shortest(*value))]
     InvalidHyperparameter {
         /// PyTorch's name of the option, e.g. `lr` or `betas[0]`.
         name: &'static str,
@@ -59,7 +62,7 @@ pub enum Error {
     #[error("empty input: {0}")]
     Empty(String),
     /// Data of the wrong length for a tensor.
-    #[error("tensor `{name}` has {expected} elements, got {got}")]
+    #[error("tensor `{name}` has {}, got {got}", elements(*expected))]
     LengthMismatch {
         /// Tensor name.
         name: String,
@@ -89,9 +92,17 @@ pub enum Error {
     /// Reading data back from the GPU failed.
     #[error("GPU read-back failed: {0}")]
     ReadBack(String),
+    /// The device was lost (destroyed, reset or removed): every later call on it fails with
+    /// this error. Build a new [`crate::Gpu`] and restore from a checkpoint.
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+    /// wgpu rejected a call inside this crate (a validation or out-of-memory error caught by an
+    /// error scope instead of reaching wgpu's default handler, which panics).
+    #[error("wgpu error: {0}")]
+    Gpu(String),
     /// A learning-rate scheduler option is out of its valid range. Raised before the scheduler
     /// touches the optimizer.
-    #[error("invalid scheduler option {name} = {value}: {rule}")]
+    #[error("invalid scheduler option {name} = {}: {rule}", shortest(*value))]
     InvalidScheduler {
         /// PyTorch's name of the option, e.g. `step_size` or `T_max`.
         name: &'static str,
@@ -189,6 +200,32 @@ pub enum Error {
         /// Its value.
         value: f32,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// A value for an error message: the shortest decimal of the f32 it was given as (`-0.001`, not
+/// `-0.0010000000474974513`) when it is one, else the f64.
+fn shortest(v: f64) -> String {
+    let f = v as f32;
+    if f as f64 == v || v.is_nan() {
+        f.to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// "1 element", "3 elements".
+fn elements(n: usize) -> String {
+    if n == 1 {
+        "1 element".into()
+    } else {
+        format!("{n} elements")
+    }
 }
 
 impl Error {

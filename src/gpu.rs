@@ -7,6 +7,26 @@ use std::sync::{Arc, Mutex};
 
 static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 
+/// The process's wgpu instances, made on first use: 0 for `WGPU_BACKEND`'s backends or else the
+/// primary ones (Vulkan, Metal, DX12, browser WebGPU), 1 for the GL fallback. Every `Gpu` of a
+/// tier shares one instance: wgpu ids are per instance, so only devices of one instance can be
+/// told apart (see `Params::from_buffers`' device check).
+fn instance(tier: usize) -> &'static wgpu::Instance {
+    static INSTANCES: [std::sync::OnceLock<wgpu::Instance>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    INSTANCES[tier].get_or_init(|| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if wgpu::Backends::from_env().is_none() {
+            desc.backends = if tier == 0 {
+                wgpu::Backends::PRIMARY
+            } else {
+                wgpu::Backends::SECONDARY
+            };
+        }
+        wgpu::Instance::new(desc)
+    })
+}
+
 /// A wgpu device and queue with the adapter's real limits, cheap to clone.
 ///
 /// ```no_run
@@ -62,34 +82,24 @@ impl Gpu {
 
     /// Async form of [`Gpu::new`].
     pub async fn new_async() -> Result<Self> {
-        // One instance for every Gpu of the process: wgpu ids are per instance, so only devices
-        // of one instance can be told apart (see Params::from_buffers' device check).
-        static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
-        let instance = INSTANCE.get_or_init(|| {
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
-        });
-        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
-            Ok(wanted) => {
-                let wanted = wanted.to_lowercase();
-                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters
-                    .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-                    .ok_or_else(|| {
-                        Error::NoAdapter(format!(
-                            "WGPU_ADAPTER_NAME={wanted} matches none of {names:?}"
-                        ))
-                    })?
-            }
-            Err(_) => instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| Error::NoAdapter(e.to_string()))?,
+        // wgpu's GL backend is asked only when no Vulkan, Metal or DX12 adapter exists (or
+        // WGPU_BACKEND asks for it), so a normal run does not start EGL and print its warnings.
+        let tiers: &[usize] = match wgpu::Backends::from_env() {
+            Some(_) => &[0],
+            None => &[0, 1],
         };
+        let mut tried = Vec::new();
+        let mut found = None;
+        for &tier in tiers {
+            match Self::find_adapter(instance(tier)).await {
+                Ok(a) => {
+                    found = Some(a);
+                    break;
+                }
+                Err(why) => tried.push(why),
+            }
+        }
+        let adapter = found.ok_or_else(|| Error::NoAdapter(tried.join("; ")))?;
         let info = adapter.get_info();
         let wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
@@ -108,10 +118,42 @@ impl Gpu {
         Ok(Self::from_device(device, queue))
     }
 
+    /// The adapter `WGPU_ADAPTER_NAME` names, or the default one, of `instance`.
+    async fn find_adapter(instance: &wgpu::Instance) -> std::result::Result<wgpu::Adapter, String> {
+        match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(wanted) => {
+                let wanted = wanted.to_lowercase();
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let mut names: Vec<String> = Vec::new();
+                for a in &adapters {
+                    let info = a.get_info();
+                    let name = format!("{} ({:?})", info.name, info.backend);
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| format!("WGPU_ADAPTER_NAME={wanted} matches none of {names:?}"))
+            }
+            Err(_) => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Wrap a device and queue the caller already has (e.g. the one their model runs on).
     ///
     /// The limits used for chunking are the device's own, so request large
     /// `max_storage_buffer_binding_size`/`max_buffer_size` when you create it.
+    ///
+    /// The device must come from the same major version of wgpu as this crate's (wgpu 30): use
+    /// the re-exported [`crate::wgpu`] to create it, so the types are the same.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
         let limits = device.limits();

@@ -49,12 +49,29 @@ impl NormType {
         }
     }
 
+    /// PyTorch's float `norm_type`: 1, 2 or inf.
+    pub fn p(self) -> f32 {
+        match self {
+            NormType::Inf => f32::INFINITY,
+            NormType::L1 => 1.0,
+            NormType::L2 => 2.0,
+        }
+    }
+
     fn code(self) -> u32 {
         match self {
             NormType::Inf => 0,
             NormType::L1 => 1,
             NormType::L2 => 2,
         }
+    }
+}
+
+impl TryFrom<f32> for NormType {
+    type Error = Error;
+
+    fn try_from(p: f32) -> Result<NormType> {
+        NormType::from_p(p)
     }
 }
 

@@ -221,6 +221,37 @@ impl Params {
         self.grad_bufs.get(chunk)
     }
 
+    /// Set every gradient to zero on the GPU: one `clear_buffer` per gradient chunk (a user's
+    /// own buffer only over its tensor's range), one submit, nothing uploaded.
+    ///
+    /// No optimizer clears gradients: as in torch, they stay as they are after a step, so call
+    /// this (or overwrite them in your backward pass) before the next accumulation.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 3)])?;
+    /// params.write_grad("w", &[1.0, 2.0, 3.0])?;
+    /// params.zero_grad();
+    /// assert_eq!(params.read_grad("w")?, vec![0.0; 3]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn zero_grad(&mut self) {
+        let mut enc = self
+            .gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim zero_grad"),
+            });
+        for (c, buf) in self.grad_bufs.iter().enumerate() {
+            let size = self
+                .borrowed
+                .then(|| (self.layout.chunk_lens[c] * 4) as u64);
+            enc.clear_buffer(buf, 0, size);
+        }
+        self.gpu.queue().submit([enc.finish()]);
+    }
+
     /// Overwrite a tensor's values.
     pub fn write(&self, name: &str, data: &[f32]) -> Result<()> {
         self.write_to(&self.param_bufs, name, data)

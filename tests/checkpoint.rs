@@ -132,7 +132,8 @@ fn resume_exact<C: OptimizerConfig>(
         if configured {
             opt.set_max_grad_norm(settings.max_grad_norm).unwrap();
             if let Some(p) = settings.norm_type {
-                opt.set_grad_norm_type(p).unwrap();
+                opt.set_grad_norm_type(wgpu_optim::NormType::from_p(p).unwrap())
+                    .unwrap();
             }
             opt.set_skip_nonfinite(settings.skip_nonfinite).unwrap();
         } else {

@@ -25,8 +25,8 @@ fn run_clipped<C: OptimizerConfig>(cfg: C, reference: RefFn<C>, p: f32, max_norm
     let mut params = Params::new(&gpu, &tensors).unwrap();
     let mut opt = Optim::new(&params, cfg.clone()).unwrap();
     opt.set_max_grad_norm(Some(max_norm)).unwrap();
-    opt.set_grad_norm_type(p).unwrap();
     let norm = NormType::from_p(p).unwrap();
+    opt.set_grad_norm_type(norm).unwrap();
     let mut cpu_p: Vec<Array1<f32>> = init.iter().map(|v| Array1::from(v.clone())).collect();
     let mut cpu_s: Vec<State> = SIZES.iter().map(|&n| State::new(&cfg, n)).collect();
     let mut clipped = 0;
@@ -482,7 +482,7 @@ fn bad_clipping_and_scaler_options() {
     }
     for bad in [0.0, 3.0, -1.0, f32::NAN] {
         assert!(matches!(
-            opt.set_grad_norm_type(bad),
+            NormType::from_p(bad),
             Err(Error::InvalidOptions(_))
         ));
         assert!(matches!(

@@ -194,15 +194,16 @@ fn failed_step_changes_nothing() {
         opt.state("exp_avg", "w").unwrap(),
         opt.state("exp_avg_sq", "w").unwrap(),
     );
-    for bad in [-1.0, f32::NAN] {
-        opt.set_lr(bad);
-        hyper(opt.step(&mut p), "lr");
+    for bad in [-1.0, f32::NAN, f32::INFINITY] {
+        // Rejected at once; the old lr stays and steps go on.
+        hyper(opt.set_lr(bad), "lr");
+        assert_eq!(opt.lr(), 1e-3);
     }
     assert_eq!(opt.step_count(), 1);
     assert_eq!(p.read("w").unwrap(), w);
     assert_eq!(opt.state("exp_avg", "w").unwrap(), m);
     assert_eq!(opt.state("exp_avg_sq", "w").unwrap(), v);
-    opt.set_lr(1e-3);
+    opt.set_lr(1e-3).unwrap();
     opt.step(&mut p).unwrap();
     assert_ne!(p.read("w").unwrap(), w);
 }
@@ -323,7 +324,7 @@ fn boxed_trait_objects_work() {
     ];
     for o in &mut opts {
         o.step(&mut p).unwrap();
-        o.set_lr(0.5);
+        o.set_lr(0.5).unwrap();
         assert_eq!((o.lr(), o.step_count()), (0.5, 1));
         assert!(!o.name().is_empty());
     }

@@ -276,7 +276,7 @@ fn group_setters_touch_one_group() {
         0.5,
         "failed setters change nothing"
     );
-    opt.set_lr(0.2);
+    opt.set_lr(0.2).unwrap();
     assert_eq!(
         (opt.group_lr(0).unwrap(), opt.group_lr(1).unwrap()),
         (0.2, 0.2)

@@ -410,10 +410,12 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
         self.groups[0].lr()
     }
 
-    fn set_lr(&mut self, lr: f32) {
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        check("lr", lr as f64, lr >= 0.0, "must be >= 0")?;
         for g in &mut self.groups {
             g.set_lr(lr);
         }
+        Ok(())
     }
 
     /// Steps applied: submitted steps minus those the GPU skipped (may wait for a read-back
@@ -470,8 +472,7 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
         self.reconfigure(false)
     }
 
-    fn set_grad_norm_type(&mut self, norm_type: f32) -> Result<()> {
-        let t = NormType::from_p(norm_type)?;
+    fn set_grad_norm_type(&mut self, t: NormType) -> Result<()> {
         let changed = t != self.norm_type;
         self.norm_type = t;
         self.reconfigure(changed)
@@ -580,7 +581,7 @@ impl<C: OptimizerConfig> Optim<C> {
     /// let gpu = Gpu::new()?;
     /// let params = Params::zeros(&gpu, &[("w", 8)])?;
     /// let mut opt = Adam::new(&params, AdamConfig::default())?;
-    /// opt.set_grad_norm_type(f32::INFINITY)?;
+    /// opt.set_grad_norm_type(wgpu_optim::NormType::Inf)?;
     /// assert_eq!(opt.grad_norm_type(), wgpu_optim::NormType::Inf);
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```

@@ -25,6 +25,7 @@ pub(crate) use window::select_source;
 pub use groups::ParamGroup;
 
 use crate::error::Result;
+use crate::norm::NormType;
 use crate::params::Params;
 use crate::scaler::GradScaler;
 use crate::shader::ShaderStruct;
@@ -33,15 +34,18 @@ use crate::shader::ShaderStruct;
 pub trait Optimizer {
     /// The algorithm's name, e.g. `"Adam"`.
     fn name(&self) -> &'static str;
-    /// Record and submit one fused update of every tensor. Never waits for the GPU.
+    /// Record and submit one fused update of every tensor. Does not wait for the GPU (unless
+    /// the GPU is 64 steps behind the host with skipping on; see [`Optimizer::set_skip_nonfinite`]).
     ///
     /// Validates the configuration and that `params` is the set this optimizer was built for
-    /// before any GPU work; an `Err` changes nothing.
+    /// before any GPU work; an `Err` changes nothing. Gradients are not cleared, as in torch:
+    /// see [`Params::zero_grad`].
     fn step(&mut self, params: &mut Params) -> Result<()>;
     /// Current learning rate.
     fn lr(&self) -> f32;
-    /// Set the learning rate used from the next step on (validated by the next `step`).
-    fn set_lr(&mut self, lr: f32);
+    /// Set the learning rate of every group from the next step on. A negative or non-finite
+    /// `lr` is an [`crate::Error::InvalidHyperparameter`] and keeps the old one.
+    fn set_lr(&mut self, lr: f32) -> Result<()>;
     /// Number of steps taken.
     fn step_count(&self) -> u64;
     /// The state keys this configuration keeps (PyTorch's names, e.g. `exp_avg`).
@@ -63,9 +67,15 @@ pub trait Optimizer {
 
     /// Clip gradients by their global norm before every update (`None`: off). The norm is
     /// computed on the GPU in one extra read of the gradients and never read back.
+    ///
+    /// Clipping implies skipping: a step whose gradients hold an inf or NaN (so the norm is
+    /// inf or NaN and there is no finite coefficient) is skipped on the GPU, leaving params,
+    /// state and the step count untouched, as with [`Optimizer::set_skip_nonfinite`].
+    /// [`Optimizer::last_step_skipped`] tells.
     fn set_max_grad_norm(&mut self, max_norm: Option<f32>) -> Result<()>;
-    /// Norm used for clipping and [`Optimizer::last_grad_norm`]: 2 (default), 1 or `inf`.
-    fn set_grad_norm_type(&mut self, norm_type: f32) -> Result<()>;
+    /// Norm used for clipping and [`Optimizer::last_grad_norm`]: [`NormType::L2`] (default),
+    /// [`NormType::L1`] or [`NormType::Inf`] (`NormType::from_p` takes PyTorch's float).
+    fn set_grad_norm_type(&mut self, norm_type: NormType) -> Result<()>;
     /// Total gradient norm of the last step (after unscaling). A sync point: one small read-back.
     fn last_grad_norm(&self) -> Result<f32>;
     /// Make a step with any inf/NaN gradient a no-op on the GPU (params, state and step count
