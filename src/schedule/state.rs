@@ -272,6 +272,14 @@ impl Scheduler {
         let step_count = i64::try_from(st.step_count).unwrap_or(i64::MAX);
         check_state_count(&format!("{path}step_count"), step_count, 0)?;
         self.rule.check_state(st, path)?;
+        // Momenta are the outermost state's (checked by `load_state`); an inner one has none.
+        if !path.is_empty() && st.momentum.is_some() {
+            return Err(state_err(
+                format!("{path}momentum"),
+                "none (only the outermost state holds momenta)",
+                "some",
+            ));
+        }
         let subs = self.rule.subs();
         if st.schedulers.len() != subs.len() {
             return Err(state_err(
