@@ -401,7 +401,7 @@ fn check(
     let name = c["name"].as_str().unwrap();
     let mut want = f(&c["lr"][k][fg]);
     if want < 0.0 {
-        // OneCycleLR's linear extrapolation at step total_steps (see schedule.rs): clamped.
+        // OneCycleLR's linear extrapolation at step total_steps (see the `schedule` module docs): clamped.
         assert_eq!(c["scheduler"]["kind"], "OneCycleLR", "{name}: negative lr");
         assert_eq!(
             k as u64,
@@ -1706,4 +1706,34 @@ fn load_state_survives_random_states() {
     let (.., loaded, plateau_loaded) = world.into_inner();
     eprintln!("{loaded} scheduler and {plateau_loaded} plateau states loaded of 2000 each");
     assert!(loaded > 0 && plateau_loaded > 0);
+}
+
+/// The scheduler itself refuses an lr that is not finite, not finite as f32 or negative
+/// (whatever the optimizer would accept), at attach and at a step, and keeps the old values.
+#[test]
+fn a_scheduler_never_writes_a_non_finite_or_negative_lr() {
+    let (_p, mut opt) = sgd2();
+    for bad in [f64::INFINITY, f64::NAN, 1e300, -1e-9] {
+        let before = snapshot(opt.as_ref());
+        let r = Scheduler::new(opt.as_mut(), LambdaLR::new(move |_| bad));
+        assert!(
+            matches!(r, Err(Error::InvalidHyperparameter { name: "lr", .. })),
+            "{bad}: {r:?}"
+        );
+        assert_eq!(snapshot(opt.as_ref()), before);
+
+        let mut s = Scheduler::new(
+            opt.as_mut(),
+            MultiplicativeLR::new(move |e| if e >= 2 { bad } else { 1.0 }),
+        )
+        .unwrap();
+        s.step(opt.as_mut()).unwrap();
+        let (before, state) = (snapshot(opt.as_ref()), s.state());
+        let r = s.step(opt.as_mut());
+        assert!(
+            matches!(r, Err(Error::InvalidHyperparameter { name: "lr", .. })),
+            "{bad}: {r:?}"
+        );
+        assert_eq!((snapshot(opt.as_ref()), s.state()), (before, state));
+    }
 }
