@@ -75,9 +75,12 @@
 //! # Errors
 //! Options are validated when a scheduler is attached ([`Error::InvalidScheduler`]), before
 //! the optimizer is touched. A step that fails (stepping OneCycleLR past `total_steps`,
-//! a value the optimizer rejects, such as a NaN or negative factor from an [`LrLambda`]) leaves
-//! the optimizer and the scheduler as they were. A saved state that does not fit is an
-//! [`Error::SchedulerState`] and changes nothing.
+//! a value the optimizer rejects) leaves the optimizer and the scheduler as they were. An lr
+//! or momentum that is not finite (also as f32) or is negative, such as a NaN or negative
+//! factor from an [`LrLambda`], is refused by the scheduler itself
+//! ([`Error::InvalidHyperparameter`]) before anything is written. A saved state that does not
+//! fit is an [`Error::SchedulerState`] and changes nothing; any state, however malformed,
+//! gives a typed error rather than a panic.
 //!
 //! # Differences from PyTorch
 //! - A scheduler does not resume from a `last_epoch` argument (use `load_state`), and the
