@@ -6,6 +6,7 @@
 
 mod common;
 use common::{gpu, named};
+use proptest::prelude::*;
 use serde_json::Value;
 use std::f64::consts::PI;
 use wgpu_optim::checkpoint::{self, Checkpoint, SchedulerRecord};
@@ -400,7 +401,7 @@ fn check(
     let name = c["name"].as_str().unwrap();
     let mut want = f(&c["lr"][k][fg]);
     if want < 0.0 {
-        // OneCycleLR's linear extrapolation at step total_steps (see schedule.rs): clamped.
+        // OneCycleLR's linear extrapolation at step total_steps (see the `schedule` module docs): clamped.
         assert_eq!(c["scheduler"]["kind"], "OneCycleLR", "{name}: negative lr");
         assert_eq!(
             k as u64,
@@ -1406,4 +1407,333 @@ fn scheduler_states_travel_in_a_checkpoint() {
     let mut opt3 = build(&params2);
     checkpoint::load(&path, &mut params2, &mut opt3).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Values a damaged or adversarial state may hold where a number is expected.
+fn wild_f64() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(f64::MAX),
+        Just(1e300),
+        Just(-1.0),
+        Just(-0.0),
+        0.0..1.0f64,
+        any::<f64>(),
+    ]
+}
+
+fn wild_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just((1i64 << 53) + 1),
+        Just(1i64 << 53),
+        -3..40i64,
+        any::<i64>(),
+    ]
+}
+
+fn wild_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(u64::MAX), Just(1u64 << 53), 0..40u64, any::<u64>()]
+}
+
+fn wild_lrs() -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(wild_f64(), 0..4)
+}
+
+fn wild_groups() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        Just(vec![0, 1]),
+        Just(vec![1, 0]),
+        Just(vec![0]),
+        Just(vec![]),
+        prop::collection::vec(any::<usize>(), 0..4),
+        Just(vec![0; 1000]),
+    ]
+}
+
+fn wild_kind() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("StepLR".to_string()),
+        Just("CosineAnnealingWarmRestarts".to_string()),
+        Just("CyclicLR".to_string()),
+        Just("ChainedScheduler".to_string()),
+        Just("ReduceLROnPlateau".to_string()),
+        ".{0,80}",
+    ]
+}
+
+/// Replacements for some fields of one [`SchedulerState`] (`None`: keep the field).
+#[derive(Clone, Debug)]
+struct Damage {
+    kind: Option<String>,
+    groups: Option<Vec<usize>>,
+    last_epoch: Option<i64>,
+    step_count: Option<u64>,
+    base_lrs: Option<Vec<f64>>,
+    last_lr: Option<Vec<f64>>,
+    t_cur: Option<Option<i64>>,
+    t_i: Option<Option<i64>>,
+    momentum: Option<Option<Vec<f64>>>,
+    /// A new number of inner states (cut, or repeated from the first).
+    schedulers: Option<usize>,
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    let w = 0.15;
+    (
+        (
+            prop::option::weighted(w, wild_kind()),
+            prop::option::weighted(w, wild_groups()),
+            prop::option::weighted(w, wild_i64()),
+            prop::option::weighted(w, wild_u64()),
+            prop::option::weighted(w, wild_lrs()),
+        ),
+        (
+            prop::option::weighted(w, wild_lrs()),
+            prop::option::weighted(w, prop::option::of(wild_i64())),
+            prop::option::weighted(w, prop::option::of(wild_i64())),
+            prop::option::weighted(w, prop::option::of(wild_lrs())),
+            prop::option::weighted(w, 0..4usize),
+        ),
+    )
+        .prop_map(
+            |(
+                (kind, groups, last_epoch, step_count, base_lrs),
+                (last_lr, t_cur, t_i, momentum, schedulers),
+            )| Damage {
+                kind,
+                groups,
+                last_epoch,
+                step_count,
+                base_lrs,
+                last_lr,
+                t_cur,
+                t_i,
+                momentum,
+                schedulers,
+            },
+        )
+}
+
+fn apply_damage(st: &mut SchedulerState, d: &Damage) {
+    if let Some(v) = &d.kind {
+        st.kind.clone_from(v);
+    }
+    if let Some(v) = &d.groups {
+        st.groups.clone_from(v);
+    }
+    if let Some(v) = d.last_epoch {
+        st.last_epoch = v;
+    }
+    if let Some(v) = d.step_count {
+        st.step_count = v;
+    }
+    if let Some(v) = &d.base_lrs {
+        st.base_lrs.clone_from(v);
+    }
+    if let Some(v) = &d.last_lr {
+        st.last_lr.clone_from(v);
+    }
+    if let Some(v) = d.t_cur {
+        st.t_cur = v;
+    }
+    if let Some(v) = d.t_i {
+        st.t_i = v;
+    }
+    if let Some(v) = &d.momentum {
+        st.momentum.clone_from(v);
+    }
+    if let Some(n) = d.schedulers {
+        match st.schedulers.first().cloned() {
+            Some(first) => st.schedulers.resize(n, first),
+            None => st.schedulers = vec![st.clone(); n.min(1)],
+        }
+    }
+}
+
+/// Random damage to valid states of every kind of scheduler (counts near and past the limits,
+/// NaN, ±inf, negative and huge lrs, other kinds and groups, missing or extra fields and inner
+/// states): `load_state` returns `Ok` or a typed `Err` and never panics; an `Err` changes
+/// nothing; an `Ok` takes over the state exactly, and stepping on from it never panics either.
+#[test]
+fn load_state_survives_random_states() {
+    use proptest::test_runner::{Config, TestRunner};
+    let (_p, mut opt) = sgd2();
+    let schedules: Vec<Schedule> = vec![
+        StepLR::new(3).into(),
+        CosineAnnealingWarmRestarts {
+            t_mult: 2,
+            ..CosineAnnealingWarmRestarts::new(4)
+        }
+        .into(),
+        CyclicLR::new(0.01, 0.1).into(),
+        OneCycleLR::new(0.1, 20).into(),
+        LambdaLR::new(|e| 1.0 / (1.0 + e as f64)).into(),
+        SequentialLR::new(
+            vec![
+                ChainedScheduler::new(vec![
+                    LinearLR::default().into(),
+                    CosineAnnealingWarmRestarts::new(3).into(),
+                ])
+                .into(),
+                CosineAnnealingLR::new(10).into(),
+            ],
+            vec![5],
+        )
+        .into(),
+    ];
+    let scheds: Vec<Scheduler> = schedules
+        .into_iter()
+        .map(|s| {
+            let mut sched = Scheduler::new(opt.as_mut(), s).unwrap();
+            sched.step(opt.as_mut()).unwrap();
+            sched
+        })
+        .collect();
+    let bases: Vec<SchedulerState> = scheds.iter().map(Scheduler::state).collect();
+    let mut plateau = PlateauScheduler::new(opt.as_ref(), ReduceLROnPlateau::default()).unwrap();
+    plateau.step_with(1.0, opt.as_mut()).unwrap();
+    let plateau_base = plateau.state();
+
+    let strategy = (
+        0..bases.len(),
+        prop::collection::vec(damage(), 3),
+        (
+            prop::option::weighted(0.2, wild_kind()),
+            prop::option::weighted(0.2, wild_groups()),
+            prop::option::weighted(0.2, wild_i64()),
+            prop::option::weighted(0.2, wild_f64()),
+            prop::option::weighted(0.2, wild_u64()),
+            prop::option::weighted(0.2, wild_u64()),
+            prop::option::weighted(0.2, wild_lrs()),
+        ),
+        prop::collection::vec(wild_f64(), 3),
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 2000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // The runner wants an `Fn`: the optimizer and the schedulers live in a cell.
+    let world = std::cell::RefCell::new((opt, scheds, plateau, 0usize, 0usize));
+    runner
+        .run(&strategy, |(which, damages, p, metrics)| {
+            let mut guard = world.borrow_mut();
+            let (opt, scheds, plateau, loaded, plateau_loaded) = &mut *guard;
+            // An epoch scheduler: the outer state and up to two inner ones damaged.
+            let mut st = bases[which].clone();
+            apply_damage(&mut st, &damages[0]);
+            for (inner, d) in st.schedulers.iter_mut().zip(&damages[1..]) {
+                apply_damage(inner, d);
+            }
+            let sched = &mut scheds[which];
+            let (before, own) = (snapshot(opt.as_ref()), sched.state());
+            match sched.load_state(opt.as_mut(), &st) {
+                Ok(()) => {
+                    *loaded += 1;
+                    prop_assert_eq!(&sched.state(), &st);
+                    for _ in 0..3 {
+                        let (before, own) = (snapshot(opt.as_ref()), sched.state());
+                        if sched.step(opt.as_mut()).is_err() {
+                            prop_assert_eq!(snapshot(opt.as_ref()), before);
+                            prop_assert_eq!(sched.state(), own);
+                        }
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(
+                        matches!(
+                            e,
+                            Error::SchedulerState { .. }
+                                | Error::InvalidHyperparameter { .. }
+                                | Error::NoMomentum { .. }
+                        ),
+                        "{e:?}"
+                    );
+                    prop_assert_eq!(snapshot(opt.as_ref()), before);
+                    prop_assert_eq!(sched.state(), own);
+                }
+            }
+
+            // The plateau scheduler.
+            let mut ps = plateau_base.clone();
+            let (kind, groups, last_epoch, best, bad, cooldown, last_lr) = p;
+            if let Some(v) = kind {
+                ps.kind = v;
+            }
+            if let Some(v) = groups {
+                ps.groups = v;
+            }
+            if let Some(v) = last_epoch {
+                ps.last_epoch = v;
+            }
+            if let Some(v) = best {
+                ps.best = v;
+            }
+            if let Some(v) = bad {
+                ps.num_bad_epochs = v;
+            }
+            if let Some(v) = cooldown {
+                ps.cooldown_counter = v;
+            }
+            if let Some(v) = last_lr {
+                ps.last_lr = v;
+            }
+            let (before, own) = (snapshot(opt.as_ref()), plateau.state());
+            match plateau.load_state(opt.as_mut(), &ps) {
+                Ok(()) => {
+                    *plateau_loaded += 1;
+                    prop_assert_eq!(&plateau.state(), &ps);
+                    for m in metrics {
+                        let (before, own) = (snapshot(opt.as_ref()), plateau.state());
+                        if plateau.step_with(m, opt.as_mut()).is_err() {
+                            prop_assert_eq!(snapshot(opt.as_ref()), before);
+                            prop_assert_eq!(plateau.state(), own);
+                        }
+                    }
+                }
+                Err(_) => {
+                    prop_assert_eq!(snapshot(opt.as_ref()), before);
+                    prop_assert_eq!(plateau.state(), own);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (.., loaded, plateau_loaded) = world.into_inner();
+    eprintln!("{loaded} scheduler and {plateau_loaded} plateau states loaded of 2000 each");
+    assert!(loaded > 0 && plateau_loaded > 0);
+}
+
+/// The scheduler itself refuses an lr that is not finite, not finite as f32 or negative
+/// (whatever the optimizer would accept), at attach and at a step, and keeps the old values.
+#[test]
+fn a_scheduler_never_writes_a_non_finite_or_negative_lr() {
+    let (_p, mut opt) = sgd2();
+    for bad in [f64::INFINITY, f64::NAN, 1e300, -1e-9] {
+        let before = snapshot(opt.as_ref());
+        let r = Scheduler::new(opt.as_mut(), LambdaLR::new(move |_| bad));
+        assert!(
+            matches!(r, Err(Error::InvalidHyperparameter { name: "lr", .. })),
+            "{bad}: {r:?}"
+        );
+        assert_eq!(snapshot(opt.as_ref()), before);
+
+        let mut s = Scheduler::new(
+            opt.as_mut(),
+            MultiplicativeLR::new(move |e| if e >= 2 { bad } else { 1.0 }),
+        )
+        .unwrap();
+        s.step(opt.as_mut()).unwrap();
+        let (before, state) = (snapshot(opt.as_ref()), s.state());
+        let r = s.step(opt.as_mut());
+        assert!(
+            matches!(r, Err(Error::InvalidHyperparameter { name: "lr", .. })),
+            "{bad}: {r:?}"
+        );
+        assert_eq!((snapshot(opt.as_ref()), s.state()), (before, state));
+    }
 }
