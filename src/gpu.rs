@@ -50,6 +50,8 @@ struct Inner {
     uid: u64,
     fma: std::sync::OnceLock<bool>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Times this crate blocked until the GPU finished its work (see `blocking_waits`).
+    waits: AtomicU64,
 }
 
 /// Cache key of a compiled pipeline: the shader and its specialisation constants.
@@ -167,6 +169,7 @@ impl Gpu {
                 fma: Default::default(),
                 limits,
                 pipelines: Mutex::new(HashMap::new()),
+                waits: AtomicU64::new(0),
             }),
         }
     }
@@ -206,6 +209,7 @@ impl Gpu {
                 uid: i.uid,
                 fma: i.fma.clone(),
                 pipelines: Mutex::new(HashMap::new()),
+                waits: AtomicU64::new(0),
             }),
         }
     }
@@ -302,6 +306,23 @@ impl Gpu {
     ///
     /// `trusted`: the shader only indexes in bounds (checked by construction on the host), so
     /// naga's runtime bounds checks are left out.
+    /// How many times this crate blocked until the device finished its work (read-backs, and
+    /// the rare waits documented on `Optimizer::step`). For tests that check that a call does
+    /// not wait.
+    #[doc(hidden)]
+    pub fn blocking_waits(&self) -> u64 {
+        self.inner.waits.load(Ordering::Relaxed)
+    }
+
+    /// Block until the device has finished all submitted work (counted in `blocking_waits`).
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.inner.waits.fetch_add(1, Ordering::Relaxed);
+        self.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::ReadBack(e.to_string()))
+    }
+
     pub(crate) fn pipeline(
         &self,
         key: PipelineKey,
@@ -410,9 +431,7 @@ impl Gpu {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.device()
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        self.wait()?;
         rx.recv()
             .map_err(|e| Error::ReadBack(e.to_string()))?
             .map_err(|e| Error::ReadBack(e.to_string()))?;

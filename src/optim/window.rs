@@ -308,7 +308,7 @@ impl SkipTracker {
             .iter()
             .any(|s| Self::state(s) == SlotState::Pending)
         {
-            let _ = gpu.device().poll(wgpu::PollType::wait_indefinitely());
+            let _ = gpu.wait();
         }
         self.harvest(gpu);
     }
@@ -316,7 +316,7 @@ impl SkipTracker {
     /// Wait for the read-backs in flight and drop them unread.
     fn discard(&mut self, gpu: &Gpu) {
         if self.slots.iter().any(|s| Self::state(s) != SlotState::Free) {
-            let _ = gpu.device().poll(wgpu::PollType::wait_indefinitely());
+            let _ = gpu.wait();
         }
         for slot in &self.slots {
             let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,310 @@
+//! What a user hits beyond the happy path: threads, a host that runs ahead of the GPU, many tiny
+//! tensors in the norm passes, clearing gradients, and readable errors.
+
+mod common;
+
+use common::{gpu, randn, rng};
+use wgpu_optim::{
+    reference, Adagrad, Adam, AdamConfig, Error, Gpu, GradScaler, NormType, Optimizer, Params,
+    RmsProp, Sgd, SgdConfig,
+};
+
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn handles_are_send_and_sync() {
+    assert_send_sync::<Gpu>();
+    assert_send_sync::<Params>();
+    assert_send_sync::<Adam>();
+    assert_send_sync::<Sgd>();
+    assert_send_sync::<RmsProp>();
+    assert_send_sync::<Adagrad>();
+    assert_send_sync::<GradScaler>();
+    assert_send_sync::<wgpu_optim::Scheduler>();
+}
+
+/// `steps` AdamW steps with clipping on fresh params; returns params and state as bits.
+fn run_adam(gpu: &Gpu, init: &[f32], grads: &[Vec<f32>]) -> (Vec<u32>, Vec<u32>) {
+    let mut params = Params::new(gpu, &[("w", init)]).unwrap();
+    let mut opt = Adam::new(&params, AdamConfig::adamw()).unwrap();
+    opt.set_max_grad_norm(Some(1.0)).unwrap();
+    for g in grads {
+        params.write_grad("w", g).unwrap();
+        opt.step(&mut params).unwrap();
+    }
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    (
+        bits(params.read("w").unwrap()),
+        bits(opt.state("exp_avg_sq", "w").unwrap()),
+    )
+}
+
+#[test]
+fn two_threads_step_two_optimizers_on_one_device() {
+    let gpu = gpu();
+    let mut rng = rng("two_threads_step_two_optimizers_on_one_device");
+    let n = 10_007;
+    let inits: Vec<Vec<f32>> = (0..2).map(|_| randn(&mut rng, n, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..2)
+        .map(|_| (0..12).map(|_| randn(&mut rng, n, 0.5)).collect())
+        .collect();
+    let alone: Vec<_> = (0..2)
+        .map(|k| run_adam(&gpu, &inits[k], &grads[k]))
+        .collect();
+    let together: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|k| {
+                let (gpu, init, grads) = (gpu.clone(), &inits[k], &grads[k]);
+                s.spawn(move || run_adam(&gpu, init, grads))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together, "two threads changed the results");
+}
+
+#[test]
+fn step_does_not_wait_for_the_gpu() {
+    // Every place where this crate blocks on the GPU counts itself (`Gpu::blocking_waits`).
+    // Steps with clipping, skipping and a loss scaler on (the path whose scalars depend on
+    // what the GPU skipped, and which used to read the skip count back) make no such wait,
+    // skipped steps included; asking for the step count does. (How long `step()` takes says
+    // nothing here: lavapipe runs the work inside `queue.submit`.) A handle of its own (same
+    // device) so that other tests' read-backs do not count.
+    let gpu = gpu().with_dispatch_dim_cap(u32::MAX);
+    let n = 4099;
+    let mut params = Params::zeros(&gpu, &[("w", n)]).unwrap();
+    let mut opt = Adam::new(&params, AdamConfig::adamw()).unwrap();
+    opt.set_max_grad_norm(Some(1.0)).unwrap();
+    opt.set_skip_nonfinite(true).unwrap();
+    let scaler = GradScaler::new(&gpu, Default::default()).unwrap();
+    opt.set_grad_scaler(Some(&scaler)).unwrap();
+    let good = vec![0.25; n];
+    let mut bad = good.clone();
+    bad[n - 1] = f32::NAN;
+    let before = gpu.blocking_waits();
+    for step in 0..200 {
+        params
+            .write_grad("w", if step % 7 == 3 { &bad } else { &good })
+            .unwrap();
+        opt.step(&mut params).unwrap();
+    }
+    assert_eq!(gpu.blocking_waits(), before, "step() waited on the GPU");
+    let skipped = (0..200).filter(|s| s % 7 == 3).count() as u64;
+    assert_eq!(opt.step_count(), 200 - skipped);
+}
+
+/// Tensor sizes for the many-tensor norm tests: mostly tiny, two above the small-tensor cut.
+fn many_sizes(rng: &mut rand::rngs::StdRng) -> Vec<usize> {
+    use rand::Rng;
+    let mut sizes: Vec<usize> = (0..3000).map(|_| rng.random_range(1..=300)).collect();
+    sizes.extend([1023, 1024, 1025, 40_000, 50_001]);
+    sizes.swap(10, 3001); // a big one among the small ones
+    sizes
+}
+
+fn norm_bits(params: &Params, p: f32) -> u32 {
+    params.grad_norm(p).unwrap().value().unwrap().to_bits()
+}
+
+#[test]
+fn many_tiny_tensors_norm_is_exact_and_independent_of_packing() {
+    let gpu = gpu();
+    let mut rng = rng("many_tiny_tensors_norm_is_exact_and_independent_of_packing");
+    let sizes = many_sizes(&mut rng);
+    let names: Vec<String> = (0..sizes.len()).map(|i| format!("t{i}")).collect();
+    let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
+    let specs: Vec<(&str, usize)> = names
+        .iter()
+        .map(|s| s.as_str())
+        .zip(sizes.clone())
+        .collect();
+    // One arena; small chunks (no tensor split: each fits a chunk); the user's own buffers.
+    let one = Params::zeros(&gpu, &specs).unwrap();
+    let chunked = Params::zeros_with_max_chunk_bytes(&gpu, &specs, 256 << 10).unwrap();
+    assert!(chunked.chunk_count() > 1);
+    let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> = sizes
+        .iter()
+        .map(|&n| {
+            let make = || {
+                gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: (n.div_ceil(4) * 16) as u64,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            };
+            (make(), make())
+        })
+        .collect();
+    let own: Vec<(&str, &wgpu::Buffer, &wgpu::Buffer, usize)> = names
+        .iter()
+        .zip(&bufs)
+        .zip(&sizes)
+        .map(|((name, (p, g)), &n)| (name.as_str(), p, g, n))
+        .collect();
+    let borrowed = Params::from_buffers(&gpu, &own).unwrap();
+    for params in [&one, &chunked, &borrowed] {
+        for (name, g) in names.iter().zip(&grads) {
+            params.write_grad(name, g).unwrap();
+        }
+    }
+    let arrays: Vec<ndarray::Array1<f32>> = grads
+        .iter()
+        .map(|g| ndarray::Array1::from(g.clone()))
+        .collect();
+    let refs: Vec<&ndarray::Array1<f32>> = arrays.iter().collect();
+    for norm in [NormType::L2, NormType::L1, NormType::Inf] {
+        let bits = norm_bits(&one, norm.p());
+        assert_eq!(bits, norm_bits(&chunked, norm.p()), "{norm:?}: chunked");
+        assert_eq!(
+            bits,
+            norm_bits(&borrowed, norm.p()),
+            "{norm:?}: own buffers"
+        );
+        assert_eq!(bits, norm_bits(&one, norm.p()), "{norm:?}: run to run");
+        let want = reference::grad_norm(&refs, norm, 1.0).unwrap();
+        let got = f32::from_bits(bits) as f64;
+        assert!(
+            (got - want).abs() <= 1e-6 * want,
+            "{norm:?}: GPU {got}, f64 reference {want}"
+        );
+    }
+    // A NaN or inf in one tiny tensor, in a boundary-sized one, or in a big one is seen.
+    for (t, at) in [(5, 0), (3001, 1022), (3002, 1023), (10, 49_999)] {
+        for (bad, nan) in [(f32::NAN, true), (f32::INFINITY, false)] {
+            let mut g = grads[t].clone();
+            let at = at.min(g.len() - 1);
+            g[at] = bad;
+            one.write_grad(&names[t], &g).unwrap();
+            let v = one.grad_norm(2.0).unwrap().value().unwrap();
+            assert!(
+                if nan { v.is_nan() } else { v == f32::INFINITY },
+                "{bad} in t{t}[{at}] gave norm {v}"
+            );
+            one.write_grad(&names[t], &grads[t]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn many_tiny_tensors_clip_and_skip_like_one_tensor() {
+    // Clipped SGD over 2000 tiny tensors equals clipped SGD over their concatenation.
+    let gpu = gpu();
+    let mut rng = rng("many_tiny_tensors_clip_and_skip_like_one_tensor");
+    let sizes: Vec<usize> = (0..2000).map(|i| 1 + (i * 37) % 200).collect();
+    let total: usize = sizes.iter().sum();
+    let init = randn(&mut rng, total, 1.0);
+    let grad = randn(&mut rng, total, 1.0);
+    let names: Vec<String> = (0..sizes.len()).map(|i| format!("t{i}")).collect();
+    let mut many_init = Vec::new();
+    let mut at = 0;
+    for &n in &sizes {
+        many_init.push(init[at..at + n].to_vec());
+        at += n;
+    }
+    let tensors: Vec<(&str, &[f32])> = names
+        .iter()
+        .map(|s| s.as_str())
+        .zip(many_init.iter().map(|v| &v[..]))
+        .collect();
+    let mut many = Params::new(&gpu, &tensors).unwrap();
+    let mut one = Params::new(&gpu, &[("all", &init[..])]).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.1,
+        ..Default::default()
+    };
+    let mut opt_many = Sgd::new(&many, cfg.clone()).unwrap();
+    let mut opt_one = Sgd::new(&one, cfg).unwrap();
+    for o in [&mut opt_many as &mut dyn Optimizer, &mut opt_one] {
+        o.set_max_grad_norm(Some(0.5)).unwrap();
+    }
+    at = 0;
+    for (name, &n) in names.iter().zip(&sizes) {
+        many.write_grad(name, &grad[at..at + n]).unwrap();
+        at += n;
+    }
+    one.write_grad("all", &grad).unwrap();
+    opt_many.step(&mut many).unwrap();
+    opt_one.step(&mut one).unwrap();
+    let n_many = opt_many.last_grad_norm().unwrap();
+    let n_one = opt_one.last_grad_norm().unwrap();
+    assert!(
+        (n_many - n_one).abs() <= 1e-5 * n_one,
+        "{n_many} vs {n_one}"
+    );
+    let after_one = one.read("all").unwrap();
+    at = 0;
+    for (name, &n) in names.iter().zip(&sizes) {
+        let got = many.read(name).unwrap();
+        for (k, (a, b)) in got.iter().zip(&after_one[at..at + n]).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
+                "{name}[{k}]: {a} vs {b}"
+            );
+        }
+        at += n;
+    }
+    // An inf in one tiny tensor skips the step for all of them.
+    let before = many.read("t1234").unwrap();
+    many.write_grad("t1234", &vec![f32::INFINITY; sizes[1234]])
+        .unwrap();
+    opt_many.step(&mut many).unwrap();
+    assert!(opt_many.last_step_skipped().unwrap());
+    assert_eq!(many.read("t1234").unwrap(), before);
+    assert_eq!(opt_many.step_count(), 1);
+}
+
+#[test]
+fn zero_grad_clears_every_chunk_and_only_the_tensors_range_of_own_buffers() {
+    let gpu = gpu();
+    let specs = [("a", 3000), ("b", 5), ("c", 70_000)];
+    let mut params = Params::zeros_with_max_chunk_bytes(&gpu, &specs, 64 << 10).unwrap();
+    assert!(params.chunk_count() > 2);
+    for (name, n) in specs {
+        params.write_grad(name, &vec![1.5; n]).unwrap();
+    }
+    params.zero_grad();
+    for (name, n) in specs {
+        assert_eq!(params.read_grad(name).unwrap(), vec![0.0; n], "{name}");
+    }
+    // A user's buffer: 7 elements bound, 16 in the buffer; the 8 past the vec4-rounded range
+    // are the user's and stay.
+    let make = || {
+        gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
+    let (p, g) = (make(), make());
+    gpu.queue()
+        .write_buffer(&g, 0, bytemuck::cast_slice(&[2.0f32; 16]));
+    let mut own = Params::from_buffers(&gpu, &[("w", &p, &g, 7)]).unwrap();
+    own.zero_grad();
+    let all = gpu.read_buffer_f32(&g, 16).unwrap();
+    assert_eq!(&all[..8], &[0.0; 8]);
+    assert_eq!(&all[8..], &[2.0; 8]);
+}
+
+#[test]
+fn errors_read_as_messages() {
+    let gpu = gpu();
+    let mut params = Params::zeros(&gpu, &[("w", 1)]).unwrap();
+    let e = params.write_grad("w", &[1.0, 2.0]).unwrap_err();
+    assert_eq!(e.to_string(), "tensor `w` has 1 element, got 2");
+    let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+    let e = opt.set_lr(-1e-3).unwrap_err();
+    assert_eq!(e.to_string(), "invalid lr = -0.001: must be >= 0");
+    // Debug is the message too, so `fn main() -> Result<(), Error>` prints it.
+    assert_eq!(format!("{e:?}"), e.to_string());
+    let hint = Error::NoAdapter("none".into());
+    assert!(format!("{hint:?}").contains("apt-get install -y mesa-vulkan-drivers"));
+    assert_eq!(opt.lr(), 1e-3);
+    opt.step(&mut params).unwrap();
+}
