@@ -145,8 +145,10 @@ pub(crate) fn write_checked(
             got: data.len(),
         });
     }
-    write_slot(gpu, bufs, slot, data);
-    Ok(())
+    gpu.scoped(|| {
+        write_slot(gpu, bufs, slot, data);
+        Ok(())
+    })
 }
 
 /// Write `data` (exactly `slot.len` values) into one tensor's pieces.

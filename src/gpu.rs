@@ -52,6 +52,9 @@ struct Inner {
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// Times this crate blocked until the GPU finished its work (see `blocking_waits`).
     waits: AtomicU64,
+    /// Set when the device is lost (its lost callback, or an error that says so): every later
+    /// call fails with `Error::DeviceLost` before touching it.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// Cache key of a compiled pipeline: the shader and its specialisation constants.
@@ -101,7 +104,15 @@ impl Gpu {
                 Err(why) => tried.push(why),
             }
         }
-        let adapter = found.ok_or_else(|| Error::NoAdapter(tried.join("; ")))?;
+        let mut adapter = found.ok_or_else(|| Error::NoAdapter(tried.join("; ")))?;
+        if adapter.get_info().backend == wgpu::Backend::Gl {
+            // Every GL adapter of an instance wraps the same EGL context, each behind a lock of
+            // its own, so devices of two adapters used from two threads make it current twice
+            // (wgpu-hal panics with `BadAccess`). Devices of one adapter share its lock: make
+            // every GL device of the process from the first GL adapter.
+            static GL_ADAPTER: std::sync::OnceLock<wgpu::Adapter> = std::sync::OnceLock::new();
+            adapter = GL_ADAPTER.get_or_init(|| adapter).clone();
+        }
         let info = adapter.get_info();
         let wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
@@ -117,7 +128,16 @@ impl Gpu {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Self::from_device(device, queue))
+        let gpu = Self::from_device(device, queue);
+        // The device is ours: its lost callback marks it (a device from `from_device` keeps
+        // its owner's callback; loss is then learned from the errors it reports).
+        let lost = gpu.inner.lost.clone();
+        gpu.device()
+            .set_device_lost_callback(move |reason, message| {
+                let mut l = lost.lock().unwrap_or_else(|e| e.into_inner());
+                l.get_or_insert(format!("{reason:?}: {message}"));
+            });
+        Ok(gpu)
     }
 
     /// The adapter `WGPU_ADAPTER_NAME` names, or the default one, of `instance`.
@@ -170,6 +190,7 @@ impl Gpu {
                 limits,
                 pipelines: Mutex::new(HashMap::new()),
                 waits: AtomicU64::new(0),
+                lost: Default::default(),
             }),
         }
     }
@@ -210,6 +231,7 @@ impl Gpu {
                 fma: i.fma.clone(),
                 pipelines: Mutex::new(HashMap::new()),
                 waits: AtomicU64::new(0),
+                lost: i.lost.clone(),
             }),
         }
     }
@@ -314,6 +336,53 @@ impl Gpu {
         self.inner.waits.load(Ordering::Relaxed)
     }
 
+    /// `Err(DeviceLost)` once the device is known to be lost.
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        match &*self.inner.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(Error::DeviceLost(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Run `f` (GPU work of one of this crate's calls) inside wgpu error scopes, so that a
+    /// validation, out-of-memory or internal error becomes an `Err` instead of reaching wgpu's
+    /// default handler (which panics); a lost device is an [`Error::DeviceLost`] from then on.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let device = self.device();
+        let scopes = [
+            device.push_error_scope(wgpu::ErrorFilter::Internal),
+            device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            device.push_error_scope(wgpu::ErrorFilter::Validation),
+        ];
+        let out = f();
+        let mut first = None;
+        for scope in scopes.into_iter().rev() {
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                first.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first {
+            let text = e.to_string();
+            // A destroyed device reports its loss once its queue is idle: wait for that (an
+            // error path), so that the error names the loss and later calls fail early.
+            let _ = self.wait();
+            if text.contains("lost") || text.contains("Lost") {
+                let mut l = self.inner.lost.lock().unwrap_or_else(|e| e.into_inner());
+                l.get_or_insert(text.clone());
+            }
+            self.check_alive()?;
+            return Err(match e {
+                wgpu::Error::OutOfMemory { .. } => {
+                    Error::DeviceLimit(format!("the device is out of memory: {text}"))
+                }
+                _ => Error::Gpu(text),
+            });
+        }
+        self.check_alive()?;
+        out
+    }
+
     /// Block until the device has finished all submitted work (counted in `blocking_waits`).
     pub(crate) fn wait(&self) -> Result<()> {
         self.inner.waits.fetch_add(1, Ordering::Relaxed);
@@ -404,6 +473,14 @@ impl Gpu {
     /// Copy `(buffer, offset, length)` ranges into one staging buffer, wait, and hand the
     /// mapped bytes to `read` (no intermediate copy). Blocks.
     pub(crate) fn read_with<T>(
+        &self,
+        pieces: &[(&wgpu::Buffer, u64, u64)],
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        self.scoped(|| self.read_unscoped(pieces, read))
+    }
+
+    fn read_unscoped<T>(
         &self,
         pieces: &[(&wgpu::Buffer, u64, u64)],
         read: impl FnOnce(&[u8]) -> T,

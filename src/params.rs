@@ -1,7 +1,9 @@
 //! [`Params`]: the user's named f32 tensors, a param and a grad buffer per chunk of one arena
 //! [`Layout`].
 
-use crate::arena::{arena_buffer, read_slot, write_checked, Layout, Piece, Slot, CHUNK_ALIGN};
+use crate::arena::{
+    arena_buffer, read_slot, write_checked, Layout, Piece, Slot, CHUNK_ALIGN, TENSOR_ALIGN,
+};
 use crate::error::{check, Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::{Clipper, GradNorm, NormSettings, NormType, Rewrite};
@@ -11,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The most chunks an arena may have (2^20 of lavapipe's 128 MiB bindings are 128 TiB).
+const MAX_CHUNKS: usize = 1 << 20;
 
 /// Named f32 tensors in GPU storage buffers: the parameters and their gradients, packed into a
 /// flat arena of one or more chunks (one param and one grad buffer per chunk, same layout).
@@ -84,6 +89,20 @@ impl Params {
                 "a chunk must hold at least {CHUNK_ALIGN} elements; got a cap of {cap_bytes} bytes"
             )));
         }
+        // An arena no device can hold is an error before anything is packed or allocated: more
+        // elements than fit the address space, or more than MAX_CHUNKS of the largest binding.
+        let total = tensors.iter().try_fold(0usize, |acc, &(_, n)| {
+            acc.checked_add(n.checked_next_multiple_of(TENSOR_ALIGN)?)
+        });
+        match total {
+            Some(t) if t / cap < MAX_CHUNKS => {}
+            _ => {
+                return Err(Error::DeviceLimit(format!(
+                    "the tensors need more than {MAX_CHUNKS} buffers of {cap_bytes} bytes (the \
+                     device's largest storage binding); no device holds that"
+                )))
+            }
+        }
         let layout = Layout::pack(tensors, cap)?;
         let make = |label| -> Vec<wgpu::Buffer> {
             layout
@@ -92,8 +111,9 @@ impl Params {
                 .map(|&n| arena_buffer(gpu, label, n))
                 .collect()
         };
-        let param_bufs = make("wgpu-optim params");
-        let grad_bufs = make("wgpu-optim grads");
+        // Out of memory (or a lost device) is an error here, with nothing kept.
+        let (param_bufs, grad_bufs) =
+            gpu.scoped(|| Ok((make("wgpu-optim params"), make("wgpu-optim grads"))))?;
         Ok(Params {
             gpu: gpu.clone(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -232,11 +252,18 @@ impl Params {
     /// let gpu = Gpu::new()?;
     /// let mut params = Params::zeros(&gpu, &[("w", 3)])?;
     /// params.write_grad("w", &[1.0, 2.0, 3.0])?;
-    /// params.zero_grad();
+    /// params.zero_grad()?;
     /// assert_eq!(params.read_grad("w")?, vec![0.0; 3]);
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
-    pub fn zero_grad(&mut self) {
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.gpu.scoped(|| {
+            self.clear_grads();
+            Ok(())
+        })
+    }
+
+    fn clear_grads(&self) {
         let mut enc = self
             .gpu
             .device()
@@ -405,15 +432,18 @@ impl Params {
         let mut guard = self.clip.lock().unwrap_or_else(|e| e.into_inner());
         let cached = guard.as_ref().map(|c| c.norm());
         if cached.is_none() || norm.is_some_and(|n| Some(n) != cached) {
-            *guard = Some(Clipper::new(
-                &self.gpu,
-                &self.layout,
-                &self.grad_bufs,
-                self.borrowed,
-                norm.unwrap_or_default(),
-            )?);
+            *guard = Some(self.gpu.scoped(|| {
+                Clipper::new(
+                    &self.gpu,
+                    &self.layout,
+                    &self.grad_bufs,
+                    self.borrowed,
+                    norm.unwrap_or_default(),
+                )
+            })?);
         }
         let clipper = guard.as_ref().expect("the clipper was just built");
-        Ok(clipper.run(&self.gpu, norm.is_some(), settings, rewrite))
+        self.gpu
+            .scoped(|| Ok(clipper.run(&self.gpu, norm.is_some(), settings, rewrite)))
     }
 }

@@ -62,6 +62,10 @@ impl<C: OptimizerConfig> Optim<C> {
     /// Parameter groups with their own hyperparameters, still one dispatch per chunk: the
     /// kernel finds each element's group in a table of one u32 per 64 elements.
     pub fn with_groups(params: &Params, groups: Vec<ParamGroup<C>>) -> Result<Self> {
+        params.gpu.scoped(|| Self::build(params, groups))
+    }
+
+    fn build(params: &Params, groups: Vec<ParamGroup<C>>) -> Result<Self> {
         let owner = groups::resolve(&params.layout, &groups)?;
         let configs: Vec<C> = groups.into_iter().map(|g| g.config).collect();
         for c in &configs {
@@ -213,6 +217,12 @@ impl<C: OptimizerConfig> Optim<C> {
 
     /// After a change of clipping, skipping, norm type or scaler: the passes and the kernel.
     fn reconfigure(&mut self, rebuild_norm: bool) -> Result<()> {
+        self.gpu
+            .clone()
+            .scoped(|| self.reconfigure_unscoped(rebuild_norm))
+    }
+
+    fn reconfigure_unscoped(&mut self, rebuild_norm: bool) -> Result<()> {
         if self.norm_active() && (rebuild_norm || self.norm.is_none()) {
             self.build_norm()?;
         }
@@ -365,16 +375,9 @@ fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
     buf
 }
 
-impl<C: OptimizerConfig> Optimizer for Optim<C> {
-    fn name(&self) -> &'static str {
-        C::NAME
-    }
-
-    fn step(&mut self, params: &mut Params) -> Result<()> {
-        for c in &self.groups {
-            c.validate()?;
-        }
-        self.check_params(params)?;
+/// Recording and submitting one step (inside [`Gpu::scoped`]).
+impl<C: OptimizerConfig> Optim<C> {
+    fn record_step(&mut self) -> Result<()> {
         let active = self.norm_active();
         let groups = &self.groups;
         self.scalars
@@ -404,6 +407,20 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
             r.start(self.submitted);
         }
         Ok(())
+    }
+}
+
+impl<C: OptimizerConfig> Optimizer for Optim<C> {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn step(&mut self, params: &mut Params) -> Result<()> {
+        for c in &self.groups {
+            c.validate()?;
+        }
+        self.check_params(params)?;
+        self.gpu.clone().scoped(|| self.record_step())
     }
 
     fn lr(&self) -> f32 {
