@@ -126,7 +126,9 @@ fn maybe_neg(g: f32, maximize: bool) -> f32 {
     }
 }
 
-/// One step of `torch.optim.SGD` on one tensor.
+/// One step of `torch.optim.SGD` on one tensor: `buf.mul_(momentum).add_(grad, alpha=1 -
+/// dampening)`, `grad.add(buf, alpha=momentum)` and `param.add_(grad, alpha=-lr)` are ATen's
+/// fused `add(alpha=)`, as in `shaders/sgd.wgsl`.
 pub fn sgd(cfg: &SgdConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
     state.step += 1;
     let first = state.step == 1;
@@ -140,15 +142,15 @@ pub fn sgd(cfg: &SgdConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: 
             buf[i] = if first {
                 g
             } else {
-                buf[i] * cfg.momentum + one_minus_dampening * g
+                add_scaled(buf[i] * cfg.momentum, g, one_minus_dampening)
             };
             g = if cfg.nesterov {
-                g + cfg.momentum * buf[i]
+                add_scaled(g, buf[i], cfg.momentum)
             } else {
                 buf[i]
             };
         }
-        param[i] = p + neg_lr * g;
+        param[i] = add_scaled(p, g, neg_lr);
     }
     state.put("momentum_buffer", buf);
 }
