@@ -79,7 +79,7 @@ pub fn plain_sgd(params: &Params, lr: f32) -> wgpu_optim::Sgd {
 }
 
 /// One step of a reference optimizer on one tensor (`wgpu_optim::reference::adam`, ...).
-pub type RefFn<C> = fn(&C, &mut Array1<f32>, &Array1<f32>, &mut State);
+pub type RefFn<C> = reference::Step<C>;
 
 // ------------------------------------------------------------------------------------------
 // Comparison
