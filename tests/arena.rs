@@ -140,10 +140,15 @@ fn padding_poison_reaches_every_gap() {
     let p = Params::new(&gpu, &[("a", &a[..]), ("b", &b[..])]).unwrap();
     common::poison_padding(&p);
     let whole = p.param_buffer(0).unwrap();
-    let all = gpu.read_buffer_f32(whole, (whole.size() / 4) as usize).unwrap();
+    let all = gpu
+        .read_buffer_f32(whole, (whole.size() / 4) as usize)
+        .unwrap();
     let b_at = p.pieces("b").unwrap()[0].offset;
     assert_eq!(&all[..5], &a[..]);
     assert_eq!(&all[b_at..b_at + 70], &b[..]);
-    assert!(all[5..b_at].iter().chain(&all[b_at + 70..]).all(|x| x.is_nan()));
+    assert!(all[5..b_at]
+        .iter()
+        .chain(&all[b_at + 70..])
+        .all(|x| x.is_nan()));
     assert_eq!(p.read_grad("b").unwrap(), vec![0.0; 70]);
 }
