@@ -185,10 +185,12 @@ const STEPS: usize = 7;
 
 #[test]
 fn steps_like_the_builtins() {
-    Run::new("sign-sgd", sign_sgd).steps(STEPS).run(SignSgdConfig {
-        lr: 0.01,
-        momentum: 0.0,
-    });
+    Run::new("sign-sgd", sign_sgd)
+        .steps(STEPS)
+        .run(SignSgdConfig {
+            lr: 0.01,
+            momentum: 0.0,
+        });
     Run::new("sign-sgd momentum", sign_sgd)
         .steps(STEPS)
         .poison_state("momentum_buffer")
