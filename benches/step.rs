@@ -1,6 +1,6 @@
 //! Criterion benchmarks of one optimizer step.
 //!
-//! `cargo bench --bench step` (add `-- Adam` etc. to filter; `WGPU_OPTIM_BENCH_LARGE=1` adds
+//! `cargo bench --features bench --bench step` (add `-- Adam` etc. to filter; `WGPU_OPTIM_BENCH_LARGE=1` adds
 //! 2^26 elements).
 //!
 //! - `step/<optimizer>/<n>`: one step of every optimizer and its costly options, and the copy
@@ -127,17 +127,14 @@ fn steps(c: &mut Criterion) {
             let copy;
             let mut params;
             let mut opt: Option<Box<dyn Optimizer>> = None;
-            let mut run: Box<dyn FnMut()> = match &w {
-                Workload::Copy => {
-                    copy = CopyKernel::new(&gpu, n).expect("copy kernel");
-                    Box::new(|| copy.submit())
-                }
-                _ => {
-                    params = Params::zeros(&gpu, &[("w", n)]).expect("params");
-                    params.write_grad("w", &bench::pattern(n, 2)).expect("grad");
-                    let o = opt.insert(w.optimizer(&params).expect("optimizer").unwrap());
-                    Box::new(move || o.step(&mut params).expect("step"))
-                }
+            let mut run: Box<dyn FnMut()> = if w.is_copy() {
+                copy = CopyKernel::new(&gpu, n).expect("copy kernel");
+                Box::new(|| copy.submit())
+            } else {
+                params = Params::zeros(&gpu, &[("w", n)]).expect("params");
+                params.write_grad("w", &bench::pattern(n, 2)).expect("grad");
+                let o = opt.insert(w.optimizer(&params).expect("optimizer").unwrap());
+                Box::new(move || o.step(&mut params).expect("step"))
             };
             one(&gpu, &mut *run);
             let t0 = Instant::now();
@@ -259,7 +256,7 @@ fn host(c: &mut Criterion) {
         for n in &names {
             params.write_grad(n, &bench::pattern(len, 5)).expect("grad");
         }
-        let mut opt = Workload::Adam(AdamConfig::default())
+        let mut opt = Workload::new(AdamConfig::default())
             .optimizer(&params)
             .expect("optimizer")
             .unwrap();

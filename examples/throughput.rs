@@ -2,7 +2,7 @@
 //! against the single-threaded CPU reference.
 //!
 //! ```text
-//! cargo run --release --example throughput -- [--backend vulkan|metal|dx12|gl]
+//! cargo run --release --features bench --example throughput -- [--backend vulkan|metal|dx12|gl]
 //!     [--sizes 1048576,16777216] [--iters N] [--json PATH] [--cpu-all] [--timer encoder|pass|wall]
 //! ```
 //!
@@ -13,7 +13,9 @@
 //! elements unless `--cpu-all`). Then, at the largest size: Adam with gradient clipping
 //! (`max_grad_norm`) against Adam alone, the norm passes alone (`Params::grad_norm`) against
 //! the copy kernel and Adam, GPT-2 small's 148-tensor layout against one tensor,
-//! and that layout with AdamW's usual decay / no-decay parameter groups against one group.
+//! and that layout with AdamW's usual decay / no-decay parameter groups against one group;
+//! last, 10,000 tensors of 1-300 elements: Adam clipped against unclipped, and
+//! `Params::grad_norm` on them against one tensor of the same total size.
 //!
 //! Each step runs alone on an idle queue, and steps alternate with runs of the copy kernel of
 //! the same size (`step copy step copy ...`), so a change of load on a shared machine hits both
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{reference, Adam, AdamConfig, Gpu, Optim, Optimizer, ParamGroup, Params};
+use wgpu_optim::{Adam, AdamConfig, Gpu, Optim, Optimizer, ParamGroup, Params};
 
 struct Args {
     sizes: Vec<usize>,
@@ -98,42 +100,21 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Median CPU-reference time per step of `workload` on `n` elements, on this thread: 2 to 5
-/// timed steps (about 2 s), after one untimed step.
-fn cpu_step(workload: &Workload, n: usize) -> Duration {
+/// timed steps (about 2 s), after one untimed step (first-step rules). `None` when the
+/// workload has no reference.
+fn cpu_step(workload: &Workload, n: usize) -> Option<Duration> {
+    let mut step = workload.reference_step(n)?;
     let grad = Array1::from(bench::pattern(n, 2));
     let mut p = Array1::from(bench::pattern(n, 3));
+    step(&mut p, &grad);
     let mut times: Vec<Duration> = Vec::new();
-    let more =
-        |times: &[Duration]| times.is_empty() || times.len() < adaptive_runs(times[0], 2.0, 2, 5);
-    macro_rules! run {
-        ($f:path, $cfg:expr) => {{
-            let mut state = reference::State::new($cfg, n);
-            $f($cfg, &mut p, &grad, &mut state); // first step (buffer creation rules)
-            while more(&times) {
-                let t = Instant::now();
-                $f($cfg, &mut p, &grad, &mut state);
-                times.push(t.elapsed());
-            }
-        }};
-    }
-    match workload {
-        Workload::Copy => {
-            let mut dst = Array1::<f32>::zeros(n);
-            dst.assign(&grad);
-            while more(&times) {
-                let t = Instant::now();
-                dst.assign(&grad);
-                times.push(t.elapsed());
-            }
-            std::hint::black_box(&dst);
-        }
-        Workload::Sgd(c) => run!(reference::sgd, c),
-        Workload::Adam(c) => run!(reference::adam, c),
-        Workload::RmsProp(c) => run!(reference::rmsprop, c),
-        Workload::Adagrad(c) => run!(reference::adagrad, c),
+    while times.is_empty() || times.len() < adaptive_runs(times[0], 2.0, 2, 5) {
+        let t = Instant::now();
+        step(&mut p, &grad);
+        times.push(t.elapsed());
     }
     std::hint::black_box(&p);
-    bench::median(&times)
+    Some(bench::median(&times))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -200,7 +181,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let mut copy_all = Vec::new();
         let mut cells = Vec::new();
         for w in Workload::standard() {
-            if w == Workload::Copy {
+            if w.is_copy() {
                 continue;
             }
             progress(&format!("{} {}", size_label(n), w.label()));
@@ -244,7 +225,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         cells.insert(
             0,
             (
-                Workload::Copy,
+                Workload::copy(),
                 copy_median,
                 copy_median,
                 copy_all.len(),
@@ -255,7 +236,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             let bpe = w.bytes_per_element();
             let gbps = bench::gb_per_s(bpe * n as u64, gpu_time);
             let copy_gbps = bench::gb_per_s(8 * n as u64, copy_time);
-            let cpu = (args.cpu_all || n <= 1 << 24).then(|| cpu_step(&w, n));
+            let cpu = (args.cpu_all || n <= 1 << 24)
+                .then(|| cpu_step(&w, n))
+                .flatten();
             table.push(format!(
                 "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {} | {} |",
                 w.label(),
@@ -294,7 +277,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let n = *args.sizes.iter().max().expect("sizes");
     let mut params = Params::zeros(&gpu, &[("w", n)])?;
     params.write_grad("w", &bench::pattern(n, 2))?;
-    let workload = Workload::Adam(AdamConfig::default());
+    let workload = Workload::new(AdamConfig::default());
     let mut plain = workload.optimizer(&params)?.expect("Adam");
     let mut clipped = workload.optimizer(&params)?.expect("Adam");
     clipped.set_max_grad_norm(Some(1.0))?;
@@ -417,6 +400,67 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         groups_ratio
     );
 
+    // Issue 16's case: 10,000 tensors of 1-300 elements. A step should cost what its bytes
+    // cost, clipped or not, however many tensors there are.
+    let tiny_sizes: Vec<usize> = bench::pattern(10_000, 11)
+        .iter()
+        .map(|x| 1 + ((x + 1.0) * 150.0) as usize % 300)
+        .collect();
+    let tiny_names: Vec<String> = (0..tiny_sizes.len())
+        .map(|i| format!("layer{i}.bias"))
+        .collect();
+    let tiny_specs: Vec<(&str, usize)> = tiny_names
+        .iter()
+        .zip(&tiny_sizes)
+        .map(|(name, &len)| (name.as_str(), len))
+        .collect();
+    let tiny_total: usize = tiny_sizes.iter().sum();
+    let tiny = Params::zeros(&gpu, &tiny_specs)?;
+    let tiny_flat = Params::zeros(&gpu, &[("flat", tiny_total)])?;
+    let grads = bench::pattern(tiny_total, 2);
+    let mut at = 0;
+    for (name, len) in &tiny_specs {
+        tiny.write_grad(name, &grads[at..at + len])?;
+        at += len;
+    }
+    tiny_flat.write_grad("flat", &grads)?;
+    let mut tiny_plain = workload.optimizer(&tiny)?.expect("Adam");
+    let mut tiny_clipped = workload.optimizer(&tiny)?.expect("Adam");
+    tiny_clipped.set_max_grad_norm(Some(1.0))?;
+    let tiny = RefCell::new(tiny);
+    for _ in 0..2 {
+        tiny_plain.step(&mut tiny.borrow_mut())?;
+        tiny_clipped.step(&mut tiny.borrow_mut())?;
+    }
+    let mut a = || tiny_plain.step(&mut tiny.borrow_mut());
+    let mut b = || tiny_clipped.step(&mut tiny.borrow_mut());
+    let mut c = || tiny.borrow().grad_norm(2.0).map(|_| ());
+    let mut d = || tiny_flat.grad_norm(2.0).map(|_| ());
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b, &mut c, &mut d])?;
+    let (t_tiny, t_tiny_clip, t_tiny_norm, t_flat_norm) = (
+        bench::median(&times[0]),
+        bench::median(&times[1]),
+        bench::median(&times[2]),
+        bench::median(&times[3]),
+    );
+    let tiny_clip_ratio = paired(&times[1], &times[0]);
+    let tiny_norm_ratio = paired(&times[2], &times[3]);
+    println!(
+        "{} tensors of 1-300 elements ({tiny_total} in all), Adam + max_grad_norm vs Adam: \
+         {:.3} ms vs {:.3} ms per step, ratio {:.3}",
+        tiny_specs.len(),
+        ms(t_tiny_clip),
+        ms(t_tiny),
+        tiny_clip_ratio
+    );
+    println!(
+        "Same tensors, Params::grad_norm vs one tensor of {tiny_total} elements: {:.3} ms vs \
+         {:.3} ms, ratio {:.3}",
+        ms(t_tiny_norm),
+        ms(t_flat_norm),
+        tiny_norm_ratio
+    );
+
     if let Some(path) = &args.json {
         let doc = json!({
             "adapter": info.name,
@@ -445,6 +489,16 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "ratio": layout_ratio,
                 "two_groups_s": t_groups.as_secs_f64(),
                 "two_groups_ratio": groups_ratio,
+            },
+            "many_tiny": {
+                "tensors": tiny_specs.len(),
+                "elements": tiny_total,
+                "adam_s": t_tiny.as_secs_f64(),
+                "adam_clip_s": t_tiny_clip.as_secs_f64(),
+                "clip_ratio": tiny_clip_ratio,
+                "grad_norm_s": t_tiny_norm.as_secs_f64(),
+                "one_tensor_grad_norm_s": t_flat_norm.as_secs_f64(),
+                "grad_norm_ratio": tiny_norm_ratio,
             },
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;

@@ -14,7 +14,7 @@
 //! let n = 1 << 22;
 //! let mut params = Params::zeros(&gpu, &[("w", n)])?;
 //! params.write_grad("w", &bench::pattern(n, 1))?;
-//! let adam = Workload::Adam(AdamConfig::default());
+//! let adam = Workload::new(AdamConfig::default());
 //! let mut opt = adam.optimizer(&params)?.expect("an optimizer");
 //! let mut timer = GpuTimer::new(&gpu);
 //! let step = bench::time_steps(&mut timer, opt.as_mut(), &mut params, 20)?;
@@ -29,30 +29,91 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel::{self, Bind};
 use crate::optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, Optimizer, RmsProp, RmsPropConfig, Sgd, SgdConfig,
+    AdagradConfig, AdamConfig, Optim, Optimizer, OptimizerConfig, RmsPropConfig, SgdConfig,
 };
 use crate::params::Params;
+use crate::reference;
+use ndarray::Array1;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bytes one f32 element costs a plain copy: one read and one write.
 pub const COPY_BYTES_PER_ELEMENT: u64 = 8;
 
-/// One kernel to benchmark: the copy baseline or an optimizer with its options.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Workload {
-    /// The copy kernel ([`CopyKernel`]).
-    Copy,
-    /// SGD (momentum and Nesterov as configured).
-    Sgd(SgdConfig),
-    /// Adam / AdamW (amsgrad as configured).
-    Adam(AdamConfig),
-    /// RMSprop (centered and momentum as configured).
-    RmsProp(RmsPropConfig),
-    /// Adagrad.
-    Adagrad(AdagradConfig),
+/// One step of a CPU reference on one tensor (param, grad), with its state inside; see
+/// [`Workload::reference_step`].
+pub type ReferenceStep = Box<dyn FnMut(&mut Array1<f32>, &Array1<f32>)>;
+
+type Build = Arc<dyn Fn(&Params) -> Result<Box<dyn Optimizer>> + Send + Sync>;
+type MakeReference = Arc<dyn Fn(usize) -> ReferenceStep + Send + Sync>;
+
+/// One kernel to benchmark: the copy baseline or an optimizer with its options. Everything
+/// but the options comes from the optimizer's own description ([`OptimizerConfig`]): the
+/// label from [`OptimizerConfig::NAME`] and its shader options, the bytes per element from the
+/// state slots the options use, so an optimizer defined outside this crate is benchmarked
+/// like the built-in ones.
+///
+/// ```
+/// use wgpu_optim::bench::Workload;
+/// use wgpu_optim::{reference, AdamConfig};
+/// let w = Workload::with_reference(AdamConfig { amsgrad: true, ..Default::default() }, reference::adam);
+/// assert_eq!((w.label(), w.bytes_per_element()), ("Adam amsgrad", 36));
+/// ```
+#[derive(Clone)]
+pub struct Workload {
+    label: String,
+    bytes_per_element: u64,
+    build: Option<Build>,
+    reference: Option<MakeReference>,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("label", &self.label)
+            .field("bytes_per_element", &self.bytes_per_element)
+            .finish()
+    }
 }
 
 impl Workload {
+    /// The copy kernel ([`CopyKernel`]).
+    pub fn copy() -> Self {
+        Workload {
+            label: "copy".into(),
+            bytes_per_element: COPY_BYTES_PER_ELEMENT,
+            build: None,
+            reference: Some(Arc::new(|_| {
+                Box::new(|dst: &mut Array1<f32>, src: &Array1<f32>| dst.assign(src))
+            })),
+        }
+    }
+
+    /// An optimizer with these options ([`Optim<C>`]), with no CPU reference.
+    pub fn new<C: OptimizerConfig>(config: C) -> Self {
+        Workload {
+            label: label(&config),
+            bytes_per_element: bytes_per_element(&config),
+            build: Some(Arc::new(move |params: &Params| {
+                Ok(Box::new(Optim::new(params, config.clone())?) as Box<dyn Optimizer>)
+            })),
+            reference: None,
+        }
+    }
+
+    /// [`Workload::new`] with the optimizer's CPU reference (`reference::adam`, ...), which
+    /// [`Workload::reference_step`] runs.
+    pub fn with_reference<C: OptimizerConfig>(config: C, step: reference::Step<C>) -> Self {
+        let cfg = config.clone();
+        Workload {
+            reference: Some(Arc::new(move |n| {
+                let (cfg, mut state) = (cfg.clone(), reference::State::new(&cfg, n));
+                Box::new(move |p: &mut Array1<f32>, g: &Array1<f32>| step(&cfg, p, g, &mut state))
+            })),
+            ..Workload::new(config)
+        }
+    }
+
     /// The optimizers and costly options worth benchmarking, after the copy baseline: Adam,
     /// Adam amsgrad, AdamW, SGD, SGD momentum, SGD Nesterov, RMSprop, RMSprop centered with
     /// momentum, Adagrad.
@@ -62,90 +123,90 @@ impl Workload {
             momentum: 0.9,
             ..Default::default()
         };
+        let adam = |c| Workload::with_reference(c, reference::adam);
+        let sgd = |c| Workload::with_reference(c, reference::sgd);
+        let rmsprop = |c| Workload::with_reference(c, reference::rmsprop);
         vec![
-            Workload::Copy,
-            Workload::Adam(AdamConfig::default()),
-            Workload::Adam(AdamConfig {
+            Workload::copy(),
+            adam(AdamConfig::default()),
+            adam(AdamConfig {
                 amsgrad: true,
                 ..Default::default()
             }),
-            Workload::Adam(AdamConfig::adamw()),
-            Workload::Sgd(SgdConfig {
+            adam(AdamConfig::adamw()),
+            sgd(SgdConfig {
                 lr: 1e-2,
                 ..Default::default()
             }),
-            Workload::Sgd(momentum.clone()),
-            Workload::Sgd(SgdConfig {
+            sgd(momentum.clone()),
+            sgd(SgdConfig {
                 nesterov: true,
                 ..momentum
             }),
-            Workload::RmsProp(RmsPropConfig::default()),
-            Workload::RmsProp(RmsPropConfig {
+            rmsprop(RmsPropConfig::default()),
+            rmsprop(RmsPropConfig {
                 centered: true,
                 momentum: 0.9,
                 ..Default::default()
             }),
-            Workload::Adagrad(AdagradConfig::default()),
+            Workload::with_reference(AdagradConfig::default(), reference::adagrad),
         ]
     }
 
-    /// A short name with the options that change the cost, e.g. `"Adam amsgrad"`,
-    /// `"SGD nesterov"`, `"RMSprop centered+momentum"`.
-    pub fn label(&self) -> String {
-        match self {
-            Workload::Copy => "copy".into(),
-            Workload::Sgd(c) if c.nesterov => "SGD nesterov".into(),
-            Workload::Sgd(c) if c.momentum != 0.0 => "SGD momentum".into(),
-            Workload::Sgd(_) => "SGD".into(),
-            Workload::Adam(c) => {
-                let base = if c.decoupled_weight_decay {
-                    "AdamW"
-                } else {
-                    "Adam"
-                };
-                if c.amsgrad {
-                    format!("{base} amsgrad")
-                } else {
-                    base.into()
-                }
-            }
-            Workload::RmsProp(c) => match (c.centered, c.momentum != 0.0) {
-                (false, false) => "RMSprop".into(),
-                (true, false) => "RMSprop centered".into(),
-                (false, true) => "RMSprop momentum".into(),
-                (true, true) => "RMSprop centered+momentum".into(),
-            },
-            Workload::Adagrad(_) => "Adagrad".into(),
-        }
+    /// A short name with the options that change the kernel, e.g. `"Adam amsgrad"`,
+    /// `"SGD momentum+nesterov"` (see [`label`]).
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
-    /// Bytes of device memory one step reads and writes per f32 element (the minimum any
-    /// implementation must move): SGD 12, SGD with momentum 20, Adam/AdamW 28 (+8 amsgrad),
-    /// RMSprop 20 (+8 centered, +8 momentum), Adagrad 20, copy 8. The optional gradient-norm
-    /// pass (clipping) is not counted.
+    /// Whether this is the copy baseline.
+    pub fn is_copy(&self) -> bool {
+        self.build.is_none()
+    }
+
+    /// Bytes of device memory one step reads and writes per f32 element (see
+    /// [`bytes_per_element`]); the copy moves [`COPY_BYTES_PER_ELEMENT`].
     pub fn bytes_per_element(&self) -> u64 {
-        // Every update reads param and grad and writes param (12 bytes); each state buffer is
-        // read and written (8 bytes).
-        let states = match self {
-            Workload::Copy => return COPY_BYTES_PER_ELEMENT,
-            Workload::Sgd(c) => (c.momentum != 0.0) as u64,
-            Workload::Adam(c) => 2 + c.amsgrad as u64,
-            Workload::RmsProp(c) => 1 + c.centered as u64 + (c.momentum != 0.0) as u64,
-            Workload::Adagrad(_) => 1,
-        };
-        12 + 8 * states
+        self.bytes_per_element
     }
 
-    /// Build the optimizer over `params` (`None` for [`Workload::Copy`]).
+    /// Build the optimizer over `params` (`None` for the copy).
     pub fn optimizer(&self, params: &Params) -> Result<Option<Box<dyn Optimizer>>> {
-        Ok(Some(match self {
-            Workload::Copy => return Ok(None),
-            Workload::Sgd(c) => Box::new(Sgd::new(params, c.clone())?),
-            Workload::Adam(c) => Box::new(Adam::new(params, c.clone())?),
-            Workload::RmsProp(c) => Box::new(RmsProp::new(params, c.clone())?),
-            Workload::Adagrad(c) => Box::new(Adagrad::new(params, c.clone())?),
-        }))
+        self.build.as_ref().map(|b| b(params)).transpose()
     }
+
+    /// The CPU reference's step on a tensor of `n` elements, with fresh state (for the copy,
+    /// `param.assign(grad)`); `None` when the workload was made without one.
+    pub fn reference_step(&self, n: usize) -> Option<ReferenceStep> {
+        self.reference.as_ref().map(|r| r(n))
+    }
+}
+
+/// The benchmark label of an optimizer configuration: [`OptimizerConfig::NAME`] and the shader
+/// options it turns on ([`OptimizerConfig::constants`], in lower case, joined by `+`), e.g.
+/// `"Adam"`, `"Adam amsgrad+decoupled"`, `"RMSprop centered+momentum"`.
+pub fn label<C: OptimizerConfig>(config: &C) -> String {
+    let on: Vec<String> = config
+        .constants()
+        .into_iter()
+        .filter(|&(_, v)| v != 0)
+        .map(|(k, _)| k.to_lowercase())
+        .collect();
+    if on.is_empty() {
+        C::NAME.to_string()
+    } else {
+        format!("{} {}", C::NAME, on.join("+"))
+    }
+}
+
+/// Bytes of device memory one step of `config` must read and write per f32 element: 4 to read
+/// the param, 4 to write it, 4 to read the gradient, and 8 (a read and a write) per state slot
+/// the configuration uses ([`OptimizerConfig::SLOTS`], [`OptimizerConfig::uses_state`]). So
+/// SGD 12, SGD with momentum 20, Adam/AdamW 28 (+8 amsgrad), RMSprop 20 (+8 centered, +8
+/// momentum), Adagrad 20. The optional gradient-norm pass (clipping) is not counted.
+pub fn bytes_per_element<C: OptimizerConfig>(config: &C) -> u64 {
+    let slots = C::SLOTS.iter().filter(|k| config.uses_state(k)).count() as u64;
+    12 + 8 * slots
 }
 
 /// `bytes` moved in `time`, in GB/s (10^9 bytes per second).
@@ -610,19 +671,18 @@ mod tests {
 
     #[test]
     fn bytes_per_element_table() {
-        let w = Workload::standard();
-        let got: Vec<(String, u64)> = w
+        let got: Vec<(String, u64)> = Workload::standard()
             .iter()
-            .map(|w| (w.label(), w.bytes_per_element()))
+            .map(|w| (w.label().to_string(), w.bytes_per_element()))
             .collect();
         let want = [
             ("copy", 8),
             ("Adam", 28),
             ("Adam amsgrad", 36),
-            ("AdamW", 28),
+            ("Adam decoupled", 28),
             ("SGD", 12),
             ("SGD momentum", 20),
-            ("SGD nesterov", 20),
+            ("SGD momentum+nesterov", 20),
             ("RMSprop", 20),
             ("RMSprop centered+momentum", 36),
             ("Adagrad", 20),
@@ -633,11 +693,15 @@ mod tests {
                 .map(|(l, b)| (l.to_string(), *b))
                 .collect::<Vec<_>>()
         );
-        let centered = Workload::RmsProp(RmsPropConfig {
+        let centered = RmsPropConfig {
             centered: true,
             ..Default::default()
-        });
-        assert_eq!(centered.bytes_per_element(), 28);
+        };
+        assert_eq!(bytes_per_element(&centered), 28);
+        assert_eq!(label(&centered), "RMSprop centered");
+        assert!(Workload::standard()
+            .iter()
+            .all(|w| w.reference_step(4).is_some()));
     }
 
     #[test]

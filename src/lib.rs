@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod arena;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
 mod error;

@@ -18,6 +18,11 @@
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
 use ndarray::Array1;
 
+/// One step of a reference optimizer on one tensor: `(config, param, grad, state)`, the shape
+/// of [`adam`], [`sgd`], [`rmsprop`], [`adagrad`] and of a reference you write for your own
+/// [`OptimizerConfig`].
+pub type Step<C> = fn(&C, &mut Array1<f32>, &Array1<f32>, &mut State);
+
 /// Optimizer state of one tensor: the step count and PyTorch's named buffers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
@@ -78,8 +83,10 @@ pub fn set_fused_multiply_add(fused: bool) {
     FUSED.with(|f| f.set(fused));
 }
 
-/// `x * y + z`, fused or not (see [`set_fused_multiply_add`]).
-fn fma(x: f32, y: f32, z: f32) -> f32 {
+/// `x * y + z`, fused or not (see [`set_fused_multiply_add`]): WGSL's `fma` as the device
+/// rounds it. With [`add_scaled`], [`addcmul`] and [`lerp`] (the same helpers as
+/// `shaders/common.wgsl`'s) a reference for your own optimizer rounds as its shader does.
+pub fn fma(x: f32, y: f32, z: f32) -> f32 {
     if FUSED.with(|f| f.get()) {
         x.mul_add(y, z)
     } else {
@@ -90,18 +97,18 @@ fn fma(x: f32, y: f32, z: f32) -> f32 {
 // ATen fuses multiply-adds: these three helpers are the exact forms of `add(alpha=)`,
 // `addcmul` and `lerp`; `addcdiv` is `a + (s * b) / c`, unfused.
 
-/// `a.add(b, alpha=s)`
-fn add_scaled(a: f32, b: f32, s: f32) -> f32 {
+/// `a.add(b, alpha=s)`: `fma(b, s, a)`, as `add_scaled` in `shaders/common.wgsl`.
+pub fn add_scaled(a: f32, b: f32, s: f32) -> f32 {
     fma(b, s, a)
 }
 
-/// `a.addcmul(b, c, value=s)`
-fn addcmul(a: f32, b: f32, c: f32, s: f32) -> f32 {
+/// `a.addcmul(b, c, value=s)`: `fma(s * b, c, a)`, as `addcmul` in `shaders/common.wgsl`.
+pub fn addcmul(a: f32, b: f32, c: f32, s: f32) -> f32 {
     fma(s * b, c, a)
 }
 
-/// `torch.lerp(start, end, w)` for a scalar weight.
-fn lerp(start: f32, end: f32, w: f32) -> f32 {
+/// `torch.lerp(start, end, w)` for a scalar weight, as `lerp4` in `shaders/common.wgsl`.
+pub fn lerp(start: f32, end: f32, w: f32) -> f32 {
     if w.abs() < 0.5 {
         fma(w, end - start, start)
     } else {
@@ -126,7 +133,9 @@ fn maybe_neg(g: f32, maximize: bool) -> f32 {
     }
 }
 
-/// One step of `torch.optim.SGD` on one tensor.
+/// One step of `torch.optim.SGD` on one tensor: `buf.mul_(momentum).add_(grad, alpha=1 -
+/// dampening)`, `grad.add(buf, alpha=momentum)` and `param.add_(grad, alpha=-lr)` are ATen's
+/// fused `add(alpha=)`, as in `shaders/sgd.wgsl`.
 pub fn sgd(cfg: &SgdConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
     state.step += 1;
     let first = state.step == 1;
@@ -140,15 +149,15 @@ pub fn sgd(cfg: &SgdConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: 
             buf[i] = if first {
                 g
             } else {
-                buf[i] * cfg.momentum + one_minus_dampening * g
+                add_scaled(buf[i] * cfg.momentum, g, one_minus_dampening)
             };
             g = if cfg.nesterov {
-                g + cfg.momentum * buf[i]
+                add_scaled(g, buf[i], cfg.momentum)
             } else {
                 buf[i]
             };
         }
-        param[i] = p + neg_lr * g;
+        param[i] = add_scaled(p, g, neg_lr);
     }
     state.put("momentum_buffer", buf);
 }

@@ -1,76 +1,54 @@
 //! The arena: chunk boundaries, 2-D grids, huge dispatches, and the Params API.
 
 mod common;
-use common::{gpu, randn, rng, run_vs_reference};
+use common::{gpu, plain_sgd, randn, rng, RefFn, Run};
 use wgpu_optim::{
-    reference, AdagradConfig, AdamConfig, Error, Optimizer, Params, RmsPropConfig, Sgd, SgdConfig,
+    reference, AdagradConfig, AdamConfig, Error, Optimizer, OptimizerConfig, Params, RmsPropConfig,
+    Sgd, SgdConfig,
 };
 
 /// 64 KiB chunks (16384 elements): tensors that straddle and exceed a chunk.
 const CHUNKED: &[usize] = &[5000, 20000, 3, 16384, 40001, 65];
 const SMALL_CHUNK: u64 = 64 * 1024;
 
+/// The runner over the 64 KiB-chunk layout: `Run` rows for every optimizer.
+fn chunked<C: OptimizerConfig>(name: &str, reference: RefFn<C>) -> Run<C> {
+    Run::new(name, reference)
+        .sizes(CHUNKED)
+        .steps(5)
+        .max_chunk_bytes(SMALL_CHUNK)
+}
+
 #[test]
 fn every_optimizer_across_chunk_boundaries() {
-    let adam = AdamConfig {
+    chunked("adam chunked", reference::adam).run(AdamConfig {
         amsgrad: true,
         weight_decay: 0.1,
         ..Default::default()
-    };
-    run_vs_reference(
-        "adam chunked",
-        adam,
-        reference::adam,
-        CHUNKED,
-        5,
-        SMALL_CHUNK,
-    );
-    let adamw = AdamConfig {
+    });
+    chunked("adamw chunked", reference::adam).run(AdamConfig {
         maximize: true,
         ..AdamConfig::adamw()
-    };
-    run_vs_reference(
-        "adamw chunked",
-        adamw,
-        reference::adam,
-        CHUNKED,
-        5,
-        SMALL_CHUNK,
-    );
-    let sgd = SgdConfig {
-        lr: 0.1,
-        momentum: 0.9,
-        nesterov: true,
-        weight_decay: 0.01,
-        ..Default::default()
-    };
-    run_vs_reference("sgd chunked", sgd, reference::sgd, CHUNKED, 5, SMALL_CHUNK);
-    let rms = RmsPropConfig {
+    });
+    chunked("sgd chunked", reference::sgd)
+        .poison_state("momentum_buffer")
+        .run(SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.01,
+            ..Default::default()
+        });
+    chunked("rmsprop chunked", reference::rmsprop).run(RmsPropConfig {
         centered: true,
         momentum: 0.5,
         ..Default::default()
-    };
-    run_vs_reference(
-        "rmsprop chunked",
-        rms,
-        reference::rmsprop,
-        CHUNKED,
-        5,
-        SMALL_CHUNK,
-    );
-    let ada = AdagradConfig {
+    });
+    chunked("adagrad chunked", reference::adagrad).run(AdagradConfig {
         lr_decay: 0.1,
         initial_accumulator_value: 0.2,
         ..Default::default()
-    };
-    run_vs_reference(
-        "adagrad chunked",
-        ada,
-        reference::adagrad,
-        CHUNKED,
-        5,
-        SMALL_CHUNK,
-    );
+    });
 }
 
 #[test]
@@ -102,6 +80,7 @@ fn two_dimensional_grid() {
     let mut opt = Sgd::new(&params, cfg).unwrap();
     opt.step(&mut params).unwrap();
     let w = params.read("w").unwrap();
+    // lr is a power of two: the product is exact, so the shader's fma rounds as this does.
     for i in 0..n {
         assert_eq!(w[i], w0[i] + (-0.5f32) * g[i], "element {i}");
     }
@@ -117,14 +96,7 @@ fn past_65535_workgroups() {
     let w0 = randn(&mut rng, n, 1.0);
     let mut params =
         Params::new(&gpu, &[("big", &w0[..]), ("tail", &[1.0, 2.0, 3.0][..])]).unwrap();
-    let mut opt = Sgd::new(
-        &params,
-        SgdConfig {
-            lr: 0.25,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut opt = plain_sgd(&params, 0.25);
     let g = randn(&mut rng, n, 1.0);
     params.write_grad("big", &g).unwrap();
     params.write_grad("tail", &[1.0, 1.0, 1.0]).unwrap();
@@ -156,4 +128,27 @@ fn params_api_round_trips() {
     assert_eq!(bind.offset % 256, 0, "tensors are 256-byte aligned");
     assert_eq!(bind.size.unwrap().get(), 130 * 4);
     assert_eq!(p.grad_binding("a").unwrap().offset, 0);
+}
+
+/// The runner's poison is real: after `common::poison_padding` every element of a chunk that
+/// belongs to no tensor reads NaN, and the tensors read what they held.
+#[test]
+fn padding_poison_reaches_every_gap() {
+    let gpu = gpu();
+    let mut rng = rng("padding_poison");
+    let (a, b) = (randn(&mut rng, 5, 1.0), randn(&mut rng, 70, 1.0));
+    let p = Params::new(&gpu, &[("a", &a[..]), ("b", &b[..])]).unwrap();
+    common::poison_padding(&p);
+    let whole = p.param_buffer(0).unwrap();
+    let all = gpu
+        .read_buffer_f32(whole, (whole.size() / 4) as usize)
+        .unwrap();
+    let b_at = p.pieces("b").unwrap()[0].offset;
+    assert_eq!(&all[..5], &a[..]);
+    assert_eq!(&all[b_at..b_at + 70], &b[..]);
+    assert!(all[5..b_at]
+        .iter()
+        .chain(&all[b_at + 70..])
+        .all(|x| x.is_nan()));
+    assert_eq!(p.read_grad("b").unwrap(), vec![0.0; 70]);
 }

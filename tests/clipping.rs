@@ -2,13 +2,13 @@
 //! CPU reference and torch's GradScaler.
 
 mod common;
-use common::{assert_close, gpu, named, randn, rng, RefFn};
+use common::{assert_matches_reference, compare, gpu, plain_sgd, randn, rng, Bound, RefFn, Run};
 use ndarray::Array1;
 use serde_json::Value;
-use wgpu_optim::reference::{self, ScalerState, State};
+use wgpu_optim::reference::{self, ScalerState};
 use wgpu_optim::{
-    AdagradConfig, Adam, AdamConfig, Error, GradScaler, NormType, Optim, Optimizer,
-    OptimizerConfig, Params, RmsPropConfig, ScalerConfig, Sgd, SgdConfig,
+    AdagradConfig, Adam, AdamConfig, Error, GradScaler, NormType, Optimizer, OptimizerConfig,
+    ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
 };
 
 const SIZES: &[usize] = &[1, 5, 64, 1000, 4099];
@@ -16,70 +16,16 @@ const SIZES: &[usize] = &[1, 5, 64, 1000, 4099];
 /// GPU step with clipping vs: f64 norm on the CPU, torch's coefficient, reference step.
 fn run_clipped<C: OptimizerConfig>(cfg: C, reference: RefFn<C>, p: f32, max_norm: f32) {
     let name = format!("{} norm {p}", C::NAME);
-    let mut rng = rng(&name);
-    let gpu = gpu();
-    reference::set_fused_multiply_add(gpu.fused_multiply_add());
-    let names: Vec<String> = (0..SIZES.len()).map(|i| format!("t{i}")).collect();
-    let init: Vec<Vec<f32>> = SIZES.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    let tensors = named(names.iter().map(|s| s.as_str()), &init);
-    let mut params = Params::new(&gpu, &tensors).unwrap();
-    let mut opt = Optim::new(&params, cfg.clone()).unwrap();
-    opt.set_max_grad_norm(Some(max_norm)).unwrap();
-    let norm = NormType::from_p(p).unwrap();
-    opt.set_grad_norm_type(norm).unwrap();
-    let mut cpu_p: Vec<Array1<f32>> = init.iter().map(|v| Array1::from(v.clone())).collect();
-    let mut cpu_s: Vec<State> = SIZES.iter().map(|&n| State::new(&cfg, n)).collect();
-    let mut clipped = 0;
-    for step in 0..6 {
-        let scale = [1.0, 0.01, 3.0][step % 3];
-        let grads: Vec<Array1<f32>> = SIZES
-            .iter()
-            .map(|&n| Array1::from(randn(&mut rng, n, scale)))
-            .collect();
-        for (n, g) in names.iter().zip(&grads) {
-            params.write_grad(n, g.as_slice().unwrap()).unwrap();
-        }
-        opt.step(&mut params).unwrap();
-        let refs: Vec<&Array1<f32>> = grads.iter().collect();
-        let total = reference::grad_norm(&refs, norm, 1.0).unwrap();
-        let gpu_norm = opt.last_grad_norm().unwrap();
-        assert!(
-            ((gpu_norm as f64 - total) / total).abs() < 1e-5,
-            "{name}: norm {gpu_norm} vs {total}"
-        );
-        let coef = reference::clip_coef(gpu_norm, max_norm);
-        clipped += (coef < 1.0) as usize;
-        for i in 0..SIZES.len() {
-            reference(
-                &cfg,
-                &mut cpu_p[i],
-                &grads[i].mapv(|g| g * coef),
-                &mut cpu_s[i],
-            );
-        }
-    }
+    let out = Run::new(&name, reference)
+        .sizes(SIZES)
+        .steps(6)
+        .grad_scales(&[1.0, 0.01, 3.0])
+        .clip(max_norm, p)
+        .run(cfg);
     assert!(
-        clipped > 0 && clipped < 6,
+        out.clipped > 0 && out.clipped < 6,
         "{name}: the run should clip some steps and not others"
     );
-    assert!(!opt.last_step_skipped().unwrap());
-    for (i, n) in names.iter().enumerate() {
-        assert_close(
-            &format!("{name} {n}"),
-            &params.read(n).unwrap(),
-            cpu_p[i].as_slice().unwrap(),
-            1e-6,
-        );
-        for k in opt.state_keys() {
-            let want = cpu_s[i].get(k).unwrap();
-            assert_close(
-                &format!("{name} {n} {k}"),
-                &opt.state(k, n).unwrap(),
-                want.as_slice().unwrap(),
-                1e-6,
-            );
-        }
-    }
 }
 
 #[test]
@@ -133,120 +79,32 @@ fn clipping_every_optimizer_every_norm() {
     }
 }
 
-/// Snapshot of params and every state tensor, as bits.
-fn snapshot(params: &Params, opt: &dyn Optimizer) -> Vec<Vec<u32>> {
-    let mut out = Vec::new();
-    for n in params.names() {
-        out.push(
-            params
-                .read(n)
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect(),
-        );
-        for k in opt.state_keys() {
-            out.push(
-                opt.state(k, n)
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect(),
-            );
-        }
-    }
-    out
-}
-
-/// Adam over three tensors in 64 KiB chunks ("b" spans a chunk boundary): `bad` steps get an
-/// inf/NaN planted at `(tensor, index)`; they must change nothing and not count, so the run
-/// equals the reference run of the good steps alone, bit for bit on the device's rounding.
-fn run_with_bad_steps(pattern: &[bool], value: f32, at: (&str, usize), clip: bool) {
-    let gpu = gpu();
-    reference::set_fused_multiply_add(gpu.fused_multiply_add());
-    let mut rng = rng("nonfinite");
-    let sizes = [("a", 5000usize), ("b", 20000), ("c", 3)];
-    let init: Vec<Vec<f32>> = sizes.iter().map(|s| randn(&mut rng, s.1, 1.0)).collect();
-    let tensors = named(sizes.iter().map(|s| s.0), &init);
-    let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, 64 * 1024).unwrap();
-    assert!(params.pieces("b").unwrap().len() > 1);
-    let cfg = AdamConfig {
-        lr: 0.01,
-        ..Default::default()
-    };
-    let mut opt = Adam::new(&params, cfg.clone()).unwrap();
-    if clip {
-        opt.set_max_grad_norm(Some(5.0)).unwrap();
+/// Adam over three tensors in 64 KiB chunks ("b" spans a chunk boundary): the steps where
+/// `pattern` is true get `value` planted at `at`; they must change nothing and not count, so
+/// the run equals the reference run of the good steps alone (bit for bit on lavapipe).
+fn run_with_bad_steps(pattern: &[bool], value: f32, at: (&'static str, usize), clip: bool) {
+    let bad: Vec<usize> = (0..pattern.len()).filter(|&s| pattern[s]).collect();
+    let run = Run::new("nonfinite", reference::adam)
+        .tensors(&[("a", 5000), ("b", 20000), ("c", 3)])
+        .max_chunk_bytes(64 * 1024)
+        .steps(pattern.len())
+        .grad_scales(&[1.0])
+        .bad_steps(&bad, value, at);
+    let run = if clip {
+        run.clip(5.0, 2.0)
     } else {
-        opt.set_skip_nonfinite(true).unwrap();
-    }
-    let mut cpu_p: Vec<Array1<f32>> = init.iter().map(|v| Array1::from(v.clone())).collect();
-    let mut cpu_s: Vec<State> = sizes.iter().map(|s| State::new(&cfg, s.1)).collect();
-    let mut good = 0;
-    for &is_bad in pattern {
-        let mut grads: Vec<Vec<f32>> = sizes.iter().map(|s| randn(&mut rng, s.1, 1.0)).collect();
-        if is_bad {
-            let t = sizes.iter().position(|s| s.0 == at.0).unwrap();
-            grads[t][at.1] = value;
-        }
-        for (s, g) in sizes.iter().zip(&grads) {
-            params.write_grad(s.0, g).unwrap();
-        }
-        let before = if is_bad {
-            Some(snapshot(&params, &opt))
-        } else {
-            None
-        };
-        opt.step(&mut params).unwrap();
-        if let Some(before) = before {
-            assert!(
-                opt.last_step_skipped().unwrap(),
-                "a step with {value} must be skipped"
-            );
-            assert_eq!(
-                snapshot(&params, &opt),
-                before,
-                "a skipped step changed something"
-            );
-            assert!(!opt.last_grad_norm().unwrap().is_finite());
-        } else {
-            good += 1;
-            assert!(!opt.last_step_skipped().unwrap());
-            let refs: Vec<Array1<f32>> = grads.iter().map(|g| Array1::from(g.clone())).collect();
-            let coef = if clip {
-                reference::clip_coef(opt.last_grad_norm().unwrap(), 5.0)
-            } else {
-                1.0
-            };
-            for i in 0..sizes.len() {
-                reference::adam(
-                    &cfg,
-                    &mut cpu_p[i],
-                    &refs[i].mapv(|g| g * coef),
-                    &mut cpu_s[i],
-                );
-            }
-        }
-        assert_eq!(
-            opt.step_count(),
-            good,
-            "skipped steps must not advance the step count"
-        );
-    }
-    for (i, s) in sizes.iter().enumerate() {
-        assert_close(
-            s.0,
-            &params.read(s.0).unwrap(),
-            cpu_p[i].as_slice().unwrap(),
-            1e-6,
-        );
-        assert_close(
-            s.0,
-            &opt.state("exp_avg_sq", s.0).unwrap(),
-            cpu_s[i].get("exp_avg_sq").unwrap().as_slice().unwrap(),
-            1e-6,
-        );
-    }
+        run.skip_nonfinite()
+    };
+    let h = run.harness(
+        vec![ParamGroup::rest(AdamConfig {
+            lr: 0.01,
+            ..Default::default()
+        })],
+        |_| 0,
+    );
+    assert!(h.params.pieces("b").unwrap().len() > 1);
+    let out = h.finish();
+    assert_eq!(out.applied, pattern.len() - bad.len());
 }
 
 #[test]
@@ -304,14 +162,7 @@ fn grad_scaler_reproduces_torch() {
     };
     let gpu = gpu();
     let mut params = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
-    let mut opt = Sgd::new(
-        &params,
-        SgdConfig {
-            lr: 0.1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut opt = plain_sgd(&params, 0.1);
     let scaler = GradScaler::new(&gpu, config.clone()).unwrap();
     opt.set_grad_scaler(Some(&scaler)).unwrap();
     let mut cpu = ScalerState::new(&config);
@@ -413,15 +264,14 @@ fn standalone_clip_functions() {
     let got = norm.value().unwrap();
     assert!(((got as f64 - want) / want).abs() < 1e-6);
     let coef = reference::clip_coef(got, 1.0);
-    assert_close(
+    assert_matches_reference(
         "a",
         &params.read_grad("a").unwrap(),
         &a.iter().map(|x| x * coef).collect::<Vec<_>>(),
-        0.0,
     );
     params.clip_grad_value(0.01).unwrap();
     let clamped: Vec<f32> = b.iter().map(|x| (x * coef).clamp(-0.01, 0.01)).collect();
-    assert_close("b", &params.read_grad("b").unwrap(), &clamped, 0.0);
+    assert_matches_reference("b", &params.read_grad("b").unwrap(), &clamped);
 }
 
 /// `Params::grad_norm` (torch's `get_total_norm`): the norm of every type, gradients untouched,
@@ -444,8 +294,8 @@ fn grad_norm_alone() {
             "norm {p}: {got} vs {want}"
         );
     }
-    assert_close("a", &params.read_grad("a").unwrap(), &a, 0.0);
-    assert_close("b", &params.read_grad("b").unwrap(), &b, 0.0);
+    compare("a", &params.read_grad("a").unwrap(), &a, Bound::Bits);
+    compare("b", &params.read_grad("b").unwrap(), &b, Bound::Bits);
     for (bad, nan) in [(f32::NAN, true), (f32::NEG_INFINITY, false)] {
         let mut g = b.clone();
         g[19999] = bad;

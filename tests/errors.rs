@@ -1,7 +1,7 @@
 //! Bad input: a typed error, before any GPU work, and nothing changed.
 
 mod common;
-use common::{gpu, randn, rng};
+use common::{gpu, plain_sgd, randn, rng};
 use wgpu_optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, Error, Gpu, Optimizer, Params, RmsProp,
     RmsPropConfig, Sgd, SgdConfig,
@@ -277,14 +277,7 @@ fn bad_names_and_lengths() {
 #[test]
 fn params_from_another_set_or_device() {
     let p = params();
-    let mut opt = Sgd::new(
-        &p,
-        SgdConfig {
-            lr: 0.1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut opt = plain_sgd(&p, 0.1);
     // Same names, same device, but another arena.
     let mut twin = Params::new(&gpu(), &[("w", &[0.0; 10][..]), ("b", &[0.0; 2][..])]).unwrap();
     assert!(matches!(opt.step(&mut twin), Err(Error::ParamsMismatch(_))));

@@ -1,10 +1,9 @@
 //! Parameter groups, user-owned buffers, and many small tensors.
 
 mod common;
-use common::{assert_close, gpu, named, randn, rng, RefFn};
-use ndarray::Array1;
+use common::{gpu, named, randn, rng, RefFn, Run};
 use rand::Rng;
-use wgpu_optim::reference::{self, State};
+use wgpu_optim::reference;
 use wgpu_optim::{
     AdagradConfig, Adam, AdamConfig, Error, Gpu, Optim, Optimizer, OptimizerConfig, ParamGroup,
     Params, RmsPropConfig, SgdConfig,
@@ -23,56 +22,20 @@ const NAMES: &[(&str, usize)] = &[
     ("ln_f.weight", 1),
 ];
 
-/// Run `groups` on the GPU and each tensor's group config on the CPU; compare at the end.
+/// Run `groups` over [`NAMES`] in 16 KiB chunks on the GPU, and each tensor's group config
+/// (the group `group_of` says) in the reference; compare at the end.
 fn run_groups<C: OptimizerConfig>(
     groups: Vec<ParamGroup<C>>,
     group_of: impl Fn(&str) -> usize,
-    configs: &[C],
     reference: RefFn<C>,
     steps: usize,
 ) {
-    let gpu = gpu();
-    reference::set_fused_multiply_add(gpu.fused_multiply_add());
-    let mut rng = rng(C::NAME);
-    let init: Vec<Vec<f32>> = NAMES.iter().map(|t| randn(&mut rng, t.1, 1.0)).collect();
-    let tensors = named(NAMES.iter().map(|t| t.0), &init);
-    let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, 16 * 1024).unwrap();
-    let mut opt = Optim::with_groups(&params, groups).unwrap();
-    assert_eq!(opt.group_count(), configs.len());
-    let mut cpu_p: Vec<Array1<f32>> = init.iter().map(|v| Array1::from(v.clone())).collect();
-    let mut cpu_s: Vec<State> = NAMES
-        .iter()
-        .map(|t| State::new(&configs[group_of(t.0)], t.1))
-        .collect();
-    for step in 0..steps {
-        for (i, t) in NAMES.iter().enumerate() {
-            let g = randn(&mut rng, t.1, [1.0, 0.1][step % 2]);
-            params.write_grad(t.0, &g).unwrap();
-            reference(
-                &configs[group_of(t.0)],
-                &mut cpu_p[i],
-                &Array1::from(g),
-                &mut cpu_s[i],
-            );
-        }
-        opt.step(&mut params).unwrap();
-    }
-    for (i, t) in NAMES.iter().enumerate() {
-        assert_close(
-            t.0,
-            &params.read(t.0).unwrap(),
-            cpu_p[i].as_slice().unwrap(),
-            1e-6,
-        );
-        for k in opt.state_keys() {
-            assert_close(
-                &format!("{} {k}", t.0),
-                &opt.state(k, t.0).unwrap(),
-                cpu_s[i].get(k).unwrap().as_slice().unwrap(),
-                1e-6,
-            );
-        }
-    }
+    Run::new(C::NAME, reference)
+        .tensors(NAMES)
+        .max_chunk_bytes(16 * 1024)
+        .steps(steps)
+        .grad_scales(&[1.0, 0.1])
+        .run_groups(groups, group_of);
 }
 
 fn no_decay(name: &str) -> bool {
@@ -109,11 +72,11 @@ fn groups_with_their_own_hyperparameters() {
         }
     };
     let groups = vec![
-        ParamGroup::new(["wte.weight"], emb.clone()),
-        ParamGroup::matching(no_decay, nd.clone()),
-        ParamGroup::rest(rest.clone()),
+        ParamGroup::new(["wte.weight"], emb),
+        ParamGroup::matching(no_decay, nd),
+        ParamGroup::rest(rest),
     ];
-    run_groups(groups, which, &[emb, nd, rest], reference::adam, 6);
+    run_groups(groups, which, reference::adam, 6);
 
     let a = SgdConfig {
         lr: 0.1,
@@ -129,12 +92,8 @@ fn groups_with_their_own_hyperparameters() {
     };
     let which = |n: &str| no_decay(n) as usize;
     run_groups(
-        vec![
-            ParamGroup::rest(a.clone()),
-            ParamGroup::matching(no_decay, b.clone()),
-        ],
+        vec![ParamGroup::rest(a), ParamGroup::matching(no_decay, b)],
         which,
-        &[a, b],
         reference::sgd,
         5,
     );
@@ -154,16 +113,7 @@ fn groups_with_their_own_hyperparameters() {
         weight_decay: 0.1,
         ..Default::default()
     };
-    run_groups(
-        vec![
-            ParamGroup::matching(|n| !no_decay(n), a.clone()),
-            ParamGroup::rest(b.clone()),
-        ],
-        which_nd,
-        &[a, b],
-        reference::rmsprop,
-        5,
-    );
+    decay_split(a, b, reference::rmsprop, 5);
 
     let a = AdagradConfig {
         initial_accumulator_value: 0.5,
@@ -175,16 +125,7 @@ fn groups_with_their_own_hyperparameters() {
         initial_accumulator_value: 0.0,
         ..Default::default()
     };
-    run_groups(
-        vec![
-            ParamGroup::matching(|n| !no_decay(n), a.clone()),
-            ParamGroup::rest(b.clone()),
-        ],
-        which_nd,
-        &[a, b],
-        reference::adagrad,
-        4,
-    );
+    decay_split(a, b, reference::adagrad, 4);
 }
 
 /// Up to 8 groups take one kernel path (every group's scalars loaded, each thread picks its
@@ -225,11 +166,16 @@ fn round_robin<C: OptimizerConfig>(configs: &[C], reference: RefFn<C>, steps: us
         .enumerate()
         .map(|(k, c)| ParamGroup::matching(move |n| which(n) == k, c.clone()))
         .collect();
-    run_groups(groups, which, configs, reference, steps);
+    run_groups(groups, which, reference, steps);
 }
 
-fn which_nd(n: &str) -> usize {
-    no_decay(n) as usize
+/// `run_groups` with `decay` on every tensor but biases and norms, which get `no_decay`.
+fn decay_split<C: OptimizerConfig>(decay: C, no: C, reference: RefFn<C>, steps: usize) {
+    let groups = vec![
+        ParamGroup::matching(|n| !no_decay(n), decay),
+        ParamGroup::rest(no),
+    ];
+    run_groups(groups, |n| no_decay(n) as usize, reference, steps);
 }
 
 #[test]
@@ -381,14 +327,18 @@ fn user_buffers_match_the_arena_bit_for_bit() {
 
 #[test]
 fn a_thousand_tiny_tensors() {
-    let gpu = gpu();
-    reference::set_fused_multiply_add(gpu.fused_multiply_add());
     let mut rng = rng("tiny");
-    let sizes: Vec<usize> = (0..1000).map(|_| rng.random_range(1..=17)).collect();
-    let names: Vec<String> = (0..1000).map(|i| format!("layer{i}.bias")).collect();
-    let init: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    let tensors = named(names.iter().map(|s| s.as_str()), &init);
-    let mut params = Params::new(&gpu, &tensors).unwrap();
+    let tensors: Vec<(String, usize)> = (0..1000)
+        .map(|i| (format!("layer{i}.bias"), rng.random_range(1..=17)))
+        .collect();
+    let is_odd = |n: &str| {
+        n.trim_start_matches("layer")
+            .trim_end_matches(".bias")
+            .parse::<usize>()
+            .unwrap()
+            % 2
+            == 1
+    };
     let even = AdamConfig {
         lr: 0.01,
         ..Default::default()
@@ -398,44 +348,14 @@ fn a_thousand_tiny_tensors() {
         weight_decay: 0.1,
         ..Default::default()
     };
-    let is_odd = |n: &str| {
-        n.trim_start_matches("layer")
-            .trim_end_matches(".bias")
-            .parse::<usize>()
-            .unwrap()
-            % 2
-            == 1
-    };
-    let mut opt = Adam::with_groups(
-        &params,
-        vec![
-            ParamGroup::matching(is_odd, odd.clone()),
-            ParamGroup::rest(even.clone()),
-        ],
-    )
-    .unwrap();
-    let mut cpu: Vec<(Array1<f32>, State)> = init
-        .iter()
-        .map(|v| (Array1::from(v.clone()), State::new(&even, v.len())))
-        .collect();
-    for _ in 0..3 {
-        for (i, n) in names.iter().enumerate() {
-            let g = randn(&mut rng, sizes[i], 1.0);
-            params.write_grad(n, &g).unwrap();
-            let cfg = if is_odd(n) { &odd } else { &even };
-            let (p, s) = &mut cpu[i];
-            reference::adam(cfg, p, &Array1::from(g), s);
-        }
-        opt.step(&mut params).unwrap();
-    }
-    for (i, n) in names.iter().enumerate() {
-        assert_close(
-            n,
-            &params.read(n).unwrap(),
-            cpu[i].0.as_slice().unwrap(),
-            1e-6,
+    Run::new("tiny", reference::adam)
+        .tensors(&tensors)
+        .steps(3)
+        .grad_scales(&[1.0])
+        .run_groups(
+            vec![ParamGroup::matching(is_odd, odd), ParamGroup::rest(even)],
+            |n| (!is_odd(n)) as usize,
         );
-    }
 }
 
 #[test]

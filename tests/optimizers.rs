@@ -1,159 +1,111 @@
-//! Every optimizer, every option combination, against the CPU reference on a real adapter.
+//! Every optimizer, every option combination, against the CPU reference on a real adapter:
+//! one row per configuration, all through the shared runner (`common::Run`).
 
 mod common;
-use common::{run_vs_reference, SIZES};
+use common::Run;
 use wgpu_optim::{reference, AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
 
-const STEPS: usize = 8;
+const BOOLS: [bool; 2] = [false, true];
 
-fn bools() -> [bool; 2] {
-    [false, true]
+/// Every pair of `a` and `b`.
+fn pairs<A: Copy, B: Copy>(a: &[A], b: &[B]) -> Vec<(A, B)> {
+    a.iter()
+        .flat_map(|&x| b.iter().map(move |&y| (x, y)))
+        .collect()
 }
 
 #[test]
 fn adam_all_options() {
-    for amsgrad in bools() {
-        for decoupled_weight_decay in bools() {
-            for maximize in bools() {
-                for weight_decay in [0.0, 0.1] {
-                    let cfg = AdamConfig {
-                        lr: 1e-2,
-                        amsgrad,
-                        decoupled_weight_decay,
-                        maximize,
-                        weight_decay,
-                        ..Default::default()
-                    };
-                    run_vs_reference(
-                        &format!("{cfg:?}"),
-                        cfg,
-                        reference::adam,
-                        SIZES,
-                        STEPS,
-                        u64::MAX,
-                    );
-                }
-            }
-        }
+    let mut rows = Vec::new();
+    for ((amsgrad, decoupled_weight_decay), (maximize, weight_decay)) in
+        pairs(&pairs(&BOOLS, &BOOLS), &pairs(&BOOLS, &[0.0, 0.1]))
+    {
+        rows.push(AdamConfig {
+            lr: 1e-2,
+            amsgrad,
+            decoupled_weight_decay,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
     }
-    let odd = AdamConfig {
+    rows.push(AdamConfig {
         betas: (0.3, 0.9),
         eps: 1e-3,
         ..Default::default()
-    };
-    run_vs_reference(
-        "adam betas (0.3, 0.9)",
-        odd,
-        reference::adam,
-        SIZES,
-        STEPS,
-        u64::MAX,
-    );
-    run_vs_reference(
-        "adamw defaults",
-        AdamConfig::adamw(),
-        reference::adam,
-        SIZES,
-        STEPS,
-        u64::MAX,
-    );
+    });
+    rows.push(AdamConfig::adamw());
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::adam).run(cfg);
+    }
 }
 
 #[test]
 fn sgd_all_options() {
-    for (momentum, dampening, nesterov) in [
+    let momenta = [
         (0.0, 0.0, false),
         (0.9, 0.0, false),
         (0.9, 0.2, false),
         (0.9, 0.0, true),
-    ] {
-        for maximize in bools() {
-            for weight_decay in [0.0, 0.05] {
-                let cfg = SgdConfig {
-                    lr: 0.05,
-                    momentum,
-                    dampening,
-                    nesterov,
-                    maximize,
-                    weight_decay,
-                };
-                run_vs_reference(
-                    &format!("{cfg:?}"),
-                    cfg,
-                    reference::sgd,
-                    SIZES,
-                    STEPS,
-                    u64::MAX,
-                );
-            }
+    ];
+    for ((momentum, dampening, nesterov), (maximize, weight_decay)) in
+        pairs(&momenta, &pairs(&BOOLS, &[0.0, 0.05]))
+    {
+        let cfg = SgdConfig {
+            lr: 0.05,
+            momentum,
+            dampening,
+            nesterov,
+            maximize,
+            weight_decay,
+        };
+        let mut run = Run::new(format!("{cfg:?}"), reference::sgd);
+        if momentum != 0.0 {
+            // torch creates the buffer as `buf = grad` on the first step.
+            run = run.poison_state("momentum_buffer");
         }
+        run.run(cfg);
     }
 }
 
 #[test]
 fn rmsprop_all_options() {
-    for centered in bools() {
-        for momentum in [0.0, 0.9] {
-            for maximize in bools() {
-                for weight_decay in [0.0, 0.1] {
-                    let cfg = RmsPropConfig {
-                        centered,
-                        momentum,
-                        maximize,
-                        weight_decay,
-                        ..Default::default()
-                    };
-                    run_vs_reference(
-                        &format!("{cfg:?}"),
-                        cfg,
-                        reference::rmsprop,
-                        SIZES,
-                        STEPS,
-                        u64::MAX,
-                    );
-                }
-            }
-        }
+    let mut rows = Vec::new();
+    for ((centered, momentum), (maximize, weight_decay)) in
+        pairs(&pairs(&BOOLS, &[0.0, 0.9]), &pairs(&BOOLS, &[0.0, 0.1]))
+    {
+        rows.push(RmsPropConfig {
+            centered,
+            momentum,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
     }
-    let odd = RmsPropConfig {
+    rows.push(RmsPropConfig {
         alpha: 0.3,
         centered: true,
         ..Default::default()
-    };
-    run_vs_reference(
-        "rmsprop alpha 0.3",
-        odd,
-        reference::rmsprop,
-        SIZES,
-        STEPS,
-        u64::MAX,
-    );
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::rmsprop).run(cfg);
+    }
 }
 
 #[test]
 fn adagrad_all_options() {
-    for lr_decay in [0.0, 0.01] {
-        for initial_accumulator_value in [0.0, 0.1] {
-            for maximize in bools() {
-                for weight_decay in [0.0, 0.1] {
-                    let cfg = AdagradConfig {
-                        lr: 0.1,
-                        lr_decay,
-                        initial_accumulator_value,
-                        maximize,
-                        weight_decay,
-                        ..Default::default()
-                    };
-                    run_vs_reference(
-                        &format!("{cfg:?}"),
-                        cfg,
-                        reference::adagrad,
-                        SIZES,
-                        STEPS,
-                        u64::MAX,
-                    );
-                }
-            }
-        }
+    for ((lr_decay, initial_accumulator_value), (maximize, weight_decay)) in pairs(
+        &pairs(&[0.0, 0.01], &[0.0, 0.1]),
+        &pairs(&BOOLS, &[0.0, 0.1]),
+    ) {
+        let cfg = AdagradConfig {
+            lr: 0.1,
+            lr_decay,
+            initial_accumulator_value,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        };
+        Run::new(format!("{cfg:?}"), reference::adagrad).run(cfg);
     }
 }

@@ -10,23 +10,11 @@
 //! operation compound over the steps, most on values near zero.
 
 mod common;
-use common::gpu;
+use common::{compare, gpu, Bound};
 use serde_json::Value;
 use wgpu_optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, Optimizer, Params, RmsProp, RmsPropConfig, Sgd,
-    SgdConfig,
+    AdagradConfig, AdamConfig, Optim, Optimizer, OptimizerConfig, Params, RmsPropConfig, SgdConfig,
 };
-
-const ATOL: f32 = 1e-6;
-const RTOL: f32 = 2e-5;
-
-fn f(v: &Value, k: &str) -> f32 {
-    v[k].as_f64().unwrap_or_else(|| panic!("missing {k}")) as f32
-}
-
-fn b(v: &Value, k: &str) -> bool {
-    v[k].as_bool().unwrap_or_else(|| panic!("missing {k}"))
-}
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -36,84 +24,50 @@ fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-fn build(case: &Value, params: &Params) -> Box<dyn Optimizer> {
-    let c = &case["config"];
+/// `base` with every option of the recorded torch config set by its PyTorch name
+/// (`OptimizerConfig::set_hyperparameter`; a tuple such as `betas` as `betas[0]`, `betas[1]`).
+fn configure<C: OptimizerConfig>(mut cfg: C, torch: &Value) -> C {
+    for (key, value) in torch.as_object().expect("config") {
+        let mut set = |name: &str, v: &Value| {
+            let x = v
+                .as_f64()
+                .or_else(|| v.as_bool().map(|b| b as u8 as f64))
+                .unwrap_or_else(|| panic!("{key}: {v}"));
+            cfg.set_hyperparameter(name, x)
+                .unwrap_or_else(|e| panic!("{}: {e}", C::NAME));
+        };
+        match value.as_array() {
+            Some(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    set(&format!("{key}[{i}]"), v);
+                }
+            }
+            None => set(key, value),
+        }
+    }
+    cfg.validate().unwrap();
+    cfg
+}
+
+fn build<C: OptimizerConfig>(base: C, case: &Value, params: &Params) -> Box<dyn Optimizer> {
+    Box::new(Optim::new(params, configure(base, &case["config"])).unwrap())
+}
+
+/// The optimizer of a recorded case: torch's class name to our config, with torch's defaults
+/// (AdamW is Adam with decoupled weight decay); every number comes from the recording.
+fn optimizer(case: &Value, params: &Params) -> Box<dyn Optimizer> {
     match case["optimizer"].as_str().unwrap() {
-        "SGD" => Box::new(
-            Sgd::new(
-                params,
-                SgdConfig {
-                    lr: f(c, "lr"),
-                    momentum: f(c, "momentum"),
-                    dampening: f(c, "dampening"),
-                    weight_decay: f(c, "weight_decay"),
-                    nesterov: b(c, "nesterov"),
-                    maximize: b(c, "maximize"),
-                },
-            )
-            .unwrap(),
-        ),
-        kind @ ("Adam" | "AdamW") => Box::new(
-            Adam::new(
-                params,
-                AdamConfig {
-                    lr: f(c, "lr"),
-                    betas: (
-                        c["betas"][0].as_f64().unwrap() as f32,
-                        c["betas"][1].as_f64().unwrap() as f32,
-                    ),
-                    eps: f(c, "eps"),
-                    weight_decay: f(c, "weight_decay"),
-                    amsgrad: b(c, "amsgrad"),
-                    maximize: b(c, "maximize"),
-                    decoupled_weight_decay: kind == "AdamW",
-                },
-            )
-            .unwrap(),
-        ),
-        "RMSprop" => Box::new(
-            RmsProp::new(
-                params,
-                RmsPropConfig {
-                    lr: f(c, "lr"),
-                    alpha: f(c, "alpha"),
-                    eps: f(c, "eps"),
-                    weight_decay: f(c, "weight_decay"),
-                    momentum: f(c, "momentum"),
-                    centered: b(c, "centered"),
-                    maximize: b(c, "maximize"),
-                },
-            )
-            .unwrap(),
-        ),
-        "Adagrad" => Box::new(
-            Adagrad::new(
-                params,
-                AdagradConfig {
-                    lr: f(c, "lr"),
-                    lr_decay: f(c, "lr_decay"),
-                    weight_decay: f(c, "weight_decay"),
-                    initial_accumulator_value: f(c, "initial_accumulator_value"),
-                    eps: f(c, "eps"),
-                    maximize: b(c, "maximize"),
-                },
-            )
-            .unwrap(),
-        ),
+        "SGD" => build(SgdConfig::default(), case, params),
+        "Adam" => build(AdamConfig::default(), case, params),
+        "AdamW" => build(AdamConfig::adamw(), case, params),
+        "RMSprop" => build(RmsPropConfig::default(), case, params),
+        "Adagrad" => build(AdagradConfig::default(), case, params),
         other => panic!("unknown optimizer {other}"),
     }
 }
 
 fn close(what: &str, got: &[f32], want: &[f32], worst: &mut f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        let err = (a - b).abs();
-        assert!(
-            err <= ATOL + RTOL * b.abs(),
-            "{what}[{i}]: gpu {a} vs torch {b} (err {err:e})"
-        );
-        *worst = worst.max(err / (ATOL + RTOL * b.abs()));
-    }
+    *worst = worst.max(compare(what, got, want, Bound::TORCH));
 }
 
 #[test]
@@ -133,7 +87,7 @@ fn replays_torch_trajectories() {
             .collect();
         let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
         let mut params = Params::new(&gpu, &refs).unwrap();
-        let mut opt = build(case, &params);
+        let mut opt = optimizer(case, &params);
         let mut worst = 0.0f32;
         for (k, step) in case["steps"].as_array().unwrap().iter().enumerate() {
             for (n, _) in &tensors {

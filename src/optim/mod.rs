@@ -90,6 +90,86 @@ pub trait Optimizer {
 
 /// The per-algorithm part of an optimizer. Implemented by [`AdamConfig`], [`SgdConfig`],
 /// [`RmsPropConfig`] and [`AdagradConfig`]; [`Optim`] does the rest.
+///
+/// # Adding an optimizer
+/// This trait is the extension interface: implement it for your own config type (in your own
+/// crate) and [`Optim<YourConfig>`](Optim) is a full [`Optimizer`], with nothing else to
+/// change. You provide:
+/// - [`Self::SHADER`], WGSL defining `fn update(i: u32, s: Scalars)`: the update of vec4 `i`.
+///   The engine puts in front of it the generated `Scalars` struct, the bindings `param`
+///   (read_write), `grad` (read) and one `read_write` `array<vec4<f32>>` per entry of
+///   [`Self::SLOTS`] under that name, and the shared helpers of `shaders/common.wgsl`:
+///   `prep_grad` (loss-scale unscaling, the clip coefficient and `maximize`; call it on every
+///   gradient you read), `add_scaled`, `addcmul`, `lerp4`, `l2_decay`. Bounds and skipped
+///   steps are handled before `update` is called. Boolean options are `override` constants
+///   named by [`Self::constants`].
+/// - [`Self::Scalars`], a [`shader_struct!`](crate::shader_struct) of the per-step numbers
+///   (computed on the host by [`Self::scalars`]; at most 64 bytes).
+/// - PyTorch-style names for every option ([`Self::hyperparameters`],
+///   [`Self::set_hyperparameter`]): checkpoints store and restore them, so
+///   [`crate::checkpoint`] saves and resumes your optimizer too.
+///
+/// Clipping ([`Optimizer::set_max_grad_norm`]), non-finite skipping, loss scaling, parameter
+/// groups ([`Optim::with_groups`]), state read-back and checkpoints then work as for the
+/// built-in optimizers; with the `bench` feature, `bench::Workload::new(config)` benchmarks it
+/// (label and bytes per element from [`Self::NAME`], [`Self::constants`], [`Self::SLOTS`] and
+/// [`Self::uses_state`]). For a CPU reference that rounds as the shader does, use
+/// [`crate::reference::add_scaled`] and its siblings (`tests/custom_optimizer.rs` has a
+/// complete sign-SGD with momentum, its reference and its tests).
+///
+/// ```
+/// use wgpu_optim::shader::ShaderStruct;
+/// use wgpu_optim::{Error, OptimizerConfig, Result};
+///
+/// wgpu_optim::shader_struct! {
+///     /// Scalars of one sign-SGD step.
+///     pub struct SignSgdScalars {
+///         /// -lr
+///         pub neg_lr: f32,
+///     }
+/// }
+///
+/// /// Sign-SGD: `p -= lr * sign(g)`.
+/// #[derive(Clone, Debug)]
+/// struct SignSgd {
+///     lr: f32,
+/// }
+///
+/// impl OptimizerConfig for SignSgd {
+///     const NAME: &'static str = "SignSGD";
+///     const SHADER: &'static str = "
+///         fn update(i: u32, s: Scalars) {
+///             param[i] = add_scaled(param[i], sign(prep_grad(grad[i])), s.neg_lr);
+///         }";
+///     const SLOTS: &'static [&'static str] = &[];
+///     type Scalars = SignSgdScalars;
+///     fn validate(&self) -> Result<()> {
+///         if self.lr >= 0.0 && self.lr.is_finite() {
+///             Ok(())
+///         } else {
+///             Err(Error::InvalidHyperparameter { name: "lr", value: self.lr as f64, rule: "must be >= 0" })
+///         }
+///     }
+///     fn uses_state(&self, _key: &str) -> bool { false }
+///     fn constants(&self) -> Vec<(&'static str, u32)> { Vec::new() }
+///     fn maximize(&self) -> bool { false }
+///     fn scalars(&self, _t: u64) -> SignSgdScalars { SignSgdScalars { neg_lr: -self.lr } }
+///     fn lr(&self) -> f32 { self.lr }
+///     fn set_lr(&mut self, lr: f32) { self.lr = lr; }
+///     fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
+///         vec![("lr", wgpu_optim::optim::widen(self.lr))]
+///     }
+///     fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
+///         match name {
+///             "lr" => Ok(self.lr = value as f32),
+///             _ => Err(Error::UnknownHyperparameter { name: name.into(), optimizer: Self::NAME }),
+///         }
+///     }
+/// }
+///
+/// assert!(SignSgdScalars::wgsl().contains("neg_lr: f32"));
+/// // With a device: `let opt = wgpu_optim::Optim::new(&params, SignSgd { lr: 1e-3 })?;`
+/// ```
 pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The algorithm's name.
     const NAME: &'static str;
