@@ -71,7 +71,15 @@ pub enum Error {
         /// The length given.
         got: usize,
     },
-    /// A tensor split across arena chunks cannot be bound as one buffer range.
+    /// A tensor split across arena chunks cannot be bound as one buffer range
+    /// ([`crate::Params::binding`] / [`crate::Params::grad_binding`]).
+    ///
+    /// A tensor larger than the device's storage-binding limit
+    /// ([`crate::Gpu::max_binding_bytes`]: 128 MiB on lavapipe, often 2-4 GiB on GPUs) is split
+    /// across chunks; steps, reads, writes, clipping and checkpoints work on it as on any
+    /// other, but your own kernels must bind its pieces ([`crate::Params::pieces`]). [`crate::Gpu::new`]
+    /// asks for the adapter's own limits, so the limit is the adapter's real one; with
+    /// [`crate::Gpu::from_device`], request `adapter.limits()` when you create the device.
     #[error("tensor `{0}` spans several arena chunks and cannot be bound as one buffer range")]
     SplitTensor(String),
     /// The parameter set is not the one this optimizer was built for, or lives on another device.

@@ -215,6 +215,7 @@ impl Gpu {
         &self.inner.limits
     }
 
+    #[doc(hidden)]
     /// A handle on the same device whose dispatches use at most `cap` workgroups per grid
     /// dimension (at least 1, at most the device's limit). Grids beyond it go 2-D; this lets a
     /// test exercise the 2-D path without gigabytes of data.

@@ -55,6 +55,7 @@ impl Params {
         Self::with_max_chunk_bytes(gpu, tensors, u64::MAX)
     }
 
+    #[doc(hidden)]
     /// Like [`Params::new`], with chunks no larger than `max_chunk_bytes` (rounded down to
     /// 4 KiB; the device's storage-binding limit still applies). Mostly for tests that want chunk
     /// boundaries without gigabytes of data.
@@ -76,6 +77,7 @@ impl Params {
         Self::zeros_with_max_chunk_bytes(gpu, tensors, u64::MAX)
     }
 
+    #[doc(hidden)]
     /// [`Params::zeros`] with a chunk size cap, as in [`Params::with_max_chunk_bytes`].
     pub fn zeros_with_max_chunk_bytes(
         gpu: &Gpu,
@@ -300,6 +302,8 @@ impl Params {
     }
 
     /// The tensor's parameter range, for binding in your own shaders (e.g. the forward pass).
+    /// A tensor split across chunks (larger than the device's binding limit) is an
+    /// [`Error::SplitTensor`]: bind its [`Params::pieces`] instead.
     pub fn binding(&self, name: &str) -> Result<wgpu::BufferBinding<'_>> {
         self.binding_in(&self.param_bufs, name)
     }
@@ -375,7 +379,7 @@ fn check_same_device<'a>(gpu: &Gpu, bufs: impl Iterator<Item = &'a wgpu::Buffer>
     Ok(())
 }
 
-/// Gradient norm and clipping outside an optimizer, on the GPU ([`crate::norm`]).
+/// Gradient norm and clipping outside an optimizer, on the GPU.
 impl Params {
     /// `torch.nn.utils.get_total_norm` over the gradients: the total norm of all of them
     /// together, computed on the GPU (the same passes as clipping), gradients untouched. Nothing

@@ -75,6 +75,7 @@ thread_local! {
     static FUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
+#[doc(hidden)]
 /// Choose, for the calling thread, whether the reference fuses multiply-adds (the default, as
 /// ATen's CPU and CUDA kernels do) or rounds the product first, as a GPU driver that splits
 /// WGSL's `fma` does (see [`crate::Gpu::fused_multiply_add`]). With the device's choice the
