@@ -89,6 +89,46 @@ fn magnitude_bits(g: vec4<f32>) -> vec4<u32> {
     return bitcast<vec4<u32>>(g) & vec4<u32>(0x7fffffffu);
 }
 
+// A lane's running fold: the norm's value per component, and the largest magnitude bits seen.
+struct Acc {
+    v: vec4<f32>,
+    bits: vec4<u32>,
+}
+
+fn add(a: Acc, g: vec4<f32>) -> Acc {
+    return Acc(fold(a.v, g), max(a.bits, magnitude_bits(g)));
+}
+
+// A gradient vec4 divided by the loss scale when a scaler is attached (`inv` = inv_scale()).
+fn scaled(g: vec4<f32>, inv: f32) -> vec4<f32> {
+    if (SCALED) {
+        return g * inv;
+    }
+    return g;
+}
+
+// Fold in a segment's last, partial vec4 (if any): elements past its end (padding) count as 0.
+fn add_tail(a: Acc, seg: vec4<u32>, inv: f32) -> Acc {
+    let whole = seg.y / 4u;
+    if (whole * 4u == seg.y) {
+        return a;
+    }
+    let tail = seg.y - whole * 4u;
+    let g = scaled(grad[seg.x + whole], inv);
+    return add(a, select(vec4<f32>(0.0), g, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tail)));
+}
+
+// The lane's (value, flag): flag 1 for an infinity, 2 for a NaN.
+fn lane_partial(a: Acc) -> vec2<f32> {
+    var v = a.v.x + a.v.y + a.v.z + a.v.w;
+    if (NORM == 0u) {
+        v = max(max(a.v.x, a.v.y), max(a.v.z, a.v.w));
+    }
+    let big = max(max(a.bits.x, a.bits.y), max(a.bits.z, a.bits.w));
+    let flag = select(select(0.0, 1.0, big >= 0x7f800000u), 2.0, big > 0x7f800000u);
+    return vec2<f32>(v, flag);
+}
+
 @compute @workgroup_size(256)
 fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -99,40 +139,19 @@ fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let seg = segments[w];
     let inv = inv_scale();
     let whole = seg.y / 4u; // vec4s entirely inside the tensor
-    var acc = vec4<f32>(0.0);
-    var bits = vec4<u32>(0u);
+    var acc = Acc(vec4<f32>(0.0), vec4<u32>(0u));
     // Each thread folds up to 32 vec4s, 256 apart (coalesced), before the workgroup reduction:
     // fewer partials and far fewer barriers per element than one vec4 per thread.
     for (var k = 0u; k < 32u; k = k + 1u) {
         let q = lid + k * 256u;
         if (q < whole) {
-            var g = grad[seg.x + q];
-            if (SCALED) {
-                g = g * inv;
-            }
-            acc = fold(acc, g);
-            bits = max(bits, magnitude_bits(g));
+            acc = add(acc, scaled(grad[seg.x + q], inv));
         }
     }
-    // The tensor's last, partial vec4: elements past its end (padding) count as zero.
-    if (lid == 0u && whole * 4u < seg.y) {
-        var g = grad[seg.x + whole];
-        if (SCALED) {
-            g = g * inv;
-        }
-        let tail = seg.y - whole * 4u;
-        g = select(vec4<f32>(0.0), g, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tail));
-        acc = fold(acc, g);
-        bits = max(bits, magnitude_bits(g));
+    if (lid == 0u) {
+        acc = add_tail(acc, seg, inv);
     }
-    var v = acc.x + acc.y + acc.z + acc.w;
-    if (NORM == 0u) {
-        v = max(max(acc.x, acc.y), max(acc.z, acc.w));
-    }
-    let big = max(max(bits.x, bits.y), max(bits.z, bits.w));
-    // flag: 1 for an infinity, 2 for a NaN
-    let flag = select(select(0.0, 1.0, big >= 0x7f800000u), 2.0, big > 0x7f800000u);
-    let total = reduce_workgroup(lid, vec2<f32>(v, flag));
+    let total = reduce_workgroup(lid, lane_partial(acc));
     if (lid == 0u) {
         partials[seg.z] = total;
     }
@@ -145,34 +164,14 @@ const TEAMS: u32 = 32u;
 // The lane's (value, flag) of vec4s lane, lane + TEAM, ... of a small segment.
 fn fold_small(seg: vec4<u32>, lane: u32) -> vec2<f32> {
     let inv = inv_scale();
-    let whole = seg.y / 4u;
-    var acc = vec4<f32>(0.0);
-    var bits = vec4<u32>(0u);
-    for (var q = lane; q < whole; q = q + TEAM) {
-        var g = grad[seg.x + q];
-        if (SCALED) {
-            g = g * inv;
-        }
-        acc = fold(acc, g);
-        bits = max(bits, magnitude_bits(g));
+    var acc = Acc(vec4<f32>(0.0), vec4<u32>(0u));
+    for (var q = lane; q < seg.y / 4u; q = q + TEAM) {
+        acc = add(acc, scaled(grad[seg.x + q], inv));
     }
-    if (lane == 0u && whole * 4u < seg.y) {
-        var g = grad[seg.x + whole];
-        if (SCALED) {
-            g = g * inv;
-        }
-        let tail = seg.y - whole * 4u;
-        g = select(vec4<f32>(0.0), g, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tail));
-        acc = fold(acc, g);
-        bits = max(bits, magnitude_bits(g));
+    if (lane == 0u) {
+        acc = add_tail(acc, seg, inv);
     }
-    var v = acc.x + acc.y + acc.z + acc.w;
-    if (NORM == 0u) {
-        v = max(max(acc.x, acc.y), max(acc.z, acc.w));
-    }
-    let big = max(max(bits.x, bits.y), max(bits.z, bits.w));
-    let flag = select(select(0.0, 1.0, big >= 0x7f800000u), 2.0, big > 0x7f800000u);
-    return vec2<f32>(v, flag);
+    return lane_partial(acc);
 }
 
 @compute @workgroup_size(256)

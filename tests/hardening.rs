@@ -11,6 +11,18 @@ use wgpu_optim::{
 
 fn assert_send_sync<T: Send + Sync>() {}
 
+/// A buffer of the user's own, usable by `Params::from_buffers`.
+fn user_buffer(gpu: &Gpu, size: u64) -> wgpu::Buffer {
+    gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("user buffer"),
+        size,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
 #[test]
 fn handles_are_send_and_sync() {
     assert_send_sync::<Gpu>();
@@ -126,16 +138,7 @@ fn many_tiny_tensors_norm_is_exact_and_independent_of_packing() {
     let bufs: Vec<(wgpu::Buffer, wgpu::Buffer)> = sizes
         .iter()
         .map(|&n| {
-            let make = || {
-                gpu.device().create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size: (n.div_ceil(4) * 16) as u64,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            };
+            let make = || user_buffer(&gpu, (n.div_ceil(4) * 16) as u64);
             (make(), make())
         })
         .collect();
@@ -272,16 +275,7 @@ fn zero_grad_clears_every_chunk_and_only_the_tensors_range_of_own_buffers() {
     }
     // A user's buffer: 7 elements bound, 16 in the buffer; the 8 past the vec4-rounded range
     // are the user's and stay.
-    let make = || {
-        gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 64,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    };
+    let make = || user_buffer(&gpu, 64);
     let (p, g) = (make(), make());
     gpu.queue()
         .write_buffer(&g, 0, bytemuck::cast_slice(&[2.0f32; 16]));
@@ -347,16 +341,7 @@ fn a_lost_device_is_an_error_from_every_later_call() {
 #[test]
 fn wgpu_errors_inside_our_calls_are_errors_not_panics() {
     let gpu = gpu();
-    let make = || {
-        gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("destroyed by the test"),
-            size: 64,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    };
+    let make = || user_buffer(&gpu, 64);
     let (p, g) = (make(), make());
     let mut params = Params::from_buffers(&gpu, &[("w", &p, &g, 16)]).unwrap();
     let mut opt = Sgd::new(&params, SgdConfig::default()).unwrap();
