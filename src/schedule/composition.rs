@@ -1,8 +1,8 @@
 //! The schedulers of schedulers: SequentialLR (one after another, switching at milestones) and
 //! ChainedScheduler (all together, their effects composed).
 
+use super::rules::Scheduler;
 use super::rules::{bad, epoch_of, Attach, Core, How, Options, Rule, Vals};
-use super::runtime::Scheduler;
 use super::Schedule;
 use crate::error::Result;
 

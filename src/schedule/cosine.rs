@@ -1,11 +1,11 @@
 //! The cosine schedulers: CosineAnnealingLR (recursive form) and CosineAnnealingWarmRestarts
 //! (SGDR, closed form, with its own `step` and state fields `T_cur`, `T_i`).
 
+use super::rules::Scheduler;
 use super::rules::{
     advance_default, ensure, ensure_count, epoch_of, Attach, Core, How, Options, Rule, Vals,
 };
-use super::runtime::Scheduler;
-use super::state::{check_state_count, state_err, SchedulerState};
+use super::saved::{check_state_count, state_err, SchedulerState};
 use crate::error::Result;
 use std::f64::consts::PI;
 

@@ -1,8 +1,8 @@
 //! The cycling schedulers: OneCycleLR and CyclicLR (closed forms; both cycle the momentum
 //! the opposite way to the lr).
 
+use super::rules::Scheduler;
 use super::rules::{bad, ensure, ensure_count, epoch_of, Attach, Core, Options, Rule, Vals};
-use super::runtime::Scheduler;
 use super::PerGroup;
 use crate::error::{Error, Result};
 use std::f64::consts::PI;

@@ -1,8 +1,8 @@
 //! The schedulers driven by user functions: LambdaLR (closed form) and MultiplicativeLR
 //! (recursive form).
 
+use super::rules::Scheduler;
 use super::rules::{Attach, Core, Options, Rule, Vals};
-use super::runtime::Scheduler;
 use super::PerGroup;
 use crate::error::Result;
 use std::sync::Arc;

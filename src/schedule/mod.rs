@@ -125,6 +125,7 @@ mod lambda;
 mod plateau;
 mod rules;
 mod runtime;
+mod saved;
 mod state;
 mod step;
 
@@ -133,8 +134,8 @@ pub use cosine::{CosineAnnealingLR, CosineAnnealingWarmRestarts};
 pub use cyclic::{AnnealStrategy, CyclicLR, CyclicMode, OneCycleLR};
 pub use lambda::{LambdaLR, LrLambda, LrLambdas, MultiplicativeLR};
 pub use plateau::{PlateauMode, PlateauScheduler, PlateauState, ReduceLROnPlateau, ThresholdMode};
-pub use runtime::Scheduler;
-pub use state::SchedulerState;
+pub use rules::Scheduler;
+pub use saved::SchedulerState;
 pub use step::{ConstantLR, ExponentialLR, LinearLR, MultiStepLR, PolynomialLR, StepLR};
 
 use crate::error::{Error, Result};

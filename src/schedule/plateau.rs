@@ -3,7 +3,7 @@
 
 use super::rules::ensure;
 use super::runtime::{apply, read_vals};
-use super::state::{check_groups, check_state_count, check_state_values, state_err};
+use super::saved::{check_groups, check_state_count, check_state_values, state_err};
 use super::PerGroup;
 use crate::error::Result;
 use crate::optim::Optimizer;

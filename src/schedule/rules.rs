@@ -8,12 +8,11 @@
 //!   (the recursive form), `_get_closed_form_lr()`, an overridden `step()`, and the state fields
 //!   of its own beyond the common ones.
 //!
-//! The runtime ([`super::runtime`]) holds the common part ([`Core`]) and dispatches through
+//! [`Scheduler`] (its methods are in `runtime.rs`, its state in `state.rs`) holds the common part ([`Core`]) and dispatches through
 //! these traits, so adding a scheduler is one file with both impls, plus its line in
 //! [`super::Schedule`].
 
-use super::runtime::Scheduler;
-use super::state::SchedulerState;
+use super::saved::SchedulerState;
 use crate::error::{Error, Result};
 
 /// A schedule's options: what [`super::Schedule`] dispatches to.
@@ -76,11 +75,25 @@ pub(crate) trait Rule: std::fmt::Debug + Send + Sync + BoxedClone {
     /// Check this scheduler's own fields of `state` (`path` prefixes the names in errors); by
     /// default it has none, so `T_cur` and `T_i` must be absent.
     fn check_state(&self, state: &SchedulerState, path: &str) -> Result<()> {
-        super::state::no_own_state(state, path)
+        super::saved::no_own_state(state, path)
     }
 
     /// Take over this scheduler's own fields of a `state` that passed [`Rule::check_state`].
     fn load_state(&mut self, _state: &SchedulerState) {}
+}
+
+/// An epoch-driven [`super::Schedule`] attached to (some groups of) an optimizer. Implements
+/// [`super::LrScheduler`].
+///
+/// The scheduler does not hold the optimizer: pass the same one to every
+/// [`super::LrScheduler::step`], as PyTorch's scheduler holds the one it was built with.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    pub(super) core: Core,
+    pub(super) rule: Box<dyn Rule>,
+    /// The driven groups' momenta after the last attach or step (kept for [`Scheduler::state`]
+    /// where the schedule cycles momentum; empty in the schedulers inside a Sequential/Chained).
+    pub(super) momentum: Vec<Option<f64>>,
 }
 
 /// A boxed copy of a [`Rule`] (for `Clone` on [`Scheduler`]); every `Clone` rule has it.

@@ -1,24 +1,11 @@
-//! [`Scheduler`]: a [`Schedule`] attached to an optimizer, and the reading and all-or-nothing
-//! writing of the groups' values that every scheduler (and [`super::PlateauScheduler`]) shares.
+//! What [`Scheduler`] does (defined with the rules it dispatches to, in `rules.rs`): attach,
+//! step, and the reading and all-or-nothing writing of the groups' values that every scheduler
+//! (and [`super::PlateauScheduler`]) shares.
 
-use super::rules::{Attach, Core, How, Rule, Vals};
+use super::rules::{Attach, Core, How, Rule, Scheduler, Vals};
 use super::{LrScheduler, Schedule};
 use crate::error::{Error, Result};
 use crate::optim::{widen, Optimizer};
-
-/// An epoch-driven [`Schedule`] attached to (some groups of) an optimizer. Implements
-/// [`LrScheduler`].
-///
-/// The scheduler does not hold the optimizer: pass the same one to every
-/// [`LrScheduler::step`], as PyTorch's scheduler holds the one it was built with.
-#[derive(Clone, Debug)]
-pub struct Scheduler {
-    pub(super) core: Core,
-    pub(super) rule: Box<dyn Rule>,
-    /// The driven groups' momenta after the last attach or step (kept for [`Scheduler::state`]
-    /// where the schedule cycles momentum; empty in the schedulers inside a Sequential/Chained).
-    pub(super) momentum: Vec<Option<f64>>,
-}
 
 /// Read the driven groups' lrs and momenta. `shadow`: the f64 lrs this scheduler last wrote,
 /// used where the optimizer still holds them (rounded to f32).

@@ -2,10 +2,10 @@
 //! PolynomialLR. Each is its own [`Rule`]: PyTorch's recursive `get_lr` (from the group's
 //! current lr) and its closed form (for SequentialLR's restarts).
 
+use super::rules::Scheduler;
 use super::rules::{
     bad, each, ensure, ensure_count, epoch_of, scaled, Attach, Core, Options, Rule, Vals,
 };
-use super::runtime::Scheduler;
 use crate::error::Result;
 
 /// Decays the lr by `gamma` every `step_size` epochs (PyTorch's `StepLR`).
