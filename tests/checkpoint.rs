@@ -11,7 +11,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
-use wgpu_optim::checkpoint::{self, Checkpoint};
+use wgpu_optim::checkpoint::{self, Checkpoint, SaveOptions};
 use wgpu_optim::{
     AdagradConfig, Adam, AdamConfig, Error, GradScaler, Optim, Optimizer, OptimizerConfig,
     ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
@@ -159,7 +159,7 @@ fn resume_exact<C: OptimizerConfig>(
     let path = dir.join("ck.safetensors");
     let (mut pb, mut ob, _sb) = make(&init, true);
     run(&mut pb, &mut ob, 0..N);
-    checkpoint::save(&path, &pb, &ob).unwrap();
+    checkpoint::save(&path, &pb, &ob, SaveOptions::default()).unwrap();
     drop((pb, ob));
 
     let (mut pc, mut oc, sc) = make(&other, false);
@@ -432,7 +432,7 @@ fn saved_file_is_standard_safetensors() {
     }
     let dir = temp_dir("standard");
     let path = dir.join("ck.safetensors");
-    checkpoint::save(&path, &params, &opt).unwrap();
+    checkpoint::save(&path, &params, &opt, SaveOptions::default()).unwrap();
 
     // The reference crate reads it.
     let bytes = fs::read(&path).unwrap();
@@ -442,6 +442,7 @@ fn saved_file_is_standard_safetensors() {
     assert_eq!(
         names,
         vec![
+            "__checksum__",
             "param.fc.bias",
             "param.fc.weight",
             "state.fc.bias.exp_avg",
@@ -483,7 +484,7 @@ fn saved_file_is_standard_safetensors() {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let md = meta.metadata().as_ref().unwrap();
     assert_eq!(md["format"], "wgpu-optim-checkpoint");
-    assert_eq!(md["format_version"], "1");
+    assert_eq!(md["format_version"], "2");
     assert_eq!(md["optimizer"], "Adam");
     assert_eq!(md["step"], "3");
     assert_eq!(md["tensors"], r#"["fc.weight","fc.bias"]"#);
@@ -546,11 +547,16 @@ fn save_rejects_foreign_params_and_bad_paths() {
     let opt = Adam::new(&params, AdamConfig::default()).unwrap();
     let dir = temp_dir("save_errors");
     assert!(matches!(
-        checkpoint::save(dir.join("a"), &other, &opt),
+        checkpoint::save(dir.join("a"), &other, &opt, SaveOptions::default()),
         Err(Error::ParamsMismatch(_))
     ));
     assert!(matches!(
-        checkpoint::save(dir.join("missing/dir/ck.safetensors"), &params, &opt),
+        checkpoint::save(
+            dir.join("missing/dir/ck.safetensors"),
+            &params,
+            &opt,
+            SaveOptions::default()
+        ),
         Err(Error::Io { .. })
     ));
     let mut p2 = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
@@ -563,7 +569,7 @@ fn save_rejects_foreign_params_and_bad_paths() {
         })
     ));
     // An optimizer built for other parameters.
-    checkpoint::save(dir.join("ok"), &params, &opt).unwrap();
+    checkpoint::save(dir.join("ok"), &params, &opt, SaveOptions::default()).unwrap();
     assert!(matches!(
         checkpoint::load(
             dir.join("ok"),
@@ -633,7 +639,7 @@ fn target(salt: f32) -> (Params, Adam, GradScaler) {
 fn base_checkpoint(dir: &Path) -> Vec<u8> {
     let (params, opt, _scaler) = target(0.0);
     let path = dir.join("base.safetensors");
-    checkpoint::save(&path, &params, &opt).unwrap();
+    checkpoint::save(&path, &params, &opt, SaveOptions::default()).unwrap();
     fs::read(&path).unwrap()
 }
 
@@ -681,27 +687,49 @@ impl Parts {
         }
     }
 
+    /// Put the file back together, sealed as `checkpoint::save` seals it (fresh CRC-32s of every
+    /// tensor and of the header), so that a damaged variant fails for its own reason and not
+    /// for its checksum.
     fn to_bytes_with(&self, tweak: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+        let tensors: Vec<_> = self
+            .tensors
+            .iter()
+            .filter(|t| t.0 != checkpoint::CHECKSUM_TENSOR)
+            .collect();
         let mut header = serde_json::Map::new();
         if let Some(m) = &self.meta {
-            header.insert("__metadata__".into(), Value::Object(m.clone()));
+            let mut m = m.clone();
+            if m.contains_key("tensor_crc32") {
+                let crcs: String = tensors
+                    .iter()
+                    .map(|t| format!("{:08x}", crc32fast::hash(&t.3)))
+                    .collect();
+                m.insert("tensor_crc32".into(), Value::String(crcs));
+            }
+            header.insert("__metadata__".into(), Value::Object(m));
         }
         let mut offset = 0;
-        for (name, dtype, shape, data) in &self.tensors {
+        for (name, dtype, shape, data) in &tensors {
             header.insert(
                 name.clone(),
                 json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
             );
             offset += data.len();
         }
+        header.insert(
+            checkpoint::CHECKSUM_TENSOR.into(),
+            json!({"dtype": "U8", "shape": [4], "data_offsets": [offset, offset + 4]}),
+        );
         tweak(&mut header);
         let mut h = serde_json::to_vec(&header).unwrap();
         h.resize(h.len().next_multiple_of(8), b' ');
         let mut out = (h.len() as u64).to_le_bytes().to_vec();
         out.extend(h);
-        for t in &self.tensors {
+        let header_crc = crc32fast::hash(&out);
+        for t in &tensors {
             out.extend(&t.3);
         }
+        out.extend(header_crc.to_le_bytes());
         out
     }
 
@@ -814,7 +842,7 @@ fn variants(base: &[u8]) -> Vec<Variant> {
             q.set_meta("format", "something-else")
         }),
         ("format__future_version", &|q| {
-            q.set_meta("format_version", "2")
+            q.set_meta("format_version", "3")
         }),
         ("format__step_not_integer", &|q| q.set_meta("step", "ten")),
         ("format__step_tensor_disagrees", &|q| {
@@ -945,6 +973,7 @@ fn variants(base: &[u8]) -> Vec<Variant> {
 fn category(e: &Error) -> &'static str {
     match e {
         Error::CheckpointFormat(_) => "format",
+        Error::CheckpointChecksum { .. } => "checksum",
         Error::CheckpointMismatch { .. } => "mismatch",
         Error::CheckpointNonFinite { .. } => "nonfinite",
         Error::InvalidHyperparameter { .. } => "hyperparameter",
@@ -1020,20 +1049,28 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// Every file of the committed corpus fails with the error its name announces (`valid` loads),
-/// without a panic and without changing anything. The corpus was written for `target(_)` by
-/// `WRITE_CHECKPOINT_CORPUS=1 cargo test --release --test checkpoint write_checkpoint_corpus`; files that a
-/// property test once found can be added by hand with a name `<expected error>__<what>`.
+/// without a panic and without changing anything; files named `any__<what>` (inputs the fuzzer
+/// found interesting, see fuzz/) only must not panic and, on `Err`, change nothing. The corpus
+/// was written for `target(_)` by `WRITE_CHECKPOINT_CORPUS=1 cargo test --release --test
+/// checkpoint write_checkpoint_corpus`; `v1/` holds the same variants in format version 1
+/// (written before checksums existed), whose `valid` still loads, unverified.
 #[test]
 fn corpus_of_damaged_files_never_loads() {
+    for (dir, version) in [(corpus_dir(), 2), (corpus_dir().join("v1"), 1)] {
+        replay_corpus(&dir, version);
+    }
+}
+
+fn replay_corpus(dir: &Path, version: u32) {
     let (mut params, mut opt, scaler) = target(2.5);
-    let mut files: Vec<PathBuf> = fs::read_dir(corpus_dir())
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     files.sort();
-    assert!(files.len() >= 40, "corpus has {} files", files.len());
-    let before = snapshot(&params, &opt, Some(&scaler));
+    assert!(files.len() >= 40, "{dir:?} has {} files", files.len());
+    let mut before = snapshot(&params, &opt, Some(&scaler));
     let mut valid = None;
     for f in &files {
         let stem = f.file_stem().unwrap().to_str().unwrap();
@@ -1041,15 +1078,22 @@ fn corpus_of_damaged_files_never_loads() {
             valid = Some(f.clone());
             continue;
         }
-        let err = checkpoint::load(f, &mut params, &mut opt).expect_err(&format!("{stem} loaded"));
-        assert_eq!(
-            category(&err),
-            stem.split("__").next().unwrap(),
-            "{stem}: {err}"
-        );
-        assert_eq!(snapshot(&params, &opt, Some(&scaler)), before, "{stem}");
+        let want = stem.split("__").next().unwrap();
+        match checkpoint::load(f, &mut params, &mut opt) {
+            Ok(_) if want == "any" => before = snapshot(&params, &opt, Some(&scaler)),
+            Ok(_) => panic!("{stem} loaded"),
+            Err(err) => {
+                if want != "any" {
+                    assert_eq!(category(&err), want, "{stem}: {err}");
+                }
+                assert_eq!(snapshot(&params, &opt, Some(&scaler)), before, "{stem}");
+            }
+        }
     }
-    checkpoint::load(valid.expect("valid.safetensors"), &mut params, &mut opt).unwrap();
+    let report =
+        checkpoint::load(valid.expect("valid.safetensors"), &mut params, &mut opt).unwrap();
+    assert_eq!(report.format_version, version);
+    assert_eq!(report.verified, version >= 2);
     assert_eq!(opt.step_count(), 3);
 }
 
@@ -1158,7 +1202,7 @@ fn random_damage_never_panics_and_errors_change_nothing() {
             let (params, opt, before, ok, err) = &mut *guard;
             fs::write(&path, apply(&base, &digits, &m)).unwrap();
             match checkpoint::load(&path, params, opt) {
-                Ok(()) => {
+                Ok(_) => {
                     *ok += 1;
                     *before = snapshot(params, opt, Some(&scaler));
                 }
@@ -1314,7 +1358,7 @@ fn load_into_an_optimizer_that_ran_ahead() {
         pa.write_grad("w", g).unwrap();
         oa.step(&mut pa).unwrap();
     }
-    checkpoint::save(&path, &pa, &oa).unwrap();
+    checkpoint::save(&path, &pa, &oa, SaveOptions::default()).unwrap();
     // Run ahead 12 steps (4 skipped) without asking the GPU anything, then go back.
     for g in &grads[2..14] {
         pa.write_grad("w", g).unwrap();

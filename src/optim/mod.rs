@@ -17,6 +17,7 @@ pub use sgd::{Sgd, SgdConfig};
 
 mod engine;
 mod groups;
+mod persist;
 
 pub use groups::ParamGroup;
 
@@ -27,8 +28,10 @@ use crate::params::Params;
 /// Number of f32 scalars per parameter group passed to a kernel each step (64 bytes).
 pub const SCALARS: usize = 16;
 
-/// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works.
-pub trait Optimizer {
+/// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works (and checkpoints:
+/// [`crate::checkpoint::save`] takes `&dyn Optimizer`). Implemented by [`Optim`] for every
+/// [`OptimizerConfig`]; its supertrait is private to the crate (sealed).
+pub trait Optimizer: persist::Persist {
     /// The algorithm's name, e.g. `"Adam"`.
     fn name(&self) -> &'static str;
     /// Record and submit one fused update of every tensor. Never waits for the GPU.
