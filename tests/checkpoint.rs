@@ -1378,3 +1378,231 @@ fn load_into_an_optimizer_that_ran_ahead() {
     assert_eq!(oa.step_count(), 1 + 12);
     fs::remove_dir_all(dir).unwrap();
 }
+
+// ------------------------------------------------------------------------------------------
+// Integrity: every single-bit flip is an error
+// ------------------------------------------------------------------------------------------
+
+/// Every single-bit flip of a small checkpoint (header, padding, data and the checksum itself)
+/// is an `Err`, never a panic, never an `Ok`: every byte of a version 2 file is covered by a
+/// CRC-32, which detects every single-bit error, so no flip can leave the loaded content
+/// identical and still load. The errors are checksum errors, or format errors where the flip
+/// breaks the framing (length, JSON) before a checksum can be compared; nothing is changed.
+#[test]
+fn every_single_bit_flip_is_an_error() {
+    let dir = temp_dir("bitflip");
+    let gpu = gpu();
+    let build = |salt: f32| {
+        let mut params = Params::new(
+            &gpu,
+            &[
+                ("w", &[0.5f32 + salt, -1.0, 2.0][..]),
+                ("b", &[salt; 2][..]),
+            ],
+        )
+        .unwrap();
+        let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+        params.write_grad("w", &[0.1, 0.2, 0.3]).unwrap();
+        params.write_grad("b", &[0.4, 0.5]).unwrap();
+        opt.step(&mut params).unwrap();
+        (params, opt)
+    };
+    let (p0, o0) = build(0.0);
+    let path = dir.join("small.safetensors");
+    checkpoint::save(&path, &p0, &o0, SaveOptions::default()).unwrap();
+    let base = fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+    let (mut params, mut opt) = build(1.0);
+    let before = snapshot(&params, &opt, None);
+    let flipped = dir.join("flipped.safetensors");
+    let (mut checksum, mut format, mut other) = (0, 0, Vec::new());
+    for bit in 0..base.len() * 8 {
+        let mut b = base.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        fs::write(&flipped, &b).unwrap();
+        match checkpoint::load(&flipped, &mut params, &mut opt) {
+            Ok(_) => panic!("a flip of bit {bit} (byte {}) loaded", bit / 8),
+            Err(Error::CheckpointChecksum { .. }) => checksum += 1,
+            Err(Error::CheckpointFormat(_)) => format += 1,
+            Err(e) => other.push((bit, e.to_string())),
+        }
+    }
+    eprintln!(
+        "{} bits ({} in the header): {checksum} checksum errors, {format} format errors, {} others",
+        base.len() * 8,
+        header_end * 8,
+        other.len()
+    );
+    // Checked at the header or the data, a flip never reaches the optimizer's own checks.
+    assert!(other.is_empty(), "{other:?}");
+    // Most flips are found by the checksum (the rest break the framing first: the length).
+    assert!(checksum > base.len() * 8 * 9 / 10, "{checksum} {format}");
+    assert_eq!(snapshot(&params, &opt, None), before);
+    // And the undamaged file loads, verified, to exactly the saved state.
+    let report = checkpoint::load(&path, &mut params, &mut opt).unwrap();
+    assert!(report.verified);
+    assert_eq!(snapshot(&params, &opt, None), snapshot(&p0, &o0, None));
+    // A damaged tensor is named; `Checkpoint::read` checks it too.
+    let st = safetensors::SafeTensors::deserialize(&base).unwrap();
+    let at = header_end + st.tensor("state.w.exp_avg").map(|_| 0).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&base).unwrap();
+    let off = meta.info("state.w.exp_avg").unwrap().data_offsets.0;
+    let mut b = base.clone();
+    b[at + off + 5] ^= 0x10;
+    fs::write(&flipped, &b).unwrap();
+    let err = checkpoint::load(&flipped, &mut params, &mut opt).unwrap_err();
+    assert!(
+        matches!(&err, Error::CheckpointChecksum { what, .. } if what == "state.w.exp_avg"),
+        "{err}"
+    );
+    let ck = Checkpoint::open(&flipped).unwrap();
+    assert!(ck.verified());
+    assert!(ck.read("param.w").is_ok());
+    assert!(matches!(
+        ck.read("state.w.exp_avg"),
+        Err(Error::CheckpointChecksum { .. })
+    ));
+    assert!(matches!(
+        ck.check(&params, &opt),
+        Err(Error::CheckpointChecksum { .. })
+    ));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Any optimizer behind `dyn Optimizer`, and files a program did not write
+// ------------------------------------------------------------------------------------------
+
+/// Save from a `Box<dyn Optimizer>`, read the optimizer's kind and hyperparameters from the
+/// file alone, build the right optimizer with `build_optimizer`, restore into the box: the
+/// resumed run continues with exactly the bits of the uninterrupted one.
+#[test]
+fn dyn_optimizers_save_load_and_are_built_from_the_file() {
+    let dir = temp_dir("dyn");
+    let gpu = gpu();
+    let mut rng = rng("dyn_optimizers");
+    let w = randn(&mut rng, 300, 1.0);
+    let grads: Vec<Vec<f32>> = (0..6).map(|_| randn(&mut rng, 300, 1.0)).collect();
+    let configs: Vec<(&str, Box<dyn Fn(&Params) -> Box<dyn Optimizer>>)> = vec![
+        (
+            "Adam",
+            Box::new(|p| {
+                Box::new(
+                    Adam::new(
+                        p,
+                        AdamConfig {
+                            amsgrad: true,
+                            ..AdamConfig::adamw()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "SGD",
+            Box::new(|p| {
+                Box::new(
+                    wgpu_optim::Sgd::new(
+                        p,
+                        SgdConfig {
+                            lr: 0.05,
+                            momentum: 0.9,
+                            nesterov: true,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "RMSprop",
+            Box::new(|p| {
+                Box::new(
+                    wgpu_optim::RmsProp::new(
+                        p,
+                        RmsPropConfig {
+                            centered: true,
+                            momentum: 0.5,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "Adagrad",
+            Box::new(|p| {
+                Box::new(
+                    wgpu_optim::Adagrad::new(
+                        p,
+                        AdagradConfig {
+                            initial_accumulator_value: 0.1,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+    ];
+    for (name, make) in configs {
+        // Uninterrupted: 6 steps.
+        let mut pa = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+        let mut oa = make(&pa);
+        for g in &grads {
+            pa.write_grad("w", g).unwrap();
+            oa.step(&mut pa).unwrap();
+        }
+        // 3 steps, save through the box.
+        let mut pb = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+        let mut ob = make(&pb);
+        for g in &grads[..3] {
+            pb.write_grad("w", g).unwrap();
+            ob.step(&mut pb).unwrap();
+        }
+        let path = dir.join(format!("{name}.safetensors"));
+        checkpoint::save(&path, &pb, &*ob, SaveOptions::default()).unwrap();
+
+        // A program that knows nothing of it: the kind and hyperparameters from the file.
+        let ck = checkpoint::open(&path).unwrap();
+        let kind = ck.optimizer_kind();
+        assert_eq!(kind.name, name);
+        assert_eq!(kind.name, ob.name());
+        assert_eq!(kind.groups.len(), 1);
+        assert_eq!(kind.groups[0].tensors, vec!["w".to_string()]);
+        assert_eq!(kind.groups[0].get("lr").map(|x| x as f32), Some(ob.lr()));
+        let mut pc = ck.params(&gpu).unwrap();
+        let mut oc = ck.build_optimizer(&pc).unwrap();
+        assert_eq!(oc.name(), name);
+        assert_eq!(oc.state_keys(), ob.state_keys());
+        let report = ck.restore(&mut pc, &mut *oc).unwrap();
+        assert!(report.verified);
+        assert_eq!(oc.step_count(), 3);
+        // load() into another box works the same.
+        let mut pd = Params::zeros(&gpu, &[("w", 300)]).unwrap();
+        let mut od = make(&pd);
+        checkpoint::load(&path, &mut pd, &mut *od).unwrap();
+        for (p, o) in [(&mut pc, &mut oc), (&mut pd, &mut od)] {
+            for g in &grads[3..] {
+                p.write_grad("w", g).unwrap();
+                o.step(p).unwrap();
+            }
+            assert_eq!(
+                bits(&p.read("w").unwrap()),
+                bits(&pa.read("w").unwrap()),
+                "{name}"
+            );
+            for k in oa.state_keys() {
+                assert_eq!(
+                    bits(&o.state(k, "w").unwrap()),
+                    bits(&oa.state(k, "w").unwrap()),
+                    "{name} {k}"
+                );
+            }
+        }
+    }
+    fs::remove_dir_all(dir).unwrap();
+}

@@ -106,15 +106,39 @@ pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)
         .map_err(|e| Error::io("read", path, e))?;
-    let meta: Metadata = serde_json::from_slice(&header)
-        .map_err(|e| format_err(format!("bad safetensors header: {e}")))?;
-    let data_len = meta.data_len() as u64;
-    if 8 + n + data_len != file_len {
-        return Err(format_err(format!(
-            "the header describes {data_len} bytes of data, the file holds {} (truncated or padded?)",
-            file_len - 8 - n
-        )));
+    // A version 2 file ends with the CRC-32 of the length and the header: compare it before
+    // parsing, so that damage to the header is reported as such (and not as whatever the
+    // damaged JSON happens to say).
+    let computed = {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&len_bytes);
+        h.update(&header);
+        h.finalize()
+    };
+    let mut stored = [0u8; 4];
+    if file_len >= 8 + n + 4 {
+        file.seek(SeekFrom::Start(file_len - 4))
+            .and_then(|_| file.read_exact(&mut stored))
+            .map_err(|e| Error::io("read", path, e))?;
     }
+    let stored = u32::from_le_bytes(stored);
+    let sealed_look = header
+        .windows(CHECKSUM_TENSOR.len())
+        .any(|w| w == CHECKSUM_TENSOR.as_bytes());
+    let damaged = |e: String| {
+        if stored != computed && sealed_look {
+            Error::CheckpointChecksum {
+                what: "header".into(),
+                expected: stored,
+                got: computed,
+            }
+        } else {
+            format_err(e)
+        }
+    };
+    let meta: Metadata = serde_json::from_slice(&header)
+        .map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
+    let data_len = meta.data_len() as u64;
     let mut infos: Vec<(String, TensorInfo)> = meta
         .tensors()
         .into_iter()
@@ -126,6 +150,9 @@ pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
     let header_crc = match infos.get(CHECKSUM_TENSOR) {
         None => None,
         Some(info) => {
+            if stored != computed && 8 + n + data_len == file_len {
+                return Err(damaged(String::new()));
+            }
             if info.dtype != Dtype::U8
                 || info.shape != [4]
                 || info.data_offsets.1 as u64 != data_len
@@ -134,16 +161,27 @@ pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
                     "`{CHECKSUM_TENSOR}` is not the last tensor, of 4 bytes (U8)"
                 )));
             }
-            let mut h = crc32fast::Hasher::new();
-            h.update(&len_bytes);
-            h.update(&header);
-            let mut stored = [0u8; 4];
-            file.seek(SeekFrom::Start(file_len - 4))
-                .and_then(|_| file.read_exact(&mut stored))
-                .map_err(|e| Error::io("read", path, e))?;
-            Some((u32::from_le_bytes(stored), h.finalize()))
+            Some((stored, computed))
         }
     };
+    if 8 + n + data_len != file_len {
+        // Trailing bytes after an intact sealed file are a framing problem; a header whose
+        // offsets were damaged is a checksum problem.
+        let end = 8 + n + data_len;
+        if sealed_look && end < file_len && end >= 8 + n + 4 {
+            let mut at_end = [0u8; 4];
+            file.seek(SeekFrom::Start(end - 4))
+                .and_then(|_| file.read_exact(&mut at_end))
+                .map_err(|e| Error::io("read", path, e))?;
+            if u32::from_le_bytes(at_end) != computed {
+                return Err(damaged(String::new()));
+            }
+        }
+        return Err(format_err(format!(
+            "the header describes {data_len} bytes of data, the file holds {} (truncated or padded?)",
+            file_len - 8 - n
+        )));
+    }
     Ok(Framing {
         data_start: 8 + n,
         data_len,

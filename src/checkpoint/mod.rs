@@ -20,8 +20,8 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 //!
-//! Both take any optimizer as `&dyn Optimizer` / `&mut dyn Optimizer` (so `Box<dyn Optimizer>`
-//! works), and a program that did not write a file can see what it holds
+//! Both take any optimizer as `&dyn Optimizer` / `&mut dyn Optimizer` (`&opt` for an
+//! [`crate::Adam`], `&*boxed` / `&mut *boxed` for a `Box<dyn Optimizer>`), and a program that did not write a file can see what it holds
 //! ([`open`], [`Checkpoint::optimizer_kind`]) and build the right optimizer for it
 //! ([`Checkpoint::build_optimizer`]).
 //!
@@ -249,7 +249,7 @@ impl<'a> SaveOptions<'a> {
 
 /// Save parameters, optimizer state, every group's hyperparameters, the clipping settings and
 /// the loss scaler (the attached one, or [`SaveOptions::scaler`]) to `path`, atomically, with
-/// checksums (see the module documentation). `opt` is any optimizer: `&opt`, `&boxed` for a
+/// checksums (see the module documentation). `opt` is any optimizer: `&opt`, or `&*boxed` for a
 /// `Box<dyn Optimizer>`.
 ///
 /// ```no_run
@@ -261,7 +261,7 @@ impl<'a> SaveOptions<'a> {
 ///     Box::new(Sgd::new(&params, SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() })?);
 /// params.write_grad("w", &[0.5; 4])?;
 /// opt.step(&mut params)?;
-/// checkpoint::save("sgd.safetensors", &params, &opt, SaveOptions::default())?;
+/// checkpoint::save("sgd.safetensors", &params, &*opt, SaveOptions::default())?;
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
 pub fn save(

@@ -648,6 +648,9 @@ impl Checkpoint {
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let data = (0, self.ranges.last().map_or(0, |r| r.1));
         let step = self.header.step as f32;
+        // A tensor's values are judged only once its checksum is known to be right: a damaged
+        // file is reported as damaged, not as holding a NaN.
+        let mut problem: Option<Error> = None;
         read_blocks(
             &mut file,
             &self.path,
@@ -658,20 +661,22 @@ impl Checkpoint {
                     h.update(bytes);
                     let name = &self.order[t];
                     let k = kind(name);
-                    if !matches!(k, Kind::Checksum) {
+                    if problem.is_none() && !matches!(k, Kind::Checksum) {
                         for (i, x) in f32s(bytes).enumerate() {
                             if !x.is_finite() {
-                                return Err(Error::CheckpointNonFinite {
+                                problem = Some(Error::CheckpointNonFinite {
                                     tensor: name.clone(),
                                     index: at / 4 + i,
                                     value: x,
                                 });
+                                break;
                             }
                             if matches!(k, Kind::Step) && x != step {
-                                return Err(format_err(format!(
+                                problem = Some(format_err(format!(
                                     "`{name}` is {x}, the metadata says step {}",
                                     self.header.step
                                 )));
+                                break;
                             }
                         }
                     }
@@ -679,6 +684,9 @@ impl Checkpoint {
                         let got = std::mem::take(&mut h).finalize();
                         if !matches!(k, Kind::Checksum) {
                             self.check_crc(name, got)?;
+                        }
+                        if let Some(e) = problem.take() {
+                            return Err(e);
                         }
                         crcs.push(got);
                     }
