@@ -139,14 +139,11 @@ pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
     let meta: Metadata = serde_json::from_slice(&header)
         .map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
     let data_len = meta.data_len() as u64;
-    let mut infos: Vec<(String, TensorInfo)> = meta
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.clone()))
+    let order = meta.offset_keys();
+    let infos: HashMap<String, TensorInfo> = order
+        .iter()
+        .filter_map(|k| meta.info(k).map(|i| (k.clone(), i.clone())))
         .collect();
-    infos.sort_by_key(|(_, i)| i.data_offsets.0);
-    let order: Vec<String> = infos.iter().map(|(k, _)| k.clone()).collect();
-    let infos: HashMap<String, TensorInfo> = infos.into_iter().collect();
     let header_crc = match infos.get(CHECKSUM_TENSOR) {
         None => None,
         Some(info) => {

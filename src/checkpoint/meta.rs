@@ -188,8 +188,8 @@ pub(crate) struct Header {
     pub skip_nonfinite: bool,
     pub scaler: Option<ScalerRecord>,
     pub schedulers: Vec<SchedulerRecord>,
-    /// Version 2: every tensor's CRC-32 by checkpoint name.
-    pub crcs: Option<HashMap<String, u32>>,
+    /// Version 2: every tensor's CRC-32, in data order (the checksum tensor, last, excluded).
+    pub crcs: Option<Vec<u32>>,
 }
 
 fn elements(info: &TensorInfo) -> Option<usize> {
@@ -359,27 +359,24 @@ impl Header {
             }
             (true, None) => return Err(format_err("the metadata lacks `tensor_crc32`")),
             (true, Some(text)) => {
-                let data: Vec<&str> = order
-                    .iter()
-                    .copied()
-                    .filter(|n| *n != CHECKSUM_TENSOR)
-                    .collect();
-                if !text.is_ascii() || text.len() != data.len() * 8 {
+                let n = order.iter().filter(|n| **n != CHECKSUM_TENSOR).count();
+                if !text.is_ascii() || text.len() != n * 8 {
                     return Err(format_err(format!(
-                        "`tensor_crc32` has {} characters, expected 8 for each of {} tensors",
+                        "`tensor_crc32` has {} characters, expected 8 for each of {n} tensors",
                         text.len(),
-                        data.len()
                     )));
                 }
-                let mut crcs = HashMap::with_capacity(data.len());
-                for (i, name) in data.into_iter().enumerate() {
-                    let hex = &text[i * 8..i * 8 + 8];
-                    let crc = u32::from_str_radix(hex, 16)
-                        .ok()
-                        .filter(|_| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                        .ok_or_else(|| format_err(format!("`tensor_crc32` has {hex:?}")))?;
-                    crcs.insert(name.to_string(), crc);
-                }
+                let crcs = text
+                    .as_bytes()
+                    .chunks(8)
+                    .map(|hex| {
+                        let hex = std::str::from_utf8(hex).unwrap_or("");
+                        u32::from_str_radix(hex, 16)
+                            .ok()
+                            .filter(|_| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .ok_or_else(|| format_err(format!("`tensor_crc32` has {hex:?}")))
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
                 Some(crcs)
             }
         };

@@ -76,7 +76,7 @@
 //! [`BLOCK_BYTES`] (16 MiB), many small tensors per staging buffer and map, so the extra host
 //! memory is one block (plus a 1 MiB write buffer and the header) whatever the size of the
 //! state, and the cost does not grow with the number of tensors: `tests/checkpoint_memory.rs`
-//! measures the heap, `cargo run --release --example throughput -- --checkpoint` the time.
+//! measures the heap, `cargo run --release --example checkpoint_bench` the time.
 //!
 //! # Loading
 //!
