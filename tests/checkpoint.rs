@@ -1606,3 +1606,65 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
     }
     fs::remove_dir_all(dir).unwrap();
 }
+
+// ------------------------------------------------------------------------------------------
+// The fuzzers' committed corpora (fuzz/corpus), replayed as the fuzz targets run them
+// ------------------------------------------------------------------------------------------
+
+/// Every input of `fuzz/corpus/checkpoint` goes through what the `checkpoint` fuzz target runs
+/// (open, then `check` against the corpus target) and every input of
+/// `fuzz/corpus/scheduler_state` through what the `scheduler_state` target runs (parse, then
+/// `load_state` into fresh schedulers): no panic. The committed valid seeds load.
+#[test]
+fn fuzz_corpora_replay_without_panics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let files = |d: &str| {
+        let mut v: Vec<PathBuf> = fs::read_dir(root.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let (params, opt, _scaler) = target(0.5);
+    let mut loaded = 0;
+    for f in files("checkpoint") {
+        if let Ok(ck) = checkpoint::open(&f) {
+            let _ = ck.optimizer_kind();
+            let _ = ck.param_groups::<AdamConfig>();
+            if ck.check(&params, &opt).is_ok() {
+                loaded += 1;
+            }
+        }
+    }
+    assert!(loaded >= 2, "the valid seeds check");
+
+    let gpu = gpu();
+    let p = Params::zeros(&gpu, &[("w", 4), ("b", 2)]).unwrap();
+    let a = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let b = SgdConfig { lr: 0.01, ..a.clone() };
+    let mut o: wgpu_optim::Sgd =
+        Optim::with_groups(&p, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)]).unwrap();
+    let mut ok = 0;
+    for f in files("scheduler_state") {
+        let data = fs::read(&f).unwrap();
+        if let Ok(state) = serde_json::from_slice::<wgpu_optim::SchedulerState>(&data) {
+            let mut s = wgpu_optim::Scheduler::new(&mut o, wgpu_optim::StepLR::new(3)).unwrap();
+            ok += s.load_state(&mut o, &state).is_ok() as usize;
+        }
+        if let Ok(state) = serde_json::from_slice::<wgpu_optim::PlateauState>(&data) {
+            let mut s =
+                wgpu_optim::PlateauScheduler::new(&o, wgpu_optim::ReduceLROnPlateau::default())
+                    .unwrap();
+            ok += s.load_state(&mut o, &state).is_ok() as usize;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&data) {
+            let _ = checkpoint::SchedulerRecord::from_json(v);
+        }
+    }
+    assert!(ok >= 2, "the valid seeds load");
+}
