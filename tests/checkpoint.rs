@@ -1483,7 +1483,8 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
     let mut rng = rng("dyn_optimizers");
     let w = randn(&mut rng, 300, 1.0);
     let grads: Vec<Vec<f32>> = (0..6).map(|_| randn(&mut rng, 300, 1.0)).collect();
-    let configs: Vec<(&str, Box<dyn Fn(&Params) -> Box<dyn Optimizer>>)> = vec![
+    type Make = Box<dyn Fn(&Params) -> Box<dyn Optimizer>>;
+    let configs: Vec<(&str, Make)> = vec![
         (
             "Adam",
             Box::new(|p| {
@@ -1646,7 +1647,10 @@ fn fuzz_corpora_replay_without_panics() {
         momentum: 0.9,
         ..Default::default()
     };
-    let b = SgdConfig { lr: 0.01, ..a.clone() };
+    let b = SgdConfig {
+        lr: 0.01,
+        ..a.clone()
+    };
     let mut o: wgpu_optim::Sgd =
         Optim::with_groups(&p, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)]).unwrap();
     let mut ok = 0;
