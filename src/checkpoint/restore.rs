@@ -385,7 +385,7 @@ impl Checkpoint {
     /// let ck = checkpoint::open("run.safetensors")?;
     /// let mut params = ck.params(&gpu)?;
     /// let mut opt = ck.build_optimizer(&params)?; // Box<dyn Optimizer>
-    /// ck.restore(&mut params, &mut opt)?;
+    /// ck.restore(&mut params, &mut *opt)?;
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn build_optimizer(&self, params: &Params) -> Result<Box<dyn Optimizer>> {
