@@ -198,6 +198,19 @@ pub enum Error {
         /// What the checkpoint has.
         got: String,
     },
+    /// A damaged checkpoint: the CRC-32 of its header or of one of its tensors is not the one
+    /// the file records (a bit flipped on disk or in transfer, a file edited by hand).
+    #[error(
+        "checkpoint is damaged: the CRC-32 of {what} is {got:08x}, the file records {expected:08x}"
+    )]
+    CheckpointChecksum {
+        /// `header`, or the checkpoint's tensor name, e.g. `state.fc.weight.exp_avg`.
+        what: String,
+        /// What the file records.
+        expected: u32,
+        /// What its bytes give.
+        got: u32,
+    },
     /// A checkpoint tensor holding an inf or NaN.
     #[error("checkpoint tensor `{tensor}` has the non-finite value {value} at element {index}")]
     CheckpointNonFinite {

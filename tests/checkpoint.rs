@@ -11,7 +11,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
-use wgpu_optim::checkpoint::{self, Checkpoint};
+use wgpu_optim::checkpoint::{self, Checkpoint, SaveOptions};
 use wgpu_optim::{
     AdagradConfig, Adam, AdamConfig, Error, GradScaler, Optim, Optimizer, OptimizerConfig,
     ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
@@ -160,7 +160,7 @@ fn resume_exact<C: OptimizerConfig>(
     let path = dir.join("ck.safetensors");
     let (mut pb, mut ob, _sb) = make(&init, true);
     run(&mut pb, &mut ob, 0..N);
-    checkpoint::save(&path, &pb, &ob).unwrap();
+    checkpoint::save(&path, &pb, &ob, SaveOptions::default()).unwrap();
     drop((pb, ob));
 
     let (mut pc, mut oc, sc) = make(&other, false);
@@ -433,7 +433,7 @@ fn saved_file_is_standard_safetensors() {
     }
     let dir = temp_dir("standard");
     let path = dir.join("ck.safetensors");
-    checkpoint::save(&path, &params, &opt).unwrap();
+    checkpoint::save(&path, &params, &opt, SaveOptions::default()).unwrap();
 
     // The reference crate reads it.
     let bytes = fs::read(&path).unwrap();
@@ -443,6 +443,7 @@ fn saved_file_is_standard_safetensors() {
     assert_eq!(
         names,
         vec![
+            "__checksum__",
             "param.fc.bias",
             "param.fc.weight",
             "state.fc.bias.exp_avg",
@@ -484,7 +485,7 @@ fn saved_file_is_standard_safetensors() {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let md = meta.metadata().as_ref().unwrap();
     assert_eq!(md["format"], "wgpu-optim-checkpoint");
-    assert_eq!(md["format_version"], "1");
+    assert_eq!(md["format_version"], "2");
     assert_eq!(md["optimizer"], "Adam");
     assert_eq!(md["step"], "3");
     assert_eq!(md["tensors"], r#"["fc.weight","fc.bias"]"#);
@@ -547,11 +548,16 @@ fn save_rejects_foreign_params_and_bad_paths() {
     let opt = Adam::new(&params, AdamConfig::default()).unwrap();
     let dir = temp_dir("save_errors");
     assert!(matches!(
-        checkpoint::save(dir.join("a"), &other, &opt),
+        checkpoint::save(dir.join("a"), &other, &opt, SaveOptions::default()),
         Err(Error::ParamsMismatch(_))
     ));
     assert!(matches!(
-        checkpoint::save(dir.join("missing/dir/ck.safetensors"), &params, &opt),
+        checkpoint::save(
+            dir.join("missing/dir/ck.safetensors"),
+            &params,
+            &opt,
+            SaveOptions::default()
+        ),
         Err(Error::Io { .. })
     ));
     let mut p2 = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
@@ -564,7 +570,7 @@ fn save_rejects_foreign_params_and_bad_paths() {
         })
     ));
     // An optimizer built for other parameters.
-    checkpoint::save(dir.join("ok"), &params, &opt).unwrap();
+    checkpoint::save(dir.join("ok"), &params, &opt, SaveOptions::default()).unwrap();
     assert!(matches!(
         checkpoint::load(
             dir.join("ok"),
@@ -634,7 +640,7 @@ fn target(salt: f32) -> (Params, Adam, GradScaler) {
 fn base_checkpoint(dir: &Path) -> Vec<u8> {
     let (params, opt, _scaler) = target(0.0);
     let path = dir.join("base.safetensors");
-    checkpoint::save(&path, &params, &opt).unwrap();
+    checkpoint::save(&path, &params, &opt, SaveOptions::default()).unwrap();
     fs::read(&path).unwrap()
 }
 
@@ -682,27 +688,49 @@ impl Parts {
         }
     }
 
+    /// Put the file back together, sealed as `checkpoint::save` seals it (fresh CRC-32s of every
+    /// tensor and of the header), so that a damaged variant fails for its own reason and not
+    /// for its checksum.
     fn to_bytes_with(&self, tweak: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+        let tensors: Vec<_> = self
+            .tensors
+            .iter()
+            .filter(|t| t.0 != checkpoint::CHECKSUM_TENSOR)
+            .collect();
         let mut header = serde_json::Map::new();
         if let Some(m) = &self.meta {
-            header.insert("__metadata__".into(), Value::Object(m.clone()));
+            let mut m = m.clone();
+            if m.contains_key("tensor_crc32") {
+                let crcs: String = tensors
+                    .iter()
+                    .map(|t| format!("{:08x}", crc32fast::hash(&t.3)))
+                    .collect();
+                m.insert("tensor_crc32".into(), Value::String(crcs));
+            }
+            header.insert("__metadata__".into(), Value::Object(m));
         }
         let mut offset = 0;
-        for (name, dtype, shape, data) in &self.tensors {
+        for (name, dtype, shape, data) in &tensors {
             header.insert(
                 name.clone(),
                 json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
             );
             offset += data.len();
         }
+        header.insert(
+            checkpoint::CHECKSUM_TENSOR.into(),
+            json!({"dtype": "U8", "shape": [4], "data_offsets": [offset, offset + 4]}),
+        );
         tweak(&mut header);
         let mut h = serde_json::to_vec(&header).unwrap();
         h.resize(h.len().next_multiple_of(8), b' ');
         let mut out = (h.len() as u64).to_le_bytes().to_vec();
         out.extend(h);
-        for t in &self.tensors {
+        let header_crc = crc32fast::hash(&out);
+        for t in &tensors {
             out.extend(&t.3);
         }
+        out.extend(header_crc.to_le_bytes());
         out
     }
 
@@ -815,7 +843,7 @@ fn variants(base: &[u8]) -> Vec<Variant> {
             q.set_meta("format", "something-else")
         }),
         ("format__future_version", &|q| {
-            q.set_meta("format_version", "2")
+            q.set_meta("format_version", "3")
         }),
         ("format__step_not_integer", &|q| q.set_meta("step", "ten")),
         ("format__step_tensor_disagrees", &|q| {
@@ -946,6 +974,7 @@ fn variants(base: &[u8]) -> Vec<Variant> {
 fn category(e: &Error) -> &'static str {
     match e {
         Error::CheckpointFormat(_) => "format",
+        Error::CheckpointChecksum { .. } => "checksum",
         Error::CheckpointMismatch { .. } => "mismatch",
         Error::CheckpointNonFinite { .. } => "nonfinite",
         Error::InvalidHyperparameter { .. } => "hyperparameter",
@@ -1021,20 +1050,28 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// Every file of the committed corpus fails with the error its name announces (`valid` loads),
-/// without a panic and without changing anything. The corpus was written for `target(_)` by
-/// `WRITE_CHECKPOINT_CORPUS=1 cargo test --release --test checkpoint write_checkpoint_corpus`; files that a
-/// property test once found can be added by hand with a name `<expected error>__<what>`.
+/// without a panic and without changing anything; files named `any__<what>` (inputs the fuzzer
+/// found interesting, see fuzz/) only must not panic and, on `Err`, change nothing. The corpus
+/// was written for `target(_)` by `WRITE_CHECKPOINT_CORPUS=1 cargo test --release --test
+/// checkpoint write_checkpoint_corpus`; `v1/` holds the same variants in format version 1
+/// (written before checksums existed), whose `valid` still loads, unverified.
 #[test]
 fn corpus_of_damaged_files_never_loads() {
+    for (dir, version) in [(corpus_dir(), 2), (corpus_dir().join("v1"), 1)] {
+        replay_corpus(&dir, version);
+    }
+}
+
+fn replay_corpus(dir: &Path, version: u32) {
     let (mut params, mut opt, scaler) = target(2.5);
-    let mut files: Vec<PathBuf> = fs::read_dir(corpus_dir())
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
     files.sort();
-    assert!(files.len() >= 40, "corpus has {} files", files.len());
-    let before = snapshot(&params, &opt, Some(&scaler));
+    assert!(files.len() >= 40, "{dir:?} has {} files", files.len());
+    let mut before = snapshot(&params, &opt, Some(&scaler));
     let mut valid = None;
     for f in &files {
         let stem = f.file_stem().unwrap().to_str().unwrap();
@@ -1042,15 +1079,22 @@ fn corpus_of_damaged_files_never_loads() {
             valid = Some(f.clone());
             continue;
         }
-        let err = checkpoint::load(f, &mut params, &mut opt).expect_err(&format!("{stem} loaded"));
-        assert_eq!(
-            category(&err),
-            stem.split("__").next().unwrap(),
-            "{stem}: {err}"
-        );
-        assert_eq!(snapshot(&params, &opt, Some(&scaler)), before, "{stem}");
+        let want = stem.split("__").next().unwrap();
+        match checkpoint::load(f, &mut params, &mut opt) {
+            Ok(_) if want == "any" => before = snapshot(&params, &opt, Some(&scaler)),
+            Ok(_) => panic!("{stem} loaded"),
+            Err(err) => {
+                if want != "any" {
+                    assert_eq!(category(&err), want, "{stem}: {err}");
+                }
+                assert_eq!(snapshot(&params, &opt, Some(&scaler)), before, "{stem}");
+            }
+        }
     }
-    checkpoint::load(valid.expect("valid.safetensors"), &mut params, &mut opt).unwrap();
+    let report =
+        checkpoint::load(valid.expect("valid.safetensors"), &mut params, &mut opt).unwrap();
+    assert_eq!(report.format_version, version);
+    assert_eq!(report.verified, version >= 2);
     assert_eq!(opt.step_count(), 3);
 }
 
@@ -1159,7 +1203,7 @@ fn random_damage_never_panics_and_errors_change_nothing() {
             let (params, opt, before, ok, err) = &mut *guard;
             fs::write(&path, apply(&base, &digits, &m)).unwrap();
             match checkpoint::load(&path, params, opt) {
-                Ok(()) => {
+                Ok(_) => {
                     *ok += 1;
                     *before = snapshot(params, opt, Some(&scaler));
                 }
@@ -1315,7 +1359,7 @@ fn load_into_an_optimizer_that_ran_ahead() {
         pa.write_grad("w", g).unwrap();
         oa.step(&mut pa).unwrap();
     }
-    checkpoint::save(&path, &pa, &oa).unwrap();
+    checkpoint::save(&path, &pa, &oa, SaveOptions::default()).unwrap();
     // Run ahead 12 steps (4 skipped) without asking the GPU anything, then go back.
     for g in &grads[2..14] {
         pa.write_grad("w", g).unwrap();
@@ -1334,4 +1378,298 @@ fn load_into_an_optimizer_that_ran_ahead() {
     assert_eq!(snapshot(&pa, &oa, None), snapshot(&pb, &ob, None));
     assert_eq!(oa.step_count(), 1 + 12);
     fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Integrity: every single-bit flip is an error
+// ------------------------------------------------------------------------------------------
+
+/// Every single-bit flip of a small checkpoint (header, padding, data and the checksum itself)
+/// is an `Err`, never a panic, never an `Ok`: every byte of a version 2 file is covered by a
+/// CRC-32, which detects every single-bit error, so no flip can leave the loaded content
+/// identical and still load. The errors are checksum errors, or format errors where the flip
+/// breaks the framing (length, JSON) before a checksum can be compared; nothing is changed.
+#[test]
+fn every_single_bit_flip_is_an_error() {
+    let dir = temp_dir("bitflip");
+    let gpu = gpu();
+    let build = |salt: f32| {
+        let mut params = Params::new(
+            &gpu,
+            &[
+                ("w", &[0.5f32 + salt, -1.0, 2.0][..]),
+                ("b", &[salt; 2][..]),
+            ],
+        )
+        .unwrap();
+        let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+        params.write_grad("w", &[0.1, 0.2, 0.3]).unwrap();
+        params.write_grad("b", &[0.4, 0.5]).unwrap();
+        opt.step(&mut params).unwrap();
+        (params, opt)
+    };
+    let (p0, o0) = build(0.0);
+    let path = dir.join("small.safetensors");
+    checkpoint::save(&path, &p0, &o0, SaveOptions::default()).unwrap();
+    let base = fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+    let (mut params, mut opt) = build(1.0);
+    let before = snapshot(&params, &opt, None);
+    let flipped = dir.join("flipped.safetensors");
+    let (mut checksum, mut format, mut other) = (0, 0, Vec::new());
+    for bit in 0..base.len() * 8 {
+        let mut b = base.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        fs::write(&flipped, &b).unwrap();
+        match checkpoint::load(&flipped, &mut params, &mut opt) {
+            Ok(_) => panic!("a flip of bit {bit} (byte {}) loaded", bit / 8),
+            Err(Error::CheckpointChecksum { .. }) => checksum += 1,
+            Err(Error::CheckpointFormat(_)) => format += 1,
+            Err(e) => other.push((bit, e.to_string())),
+        }
+    }
+    eprintln!(
+        "{} bits ({} in the header): {checksum} checksum errors, {format} format errors, {} others",
+        base.len() * 8,
+        header_end * 8,
+        other.len()
+    );
+    // Checked at the header or the data, a flip never reaches the optimizer's own checks.
+    assert!(other.is_empty(), "{other:?}");
+    // Most flips are found by the checksum (the rest break the framing first: the length).
+    assert!(checksum > base.len() * 8 * 9 / 10, "{checksum} {format}");
+    assert_eq!(snapshot(&params, &opt, None), before);
+    // And the undamaged file loads, verified, to exactly the saved state.
+    let report = checkpoint::load(&path, &mut params, &mut opt).unwrap();
+    assert!(report.verified);
+    assert_eq!(snapshot(&params, &opt, None), snapshot(&p0, &o0, None));
+    // A damaged tensor is named; `Checkpoint::read` checks it too.
+    let st = safetensors::SafeTensors::deserialize(&base).unwrap();
+    let at = header_end + st.tensor("state.w.exp_avg").map(|_| 0).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&base).unwrap();
+    let off = meta.info("state.w.exp_avg").unwrap().data_offsets.0;
+    let mut b = base.clone();
+    b[at + off + 5] ^= 0x10;
+    fs::write(&flipped, &b).unwrap();
+    let err = checkpoint::load(&flipped, &mut params, &mut opt).unwrap_err();
+    assert!(
+        matches!(&err, Error::CheckpointChecksum { what, .. } if what == "state.w.exp_avg"),
+        "{err}"
+    );
+    let ck = Checkpoint::open(&flipped).unwrap();
+    assert!(ck.verified());
+    assert!(ck.read("param.w").is_ok());
+    assert!(matches!(
+        ck.read("state.w.exp_avg"),
+        Err(Error::CheckpointChecksum { .. })
+    ));
+    assert!(matches!(
+        ck.check(&params, &opt),
+        Err(Error::CheckpointChecksum { .. })
+    ));
+    fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Any optimizer behind `dyn Optimizer`, and files a program did not write
+// ------------------------------------------------------------------------------------------
+
+/// Save from a `Box<dyn Optimizer>`, read the optimizer's kind and hyperparameters from the
+/// file alone, build the right optimizer with `build_optimizer`, restore into the box: the
+/// resumed run continues with exactly the bits of the uninterrupted one.
+#[test]
+fn dyn_optimizers_save_load_and_are_built_from_the_file() {
+    let dir = temp_dir("dyn");
+    let gpu = gpu();
+    let mut rng = rng("dyn_optimizers");
+    let w = randn(&mut rng, 300, 1.0);
+    let grads: Vec<Vec<f32>> = (0..6).map(|_| randn(&mut rng, 300, 1.0)).collect();
+    type Make = Box<dyn Fn(&Params) -> Box<dyn Optimizer>>;
+    let configs: Vec<(&str, Make)> = vec![
+        (
+            "Adam",
+            Box::new(|p| {
+                Box::new(
+                    Adam::new(
+                        p,
+                        AdamConfig {
+                            amsgrad: true,
+                            ..AdamConfig::adamw()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "SGD",
+            Box::new(|p| {
+                Box::new(
+                    wgpu_optim::Sgd::new(
+                        p,
+                        SgdConfig {
+                            lr: 0.05,
+                            momentum: 0.9,
+                            nesterov: true,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "RMSprop",
+            Box::new(|p| {
+                Box::new(
+                    wgpu_optim::RmsProp::new(
+                        p,
+                        RmsPropConfig {
+                            centered: true,
+                            momentum: 0.5,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+        (
+            "Adagrad",
+            Box::new(|p| {
+                Box::new(
+                    wgpu_optim::Adagrad::new(
+                        p,
+                        AdagradConfig {
+                            initial_accumulator_value: 0.1,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap(),
+                )
+            }),
+        ),
+    ];
+    for (name, make) in configs {
+        // Uninterrupted: 6 steps.
+        let mut pa = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+        let mut oa = make(&pa);
+        for g in &grads {
+            pa.write_grad("w", g).unwrap();
+            oa.step(&mut pa).unwrap();
+        }
+        // 3 steps, save through the box.
+        let mut pb = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+        let mut ob = make(&pb);
+        for g in &grads[..3] {
+            pb.write_grad("w", g).unwrap();
+            ob.step(&mut pb).unwrap();
+        }
+        let path = dir.join(format!("{name}.safetensors"));
+        checkpoint::save(&path, &pb, &*ob, SaveOptions::default()).unwrap();
+
+        // A program that knows nothing of it: the kind and hyperparameters from the file.
+        let ck = checkpoint::open(&path).unwrap();
+        let kind = ck.optimizer_kind();
+        assert_eq!(kind.name, name);
+        assert_eq!(kind.name, ob.name());
+        assert_eq!(kind.groups.len(), 1);
+        assert_eq!(kind.groups[0].tensors, vec!["w".to_string()]);
+        assert_eq!(kind.groups[0].get("lr").map(|x| x as f32), Some(ob.lr()));
+        let mut pc = ck.params(&gpu).unwrap();
+        let mut oc = ck.build_optimizer(&pc).unwrap();
+        assert_eq!(oc.name(), name);
+        assert_eq!(oc.state_keys(), ob.state_keys());
+        let report = ck.restore(&mut pc, &mut *oc).unwrap();
+        assert!(report.verified);
+        assert_eq!(oc.step_count(), 3);
+        // load() into another box works the same.
+        let mut pd = Params::zeros(&gpu, &[("w", 300)]).unwrap();
+        let mut od = make(&pd);
+        checkpoint::load(&path, &mut pd, &mut *od).unwrap();
+        for (p, o) in [(&mut pc, &mut oc), (&mut pd, &mut od)] {
+            for g in &grads[3..] {
+                p.write_grad("w", g).unwrap();
+                o.step(p).unwrap();
+            }
+            assert_eq!(
+                bits(&p.read("w").unwrap()),
+                bits(&pa.read("w").unwrap()),
+                "{name}"
+            );
+            for k in oa.state_keys() {
+                assert_eq!(
+                    bits(&o.state(k, "w").unwrap()),
+                    bits(&oa.state(k, "w").unwrap()),
+                    "{name} {k}"
+                );
+            }
+        }
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// The fuzzers' committed corpora (fuzz/corpus), replayed as the fuzz targets run them
+// ------------------------------------------------------------------------------------------
+
+/// Every input of `fuzz/corpus/checkpoint` goes through what the `checkpoint` fuzz target runs
+/// (open, then `check` against the corpus target) and every input of
+/// `fuzz/corpus/scheduler_state` through what the `scheduler_state` target runs (parse, then
+/// `load_state` into fresh schedulers): no panic. The committed valid seeds load.
+#[test]
+fn fuzz_corpora_replay_without_panics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let files = |d: &str| {
+        let mut v: Vec<PathBuf> = fs::read_dir(root.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let (params, opt, _scaler) = target(0.5);
+    let mut loaded = 0;
+    for f in files("checkpoint") {
+        if let Ok(ck) = checkpoint::open(&f) {
+            let _ = ck.optimizer_kind();
+            let _ = ck.param_groups::<AdamConfig>();
+            if ck.check(&params, &opt).is_ok() {
+                loaded += 1;
+            }
+        }
+    }
+    assert!(loaded >= 2, "the valid seeds check");
+
+    let gpu = gpu();
+    let p = Params::zeros(&gpu, &[("w", 4), ("b", 2)]).unwrap();
+    let a = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let b = SgdConfig {
+        lr: 0.01,
+        ..a.clone()
+    };
+    let mut o: wgpu_optim::Sgd =
+        Optim::with_groups(&p, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)]).unwrap();
+    let mut ok = 0;
+    for f in files("scheduler_state") {
+        let data = fs::read(&f).unwrap();
+        if let Ok(state) = serde_json::from_slice::<wgpu_optim::SchedulerState>(&data) {
+            let mut s = wgpu_optim::Scheduler::new(&mut o, wgpu_optim::StepLR::new(3)).unwrap();
+            ok += s.load_state(&mut o, &state).is_ok() as usize;
+        }
+        if let Ok(state) = serde_json::from_slice::<wgpu_optim::PlateauState>(&data) {
+            let mut s =
+                wgpu_optim::PlateauScheduler::new(&o, wgpu_optim::ReduceLROnPlateau::default())
+                    .unwrap();
+            ok += s.load_state(&mut o, &state).is_ok() as usize;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(&data) {
+            let _ = checkpoint::SchedulerRecord::from_json(v);
+        }
+    }
+    assert!(ok >= 2, "the valid seeds load");
 }

@@ -6,7 +6,7 @@ mod common;
 use common::{gpu, randn, rng};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use wgpu_optim::checkpoint::{self, BLOCK_BYTES};
+use wgpu_optim::checkpoint::{self, SaveOptions, BLOCK_BYTES};
 use wgpu_optim::{Adam, AdamConfig, Optimizer, Params};
 
 struct Counting;
@@ -87,7 +87,8 @@ fn save_and_load_stream_in_blocks() {
     let dir = std::env::temp_dir().join(format!("wgpu-optim-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("big.safetensors");
-    let (r, save_peak) = peak_during(|| checkpoint::save(&path, &params, &opt));
+    let (r, save_peak) =
+        peak_during(|| checkpoint::save(&path, &params, &opt, SaveOptions::default()));
     r.unwrap();
     let file_bytes = std::fs::metadata(&path).unwrap().len() as usize;
     assert!(file_bytes > 72 << 20);

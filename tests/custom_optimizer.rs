@@ -263,7 +263,7 @@ fn saves_and_resumes() {
     for _ in 0..3 {
         h.step();
     }
-    checkpoint::save(&path, &h.params, &h.opt).unwrap();
+    checkpoint::save(&path, &h.params, &h.opt, Default::default()).unwrap();
     let specs: Vec<(&str, usize)> = SIZES
         .iter()
         .zip(h.params.names())

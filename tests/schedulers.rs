@@ -9,7 +9,7 @@ use common::{gpu, named};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::f64::consts::PI;
-use wgpu_optim::checkpoint::{self, Checkpoint, SchedulerRecord};
+use wgpu_optim::checkpoint::{self, Checkpoint, SaveOptions, SchedulerRecord};
 use wgpu_optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, ChainedScheduler, ConstantLR,
     CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR,
@@ -1370,7 +1370,13 @@ fn scheduler_states_travel_in_a_checkpoint() {
         run(k, &mut params, &mut opt, &mut s0, &mut s1);
     }
     let records: Vec<SchedulerRecord> = vec![s0.state().into(), s1.state().into()];
-    checkpoint::save_with_schedulers(&path, &params, &opt, &records).unwrap();
+    checkpoint::save(
+        &path,
+        &params,
+        &opt,
+        SaveOptions::default().schedulers(&records),
+    )
+    .unwrap();
     for k in 6..15 {
         run(k, &mut params, &mut opt, &mut s0, &mut s1);
     }
@@ -1402,7 +1408,7 @@ fn scheduler_states_travel_in_a_checkpoint() {
 
     // A checkpoint written by `save` has none, and `load` ignores them.
     let plain = dir.join("plain.safetensors");
-    checkpoint::save(&plain, &params, &opt).unwrap();
+    checkpoint::save(&plain, &params, &opt, SaveOptions::default()).unwrap();
     assert!(Checkpoint::open(&plain).unwrap().schedulers().is_empty());
     let mut opt3 = build(&params2);
     checkpoint::load(&path, &mut params2, &mut opt3).unwrap();

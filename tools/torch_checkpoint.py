@@ -128,6 +128,10 @@ def read_safetensors(path: str):
     base = 8 + n
     tensors = OrderedDict()
     for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        if name == "__checksum__":
+            # Format version 2: the header's CRC-32 (the script writes version 1 files, which
+            # wgpu-optim still reads, without checksums).
+            continue
         if info["dtype"] != "F32":
             raise SystemExit(f"{path}: {name} is {info['dtype']}, only F32 is supported")
         s, e = info["data_offsets"]

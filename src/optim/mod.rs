@@ -17,6 +17,7 @@ pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;
 mod groups;
+mod persist;
 mod window;
 
 #[cfg(test)]
@@ -30,8 +31,10 @@ use crate::params::Params;
 use crate::scaler::GradScaler;
 use crate::shader::ShaderStruct;
 
-/// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works.
-pub trait Optimizer {
+/// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works (and checkpoints:
+/// [`crate::checkpoint::save`] takes `&dyn Optimizer`). Implemented by [`Optim`] for every
+/// [`OptimizerConfig`]; its supertrait is private to the crate (sealed).
+pub trait Optimizer: persist::Persist {
     /// The algorithm's name, e.g. `"Adam"`.
     fn name(&self) -> &'static str;
     /// Record and submit one fused update of every tensor. Does not wait for the GPU (unless

@@ -52,7 +52,7 @@
 //! [`Scheduler::state`] and [`PlateauScheduler::state`] return what PyTorch's `state_dict()`
 //! holds ([`SchedulerState`], [`PlateauState`]: serde-serializable, exact through JSON);
 //! `load_state` on a scheduler built with the same schedule continues bit for bit, and writes the
-//! saved lrs (and cycled momenta) to the optimizer. [`crate::checkpoint::save_with_schedulers`]
+//! saved lrs (and cycled momenta) to the optimizer. [`crate::checkpoint::SaveOptions::schedulers`]
 //! stores them in a checkpoint file.
 //!
 //! ```no_run

@@ -13,7 +13,7 @@ pub(super) const MAX_STATE_EPOCH: i64 = 1 << 53;
 /// What a [`Scheduler`] needs to continue exactly where it was (PyTorch's
 /// `scheduler.state_dict()`): its counters and lrs, and those of every scheduler inside a
 /// SequentialLR or ChainedScheduler. Serializable with serde (JSON numbers round-trip exactly);
-/// [`crate::checkpoint::save_with_schedulers`] stores it in a checkpoint.
+/// [`crate::checkpoint::SaveOptions::schedulers`] stores it in a checkpoint.
 ///
 /// The options are not part of the state, and neither are [`super::LrLambda`]s: load a state into a
 /// scheduler built with the same schedule (the same options and functions), as PyTorch's

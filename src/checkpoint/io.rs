@@ -1,0 +1,369 @@
+//! Files: atomic writing through a temporary file, the safetensors framing, and reading the
+//! data region block by block.
+
+use super::{format_err, BLOCK_BYTES, CHECKSUM_TENSOR, MAX_HEADER_BYTES};
+use crate::error::{Error, Result};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Removes a temporary file unless disarmed (also when the writer panics).
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Write a file through `write` into a temporary file next to `path`, sync it, and rename it
+/// over `path`. On any error (or panic) the temporary file is removed and `path` is untouched.
+/// `write` may seek back to patch what it wrote (the header's checksums).
+pub(crate) fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>, &Path) -> Result<()>,
+) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let file_name = path.file_name().ok_or_else(|| Error::Io {
+        op: "save to",
+        path: path.display().to_string(),
+        kind: std::io::ErrorKind::InvalidInput,
+        message: "not a file path".into(),
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    let mut guard = TempFile(Some(tmp.clone()));
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    write(&mut w, &tmp)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename a checkpoint onto", path, e))?;
+    guard.0 = None;
+    // Make the rename itself durable where a directory can be synced (best effort).
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A safetensors file's framing, checked: its header and where every tensor's bytes are.
+pub(crate) struct Framing {
+    pub data_start: u64,
+    pub data_len: u64,
+    pub infos: HashMap<String, TensorInfo>,
+    /// Tensor names in data order.
+    pub order: Vec<String>,
+    pub metadata: Option<HashMap<String, String>>,
+    /// With a checksum tensor: whether the CRC-32 of the length and header bytes matched it.
+    pub header_crc: Option<(u32, u32)>,
+}
+
+/// Read and check the framing of `file`: the header length, the header (JSON, offsets in
+/// bounds, contiguous, not overlapping), the file's length; with a checksum tensor, its
+/// position (last, 4 bytes, U8) and the header's CRC-32 (computed over the 8 length bytes and
+/// the header, padding included).
+pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    if file_len < 8 {
+        return Err(format_err(format!(
+            "the file has {file_len} bytes, fewer than a safetensors header length"
+        )));
+    }
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    let n = u64::from_le_bytes(len_bytes);
+    if n > MAX_HEADER_BYTES || n > file_len - 8 {
+        return Err(format_err(format!(
+            "header length {n} exceeds the file ({file_len} bytes) or the {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io("read", path, e))?;
+    // A version 2 file ends with the CRC-32 of the length and the header: compare it before
+    // parsing, so that damage to the header is reported as such (and not as whatever the
+    // damaged JSON happens to say).
+    let computed = {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&len_bytes);
+        h.update(&header);
+        h.finalize()
+    };
+    let mut stored = [0u8; 4];
+    if file_len >= 8 + n + 4 {
+        file.seek(SeekFrom::Start(file_len - 4))
+            .and_then(|_| file.read_exact(&mut stored))
+            .map_err(|e| Error::io("read", path, e))?;
+    }
+    let stored = u32::from_le_bytes(stored);
+    let sealed_look = header
+        .windows(CHECKSUM_TENSOR.len())
+        .any(|w| w == CHECKSUM_TENSOR.as_bytes());
+    let damaged = |e: String| {
+        if stored != computed && sealed_look {
+            Error::CheckpointChecksum {
+                what: "header".into(),
+                expected: stored,
+                got: computed,
+            }
+        } else {
+            format_err(e)
+        }
+    };
+    let meta: Metadata = serde_json::from_slice(&header)
+        .map_err(|e| damaged(format!("bad safetensors header: {e}")))?;
+    let data_len = meta.data_len() as u64;
+    let order = meta.offset_keys();
+    let infos: HashMap<String, TensorInfo> = order
+        .iter()
+        .filter_map(|k| meta.info(k).map(|i| (k.clone(), i.clone())))
+        .collect();
+    let header_crc = match infos.get(CHECKSUM_TENSOR) {
+        None => None,
+        Some(info) => {
+            if stored != computed && 8 + n + data_len == file_len {
+                return Err(damaged(String::new()));
+            }
+            if info.dtype != Dtype::U8
+                || info.shape != [4]
+                || info.data_offsets.1 as u64 != data_len
+            {
+                return Err(format_err(format!(
+                    "`{CHECKSUM_TENSOR}` is not the last tensor, of 4 bytes (U8)"
+                )));
+            }
+            Some((stored, computed))
+        }
+    };
+    if 8 + n + data_len != file_len {
+        // Trailing bytes after an intact sealed file are a framing problem; a header whose
+        // offsets were damaged is a checksum problem.
+        let end = 8 + n + data_len;
+        if sealed_look && end < file_len && end >= 8 + n + 4 {
+            let mut at_end = [0u8; 4];
+            file.seek(SeekFrom::Start(end - 4))
+                .and_then(|_| file.read_exact(&mut at_end))
+                .map_err(|e| Error::io("read", path, e))?;
+            if u32::from_le_bytes(at_end) != computed {
+                return Err(damaged(String::new()));
+            }
+        }
+        return Err(format_err(format!(
+            "the header describes {data_len} bytes of data, the file holds {} (truncated or padded?)",
+            file_len - 8 - n
+        )));
+    }
+    Ok(Framing {
+        data_start: 8 + n,
+        data_len,
+        infos,
+        order,
+        metadata: meta.metadata().clone(),
+        header_crc,
+    })
+}
+
+/// Read bytes `range` of the data region in blocks of at most [`BLOCK_BYTES`] (fewer when the
+/// range is shorter), calling `f(block, offset of the block in the data region)`.
+pub(crate) fn read_blocks(
+    file: &mut File,
+    path: &Path,
+    data_start: u64,
+    range: (usize, usize),
+    mut f: impl FnMut(&[u8], usize) -> Result<()>,
+) -> Result<()> {
+    let (start, end) = range;
+    file.seek(SeekFrom::Start(data_start + start as u64))
+        .map_err(|e| Error::io("seek in", path, e))?;
+    let mut block = vec![0u8; (end - start).min(BLOCK_BYTES)];
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(BLOCK_BYTES);
+        file.read_exact(&mut block[..n])
+            .map_err(|e| Error::io("read", path, e))?;
+        f(&block[..n], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Walks tensors (sorted, contiguous byte ranges of the data region) along blocks: for a block
+/// at `offset`, the parts of tensors in it.
+pub(crate) struct Segments<'a> {
+    ranges: &'a [(usize, usize)],
+    next: usize,
+}
+
+impl<'a> Segments<'a> {
+    pub fn new(ranges: &'a [(usize, usize)]) -> Self {
+        Segments { ranges, next: 0 }
+    }
+
+    /// Call `f(tensor index, bytes of that tensor in the block, offset of those bytes in the
+    /// tensor, whether they end the tensor)` for every tensor part in `block`, in order.
+    pub fn each(
+        &mut self,
+        block: &[u8],
+        offset: usize,
+        mut f: impl FnMut(usize, &[u8], usize, bool) -> Result<()>,
+    ) -> Result<()> {
+        let end = offset + block.len();
+        while self.next < self.ranges.len() {
+            let (s, e) = self.ranges[self.next];
+            let lo = s.max(offset);
+            let hi = e.min(end);
+            if lo >= end {
+                break;
+            }
+            f(self.next, &block[lo - offset..hi - offset], lo - s, hi == e)?;
+            if hi == e {
+                self.next += 1;
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Little-endian bytes as f32 values.
+pub(crate) fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// Write f32 values as little-endian bytes.
+pub(crate) fn write_f32s(w: &mut impl Write, data: &[f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        w.write_all(bytemuck::cast_slice(data))
+    } else {
+        for chunk in data.chunks(1 << 14) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            w.write_all(&bytes)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wgpu-optim-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn atomic_write_replaces_or_leaves_untouched() {
+        let dir = temp_dir("atomic");
+        let path = dir.join("ck.safetensors");
+        write_atomic(&path, |w, _| {
+            w.write_all(b"first").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        // A failing writer: the old file stays and no temporary file is left behind.
+        let err = write_atomic(&path, |w, _| {
+            w.write_all(b"half of the sec").unwrap();
+            Err(format_err("simulated failure"))
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::CheckpointFormat(_)));
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(entries(&dir), vec!["ck.safetensors"]);
+        // A panicking writer: the same.
+        let r = std::panic::catch_unwind(|| {
+            let _ = write_atomic(&path, |w, _| {
+                w.write_all(b"partial").unwrap();
+                panic!("simulated crash")
+            });
+        });
+        assert!(r.is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(entries(&dir), vec!["ck.safetensors"]);
+        write_atomic(&path, |w, _| {
+            w.write_all(b"second").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(entries(&dir), vec!["ck.safetensors"]);
+        // A missing directory is an I/O error naming the file.
+        let err = write_atomic(&dir.join("no/such/dir/ck"), |_, _| Ok(())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segments_split_tensors_along_blocks() {
+        let ranges = [(0, 4), (4, 12), (12, 16)];
+        let mut seg = Segments::new(&ranges);
+        let data: Vec<u8> = (0..16).collect();
+        let mut got = Vec::new();
+        for (i, block) in data.chunks(6).enumerate() {
+            seg.each(block, i * 6, |t, b, at, last| {
+                got.push((t, b.to_vec(), at, last));
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            got,
+            vec![
+                (0, vec![0, 1, 2, 3], 0, true),
+                (1, vec![4, 5], 0, false),
+                (1, vec![6, 7, 8, 9, 10, 11], 2, true),
+                (2, vec![12, 13, 14, 15], 0, true),
+            ]
+        );
+    }
+}

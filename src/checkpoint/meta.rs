@@ -1,0 +1,398 @@
+//! The header's `__metadata__`: one serde type, [`Meta`], written by [`super::save`] and read by
+//! [`super::Checkpoint::open`], and its check into a [`Header`] of typed records.
+//!
+//! safetensors keeps metadata as a map of strings to strings, so every entry that is not a
+//! plain string is JSON text inside its string (`"step": "3"`, `"tensors": "[\"w\"]"`); the
+//! `json_text` adapter does that in both directions. The norm type is the one entry that is not
+//! JSON (`inf`), see `norm_text`.
+
+use super::{
+    format_err, GroupRecord, ScalerRecord, SchedulerRecord, CHECKSUM_TENSOR, FORMAT, FORMAT_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::norm::NormType;
+use crate::scaler::ScalerConfig;
+use safetensors::tensor::{Dtype, TensorInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Everything a checkpoint's metadata holds (see the module documentation of
+/// [`crate::checkpoint`] for each entry).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub format: String,
+    #[serde(with = "json_text")]
+    pub format_version: u32,
+    pub optimizer: String,
+    #[serde(with = "json_text")]
+    pub step: u64,
+    #[serde(with = "json_text")]
+    pub tensors: Vec<String>,
+    #[serde(with = "json_text")]
+    pub param_groups: Vec<GroupMeta>,
+    #[serde(with = "json_text")]
+    pub max_grad_norm: Option<f64>,
+    #[serde(with = "norm_text")]
+    pub grad_norm_type: NormType,
+    #[serde(with = "json_text")]
+    pub skip_nonfinite: bool,
+    #[serde(with = "json_text")]
+    pub grad_scaler: Option<ScalerMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    pub lr_schedulers: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<String>,
+    /// Version 2: the CRC-32 of every tensor's bytes in data order (the checksum tensor
+    /// excluded), 8 lowercase hex digits each, concatenated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_crc32: Option<String>,
+}
+
+/// One parameter group: its tensors and its hyperparameters by name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct GroupMeta {
+    pub params: Vec<String>,
+    #[serde(flatten)]
+    pub hyperparameters: BTreeMap<String, Hyper>,
+}
+
+/// A hyperparameter: a JSON number (a boolean is read as 0 or 1).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(transparent)]
+pub(crate) struct Hyper(pub f64);
+
+impl<'de> Deserialize<'de> for Hyper {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Hyper;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a boolean")
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<Hyper, E> {
+                Ok(Hyper(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Hyper, E> {
+                Ok(Hyper(v as f64))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Hyper, E> {
+                Ok(Hyper(v as f64))
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<Hyper, E> {
+                Ok(Hyper(v as u8 as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A loss scaler's state and options (f32 values written as f64).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ScalerMeta {
+    pub scale: f64,
+    pub growth_tracker: u32,
+    pub init_scale: f64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: u32,
+}
+
+/// A value as JSON text inside a metadata string.
+mod json_text {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(v).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+/// [`NormType`] as PyTorch's `norm_type` in text: `1`, `2` or `inf`.
+mod norm_text {
+    use crate::norm::NormType;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &NormType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            NormType::L1 => "1",
+            NormType::L2 => "2",
+            NormType::Inf => "inf",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NormType, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "1" | "1.0" => Ok(NormType::L1),
+            "2" | "2.0" => Ok(NormType::L2),
+            "inf" => Ok(NormType::Inf),
+            other => Err(D::Error::custom(format!(
+                "grad_norm_type {other:?} is not 1, 2 or inf"
+            ))),
+        }
+    }
+}
+
+impl Meta {
+    /// The metadata map safetensors stores.
+    pub fn to_map(&self) -> Result<HashMap<String, String>> {
+        let v = serde_json::to_value(self)
+            .map_err(|e| format_err(format!("serializing the metadata: {e}")))?;
+        serde_json::from_value(v).map_err(|e| format_err(format!("serializing the metadata: {e}")))
+    }
+
+    /// Read the metadata map, with `format` and `format_version` checked first.
+    pub fn from_map(md: &HashMap<String, String>) -> Result<Meta> {
+        match md.get("format") {
+            Some(f) if f == FORMAT => {}
+            Some(f) => {
+                return Err(format_err(format!(
+                    "metadata `format` is {f:?}, not {FORMAT:?}"
+                )))
+            }
+            None => return Err(format_err("the metadata lacks `format`")),
+        }
+        let version = md.get("format_version").map(|s| s.as_str());
+        if !matches!(version, Some("1") | Some("2")) {
+            return Err(format_err(format!(
+                "format version {version:?} is not supported (this crate reads 1 and {FORMAT_VERSION})"
+            )));
+        }
+        let obj = md
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        serde_json::from_value(Value::Object(obj))
+            .map_err(|e| format_err(format!("bad metadata: {e}")))
+    }
+}
+
+/// The checked contents of a header.
+#[derive(Debug)]
+pub(crate) struct Header {
+    pub version: u32,
+    pub optimizer: String,
+    pub step: u64,
+    pub tensors: Vec<(String, usize)>,
+    pub groups: Vec<GroupRecord>,
+    pub max_grad_norm: Option<f32>,
+    pub norm_type: NormType,
+    pub skip_nonfinite: bool,
+    pub scaler: Option<ScalerRecord>,
+    pub schedulers: Vec<SchedulerRecord>,
+    /// Version 2: every tensor's CRC-32, in data order (the checksum tensor, last, excluded).
+    pub crcs: Option<Vec<u32>>,
+}
+
+fn elements(info: &TensorInfo) -> Option<usize> {
+    info.shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+}
+
+fn finite_f32(x: f64, what: &str) -> Result<f32> {
+    let f = x as f32;
+    if !f.is_finite() {
+        return Err(format_err(format!("{what} = {x} is not a finite f32")));
+    }
+    Ok(f)
+}
+
+fn positive(name: &'static str, x: f32) -> Result<f32> {
+    if x > 0.0 {
+        Ok(x)
+    } else {
+        Err(Error::InvalidHyperparameter {
+            name,
+            value: x as f64,
+            rule: "must be > 0",
+        })
+    }
+}
+
+impl Header {
+    /// Check `meta` against the tensors of the file (`infos`, by name; `order`: the names in
+    /// data order): every tensor is `param.<name>`, `state.<name>.<key>` of a listed tensor or
+    /// the checksum, F32 with the right number of elements; the groups partition the tensors;
+    /// clipping and scaler values are finite and in range.
+    pub fn check(
+        meta: Meta,
+        infos: &HashMap<String, TensorInfo>,
+        order: &[&str],
+    ) -> Result<Header> {
+        if meta.tensors.is_empty() {
+            return Err(format_err("`tensors` is empty"));
+        }
+        let mut tensors = Vec::with_capacity(meta.tensors.len());
+        let mut index = HashMap::with_capacity(meta.tensors.len());
+        for name in &meta.tensors {
+            if name.is_empty() {
+                return Err(format_err("an empty tensor name in `tensors`"));
+            }
+            let key = super::param_key(name);
+            let info = infos
+                .get(&key)
+                .ok_or_else(|| format_err(format!("tensor `{key}` is missing")))?;
+            let len = elements(info)
+                .filter(|&l| l > 0)
+                .ok_or_else(|| format_err(format!("`{key}` has shape {:?}", info.shape)))?;
+            if index.insert(name.as_str(), tensors.len()).is_some() {
+                return Err(format_err(format!("tensor `{name}` is listed twice")));
+            }
+            tensors.push((name.clone(), len));
+        }
+        let sealed = meta.format_version >= 2;
+        for (tname, info) in infos {
+            if tname == CHECKSUM_TENSOR && sealed {
+                continue; // checked by the reader
+            }
+            if info.dtype != Dtype::F32 {
+                return Err(super::mismatch(
+                    format!("dtype of `{tname}`"),
+                    "F32",
+                    format!("{:?}", info.dtype),
+                ));
+            }
+            let want = if let Some(name) = tname.strip_prefix("param.") {
+                index.get(name).map(|&t| tensors[t].1)
+            } else if let Some((name, key)) = tname
+                .strip_prefix("state.")
+                .and_then(|rest| rest.rsplit_once('.'))
+            {
+                index.get(name).filter(|_| !key.is_empty()).map(|&t| {
+                    if key == "step" {
+                        1
+                    } else {
+                        tensors[t].1
+                    }
+                })
+            } else {
+                None
+            };
+            let want = want.ok_or_else(|| {
+                format_err(format!(
+                    "tensor `{tname}` is neither param.<name> nor state.<name>.<key> of a listed tensor"
+                ))
+            })?;
+            if elements(info) != Some(want) {
+                return Err(format_err(format!(
+                    "`{tname}` has shape {:?}, expected {want} elements",
+                    info.shape
+                )));
+            }
+        }
+
+        // Groups: a partition of the tensors, each with its hyperparameters.
+        if meta.param_groups.is_empty() {
+            return Err(format_err("`param_groups` is empty"));
+        }
+        let mut seen = HashSet::new();
+        let mut groups = Vec::with_capacity(meta.param_groups.len());
+        for (g, group) in meta.param_groups.into_iter().enumerate() {
+            for name in &group.params {
+                if !index.contains_key(name.as_str()) {
+                    return Err(format_err(format!(
+                        "group {g} lists `{name}`, which is not in `tensors`"
+                    )));
+                }
+                if !seen.insert(name.clone()) {
+                    return Err(format_err(format!("tensor `{name}` is in two groups")));
+                }
+            }
+            groups.push(GroupRecord {
+                tensors: group.params,
+                hyperparameters: group
+                    .hyperparameters
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+            });
+        }
+        if let Some((lost, _)) = tensors.iter().find(|(n, _)| !seen.contains(n)) {
+            return Err(format_err(format!("tensor `{lost}` is in no group")));
+        }
+
+        let max_grad_norm = match meta.max_grad_norm {
+            None => None,
+            Some(m) => Some(positive("max_norm", finite_f32(m, "max_grad_norm")?)?),
+        };
+        let scaler = match meta.grad_scaler {
+            None => None,
+            Some(s) => {
+                let f = |x: f64, k: &str| finite_f32(x, &format!("grad_scaler.{k}"));
+                Some(ScalerRecord {
+                    scale: positive("scale", f(s.scale, "scale")?)?,
+                    growth_tracker: s.growth_tracker,
+                    config: ScalerConfig {
+                        init_scale: f(s.init_scale, "init_scale")?,
+                        growth_factor: f(s.growth_factor, "growth_factor")?,
+                        backoff_factor: f(s.backoff_factor, "backoff_factor")?,
+                        growth_interval: s.growth_interval,
+                    },
+                })
+            }
+        };
+        let schedulers = meta
+            .lr_schedulers
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                SchedulerRecord::from_json(v).map_err(|e| {
+                    format_err(format!(
+                        "`lr_schedulers`[{i}] is not a scheduler state: {e}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let crcs = match (sealed, meta.tensor_crc32) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(format_err("a version 1 checkpoint with `tensor_crc32`"))
+            }
+            (true, None) => return Err(format_err("the metadata lacks `tensor_crc32`")),
+            (true, Some(text)) => {
+                let n = order.iter().filter(|n| **n != CHECKSUM_TENSOR).count();
+                if !text.is_ascii() || text.len() != n * 8 {
+                    return Err(format_err(format!(
+                        "`tensor_crc32` has {} characters, expected 8 for each of {n} tensors",
+                        text.len(),
+                    )));
+                }
+                let crcs = text
+                    .as_bytes()
+                    .chunks(8)
+                    .map(|hex| {
+                        let hex = std::str::from_utf8(hex).unwrap_or("");
+                        u32::from_str_radix(hex, 16)
+                            .ok()
+                            .filter(|_| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .ok_or_else(|| format_err(format!("`tensor_crc32` has {hex:?}")))
+                    })
+                    .collect::<Result<Vec<u32>>>()?;
+                Some(crcs)
+            }
+        };
+        Ok(Header {
+            version: meta.format_version,
+            optimizer: meta.optimizer,
+            step: meta.step,
+            tensors,
+            groups,
+            max_grad_norm,
+            norm_type: meta.grad_norm_type,
+            skip_nonfinite: meta.skip_nonfinite,
+            scaler,
+            schedulers,
+            crcs,
+        })
+    }
+}

@@ -1,0 +1,863 @@
+//! Reading a checkpoint: [`Checkpoint::open`] checks the header, [`Checkpoint::restore`]
+//! checks everything against the optimizer and the data (checksums, finite values), then
+//! uploads the data in blocks, many tensors per staging buffer.
+
+use super::io::{f32s, read_blocks, read_framing, Segments};
+use super::meta::{Header, Meta};
+use super::{
+    format_err, mismatch, GroupRecord, ScalerRecord, SchedulerRecord, BLOCK_BYTES, CHECKSUM_TENSOR,
+};
+use crate::arena::Piece;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::norm::NormType;
+use crate::optim::{Optim, Optimizer, OptimizerConfig, ParamGroup};
+use crate::params::Params;
+use crate::scaler::GradScaler;
+use crate::{AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
+use safetensors::tensor::TensorInfo;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// An open checkpoint file whose header has been read and checked (its data has not been read
+/// yet). Use it to see what a checkpoint holds, to build matching parameters and optimizer, and
+/// to restore them.
+///
+/// ```no_run
+/// use wgpu_optim::{checkpoint, Adam, AdamConfig, Gpu, Optim};
+/// let gpu = Gpu::new()?;
+/// let ck = checkpoint::open("run.safetensors")?;
+/// println!("{} at step {}, {} tensors", ck.optimizer(), ck.step_count(), ck.tensors().len());
+/// let mut params = ck.params(&gpu)?;                 // the saved parameter values
+/// let mut opt: Adam = Optim::with_groups(&params, ck.param_groups::<AdamConfig>()?)?;
+/// ck.restore(&mut params, &mut opt)?;               // state, step count, settings
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    file: Mutex<File>,
+    data_start: u64,
+    infos: HashMap<String, TensorInfo>,
+    /// Tensor names in data order, and their byte ranges.
+    order: Vec<String>,
+    ranges: Vec<(usize, usize)>,
+    header: Header,
+}
+
+/// What [`super::load`] and [`Checkpoint::restore`] report on success.
+///
+/// ```no_run
+/// use wgpu_optim::{checkpoint, Adam, AdamConfig, Gpu, Params};
+/// let gpu = Gpu::new()?;
+/// let mut params = Params::zeros(&gpu, &[("w", 4)])?;
+/// let mut opt = Adam::new(&params, AdamConfig::default())?;
+/// let report = checkpoint::load("run.safetensors", &mut params, &mut opt)?;
+/// if !report.verified {
+///     eprintln!("warning: a version {} checkpoint has no checksums", report.format_version);
+/// }
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadReport {
+    /// Whether every byte loaded was checked against the file's CRC-32 checksums. `false` only
+    /// for files of format version 1, which have none (they load as before, unverified).
+    pub verified: bool,
+    /// The file's format version.
+    pub format_version: u32,
+}
+
+/// The optimizer a checkpoint was written by: its name and every group's hyperparameters, enough
+/// to build the right optimizer for a file a program did not write
+/// ([`Checkpoint::optimizer_kind`], [`Checkpoint::build_optimizer`]).
+///
+/// ```no_run
+/// let kind = wgpu_optim::checkpoint::open("run.safetensors")?.optimizer_kind();
+/// println!("{} with {} groups, lr {:?}", kind.name, kind.groups.len(), kind.groups[0].get("lr"));
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerKind {
+    /// [`OptimizerConfig::NAME`]: `Adam` (AdamW is Adam with `decoupled_weight_decay` 1),
+    /// `SGD`, `RMSprop`, `Adagrad`.
+    pub name: String,
+    /// The groups: their tensors and hyperparameters.
+    pub groups: Vec<GroupRecord>,
+}
+
+/// Where the bytes of a checkpoint tensor go on the GPU: per-chunk buffers and the pieces.
+type Dest<'a> = Option<(&'a [wgpu::Buffer], &'a [Piece])>;
+
+/// What a checkpoint tensor is, from its name.
+enum Kind<'a> {
+    Param(&'a str),
+    State(&'a str, &'a str),
+    Step,
+    Checksum,
+}
+
+fn kind(name: &str) -> Kind<'_> {
+    if name == CHECKSUM_TENSOR {
+        Kind::Checksum
+    } else if let Some(t) = name.strip_prefix("param.") {
+        Kind::Param(t)
+    } else {
+        // Header::check allowed nothing else.
+        let (t, key) = name
+            .strip_prefix("state.")
+            .and_then(|r| r.rsplit_once('.'))
+            .unwrap_or(("", ""));
+        if key == "step" {
+            Kind::Step
+        } else {
+            Kind::State(t, key)
+        }
+    }
+}
+
+impl Checkpoint {
+    /// Open a checkpoint and check its header: the safetensors framing, offsets, dtypes (all
+    /// F32), lengths, the metadata's structure and, for format version 2, the header's CRC-32.
+    /// Reads only the header (and the 4-byte checksum at the end of the file).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::checkpoint::Checkpoint;
+    /// let ck = Checkpoint::open("run.safetensors")?;
+    /// for (name, len) in ck.tensors() {
+    ///     println!("{name}: {len} elements");
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref();
+        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let fr = read_framing(&mut file, path)?;
+        if let Some((expected, got)) = fr.header_crc {
+            if expected != got {
+                return Err(Error::CheckpointChecksum {
+                    what: "header".into(),
+                    expected,
+                    got,
+                });
+            }
+        }
+        let md = fr
+            .metadata
+            .as_ref()
+            .ok_or_else(|| format_err("the header has no __metadata__"))?;
+        let meta = Meta::from_map(md)?;
+        if meta.format_version >= 2 && fr.header_crc.is_none() {
+            return Err(format_err(format!(
+                "a version {} checkpoint without its `{CHECKSUM_TENSOR}` tensor",
+                meta.format_version
+            )));
+        }
+        let order: Vec<&str> = fr.order.iter().map(|s| s.as_str()).collect();
+        let header = Header::check(meta, &fr.infos, &order)?;
+        let ranges = fr.order.iter().map(|n| fr.infos[n].data_offsets).collect();
+        debug_assert!(
+            fr.data_len as usize
+                == fr
+                    .infos
+                    .values()
+                    .map(|i| i.data_offsets.1)
+                    .max()
+                    .unwrap_or(0)
+        );
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            data_start: fr.data_start,
+            infos: fr.infos,
+            order: fr.order,
+            ranges,
+            header,
+        })
+    }
+
+    /// Whether the file carries checksums (format version 2 and later): its header was checked
+    /// against its CRC-32 when opened, and every tensor is checked when it is read. `false` for
+    /// version 1 files, which load unverified.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::open("run.safetensors")?;
+    /// if !ck.verified() {
+    ///     eprintln!("warning: an old checkpoint without checksums");
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn verified(&self) -> bool {
+        self.header.crcs.is_some()
+    }
+
+    /// The file's format version (1 or [`super::FORMAT_VERSION`]).
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::open("run.safetensors")?;
+    /// assert!(ck.format_version() <= wgpu_optim::checkpoint::FORMAT_VERSION);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn format_version(&self) -> u32 {
+        self.header.version
+    }
+
+    fn report(&self) -> LoadReport {
+        LoadReport {
+            verified: self.verified(),
+            format_version: self.header.version,
+        }
+    }
+
+    /// The optimizer's name ([`OptimizerConfig::NAME`]): `Adam`, `SGD`, `RMSprop`, `Adagrad`.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// if ck.optimizer() != "Adam" {
+    ///     println!("not an Adam checkpoint");
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn optimizer(&self) -> &str {
+        &self.header.optimizer
+    }
+
+    /// The optimizer's name and every group's hyperparameters (see [`OptimizerKind`]).
+    ///
+    /// ```no_run
+    /// let kind = wgpu_optim::checkpoint::open("run.safetensors")?.optimizer_kind();
+    /// assert_eq!(kind.name, "Adam");
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn optimizer_kind(&self) -> OptimizerKind {
+        OptimizerKind {
+            name: self.header.optimizer.clone(),
+            groups: self.header.groups.clone(),
+        }
+    }
+
+    /// Steps applied when the checkpoint was written.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// println!("saved at step {}", ck.step_count());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn step_count(&self) -> u64 {
+        self.header.step
+    }
+
+    /// Tensor names and lengths, in the saved parameter set's order.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// let total: usize = ck.tensors().iter().map(|(_, len)| len).sum();
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn tensors(&self) -> &[(String, usize)] {
+        &self.header.tensors
+    }
+
+    /// The parameter groups: their tensors and hyperparameters.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// for (g, group) in ck.groups().iter().enumerate() {
+    ///     println!("group {g}: {:?} {:?}", group.tensors, group.hyperparameters);
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn groups(&self) -> &[GroupRecord] {
+        &self.header.groups
+    }
+
+    /// The saved gradient clipping threshold.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// if let Some(max) = ck.max_grad_norm() {
+    ///     println!("clipped at {max} ({:?} norm)", ck.grad_norm_type());
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn max_grad_norm(&self) -> Option<f32> {
+        self.header.max_grad_norm
+    }
+
+    /// The saved norm type of clipping.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// assert_eq!(ck.grad_norm_type(), wgpu_optim::NormType::L2);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn grad_norm_type(&self) -> NormType {
+        self.header.norm_type
+    }
+
+    /// Whether steps with non-finite gradients were skipped.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// println!("skip_nonfinite: {}", ck.skip_nonfinite());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn skip_nonfinite(&self) -> bool {
+        self.header.skip_nonfinite
+    }
+
+    /// The saved loss scaler state, if one was saved.
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// if let Some(s) = ck.grad_scaler() {
+    ///     println!("scale {} after {} clean steps", s.scale, s.growth_tracker);
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn grad_scaler(&self) -> Option<&ScalerRecord> {
+        self.header.scaler.as_ref()
+    }
+
+    /// The learning-rate scheduler states saved with [`super::SaveOptions::schedulers`], in the
+    /// order given (empty if none were). Their structure was checked when the checkpoint was
+    /// opened; whether one fits a scheduler is checked by its `load_state`.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::checkpoint::{Checkpoint, SchedulerRecord};
+    /// let ck = Checkpoint::open("run.safetensors")?;
+    /// for r in ck.schedulers() {
+    ///     match r {
+    ///         SchedulerRecord::Epochs(s) => println!("{} at epoch {}", s.kind, s.last_epoch),
+    ///         SchedulerRecord::Plateau(p) => println!("plateau, best {}", p.best),
+    ///     }
+    /// }
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn schedulers(&self) -> &[SchedulerRecord] {
+        &self.header.schedulers
+    }
+
+    /// The configuration of every group, built from its saved hyperparameters and validated:
+    /// what [`Optim::with_groups`] needs to build an optimizer this checkpoint restores into.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{checkpoint::Checkpoint, Gpu, Optim, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let ck = Checkpoint::open("sgd.safetensors")?;
+    /// let params = ck.params(&gpu)?;
+    /// let opt: Sgd = Optim::with_groups(&params, ck.param_groups::<SgdConfig>()?)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn param_groups<C: OptimizerConfig + Default>(&self) -> Result<Vec<ParamGroup<C>>> {
+        if self.header.optimizer != C::NAME {
+            return Err(mismatch("optimizer", C::NAME, &self.header.optimizer));
+        }
+        self.header
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, rec)| {
+                let mut cfg = C::default();
+                for (name, _) in cfg.hyperparameters() {
+                    if rec.get(name).is_none() {
+                        return Err(format_err(format!(
+                            "group {g} lacks the hyperparameter `{name}`"
+                        )));
+                    }
+                }
+                for (name, value) in &rec.hyperparameters {
+                    cfg.set_hyperparameter(name, *value)?;
+                }
+                cfg.validate()?;
+                Ok(ParamGroup::new(rec.tensors.clone(), cfg))
+            })
+            .collect()
+    }
+
+    /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
+    /// Adagrad) over `params`, with the checkpoint's groups and hyperparameters, ready for
+    /// [`Checkpoint::restore`]: for a program that did not write the file.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{checkpoint, Gpu};
+    /// let gpu = Gpu::new()?;
+    /// let ck = checkpoint::open("run.safetensors")?;
+    /// let mut params = ck.params(&gpu)?;
+    /// let mut opt = ck.build_optimizer(&params)?; // Box<dyn Optimizer>
+    /// ck.restore(&mut params, &mut *opt)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn build_optimizer(&self, params: &Params) -> Result<Box<dyn Optimizer>> {
+        fn build<C: OptimizerConfig + Default>(
+            ck: &Checkpoint,
+            params: &Params,
+        ) -> Result<Box<dyn Optimizer>> {
+            Ok(Box::new(Optim::<C>::with_groups(
+                params,
+                ck.param_groups::<C>()?,
+            )?))
+        }
+        match self.header.optimizer.as_str() {
+            AdamConfig::NAME => build::<AdamConfig>(self, params),
+            SgdConfig::NAME => build::<SgdConfig>(self, params),
+            RmsPropConfig::NAME => build::<RmsPropConfig>(self, params),
+            AdagradConfig::NAME => build::<AdagradConfig>(self, params),
+            other => Err(mismatch(
+                "optimizer",
+                "one of Adam, SGD, RMSprop, Adagrad",
+                other,
+            )),
+        }
+    }
+
+    /// Read one tensor of the file by its checkpoint name (`param.w`, `state.w.exp_avg`,
+    /// `state.w.step`), checked against its CRC-32 where the file has checksums. Reads the whole
+    /// tensor into memory.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::checkpoint::Checkpoint;
+    /// let ck = Checkpoint::open("run.safetensors")?;
+    /// let m = ck.read("state.fc.weight.exp_avg")?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn read(&self, tensor: &str) -> Result<Vec<f32>> {
+        let info = self
+            .infos
+            .get(tensor)
+            .filter(|_| tensor != CHECKSUM_TENSOR)
+            .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
+        let range = info.data_offsets;
+        let mut out = Vec::with_capacity((range.1 - range.0) / 4);
+        let mut h = crc32fast::Hasher::new();
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        read_blocks(&mut file, &self.path, self.data_start, range, |block, _| {
+            h.update(block);
+            out.extend(f32s(block));
+            Ok(())
+        })?;
+        let t = self
+            .order
+            .iter()
+            .position(|n| n == tensor)
+            .unwrap_or(usize::MAX);
+        self.check_crc(t, h.finalize())?;
+        Ok(out)
+    }
+
+    /// `Err` unless tensor `t` (in data order) has the CRC-32 the file records (if it records
+    /// one).
+    fn check_crc(&self, t: usize, got: u32) -> Result<()> {
+        match self.header.crcs.as_ref().and_then(|c| c.get(t)) {
+            Some(&expected) if expected != got => Err(Error::CheckpointChecksum {
+                what: self.order[t].clone(),
+                expected,
+                got,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A fresh parameter set on `gpu` holding the saved parameter values (gradients zero),
+    /// uploaded block by block and checked against their checksums. Non-finite values are an
+    /// [`Error::CheckpointNonFinite`].
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{checkpoint::Checkpoint, Gpu};
+    /// let gpu = Gpu::new()?;
+    /// let params = Checkpoint::open("run.safetensors")?.params(&gpu)?;
+    /// println!("{:?}", params.names());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn params(&self, gpu: &Gpu) -> Result<Params> {
+        let specs: Vec<(&str, usize)> = self
+            .header
+            .tensors
+            .iter()
+            .map(|(n, l)| (n.as_str(), *l))
+            .collect();
+        let params = Params::zeros(gpu, &specs)?;
+        let dests: Vec<Dest<'_>> = self
+            .order
+            .iter()
+            .map(|name| match kind(name) {
+                Kind::Param(t) => params
+                    .layout
+                    .index
+                    .get(t)
+                    .map(|&i| (&params.param_bufs[..], &params.layout.slots[i].pieces[..])),
+                _ => None,
+            })
+            .collect();
+        self.upload(gpu, &dests, None, true)?;
+        Ok(params)
+    }
+
+    /// Restore `params` and `opt` (and the attached loss scaler) from this checkpoint; see
+    /// [`super::load`].
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{checkpoint::Checkpoint, Gpu, Params, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let ck = Checkpoint::open("sgd.safetensors")?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 4)])?;
+    /// let mut opt = Sgd::new(&params, SgdConfig { momentum: 0.9, ..Default::default() })?;
+    /// ck.restore(&mut params, &mut opt)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn restore(&self, params: &mut Params, opt: &mut dyn Optimizer) -> Result<LoadReport> {
+        let scaler = opt.ck_scaler().cloned();
+        self.restore_impl(params, opt, scaler.as_ref())
+    }
+
+    /// Restore as [`Checkpoint::restore`], with the loss scaler state going to `scaler`; see
+    /// [`super::load_with_scaler`].
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{checkpoint::Checkpoint, Adam, AdamConfig, GradScaler, Gpu, Params};
+    /// let gpu = Gpu::new()?;
+    /// let ck = Checkpoint::open("amp.safetensors")?;
+    /// let mut params = ck.params(&gpu)?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// let scaler = GradScaler::new(&gpu, ck.grad_scaler().unwrap().config.clone())?;
+    /// ck.restore_with_scaler(&mut params, &mut opt, &scaler)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn restore_with_scaler(
+        &self,
+        params: &mut Params,
+        opt: &mut dyn Optimizer,
+        scaler: &GradScaler,
+    ) -> Result<LoadReport> {
+        self.restore_impl(params, opt, Some(scaler))
+    }
+
+    /// Check everything [`Checkpoint::restore`] checks (the optimizer kind, tensors, groups,
+    /// options, scaler, every value and every checksum) without changing anything: a dry run
+    /// that reads the whole file once and uses no GPU.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{checkpoint, Adam, AdamConfig, Gpu, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 4)])?;
+    /// let opt = Adam::new(&params, AdamConfig::default())?;
+    /// checkpoint::open("run.safetensors")?.check(&params, &opt)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn check(&self, params: &Params, opt: &dyn Optimizer) -> Result<LoadReport> {
+        self.check_fit(params, opt, opt.ck_scaler())?;
+        self.scan()?;
+        Ok(self.report())
+    }
+
+    /// Everything that needs no data: the optimizer, tensors, groups, options and scaler fit.
+    fn check_fit(
+        &self,
+        params: &Params,
+        opt: &dyn Optimizer,
+        scaler: Option<&GradScaler>,
+    ) -> Result<()> {
+        opt.ck_ensure_params(params)?;
+        if self.header.optimizer != opt.ck_kind() {
+            return Err(mismatch("optimizer", opt.ck_kind(), &self.header.optimizer));
+        }
+        let mut ours: Vec<(&str, usize)> = opt.ck_tensors().iter().map(|t| (t.0, t.1)).collect();
+        let mut theirs: Vec<(&str, usize)> = self
+            .header
+            .tensors
+            .iter()
+            .map(|(n, l)| (n.as_str(), *l))
+            .collect();
+        ours.sort();
+        theirs.sort();
+        if ours != theirs {
+            let (a, b): (HashSet<_>, HashSet<_>) = (
+                ours.iter().copied().collect(),
+                theirs.iter().copied().collect(),
+            );
+            let describe = |v: &[(&str, usize)], other: &HashSet<(&str, usize)>| {
+                v.iter()
+                    .filter(|t| !other.contains(t))
+                    .map(|(n, l)| format!("{n}[{l}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(mismatch(
+                "tensors",
+                describe(&ours, &b),
+                describe(&theirs, &a),
+            ));
+        }
+        if self.header.groups.len() != opt.group_count() {
+            return Err(mismatch(
+                "number of groups",
+                opt.group_count(),
+                self.header.groups.len(),
+            ));
+        }
+        for (g, rec) in self.header.groups.iter().enumerate() {
+            let mut want = opt.ck_group_tensors(g)?;
+            let mut got: Vec<&str> = rec.tensors.iter().map(|s| s.as_str()).collect();
+            want.sort();
+            got.sort();
+            if want != got {
+                return Err(mismatch(
+                    format!("tensors of group {g}"),
+                    want.join(", "),
+                    got.join(", "),
+                ));
+            }
+            opt.ck_check_group(g, &rec.hyperparameters)?;
+        }
+        // The state keys of every tensor, in one pass over the file's tensors.
+        let mut keys_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for name in &self.order {
+            if let Kind::State(t, key) = kind(name) {
+                keys_of.entry(t).or_default().push(key);
+            }
+        }
+        let mut want = opt.state_keys();
+        want.sort();
+        for (t, _) in &self.header.tensors {
+            let mut got = keys_of.remove(t.as_str()).unwrap_or_default();
+            got.sort();
+            if want != got {
+                return Err(mismatch(
+                    format!("state of `{t}`"),
+                    want.join(", "),
+                    got.join(", "),
+                ));
+            }
+        }
+        match (scaler, &self.header.scaler) {
+            (None, None) => {}
+            (Some(_), None) => return Err(mismatch("grad scaler", "one", "none")),
+            (None, Some(_)) => return Err(mismatch("grad scaler", "none", "one")),
+            (Some(s), Some(rec)) => {
+                if s.config() != &rec.config {
+                    return Err(mismatch(
+                        "grad scaler options",
+                        format!("{:?}", s.config()),
+                        format!("{:?}", rec.config),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The validation pass over the data: every checksum, every value finite, the step tensors
+    /// agree with the metadata. Returns every tensor's CRC-32 in data order.
+    fn scan(&self) -> Result<Vec<u32>> {
+        let mut crcs = Vec::with_capacity(self.order.len());
+        let mut h = crc32fast::Hasher::new();
+        let mut seg = Segments::new(&self.ranges);
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let data = (0, self.ranges.last().map_or(0, |r| r.1));
+        let step = self.header.step as f32;
+        // A tensor's values are judged only once its checksum is known to be right: a damaged
+        // file is reported as damaged, not as holding a NaN.
+        let mut problem: Option<Error> = None;
+        read_blocks(
+            &mut file,
+            &self.path,
+            self.data_start,
+            data,
+            |block, offset| {
+                seg.each(block, offset, |t, bytes, at, ends| {
+                    h.update(bytes);
+                    let name = &self.order[t];
+                    let k = kind(name);
+                    if problem.is_none() && !matches!(k, Kind::Checksum) {
+                        for (i, x) in f32s(bytes).enumerate() {
+                            if !x.is_finite() {
+                                problem = Some(Error::CheckpointNonFinite {
+                                    tensor: name.clone(),
+                                    index: at / 4 + i,
+                                    value: x,
+                                });
+                                break;
+                            }
+                            if matches!(k, Kind::Step) && x != step {
+                                problem = Some(format_err(format!(
+                                    "`{name}` is {x}, the metadata says step {}",
+                                    self.header.step
+                                )));
+                                break;
+                            }
+                        }
+                    }
+                    if ends {
+                        let got = std::mem::take(&mut h).finalize();
+                        if !matches!(k, Kind::Checksum) {
+                            self.check_crc(t, got)?;
+                        }
+                        if let Some(e) = problem.take() {
+                            return Err(e);
+                        }
+                        crcs.push(got);
+                    }
+                    Ok(())
+                })
+            },
+        )?;
+        Ok(crcs)
+    }
+
+    fn restore_impl(
+        &self,
+        params: &mut Params,
+        opt: &mut dyn Optimizer,
+        scaler: Option<&GradScaler>,
+    ) -> Result<LoadReport> {
+        // ---- 1. Everything that needs no data, then the data itself.
+        self.check_fit(params, opt, scaler)?;
+        let crcs = self.scan()?;
+
+        // ---- 2. Apply. Nothing below can fail on a valid file but I/O.
+        for (g, rec) in self.header.groups.iter().enumerate() {
+            opt.ck_apply_group(g, &rec.hyperparameters)?;
+        }
+        opt.ck_set_clipping(
+            self.header.max_grad_norm,
+            self.header.norm_type,
+            self.header.skip_nonfinite,
+        )?;
+        {
+            let gpu = opt.ck_gpu().clone();
+            let keys = opt.state_keys();
+            let mut state_bufs = HashMap::with_capacity(keys.len());
+            for k in keys {
+                state_bufs.insert(k, opt.ck_state_buffers(k)?);
+            }
+            let tensors = opt.ck_tensors();
+            let pieces: HashMap<&str, &[Piece]> = tensors.iter().map(|t| (t.0, t.2)).collect();
+            let dests: Vec<Dest<'_>> = self
+                .order
+                .iter()
+                .map(|name| match kind(name) {
+                    Kind::Param(t) => Some((&params.param_bufs[..], pieces[t])),
+                    Kind::State(t, k) => Some((state_bufs[k], pieces[t])),
+                    Kind::Step | Kind::Checksum => None,
+                })
+                .collect();
+            self.upload(&gpu, &dests, Some(&crcs), false)?;
+        }
+        if let (Some(s), Some(rec)) = (scaler, &self.header.scaler) {
+            s.set_state(rec.scale, rec.growth_tracker)?;
+        }
+        opt.ck_set_step_count(self.header.step);
+        Ok(self.report())
+    }
+
+    /// Upload the tensors with a destination, reading the file in blocks: each block goes into
+    /// one staging buffer, from which one command buffer copies every tensor piece in it to its
+    /// place (one submit and one wait per block, so staging memory stays one block). The bytes
+    /// must have the CRC-32s of the validation pass (`crcs`, in data order) or, without them,
+    /// those the file records; `check_finite` rejects non-finite values (when there was no
+    /// validation pass).
+    fn upload(
+        &self,
+        gpu: &Gpu,
+        dests: &[Dest<'_>],
+        crcs: Option<&[u32]>,
+        check_finite: bool,
+    ) -> Result<()> {
+        // Only the runs of tensors that go somewhere are read.
+        let selected: Vec<usize> = (0..self.order.len())
+            .filter(|&t| dests[t].is_some())
+            .collect();
+        if selected.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<(usize, usize)> = selected.iter().map(|&t| self.ranges[t]).collect();
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        // Runs of selected tensors separated by small gaps (the step scalars between one
+        // tensor's state and the next tensor's) are read as one span, gaps included: reading a
+        // few bytes too many is cheaper than a submit per tensor.
+        for &(s, e) in &ranges {
+            match spans.last_mut() {
+                Some(last) if s - last.1 <= BLOCK_BYTES / 16 => last.1 = e,
+                _ => spans.push((s, e)),
+            }
+        }
+        let largest = spans.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
+        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-optim checkpoint upload"),
+            size: largest.min(BLOCK_BYTES).next_multiple_of(4) as u64,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut seg = Segments::new(&ranges);
+        let mut h = crc32fast::Hasher::new();
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        for span in spans {
+            read_blocks(
+                &mut file,
+                &self.path,
+                self.data_start,
+                span,
+                |block, offset| {
+                    gpu.queue().write_buffer(&staging, 0, block);
+                    let mut enc = gpu
+                        .device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                    seg.each(block, offset, |i, bytes, at, ends| {
+                    let t = selected[i];
+                    let name = &self.order[t];
+                    h.update(bytes);
+                    if check_finite {
+                        if let Some((j, x)) = f32s(bytes).enumerate().find(|(_, x)| !x.is_finite()) {
+                            return Err(Error::CheckpointNonFinite {
+                                tensor: name.clone(),
+                                index: at / 4 + j,
+                                value: x,
+                            });
+                        }
+                    }
+                    let (bufs, pieces) = dests[t].expect("selected");
+                    let src = (self.ranges[t].0 + at - offset) as u64;
+                    let (lo, hi) = (at, at + bytes.len());
+                    let mut piece_start = 0usize;
+                    for p in pieces {
+                        let piece_end = piece_start + p.len * 4;
+                        let (a, b) = (lo.max(piece_start), hi.min(piece_end));
+                        if a < b {
+                            enc.copy_buffer_to_buffer(
+                                &staging,
+                                src + (a - lo) as u64,
+                                &bufs[p.chunk],
+                                (p.offset * 4 + a - piece_start) as u64,
+                                (b - a) as u64,
+                            );
+                        }
+                        piece_start = piece_end;
+                    }
+                    if ends {
+                        let got = std::mem::take(&mut h).finalize();
+                        match crcs {
+                            Some(c) if c[t] != got => {
+                                return Err(format_err(format!(
+                                    "`{name}` changed while the checkpoint was being loaded (was the file \
+                                     modified in place?); parameters and state are partly overwritten"
+                                )))
+                            }
+                            Some(_) => {}
+                            None => self.check_crc(t, got)?,
+                        }
+                    }
+                    Ok(())
+                })?;
+                    gpu.queue().submit([enc.finish()]);
+                    gpu.device()
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| Error::ReadBack(e.to_string()))?;
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+}

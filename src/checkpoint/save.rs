@@ -1,0 +1,255 @@
+//! Writing a checkpoint: the plan of tensors, the metadata, and the data read back from the GPU
+//! in batches of many tensors per mapped staging buffer.
+
+use super::io::{write_atomic, write_f32s};
+use super::meta::{GroupMeta, Hyper, Meta, ScalerMeta};
+use super::{
+    format_err, param_key, state_key, SaveOptions, SchedulerRecord, BLOCK_BYTES, CHECKSUM_TENSOR,
+    FORMAT, FORMAT_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::optim::Optimizer;
+use crate::params::Params;
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+fn gpu_source<'a>(
+    bufs: &'a [wgpu::Buffer],
+    pieces: &[crate::Piece],
+) -> Vec<(&'a wgpu::Buffer, u64, u64)> {
+    pieces
+        .iter()
+        .map(|p| (&bufs[p.chunk], (p.offset * 4) as u64, (p.len * 4) as u64))
+        .collect()
+}
+
+/// Where the bytes of one tensor of the file come from.
+enum Source<'a> {
+    /// Pieces of per-chunk GPU buffers: (buffer, byte offset, byte length).
+    Gpu(Vec<(&'a wgpu::Buffer, u64, u64)>),
+    /// The step count as an f32 scalar.
+    Step,
+}
+
+pub(crate) fn save_impl<O: Optimizer + ?Sized>(
+    path: &Path,
+    params: &Params,
+    opt: &O,
+    options: &SaveOptions<'_>,
+) -> Result<()> {
+    opt.ck_ensure_params(params)?;
+    opt.ck_validate()?;
+    let steps = opt.step_count();
+    let keys = opt.state_keys();
+    let tensors = opt.ck_tensors();
+    let scaler = options.scaler.or_else(|| opt.ck_scaler());
+
+    let mut plan: Vec<(String, Vec<usize>, Source<'_>)> = Vec::new();
+    for &(name, len, pieces) in &tensors {
+        let src = Source::Gpu(gpu_source(&params.param_bufs, pieces));
+        plan.push((param_key(name), vec![len], src));
+    }
+    let mut state_bufs = Vec::with_capacity(keys.len());
+    for &k in &keys {
+        state_bufs.push(opt.ck_state_buffers(k)?);
+    }
+    for &(name, len, pieces) in &tensors {
+        for (&k, bufs) in keys.iter().zip(&state_bufs) {
+            let src = Source::Gpu(gpu_source(bufs, pieces));
+            plan.push((state_key(name, k), vec![len], src));
+        }
+        plan.push((state_key(name, "step"), vec![], Source::Step));
+    }
+
+    let mut infos = Vec::with_capacity(plan.len() + 1);
+    let mut offset = 0usize;
+    for (name, shape, _) in &plan {
+        let bytes = shape.iter().product::<usize>() * 4;
+        let info = TensorInfo {
+            dtype: Dtype::F32,
+            shape: shape.clone(),
+            data_offsets: (offset, offset + bytes),
+        };
+        infos.push((name.clone(), info));
+        offset += bytes;
+    }
+    infos.push((
+        CHECKSUM_TENSOR.to_string(),
+        TensorInfo {
+            dtype: Dtype::U8,
+            shape: vec![4],
+            data_offsets: (offset, offset + 4),
+        },
+    ));
+
+    // The metadata, with a placeholder for the tensors' CRCs that is patched once they are
+    // known (it has a fixed width).
+    let meta = metadata(opt, steps, scaler, options.schedulers, plan.len())?;
+    let metadata = Metadata::new(Some(meta.to_map()?), infos)
+        .map_err(|e| format_err(format!("building the header: {e}")))?;
+    let mut header = serde_json::to_vec(&metadata)
+        .map_err(|e| format_err(format!("serializing the header: {e}")))?;
+    // Pad so the data starts 8-byte aligned, as the safetensors crate does.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let needle = b"\"tensor_crc32\":\"";
+    let crc_at = header
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .ok_or_else(|| format_err("the header lost its checksum entry"))?
+        + needle.len();
+
+    let gpu = opt.ck_gpu();
+    write_atomic(path, |w, at| {
+        let io = |e| Error::io("write", at, e);
+        let len_bytes = (header.len() as u64).to_le_bytes();
+        w.write_all(&len_bytes).map_err(io)?;
+        w.write_all(&header).map_err(io)?;
+        let mut crcs = Vec::with_capacity(plan.len());
+        let step = (steps as f32).to_le_bytes();
+        // Batches of many tensors (a large one split) of at most BLOCK_BYTES from the GPU, one
+        // staging buffer and one map each; the step scalars in between come from the host.
+        let mut batch: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
+        let mut batch_bytes = 0u64;
+        // What the batch writes, in order: GPU bytes (length, whether they end a tensor) or a
+        // step scalar.
+        let mut parts: Vec<Option<(u64, bool)>> = Vec::new();
+        let mut hasher = crc32fast::Hasher::new();
+        let mut flush = |batch: &mut Vec<(&wgpu::Buffer, u64, u64)>,
+                         parts: &mut Vec<Option<(u64, bool)>>,
+                         crcs: &mut Vec<u32>,
+                         w: &mut std::io::BufWriter<std::fs::File>|
+         -> Result<()> {
+            let data = gpu.read_pieces(batch)?;
+            let mut pos = 0usize;
+            for part in parts.iter() {
+                match *part {
+                    Some((len, ends)) => {
+                        let values = &data[pos / 4..(pos + len as usize) / 4];
+                        hasher.update(bytemuck::cast_slice(values));
+                        write_f32s(w, values).map_err(io)?;
+                        pos += len as usize;
+                        if ends {
+                            crcs.push(std::mem::take(&mut hasher).finalize());
+                        }
+                    }
+                    None => {
+                        w.write_all(&step).map_err(io)?;
+                        crcs.push(crc32fast::hash(&step));
+                    }
+                }
+            }
+            batch.clear();
+            parts.clear();
+            Ok(())
+        };
+        for (_, _, src) in &plan {
+            match src {
+                Source::Step => parts.push(None),
+                Source::Gpu(pieces) => {
+                    let total: u64 = pieces.iter().map(|p| p.2).sum();
+                    let mut done = 0u64;
+                    for &(buf, off, len) in pieces {
+                        let mut p_done = 0;
+                        while p_done < len {
+                            let n = (len - p_done).min(BLOCK_BYTES as u64 - batch_bytes);
+                            batch.push((buf, off + p_done, n));
+                            p_done += n;
+                            done += n;
+                            batch_bytes += n;
+                            parts.push(Some((n, done == total)));
+                            if batch_bytes == BLOCK_BYTES as u64 {
+                                flush(&mut batch, &mut parts, &mut crcs, w)?;
+                                batch_bytes = 0;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !parts.is_empty() {
+            flush(&mut batch, &mut parts, &mut crcs, w)?;
+        }
+        debug_assert_eq!(crcs.len(), plan.len());
+        // Patch the CRCs into the header, then the header's own CRC goes last.
+        let mut hex = Vec::with_capacity(crcs.len() * 8);
+        for c in &crcs {
+            write!(hex, "{c:08x}").expect("writing to a Vec");
+        }
+        header[crc_at..crc_at + hex.len()].copy_from_slice(&hex);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&len_bytes);
+        h.update(&header);
+        w.write_all(&h.finalize().to_le_bytes()).map_err(io)?;
+        w.seek(SeekFrom::Start(8 + crc_at as u64))
+            .and_then(|_| w.write_all(&hex))
+            .map_err(io)?;
+        Ok(())
+    })
+}
+
+/// The metadata of a checkpoint of `opt`, with `n` tensors' CRCs still zero.
+fn metadata<O: Optimizer + ?Sized>(
+    opt: &O,
+    steps: u64,
+    scaler: Option<&crate::GradScaler>,
+    schedulers: &[SchedulerRecord],
+    n: usize,
+) -> Result<Meta> {
+    let tensors = opt.ck_tensors();
+    let mut param_groups = Vec::with_capacity(opt.group_count());
+    for g in 0..opt.group_count() {
+        param_groups.push(GroupMeta {
+            params: opt
+                .ck_group_tensors(g)?
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            hyperparameters: opt
+                .ck_group_hyperparameters(g)?
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Hyper(v)))
+                .collect(),
+        });
+    }
+    let grad_scaler = match scaler {
+        None => None,
+        Some(s) => {
+            let c = s.config();
+            Some(ScalerMeta {
+                scale: s.scale()? as f64,
+                growth_tracker: s.growth_tracker()?,
+                init_scale: c.init_scale as f64,
+                growth_factor: c.growth_factor as f64,
+                backoff_factor: c.backoff_factor as f64,
+                growth_interval: c.growth_interval,
+            })
+        }
+    };
+    let lr_schedulers = if schedulers.is_empty() {
+        None
+    } else {
+        Some(
+            schedulers
+                .iter()
+                .map(SchedulerRecord::to_json)
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
+    let (max_grad_norm, norm_type, skip_nonfinite) = opt.ck_clipping();
+    Ok(Meta {
+        format: FORMAT.to_string(),
+        format_version: FORMAT_VERSION,
+        optimizer: opt.ck_kind().to_string(),
+        step: steps,
+        tensors: tensors.iter().map(|t| t.0.to_string()).collect(),
+        param_groups,
+        max_grad_norm: max_grad_norm.map(|m| m as f64),
+        grad_norm_type: norm_type,
+        skip_nonfinite,
+        grad_scaler,
+        lr_schedulers,
+        written_by: Some(format!("wgpu-optim {}", env!("CARGO_PKG_VERSION"))),
+        tensor_crc32: Some("0".repeat(8 * n)),
+    })
+}
