@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// below `i64::MAX` that stepping on cannot overflow.
 pub(super) const MAX_STATE_EPOCH: i64 = 1 << 53;
 
-/// What a [`Scheduler`] needs to continue exactly where it was (PyTorch's
+/// What a [`super::Scheduler`] needs to continue exactly where it was (PyTorch's
 /// `scheduler.state_dict()`): its counters and lrs, and those of every scheduler inside a
 /// SequentialLR or ChainedScheduler. Serializable with serde (JSON numbers round-trip exactly);
 /// [`crate::checkpoint::SaveOptions::schedulers`] stores it in a checkpoint.

@@ -60,7 +60,7 @@ impl Scheduler {
     ///
     /// The state must come from the same kind of schedule, driving the same groups, with the same
     /// chain of schedulers inside, and hold finite lrs and counts below 2^53: anything else is an
-    /// [`Error::SchedulerState`], and an `Err` changes neither the scheduler nor `opt`. Any
+    /// [`crate::Error::SchedulerState`], and an `Err` changes neither the scheduler nor `opt`. Any
     /// state, however malformed, gives a result without panicking, and the checks take time in
     /// proportion to the state's size.
     ///
