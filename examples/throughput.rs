@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{Adam, AdamConfig, Gpu, Optim, Optimizer, ParamGroup, Params};
+use wgpu_optim::{Adam, AdamConfig, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params};
 
 struct Args {
     sizes: Vec<usize>,
@@ -361,7 +361,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         weight_decay: 0.0,
         ..decay.clone()
     };
-    let mut opt_groups: Adam = Optim::with_groups(
+    let mut opt_groups: Adam = FusedOptimizer::with_groups(
         &many,
         vec![
             ParamGroup::matching(|n| n.ends_with(".bias") || n.contains("ln_"), no_decay),

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel::{self, Bind};
 use crate::optim::{
-    AdagradConfig, AdamConfig, Optim, Optimizer, OptimizerConfig, RmsPropConfig, SgdConfig,
+    AdagradConfig, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig, RmsPropConfig, SgdConfig,
 };
 use crate::params::Params;
 use crate::reference;
@@ -89,13 +89,13 @@ impl Workload {
         }
     }
 
-    /// An optimizer with these options ([`Optim<C>`]), with no CPU reference.
+    /// An optimizer with these options ([`FusedOptimizer<C>`]), with no CPU reference.
     pub fn new<C: OptimizerConfig>(config: C) -> Self {
         Workload {
             label: label(&config),
             bytes_per_element: bytes_per_element(&config),
             build: Some(Arc::new(move |params: &Params| {
-                Ok(Box::new(Optim::new(params, config.clone())?) as Box<dyn Optimizer>)
+                Ok(Box::new(FusedOptimizer::new(params, config.clone())?) as Box<dyn Optimizer>)
             })),
             reference: None,
         }

@@ -57,8 +57,8 @@ pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
 pub use norm::{GradNorm, NormType};
 pub use optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, Optim, Optimizer, OptimizerConfig, ParamGroup,
-    RmsProp, RmsPropConfig, Sgd, SgdConfig,
+    Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
+    ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use params::Params;
 pub use scaler::{GradScaler, ScalerConfig};

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{self, Checkpoint, SaveOptions};
 use wgpu_optim::{
-    AdagradConfig, Adam, AdamConfig, Error, GradScaler, Optim, Optimizer, OptimizerConfig,
+    AdagradConfig, Adam, AdamConfig, Error, FusedOptimizer, GradScaler, Optimizer, OptimizerConfig,
     ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
 };
 
@@ -41,7 +41,7 @@ struct Snapshot {
 
 fn snapshot<C: OptimizerConfig>(
     params: &Params,
-    opt: &Optim<C>,
+    opt: &FusedOptimizer<C>,
     scaler: Option<&GradScaler>,
 ) -> Snapshot {
     let names: Vec<String> = params.names().iter().map(|s| s.to_string()).collect();
@@ -123,7 +123,7 @@ fn resume_exact<C: OptimizerConfig>(
     let make = |values: &[Vec<f32>], configured: bool| {
         let tensors = named(NAMES.iter().copied(), values);
         let params = Params::with_max_chunk_bytes(&gpu, &tensors, 8192).unwrap();
-        let mut opt = Optim::with_groups(&params, groups()).unwrap();
+        let mut opt = FusedOptimizer::with_groups(&params, groups()).unwrap();
         let scaler = settings
             .scaler
             .clone()
@@ -144,7 +144,7 @@ fn resume_exact<C: OptimizerConfig>(
         }
         (params, opt, scaler)
     };
-    let run = |params: &mut Params, opt: &mut Optim<C>, steps: std::ops::Range<usize>| {
+    let run = |params: &mut Params, opt: &mut FusedOptimizer<C>, steps: std::ops::Range<usize>| {
         for s in steps {
             for (t, n) in NAMES.iter().enumerate() {
                 params.write_grad(n, &grads[s][t]).unwrap();
@@ -405,7 +405,7 @@ fn saved_file_is_standard_safetensors() {
         lr: 0.01,
         ..AdamConfig::adamw()
     };
-    let mut opt: Adam = Optim::with_groups(
+    let mut opt: Adam = FusedOptimizer::with_groups(
         &params,
         vec![
             ParamGroup::new(
@@ -526,7 +526,8 @@ fn saved_file_is_standard_safetensors() {
         Err(Error::CheckpointMismatch { .. })
     ));
     let mut p2 = ck.params(&gpu).unwrap();
-    let mut o2: Adam = Optim::with_groups(&p2, ck.param_groups::<AdamConfig>().unwrap()).unwrap();
+    let mut o2: Adam =
+        FusedOptimizer::with_groups(&p2, ck.param_groups::<AdamConfig>().unwrap()).unwrap();
     assert_eq!(o2.group_config(1).unwrap(), &cfg);
     let s2 = GradScaler::new(&gpu, scaler_config()).unwrap();
     o2.set_grad_scaler(Some(&s2)).unwrap();
@@ -618,7 +619,7 @@ fn target(salt: f32) -> (Params, Adam, GradScaler) {
         weight_decay: 0.1,
         ..a.clone()
     };
-    let mut opt: Adam = Optim::with_groups(
+    let mut opt: Adam = FusedOptimizer::with_groups(
         &params,
         vec![ParamGroup::new(["t0", "t2"], a), ParamGroup::rest(b)],
     )
@@ -1267,7 +1268,8 @@ fn replay_torch_case<C: OptimizerConfig + Default>(case: &Value, dir: &Path) {
         _ => assert_eq!(ck.step_count(), steps),
     }
     let mut params = ck.params(&gpu).unwrap();
-    let mut opt: Optim<C> = Optim::with_groups(&params, ck.param_groups::<C>().unwrap()).unwrap();
+    let mut opt: FusedOptimizer<C> =
+        FusedOptimizer::with_groups(&params, ck.param_groups::<C>().unwrap()).unwrap();
     ck.restore(&mut params, &mut opt).unwrap();
     for step in case["grads"].as_array().unwrap() {
         for (n, g) in step.as_object().unwrap() {
@@ -1653,7 +1655,8 @@ fn fuzz_corpora_replay_without_panics() {
         ..a.clone()
     };
     let mut o: wgpu_optim::Sgd =
-        Optim::with_groups(&p, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)]).unwrap();
+        FusedOptimizer::with_groups(&p, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)])
+            .unwrap();
     let mut ok = 0;
     for f in files("scheduler_state") {
         let data = fs::read(&f).unwrap();

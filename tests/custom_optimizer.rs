@@ -1,5 +1,5 @@
 //! An optimizer defined outside the crate, through the public extension interface alone
-//! (`OptimizerConfig` + `Optim<C>` + `shader_struct!`): sign-SGD (`p -= lr * sign(g)`, with
+//! (`OptimizerConfig` + `FusedOptimizer<C>` + `shader_struct!`): sign-SGD (`p -= lr * sign(g)`, with
 //! optional momentum: `buf = momentum * buf + g` and the sign of `buf`, i.e. signum). It steps,
 //! clips, skips non-finite steps, takes parameter groups, saves and resumes, and runs as a
 //! bench `Workload`, like the built-in optimizers and through the same test runner.
@@ -8,7 +8,9 @@ mod common;
 use common::Run;
 use ndarray::Array1;
 use wgpu_optim::reference::{self, State};
-use wgpu_optim::{checkpoint, Error, Optim, Optimizer, OptimizerConfig, ParamGroup, Result};
+use wgpu_optim::{
+    checkpoint, Error, FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup, Result,
+};
 
 wgpu_optim::shader_struct! {
     /// What the sign-SGD shader reads each step, per group.
@@ -275,7 +277,7 @@ fn saves_and_resumes() {
         lr: 0.5,
         momentum: 0.1,
     };
-    let mut opt = Optim::new(&params, other).unwrap();
+    let mut opt = FusedOptimizer::new(&params, other).unwrap();
     checkpoint::load(&path, &mut params, &mut opt).unwrap();
     assert_eq!(opt.step_count(), 3);
     assert_eq!(opt.config(), &with_momentum());
@@ -288,10 +290,10 @@ fn saves_and_resumes() {
 fn description_drives_the_engine() {
     let gpu = common::gpu();
     let params = wgpu_optim::Params::zeros(&gpu, &[("w", 10)]).unwrap();
-    let opt = Optim::new(&params, with_momentum()).unwrap();
+    let opt = FusedOptimizer::new(&params, with_momentum()).unwrap();
     assert_eq!(opt.name(), "SignSGD");
     assert_eq!(opt.state_keys(), vec!["momentum_buffer"]);
-    let plain = Optim::new(
+    let plain = FusedOptimizer::new(
         &params,
         SignSgdConfig {
             lr: 0.1,
@@ -301,7 +303,7 @@ fn description_drives_the_engine() {
     .unwrap();
     assert!(plain.state_keys().is_empty());
     assert!(matches!(
-        Optim::new(
+        FusedOptimizer::new(
             &params,
             SignSgdConfig {
                 lr: -1.0,

@@ -5,8 +5,8 @@ use common::{gpu, named, randn, rng, RefFn, Run};
 use rand::Rng;
 use wgpu_optim::reference;
 use wgpu_optim::{
-    AdagradConfig, Adam, AdamConfig, Error, Gpu, Optim, Optimizer, OptimizerConfig, ParamGroup,
-    Params, RmsPropConfig, SgdConfig,
+    AdagradConfig, Adam, AdamConfig, Error, FusedOptimizer, Gpu, Optimizer, OptimizerConfig,
+    ParamGroup, Params, RmsPropConfig, SgdConfig,
 };
 
 /// GPT-style names so predicates have something to match.
@@ -187,7 +187,7 @@ fn group_setters_touch_one_group() {
         momentum: 0.9,
         ..Default::default()
     };
-    let mut opt = Optim::with_groups(
+    let mut opt = FusedOptimizer::with_groups(
         &params,
         vec![
             ParamGroup::new(["w"], cfg.clone()),
@@ -227,7 +227,7 @@ fn group_setters_touch_one_group() {
         (opt.group_lr(0).unwrap(), opt.group_lr(1).unwrap()),
         (0.2, 0.2)
     );
-    let ada = Optim::new(&params, AdagradConfig::default()).unwrap();
+    let ada = FusedOptimizer::new(&params, AdagradConfig::default()).unwrap();
     assert_eq!(ada.group_momentum(0).unwrap(), None);
 }
 

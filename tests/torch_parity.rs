@@ -13,7 +13,8 @@ mod common;
 use common::{compare, gpu, Bound};
 use serde_json::Value;
 use wgpu_optim::{
-    AdagradConfig, AdamConfig, Optim, Optimizer, OptimizerConfig, Params, RmsPropConfig, SgdConfig,
+    AdagradConfig, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig, Params, RmsPropConfig,
+    SgdConfig,
 };
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -50,7 +51,7 @@ fn configure<C: OptimizerConfig>(mut cfg: C, torch: &Value) -> C {
 }
 
 fn build<C: OptimizerConfig>(base: C, case: &Value, params: &Params) -> Box<dyn Optimizer> {
-    Box::new(Optim::new(params, configure(base, &case["config"])).unwrap())
+    Box::new(FusedOptimizer::new(params, configure(base, &case["config"])).unwrap())
 }
 
 /// The optimizer of a recorded case: torch's class name to our config, with torch's defaults

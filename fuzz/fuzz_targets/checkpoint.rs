@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use wgpu_optim::checkpoint;
-use wgpu_optim::{Adam, AdamConfig, Gpu, Optim, ParamGroup, Params};
+use wgpu_optim::{Adam, AdamConfig, Gpu, FusedOptimizer, ParamGroup, Params};
 
 struct Target {
     params: Params,
@@ -27,7 +27,7 @@ fn target() -> &'static Target {
         let a = AdamConfig { lr: 0.01, amsgrad: true, ..Default::default() };
         let b = AdamConfig { lr: 0.02, weight_decay: 0.1, ..a.clone() };
         let opt: Adam =
-            Optim::with_groups(&params, vec![ParamGroup::new(["t0", "t2"], a), ParamGroup::rest(b)])
+            FusedOptimizer::with_groups(&params, vec![ParamGroup::new(["t0", "t2"], a), ParamGroup::rest(b)])
                 .unwrap();
         let dir = if std::path::Path::new("/dev/shm").is_dir() {
             std::path::PathBuf::from("/dev/shm")

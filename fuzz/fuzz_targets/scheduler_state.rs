@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::{Mutex, OnceLock};
 use wgpu_optim::checkpoint::SchedulerRecord;
 use wgpu_optim::{
-    CosineAnnealingLR, Gpu, Optim, ParamGroup, Params, PlateauScheduler, PlateauState,
+    CosineAnnealingLR, Gpu, FusedOptimizer, ParamGroup, Params, PlateauScheduler, PlateauState,
     ReduceLROnPlateau, Scheduler, SchedulerState, Sgd, SgdConfig, StepLR,
 };
 
@@ -22,7 +22,7 @@ fn optimizer() -> &'static Mutex<Sgd> {
         let a = SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() };
         let b = SgdConfig { lr: 0.01, ..a.clone() };
         let opt: Sgd =
-            Optim::with_groups(&params, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)])
+            FusedOptimizer::with_groups(&params, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)])
                 .unwrap();
         std::mem::forget(params);
         Mutex::new(opt)

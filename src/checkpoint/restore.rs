@@ -11,7 +11,7 @@ use crate::arena::Piece;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::NormType;
-use crate::optim::{Optim, Optimizer, OptimizerConfig, ParamGroup};
+use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup};
 use crate::params::Params;
 use crate::scaler::GradScaler;
 use crate::{AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
@@ -26,12 +26,12 @@ use std::sync::Mutex;
 /// to restore them.
 ///
 /// ```no_run
-/// use wgpu_optim::{checkpoint, Adam, AdamConfig, Gpu, Optim};
+/// use wgpu_optim::{checkpoint, Adam, AdamConfig, Gpu, FusedOptimizer};
 /// let gpu = Gpu::new()?;
 /// let ck = checkpoint::open("run.safetensors")?;
 /// println!("{} at step {}, {} tensors", ck.optimizer(), ck.step_count(), ck.tensors().len());
 /// let mut params = ck.params(&gpu)?;                 // the saved parameter values
-/// let mut opt: Adam = Optim::with_groups(&params, ck.param_groups::<AdamConfig>()?)?;
+/// let mut opt: Adam = FusedOptimizer::with_groups(&params, ck.param_groups::<AdamConfig>()?)?;
 /// ck.restore(&mut params, &mut opt)?;               // state, step count, settings
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
@@ -341,14 +341,14 @@ impl Checkpoint {
     }
 
     /// The configuration of every group, built from its saved hyperparameters and validated:
-    /// what [`Optim::with_groups`] needs to build an optimizer this checkpoint restores into.
+    /// what [`FusedOptimizer::with_groups`] needs to build an optimizer this checkpoint restores into.
     ///
     /// ```no_run
-    /// use wgpu_optim::{checkpoint::Checkpoint, Gpu, Optim, Sgd, SgdConfig};
+    /// use wgpu_optim::{checkpoint::Checkpoint, Gpu, FusedOptimizer, Sgd, SgdConfig};
     /// let gpu = Gpu::new()?;
     /// let ck = Checkpoint::open("sgd.safetensors")?;
     /// let params = ck.params(&gpu)?;
-    /// let opt: Sgd = Optim::with_groups(&params, ck.param_groups::<SgdConfig>()?)?;
+    /// let opt: Sgd = FusedOptimizer::with_groups(&params, ck.param_groups::<SgdConfig>()?)?;
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn param_groups<C: OptimizerConfig + Default>(&self) -> Result<Vec<ParamGroup<C>>> {
@@ -395,7 +395,7 @@ impl Checkpoint {
             ck: &Checkpoint,
             params: &Params,
         ) -> Result<Box<dyn Optimizer>> {
-            Ok(Box::new(Optim::<C>::with_groups(
+            Ok(Box::new(FusedOptimizer::<C>::with_groups(
                 params,
                 ck.param_groups::<C>()?,
             )?))

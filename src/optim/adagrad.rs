@@ -1,10 +1,10 @@
 //! Adagrad (`torch.optim.Adagrad`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
+use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adagrad.
-pub type Adagrad = Optim<AdagradConfig>;
+pub type Adagrad = FusedOptimizer<AdagradConfig>;
 
 /// Options of [`Adagrad`], with PyTorch's names and defaults.
 ///

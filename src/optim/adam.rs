@@ -1,10 +1,10 @@
 //! Adam and AdamW (`torch.optim.Adam` / `torch.optim.AdamW`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
+use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adam, or AdamW with `decoupled_weight_decay: true`.
-pub type Adam = Optim<AdamConfig>;
+pub type Adam = FusedOptimizer<AdamConfig>;
 
 /// Options of [`Adam`], with PyTorch's names and defaults.
 ///

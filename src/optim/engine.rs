@@ -1,4 +1,4 @@
-//! [`Optim`]: the part of every optimizer that is not its own algorithm.
+//! [`FusedOptimizer`]: the part of every optimizer that is not its own algorithm.
 
 use super::groups::{self, ParamGroup};
 use super::window::ScalarWindow;
@@ -13,9 +13,12 @@ use crate::scaler::GradScaler;
 use crate::shader::{self, Ctrl, SCALAR_SLOT_BYTES};
 use std::sync::Arc;
 
-/// A fused optimizer over a [`Params`] set. Use the aliases [`crate::Adam`], [`crate::Sgd`],
-/// [`crate::RmsProp`] and [`crate::Adagrad`].
-pub struct Optim<C: OptimizerConfig> {
+/// A fused optimizer over a [`Params`] set: the engine every algorithm shares (state buffers,
+/// pipelines, one dispatch per chunk, one submit per step), specialised by an
+/// [`OptimizerConfig`]. It implements the [`Optimizer`] trait; use the aliases [`crate::Adam`],
+/// [`crate::Sgd`], [`crate::RmsProp`] and [`crate::Adagrad`], or `FusedOptimizer<YourConfig>`
+/// for an optimizer of your own.
+pub struct FusedOptimizer<C: OptimizerConfig> {
     gpu: Gpu,
     params_id: u64,
     layout: Arc<Layout>,
@@ -43,7 +46,7 @@ pub struct Optim<C: OptimizerConfig> {
     norm_ran: bool,
 }
 
-impl<C: OptimizerConfig> std::fmt::Debug for Optim<C> {
+impl<C: OptimizerConfig> std::fmt::Debug for FusedOptimizer<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct(C::NAME)
             .field("groups", &self.groups)
@@ -53,7 +56,7 @@ impl<C: OptimizerConfig> std::fmt::Debug for Optim<C> {
     }
 }
 
-impl<C: OptimizerConfig> Optim<C> {
+impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// One group holding every tensor.
     pub fn new(params: &Params, config: C) -> Result<Self> {
         Self::with_groups(params, vec![ParamGroup::rest(config)])
@@ -157,7 +160,7 @@ impl<C: OptimizerConfig> Optim<C> {
                 (kernel::bind(&gpu, &bgl, &entries), layout.chunk_lens[c])
             })
             .collect();
-        Ok(Optim {
+        Ok(FusedOptimizer {
             pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false]),
             grad_bufs: params.grad_bufs.clone(),
             borrowed: params.borrowed,
@@ -248,7 +251,7 @@ impl<C: OptimizerConfig> Optim<C> {
             .ok_or_else(|| bad_group(group, self.groups.len()))
     }
 
-    /// Change every number of group 0's configuration (see [`Optim::set_group_config`]).
+    /// Change every number of group 0's configuration (see [`FusedOptimizer::set_group_config`]).
     pub fn set_config(&mut self, config: C) -> Result<()> {
         self.set_group_config(0, config)
     }
@@ -376,7 +379,7 @@ fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
 }
 
 /// Recording and submitting one step (inside [`Gpu::scoped`]).
-impl<C: OptimizerConfig> Optim<C> {
+impl<C: OptimizerConfig> FusedOptimizer<C> {
     fn record_step(&mut self) -> Result<()> {
         let active = self.norm_active();
         let groups = &self.groups;
@@ -410,7 +413,7 @@ impl<C: OptimizerConfig> Optim<C> {
     }
 }
 
-impl<C: OptimizerConfig> Optimizer for Optim<C> {
+impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     fn name(&self) -> &'static str {
         C::NAME
     }
@@ -528,14 +531,14 @@ impl<C: OptimizerConfig> Optimizer for Optim<C> {
 
 /// Read-only views of the settings, and crate-internal access for checkpoints
 /// (`crate::checkpoint`).
-impl<C: OptimizerConfig> Optim<C> {
+impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// The index of the group a tensor belongs to.
     ///
     /// ```no_run
-    /// use wgpu_optim::{Gpu, Optim, ParamGroup, Params, Sgd, SgdConfig};
+    /// use wgpu_optim::{Gpu, FusedOptimizer, ParamGroup, Params, Sgd, SgdConfig};
     /// let gpu = Gpu::new()?;
     /// let params = Params::zeros(&gpu, &[("w", 8), ("b", 2)])?;
-    /// let opt: Sgd = Optim::with_groups(&params, vec![
+    /// let opt: Sgd = FusedOptimizer::with_groups(&params, vec![
     ///     ParamGroup::new(["b"], SgdConfig::default()),
     ///     ParamGroup::rest(SgdConfig::default()),
     /// ])?;
@@ -552,7 +555,7 @@ impl<C: OptimizerConfig> Optim<C> {
         Ok(self.group_of[t] as usize)
     }
 
-    /// The tensors of a group, in the parameter set's order (see [`Optim::group_of`]).
+    /// The tensors of a group, in the parameter set's order (see [`FusedOptimizer::group_of`]).
     ///
     /// ```no_run
     /// use wgpu_optim::{Gpu, Params, Sgd, SgdConfig};

@@ -23,12 +23,12 @@ enum Select {
 /// every number (lr, weight decay, betas, momentum, eps, ...) is per group.
 ///
 /// ```no_run
-/// use wgpu_optim::{Adam, AdamConfig, Gpu, Optim, ParamGroup, Params};
+/// use wgpu_optim::{Adam, AdamConfig, Gpu, FusedOptimizer, ParamGroup, Params};
 /// let gpu = Gpu::new()?;
 /// let params = Params::zeros(&gpu, &[("fc.weight", 64), ("fc.bias", 8), ("norm.weight", 8)])?;
 /// let decay = AdamConfig { weight_decay: 0.1, ..AdamConfig::adamw() };
 /// let no_decay = AdamConfig { weight_decay: 0.0, ..decay.clone() };
-/// let opt: Adam = Optim::with_groups(&params, vec![
+/// let opt: Adam = FusedOptimizer::with_groups(&params, vec![
 ///     ParamGroup::matching(|n| n.ends_with(".bias") || n.contains("norm"), no_decay),
 ///     ParamGroup::rest(decay),
 /// ])?;

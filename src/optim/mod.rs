@@ -3,7 +3,7 @@
 //! Each algorithm (`adam.rs`, `sgd.rs`, ...) only says what is its own: its config with
 //! PyTorch's names and defaults, validation, state names, per-step scalars and its shader.
 //! Everything else (state buffers in the arena layout, bind groups built once, one dispatch per
-//! chunk, one submit per step) lives here, in [`Optim`].
+//! chunk, one submit per step) lives here, in [`FusedOptimizer`].
 
 mod adagrad;
 mod adam;
@@ -32,7 +32,7 @@ use crate::scaler::GradScaler;
 use crate::shader::ShaderStruct;
 
 /// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works (and checkpoints:
-/// [`crate::checkpoint::save`] takes `&dyn Optimizer`). Implemented by [`Optim`] for every
+/// [`crate::checkpoint::save`] takes `&dyn Optimizer`). Implemented by [`FusedOptimizer`] for every
 /// [`OptimizerConfig`]; its supertrait is private to the crate (sealed).
 pub trait Optimizer: persist::Persist {
     /// The algorithm's name, e.g. `"Adam"`.
@@ -56,7 +56,7 @@ pub trait Optimizer: persist::Persist {
     /// Read one state tensor back (PyTorch's key, tensor name). Blocks.
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>>;
 
-    /// Number of parameter groups (1 unless built with [`Optim::with_groups`]).
+    /// Number of parameter groups (1 unless built with [`FusedOptimizer::with_groups`]).
     fn group_count(&self) -> usize;
     /// Learning rate of one group.
     fn group_lr(&self, group: usize) -> Result<f32>;
@@ -92,11 +92,11 @@ pub trait Optimizer: persist::Persist {
 }
 
 /// The per-algorithm part of an optimizer. Implemented by [`AdamConfig`], [`SgdConfig`],
-/// [`RmsPropConfig`] and [`AdagradConfig`]; [`Optim`] does the rest.
+/// [`RmsPropConfig`] and [`AdagradConfig`]; [`FusedOptimizer`] does the rest.
 ///
 /// # Adding an optimizer
 /// This trait is the extension interface: implement it for your own config type (in your own
-/// crate) and [`Optim<YourConfig>`](Optim) is a full [`Optimizer`], with nothing else to
+/// crate) and [`FusedOptimizer<YourConfig>`](FusedOptimizer) is a full [`Optimizer`], with nothing else to
 /// change. You provide:
 /// - [`Self::SHADER`], WGSL defining `fn update(i: u32, s: Scalars)`: the update of vec4 `i`.
 ///   The engine puts in front of it the generated `Scalars` struct, the bindings `param`
@@ -113,7 +113,7 @@ pub trait Optimizer: persist::Persist {
 ///   [`crate::checkpoint`] saves and resumes your optimizer too.
 ///
 /// Clipping ([`Optimizer::set_max_grad_norm`]), non-finite skipping, loss scaling, parameter
-/// groups ([`Optim::with_groups`]), state read-back and checkpoints then work as for the
+/// groups ([`FusedOptimizer::with_groups`]), state read-back and checkpoints then work as for the
 /// built-in optimizers; with the `bench` feature, `bench::Workload::new(config)` benchmarks it
 /// (label and bytes per element from [`Self::NAME`], [`Self::constants`], [`Self::SLOTS`] and
 /// [`Self::uses_state`]). For a CPU reference that rounds as the shader does, use
@@ -171,7 +171,7 @@ pub trait Optimizer: persist::Persist {
 /// }
 ///
 /// assert!(SignSgdScalars::wgsl().contains("neg_lr: f32"));
-/// // With a device: `let opt = wgpu_optim::Optim::new(&params, SignSgd { lr: 1e-3 })?;`
+/// // With a device: `let opt = wgpu_optim::FusedOptimizer::new(&params, SignSgd { lr: 1e-3 })?;`
 /// ```
 pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The algorithm's name.
@@ -302,7 +302,7 @@ pub fn widen(x: f32) -> f64 {
     })
 }
 
-pub use engine::Optim;
+pub use engine::FusedOptimizer;
 
 #[cfg(test)]
 mod tests {

@@ -1,13 +1,13 @@
 //! Object-safe access to an optimizer's tensors and settings for [`crate::checkpoint`], so that
-//! checkpoints work with `&dyn Optimizer` as well as with `&Optim<C>`.
+//! checkpoints work with `&dyn Optimizer` as well as with `&FusedOptimizer<C>`.
 //!
 //! [`Persist`] is a supertrait of [`super::Optimizer`] that only this crate can name (a
 //! "sealed" trait): its methods are not part of the public API, and [`super::Optimizer`] is
-//! implemented by [`Optim`] for every [`OptimizerConfig`] (extend the crate through
+//! implemented by [`FusedOptimizer`] for every [`OptimizerConfig`] (extend the crate through
 //! `OptimizerConfig`, not by implementing `Optimizer`). Every method takes and returns public
 //! types only.
 
-use super::{Optim, Optimizer, OptimizerConfig};
+use super::{FusedOptimizer, Optimizer, OptimizerConfig};
 use crate::arena::Piece;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -82,7 +82,7 @@ fn configured<C: OptimizerConfig>(g: usize, current: &C, hps: &[(String, f64)]) 
     Ok(cfg)
 }
 
-impl<C: OptimizerConfig> Persist for Optim<C> {
+impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
     fn ck_kind(&self) -> &'static str {
         C::NAME
     }

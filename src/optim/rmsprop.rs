@@ -1,10 +1,10 @@
 //! RMSprop, optionally centered and with momentum (`torch.optim.RMSprop`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
+use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// RMSprop.
-pub type RmsProp = Optim<RmsPropConfig>;
+pub type RmsProp = FusedOptimizer<RmsPropConfig>;
 
 /// Options of [`RmsProp`], with PyTorch's names and defaults.
 ///

@@ -1,10 +1,10 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov (`torch.optim.SGD`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, Optim, OptimizerConfig};
+use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Error, Result};
 
 /// SGD, optionally with (Nesterov) momentum.
-pub type Sgd = Optim<SgdConfig>;
+pub type Sgd = FusedOptimizer<SgdConfig>;
 
 /// Options of [`Sgd`], with PyTorch's names and defaults.
 ///

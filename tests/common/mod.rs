@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 use wgpu_optim::reference::{self, State};
-use wgpu_optim::{Gpu, NormType, Optim, Optimizer, OptimizerConfig, ParamGroup, Params};
+use wgpu_optim::{FusedOptimizer, Gpu, NormType, Optimizer, OptimizerConfig, ParamGroup, Params};
 
 /// `(name, values)` pairs for `Params::new` from parallel lists of names and values.
 pub fn named<'a>(
@@ -415,7 +415,7 @@ pub struct Harness<C: OptimizerConfig> {
     /// The GPU parameters.
     pub params: Params,
     /// The GPU optimizer.
-    pub opt: Optim<C>,
+    pub opt: FusedOptimizer<C>,
     /// Each tensor's reference config (its group's).
     configs: Vec<C>,
     /// Reference params and state, per tensor.
@@ -446,7 +446,7 @@ impl<C: OptimizerConfig> Harness<C> {
         // `group_of` names, not from the optimizer's own bookkeeping.
         let given: Vec<C> = groups.iter().map(|g| g.config.clone()).collect();
         let group_count = groups.len();
-        let mut opt = Optim::with_groups(&params, groups).unwrap();
+        let mut opt = FusedOptimizer::with_groups(&params, groups).unwrap();
         assert_eq!(opt.group_count(), group_count, "{}: groups", run.name);
         if let Some((max_norm, p)) = run.clip {
             opt.set_max_grad_norm(Some(max_norm)).unwrap();
