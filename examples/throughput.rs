@@ -173,6 +173,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .to_string(),
         "|---|---:|---:|---:|---:|---:|---:|---:|".to_string(),
     ];
+    let mut overhead_bound = std::collections::BTreeSet::new();
     for &n in &args.sizes {
         let copy = CopyKernel::new(&gpu, n)?;
         // The copy covers n rounded up to 1024 elements: scale to what n elements cost.
@@ -233,6 +234,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             ),
         );
         for (w, gpu_time, copy_time, runs, fraction) in cells {
+            if fraction > 1.05 {
+                overhead_bound.insert(n);
+            }
             let bpe = w.bytes_per_element();
             let gbps = bench::gb_per_s(bpe * n as u64, gpu_time);
             let copy_gbps = bench::gb_per_s(8 * n as u64, copy_time);
@@ -271,6 +275,15 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!();
     for line in &table {
         println!("{line}");
+    }
+    if !overhead_bound.is_empty() {
+        let sizes: Vec<String> = overhead_bound.iter().map(|&n| size_label(n)).collect();
+        println!(
+            "\nAt {}: copy fractions above 1 mean the kernels' fixed per-dispatch cost, not \
+             their bandwidth, sets the time (a step moves more bytes than the copy in about the \
+             same time); read the fractions at the larger sizes.",
+            sizes.join(", ")
+        );
     }
 
     // Clipping: the fused norm pass reads the gradients once more and reduces them.

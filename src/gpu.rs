@@ -96,7 +96,13 @@ impl Gpu {
         let mut tried = Vec::new();
         let mut found = None;
         for &tier in tiers {
-            match Self::find_adapter(instance(tier)).await {
+            let gl_only = tier == 1 || wgpu::Backends::from_env() == Some(wgpu::Backends::GL);
+            let found_here = if gl_only {
+                Self::gl_adapter(instance(tier))
+            } else {
+                Self::find_adapter(instance(tier)).await
+            };
+            match found_here {
                 Ok(a) => {
                     found = Some(a);
                     break;
@@ -104,15 +110,7 @@ impl Gpu {
                 Err(why) => tried.push(why),
             }
         }
-        let mut adapter = found.ok_or_else(|| Error::NoAdapter(tried.join("; ")))?;
-        if adapter.get_info().backend == wgpu::Backend::Gl {
-            // Every GL adapter of an instance wraps the same EGL context, each behind a lock of
-            // its own, so devices of two adapters used from two threads make it current twice
-            // (wgpu-hal panics with `BadAccess`). Devices of one adapter share its lock: make
-            // every GL device of the process from the first GL adapter.
-            static GL_ADAPTER: std::sync::OnceLock<wgpu::Adapter> = std::sync::OnceLock::new();
-            adapter = GL_ADAPTER.get_or_init(|| adapter).clone();
-        }
+        let adapter = found.ok_or_else(|| Error::NoAdapter(tried.join("; ")))?;
         let info = adapter.get_info();
         let wanted =
             wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
@@ -138,6 +136,26 @@ impl Gpu {
                 l.get_or_insert(format!("{reason:?}: {message}"));
             });
         Ok(gpu)
+    }
+
+    /// The GL adapter of the process: found once, then shared. Every GL adapter of an instance
+    /// wraps the same EGL context, each behind a lock of its own, and looking adapters up makes
+    /// that context current too, so two threads doing either at once make it current twice
+    /// (wgpu-hal panics with `BadAccess`). Devices of one adapter share its lock, so every GL
+    /// device of the process is made from this one (looked up under a lock of ours).
+    fn gl_adapter(instance: &wgpu::Instance) -> std::result::Result<wgpu::Adapter, String> {
+        static GL: Mutex<Option<wgpu::Adapter>> = Mutex::new(None);
+        let mut cached = GL.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = &*cached {
+            return Ok(a.clone());
+        }
+        // wgpu's native adapter lookup does not suspend; blocking here keeps the lock's guard
+        // out of the async function.
+        let adapter = pollster::block_on(Self::find_adapter(instance))?;
+        if adapter.get_info().backend == wgpu::Backend::Gl {
+            *cached = Some(adapter.clone());
+        }
+        Ok(adapter)
     }
 
     /// The adapter `WGPU_ADAPTER_NAME` names, or the default one, of `instance`.

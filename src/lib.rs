@@ -31,6 +31,14 @@
 //! let m = opt.state("exp_avg", "w")?;
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
+//!
+//! # Threads
+//!
+//! [`Gpu`], [`Params`], every optimizer ([`FusedOptimizer`]), [`GradScaler`] and the schedulers
+//! are `Send + Sync`: build them on one thread, step them on another, or step two optimizers
+//! on one device from two threads (each call records and submits its own commands; wgpu
+//! orders the submits). Calls that change something take `&mut self`, so one object is used
+//! by one thread at a time.
 #![warn(missing_docs)]
 
 mod arena;

@@ -368,3 +368,28 @@ fn an_arena_no_device_can_hold_is_refused_before_allocating() {
         }
     }
 }
+
+#[test]
+fn one_gpu_per_thread() {
+    // Each thread opens its own device (on wgpu's GL backend all of them come from one adapter,
+    // see Gpu::new) and steps its own optimizer.
+    let results: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|k| {
+                s.spawn(move || {
+                    let gpu = Gpu::new().expect("an adapter");
+                    let init = vec![0.5 + k as f32; 1000];
+                    let grads = vec![vec![0.1; 1000]; 5];
+                    run_adam(&gpu, &init, &grads).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let gpu = gpu();
+    for (k, got) in results.iter().enumerate() {
+        let init = vec![0.5 + k as f32; 1000];
+        let want = run_adam(&gpu, &init, &vec![vec![0.1; 1000]; 5]).0;
+        assert_eq!(got, &want, "thread {k}");
+    }
+}
