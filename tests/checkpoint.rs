@@ -6,9 +6,9 @@
 
 mod common;
 use common::{compare, gpu, named, randn, rng, Bound, RefFn, Run};
-use rand::Rng;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use rand::Rng;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -209,10 +209,7 @@ fn scaler_config() -> ScalerConfig {
 const FIRST_GROUP: [&str; 2] = ["fc.bias", "emb.weight"];
 
 fn two_groups<C: Clone>(a: C, b: C) -> Vec<ParamGroup<C>> {
-    vec![
-        ParamGroup::new(FIRST_GROUP, a),
-        ParamGroup::rest(b),
-    ]
+    vec![ParamGroup::new(FIRST_GROUP, a), ParamGroup::rest(b)]
 }
 
 #[test]
@@ -1310,7 +1307,12 @@ fn replay_torch_case<C: OptimizerConfig + Default>(case: &Value, dir: &Path) {
         assert_eq!(keys, ours, "{name}: state keys of {n}");
         for (k, want) in state.as_object().unwrap() {
             let got = opt.state(k, n).unwrap();
-            let w = compare(&format!("{name} {n} {k}"), &got, &floats(want), Bound::TORCH);
+            let w = compare(
+                &format!("{name} {n} {k}"),
+                &got,
+                &floats(want),
+                Bound::TORCH,
+            );
             worst = worst.max(w);
         }
     }
@@ -1361,7 +1363,10 @@ fn resumes_from_pytorch_checkpoints() {
     classes.sort();
     classes.dedup();
     assert_eq!(classes.len(), cases.len(), "torch classes {classes:?}");
-    assert!(decoupled, "the fixture has no decoupled-weight-decay (AdamW) case");
+    assert!(
+        decoupled,
+        "the fixture has no decoupled-weight-decay (AdamW) case"
+    );
 }
 
 /// Loading into an optimizer that has run ahead (with steps skipped on the GPU and skip-count

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
 use wgpu_optim::reference::{self, ScalerState, State};
 use wgpu_optim::{
-    FusedOptimizer, GradScaler, Gpu, NormType, Optimizer, OptimizerConfig, ParamGroup, Params,
+    FusedOptimizer, Gpu, GradScaler, NormType, Optimizer, OptimizerConfig, ParamGroup, Params,
     ScalerConfig,
 };
 
@@ -656,7 +656,11 @@ impl<C: OptimizerConfig> Harness<C> {
         }
         if let (Some(scaler), Some(state)) = (&self.scaler, &self.scaler_state) {
             let got = (scaler.scale().unwrap(), scaler.growth_tracker().unwrap());
-            assert_eq!(got, (state.scale, state.growth_tracker), "{name}: grad scaler");
+            assert_eq!(
+                got,
+                (state.scale, state.growth_tracker),
+                "{name}: grad scaler"
+            );
         }
         if self.outcome.applied > 0 {
             assert!(
