@@ -11,12 +11,12 @@ use serde_json::Value;
 use std::f64::consts::PI;
 use wgpu_optim::checkpoint::{self, Checkpoint, SaveOptions, SchedulerRecord};
 use wgpu_optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, AnnealStrategy, ChainedScheduler, ConstantLR,
-    CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR,
+    AdagradConfig, AdamConfig, AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR,
+    CosineAnnealingWarmRestarts, CyclicLR, CyclicMode, Error, ExponentialLR, FusedOptimizer,
     LambdaLR, LinearLR, LrLambda, LrLambdas, LrScheduler, MultiStepLR, MultiplicativeLR,
-    OneCycleLR, Optimizer, ParamGroup, Params, PerGroup, PlateauMode, PlateauScheduler,
-    PlateauState, PolynomialLR, ReduceLROnPlateau, Schedule, Scheduler, SchedulerState,
-    SequentialLR, Sgd, SgdConfig, StepLR, ThresholdMode,
+    OneCycleLR, Optimizer, OptimizerConfig, ParamGroup, Params, PerGroup, PlateauMode,
+    PlateauScheduler, PlateauState, PolynomialLR, ReduceLROnPlateau, RmsPropConfig, Schedule,
+    Scheduler, SchedulerState, SequentialLR, Sgd, SgdConfig, StepLR, ThresholdMode,
 };
 
 /// The optimizer stores f32: each lr must be PyTorch's f64 value rounded to f32, up to a
@@ -55,59 +55,69 @@ fn per_group(v: &Value) -> PerGroup {
     }
 }
 
+/// Builds the optimizer of a fixture's spec if `kind` is its name (`OptimizerConfig::NAME`,
+/// case aside): one group per tensor with the lr of `lrs`, every other entry set by PyTorch's
+/// name (a list such as `betas` entry by entry, `betas[0]`, `betas[1]`), the rest at defaults.
+type Build = fn(&Params, &[String], &Value) -> Option<Box<dyn Optimizer>>;
+
+/// One row per optimizer.
+const OPTIMIZERS: [Build; 4] = [
+    build::<SgdConfig>,
+    build::<AdamConfig>,
+    build::<AdagradConfig>,
+    build::<RmsPropConfig>,
+];
+
+fn build<C: OptimizerConfig + Default>(
+    params: &Params,
+    names: &[String],
+    spec: &Value,
+) -> Option<Box<dyn Optimizer>> {
+    if !spec["kind"].as_str().unwrap().eq_ignore_ascii_case(C::NAME) {
+        return None;
+    }
+    let mut config = C::default();
+    for (k, v) in spec.as_object().unwrap() {
+        match (k.as_str(), v) {
+            ("kind" | "lrs", _) => {}
+            (_, Value::Array(a)) => {
+                for (i, x) in a.iter().enumerate() {
+                    config
+                        .set_hyperparameter(&format!("{k}[{i}]"), f(x))
+                        .unwrap();
+                }
+            }
+            (_, v) => config.set_hyperparameter(k, f(v)).unwrap(),
+        }
+    }
+    let groups = names
+        .iter()
+        .zip(spec["lrs"].as_array().unwrap())
+        .map(|(n, lr)| {
+            let mut c = config.clone();
+            c.set_hyperparameter("lr", f(lr)).unwrap();
+            ParamGroup::new([n.clone()], c)
+        })
+        .collect();
+    Some(Box::new(
+        FusedOptimizer::with_groups(params, groups).unwrap(),
+    ))
+}
+
 /// Two-element tensors, one per group, with gradients, so the optimizer really steps.
 fn optimizer(spec: &Value) -> (Params, Box<dyn Optimizer>) {
-    let lrs: Vec<f32> = spec["lrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| f(v) as f32)
-        .collect();
-    let names: Vec<String> = (0..lrs.len()).map(|i| format!("p{i}")).collect();
-    let init: Vec<Vec<f32>> = (0..lrs.len()).map(|i| vec![0.5 + i as f32; 3]).collect();
+    let groups = spec["lrs"].as_array().unwrap().len();
+    let names: Vec<String> = (0..groups).map(|i| format!("p{i}")).collect();
+    let init: Vec<Vec<f32>> = (0..groups).map(|i| vec![0.5 + i as f32; 3]).collect();
     let tensors = named(names.iter().map(|n| n.as_str()), &init);
     let params = Params::new(&gpu(), &tensors).unwrap();
     for n in &names {
         params.write_grad(n, &[0.1, -0.2, 0.3]).unwrap();
     }
-    fn groups<C>(names: &[String], lrs: &[f32], cfg: impl Fn(f32) -> C) -> Vec<ParamGroup<C>> {
-        names
-            .iter()
-            .zip(lrs)
-            .map(|(n, &lr)| ParamGroup::new([n.clone()], cfg(lr)))
-            .collect()
-    }
-    let opt: Box<dyn Optimizer> = match spec["kind"].as_str().unwrap() {
-        "sgd" => {
-            let momentum = spec["momentum"].as_f64().unwrap_or(0.0) as f32;
-            let g = groups(&names, &lrs, |lr| SgdConfig {
-                lr,
-                momentum,
-                ..Default::default()
-            });
-            Box::new(Sgd::with_groups(&params, g).unwrap())
-        }
-        "adam" => {
-            let betas = match spec.get("betas") {
-                Some(b) => (f(&b[0]) as f32, f(&b[1]) as f32),
-                None => (0.9, 0.999),
-            };
-            let g = groups(&names, &lrs, |lr| AdamConfig {
-                lr,
-                betas,
-                ..Default::default()
-            });
-            Box::new(Adam::with_groups(&params, g).unwrap())
-        }
-        "adagrad" => {
-            let g = groups(&names, &lrs, |lr| AdagradConfig {
-                lr,
-                ..Default::default()
-            });
-            Box::new(Adagrad::with_groups(&params, g).unwrap())
-        }
-        k => panic!("unknown optimizer {k}"),
-    };
+    let opt = OPTIMIZERS
+        .iter()
+        .find_map(|build| build(&params, &names, spec))
+        .unwrap_or_else(|| panic!("no optimizer named {}", spec["kind"]));
     (params, opt)
 }
 

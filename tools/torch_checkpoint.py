@@ -33,19 +33,26 @@ strict=False)`` and ``scaler.load_state_dict(ck["scaler"])`` resume in PyTorch.
 * Hyperparameters keep PyTorch's names; Adam's ``betas[0]``/``betas[1]`` become the ``betas``
   tuple; booleans (stored as 0/1 on our side) become bools. Adam with
   ``decoupled_weight_decay`` = 1 becomes ``torch.optim.AdamW``.
-* State: our tensors ``state.<name>.<key>`` under PyTorch's keys. ``step`` is a float32 scalar
-  tensor for Adam(W), RMSprop and Adagrad; PyTorch's SGD keeps no step. An optimizer at step 0
-  gets an empty state, as PyTorch's lazy initialisation has (Adagrad's is created eagerly).
+* State: our tensors ``state.<name>.<key>`` under PyTorch's keys (whichever the file holds).
+  ``step`` is a scalar tensor where torch keeps one (Adam(W), RMSprop and Adagrad; PyTorch's SGD
+  keeps none). An optimizer at step 0 gets an empty state, as PyTorch's lazy initialisation has,
+  unless torch creates it eagerly (Adagrad). Both are asked of torch, by building the class on a
+  one-element parameter (before and after one step).
+* The script knows of each optimizer only ``TORCH_CLASSES``, a row mapping our name to torch's
+  class(es): hyperparameter names, order and types come from the file's ``param_groups``, from
+  torch's state_dict and from the class's constructor; state keys from the file's tensors or
+  from torch's state.
 * On input (``from-torch``), parameter names come from the groups' ``param_names`` when present,
   otherwise the i-th id listed across the groups is the i-th tensor of ``model``. Parameters
-  without state (never stepped) get PyTorch's initial state. All parameters must have the same
+  without state (never stepped) get PyTorch's initial state. The state keys written are those
+  torch keeps for the configuration (a parameter's own state must hold the same ones). All parameters must have the same
   step (wgpu-optim keeps one step count); SGD's step is ``wgpu_optim.step`` when given, else 1
   when momentum buffers exist (SGD only needs to know whether the first step is done), else 0.
   Tensors keep their PyTorch shapes (wgpu-optim accepts any shape with the right element count).
   The GradScaler's ``init_scale`` is not in PyTorch's state_dict: it is
   ``wgpu_optim.grad_scaler_init_scale`` when present, else PyTorch's default 65536.
 
-Our side: a wgpu-optim checkpoint (see ``src/checkpoint.rs`` for the full format)
+Our side: a wgpu-optim checkpoint (see ``src/checkpoint/`` for the full format)
 --------------------------------------------------------------------------------
 safetensors, all F32: ``param.<name>``, ``state.<name>.<key>``, ``state.<name>.step``; metadata
 ``format``, ``format_version``, ``optimizer``, ``step``, ``tensors``, ``param_groups``,
@@ -58,8 +65,8 @@ Writes the data of ``tests/checkpoint.rs``'s PyTorch interchange test into
 amsgrad and two named groups, AdamW, SGD with momentum and two unnamed groups, RMSprop centered
 with momentum, Adagrad) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
 PyTorch checkpoint dict, converts it with ``from-torch`` into ``<case>.safetensors``, runs 10
-more steps and records their gradients and PyTorch's parameters and state after step 20 in
-``expected.json``. As a self-check it also converts the file back with ``to-torch``, resumes a
+more steps and records their gradients, the step torch kept at step 10 (``torch_step``, null
+for SGD) and PyTorch's parameters and state after step 20 in ``expected.json``. As a self-check it also converts the file back with ``to-torch``, resumes a
 fresh PyTorch optimizer from it and requires the same 20-step result bit for bit. Deterministic
 for a given torch version and CPU.
 """
@@ -68,7 +75,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import inspect
 import os
+import re
 import struct
 import sys
 from collections import OrderedDict
@@ -78,36 +87,50 @@ import torch
 FORMAT = "wgpu-optim-checkpoint"
 FORMAT_VERSION = "1"
 
-# Our hyperparameter names per optimizer (OptimizerConfig::hyperparameters), booleans marked.
-HYPERPARAMETERS = {
-    "Adam": [("lr", False), ("betas[0]", False), ("betas[1]", False), ("eps", False),
-             ("weight_decay", False), ("amsgrad", True), ("maximize", True),
-             ("decoupled_weight_decay", True)],
-    "SGD": [("lr", False), ("momentum", False), ("dampening", False), ("weight_decay", False),
-            ("nesterov", True), ("maximize", True)],
-    "RMSprop": [("lr", False), ("alpha", False), ("eps", False), ("weight_decay", False),
-                ("momentum", False), ("centered", True), ("maximize", True)],
-    "Adagrad": [("lr", False), ("lr_decay", False), ("weight_decay", False),
-                ("initial_accumulator_value", False), ("eps", False), ("maximize", True)],
+# Our optimizer name (OptimizerConfig::NAME) -> the torch.optim classes that implement it, each
+# with the hyperparameter values it implies (torch's AdamW is its Adam with decoupled weight
+# decay). This is all the script knows of any optimizer: hyperparameters, their types and order,
+# and which state tensors exist are read from the checkpoint (its param_groups and tensors), from
+# torch's state_dict, or from torch itself (`torch_class_info`, `probe`). A new optimizer whose
+# hyperparameters and state keys carry PyTorch's names needs one row here.
+TORCH_CLASSES = {
+    "Adam": [("AdamW", {"decoupled_weight_decay": 1}), ("Adam", {})],
+    "SGD": [("SGD", {})],
+    "RMSprop": [("RMSprop", {})],
+    "Adagrad": [("Adagrad", {})],
 }
 
+# torch's execution switches: the same numbers whichever way they are set, so not
+# hyperparameters of ours (they are left at torch's defaults, with foreach=False).
+TORCH_SWITCHES = {"foreach", "fused", "capturable", "differentiable"}
 
-def state_keys(kind: str, hp: dict) -> list[str]:
-    """The state keys wgpu-optim keeps for a configuration (same rule as `uses_state`)."""
-    if kind == "Adam":
-        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if hp["amsgrad"] else [])
-    if kind == "SGD":
-        return ["momentum_buffer"] if hp["momentum"] != 0 else []
-    if kind == "RMSprop":
-        keys = ["square_avg"]
-        if hp["momentum"] > 0:
-            keys.append("momentum_buffer")
-        if hp["centered"]:
-            keys.append("grad_avg")
-        return keys
-    if kind == "Adagrad":
-        return ["sum"]
-    raise SystemExit(f"unknown optimizer {kind!r}")
+TUPLE_ENTRY = re.compile(r"^(\w+)\[(\d+)\]$")
+
+
+def torch_class_info(cls_name: str) -> OrderedDict:
+    """The hyperparameters of a torch.optim class in its constructor's order, with defaults."""
+    cls = getattr(torch.optim, cls_name)
+    sig = inspect.signature(cls)
+    return OrderedDict((n, p.default) for n, p in sig.parameters.items()
+                       if n != "params" and n not in TORCH_SWITCHES)
+
+
+def probe(cls, kw: dict, shape) -> tuple[dict, dict]:
+    """What torch keeps for one parameter of this configuration: the state of a fresh optimizer
+    (non-empty where torch creates it eagerly, as Adagrad's) and the state after one step."""
+    p = torch.zeros(shape, dtype=torch.float32, requires_grad=True)
+    opt = cls([p], foreach=False, **kw)
+    fresh = {k: v.clone() for k, v in opt.state[p].items() if v is not None}
+    p.grad = torch.zeros_like(p)
+    opt.step()
+    return fresh, {k: v for k, v in opt.state[p].items() if v is not None}
+
+
+def state_keys_of(tensors, name: str) -> list[str]:
+    """The state keys a checkpoint holds for tensor `name` (its `state.<name>.<key>` tensors)."""
+    prefix = f"state.{name}."
+    return [k[len(prefix):] for k in tensors
+            if k.startswith(prefix) and k[len(prefix):] != "step"]
 
 
 # ---------------------------------------------------------------------------- safetensors
@@ -167,18 +190,34 @@ def write_safetensors(path: str, tensors, meta: dict) -> None:
 # ---------------------------------------------------------------------------- to-torch
 
 def torch_kwargs(kind: str, hp: dict) -> tuple[type, dict]:
-    """Our hyperparameters of one group -> (torch class, constructor kwargs)."""
-    kw = {}
-    for name, is_bool in HYPERPARAMETERS[kind]:
-        if name not in hp:
-            raise SystemExit(f"group lacks hyperparameter {name!r}")
-        kw[name] = bool(hp[name]) if is_bool else float(hp[name])
-    if kind == "Adam":
-        kw["betas"] = (kw.pop("betas[0]"), kw.pop("betas[1]"))
-        if kw.pop("decoupled_weight_decay"):
-            return torch.optim.AdamW, kw
-        return torch.optim.Adam, kw
-    return getattr(torch.optim, kind), kw
+    """Our hyperparameters of one group -> (torch class, constructor kwargs). Every name is
+    torch's; `x[i]` entries become the tuple `x`; booleans (0/1 on our side) are those whose
+    torch default is a bool."""
+    if kind not in TORCH_CLASSES:
+        raise SystemExit(f"no torch class for optimizer {kind!r}: add a row to TORCH_CLASSES")
+    ours = {k: v for k, v in hp.items() if k != "params"}
+    for cls_name, fixed in TORCH_CLASSES[kind]:
+        if all(ours.get(k) == v for k, v in fixed.items()):
+            break
+    else:
+        raise SystemExit(f"no torch class for {kind} with {ours}")
+    info = torch_class_info(cls_name)
+    kw, tuples = {}, {}
+    for name, v in ours.items():
+        if name in fixed:
+            continue
+        m = TUPLE_ENTRY.match(name)
+        if m:
+            tuples.setdefault(m.group(1), {})[int(m.group(2))] = float(v)
+            continue
+        if name not in info:
+            raise SystemExit(f"torch.optim.{cls_name} has no hyperparameter {name!r}")
+        kw[name] = bool(v) if isinstance(info[name], bool) else float(v)
+    for name, entries in tuples.items():
+        if name not in info:
+            raise SystemExit(f"torch.optim.{cls_name} has no hyperparameter {name!r}")
+        kw[name] = tuple(entries[i] for i in range(len(entries)))
+    return getattr(torch.optim, cls_name), kw
 
 
 def to_torch(src: str, dst: str) -> None:
@@ -203,15 +242,17 @@ def to_torch(src: str, dst: str) -> None:
     opt = cls(torch_groups, foreach=False)
 
     for g in groups:
-        hp = dict(g)
+        _, kw = torch_kwargs(kind, g)
+        # Whether torch creates this state before the first step, and whether it keeps a step.
+        fresh, stepped = probe(cls, kw, (1,))
         for n in g["params"]:
             p = params[n]
             st = {}
-            if step > 0 or kind == "Adagrad":
-                for key in state_keys(kind, hp):
+            if step > 0 or fresh:
+                for key in state_keys_of(tensors, n):
                     st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).clone()
-                if kind != "SGD":
-                    st["step"] = torch.tensor(float(step), dtype=torch.float32)
+                if "step" in stepped:
+                    st["step"] = torch.tensor(float(step), dtype=stepped["step"].dtype)
             opt.state[p] = st
 
     sd = opt.state_dict()
@@ -248,32 +289,55 @@ def to_torch(src: str, dst: str) -> None:
 
 # ---------------------------------------------------------------------------- from-torch
 
-def infer_kind(group: dict, declared: str | None) -> str:
+def torch_class_of(group: dict, declared: str | None) -> str:
+    """The torch class of a state_dict group: `declared` when given, else the one class of
+    TORCH_CLASSES whose constructor takes exactly the group's hyperparameters."""
     if declared is not None:
-        return {"AdamW": "Adam"}.get(declared, declared)
-    if "betas" in group:
-        return "Adam"
-    if "nesterov" in group:
-        return "SGD"
-    if "alpha" in group:
-        return "RMSprop"
-    if "lr_decay" in group:
-        return "Adagrad"
-    raise SystemExit("cannot tell the optimizer; add 'optimizer_class' to the checkpoint")
+        return declared
+    keys = {k for k in group if k not in TORCH_SWITCHES and k not in ("params", "param_names")}
+    found = {c for rows in TORCH_CLASSES.values() for c, _ in rows
+             if set(torch_class_info(c)) <= keys}
+    # Classes that imply a value (AdamW) fit a group of their base class too; prefer the base.
+    if len(found) > 1:
+        found = {c for c in found if not any(c == r and fixed for rows in TORCH_CLASSES.values()
+                                             for r, fixed in rows)}
+    if len(found) != 1:
+        raise SystemExit("cannot tell the optimizer; add 'optimizer_class' to the checkpoint")
+    return found.pop()
 
 
-def our_hyperparameters(kind: str, group: dict, declared: str | None) -> dict:
+def our_name(cls_name: str) -> tuple[str, dict]:
+    """(our optimizer name, the hyperparameter values the torch class implies)."""
+    for kind, rows in TORCH_CLASSES.items():
+        for c, fixed in rows:
+            if c == cls_name:
+                return kind, fixed
+    raise SystemExit(f"no row for torch.optim.{cls_name} in TORCH_CLASSES")
+
+
+def our_hyperparameters(cls_name: str, group: dict) -> dict:
+    """A state_dict group's hyperparameters under our names: torch's, in its constructor's
+    order (then any the group adds), tuples as `x[i]`, booleans as 0/1; torch's execution
+    switches left out; missing ones from the class row or torch's defaults."""
+    _, fixed = our_name(cls_name)
+    info = torch_class_info(cls_name)
+    names = list(info) + [k for k in group if k not in info and k not in TORCH_SWITCHES
+                          and k not in ("params", "param_names")]
+    names += [k for k in fixed if k not in names]
     hp = {}
-    for name, is_bool in HYPERPARAMETERS[kind]:
-        if name.startswith("betas["):
-            v = group["betas"][int(name[6])]
-        elif name == "decoupled_weight_decay":
-            v = group.get(name, declared == "AdamW")
-        else:
-            v = group[name]
+    for name in names:
+        v = group.get(name, fixed.get(name, info.get(name)))
         if isinstance(v, torch.Tensor):
             v = v.item()
-        hp[name] = (1 if v else 0) if is_bool else float(v)
+        if isinstance(v, (tuple, list)):
+            for i, x in enumerate(v):
+                hp[f"{name}[{i}]"] = float(x.item() if isinstance(x, torch.Tensor) else x)
+        elif isinstance(v, bool):
+            hp[name] = 1 if v else 0
+        elif isinstance(v, (int, float)):
+            hp[name] = float(v)
+        else:
+            raise SystemExit(f"hyperparameter {name!r} = {v!r} is not a number")
     return hp
 
 
@@ -285,7 +349,8 @@ def from_torch(src: str, dst: str) -> None:
     declared = ck.get("optimizer_class")
     extra = ck.get("wgpu_optim", {}) or {}
     groups = sd["param_groups"]
-    kind = infer_kind(groups[0], declared)
+    cls_name = torch_class_of(groups[0], declared)
+    kind, _ = our_name(cls_name)
 
     # Parameter id -> name.
     ids = [i for g in groups for i in g["params"]]
@@ -305,13 +370,22 @@ def from_torch(src: str, dst: str) -> None:
 
     our_groups = []
     for g in groups:
-        hp = our_hyperparameters(kind, g, declared)
+        hp = our_hyperparameters(cls_name, g)
         our_groups.append({"params": [id_name[i] for i in g["params"]], **hp})
-    hp0 = our_groups[0]
-    keys = state_keys(kind, hp0)
-    for g in our_groups[1:]:
-        if state_keys(kind, g) != keys:
+
+    # Which state tensors exist: those torch keeps for the configuration (a one-step probe;
+    # what a parameter's own state holds must agree), with a parameter's initial state where
+    # it has none (never stepped): torch's eager one (Adagrad's sum), else zeros.
+    cls = getattr(torch.optim, cls_name)
+    probes = []
+    for g in our_groups:
+        _, kw = torch_kwargs(kind, g)
+        probes.append(probe(cls, kw, (1,)))
+    keys = [k for k in probes[0][1] if k != "step"]  # in torch's order
+    for _, stepped in probes[1:]:
+        if sorted(k for k in stepped if k != "step") != sorted(keys):
             raise SystemExit("groups disagree on boolean options; wgpu-optim needs them equal")
+    probe_of = {n: pr for g, pr in zip(our_groups, probes) for n in g["params"]}
 
     # One step count for all.
     steps = set()
@@ -327,22 +401,25 @@ def from_torch(src: str, dst: str) -> None:
         step = steps.pop()
     elif "step" in extra:
         step = int(extra["step"])
-    elif kind == "SGD" and any("momentum_buffer" in sd["state"].get(name_id[n], {})
-                               and sd["state"][name_id[n]]["momentum_buffer"] is not None
-                               for n in names):
+    elif any(sd["state"].get(name_id[n], {}).get(k) is not None for n in names for k in keys):
+        # torch keeps no step for this optimizer (SGD), but it has stepped: all it needs to
+        # know is that the first step is done.
         step = 1
     else:
         step = 0
 
-    group_of = {n: g for g in our_groups for n in g["params"]}
     out = [(f"param.{n}", model[n].detach().to(torch.float32)) for n in names]
     for n in names:
         p = model[n]
-        st = sd["state"].get(name_id[n], {})
+        st = {k: v for k, v in sd["state"].get(name_id[n], {}).items() if v is not None}
+        if st and sorted(k for k in st if k != "step") != sorted(keys):
+            raise SystemExit(f"state of {n} holds {sorted(st)}, torch keeps {keys} for its "
+                             "configuration")
+        fresh = probe_of[n][0]
         for key in keys:
             t = st.get(key)
             if t is None:
-                init = group_of[n]["initial_accumulator_value"] if key == "sum" else 0.0
+                init = fresh[key].reshape(-1)[0].item() if key in fresh else 0.0
                 t = torch.full(p.shape, init, dtype=torch.float32)
             if t.numel() != p.numel():
                 raise SystemExit(f"state {key} of {n} has {t.numel()} elements, "
@@ -443,6 +520,9 @@ def fixture(out_dir: str) -> None:
         pt = os.path.join(out_dir, f".{case}.pt")
         torch.save({"model": OrderedDict((n, p.detach().clone()) for n, p in params.items()),
                     "optimizer": opt.state_dict(), "optimizer_class": cls_name}, pt)
+        # The step torch itself keeps (None where it keeps none, as SGD).
+        first = opt.state[next(iter(params.values()))]
+        torch_step = int(first["step"].item()) if "step" in first else None
         ours = os.path.join(out_dir, f"{case}.safetensors")
         from_torch(pt, ours)
         os.remove(pt)
@@ -473,6 +553,7 @@ def fixture(out_dir: str) -> None:
             "optimizer_class": cls_name,
             "checkpoint": f"{case}.safetensors",
             "steps_before": STEPS_BEFORE,
+            "torch_step": torch_step,
             "init": {n: v.reshape(-1).tolist() for n, v in init.items()},
             "grads": [{n: g[n].reshape(-1).tolist() for n in g}
                       for g in grads[STEPS_BEFORE:]],

@@ -12,8 +12,11 @@ use ndarray::Array1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
-use wgpu_optim::reference::{self, State};
-use wgpu_optim::{FusedOptimizer, Gpu, NormType, Optimizer, OptimizerConfig, ParamGroup, Params};
+use wgpu_optim::reference::{self, ScalerState, State};
+use wgpu_optim::{
+    FusedOptimizer, Gpu, GradScaler, NormType, Optimizer, OptimizerConfig, ParamGroup, Params,
+    ScalerConfig,
+};
 
 /// `(name, values)` pairs for `Params::new` from parallel lists of names and values.
 pub fn named<'a>(
@@ -274,6 +277,7 @@ pub struct BadStep {
 ///
 /// State padding is not poisoned: the tests cannot reach it through the public API, and
 /// nothing reads it into a tensor's values.
+#[derive(Clone)]
 pub struct Run<C: OptimizerConfig> {
     name: String,
     reference: RefFn<C>,
@@ -285,6 +289,8 @@ pub struct Run<C: OptimizerConfig> {
     skip_nonfinite: bool,
     bad: Vec<BadStep>,
     poison_state: Vec<&'static str>,
+    seed: Option<u64>,
+    scaler: Option<ScalerConfig>,
 }
 
 impl<C: OptimizerConfig> Run<C> {
@@ -302,6 +308,8 @@ impl<C: OptimizerConfig> Run<C> {
             skip_nonfinite: false,
             bad: Vec::new(),
             poison_state: Vec::new(),
+            seed: None,
+            scaler: None,
         }
         .sizes(SIZES)
     }
@@ -374,6 +382,23 @@ impl<C: OptimizerConfig> Run<C> {
         self
     }
 
+    /// Draw the initial values and gradients from this seed instead of a fresh one, so that
+    /// two harnesses of the same run see the same numbers (e.g. an uninterrupted run and one
+    /// resumed from a checkpoint).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Attach a loss scaler with this config (gradients are written unscaled, so the GPU
+    /// divides them by the scale; steps with a non-finite gradient are skipped and back the
+    /// scale off). The reference follows the scale with [`ScalerState`], and [`Harness::check`]
+    /// compares the GPU scaler's scale and growth tracker with it.
+    pub fn scaler(mut self, config: ScalerConfig) -> Self {
+        self.scaler = Some(config);
+        self
+    }
+
     /// Run with one group holding every tensor, and check.
     pub fn run(self, cfg: C) -> Outcome {
         self.run_groups(vec![ParamGroup::rest(cfg)], |_| 0)
@@ -416,6 +441,10 @@ pub struct Harness<C: OptimizerConfig> {
     pub params: Params,
     /// The GPU optimizer.
     pub opt: FusedOptimizer<C>,
+    /// The GPU loss scaler attached to `opt`, with [`Run::scaler`].
+    pub scaler: Option<GradScaler>,
+    /// Its reference twin.
+    scaler_state: Option<ScalerState>,
     /// Each tensor's reference config (its group's).
     configs: Vec<C>,
     /// Reference params and state, per tensor.
@@ -433,7 +462,13 @@ impl<C: OptimizerConfig> Harness<C> {
     fn new(run: Run<C>, groups: Vec<ParamGroup<C>>, group_of: impl Fn(&str) -> usize) -> Self {
         let gpu = gpu();
         let bound = reference_bound();
-        let mut rng = rng(&run.name);
+        let mut rng = match run.seed {
+            Some(seed) => {
+                eprintln!("{}: seed {seed}", run.name);
+                StdRng::seed_from_u64(seed)
+            }
+            None => rng(&run.name),
+        };
         let init: Vec<Vec<f32>> = run
             .tensors
             .iter()
@@ -456,6 +491,12 @@ impl<C: OptimizerConfig> Harness<C> {
         if run.skip_nonfinite {
             opt.set_skip_nonfinite(true).unwrap();
         }
+        let scaler = run
+            .scaler
+            .clone()
+            .map(|c| GradScaler::new(&gpu, c).unwrap());
+        opt.set_grad_scaler(scaler.as_ref()).unwrap();
+        let scaler_state = run.scaler.as_ref().map(ScalerState::new);
         let mut configs = Vec::new();
         for (name, len) in &run.tensors {
             let g = opt.group_of(name).unwrap();
@@ -474,6 +515,8 @@ impl<C: OptimizerConfig> Harness<C> {
             run,
             params,
             opt,
+            scaler,
+            scaler_state,
             configs,
             cpu,
             init,
@@ -537,14 +580,16 @@ impl<C: OptimizerConfig> Harness<C> {
             assert!(!self.opt.last_grad_norm().unwrap().is_finite());
         } else {
             let mut coef = 1.0;
-            if self.run.clip.is_some() || self.run.skip_nonfinite {
+            // The GPU multiplies each gradient once, by `(1 / scale) * coef` in f32.
+            let inv_scale = self.scaler_state.as_ref().map_or(1.0, |s| 1.0 / s.scale);
+            if self.run.clip.is_some() || self.run.skip_nonfinite || self.scaler.is_some() {
                 assert!(!self.opt.last_step_skipped().unwrap(), "{name}: step {s}");
                 let gpu_norm = self.opt.last_grad_norm().unwrap();
                 let norm = self.opt.grad_norm_type();
                 let arrays: Vec<Array1<f32>> =
                     grads.iter().map(|g| Array1::from(g.clone())).collect();
                 let refs: Vec<&Array1<f32>> = arrays.iter().collect();
-                let want = reference::grad_norm(&refs, norm, 1.0).unwrap();
+                let want = reference::grad_norm(&refs, norm, inv_scale).unwrap();
                 let tol = if norm == NormType::Inf { 0.0 } else { 1e-5 };
                 assert!(
                     ((gpu_norm as f64 - want) / want).abs() <= tol,
@@ -555,12 +600,16 @@ impl<C: OptimizerConfig> Harness<C> {
                     self.outcome.clipped += (coef < 1.0) as usize;
                 }
             }
+            let mul = inv_scale * coef;
             for (i, g) in grads.iter().enumerate() {
-                let g = Array1::from(g.iter().map(|x| x * coef).collect::<Vec<f32>>());
+                let g = Array1::from(g.iter().map(|x| x * mul).collect::<Vec<f32>>());
                 let (p, state) = &mut self.cpu[i];
                 (self.run.reference)(&self.configs[i], p, &g, state);
             }
             self.outcome.applied += 1;
+        }
+        if let (Some(state), Some(config)) = (&mut self.scaler_state, &self.run.scaler) {
+            state.update(!bad.is_empty(), config);
         }
         assert_eq!(
             self.opt.step_count(),
@@ -604,6 +653,14 @@ impl<C: OptimizerConfig> Harness<C> {
                 unmoved += want.iter().filter(|a| a.to_bits() == start).count();
                 total += want.len();
             }
+        }
+        if let (Some(scaler), Some(state)) = (&self.scaler, &self.scaler_state) {
+            let got = (scaler.scale().unwrap(), scaler.growth_tracker().unwrap());
+            assert_eq!(
+                got,
+                (state.scale, state.growth_tracker),
+                "{name}: grad scaler"
+            );
         }
         if self.outcome.applied > 0 {
             assert!(
