@@ -59,6 +59,7 @@ impl OptimizerConfig for SignSgdConfig {
     const NAME: &'static str = "SignSGD";
     const SHADER: &'static str = SHADER;
     const SLOTS: &'static [&'static str] = &["momentum_buffer"];
+    const MOMENTUM: Option<&'static str> = Some("momentum");
     type Scalars = SignSgdScalars;
 
     fn validate(&self) -> Result<()> {
@@ -98,41 +99,10 @@ impl OptimizerConfig for SignSgdConfig {
         }
     }
 
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn momentum(&self) -> Option<f32> {
-        Some(self.momentum)
-    }
-
-    fn set_momentum(&mut self, momentum: f32) {
-        self.momentum = momentum;
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", wgpu_optim::optim::widen(self.lr)),
-            ("momentum", wgpu_optim::optim::widen(self.momentum)),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        match name {
-            "lr" => self.lr = value as f32,
-            "momentum" => self.momentum = value as f32,
-            _ => {
-                return Err(Error::UnknownHyperparameter {
-                    name: name.to_string(),
-                    optimizer: Self::NAME,
-                })
-            }
-        }
-        Ok(())
+    // lr(), set_lr(), momentum() and set_momentum() come from this table and MOMENTUM.
+    wgpu_optim::hyperparameters! {
+        "lr" => num lr,
+        "momentum" => num momentum,
     }
 }
 

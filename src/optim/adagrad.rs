@@ -1,6 +1,6 @@
 //! Adagrad (`torch.optim.Adagrad`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
+use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adagrad.
@@ -109,39 +109,12 @@ impl OptimizerConfig for AdagradConfig {
         }
     }
 
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", hyper(self.lr)),
-            ("lr_decay", hyper(self.lr_decay)),
-            ("weight_decay", hyper(self.weight_decay)),
-            (
-                "initial_accumulator_value",
-                hyper(self.initial_accumulator_value),
-            ),
-            ("eps", hyper(self.eps)),
-            ("maximize", self.maximize as u8 as f64),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        let v = value as f32;
-        match name {
-            "lr" => self.lr = v,
-            "lr_decay" => self.lr_decay = v,
-            "weight_decay" => self.weight_decay = v,
-            "initial_accumulator_value" => self.initial_accumulator_value = v,
-            "eps" => self.eps = v,
-            "maximize" => self.maximize = flag("maximize", value)?,
-            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
-        }
-        Ok(())
+    crate::hyperparameters! {
+        "lr" => num lr,
+        "lr_decay" => num lr_decay,
+        "weight_decay" => num weight_decay,
+        "initial_accumulator_value" => num initial_accumulator_value,
+        "eps" => num eps,
+        "maximize" => flag maximize,
     }
 }

@@ -1,6 +1,6 @@
 //! Adam and AdamW (`torch.optim.Adam` / `torch.optim.AdamW`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
+use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adam, or AdamW with `decoupled_weight_decay: true`.
@@ -84,6 +84,7 @@ crate::shader_struct! {
 impl OptimizerConfig for AdamConfig {
     const NAME: &'static str = "Adam";
     const SHADER: &'static str = include_str!("../../shaders/adam.wgsl");
+    const MOMENTUM: Option<&'static str> = Some("betas[0]");
     type Scalars = AdamScalars;
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
 
@@ -145,53 +146,14 @@ impl OptimizerConfig for AdamConfig {
         }
     }
 
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn momentum(&self) -> Option<f32> {
-        Some(self.betas.0)
-    }
-
-    fn set_momentum(&mut self, momentum: f32) {
-        self.betas.0 = momentum;
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", hyper(self.lr)),
-            ("betas[0]", hyper(self.betas.0)),
-            ("betas[1]", hyper(self.betas.1)),
-            ("eps", hyper(self.eps)),
-            ("weight_decay", hyper(self.weight_decay)),
-            ("amsgrad", self.amsgrad as u8 as f64),
-            ("maximize", self.maximize as u8 as f64),
-            (
-                "decoupled_weight_decay",
-                self.decoupled_weight_decay as u8 as f64,
-            ),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        let v = value as f32;
-        match name {
-            "lr" => self.lr = v,
-            "betas[0]" => self.betas.0 = v,
-            "betas[1]" => self.betas.1 = v,
-            "eps" => self.eps = v,
-            "weight_decay" => self.weight_decay = v,
-            "amsgrad" => self.amsgrad = flag("amsgrad", value)?,
-            "maximize" => self.maximize = flag("maximize", value)?,
-            "decoupled_weight_decay" => {
-                self.decoupled_weight_decay = flag("decoupled_weight_decay", value)?
-            }
-            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
-        }
-        Ok(())
+    crate::hyperparameters! {
+        "lr" => num lr,
+        "betas[0]" => num betas.0,
+        "betas[1]" => num betas.1,
+        "eps" => num eps,
+        "weight_decay" => num weight_decay,
+        "amsgrad" => flag amsgrad,
+        "maximize" => flag maximize,
+        "decoupled_weight_decay" => flag decoupled_weight_decay,
     }
 }

@@ -157,16 +157,9 @@ pub trait Optimizer: persist::Persist {
 ///     fn constants(&self) -> Vec<(&'static str, u32)> { Vec::new() }
 ///     fn maximize(&self) -> bool { false }
 ///     fn scalars(&self, _t: u64) -> SignSgdScalars { SignSgdScalars { neg_lr: -self.lr } }
-///     fn lr(&self) -> f32 { self.lr }
-///     fn set_lr(&mut self, lr: f32) { self.lr = lr; }
-///     fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-///         vec![("lr", wgpu_optim::optim::widen(self.lr))]
-///     }
-///     fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-///         match name {
-///             "lr" => Ok(self.lr = value as f32),
-///             _ => Err(Error::UnknownHyperparameter { name: name.into(), optimizer: Self::NAME }),
-///         }
+///     // hyperparameters() and set_hyperparameter() by PyTorch name; lr() and set_lr() follow.
+///     wgpu_optim::hyperparameters! {
+///         "lr" => num lr,
 ///     }
 /// }
 ///
@@ -204,19 +197,42 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The scalars for step `t` (1-based, the step about to be taken), computed in f64 as
     /// PyTorch's single-tensor path does and rounded to f32 once.
     fn scalars(&self, t: u64) -> Self::Scalars;
-    /// The learning rate.
-    fn lr(&self) -> f32;
-    /// Set the learning rate.
-    fn set_lr(&mut self, lr: f32);
-    /// The momentum-like coefficient (SGD/RMSprop `momentum`, Adam `betas[0]`), if any.
+    /// The name, in [`OptimizerConfig::hyperparameters`], of the momentum-like coefficient
+    /// that schedulers may cycle (SGD/RMSprop `momentum`, Adam `betas[0]`); `None` if there is
+    /// none.
+    const MOMENTUM: Option<&'static str> = None;
+    /// One option by its PyTorch name, as [`OptimizerConfig::hyperparameters`] gives it.
+    fn hyperparameter(&self, name: &str) -> Option<f64> {
+        self.hyperparameters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+    /// The learning rate (the `lr` option).
+    fn lr(&self) -> f32 {
+        self.hyperparameter("lr").map_or(f32::NAN, |v| v as f32)
+    }
+    /// Set the learning rate (not range-checked here; see [`OptimizerConfig::validate`]).
+    fn set_lr(&mut self, lr: f32) {
+        let _ = self.set_hyperparameter("lr", lr as f64);
+    }
+    /// The momentum-like coefficient ([`OptimizerConfig::MOMENTUM`]), if any.
     fn momentum(&self) -> Option<f32> {
-        None
+        Self::MOMENTUM
+            .and_then(|name| self.hyperparameter(name))
+            .map(|v| v as f32)
     }
     /// Set the momentum-like coefficient (ignored where there is none).
-    fn set_momentum(&mut self, _momentum: f32) {}
+    fn set_momentum(&mut self, momentum: f32) {
+        if let Some(name) = Self::MOMENTUM {
+            let _ = self.set_hyperparameter(name, momentum as f64);
+        }
+    }
     /// Every option by PyTorch's name (Adam's `betas` tuple as `betas[0]` and `betas[1]`):
     /// numbers as the f64 a Python user would have written (see [`widen`]; `0.9f32` is `0.9`),
-    /// booleans as 0 or 1. Checkpoints store these for every group.
+    /// booleans as 0 or 1. Checkpoints store these for every group. Write it and
+    /// [`OptimizerConfig::set_hyperparameter`] as one table with
+    /// [`hyperparameters!`](crate::hyperparameters).
     ///
     /// ```
     /// use wgpu_optim::{OptimizerConfig, SgdConfig};
@@ -242,10 +258,50 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()>;
 }
 
+/// One table of an optimizer's options by PyTorch name, from which both
+/// [`OptimizerConfig::hyperparameters`] and [`OptimizerConfig::set_hyperparameter`] are
+/// generated (use it inside `impl OptimizerConfig for ...`). Each row is
+/// `"name" => num field` (an f32, [`hyper`]-widened) or `"name" => flag field` (a bool, 0 or 1);
+/// a field may be a path such as `betas.0`. The [`OptimizerConfig`] example uses it in full.
+///
+/// ```text
+/// wgpu_optim::hyperparameters! {
+///     "lr" => num lr,
+///     "betas[0]" => num betas.0,
+///     "amsgrad" => flag amsgrad,
+/// }
+/// ```
+#[macro_export]
+macro_rules! hyperparameters {
+    ($($name:literal => $kind:ident $first:ident $(. $rest:tt)*),* $(,)?) => {
+        fn hyperparameters(&self) -> ::std::vec::Vec<(&'static str, f64)> {
+            ::std::vec![$(($name, $crate::hyperparameters!(@get $kind self.$first $(. $rest)*))),*]
+        }
+        fn set_hyperparameter(&mut self, name: &str, value: f64) -> $crate::Result<()> {
+            match name {
+                $($name => $crate::hyperparameters!(@set $kind $name, value, self.$first $(. $rest)*),)*
+                _ => {
+                    return ::std::result::Result::Err($crate::optim::unknown_hyperparameter(
+                        <Self as $crate::OptimizerConfig>::NAME,
+                        name,
+                    ))
+                }
+            }
+            ::std::result::Result::Ok(())
+        }
+    };
+    (@get num $($e:tt)+) => { $crate::optim::hyper($($e)+) };
+    (@get flag $($e:tt)+) => { ($($e)+) as u8 as f64 };
+    (@set num $name:literal, $v:ident, $($place:tt)+) => { $($place)+ = $v as f32 };
+    (@set flag $name:literal, $v:ident, $($place:tt)+) => {
+        $($place)+ = $crate::optim::flag($name, $v)?
+    };
+}
+
 /// A hyperparameter for [`OptimizerConfig::hyperparameters`]: [`widen`]ed, unless that would
 /// not round back to the same f32 (then the f32's exact value), so a save/load round trip is
 /// exact.
-pub(crate) fn hyper(x: f32) -> f64 {
+pub fn hyper(x: f32) -> f64 {
     let w = widen(x);
     if w as f32 == x || x.is_nan() {
         w
@@ -254,8 +310,9 @@ pub(crate) fn hyper(x: f32) -> f64 {
     }
 }
 
-/// A boolean hyperparameter from 0 or 1.
-pub(crate) fn flag(name: &'static str, value: f64) -> Result<bool> {
+/// A boolean hyperparameter from 0 or 1 (used by [`hyperparameters!`](crate::hyperparameters)).
+#[doc(hidden)]
+pub fn flag(name: &'static str, value: f64) -> Result<bool> {
     if value == 0.0 || value == 1.0 {
         Ok(value == 1.0)
     } else {
@@ -268,7 +325,8 @@ pub(crate) fn flag(name: &'static str, value: f64) -> Result<bool> {
 }
 
 /// The error for a hyperparameter name an optimizer does not have.
-pub(crate) fn unknown_hyperparameter(optimizer: &'static str, name: &str) -> crate::Error {
+#[doc(hidden)]
+pub fn unknown_hyperparameter(optimizer: &'static str, name: &str) -> crate::Error {
     crate::Error::UnknownHyperparameter {
         name: name.to_string(),
         optimizer,

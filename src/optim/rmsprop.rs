@@ -1,6 +1,6 @@
 //! RMSprop, optionally centered and with momentum (`torch.optim.RMSprop`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
+use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// RMSprop.
@@ -65,6 +65,7 @@ crate::shader_struct! {
 impl OptimizerConfig for RmsPropConfig {
     const NAME: &'static str = "RMSprop";
     const SHADER: &'static str = include_str!("../../shaders/rmsprop.wgsl");
+    const MOMENTUM: Option<&'static str> = Some("momentum");
     type Scalars = RmsPropScalars;
     const SLOTS: &'static [&'static str] = &["square_avg", "momentum_buffer", "grad_avg"];
 
@@ -121,46 +122,13 @@ impl OptimizerConfig for RmsPropConfig {
         }
     }
 
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn momentum(&self) -> Option<f32> {
-        Some(self.momentum)
-    }
-
-    fn set_momentum(&mut self, momentum: f32) {
-        self.momentum = momentum;
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", hyper(self.lr)),
-            ("alpha", hyper(self.alpha)),
-            ("eps", hyper(self.eps)),
-            ("weight_decay", hyper(self.weight_decay)),
-            ("momentum", hyper(self.momentum)),
-            ("centered", self.centered as u8 as f64),
-            ("maximize", self.maximize as u8 as f64),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        let v = value as f32;
-        match name {
-            "lr" => self.lr = v,
-            "alpha" => self.alpha = v,
-            "eps" => self.eps = v,
-            "weight_decay" => self.weight_decay = v,
-            "momentum" => self.momentum = v,
-            "centered" => self.centered = flag("centered", value)?,
-            "maximize" => self.maximize = flag("maximize", value)?,
-            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
-        }
-        Ok(())
+    crate::hyperparameters! {
+        "lr" => num lr,
+        "alpha" => num alpha,
+        "eps" => num eps,
+        "weight_decay" => num weight_decay,
+        "momentum" => num momentum,
+        "centered" => flag centered,
+        "maximize" => flag maximize,
     }
 }

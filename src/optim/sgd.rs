@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with momentum, dampening and Nesterov (`torch.optim.SGD`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
+use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Error, Result};
 
 /// SGD, optionally with (Nesterov) momentum.
@@ -60,6 +60,7 @@ crate::shader_struct! {
 impl OptimizerConfig for SgdConfig {
     const NAME: &'static str = "SGD";
     const SHADER: &'static str = include_str!("../../shaders/sgd.wgsl");
+    const MOMENTUM: Option<&'static str> = Some("momentum");
     type Scalars = SgdScalars;
     const SLOTS: &'static [&'static str] = &["momentum_buffer"];
 
@@ -111,44 +112,12 @@ impl OptimizerConfig for SgdConfig {
         }
     }
 
-    fn lr(&self) -> f32 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f32) {
-        self.lr = lr;
-    }
-
-    fn momentum(&self) -> Option<f32> {
-        Some(self.momentum)
-    }
-
-    fn set_momentum(&mut self, momentum: f32) {
-        self.momentum = momentum;
-    }
-
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", hyper(self.lr)),
-            ("momentum", hyper(self.momentum)),
-            ("dampening", hyper(self.dampening)),
-            ("weight_decay", hyper(self.weight_decay)),
-            ("nesterov", self.nesterov as u8 as f64),
-            ("maximize", self.maximize as u8 as f64),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        let v = value as f32;
-        match name {
-            "lr" => self.lr = v,
-            "momentum" => self.momentum = v,
-            "dampening" => self.dampening = v,
-            "weight_decay" => self.weight_decay = v,
-            "nesterov" => self.nesterov = flag("nesterov", value)?,
-            "maximize" => self.maximize = flag("maximize", value)?,
-            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
-        }
-        Ok(())
+    crate::hyperparameters! {
+        "lr" => num lr,
+        "momentum" => num momentum,
+        "dampening" => num dampening,
+        "weight_decay" => num weight_decay,
+        "nesterov" => flag nesterov,
+        "maximize" => flag maximize,
     }
 }
