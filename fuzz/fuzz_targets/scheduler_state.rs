@@ -10,20 +10,30 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::{Mutex, OnceLock};
 use wgpu_optim::checkpoint::SchedulerRecord;
 use wgpu_optim::{
-    CosineAnnealingLR, Gpu, FusedOptimizer, ParamGroup, Params, PlateauScheduler, PlateauState,
+    CosineAnnealingLR, FusedOptimizer, Gpu, ParamGroup, Params, PlateauScheduler, PlateauState,
     ReduceLROnPlateau, Scheduler, SchedulerState, Sgd, SgdConfig, StepLR,
 };
 
 fn optimizer() -> &'static Mutex<Sgd> {
     static O: OnceLock<Mutex<Sgd>> = OnceLock::new();
     O.get_or_init(|| {
-        let gpu = Gpu::new().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
+        let gpu =
+            Gpu::new().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
         let params = Params::zeros(&gpu, &[("w", 4), ("b", 2)]).unwrap();
-        let a = SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() };
-        let b = SgdConfig { lr: 0.01, ..a.clone() };
-        let opt: Sgd =
-            FusedOptimizer::with_groups(&params, vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)])
-                .unwrap();
+        let a = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            ..Default::default()
+        };
+        let b = SgdConfig {
+            lr: 0.01,
+            ..a.clone()
+        };
+        let opt: Sgd = FusedOptimizer::with_groups(
+            &params,
+            vec![ParamGroup::new(["w"], a), ParamGroup::rest(b)],
+        )
+        .unwrap();
         std::mem::forget(params);
         Mutex::new(opt)
     })
