@@ -68,6 +68,7 @@ pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
     ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
+pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
 pub use params::Params;
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{

@@ -16,6 +16,7 @@
 //! ```
 
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
+use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
 use ndarray::Array1;
 
 /// One step of a reference optimizer on one tensor: `(config, param, grad, state)`, the shape
@@ -260,6 +261,122 @@ pub fn adagrad(
         param[i] = p + (neg_clr * g) / std;
     }
     state.put("sum", sum);
+}
+
+/// One step of `torch.optim.Adamax` on one tensor.
+pub fn adamax(cfg: &AdamaxConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let step = state.step as f64;
+    let (lr, beta1) = (widen(cfg.lr), widen(cfg.betas.0));
+    let bias_correction = 1.0 - beta1.powf(step);
+    let clr = lr / bias_correction;
+    let neg_clr = (-clr) as f32;
+    let one_minus_beta1 = (1.0 - beta1) as f32;
+    let mut exp_avg = state.take("exp_avg");
+    let mut exp_inf = state.take("exp_inf");
+    for i in 0..param.len() {
+        let p = param[i];
+        let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
+        // torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
+        exp_inf[i] = (exp_inf[i] * cfg.betas.1).max(g.abs() + cfg.eps);
+        // param.addcdiv_(exp_avg, exp_inf, value=-clr)
+        param[i] = p + (neg_clr * exp_avg[i]) / exp_inf[i];
+    }
+    state.put("exp_avg", exp_avg);
+    state.put("exp_inf", exp_inf);
+}
+
+/// One step of `torch.optim.RAdam` on one tensor.
+pub fn radam(cfg: &RAdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let step = state.step as f64;
+    let (lr, wd) = (widen(cfg.lr), widen(cfg.weight_decay));
+    let (beta1, beta2) = (widen(cfg.betas.0), widen(cfg.betas.1));
+    let decay = (1.0 - lr * wd) as f32;
+    let bias_correction1 = 1.0 - beta1.powf(step);
+    let bias_correction2 = 1.0 - beta2.powf(step);
+    // rho_inf, rho_t and the rectification term, in f64 on the host.
+    let rho_inf = 2.0 / (1.0 - beta2) - 1.0;
+    let rho_t = rho_inf - 2.0 * step * beta2.powf(step) / bias_correction2;
+    let rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+        .powf(0.5) as f32;
+    let (one_minus_beta1, one_minus_beta2) = ((1.0 - beta1) as f32, (1.0 - beta2) as f32);
+    let (bc1, bc2_sqrt) = (bias_correction1 as f32, bias_correction2.powf(0.5) as f32);
+    let mut exp_avg = state.take("exp_avg");
+    let mut exp_avg_sq = state.take("exp_avg_sq");
+    for i in 0..param.len() {
+        let mut p = param[i];
+        let mut g = maybe_neg(grad[i], cfg.maximize);
+        if cfg.weight_decay != 0.0 {
+            if cfg.decoupled_weight_decay {
+                p *= decay;
+            } else {
+                g = l2(g, p, cfg.weight_decay);
+            }
+        }
+        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
+        exp_avg_sq[i] = addcmul(exp_avg_sq[i] * cfg.betas.1, g, g, one_minus_beta2);
+        let bias_corrected_exp_avg = exp_avg[i] / bc1;
+        param[i] = if rho_t > 5.0 {
+            // (bias_correction2 ** 0.5) / exp_avg_sq_sqrt: `Tensor.__rtruediv__`, a reciprocal
+            // times the scalar.
+            let adaptive_lr = (1.0 / (exp_avg_sq[i].sqrt() + cfg.eps)) * bc2_sqrt;
+            p - bias_corrected_exp_avg * cfg.lr * adaptive_lr * rect
+        } else {
+            p - bias_corrected_exp_avg * cfg.lr
+        };
+    }
+    state.put("exp_avg", exp_avg);
+    state.put("exp_avg_sq", exp_avg_sq);
+}
+
+/// One step of `torch.optim.NAdam` on one tensor (`mu_product` as torch's float32 scalar:
+/// [`NAdamConfig::mu_product`]).
+pub fn nadam(cfg: &NAdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let step = state.step as f64;
+    let (lr, wd) = (widen(cfg.lr), widen(cfg.weight_decay));
+    let (beta1, beta2, md) = (
+        widen(cfg.betas.0),
+        widen(cfg.betas.1),
+        widen(cfg.momentum_decay),
+    );
+    let decay = (1.0 - lr * wd) as f32;
+    let bias_correction2 = (1.0 - beta2.powf(step)) as f32;
+    let mu = beta1 * (1.0 - 0.5 * 0.96f64.powf(step * md));
+    let mu_next = beta1 * (1.0 - 0.5 * 0.96f64.powf((step + 1.0) * md));
+    // mu_product *= mu, in float32, from 1 over every step so far.
+    let mut mu_product = 1.0f32;
+    for k in 1..=state.step {
+        mu_product *= (beta1 * (1.0 - 0.5 * 0.96f64.powf(k as f64 * md))) as f32;
+    }
+    let mu_product = mu_product as f64;
+    let mu_product_next = mu_product * mu_next;
+    let grad_coef = (-lr * (1.0 - mu) / (1.0 - mu_product)) as f32;
+    let exp_avg_coef = ((-lr * mu_next) / (1.0 - mu_product_next)) as f32;
+    let (one_minus_beta1, one_minus_beta2) = ((1.0 - beta1) as f32, (1.0 - beta2) as f32);
+    let mut exp_avg = state.take("exp_avg");
+    let mut exp_avg_sq = state.take("exp_avg_sq");
+    for i in 0..param.len() {
+        let mut p = param[i];
+        let mut g = maybe_neg(grad[i], cfg.maximize);
+        if cfg.weight_decay != 0.0 {
+            if cfg.decoupled_weight_decay {
+                p *= decay;
+            } else {
+                g = l2(g, p, cfg.weight_decay);
+            }
+        }
+        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
+        exp_avg_sq[i] = addcmul(exp_avg_sq[i] * cfg.betas.1, g, g, one_minus_beta2);
+        let denom = (exp_avg_sq[i] / bias_correction2).sqrt() + cfg.eps;
+        p += (grad_coef * g) / denom;
+        param[i] = p + (exp_avg_coef * exp_avg[i]) / denom;
+    }
+    state.put("exp_avg", exp_avg);
+    state.put("exp_avg_sq", exp_avg_sq);
 }
 
 /// Total norm of all gradients (each multiplied by `inv_scale` first, as `GradScaler.unscale_`

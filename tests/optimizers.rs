@@ -4,6 +4,7 @@
 mod common;
 use common::Run;
 use wgpu_optim::{reference, AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
+use wgpu_optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
 
 const BOOLS: [bool; 2] = [false, true];
 
@@ -107,5 +108,76 @@ fn adagrad_all_options() {
             ..Default::default()
         };
         Run::new(format!("{cfg:?}"), reference::adagrad).run(cfg);
+    }
+}
+
+#[test]
+fn adamax_all_options() {
+    let mut rows = Vec::new();
+    for (maximize, weight_decay) in pairs(&BOOLS, &[0.0, 0.1]) {
+        rows.push(AdamaxConfig {
+            lr: 1e-2,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    rows.push(AdamaxConfig {
+        betas: (0.3, 0.5),
+        eps: 1e-3,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::adamax).run(cfg);
+    }
+}
+
+#[test]
+fn radam_all_options() {
+    let mut rows = Vec::new();
+    for ((decoupled_weight_decay, maximize), weight_decay) in
+        pairs(&pairs(&BOOLS, &BOOLS), &[0.0, 0.1])
+    {
+        rows.push(RAdamConfig {
+            lr: 1e-2,
+            decoupled_weight_decay,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    // betas[1] 0.9: rho_t > 5 from step 2 on; 0.999 (above) from step 6.
+    rows.push(RAdamConfig {
+        betas: (0.3, 0.9),
+        eps: 1e-3,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::radam).run(cfg);
+    }
+}
+
+#[test]
+fn nadam_all_options() {
+    let mut rows = Vec::new();
+    for ((decoupled_weight_decay, maximize), weight_decay) in
+        pairs(&pairs(&BOOLS, &BOOLS), &[0.0, 0.1])
+    {
+        rows.push(NAdamConfig {
+            lr: 1e-2,
+            decoupled_weight_decay,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    rows.push(NAdamConfig {
+        betas: (0.3, 0.9),
+        eps: 1e-3,
+        momentum_decay: 0.5,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::nadam).run(cfg);
     }
 }

@@ -7,11 +7,17 @@
 
 mod adagrad;
 mod adam;
+mod adamax;
+mod nadam;
+mod radam;
 mod rmsprop;
 mod sgd;
 
 pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
 pub use adam::{Adam, AdamConfig, AdamScalars};
+pub use adamax::{Adamax, AdamaxConfig, AdamaxScalars};
+pub use nadam::{NAdam, NAdamConfig, NAdamScalars};
+pub use radam::{RAdam, RAdamConfig, RAdamScalars};
 pub use rmsprop::{RmsProp, RmsPropConfig, RmsPropScalars};
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
