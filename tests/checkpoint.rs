@@ -18,6 +18,7 @@ use wgpu_optim::{
     AdagradConfig, Adam, AdamConfig, Error, FusedOptimizer, GradScaler, Optimizer, OptimizerConfig,
     ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
 };
+use wgpu_optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
 
 fn temp_dir(test: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wgpu-optim-test-{test}-{}", std::process::id()));
@@ -402,6 +403,110 @@ fn resume_is_exact_adagrad() {
             scaler: Some(scaler_config()),
             max_grad_norm: Some(1.0),
             bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_adamax() {
+    let a = AdamaxConfig {
+        lr: 0.01,
+        betas: (0.8, 0.99),
+        eps: 1e-6,
+        weight_decay: 0.1,
+        maximize: false,
+    };
+    let b = AdamaxConfig {
+        lr: 0.02,
+        weight_decay: 0.0,
+        ..a.clone()
+    };
+    resume_exact(
+        "adamax_groups_clip_skip",
+        reference::adamax,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            bad_steps: vec![1, 5],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_radam() {
+    // Saved after 5 steps; with betas[1] 0.999, rho_t > 5 from step 6 on: the first resumed
+    // step is the first rectified one.
+    let a = RAdamConfig {
+        lr: 0.01,
+        weight_decay: 0.1,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+    let b = RAdamConfig {
+        lr: 0.02,
+        weight_decay: 0.0,
+        ..a.clone()
+    };
+    resume_exact(
+        "radam_groups",
+        reference::radam,
+        || two_groups(a.clone(), b.clone()),
+        Settings::default(),
+    );
+    resume_exact(
+        "radam_scaler_skip",
+        reference::radam,
+        || {
+            vec![ParamGroup::rest(RAdamConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![0, 3],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_nadam() {
+    // mu_product is host state recomputed from the step count: resuming restores it exactly.
+    let a = NAdamConfig {
+        lr: 0.01,
+        weight_decay: 0.1,
+        momentum_decay: 0.3,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+    let b = NAdamConfig {
+        lr: 0.02,
+        betas: (0.5, 0.9),
+        momentum_decay: 0.004,
+        ..a.clone()
+    };
+    resume_exact(
+        "nadam_groups",
+        reference::nadam,
+        || two_groups(a.clone(), b.clone()),
+        Settings::default(),
+    );
+    resume_exact(
+        "nadam_clip_skip",
+        reference::nadam,
+        || {
+            vec![ParamGroup::rest(NAdamConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            max_grad_norm: Some(0.5),
+            skip_nonfinite: true,
+            bad_steps: vec![2],
             ..Default::default()
         },
     );

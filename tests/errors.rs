@@ -322,3 +322,71 @@ fn boxed_trait_objects_work() {
         assert!(!o.name().is_empty());
     }
 }
+
+/// Adamax, RAdam and NAdam reject what torch's constructors reject (`ValueError`), by name.
+#[test]
+fn invalid_adam_family_hyperparameters_are_rejected() {
+    use wgpu_optim::{
+        Adamax, AdamaxConfig, NAdam, NAdamConfig, OptimizerConfig, RAdam, RAdamConfig,
+    };
+    let p = params();
+    // (name, value): one bad option at a time.
+    let bad: [(&str, f32); 7] = [
+        ("lr", -1e-3),
+        ("lr", f32::NAN),
+        ("eps", -1.0),
+        ("betas[0]", 1.0),
+        ("betas[0]", -0.1),
+        ("betas[1]", 1.0),
+        ("weight_decay", -0.1),
+    ];
+    for (name, value) in bad {
+        let value = value as f64;
+        let mut a = AdamaxConfig::default();
+        a.set_hyperparameter(name, value).unwrap();
+        hyper(Adamax::new(&p, a), name);
+        let mut r = RAdamConfig::default();
+        r.set_hyperparameter(name, value).unwrap();
+        hyper(RAdam::new(&p, r), name);
+        let mut n = NAdamConfig::default();
+        n.set_hyperparameter(name, value).unwrap();
+        hyper(NAdam::new(&p, n), name);
+    }
+    hyper(
+        NAdam::new(
+            &p,
+            NAdamConfig {
+                momentum_decay: -1e-3,
+                ..Default::default()
+            },
+        ),
+        "momentum_decay",
+    );
+    // The boundaries torch accepts.
+    Adamax::new(
+        &p,
+        AdamaxConfig {
+            lr: 0.0,
+            betas: (0.0, 0.0),
+            eps: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    NAdam::new(
+        &p,
+        NAdamConfig {
+            momentum_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    RAdam::new(
+        &p,
+        RAdamConfig {
+            betas: (0.0, 0.0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}

@@ -1,5 +1,5 @@
 //! Replay trajectories recorded from torch.optim itself (tools/torch_trajectories.py, committed
-//! JSON in tests/data) on the GPU: 27 cases covering every option of every optimizer, three
+//! JSON in tests/data) on the GPU: 38 cases covering every option of every optimizer, three
 //! tensors (7, 3 and 70 elements), 12 steps each.
 //!
 //! Tolerance: |gpu - torch| <= 1e-6 + 2e-5 |torch| after 12 steps. Both sides run the same f32
@@ -16,6 +16,7 @@ use wgpu_optim::{
     AdagradConfig, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig, Params, RmsPropConfig,
     SgdConfig,
 };
+use wgpu_optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -63,6 +64,9 @@ fn optimizer(case: &Value, params: &Params) -> Box<dyn Optimizer> {
         "AdamW" => build(AdamConfig::adamw(), case, params),
         "RMSprop" => build(RmsPropConfig::default(), case, params),
         "Adagrad" => build(AdagradConfig::default(), case, params),
+        "Adamax" => build(AdamaxConfig::default(), case, params),
+        "RAdam" => build(RAdamConfig::default(), case, params),
+        "NAdam" => build(NAdamConfig::default(), case, params),
         other => panic!("unknown optimizer {other}"),
     }
 }
@@ -117,6 +121,19 @@ fn replays_torch_trajectories() {
                     &opt.state(key, n).unwrap(),
                     &floats(want),
                     &mut worst,
+                );
+            }
+        }
+        // torch's per-parameter scalar state (NAdam's float32 `mu_product`), which we keep on
+        // the host: the same float32 value for every tensor.
+        if let Some(scalars) = case["final_scalar_state"].as_object() {
+            let cfg = configure(NAdamConfig::default(), &case["config"]);
+            for (n, state) in scalars {
+                let want = state["mu_product"].as_f64().unwrap() as f32;
+                assert_eq!(
+                    cfg.mu_product(opt.step_count()),
+                    want,
+                    "{name} {n} mu_product"
                 );
             }
         }

@@ -4,7 +4,7 @@
 What it does
 ------------
 For a fixed list of optimizer configurations (SGD, Adam, AdamW, RMSprop,
-Adagrad; every boolean option and every nonzero numeric option is covered by
+Adagrad, Adamax, RAdam, NAdam; every boolean option and every nonzero numeric option is covered by
 at least one case) this script:
 
 * creates three float32 CPU tensors named ``w`` (7 elements), ``b`` (3) and
@@ -18,8 +18,9 @@ at least one case) this script:
   gradients used and the parameters after the step are recorded;
 * records the final optimizer state of every tensor with PyTorch's own state
   key names (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
-  ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``), ``step``
-  excluded.
+  ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``, ``exp_inf``),
+  ``step`` excluded; 0-dim state (NAdam's ``mu_product``) separately, as a
+  number, in ``final_scalar_state``.
 
 The result is written to ``tests/data/torch_trajectories.json`` (relative to
 the repository root, independent of the current directory) so that the Rust
@@ -41,7 +42,9 @@ exact float32 value printed as a Python float)::
           "grad_scale": 1.0,      # gradients are randn * grad_scale
           "tensors": [{"name": "w", "init": [...]}, ...],
           "steps": [{"grads": {"w": [...], ...}, "params": {"w": [...], ...}}, ...],
-          "final_state": {"w": {"exp_avg": [...], ...}, ...}
+          "final_state": {"w": {"exp_avg": [...], ...}, ...},
+          # only where torch keeps per-parameter scalar tensors (NAdam):
+          "final_scalar_state": {"w": {"mu_product": 0.0123}, ...}
         }, ...
       ]
     }
@@ -144,6 +147,39 @@ CASES = [
      dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=True), 1.0),
     ("adagrad_eps", "Adagrad",
      dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=0.001, maximize=False), 0.001),
+    # ---------------------------------------------------------------- Adamax
+    ("adamax_default", "Adamax",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, maximize=False), 1.0),
+    ("adamax_weight_decay", "Adamax",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1, maximize=False), 1.0),
+    ("adamax_maximize_betas_eps", "Adamax",
+     dict(lr=0.01, betas=(0.5, 0.9), eps=0.001, weight_decay=0.0, maximize=True), 0.001),
+    # ---------------------------------------------------------------- RAdam
+    ("radam_default", "RAdam",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, decoupled_weight_decay=False,
+          maximize=False), 1.0),
+    ("radam_weight_decay", "RAdam",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1, decoupled_weight_decay=False,
+          maximize=False), 1.0),
+    ("radam_decoupled_maximize", "RAdam",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1, decoupled_weight_decay=True,
+          maximize=True), 1.0),
+    ("radam_betas_eps", "RAdam",
+     dict(lr=0.01, betas=(0.3, 0.9), eps=1e-06, weight_decay=0.0, decoupled_weight_decay=False,
+          maximize=False), 0.001),
+    # ---------------------------------------------------------------- NAdam
+    ("nadam_default", "NAdam",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, momentum_decay=0.004,
+          decoupled_weight_decay=False, maximize=False), 1.0),
+    ("nadam_weight_decay", "NAdam",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1, momentum_decay=0.004,
+          decoupled_weight_decay=False, maximize=False), 1.0),
+    ("nadam_decoupled_maximize", "NAdam",
+     dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1, momentum_decay=0.004,
+          decoupled_weight_decay=True, maximize=True), 1000.0),
+    ("nadam_momentum_decay_betas_eps", "NAdam",
+     dict(lr=0.01, betas=(0.5, 0.9), eps=1e-06, weight_decay=0.0, momentum_decay=0.3,
+          decoupled_weight_decay=False, maximize=False), 0.001),
 ]
 
 # State keys PyTorch uses; anything else except "step" is reported as an error
@@ -151,6 +187,7 @@ CASES = [
 KNOWN_STATE_KEYS = {
     "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
     "square_avg", "grad_avg", "sum",
+    "exp_inf", "mu_product",
 }
 
 # Module holding the single-tensor implementation of each optimizer.
@@ -160,6 +197,9 @@ SINGLE_TENSOR_FN = {
     "AdamW": ("torch.optim.adam", "_single_tensor_adam"),
     "RMSprop": ("torch.optim.rmsprop", "_single_tensor_rmsprop"),
     "Adagrad": ("torch.optim.adagrad", "_single_tensor_adagrad"),
+    "Adamax": ("torch.optim.adamax", "_single_tensor_adamax"),
+    "RAdam": ("torch.optim.radam", "_single_tensor_radam"),
+    "NAdam": ("torch.optim.nadam", "_single_tensor_nadam"),
 }
 
 
@@ -245,15 +285,23 @@ def run_case(index: int, name: str, opt_name: str, kwargs: dict, grad_scale: flo
         raise RuntimeError(f"{name}: {fn_name} called {counter.calls} times, expected {NUM_STEPS}")
 
     final_state = {}
+    final_scalars = {}
     for (tn, _), p in zip(TENSOR_SHAPES, params):
         st = {}
+        sc = {}
         for key, val in opt.state[p].items():
             if key == "step":
                 continue
             if key not in KNOWN_STATE_KEYS:
                 raise RuntimeError(f"{name}: unexpected state key {key!r}")
-            st[key] = val.detach().tolist()
+            if val.dim() == 0:
+                # A per-parameter scalar such as NAdam's mu_product (float32 0-dim tensor).
+                sc[key] = val.item()
+            else:
+                st[key] = val.detach().tolist()
         final_state[tn] = dict(sorted(st.items()))
+        if sc:
+            final_scalars[tn] = dict(sorted(sc.items()))
 
     return {
         "name": name,
@@ -264,6 +312,7 @@ def run_case(index: int, name: str, opt_name: str, kwargs: dict, grad_scale: flo
         "tensors": [{"name": tn, "init": v} for (tn, _), v in zip(TENSOR_SHAPES, init)],
         "steps": steps,
         "final_state": final_state,
+        **({"final_scalar_state": final_scalars} if final_scalars else {}),
     }
 
 
