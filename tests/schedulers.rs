@@ -61,11 +61,14 @@ fn per_group(v: &Value) -> PerGroup {
 type Build = fn(&Params, &[String], &Value) -> Option<Box<dyn Optimizer>>;
 
 /// One row per optimizer.
-const OPTIMIZERS: [Build; 4] = [
+const OPTIMIZERS: [Build; 7] = [
     build::<SgdConfig>,
     build::<AdamConfig>,
     build::<AdagradConfig>,
     build::<RmsPropConfig>,
+    build::<wgpu_optim::AdamaxConfig>,
+    build::<wgpu_optim::RAdamConfig>,
+    build::<wgpu_optim::NAdamConfig>,
 ];
 
 fn build<C: OptimizerConfig + Default>(
