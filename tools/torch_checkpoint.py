@@ -63,7 +63,7 @@ safetensors, all F32: ``param.<name>``, ``state.<name>.<key>``, ``state.<name>.s
 Writes the data of ``tests/checkpoint.rs``'s PyTorch interchange test into
 ``tests/data/checkpoint_torch/`` (relative to the repository root): for each case (Adam with
 amsgrad and two named groups, AdamW, SGD with momentum and two unnamed groups, RMSprop centered
-with momentum, Adagrad) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
+with momentum, Adagrad, Adamax with two named groups, RAdam with decoupled decay) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
 PyTorch checkpoint dict, converts it with ``from-torch`` into ``<case>.safetensors``, runs 10
 more steps and records their gradients, the step torch kept at step 10 (``torch_step``, null
 for SGD) and PyTorch's parameters and state after step 20 in ``expected.json``. As a self-check it also converts the file back with ``to-torch``, resumes a
@@ -98,6 +98,8 @@ TORCH_CLASSES = {
     "SGD": [("SGD", {})],
     "RMSprop": [("RMSprop", {})],
     "Adagrad": [("Adagrad", {})],
+    "Adamax": [("Adamax", {})],
+    "RAdam": [("RAdam", {})],
 }
 
 # torch's execution switches: the same numbers whichever way they are set, so not
@@ -484,6 +486,14 @@ FIXTURE_CASES = [
      [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
        dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1,
             eps=1e-10))], False),
+    ("adamax", "Adamax",
+     [(["fc1.weight", "fc1.bias"], dict(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)),
+      (["fc2.weight", "fc2.bias"], dict(lr=0.02, betas=(0.8, 0.999), eps=1e-8,
+                                        weight_decay=0.0))], True),
+    ("radam_decoupled", "RAdam",
+     [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+       dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05,
+            decoupled_weight_decay=True))], False),
 ]
 
 
