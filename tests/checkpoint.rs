@@ -1400,17 +1400,33 @@ fn replay_torch_case<C: OptimizerConfig + Default>(case: &Value, dir: &Path) {
         worst = worst.max(w);
     }
     for (n, state) in case["state"].as_object().unwrap() {
+        // A number, not a list, is torch's 0-dim per-parameter state (NAdam's float32
+        // `mu_product`), which we keep on the host: the same value, not a state tensor.
         let mut keys: Vec<&str> = state
             .as_object()
             .unwrap()
-            .keys()
-            .map(|k| k.as_str())
+            .iter()
+            .filter(|(_, v)| !v.is_number())
+            .map(|(k, _)| k.as_str())
             .collect();
         let mut ours = opt.state_keys();
         keys.sort();
         ours.sort();
         assert_eq!(keys, ours, "{name}: state keys of {n}");
         for (k, want) in state.as_object().unwrap() {
+            if let Some(want) = want.as_f64() {
+                let cfg = opt.group_config(opt.group_of(n).unwrap()).unwrap();
+                let nadam = (cfg as &dyn std::any::Any)
+                    .downcast_ref::<NAdamConfig>()
+                    .unwrap_or_else(|| panic!("{name}: unexpected scalar state {k}"));
+                assert_eq!(k, "mu_product", "{name}");
+                assert_eq!(
+                    nadam.mu_product(opt.step_count()),
+                    want as f32,
+                    "{name} {n} mu_product"
+                );
+                continue;
+            }
             let got = opt.state(k, n).unwrap();
             let w = compare(
                 &format!("{name} {n} {k}"),
@@ -1441,6 +1457,7 @@ fn resumes_from_pytorch_checkpoints() {
         torch_replay::<AdagradConfig>(),
         torch_replay::<AdamaxConfig>(),
         torch_replay::<RAdamConfig>(),
+        torch_replay::<NAdamConfig>(),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch");
     let data: Value =

@@ -63,7 +63,8 @@ safetensors, all F32: ``param.<name>``, ``state.<name>.<key>``, ``state.<name>.s
 Writes the data of ``tests/checkpoint.rs``'s PyTorch interchange test into
 ``tests/data/checkpoint_torch/`` (relative to the repository root): for each case (Adam with
 amsgrad and two named groups, AdamW, SGD with momentum and two unnamed groups, RMSprop centered
-with momentum, Adagrad, Adamax with two named groups, RAdam with decoupled decay) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
+with momentum, Adagrad, Adamax with two named groups, RAdam with decoupled decay, NAdam with two named groups of
+different ``betas`` and ``momentum_decay``) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
 PyTorch checkpoint dict, converts it with ``from-torch`` into ``<case>.safetensors``, runs 10
 more steps and records their gradients, the step torch kept at step 10 (``torch_step``, null
 for SGD) and PyTorch's parameters and state after step 20 in ``expected.json``. As a self-check it also converts the file back with ``to-torch``, resumes a
@@ -100,6 +101,7 @@ TORCH_CLASSES = {
     "Adagrad": [("Adagrad", {})],
     "Adamax": [("Adamax", {})],
     "RAdam": [("RAdam", {})],
+    "NAdam": [("NAdam", {})],
 }
 
 # torch's execution switches: the same numbers whichever way they are set, so not
@@ -126,6 +128,25 @@ def probe(cls, kw: dict, shape) -> tuple[dict, dict]:
     p.grad = torch.zeros_like(p)
     opt.step()
     return fresh, {k: v for k, v in opt.state[p].items() if v is not None}
+
+
+def scalar_keys(stepped: dict) -> list[str]:
+    """torch's 0-dim per-parameter state other than ``step`` (NAdam's ``mu_product``)."""
+    return [k for k, v in stepped.items()
+            if k != "step" and isinstance(v, torch.Tensor) and v.dim() == 0]
+
+
+def scalar_state(cls, kw: dict, step: int) -> dict:
+    """The 0-dim state (``scalar_keys``) torch holds after ``step`` steps. wgpu-optim keeps such
+    state on the host, recomputed from the step count and the hyperparameters (it depends on
+    nothing else), not in the file; asked of torch by stepping a one-element parameter ``step``
+    times with zero gradients."""
+    p = torch.zeros((1,), dtype=torch.float32, requires_grad=True)
+    opt = cls([p], foreach=False, **kw)
+    for _ in range(step):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    return {k: opt.state[p][k].clone() for k in scalar_keys(opt.state[p])}
 
 
 def state_keys_of(tensors, name: str) -> list[str]:
@@ -247,12 +268,14 @@ def to_torch(src: str, dst: str) -> None:
         _, kw = torch_kwargs(kind, g)
         # Whether torch creates this state before the first step, and whether it keeps a step.
         fresh, stepped = probe(cls, kw, (1,))
+        scalars = scalar_state(cls, kw, step) if scalar_keys(stepped) and step > 0 else {}
         for n in g["params"]:
             p = params[n]
             st = {}
             if step > 0 or fresh:
                 for key in state_keys_of(tensors, n):
                     st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).clone()
+                st.update({k: v.clone() for k, v in scalars.items()})
                 if "step" in stepped:
                     st["step"] = torch.tensor(float(step), dtype=stepped["step"].dtype)
             opt.state[p] = st
@@ -383,9 +406,11 @@ def from_torch(src: str, dst: str) -> None:
     for g in our_groups:
         _, kw = torch_kwargs(kind, g)
         probes.append(probe(cls, kw, (1,)))
-    keys = [k for k in probes[0][1] if k != "step"]  # in torch's order
+    # in torch's order; 0-dim state (NAdam's mu_product) is not stored, only checked below
+    keys = [k for k in probes[0][1] if k != "step" and k not in scalar_keys(probes[0][1])]
     for _, stepped in probes[1:]:
-        if sorted(k for k in stepped if k != "step") != sorted(keys):
+        if sorted(k for k in stepped if k != "step" and k not in scalar_keys(stepped)) \
+                != sorted(keys):
             raise SystemExit("groups disagree on boolean options; wgpu-optim needs them equal")
     probe_of = {n: pr for g, pr in zip(our_groups, probes) for n in g["params"]}
 
@@ -414,6 +439,16 @@ def from_torch(src: str, dst: str) -> None:
     for n in names:
         p = model[n]
         st = {k: v for k, v in sd["state"].get(name_id[n], {}).items() if v is not None}
+        scalars = {k: st.pop(k) for k in scalar_keys(st)}
+        if scalars:
+            g = next(g for g in our_groups if n in g["params"])
+            want = scalar_state(cls, torch_kwargs(kind, g)[1], step)
+            for k, v in scalars.items():
+                if k not in want or float(v) != float(want[k]):
+                    raise SystemExit(f"state {k} of {n} is {float(v)!r}, not the "
+                                     f"{float(want.get(k, float('nan')))!r} that step {step} "
+                                     "and the group's hyperparameters give (wgpu-optim "
+                                     "recomputes it; were they changed during training?)")
         if st and sorted(k for k in st if k != "step") != sorted(keys):
             raise SystemExit(f"state of {n} holds {sorted(st)}, torch keeps {keys} for its "
                              "configuration")
@@ -494,6 +529,11 @@ FIXTURE_CASES = [
      [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
        dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05,
             decoupled_weight_decay=True))], False),
+    ("nadam", "NAdam",
+     [(["fc1.weight", "fc2.weight"], dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8,
+                                          weight_decay=0.01, momentum_decay=0.004)),
+      (["fc1.bias", "fc2.bias"], dict(lr=0.02, betas=(0.8, 0.99), eps=1e-8,
+                                      weight_decay=0.0, momentum_decay=0.1))], True),
 ]
 
 
@@ -557,7 +597,9 @@ def fixture(out_dir: str) -> None:
         state = {}
         for n, p in params.items():
             st = opt.state[p]
-            state[n] = {k: v.reshape(-1).tolist() for k, v in sorted(st.items()) if k != "step"}
+            # 0-dim state (NAdam's mu_product) as a number
+            state[n] = {k: v.item() if v.dim() == 0 else v.reshape(-1).tolist()
+                        for k, v in sorted(st.items()) if k != "step"}
         cases.append({
             "name": case,
             "optimizer_class": cls_name,

@@ -17,7 +17,9 @@ pub type NAdam = FusedOptimizer<NAdamConfig>;
 /// step `t` with the same float32 rounding, and the kernel reads only `exp_avg` and
 /// `exp_avg_sq`. It is not a state buffer (not in [`crate::Optimizer::state_keys`] nor in a
 /// checkpoint's tensors); a checkpoint restores it exactly from the saved step count and
-/// hyperparameters. One difference from torch follows: if `betas[0]` or `momentum_decay` are
+/// hyperparameters, and `tools/torch_checkpoint.py` writes torch's 0-dim `mu_product` for
+/// every parameter (asking torch for its value at the saved step) and, reading a torch
+/// checkpoint, checks it against that value. One difference from torch follows: if `betas[0]` or `momentum_decay` are
 /// changed during training, torch's product keeps the old factors and ours is recomputed with
 /// the new ones. For that reason NAdam names no momentum for schedulers to cycle
 /// ([`OptimizerConfig::MOMENTUM`] is `None`).
