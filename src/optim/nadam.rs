@@ -204,3 +204,36 @@ impl OptimizerConfig for NAdamConfig {
         "maximize" => flag maximize,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NAdamConfig;
+
+    /// The product from 1, multiplied in f32 step by step, as torch's float32 tensor.
+    fn direct(cfg: &NAdamConfig, t: u64) -> f32 {
+        (1..=t).fold(1.0f32, |p, k| p * cfg.mu(k) as f32)
+    }
+
+    #[test]
+    fn mu_product_is_the_f32_product_in_any_order_of_requests() {
+        let a = NAdamConfig::default();
+        let b = NAdamConfig {
+            betas: (0.5, 0.9),
+            momentum_decay: 0.3,
+            ..Default::default()
+        };
+        // Forward, backward, jumps and two schedules interleaved: every answer is the direct one.
+        let ts: Vec<u64> = (0..40)
+            .chain((0..40).rev())
+            .chain([500, 3, 1200, 7])
+            .collect();
+        for &t in &ts {
+            for cfg in [&a, &b] {
+                assert_eq!(cfg.mu_product(t), direct(cfg, t), "t = {t}");
+            }
+        }
+        assert_eq!(a.mu_product(0), 1.0);
+        // beta1 0.9: the f32 product underflows to 0 and stays there.
+        assert_eq!(a.mu_product(5000), 0.0);
+    }
+}
