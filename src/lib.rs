@@ -68,6 +68,7 @@ pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
     ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
+pub use optim::{Lion, LionConfig};
 pub use params::Params;
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{

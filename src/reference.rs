@@ -15,6 +15,7 @@
 //! assert!((p[0] - (1.0 - 1e-3)).abs() < 1e-6); // first Adam step moves by ~lr
 //! ```
 
+use crate::optim::LionConfig;
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
 use ndarray::Array1;
 
@@ -260,6 +261,40 @@ pub fn adagrad(
         param[i] = p + (neg_clr * g) / std;
     }
     state.put("sum", sum);
+}
+
+/// `torch.sign` (and WGSL's `sign`): -1, 0 or 1, 0 for both zeros (`f32::signum` gives 1 for
+/// +0); NaN stays NaN.
+pub fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        x * 0.0
+    }
+}
+
+/// One step of Lion on one tensor, as lion-pytorch's `update_fn` (and `shaders/lion.wgsl`):
+/// `p.mul_(1 - lr * wd)`, `update = exp_avg * beta1` then `.add(grad, alpha=1 - beta1).sign_()`,
+/// `p.add_(update, alpha=-lr)`, `exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)`.
+pub fn lion(cfg: &LionConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let (lr, wd) = (widen(cfg.lr), widen(cfg.weight_decay));
+    let (b1, b2) = (cfg.betas.0, cfg.betas.1);
+    let decay = (1.0 - lr * wd) as f32;
+    let one_minus_b1 = (1.0 - widen(b1)) as f32;
+    let one_minus_b2 = (1.0 - widen(b2)) as f32;
+    let neg_lr = (-lr) as f32;
+    let mut exp_avg = state.take("exp_avg");
+    for i in 0..param.len() {
+        let g = maybe_neg(grad[i], cfg.maximize);
+        let m = exp_avg[i];
+        let update = sign(add_scaled(m * b1, g, one_minus_b1));
+        param[i] = add_scaled(param[i] * decay, update, neg_lr);
+        exp_avg[i] = add_scaled(m * b2, g, one_minus_b2);
+    }
+    state.put("exp_avg", exp_avg);
 }
 
 /// Total norm of all gradients (each multiplied by `inv_scale` first, as `GradScaler.unscale_`

@@ -7,11 +7,13 @@
 
 mod adagrad;
 mod adam;
+mod lion;
 mod rmsprop;
 mod sgd;
 
 pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
 pub use adam::{Adam, AdamConfig, AdamScalars};
+pub use lion::{Lion, LionConfig, LionScalars};
 pub use rmsprop::{RmsProp, RmsPropConfig, RmsPropScalars};
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
