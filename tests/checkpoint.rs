@@ -407,6 +407,48 @@ fn resume_is_exact_adagrad() {
     );
 }
 
+#[test]
+fn resume_is_exact_lion() {
+    use wgpu_optim::LionConfig;
+    let a = LionConfig {
+        lr: 0.01,
+        betas: (0.8, 0.95),
+        weight_decay: 0.1,
+        maximize: false,
+    };
+    let b = LionConfig {
+        lr: 0.003,
+        weight_decay: 0.0,
+        ..a.clone()
+    };
+    resume_exact(
+        "lion_groups",
+        reference::lion,
+        || two_groups(a.clone(), b.clone()),
+        Settings::default(),
+    );
+    resume_exact(
+        "lion_maximize_scaler_clip",
+        reference::lion,
+        || {
+            // Weight decay moves every param every step: with the skipped step 0, eight ±lr
+            // moves alone could bring some back to their start.
+            vec![ParamGroup::rest(LionConfig {
+                lr: 0.01,
+                weight_decay: 0.05,
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            max_grad_norm: Some(1.0),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // The file: standard safetensors, what `Checkpoint` reports, building from a checkpoint
 // ------------------------------------------------------------------------------------------
@@ -1545,6 +1587,11 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
         }),
         make(AdagradConfig {
             initial_accumulator_value: 0.1,
+            ..Default::default()
+        }),
+        make(wgpu_optim::LionConfig {
+            lr: 1e-2,
+            weight_decay: 0.1,
             ..Default::default()
         }),
     ];

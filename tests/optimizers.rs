@@ -109,3 +109,25 @@ fn adagrad_all_options() {
         Run::new(format!("{cfg:?}"), reference::adagrad).run(cfg);
     }
 }
+
+#[test]
+fn lion_all_options() {
+    use wgpu_optim::LionConfig;
+    // 9 steps, not 8: without weight decay every step moves a param by ±lr, and after an even
+    // number some are back at their start, which the runner (rightly) refuses.
+    for (maximize, weight_decay) in pairs(&BOOLS, &[0.0, 0.1]) {
+        let cfg = LionConfig {
+            lr: 1e-2,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        };
+        Run::new(format!("{cfg:?}"), reference::lion)
+            .steps(9)
+            .run(cfg);
+    }
+    let cfg = LionConfig::default();
+    Run::new(format!("{cfg:?}"), reference::lion)
+        .steps(9)
+        .run(cfg);
+}
