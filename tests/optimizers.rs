@@ -4,6 +4,7 @@
 mod common;
 use common::Run;
 use wgpu_optim::{reference, AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
+use wgpu_optim::{AdadeltaConfig, RpropConfig};
 
 const BOOLS: [bool; 2] = [false, true];
 
@@ -107,5 +108,58 @@ fn adagrad_all_options() {
             ..Default::default()
         };
         Run::new(format!("{cfg:?}"), reference::adagrad).run(cfg);
+    }
+}
+
+#[test]
+fn adadelta_all_options() {
+    let mut rows = Vec::new();
+    for ((rho, lr), (maximize, weight_decay)) in pairs(
+        &pairs(&[0.9, 0.3], &[1.0, 0.5]),
+        &pairs(&BOOLS, &[0.0, 0.1]),
+    ) {
+        rows.push(AdadeltaConfig {
+            lr,
+            rho,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    rows.push(AdadeltaConfig {
+        eps: 1e-3,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::adadelta).run(cfg);
+    }
+}
+
+#[test]
+fn rprop_all_options() {
+    let mut rows = Vec::new();
+    for ((etas, step_sizes), maximize) in pairs(
+        &pairs(&[(0.5, 1.2), (0.3, 1.7)], &[(1e-6, 50.0), (1e-3, 0.05)]),
+        &BOOLS,
+    ) {
+        rows.push(RpropConfig {
+            lr: 0.01,
+            etas,
+            step_sizes,
+            maximize,
+        });
+    }
+    rows.push(RpropConfig {
+        lr: 0.2,
+        ..Default::default()
+    });
+    for cfg in rows {
+        // More steps than the default, so sign flips, growth and both clamps all happen.
+        // `prev` is poisoned: NaN * grad is neither > 0 nor < 0, so a NaN `prev` gives the
+        // first step what torch's zeros give it, and an element never written stays NaN.
+        Run::new(format!("{cfg:?}"), reference::rprop)
+            .steps(12)
+            .poison_state("prev")
+            .run(cfg);
     }
 }
