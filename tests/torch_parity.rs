@@ -63,6 +63,8 @@ fn optimizer(case: &Value, params: &Params) -> Box<dyn Optimizer> {
         "AdamW" => build(AdamConfig::adamw(), case, params),
         "RMSprop" => build(RmsPropConfig::default(), case, params),
         "Adagrad" => build(AdagradConfig::default(), case, params),
+        "Adadelta" => build(wgpu_optim::AdadeltaConfig::default(), case, params),
+        "Rprop" => build(wgpu_optim::RpropConfig::default(), case, params),
         other => panic!("unknown optimizer {other}"),
     }
 }
