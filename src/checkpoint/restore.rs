@@ -378,7 +378,7 @@ impl Checkpoint {
     }
 
     /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
-    /// Adagrad) over `params`, with the checkpoint's groups and hyperparameters, ready for
+    /// Adagrad, Adadelta, Rprop) over `params`, with the checkpoint's groups and hyperparameters, ready for
     /// [`Checkpoint::restore`]: for a program that did not write the file.
     ///
     /// ```no_run
@@ -405,9 +405,11 @@ impl Checkpoint {
             SgdConfig::NAME => build::<SgdConfig>(self, params),
             RmsPropConfig::NAME => build::<RmsPropConfig>(self, params),
             AdagradConfig::NAME => build::<AdagradConfig>(self, params),
+            crate::AdadeltaConfig::NAME => build::<crate::AdadeltaConfig>(self, params),
+            crate::RpropConfig::NAME => build::<crate::RpropConfig>(self, params),
             other => Err(mismatch(
                 "optimizer",
-                "one of Adam, SGD, RMSprop, Adagrad",
+                "one of Adam, SGD, RMSprop, Adagrad, Adadelta, Rprop",
                 other,
             )),
         }
