@@ -64,7 +64,7 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
 pub use norm::{GradNorm, NormType};
-pub use optim::{Adadelta, AdadeltaConfig, Rprop, RpropConfig};
+pub use optim::{Adadelta, AdadeltaConfig, Asgd, AsgdConfig, Rprop, RpropConfig};
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
     ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,

@@ -331,6 +331,34 @@ pub fn rprop(
     state.put("step_size", step_size);
 }
 
+/// One step of `torch.optim.ASGD` on one tensor. torch's per-tensor `eta` and `mu` are what
+/// [`crate::AsgdConfig::eta`] and [`crate::AsgdConfig::mu`] give for the steps taken before.
+pub fn asgd(
+    cfg: &crate::optim::AsgdConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    let (eta, mu) = (cfg.eta(state.step), cfg.mu(state.step));
+    state.step += 1;
+    let decay = (1.0 - widen(cfg.lambd) * eta as f64) as f32;
+    let neg_eta = (-(eta as f64)) as f32;
+    let mut ax = state.take("ax");
+    for i in 0..param.len() {
+        let mut p = param[i];
+        let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        p *= decay;
+        p = add_scaled(p, g, neg_eta);
+        param[i] = p;
+        ax[i] = if mu != 1.0 {
+            ax[i] + (p - ax[i]) * mu
+        } else {
+            p
+        };
+    }
+    state.put("ax", ax);
+}
+
 /// Total norm of all gradients (each multiplied by `inv_scale` first, as `GradScaler.unscale_`
 /// does), accumulated in f64: `norm_type` 2, 1 or inf. `None` when a gradient is inf or NaN.
 pub fn grad_norm(grads: &[&Array1<f32>], norm: crate::NormType, inv_scale: f32) -> Option<f64> {

@@ -4,7 +4,7 @@
 mod common;
 use common::Run;
 use wgpu_optim::{reference, AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
-use wgpu_optim::{AdadeltaConfig, RpropConfig};
+use wgpu_optim::{AdadeltaConfig, AsgdConfig, RpropConfig};
 
 const BOOLS: [bool; 2] = [false, true];
 
@@ -160,6 +160,36 @@ fn rprop_all_options() {
         Run::new(format!("{cfg:?}"), reference::rprop)
             .steps(12)
             .poison_state("prev")
+            .run(cfg);
+    }
+}
+
+#[test]
+fn asgd_all_options() {
+    let mut rows = Vec::new();
+    // t0 3: averaging (mu < 1) starts within the run; 1e6 (the default): ax copies param.
+    for ((t0, lambd), (maximize, weight_decay)) in pairs(
+        &pairs(&[1e6, 3.0], &[1e-4, 0.5]),
+        &pairs(&BOOLS, &[0.0, 0.1]),
+    ) {
+        rows.push(AsgdConfig {
+            lr: 0.05,
+            lambd,
+            t0,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    rows.push(AsgdConfig {
+        alpha: 0.3,
+        lambd: 0.5,
+        t0: 1.0,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::asgd)
+            .steps(10)
             .run(cfg);
     }
 }

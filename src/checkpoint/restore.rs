@@ -378,7 +378,7 @@ impl Checkpoint {
     }
 
     /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
-    /// Adagrad, Adadelta, Rprop) over `params`, with the checkpoint's groups and hyperparameters, ready for
+    /// Adagrad, Adadelta, Rprop, ASGD) over `params`, with the checkpoint's groups and hyperparameters, ready for
     /// [`Checkpoint::restore`]: for a program that did not write the file.
     ///
     /// ```no_run
@@ -407,9 +407,10 @@ impl Checkpoint {
             AdagradConfig::NAME => build::<AdagradConfig>(self, params),
             crate::AdadeltaConfig::NAME => build::<crate::AdadeltaConfig>(self, params),
             crate::RpropConfig::NAME => build::<crate::RpropConfig>(self, params),
+            crate::AsgdConfig::NAME => build::<crate::AsgdConfig>(self, params),
             other => Err(mismatch(
                 "optimizer",
-                "one of Adam, SGD, RMSprop, Adagrad, Adadelta, Rprop",
+                "one of Adam, SGD, RMSprop, Adagrad, Adadelta, Rprop, ASGD",
                 other,
             )),
         }

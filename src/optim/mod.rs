@@ -8,6 +8,7 @@
 mod adadelta;
 mod adagrad;
 mod adam;
+mod asgd;
 mod rmsprop;
 mod rprop;
 mod sgd;
@@ -15,6 +16,7 @@ mod sgd;
 pub use adadelta::{Adadelta, AdadeltaConfig, AdadeltaScalars};
 pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
 pub use adam::{Adam, AdamConfig, AdamScalars};
+pub use asgd::{Asgd, AsgdConfig, AsgdScalars};
 pub use rmsprop::{RmsProp, RmsPropConfig, RmsPropScalars};
 pub use rprop::{Rprop, RpropConfig, RpropScalars};
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
