@@ -496,6 +496,51 @@ fn resume_is_exact_rprop() {
     );
 }
 
+#[test]
+fn resume_is_exact_asgd() {
+    // eta and mu are not in the file: they follow from the restored step count. t0 2 puts the
+    // save (after 5 steps) inside the averaging phase; a skipped step must not advance them.
+    let a = wgpu_optim::AsgdConfig {
+        lr: 0.05,
+        lambd: 0.5,
+        t0: 2.0,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = wgpu_optim::AsgdConfig {
+        lr: 0.02,
+        t0: 1e6,
+        ..a.clone()
+    };
+    resume_exact(
+        "asgd_groups_clip",
+        reference::asgd,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![3],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "asgd_maximize_scaler",
+        reference::asgd,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::AsgdConfig {
+                maximize: true,
+                t0: 0.0,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // The file: standard safetensors, what `Checkpoint` reports, building from a checkpoint
 // ------------------------------------------------------------------------------------------
@@ -1639,6 +1684,10 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
         make(wgpu_optim::AdadeltaConfig::default()),
         make(wgpu_optim::RpropConfig {
             lr: 0.05,
+            ..Default::default()
+        }),
+        make(wgpu_optim::AsgdConfig {
+            t0: 1.0,
             ..Default::default()
         }),
     ];

@@ -434,3 +434,55 @@ fn invalid_adadelta_and_rprop_hyperparameters_are_rejected() {
     let mut opt = rprop(RpropConfig::default()).unwrap();
     hyper(opt.set_lr(-1.0), "lr");
 }
+
+/// ASGD follows PyTorch's rules: lr, lambd, alpha and weight_decay >= 0 (t0 only finite).
+#[test]
+fn invalid_asgd_hyperparameters_are_rejected() {
+    use wgpu_optim::{Asgd, AsgdConfig};
+    let p = params();
+    let asgd = |c: AsgdConfig| Asgd::new(&p, c);
+    for (cfg, name) in [
+        (
+            AsgdConfig {
+                lr: -1.0,
+                ..Default::default()
+            },
+            "lr",
+        ),
+        (
+            AsgdConfig {
+                lambd: -1e-4,
+                ..Default::default()
+            },
+            "lambd",
+        ),
+        (
+            AsgdConfig {
+                alpha: -0.75,
+                ..Default::default()
+            },
+            "alpha",
+        ),
+        (
+            AsgdConfig {
+                t0: f32::NAN,
+                ..Default::default()
+            },
+            "t0",
+        ),
+        (
+            AsgdConfig {
+                weight_decay: -1.0,
+                ..Default::default()
+            },
+            "weight_decay",
+        ),
+    ] {
+        hyper(asgd(cfg), name);
+    }
+    asgd(AsgdConfig {
+        t0: -5.0,
+        ..Default::default()
+    })
+    .unwrap();
+}
