@@ -1468,6 +1468,8 @@ fn resumes_from_pytorch_checkpoints() {
         torch_replay::<SgdConfig>(),
         torch_replay::<RmsPropConfig>(),
         torch_replay::<AdagradConfig>(),
+        torch_replay::<wgpu_optim::AdadeltaConfig>(),
+        torch_replay::<wgpu_optim::RpropConfig>(),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch");
     let data: Value =

@@ -98,6 +98,8 @@ TORCH_CLASSES = {
     "SGD": [("SGD", {})],
     "RMSprop": [("RMSprop", {})],
     "Adagrad": [("Adagrad", {})],
+    "Adadelta": [("Adadelta", {})],
+    "Rprop": [("Rprop", {})],
 }
 
 # torch's execution switches: the same numbers whichever way they are set, so not
@@ -484,6 +486,13 @@ FIXTURE_CASES = [
      [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
        dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1,
             eps=1e-10))], False),
+    ("adadelta", "Adadelta",
+     [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+       dict(lr=0.5, rho=0.8, eps=1e-6, weight_decay=0.01))], False),
+    ("rprop_groups", "Rprop",
+     [(["fc1.weight", "fc1.bias"], dict(lr=0.02, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5))),
+      (["fc2.weight", "fc2.bias"], dict(lr=0.005, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)))],
+     False),
 ]
 
 
