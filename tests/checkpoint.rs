@@ -1470,6 +1470,7 @@ fn resumes_from_pytorch_checkpoints() {
         torch_replay::<AdagradConfig>(),
         torch_replay::<wgpu_optim::AdadeltaConfig>(),
         torch_replay::<wgpu_optim::RpropConfig>(),
+        torch_replay::<wgpu_optim::AsgdConfig>(),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch");
     let data: Value =
