@@ -1,7 +1,8 @@
 //! # wgpu-optim
 //!
-//! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad) written
-//! as WGSL compute shaders and dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with
+//! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad,
+//! Adadelta, Rprop, ASGD) written as WGSL compute shaders and dispatched through wgpu (Vulkan,
+//! Metal, DX12, WebGPU), with
 //! torch.optim's semantics.
 //!
 //! Parameters and gradients live in a flat GPU arena ([`Params`]); an optimizer keeps its state
