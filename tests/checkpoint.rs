@@ -87,6 +87,8 @@ struct Settings {
     scaler: Option<ScalerConfig>,
     /// Steps (0-based) whose gradient holds an inf.
     bad_steps: Vec<usize>,
+    /// State poisoned before the first step (`Run::poison_state`).
+    poison: Vec<&'static str>,
 }
 
 const NAMES: [&str; 4] = ["emb.weight", "fc.weight", "fc.bias", "out"];
@@ -113,6 +115,9 @@ fn settings_run<C: OptimizerConfig>(
     }
     if settings.skip_nonfinite {
         run = run.skip_nonfinite();
+    }
+    for &key in &settings.poison {
+        run = run.poison_state(key);
     }
     if let Some(c) = settings.scaler.clone() {
         run = run.scaler(c);
@@ -443,6 +448,135 @@ fn resume_is_exact_lion() {
         Settings {
             scaler: Some(scaler_config()),
             max_grad_norm: Some(1.0),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_adadelta() {
+    let a = wgpu_optim::AdadeltaConfig {
+        lr: 0.5,
+        rho: 0.8,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = wgpu_optim::AdadeltaConfig {
+        rho: 0.95,
+        ..a.clone()
+    };
+    resume_exact(
+        "adadelta_groups_clip",
+        reference::adadelta,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![2],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "adadelta_maximize_scaler",
+        reference::adadelta,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::AdadeltaConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_rprop() {
+    // Groups with different lr: `step_size` starts at each group's own lr, and the fresh
+    // optimizer the checkpoint is loaded into starts from other step sizes.
+    let a = wgpu_optim::RpropConfig {
+        lr: 0.02,
+        etas: (0.4, 1.3),
+        step_sizes: (1e-4, 0.1),
+        maximize: false,
+    };
+    let b = wgpu_optim::RpropConfig {
+        lr: 0.005,
+        ..a.clone()
+    };
+    resume_exact(
+        "rprop_groups_clip",
+        reference::rprop,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![6],
+            poison: vec!["prev"],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "rprop_maximize_scaler",
+        reference::rprop,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::RpropConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![0],
+            poison: vec!["prev"],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_asgd() {
+    // eta and mu are not in the file: they follow from the restored step count. t0 2 puts the
+    // save (after 5 steps) inside the averaging phase; a skipped step must not advance them.
+    let a = wgpu_optim::AsgdConfig {
+        lr: 0.05,
+        lambd: 0.5,
+        t0: 2.0,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = wgpu_optim::AsgdConfig {
+        lr: 0.02,
+        t0: 1e6,
+        ..a.clone()
+    };
+    resume_exact(
+        "asgd_groups_clip",
+        reference::asgd,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![3],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "asgd_maximize_scaler",
+        reference::asgd,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::AsgdConfig {
+                maximize: true,
+                t0: 0.0,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
             bad_steps: vec![0],
             ..Default::default()
         },
@@ -1376,6 +1510,9 @@ fn resumes_from_pytorch_checkpoints() {
         torch_replay::<SgdConfig>(),
         torch_replay::<RmsPropConfig>(),
         torch_replay::<AdagradConfig>(),
+        torch_replay::<wgpu_optim::AdadeltaConfig>(),
+        torch_replay::<wgpu_optim::RpropConfig>(),
+        torch_replay::<wgpu_optim::AsgdConfig>(),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch");
     let data: Value =
@@ -1592,6 +1729,15 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
         make(wgpu_optim::LionConfig {
             lr: 1e-2,
             weight_decay: 0.1,
+            ..Default::default()
+        }),
+        make(wgpu_optim::AdadeltaConfig::default()),
+        make(wgpu_optim::RpropConfig {
+            lr: 0.05,
+            ..Default::default()
+        }),
+        make(wgpu_optim::AsgdConfig {
+            t0: 1.0,
             ..Default::default()
         }),
     ];

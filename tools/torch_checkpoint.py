@@ -20,7 +20,7 @@ The PyTorch side: a checkpoint dict as training scripts usually save one
       "model":     {name: tensor, ...},        # the parameters, in the checkpoint's tensor order
       "optimizer": opt.state_dict(),           # torch.optim's own format
       "scaler":    torch.amp.GradScaler(...).state_dict() or absent,
-      "optimizer_class": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad",   # optional on input
+      "optimizer_class": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad" | ...,   # optional on input
       "wgpu_optim": {"step": int, "max_grad_norm": float | None, "grad_norm_type": float,
                      "skip_nonfinite": bool, "grad_scaler_init_scale": float},  # optional on input
     }
@@ -37,7 +37,10 @@ strict=False)`` and ``scaler.load_state_dict(ck["scaler"])`` resume in PyTorch.
   ``step`` is a scalar tensor where torch keeps one (Adam(W), RMSprop and Adagrad; PyTorch's SGD
   keeps none). An optimizer at step 0 gets an empty state, as PyTorch's lazy initialisation has,
   unless torch creates it eagerly (Adagrad). Both are asked of torch, by building the class on a
-  one-element parameter (before and after one step).
+  one-element parameter (before and after one step). torch's other 0-dim state (ASGD's ``eta``
+  and ``mu``) is not stored on our side, since it follows from the step count and the
+  hyperparameters: ``from-torch`` checks it against what that step count gives, ``to-torch``
+  recomputes it (stepping a one-element probe, see ``derived_scalars``).
 * The script knows of each optimizer only ``TORCH_CLASSES``, a row mapping our name to torch's
   class(es): hyperparameter names, order and types come from the file's ``param_groups``, from
   torch's state_dict and from the class's constructor; state keys from the file's tensors or
@@ -98,6 +101,9 @@ TORCH_CLASSES = {
     "SGD": [("SGD", {})],
     "RMSprop": [("RMSprop", {})],
     "Adagrad": [("Adagrad", {})],
+    "Adadelta": [("Adadelta", {})],
+    "Rprop": [("Rprop", {})],
+    "ASGD": [("ASGD", {})],
 }
 
 # torch's execution switches: the same numbers whichever way they are set, so not
@@ -124,6 +130,22 @@ def probe(cls, kw: dict, shape) -> tuple[dict, dict]:
     p.grad = torch.zeros_like(p)
     opt.step()
     return fresh, {k: v for k, v in opt.state[p].items() if v is not None}
+
+
+def derived_scalars(cls, kw: dict, step: int, stepped: dict) -> dict:
+    """torch's 0-dim state tensors other than ``step`` (ASGD's ``eta`` and ``mu``) after
+    ``step`` steps. wgpu-optim does not store them: they follow from the step count and the
+    hyperparameters, so they are recomputed here by stepping a one-element probe ``step``
+    times (the gradient does not enter them)."""
+    keys = [k for k, v in stepped.items() if k != "step" and v.dim() == 0]
+    if not keys or step == 0:
+        return {}
+    p = torch.zeros((1,), dtype=torch.float32, requires_grad=True)
+    opt = cls([p], foreach=False, **kw)
+    for _ in range(step):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    return {k: opt.state[p][k].clone() for k in keys}
 
 
 def state_keys_of(tensors, name: str) -> list[str]:
@@ -245,6 +267,7 @@ def to_torch(src: str, dst: str) -> None:
         _, kw = torch_kwargs(kind, g)
         # Whether torch creates this state before the first step, and whether it keeps a step.
         fresh, stepped = probe(cls, kw, (1,))
+        derived = derived_scalars(cls, kw, step, stepped)
         for n in g["params"]:
             p = params[n]
             st = {}
@@ -253,6 +276,7 @@ def to_torch(src: str, dst: str) -> None:
                     st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).clone()
                 if "step" in stepped:
                     st["step"] = torch.tensor(float(step), dtype=stepped["step"].dtype)
+                st.update({k: v.clone() for k, v in derived.items()})
             opt.state[p] = st
 
     sd = opt.state_dict()
@@ -381,9 +405,11 @@ def from_torch(src: str, dst: str) -> None:
     for g in our_groups:
         _, kw = torch_kwargs(kind, g)
         probes.append(probe(cls, kw, (1,)))
-    keys = [k for k in probes[0][1] if k != "step"]  # in torch's order
+    # 0-dim state other than step (ASGD's eta, mu) is derived, not stored: see derived_scalars.
+    scalar_keys = {k for k, v in probes[0][1].items() if k != "step" and v.dim() == 0}
+    keys = [k for k in probes[0][1] if k != "step" and k not in scalar_keys]  # torch's order
     for _, stepped in probes[1:]:
-        if sorted(k for k in stepped if k != "step") != sorted(keys):
+        if sorted(k for k in stepped if k != "step" and k not in scalar_keys) != sorted(keys):
             raise SystemExit("groups disagree on boolean options; wgpu-optim needs them equal")
     probe_of = {n: pr for g, pr in zip(our_groups, probes) for n in g["params"]}
 
@@ -408,10 +434,20 @@ def from_torch(src: str, dst: str) -> None:
     else:
         step = 0
 
+    # The derived scalars must be what the step count gives, or the resume would not be exact.
+    kw_of = {n: torch_kwargs(kind, g)[1] for g in our_groups for n in g["params"]}
     out = [(f"param.{n}", model[n].detach().to(torch.float32)) for n in names]
     for n in names:
         p = model[n]
         st = {k: v for k, v in sd["state"].get(name_id[n], {}).items() if v is not None}
+        if scalar_keys and st:
+            want = derived_scalars(cls, kw_of[n], step, probe_of[n][1])
+            for k in scalar_keys:
+                got = st.pop(k, None)
+                if got is None or not torch.equal(torch.as_tensor(got, dtype=want[k].dtype),
+                                                  want[k]):
+                    raise SystemExit(f"state {k} of {n} is {got}, step {step} gives "
+                                     f"{want[k].item()}; wgpu-optim derives it from the step")
         if st and sorted(k for k in st if k != "step") != sorted(keys):
             raise SystemExit(f"state of {n} holds {sorted(st)}, torch keeps {keys} for its "
                              "configuration")
@@ -484,6 +520,18 @@ FIXTURE_CASES = [
      [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
        dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1,
             eps=1e-10))], False),
+    ("adadelta", "Adadelta",
+     [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+       dict(lr=0.5, rho=0.8, eps=1e-6, weight_decay=0.01))], False),
+    ("rprop_groups", "Rprop",
+     [(["fc1.weight", "fc1.bias"], dict(lr=0.02, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5))),
+      (["fc2.weight", "fc2.bias"], dict(lr=0.005, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)))],
+     False),
+    ("asgd_averaging", "ASGD",
+     [(["fc1.weight", "fc1.bias"], dict(lr=0.05, lambd=0.5, alpha=0.75, t0=4.0,
+                                        weight_decay=0.01)),
+      (["fc2.weight", "fc2.bias"], dict(lr=0.02, lambd=1e-4, alpha=0.75, t0=1e6,
+                                        weight_decay=0.0))], False),
 ]
 
 
@@ -547,7 +595,8 @@ def fixture(out_dir: str) -> None:
         state = {}
         for n, p in params.items():
             st = opt.state[p]
-            state[n] = {k: v.reshape(-1).tolist() for k, v in sorted(st.items()) if k != "step"}
+            state[n] = {k: v.reshape(-1).tolist() for k, v in sorted(st.items())
+                        if k != "step" and v.dim() > 0}
         cases.append({
             "name": case,
             "optimizer_class": cls_name,

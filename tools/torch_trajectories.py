@@ -4,7 +4,7 @@
 What it does
 ------------
 For a fixed list of optimizer configurations (SGD, Adam, AdamW, RMSprop,
-Adagrad; every boolean option and every nonzero numeric option is covered by
+Adagrad, Adadelta, Rprop, ASGD; every boolean option and every nonzero numeric option is covered by
 at least one case) this script:
 
 * creates three float32 CPU tensors named ``w`` (7 elements), ``b`` (3) and
@@ -35,7 +35,7 @@ exact float32 value printed as a Python float)::
       "cases": [
         {
           "name": "adam_amsgrad",
-          "optimizer": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad",
+          "optimizer": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad" | "Adadelta" | "Rprop" | "ASGD",
           "config": {...all options, PyTorch names...},
           "seed": 1234,           # torch.manual_seed used for this case
           "grad_scale": 1.0,      # gradients are randn * grad_scale
@@ -144,6 +144,32 @@ CASES = [
      dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=True), 1.0),
     ("adagrad_eps", "Adagrad",
      dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=0.001, maximize=False), 0.001),
+    # ---------------------------------------------------------------- Adadelta
+    ("adadelta_default", "Adadelta",
+     dict(lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.0, maximize=False), 1.0),
+    ("adadelta_rho_lr", "Adadelta",
+     dict(lr=0.5, rho=0.3, eps=1e-06, weight_decay=0.0, maximize=False), 1.0),
+    ("adadelta_weight_decay_maximize", "Adadelta",
+     dict(lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.1, maximize=True), 1.0),
+    ("adadelta_eps", "Adadelta",
+     dict(lr=1.0, rho=0.9, eps=0.001, weight_decay=0.0, maximize=False), 0.001),
+    # ---------------------------------------------------------------- Rprop
+    ("rprop_default", "Rprop",
+     dict(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-06, 50.0), maximize=False), 1.0),
+    ("rprop_etas_clamped", "Rprop",
+     dict(lr=0.01, etas=(0.3, 1.7), step_sizes=(0.001, 0.05), maximize=False), 1.0),
+    ("rprop_maximize", "Rprop",
+     dict(lr=0.1, etas=(0.5, 1.2), step_sizes=(1e-06, 50.0), maximize=True), 1000.0),
+    # ---------------------------------------------------------------- ASGD
+    # eta and mu are 0-dim tensors in torch's state: recorded as plain numbers.
+    ("asgd_default", "ASGD",
+     dict(lr=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, weight_decay=0.0, maximize=False), 1.0),
+    ("asgd_averaging", "ASGD",
+     dict(lr=0.05, lambd=0.5, alpha=0.75, t0=3.0, weight_decay=0.0, maximize=False), 1.0),
+    ("asgd_weight_decay_maximize", "ASGD",
+     dict(lr=0.05, lambd=0.0001, alpha=0.75, t0=5.0, weight_decay=0.1, maximize=True), 1.0),
+    ("asgd_alpha", "ASGD",
+     dict(lr=0.05, lambd=0.5, alpha=0.3, t0=1.0, weight_decay=0.0, maximize=False), 1.0),
 ]
 
 # State keys PyTorch uses; anything else except "step" is reported as an error
@@ -151,6 +177,7 @@ CASES = [
 KNOWN_STATE_KEYS = {
     "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
     "square_avg", "grad_avg", "sum",
+    "acc_delta", "prev", "step_size", "ax", "eta", "mu",
 }
 
 # Module holding the single-tensor implementation of each optimizer.
@@ -160,6 +187,9 @@ SINGLE_TENSOR_FN = {
     "AdamW": ("torch.optim.adam", "_single_tensor_adam"),
     "RMSprop": ("torch.optim.rmsprop", "_single_tensor_rmsprop"),
     "Adagrad": ("torch.optim.adagrad", "_single_tensor_adagrad"),
+    "Adadelta": ("torch.optim.adadelta", "_single_tensor_adadelta"),
+    "Rprop": ("torch.optim.rprop", "_single_tensor_rprop"),
+    "ASGD": ("torch.optim.asgd", "_single_tensor_asgd"),
 }
 
 
