@@ -1,7 +1,7 @@
 //! Which optimizer should I use? The same 64-64-10 MLP on the handwritten digits, trained with
-//! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adam and AdamW for the same budget, each at
-//! the learning rate an LR range test suggests for it. Writes `loss_curves.png` and prints final
-//! loss, test accuracy and time per step.
+//! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adam, AdamW and Lion for the same budget, each
+//! at the learning rate an LR range test suggests for it. Writes `loss_curves.png` and prints
+//! final loss, test accuracy and time per step.
 //!
 //! Losses are logged on the GPU (one f32 per step) and read back once per run: the training loop
 //! itself never waits for the GPU.
@@ -86,6 +86,16 @@ const CANDIDATES: &[(&str, Build)] = &[
             AdamConfig {
                 lr,
                 ..AdamConfig::adamw()
+            },
+        )?))
+    }),
+    ("Lion", |p, lr| {
+        Ok(Box::new(wgpu_optim::Lion::new(
+            p,
+            wgpu_optim::LionConfig {
+                lr,
+                weight_decay: 0.1,
+                ..Default::default()
             },
         )?))
     }),

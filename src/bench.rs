@@ -116,7 +116,7 @@ impl Workload {
 
     /// The optimizers and costly options worth benchmarking, after the copy baseline: Adam,
     /// Adam amsgrad, AdamW, SGD, SGD momentum, SGD Nesterov, RMSprop, RMSprop centered with
-    /// momentum, Adagrad, Adamax, RAdam, NAdam.
+    /// momentum, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam.
     pub fn standard() -> Vec<Workload> {
         let momentum = SgdConfig {
             lr: 1e-2,
@@ -150,6 +150,10 @@ impl Workload {
                 ..Default::default()
             }),
             Workload::with_reference(AdagradConfig::default(), reference::adagrad),
+            Workload::with_reference(crate::LionConfig::default(), reference::lion),
+            Workload::with_reference(crate::AdadeltaConfig::default(), reference::adadelta),
+            Workload::with_reference(crate::RpropConfig::default(), reference::rprop),
+            Workload::with_reference(crate::AsgdConfig::default(), reference::asgd),
             Workload::with_reference(crate::AdamaxConfig::default(), reference::adamax),
             Workload::with_reference(crate::RAdamConfig::default(), reference::radam),
             Workload::with_reference(crate::NAdamConfig::default(), reference::nadam),
@@ -206,7 +210,8 @@ pub fn label<C: OptimizerConfig>(config: &C) -> String {
 /// the param, 4 to write it, 4 to read the gradient, and 8 (a read and a write) per state slot
 /// the configuration uses ([`OptimizerConfig::SLOTS`], [`OptimizerConfig::uses_state`]). So
 /// SGD 12, SGD with momentum 20, Adam/AdamW 28 (+8 amsgrad), RMSprop 20 (+8 centered, +8
-/// momentum), Adagrad 20, Adamax / RAdam / NAdam 28. The optional gradient-norm pass (clipping) is not counted.
+/// momentum), Adagrad 20, Lion 20, Adadelta 28, Rprop 28, ASGD 20, Adamax / RAdam / NAdam 28.
+/// The optional gradient-norm pass (clipping) is not counted.
 pub fn bytes_per_element<C: OptimizerConfig>(config: &C) -> u64 {
     let slots = C::SLOTS.iter().filter(|k| config.uses_state(k)).count() as u64;
     12 + 8 * slots
@@ -689,6 +694,10 @@ mod tests {
             ("RMSprop", 20),
             ("RMSprop centered+momentum", 36),
             ("Adagrad", 20),
+            ("Lion", 20),
+            ("Adadelta", 28),
+            ("Rprop", 28),
+            ("ASGD", 20),
             ("Adamax", 28),
             ("RAdam", 28),
             ("NAdam", 28),

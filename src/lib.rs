@@ -1,8 +1,8 @@
 //! # wgpu-optim
 //!
-//! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad) written
-//! as WGSL compute shaders and dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with
-//! torch.optim's semantics.
+//! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad,
+//! Adadelta, Rprop, ASGD, Lion, Adamax, RAdam, NAdam) written as WGSL compute shaders and
+//! dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with torch.optim's semantics.
 //!
 //! Parameters and gradients live in a flat GPU arena ([`Params`]); an optimizer keeps its state
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
@@ -64,11 +64,13 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
 pub use norm::{GradNorm, NormType};
+pub use optim::{Adadelta, AdadeltaConfig, Asgd, AsgdConfig, Rprop, RpropConfig};
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
     ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
+pub use optim::{Lion, LionConfig};
 pub use params::Params;
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{

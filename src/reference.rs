@@ -15,6 +15,7 @@
 //! assert!((p[0] - (1.0 - 1e-3)).abs() < 1e-6); // first Adam step moves by ~lr
 //! ```
 
+use crate::optim::LionConfig;
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
 use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
 use ndarray::Array1;
@@ -261,6 +262,137 @@ pub fn adagrad(
         param[i] = p + (neg_clr * g) / std;
     }
     state.put("sum", sum);
+}
+
+/// `torch.sign` (and WGSL's `sign`): -1, 0 or 1, 0 for both zeros (`f32::signum` gives 1 for
+/// +0); NaN stays NaN.
+pub fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        x * 0.0
+    }
+}
+
+/// One step of Lion on one tensor, as lion-pytorch's `update_fn` (and `shaders/lion.wgsl`):
+/// `p.mul_(1 - lr * wd)`, `update = exp_avg * beta1` then `.add(grad, alpha=1 - beta1).sign_()`,
+/// `p.add_(update, alpha=-lr)`, `exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)`.
+pub fn lion(cfg: &LionConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let (lr, wd) = (widen(cfg.lr), widen(cfg.weight_decay));
+    let (b1, b2) = (cfg.betas.0, cfg.betas.1);
+    let decay = (1.0 - lr * wd) as f32;
+    let one_minus_b1 = (1.0 - widen(b1)) as f32;
+    let one_minus_b2 = (1.0 - widen(b2)) as f32;
+    let neg_lr = (-lr) as f32;
+    let mut exp_avg = state.take("exp_avg");
+    for i in 0..param.len() {
+        let g = maybe_neg(grad[i], cfg.maximize);
+        let m = exp_avg[i];
+        let update = sign(add_scaled(m * b1, g, one_minus_b1));
+        param[i] = add_scaled(param[i] * decay, update, neg_lr);
+        exp_avg[i] = add_scaled(m * b2, g, one_minus_b2);
+    }
+    state.put("exp_avg", exp_avg);
+}
+
+/// One step of `torch.optim.Adadelta` on one tensor.
+pub fn adadelta(
+    cfg: &crate::optim::AdadeltaConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    state.step += 1;
+    let neg_lr = (-widen(cfg.lr)) as f32;
+    let one_minus_rho = (1.0 - widen(cfg.rho)) as f32;
+    let (rho, eps) = (cfg.rho, cfg.eps);
+    let mut square_avg = state.take("square_avg");
+    let mut acc_delta = state.take("acc_delta");
+    for i in 0..param.len() {
+        let p = param[i];
+        let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        square_avg[i] = addcmul(square_avg[i] * rho, g, g, one_minus_rho);
+        let std = (square_avg[i] + eps).sqrt();
+        let delta = ((acc_delta[i] + eps).sqrt() / std) * g;
+        acc_delta[i] = addcmul(acc_delta[i] * rho, delta, delta, one_minus_rho);
+        param[i] = add_scaled(p, delta, neg_lr);
+    }
+    state.put("square_avg", square_avg);
+    state.put("acc_delta", acc_delta);
+}
+
+/// One step of `torch.optim.Rprop` on one tensor (`step_size` starts at `lr`, see
+/// [`State::new`]).
+pub fn rprop(
+    cfg: &crate::optim::RpropConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    state.step += 1;
+    let (etaminus, etaplus) = cfg.etas;
+    let (step_size_min, step_size_max) = cfg.step_sizes;
+    let mut prev = state.take("prev");
+    let mut step_size = state.take("step_size");
+    for i in 0..param.len() {
+        let mut g = maybe_neg(grad[i], cfg.maximize);
+        let sign = g * prev[i];
+        let factor = if sign > 0.0 {
+            etaplus
+        } else if sign < 0.0 {
+            etaminus
+        } else {
+            1.0
+        };
+        step_size[i] = (step_size[i] * factor)
+            .max(step_size_min)
+            .min(step_size_max);
+        if sign < 0.0 {
+            g = 0.0;
+        }
+        let dir = if g > 0.0 {
+            1.0
+        } else if g < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        param[i] = addcmul(param[i], dir, step_size[i], -1.0);
+        prev[i] = g;
+    }
+    state.put("prev", prev);
+    state.put("step_size", step_size);
+}
+
+/// One step of `torch.optim.ASGD` on one tensor. torch's per-tensor `eta` and `mu` are what
+/// [`crate::AsgdConfig::eta`] and [`crate::AsgdConfig::mu`] give for the steps taken before.
+pub fn asgd(
+    cfg: &crate::optim::AsgdConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    let (eta, mu) = (cfg.eta(state.step), cfg.mu(state.step));
+    state.step += 1;
+    let decay = (1.0 - widen(cfg.lambd) * eta as f64) as f32;
+    let neg_eta = (-(eta as f64)) as f32;
+    let mut ax = state.take("ax");
+    for i in 0..param.len() {
+        let mut p = param[i];
+        let g = l2(maybe_neg(grad[i], cfg.maximize), p, cfg.weight_decay);
+        p *= decay;
+        p = add_scaled(p, g, neg_eta);
+        param[i] = p;
+        ax[i] = if mu != 1.0 {
+            ax[i] + (p - ax[i]) * mu
+        } else {
+            p
+        };
+    }
+    state.put("ax", ax);
 }
 
 /// One step of `torch.optim.Adamax` on one tensor.

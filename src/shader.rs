@@ -297,6 +297,12 @@ mod tests {
         check_update_kernel::<crate::SgdConfig>();
         check_update_kernel::<crate::RmsPropConfig>();
         check_update_kernel::<crate::AdagradConfig>();
+        check_update_kernel::<crate::AdadeltaConfig>();
+        check_update_kernel::<crate::RpropConfig>();
+        check_update_kernel::<crate::AsgdConfig>();
+        check_update_kernel::<crate::AdamaxConfig>();
+        check_update_kernel::<crate::RAdamConfig>();
+        check_update_kernel::<crate::NAdamConfig>();
     }
 
     #[test]

@@ -88,6 +88,8 @@ struct Settings {
     scaler: Option<ScalerConfig>,
     /// Steps (0-based) whose gradient holds an inf.
     bad_steps: Vec<usize>,
+    /// State poisoned before the first step (`Run::poison_state`).
+    poison: Vec<&'static str>,
 }
 
 const NAMES: [&str; 4] = ["emb.weight", "fc.weight", "fc.bias", "out"];
@@ -114,6 +116,9 @@ fn settings_run<C: OptimizerConfig>(
     }
     if settings.skip_nonfinite {
         run = run.skip_nonfinite();
+    }
+    for &key in &settings.poison {
+        run = run.poison_state(key);
     }
     if let Some(c) = settings.scaler.clone() {
         run = run.scaler(c);
@@ -402,6 +407,177 @@ fn resume_is_exact_adagrad() {
         Settings {
             scaler: Some(scaler_config()),
             max_grad_norm: Some(1.0),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_lion() {
+    use wgpu_optim::LionConfig;
+    let a = LionConfig {
+        lr: 0.01,
+        betas: (0.8, 0.95),
+        weight_decay: 0.1,
+        maximize: false,
+    };
+    let b = LionConfig {
+        lr: 0.003,
+        weight_decay: 0.0,
+        ..a.clone()
+    };
+    resume_exact(
+        "lion_groups",
+        reference::lion,
+        || two_groups(a.clone(), b.clone()),
+        Settings::default(),
+    );
+    resume_exact(
+        "lion_maximize_scaler_clip",
+        reference::lion,
+        || {
+            // Weight decay moves every param every step: with the skipped step 0, eight ±lr
+            // moves alone could bring some back to their start.
+            vec![ParamGroup::rest(LionConfig {
+                lr: 0.01,
+                weight_decay: 0.05,
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            max_grad_norm: Some(1.0),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_adadelta() {
+    let a = wgpu_optim::AdadeltaConfig {
+        lr: 0.5,
+        rho: 0.8,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = wgpu_optim::AdadeltaConfig {
+        rho: 0.95,
+        ..a.clone()
+    };
+    resume_exact(
+        "adadelta_groups_clip",
+        reference::adadelta,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![2],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "adadelta_maximize_scaler",
+        reference::adadelta,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::AdadeltaConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![0],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_rprop() {
+    // Groups with different lr: `step_size` starts at each group's own lr, and the fresh
+    // optimizer the checkpoint is loaded into starts from other step sizes.
+    let a = wgpu_optim::RpropConfig {
+        lr: 0.02,
+        etas: (0.4, 1.3),
+        step_sizes: (1e-4, 0.1),
+        maximize: false,
+    };
+    let b = wgpu_optim::RpropConfig {
+        lr: 0.005,
+        ..a.clone()
+    };
+    resume_exact(
+        "rprop_groups_clip",
+        reference::rprop,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![6],
+            poison: vec!["prev"],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "rprop_maximize_scaler",
+        reference::rprop,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::RpropConfig {
+                maximize: true,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
+            bad_steps: vec![0],
+            poison: vec!["prev"],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn resume_is_exact_asgd() {
+    // eta and mu are not in the file: they follow from the restored step count. t0 2 puts the
+    // save (after 5 steps) inside the averaging phase; a skipped step must not advance them.
+    let a = wgpu_optim::AsgdConfig {
+        lr: 0.05,
+        lambd: 0.5,
+        t0: 2.0,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let b = wgpu_optim::AsgdConfig {
+        lr: 0.02,
+        t0: 1e6,
+        ..a.clone()
+    };
+    resume_exact(
+        "asgd_groups_clip",
+        reference::asgd,
+        || two_groups(a.clone(), b.clone()),
+        Settings {
+            max_grad_norm: Some(1.0),
+            skip_nonfinite: true,
+            bad_steps: vec![3],
+            ..Default::default()
+        },
+    );
+    resume_exact(
+        "asgd_maximize_scaler",
+        reference::asgd,
+        || {
+            vec![ParamGroup::rest(wgpu_optim::AsgdConfig {
+                maximize: true,
+                t0: 0.0,
+                ..Default::default()
+            })]
+        },
+        Settings {
+            scaler: Some(scaler_config()),
             bad_steps: vec![0],
             ..Default::default()
         },
@@ -1455,6 +1631,9 @@ fn resumes_from_pytorch_checkpoints() {
         torch_replay::<SgdConfig>(),
         torch_replay::<RmsPropConfig>(),
         torch_replay::<AdagradConfig>(),
+        torch_replay::<wgpu_optim::AdadeltaConfig>(),
+        torch_replay::<wgpu_optim::RpropConfig>(),
+        torch_replay::<wgpu_optim::AsgdConfig>(),
         torch_replay::<AdamaxConfig>(),
         torch_replay::<RAdamConfig>(),
         torch_replay::<NAdamConfig>(),
@@ -1669,6 +1848,33 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
         }),
         make(AdagradConfig {
             initial_accumulator_value: 0.1,
+            ..Default::default()
+        }),
+        make(wgpu_optim::LionConfig {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            ..Default::default()
+        }),
+        make(wgpu_optim::AdadeltaConfig::default()),
+        make(wgpu_optim::RpropConfig {
+            lr: 0.05,
+            ..Default::default()
+        }),
+        make(wgpu_optim::AsgdConfig {
+            t0: 1.0,
+            ..Default::default()
+        }),
+        make(AdamaxConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        }),
+        make(RAdamConfig {
+            betas: (0.9, 0.9),
+            ..Default::default()
+        }),
+        make(NAdamConfig {
+            decoupled_weight_decay: true,
+            weight_decay: 0.1,
             ..Default::default()
         }),
     ];

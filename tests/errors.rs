@@ -323,6 +323,170 @@ fn boxed_trait_objects_work() {
     }
 }
 
+/// Adadelta and Rprop follow PyTorch's rules: `0 <= rho <= 1`, `0 < etas[0] < 1 < etas[1]`.
+#[test]
+fn invalid_adadelta_and_rprop_hyperparameters_are_rejected() {
+    use wgpu_optim::{Adadelta, AdadeltaConfig, Rprop, RpropConfig};
+    let p = params();
+    let ada = |c: AdadeltaConfig| Adadelta::new(&p, c);
+    for (cfg, name) in [
+        (
+            AdadeltaConfig {
+                lr: -1.0,
+                ..Default::default()
+            },
+            "lr",
+        ),
+        (
+            AdadeltaConfig {
+                rho: -0.1,
+                ..Default::default()
+            },
+            "rho",
+        ),
+        (
+            AdadeltaConfig {
+                rho: 1.1,
+                ..Default::default()
+            },
+            "rho",
+        ),
+        (
+            AdadeltaConfig {
+                eps: -1.0,
+                ..Default::default()
+            },
+            "eps",
+        ),
+        (
+            AdadeltaConfig {
+                weight_decay: -1.0,
+                ..Default::default()
+            },
+            "weight_decay",
+        ),
+    ] {
+        hyper(ada(cfg), name);
+    }
+    // Both ends of rho's range are allowed, as in torch.
+    for rho in [0.0, 1.0] {
+        ada(AdadeltaConfig {
+            rho,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let rprop = |c: RpropConfig| Rprop::new(&p, c);
+    for (cfg, name) in [
+        (
+            RpropConfig {
+                lr: -1.0,
+                ..Default::default()
+            },
+            "lr",
+        ),
+        (
+            RpropConfig {
+                etas: (0.0, 1.2),
+                ..Default::default()
+            },
+            "etas[0]",
+        ),
+        (
+            RpropConfig {
+                etas: (1.0, 1.2),
+                ..Default::default()
+            },
+            "etas[0]",
+        ),
+        (
+            RpropConfig {
+                etas: (0.5, 1.0),
+                ..Default::default()
+            },
+            "etas[1]",
+        ),
+        (
+            RpropConfig {
+                etas: (0.5, f32::NAN),
+                ..Default::default()
+            },
+            "etas[1]",
+        ),
+        (
+            RpropConfig {
+                step_sizes: (f32::NAN, 50.0),
+                ..Default::default()
+            },
+            "step_sizes[0]",
+        ),
+        (
+            RpropConfig {
+                step_sizes: (1e-6, f32::INFINITY),
+                ..Default::default()
+            },
+            "step_sizes[1]",
+        ),
+    ] {
+        hyper(rprop(cfg), name);
+    }
+    // set_lr is checked too.
+    let mut opt = rprop(RpropConfig::default()).unwrap();
+    hyper(opt.set_lr(-1.0), "lr");
+}
+
+/// ASGD follows PyTorch's rules: lr, lambd, alpha and weight_decay >= 0 (t0 only finite).
+#[test]
+fn invalid_asgd_hyperparameters_are_rejected() {
+    use wgpu_optim::{Asgd, AsgdConfig};
+    let p = params();
+    let asgd = |c: AsgdConfig| Asgd::new(&p, c);
+    for (cfg, name) in [
+        (
+            AsgdConfig {
+                lr: -1.0,
+                ..Default::default()
+            },
+            "lr",
+        ),
+        (
+            AsgdConfig {
+                lambd: -1e-4,
+                ..Default::default()
+            },
+            "lambd",
+        ),
+        (
+            AsgdConfig {
+                alpha: -0.75,
+                ..Default::default()
+            },
+            "alpha",
+        ),
+        (
+            AsgdConfig {
+                t0: f32::NAN,
+                ..Default::default()
+            },
+            "t0",
+        ),
+        (
+            AsgdConfig {
+                weight_decay: -1.0,
+                ..Default::default()
+            },
+            "weight_decay",
+        ),
+    ] {
+        hyper(asgd(cfg), name);
+    }
+    asgd(AsgdConfig {
+        t0: -5.0,
+        ..Default::default()
+    })
+    .unwrap();
+}
+
 /// Adamax, RAdam and NAdam reject what torch's constructors reject (`ValueError`), by name.
 #[test]
 fn invalid_adam_family_hyperparameters_are_rejected() {

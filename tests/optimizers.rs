@@ -4,6 +4,7 @@
 mod common;
 use common::Run;
 use wgpu_optim::{reference, AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
+use wgpu_optim::{AdadeltaConfig, AsgdConfig, RpropConfig};
 use wgpu_optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
 
 const BOOLS: [bool; 2] = [false, true];
@@ -108,6 +109,111 @@ fn adagrad_all_options() {
             ..Default::default()
         };
         Run::new(format!("{cfg:?}"), reference::adagrad).run(cfg);
+    }
+}
+
+#[test]
+fn lion_all_options() {
+    use wgpu_optim::LionConfig;
+    // 9 steps, not 8: without weight decay every step moves a param by ±lr, and after an even
+    // number some are back at their start, which the runner (rightly) refuses.
+    for (maximize, weight_decay) in pairs(&BOOLS, &[0.0, 0.1]) {
+        let cfg = LionConfig {
+            lr: 1e-2,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        };
+        Run::new(format!("{cfg:?}"), reference::lion)
+            .steps(9)
+            .run(cfg);
+    }
+    let cfg = LionConfig::default();
+    Run::new(format!("{cfg:?}"), reference::lion)
+        .steps(9)
+        .run(cfg);
+}
+
+#[test]
+fn adadelta_all_options() {
+    let mut rows = Vec::new();
+    for ((rho, lr), (maximize, weight_decay)) in pairs(
+        &pairs(&[0.9, 0.3], &[1.0, 0.5]),
+        &pairs(&BOOLS, &[0.0, 0.1]),
+    ) {
+        rows.push(AdadeltaConfig {
+            lr,
+            rho,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    rows.push(AdadeltaConfig {
+        eps: 1e-3,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::adadelta).run(cfg);
+    }
+}
+
+#[test]
+fn rprop_all_options() {
+    let mut rows = Vec::new();
+    for ((etas, step_sizes), maximize) in pairs(
+        &pairs(&[(0.5, 1.2), (0.3, 1.7)], &[(1e-6, 50.0), (1e-3, 0.05)]),
+        &BOOLS,
+    ) {
+        rows.push(RpropConfig {
+            lr: 0.01,
+            etas,
+            step_sizes,
+            maximize,
+        });
+    }
+    rows.push(RpropConfig {
+        lr: 0.2,
+        ..Default::default()
+    });
+    for cfg in rows {
+        // More steps than the default, so sign flips, growth and both clamps all happen.
+        // `prev` is poisoned: NaN * grad is neither > 0 nor < 0, so a NaN `prev` gives the
+        // first step what torch's zeros give it, and an element never written stays NaN.
+        Run::new(format!("{cfg:?}"), reference::rprop)
+            .steps(12)
+            .poison_state("prev")
+            .run(cfg);
+    }
+}
+
+#[test]
+fn asgd_all_options() {
+    let mut rows = Vec::new();
+    // t0 3: averaging (mu < 1) starts within the run; 1e6 (the default): ax copies param.
+    for ((t0, lambd), (maximize, weight_decay)) in pairs(
+        &pairs(&[1e6, 3.0], &[1e-4, 0.5]),
+        &pairs(&BOOLS, &[0.0, 0.1]),
+    ) {
+        rows.push(AsgdConfig {
+            lr: 0.05,
+            lambd,
+            t0,
+            maximize,
+            weight_decay,
+            ..Default::default()
+        });
+    }
+    rows.push(AsgdConfig {
+        alpha: 0.3,
+        lambd: 0.5,
+        t0: 1.0,
+        ..Default::default()
+    });
+    for cfg in rows {
+        Run::new(format!("{cfg:?}"), reference::asgd)
+            .steps(10)
+            .run(cfg);
     }
 }
 

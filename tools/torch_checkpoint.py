@@ -20,7 +20,7 @@ The PyTorch side: a checkpoint dict as training scripts usually save one
       "model":     {name: tensor, ...},        # the parameters, in the checkpoint's tensor order
       "optimizer": opt.state_dict(),           # torch.optim's own format
       "scaler":    torch.amp.GradScaler(...).state_dict() or absent,
-      "optimizer_class": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad",   # optional on input
+      "optimizer_class": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad" | ...,   # optional on input
       "wgpu_optim": {"step": int, "max_grad_norm": float | None, "grad_norm_type": float,
                      "skip_nonfinite": bool, "grad_scaler_init_scale": float},  # optional on input
     }
@@ -37,7 +37,10 @@ strict=False)`` and ``scaler.load_state_dict(ck["scaler"])`` resume in PyTorch.
   ``step`` is a scalar tensor where torch keeps one (Adam(W), RMSprop and Adagrad; PyTorch's SGD
   keeps none). An optimizer at step 0 gets an empty state, as PyTorch's lazy initialisation has,
   unless torch creates it eagerly (Adagrad). Both are asked of torch, by building the class on a
-  one-element parameter (before and after one step).
+  one-element parameter (before and after one step). torch's other 0-dim state (ASGD's ``eta``
+  and ``mu``, NAdam's ``mu_product``) is not stored on our side, since it follows from the step count and the
+  hyperparameters: ``from-torch`` checks it against what that step count gives, ``to-torch``
+  recomputes it (stepping a one-element probe, see ``derived_scalars``).
 * The script knows of each optimizer only ``TORCH_CLASSES``, a row mapping our name to torch's
   class(es): hyperparameter names, order and types come from the file's ``param_groups``, from
   torch's state_dict and from the class's constructor; state keys from the file's tensors or
@@ -63,8 +66,9 @@ safetensors, all F32: ``param.<name>``, ``state.<name>.<key>``, ``state.<name>.s
 Writes the data of ``tests/checkpoint.rs``'s PyTorch interchange test into
 ``tests/data/checkpoint_torch/`` (relative to the repository root): for each case (Adam with
 amsgrad and two named groups, AdamW, SGD with momentum and two unnamed groups, RMSprop centered
-with momentum, Adagrad, Adamax with two named groups, RAdam with decoupled decay, NAdam with two named groups of
-different ``betas`` and ``momentum_decay``) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
+with momentum, Adagrad, Adadelta, Rprop with two unnamed groups, ASGD with two unnamed groups
+(one averaging), Adamax with two named groups, RAdam with decoupled decay, NAdam with two named
+groups of different ``betas`` and ``momentum_decay``) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
 PyTorch checkpoint dict, converts it with ``from-torch`` into ``<case>.safetensors``, runs 10
 more steps and records their gradients, the step torch kept at step 10 (``torch_step``, null
 for SGD) and PyTorch's parameters and state after step 20 in ``expected.json``. As a self-check it also converts the file back with ``to-torch``, resumes a
@@ -99,6 +103,9 @@ TORCH_CLASSES = {
     "SGD": [("SGD", {})],
     "RMSprop": [("RMSprop", {})],
     "Adagrad": [("Adagrad", {})],
+    "Adadelta": [("Adadelta", {})],
+    "Rprop": [("Rprop", {})],
+    "ASGD": [("ASGD", {})],
     "Adamax": [("Adamax", {})],
     "RAdam": [("RAdam", {})],
     "NAdam": [("NAdam", {})],
@@ -130,23 +137,20 @@ def probe(cls, kw: dict, shape) -> tuple[dict, dict]:
     return fresh, {k: v for k, v in opt.state[p].items() if v is not None}
 
 
-def scalar_keys(stepped: dict) -> list[str]:
-    """torch's 0-dim per-parameter state other than ``step`` (NAdam's ``mu_product``)."""
-    return [k for k, v in stepped.items()
-            if k != "step" and isinstance(v, torch.Tensor) and v.dim() == 0]
-
-
-def scalar_state(cls, kw: dict, step: int) -> dict:
-    """The 0-dim state (``scalar_keys``) torch holds after ``step`` steps. wgpu-optim keeps such
-    state on the host, recomputed from the step count and the hyperparameters (it depends on
-    nothing else), not in the file; asked of torch by stepping a one-element parameter ``step``
-    times with zero gradients."""
+def derived_scalars(cls, kw: dict, step: int, stepped: dict) -> dict:
+    """torch's 0-dim state tensors other than ``step`` (ASGD's ``eta`` and ``mu``, NAdam's
+    ``mu_product``) after ``step`` steps. wgpu-optim does not store them: they follow from the
+    step count and the hyperparameters, so they are recomputed here by stepping a one-element
+    probe ``step`` times (the gradient does not enter them)."""
+    keys = [k for k, v in stepped.items() if k != "step" and v.dim() == 0]
+    if not keys or step == 0:
+        return {}
     p = torch.zeros((1,), dtype=torch.float32, requires_grad=True)
     opt = cls([p], foreach=False, **kw)
     for _ in range(step):
         p.grad = torch.zeros_like(p)
         opt.step()
-    return {k: opt.state[p][k].clone() for k in scalar_keys(opt.state[p])}
+    return {k: opt.state[p][k].clone() for k in keys}
 
 
 def state_keys_of(tensors, name: str) -> list[str]:
@@ -268,16 +272,16 @@ def to_torch(src: str, dst: str) -> None:
         _, kw = torch_kwargs(kind, g)
         # Whether torch creates this state before the first step, and whether it keeps a step.
         fresh, stepped = probe(cls, kw, (1,))
-        scalars = scalar_state(cls, kw, step) if scalar_keys(stepped) and step > 0 else {}
+        derived = derived_scalars(cls, kw, step, stepped)
         for n in g["params"]:
             p = params[n]
             st = {}
             if step > 0 or fresh:
                 for key in state_keys_of(tensors, n):
                     st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).clone()
-                st.update({k: v.clone() for k, v in scalars.items()})
                 if "step" in stepped:
                     st["step"] = torch.tensor(float(step), dtype=stepped["step"].dtype)
+                st.update({k: v.clone() for k, v in derived.items()})
             opt.state[p] = st
 
     sd = opt.state_dict()
@@ -406,11 +410,12 @@ def from_torch(src: str, dst: str) -> None:
     for g in our_groups:
         _, kw = torch_kwargs(kind, g)
         probes.append(probe(cls, kw, (1,)))
-    # in torch's order; 0-dim state (NAdam's mu_product) is not stored, only checked below
-    keys = [k for k in probes[0][1] if k != "step" and k not in scalar_keys(probes[0][1])]
+    # 0-dim state other than step (ASGD's eta, mu; NAdam's mu_product) is derived, not stored:
+    # see derived_scalars.
+    scalar_keys = {k for k, v in probes[0][1].items() if k != "step" and v.dim() == 0}
+    keys = [k for k in probes[0][1] if k != "step" and k not in scalar_keys]  # torch's order
     for _, stepped in probes[1:]:
-        if sorted(k for k in stepped if k != "step" and k not in scalar_keys(stepped)) \
-                != sorted(keys):
+        if sorted(k for k in stepped if k != "step" and k not in scalar_keys) != sorted(keys):
             raise SystemExit("groups disagree on boolean options; wgpu-optim needs them equal")
     probe_of = {n: pr for g, pr in zip(our_groups, probes) for n in g["params"]}
 
@@ -435,20 +440,20 @@ def from_torch(src: str, dst: str) -> None:
     else:
         step = 0
 
+    # The derived scalars must be what the step count gives, or the resume would not be exact.
+    kw_of = {n: torch_kwargs(kind, g)[1] for g in our_groups for n in g["params"]}
     out = [(f"param.{n}", model[n].detach().to(torch.float32)) for n in names]
     for n in names:
         p = model[n]
         st = {k: v for k, v in sd["state"].get(name_id[n], {}).items() if v is not None}
-        scalars = {k: st.pop(k) for k in scalar_keys(st)}
-        if scalars:
-            g = next(g for g in our_groups if n in g["params"])
-            want = scalar_state(cls, torch_kwargs(kind, g)[1], step)
-            for k, v in scalars.items():
-                if k not in want or float(v) != float(want[k]):
-                    raise SystemExit(f"state {k} of {n} is {float(v)!r}, not the "
-                                     f"{float(want.get(k, float('nan')))!r} that step {step} "
-                                     "and the group's hyperparameters give (wgpu-optim "
-                                     "recomputes it; were they changed during training?)")
+        if scalar_keys and st:
+            want = derived_scalars(cls, kw_of[n], step, probe_of[n][1])
+            for k in scalar_keys:
+                got = st.pop(k, None)
+                if got is None or not torch.equal(torch.as_tensor(got, dtype=want[k].dtype),
+                                                  want[k]):
+                    raise SystemExit(f"state {k} of {n} is {got}, step {step} gives "
+                                     f"{want[k].item()}; wgpu-optim derives it from the step")
         if st and sorted(k for k in st if k != "step") != sorted(keys):
             raise SystemExit(f"state of {n} holds {sorted(st)}, torch keeps {keys} for its "
                              "configuration")
@@ -498,6 +503,8 @@ SHAPES = [("fc1.weight", (5, 7)), ("fc1.bias", (5,)), ("fc2.weight", (3, 5)), ("
 STEPS_BEFORE = 10
 STEPS_AFTER = 10
 BASE_SEED = 20240917
+# 0-dim state written to expected.json (as a number); other 0-dim state is left out.
+RECORDED_SCALARS = {"mu_product"}
 
 # (case, torch class, groups as (tensor names, kwargs), use named params)
 FIXTURE_CASES = [
@@ -521,6 +528,18 @@ FIXTURE_CASES = [
      [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
        dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1,
             eps=1e-10))], False),
+    ("adadelta", "Adadelta",
+     [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+       dict(lr=0.5, rho=0.8, eps=1e-6, weight_decay=0.01))], False),
+    ("rprop_groups", "Rprop",
+     [(["fc1.weight", "fc1.bias"], dict(lr=0.02, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5))),
+      (["fc2.weight", "fc2.bias"], dict(lr=0.005, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)))],
+     False),
+    ("asgd_averaging", "ASGD",
+     [(["fc1.weight", "fc1.bias"], dict(lr=0.05, lambd=0.5, alpha=0.75, t0=4.0,
+                                        weight_decay=0.01)),
+      (["fc2.weight", "fc2.bias"], dict(lr=0.02, lambd=1e-4, alpha=0.75, t0=1e6,
+                                        weight_decay=0.0))], False),
     ("adamax", "Adamax",
      [(["fc1.weight", "fc1.bias"], dict(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)),
       (["fc2.weight", "fc2.bias"], dict(lr=0.02, betas=(0.8, 0.999), eps=1e-8,
@@ -535,6 +554,19 @@ FIXTURE_CASES = [
       (["fc1.bias", "fc2.bias"], dict(lr=0.02, betas=(0.8, 0.99), eps=1e-8,
                                       weight_decay=0.0, momentum_decay=0.1))], True),
 ]
+
+
+# Adadelta/Rprop/ASGD and Adamax/RAdam/NAdam were added in parallel, both right after Adagrad,
+# so each set was generated with the seeds of the same indices. The second set keeps its seeds
+# (and so its committed files): its seed index does not count the first set's cases.
+SEED_SHARING = (("Adadelta", "Rprop", "ASGD"), ("Adamax", "RAdam", "NAdam"))
+
+
+def seed_index(index: int, cls_name: str) -> int:
+    first, second = SEED_SHARING
+    if cls_name in second:
+        return index - sum(c[1] in first for c in FIXTURE_CASES[:index])
+    return index
 
 
 def make_optimizer(cls_name, groups, params, named):
@@ -552,7 +584,7 @@ def fixture(out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     cases = []
     for index, (case, cls_name, groups, named) in enumerate(FIXTURE_CASES):
-        torch.manual_seed(BASE_SEED + index)
+        torch.manual_seed(BASE_SEED + seed_index(index, cls_name))
         params = OrderedDict((n, torch.randn(s, dtype=torch.float32).requires_grad_(True))
                              for n, s in SHAPES)
         init = {n: p.detach().clone() for n, p in params.items()}
@@ -597,9 +629,11 @@ def fixture(out_dir: str) -> None:
         state = {}
         for n, p in params.items():
             st = opt.state[p]
-            # 0-dim state (NAdam's mu_product) as a number
+            # 0-dim state: NAdam's mu_product as a number (the Rust replay checks it against
+            # NAdamConfig::mu_product); ASGD's eta and mu left out (derived from the step).
             state[n] = {k: v.item() if v.dim() == 0 else v.reshape(-1).tolist()
-                        for k, v in sorted(st.items()) if k != "step"}
+                        for k, v in sorted(st.items())
+                        if k != "step" and (v.dim() > 0 or k in RECORDED_SCALARS)}
         cases.append({
             "name": case,
             "optimizer_class": cls_name,

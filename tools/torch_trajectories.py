@@ -4,8 +4,8 @@
 What it does
 ------------
 For a fixed list of optimizer configurations (SGD, Adam, AdamW, RMSprop,
-Adagrad, Adamax, RAdam, NAdam; every boolean option and every nonzero numeric option is covered by
-at least one case) this script:
+Adagrad, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam; every boolean option and every
+nonzero numeric option is covered by at least one case) this script:
 
 * creates three float32 CPU tensors named ``w`` (7 elements), ``b`` (3) and
   ``e`` (70) initialised with ``randn``;
@@ -18,9 +18,10 @@ at least one case) this script:
   gradients used and the parameters after the step are recorded;
 * records the final optimizer state of every tensor with PyTorch's own state
   key names (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
-  ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``, ``exp_inf``),
-  ``step`` excluded; 0-dim state (NAdam's ``mu_product``) separately, as a
-  number, in ``final_scalar_state``.
+  ``momentum_buffer``, ``square_avg``, ``grad_avg``, ``sum``, ``acc_delta``,
+  ``prev``, ``step_size``, ``ax``, ``exp_inf``), ``step`` excluded; ASGD's 0-dim
+  ``eta`` and ``mu`` as plain numbers among them, NAdam's 0-dim ``mu_product``
+  separately, as a number, in ``final_scalar_state`` (``SCALAR_STATE_KEYS``).
 
 The result is written to ``tests/data/torch_trajectories.json`` (relative to
 the repository root, independent of the current directory) so that the Rust
@@ -36,7 +37,8 @@ exact float32 value printed as a Python float)::
       "cases": [
         {
           "name": "adam_amsgrad",
-          "optimizer": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad",
+          "optimizer": "Adam" | "AdamW" | "SGD" | "RMSprop" | "Adagrad" | "Adadelta" | "Rprop" | "ASGD"
+                       | "Adamax" | "RAdam" | "NAdam",
           "config": {...all options, PyTorch names...},
           "seed": 1234,           # torch.manual_seed used for this case
           "grad_scale": 1.0,      # gradients are randn * grad_scale
@@ -147,6 +149,32 @@ CASES = [
      dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=True), 1.0),
     ("adagrad_eps", "Adagrad",
      dict(lr=0.1, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=0.001, maximize=False), 0.001),
+    # ---------------------------------------------------------------- Adadelta
+    ("adadelta_default", "Adadelta",
+     dict(lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.0, maximize=False), 1.0),
+    ("adadelta_rho_lr", "Adadelta",
+     dict(lr=0.5, rho=0.3, eps=1e-06, weight_decay=0.0, maximize=False), 1.0),
+    ("adadelta_weight_decay_maximize", "Adadelta",
+     dict(lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.1, maximize=True), 1.0),
+    ("adadelta_eps", "Adadelta",
+     dict(lr=1.0, rho=0.9, eps=0.001, weight_decay=0.0, maximize=False), 0.001),
+    # ---------------------------------------------------------------- Rprop
+    ("rprop_default", "Rprop",
+     dict(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-06, 50.0), maximize=False), 1.0),
+    ("rprop_etas_clamped", "Rprop",
+     dict(lr=0.01, etas=(0.3, 1.7), step_sizes=(0.001, 0.05), maximize=False), 1.0),
+    ("rprop_maximize", "Rprop",
+     dict(lr=0.1, etas=(0.5, 1.2), step_sizes=(1e-06, 50.0), maximize=True), 1000.0),
+    # ---------------------------------------------------------------- ASGD
+    # eta and mu are 0-dim tensors in torch's state: recorded as plain numbers.
+    ("asgd_default", "ASGD",
+     dict(lr=0.01, lambd=0.0001, alpha=0.75, t0=1000000.0, weight_decay=0.0, maximize=False), 1.0),
+    ("asgd_averaging", "ASGD",
+     dict(lr=0.05, lambd=0.5, alpha=0.75, t0=3.0, weight_decay=0.0, maximize=False), 1.0),
+    ("asgd_weight_decay_maximize", "ASGD",
+     dict(lr=0.05, lambd=0.0001, alpha=0.75, t0=5.0, weight_decay=0.1, maximize=True), 1.0),
+    ("asgd_alpha", "ASGD",
+     dict(lr=0.05, lambd=0.5, alpha=0.3, t0=1.0, weight_decay=0.0, maximize=False), 1.0),
     # ---------------------------------------------------------------- Adamax
     ("adamax_default", "Adamax",
      dict(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, maximize=False), 1.0),
@@ -187,8 +215,13 @@ CASES = [
 KNOWN_STATE_KEYS = {
     "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
     "square_avg", "grad_avg", "sum",
+    "acc_delta", "prev", "step_size", "ax", "eta", "mu",
     "exp_inf", "mu_product",
 }
+
+# 0-dim state recorded apart, in ``final_scalar_state`` (NAdam's mu_product); other 0-dim
+# state (ASGD's eta and mu) stays in ``final_state``, where ``tolist()`` makes it a number.
+SCALAR_STATE_KEYS = {"mu_product"}
 
 # Module holding the single-tensor implementation of each optimizer.
 SINGLE_TENSOR_FN = {
@@ -197,6 +230,9 @@ SINGLE_TENSOR_FN = {
     "AdamW": ("torch.optim.adam", "_single_tensor_adam"),
     "RMSprop": ("torch.optim.rmsprop", "_single_tensor_rmsprop"),
     "Adagrad": ("torch.optim.adagrad", "_single_tensor_adagrad"),
+    "Adadelta": ("torch.optim.adadelta", "_single_tensor_adadelta"),
+    "Rprop": ("torch.optim.rprop", "_single_tensor_rprop"),
+    "ASGD": ("torch.optim.asgd", "_single_tensor_asgd"),
     "Adamax": ("torch.optim.adamax", "_single_tensor_adamax"),
     "RAdam": ("torch.optim.radam", "_single_tensor_radam"),
     "NAdam": ("torch.optim.nadam", "_single_tensor_nadam"),
@@ -241,8 +277,21 @@ def config_for_json(kwargs: dict) -> dict:
     return cfg
 
 
+# Adadelta/Rprop/ASGD and Adamax/RAdam/NAdam were added in parallel, both right after
+# Adagrad, so each set was generated with the seeds of the same indices. The second set keeps
+# its seeds (and so its recorded data): its seed index does not count the first set's cases.
+SEED_SHARING = (("Adadelta", "Rprop", "ASGD"), ("Adamax", "RAdam", "NAdam"))
+
+
+def seed_index(index: int, opt_name: str) -> int:
+    first, second = SEED_SHARING
+    if opt_name in second:
+        return index - sum(c[1] in first for c in CASES[:index])
+    return index
+
+
 def run_case(index: int, name: str, opt_name: str, kwargs: dict, grad_scale: float) -> dict:
-    seed = BASE_SEED + index
+    seed = BASE_SEED + seed_index(index, opt_name)
     torch.manual_seed(seed)
 
     params = [torch.randn(n, dtype=torch.float32) for _, n in TENSOR_SHAPES]
@@ -294,7 +343,7 @@ def run_case(index: int, name: str, opt_name: str, kwargs: dict, grad_scale: flo
                 continue
             if key not in KNOWN_STATE_KEYS:
                 raise RuntimeError(f"{name}: unexpected state key {key!r}")
-            if val.dim() == 0:
+            if key in SCALAR_STATE_KEYS:
                 # A per-parameter scalar such as NAdam's mu_product (float32 0-dim tensor).
                 sc[key] = val.item()
             else:

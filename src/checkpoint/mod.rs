@@ -45,7 +45,7 @@
 //! | --- | --- |
 //! | `format` | `wgpu-optim-checkpoint` |
 //! | `format_version` | `2` (version `1` files, without checksums, still load) |
-//! | `optimizer` | [`OptimizerConfig::NAME`]: `Adam` (AdamW is Adam with `decoupled_weight_decay` 1), `SGD`, `RMSprop`, `Adagrad` |
+//! | `optimizer` | [`OptimizerConfig::NAME`]: `Adam` (AdamW is Adam with `decoupled_weight_decay` 1), `SGD`, `RMSprop`, `Adagrad`, `Lion`, `Adadelta`, `Rprop`, `ASGD`, `Adamax`, `RAdam`, `NAdam` |
 //! | `step` | steps applied (skipped steps not counted), a decimal integer: the exact count |
 //! | `tensors` | JSON list of the tensor names, in the parameter set's order (PyTorch's param ids 0..n) |
 //! | `param_groups` | JSON list, one object per group: `params` (its tensor names) and every hyperparameter of [`OptimizerConfig::hyperparameters`] (booleans as 0/1, Adam's betas as `betas[0]`, `betas[1]`) |

@@ -378,7 +378,8 @@ impl Checkpoint {
     }
 
     /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
-    /// Adagrad) over `params`, with the checkpoint's groups and hyperparameters, ready for
+    /// Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam) over `params`, with the
+    /// checkpoint's groups and hyperparameters, ready for
     /// [`Checkpoint::restore`]: for a program that did not write the file.
     ///
     /// ```no_run
@@ -405,9 +406,16 @@ impl Checkpoint {
             SgdConfig::NAME => build::<SgdConfig>(self, params),
             RmsPropConfig::NAME => build::<RmsPropConfig>(self, params),
             AdagradConfig::NAME => build::<AdagradConfig>(self, params),
+            crate::LionConfig::NAME => build::<crate::LionConfig>(self, params),
+            crate::AdadeltaConfig::NAME => build::<crate::AdadeltaConfig>(self, params),
+            crate::RpropConfig::NAME => build::<crate::RpropConfig>(self, params),
+            crate::AsgdConfig::NAME => build::<crate::AsgdConfig>(self, params),
+            crate::AdamaxConfig::NAME => build::<crate::AdamaxConfig>(self, params),
+            crate::RAdamConfig::NAME => build::<crate::RAdamConfig>(self, params),
+            crate::NAdamConfig::NAME => build::<crate::NAdamConfig>(self, params),
             other => Err(mismatch(
                 "optimizer",
-                "one of Adam, SGD, RMSprop, Adagrad",
+                "one of Adam, SGD, RMSprop, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam",
                 other,
             )),
         }

@@ -5,20 +5,28 @@
 //! Everything else (state buffers in the arena layout, bind groups built once, one dispatch per
 //! chunk, one submit per step) lives here, in [`FusedOptimizer`].
 
+mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod asgd;
+mod lion;
 mod nadam;
 mod radam;
 mod rmsprop;
+mod rprop;
 mod sgd;
 
+pub use adadelta::{Adadelta, AdadeltaConfig, AdadeltaScalars};
 pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
 pub use adam::{Adam, AdamConfig, AdamScalars};
 pub use adamax::{Adamax, AdamaxConfig, AdamaxScalars};
+pub use asgd::{Asgd, AsgdConfig, AsgdScalars};
+pub use lion::{Lion, LionConfig, LionScalars};
 pub use nadam::{NAdam, NAdamConfig, NAdamScalars};
 pub use radam::{RAdam, RAdamConfig, RAdamScalars};
 pub use rmsprop::{RmsProp, RmsPropConfig, RmsPropScalars};
+pub use rprop::{Rprop, RpropConfig, RpropScalars};
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;

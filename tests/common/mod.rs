@@ -649,6 +649,12 @@ impl<C: OptimizerConfig> Harness<C> {
                 let want = state.get(k).unwrap().as_slice().unwrap();
                 let got = self.opt.state(k, t).unwrap();
                 compare(&format!("{name} {t} {k}"), &got, want, self.bound);
+                if self.run.poison_state.contains(k) {
+                    // Started as NaN: an unwritten element already fails the comparison,
+                    // and a value that legitimately ends at its start (Rprop's `prev` is 0
+                    // after a sign change) is no weakness.
+                    continue;
+                }
                 let start = self.configs[i].state_init(k).to_bits();
                 unmoved += want.iter().filter(|a| a.to_bits() == start).count();
                 total += want.len();
