@@ -105,8 +105,9 @@ pub trait Optimizer: persist::Persist {
     fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()>;
 }
 
-/// The per-algorithm part of an optimizer. Implemented by [`AdamConfig`], [`SgdConfig`],
-/// [`RmsPropConfig`] and [`AdagradConfig`]; [`FusedOptimizer`] does the rest.
+/// The per-algorithm part of an optimizer, implemented by every built-in config
+/// ([`AdamConfig`], [`SgdConfig`], [`RmsPropConfig`], [`AdagradConfig`], [`LionConfig`], ...)
+/// and by yours; [`FusedOptimizer`] does the rest.
 ///
 /// # Adding an optimizer
 /// This trait is the extension interface: implement it for your own config type (in your own
