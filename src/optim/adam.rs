@@ -1,7 +1,7 @@
 //! Adam and AdamW (`torch.optim.Adam` / `torch.optim.AdamW`).
 
 use super::{widen, FusedOptimizer, OptimizerConfig};
-use crate::error::{check, Result};
+use crate::error::Result;
 
 /// Adam, or AdamW with `decoupled_weight_decay: true`.
 pub type Adam = FusedOptimizer<AdamConfig>;
@@ -89,27 +89,7 @@ impl OptimizerConfig for AdamConfig {
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];
 
     fn validate(&self) -> Result<()> {
-        let (b1, b2) = (self.betas.0 as f64, self.betas.1 as f64);
-        check("lr", self.lr as f64, self.lr >= 0.0, "must be >= 0")?;
-        check("eps", self.eps as f64, self.eps >= 0.0, "must be >= 0")?;
-        check(
-            "betas[0]",
-            b1,
-            (0.0..1.0).contains(&b1),
-            "must be in [0, 1)",
-        )?;
-        check(
-            "betas[1]",
-            b2,
-            (0.0..1.0).contains(&b2),
-            "must be in [0, 1)",
-        )?;
-        check(
-            "weight_decay",
-            self.weight_decay as f64,
-            self.weight_decay >= 0.0,
-            "must be >= 0",
-        )
+        super::check_adam_like(self.lr, self.eps, self.betas, self.weight_decay)
     }
 
     fn uses_state(&self, key: &str) -> bool {

@@ -325,6 +325,38 @@ pub fn hyper(x: f32) -> f64 {
     }
 }
 
+/// PyTorch's checks shared by Adam, Adamax, NAdam and RAdam: `lr`, `eps` and `weight_decay`
+/// >= 0, both betas in [0, 1) (all finite).
+pub(crate) fn check_adam_like(
+    lr: f32,
+    eps: f32,
+    betas: (f32, f32),
+    weight_decay: f32,
+) -> Result<()> {
+    use crate::error::check;
+    let (b1, b2) = (betas.0 as f64, betas.1 as f64);
+    check("lr", lr as f64, lr >= 0.0, "must be >= 0")?;
+    check("eps", eps as f64, eps >= 0.0, "must be >= 0")?;
+    check(
+        "betas[0]",
+        b1,
+        (0.0..1.0).contains(&b1),
+        "must be in [0, 1)",
+    )?;
+    check(
+        "betas[1]",
+        b2,
+        (0.0..1.0).contains(&b2),
+        "must be in [0, 1)",
+    )?;
+    check(
+        "weight_decay",
+        weight_decay as f64,
+        weight_decay >= 0.0,
+        "must be >= 0",
+    )
+}
+
 /// A boolean hyperparameter from 0 or 1 (used by [`hyperparameters!`](crate::hyperparameters)).
 #[doc(hidden)]
 pub fn flag(name: &'static str, value: f64) -> Result<bool> {
