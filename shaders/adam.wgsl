@@ -1,21 +1,14 @@
 // Adam / AdamW (torch.optim.Adam, single-tensor path). Order of operations as in ATen.
 
 override AMSGRAD: bool = false;
-override DECOUPLED: bool = false;
+// DECOUPLED and adam_moments: shaders/adam_family.wgsl.
 
 // Called by common.wgsl's entry point for vec4 `i` (in bounds, step not skipped).
 fn update(i: u32, s: Scalars) {
-    var p = param[i];
-    var g = prep_grad(grad[i]);
-    if (DECOUPLED) {
-        p = p * s.decay_factor;
-    } else {
-        g = l2_decay(g, p, s.weight_decay);
-    }
-    let m = lerp4(exp_avg[i], g, s.lerp_w);
-    exp_avg[i] = m;
-    let v = addcmul(exp_avg_sq[i] * s.beta2, g, g, s.one_minus_beta2);
-    exp_avg_sq[i] = v;
+    let mo = adam_moments(i, s.decay_factor, s.weight_decay, s.lerp_w, s.beta2, s.one_minus_beta2);
+    let p = mo.p;
+    let m = mo.m;
+    let v = mo.v;
     var denom: vec4<f32>;
     if (AMSGRAD) {
         let vmax = max(max_exp_avg_sq[i], v);

@@ -1,21 +1,14 @@
 // RAdam (torch.optim.RAdam, single-tensor path). Order of operations as in ATen; whether the
 // step is rectified (rho_t > 5) is decided on the host (`s.rectify`), uniformly for the dispatch.
 
-override DECOUPLED: bool = false;
+// DECOUPLED and adam_moments: shaders/adam_family.wgsl.
 
 // Called by common.wgsl's entry point for vec4 `i` (in bounds, step not skipped).
 fn update(i: u32, s: Scalars) {
-    var p = param[i];
-    var g = prep_grad(grad[i]);
-    if (DECOUPLED) {
-        p = p * s.decay_factor;
-    } else {
-        g = l2_decay(g, p, s.weight_decay);
-    }
-    let m = lerp4(exp_avg[i], g, s.lerp_w);
-    exp_avg[i] = m;
-    let v = addcmul(exp_avg_sq[i] * s.beta2, g, g, s.one_minus_beta2);
-    exp_avg_sq[i] = v;
+    let mo = adam_moments(i, s.decay_factor, s.weight_decay, s.lerp_w, s.beta2, s.one_minus_beta2);
+    let p = mo.p;
+    let m = mo.m;
+    let v = mo.v;
     // bias_corrected_exp_avg * lr
     let step = (m / s.bias_correction1) * s.lr;
     if (s.rectify != 0.0) {

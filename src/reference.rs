@@ -165,6 +165,36 @@ pub fn sgd(cfg: &SgdConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: 
     state.put("momentum_buffer", buf);
 }
 
+/// How the Adam family decays weights: decoupled (`p *= factor`, `factor = 1 - lr * wd`) or
+/// L2 on the gradient.
+#[derive(Clone, Copy)]
+struct AdamDecay {
+    decoupled: bool,
+    factor: f32,
+    weight_decay: f32,
+}
+
+/// The first half of Adam, NAdam and RAdam on one element (`shaders/adam_family.wgsl`): weight
+/// decay, then `exp_avg.lerp_(g, 1 - beta1)` and `exp_avg_sq.mul_(beta2).addcmul_(g, g,
+/// 1 - beta2)`. Returns the decayed param and the gradient the moments saw.
+fn adam_moments(
+    p: f32,
+    g: f32,
+    decay: AdamDecay,
+    (m, one_minus_beta1): (&mut f32, f32),
+    (v, beta2, one_minus_beta2): (&mut f32, f32, f32),
+) -> (f32, f32) {
+    let (mut p, mut g) = (p, g);
+    if decay.decoupled {
+        p *= decay.factor;
+    } else {
+        g = l2(g, p, decay.weight_decay);
+    }
+    *m = lerp(*m, g, one_minus_beta1);
+    *v = addcmul(*v * beta2, g, g, one_minus_beta2);
+    (p, g)
+}
+
 /// One step of `torch.optim.Adam` (AdamW when `decoupled_weight_decay`) on one tensor.
 pub fn adam(cfg: &AdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
     state.step += 1;
@@ -185,15 +215,18 @@ pub fn adam(cfg: &AdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state
     let mut exp_avg_sq = state.take("exp_avg_sq");
     let mut max_exp_avg_sq = state.take("max_exp_avg_sq");
     for i in 0..param.len() {
-        let mut p = param[i];
-        let mut g = maybe_neg(grad[i], cfg.maximize);
-        if cfg.decoupled_weight_decay {
-            p *= decay;
-        } else {
-            g = l2(g, p, cfg.weight_decay);
-        }
-        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
-        exp_avg_sq[i] = addcmul(exp_avg_sq[i] * beta2, g, g, one_minus_beta2);
+        let decay = AdamDecay {
+            decoupled: cfg.decoupled_weight_decay,
+            factor: decay,
+            weight_decay: cfg.weight_decay,
+        };
+        let (p, _) = adam_moments(
+            param[i],
+            maybe_neg(grad[i], cfg.maximize),
+            decay,
+            (&mut exp_avg[i], one_minus_beta1),
+            (&mut exp_avg_sq[i], beta2, one_minus_beta2),
+        );
         let denom = if cfg.amsgrad {
             max_exp_avg_sq[i] = max_exp_avg_sq[i].max(exp_avg_sq[i]);
             max_exp_avg_sq[i].sqrt() / bias_correction2_sqrt + eps
@@ -439,17 +472,18 @@ pub fn radam(cfg: &RAdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, sta
     let mut exp_avg = state.take("exp_avg");
     let mut exp_avg_sq = state.take("exp_avg_sq");
     for i in 0..param.len() {
-        let mut p = param[i];
-        let mut g = maybe_neg(grad[i], cfg.maximize);
-        if cfg.weight_decay != 0.0 {
-            if cfg.decoupled_weight_decay {
-                p *= decay;
-            } else {
-                g = l2(g, p, cfg.weight_decay);
-            }
-        }
-        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
-        exp_avg_sq[i] = addcmul(exp_avg_sq[i] * cfg.betas.1, g, g, one_minus_beta2);
+        let decay = AdamDecay {
+            decoupled: cfg.decoupled_weight_decay,
+            factor: decay,
+            weight_decay: cfg.weight_decay,
+        };
+        let (p, _) = adam_moments(
+            param[i],
+            maybe_neg(grad[i], cfg.maximize),
+            decay,
+            (&mut exp_avg[i], one_minus_beta1),
+            (&mut exp_avg_sq[i], cfg.betas.1, one_minus_beta2),
+        );
         let bias_corrected_exp_avg = exp_avg[i] / bc1;
         param[i] = if rho_t > 5.0 {
             // (bias_correction2 ** 0.5) / exp_avg_sq_sqrt: `Tensor.__rtruediv__`, a reciprocal
@@ -492,17 +526,18 @@ pub fn nadam(cfg: &NAdamConfig, param: &mut Array1<f32>, grad: &Array1<f32>, sta
     let mut exp_avg = state.take("exp_avg");
     let mut exp_avg_sq = state.take("exp_avg_sq");
     for i in 0..param.len() {
-        let mut p = param[i];
-        let mut g = maybe_neg(grad[i], cfg.maximize);
-        if cfg.weight_decay != 0.0 {
-            if cfg.decoupled_weight_decay {
-                p *= decay;
-            } else {
-                g = l2(g, p, cfg.weight_decay);
-            }
-        }
-        exp_avg[i] = lerp(exp_avg[i], g, one_minus_beta1);
-        exp_avg_sq[i] = addcmul(exp_avg_sq[i] * cfg.betas.1, g, g, one_minus_beta2);
+        let decay = AdamDecay {
+            decoupled: cfg.decoupled_weight_decay,
+            factor: decay,
+            weight_decay: cfg.weight_decay,
+        };
+        let (mut p, g) = adam_moments(
+            param[i],
+            maybe_neg(grad[i], cfg.maximize),
+            decay,
+            (&mut exp_avg[i], one_minus_beta1),
+            (&mut exp_avg_sq[i], cfg.betas.1, one_minus_beta2),
+        );
         let denom = (exp_avg_sq[i] / bias_correction2).sqrt() + cfg.eps;
         p += (grad_coef * g) / denom;
         param[i] = p + (exp_avg_coef * exp_avg[i]) / denom;

@@ -83,7 +83,10 @@ crate::shader_struct! {
 
 impl OptimizerConfig for AdamConfig {
     const NAME: &'static str = "Adam";
-    const SHADER: &'static str = include_str!("../../shaders/adam.wgsl");
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/adam_family.wgsl"),
+        include_str!("../../shaders/adam.wgsl")
+    );
     const MOMENTUM: Option<&'static str> = Some("betas[0]");
     type Scalars = AdamScalars;
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"];

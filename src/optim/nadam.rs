@@ -126,7 +126,10 @@ impl NAdamConfig {
 
 impl OptimizerConfig for NAdamConfig {
     const NAME: &'static str = "NAdam";
-    const SHADER: &'static str = include_str!("../../shaders/nadam.wgsl");
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/adam_family.wgsl"),
+        include_str!("../../shaders/nadam.wgsl")
+    );
     type Scalars = NAdamScalars;
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
 

@@ -92,7 +92,10 @@ impl RAdamConfig {
 
 impl OptimizerConfig for RAdamConfig {
     const NAME: &'static str = "RAdam";
-    const SHADER: &'static str = include_str!("../../shaders/radam.wgsl");
+    const SHADER: &'static str = concat!(
+        include_str!("../../shaders/adam_family.wgsl"),
+        include_str!("../../shaders/radam.wgsl")
+    );
     const MOMENTUM: Option<&'static str> = Some("betas[0]");
     type Scalars = RAdamScalars;
     const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
