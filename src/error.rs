@@ -221,6 +221,32 @@ pub enum Error {
         /// Its value.
         value: f32,
     },
+    /// A Burn parameter or gradient that cannot be stepped here: on another backend or
+    /// device, not set up with `wgpu_optim::burn::init`, or not a plain float tensor.
+    #[error("Burn tensor `{param}`: {reason}")]
+    BurnTensor {
+        /// The parameter's module path, e.g. `fc1.weight`.
+        param: String,
+        /// Why it cannot be stepped.
+        reason: String,
+    },
+    /// A Burn parameter whose element type the kernels do not step (they step f32).
+    #[error(
+        "Burn parameter `{param}` is {dtype}; only f32 parameters and gradients can be stepped"
+    )]
+    BurnDtype {
+        /// The parameter's module path.
+        param: String,
+        /// Its element type, as Burn names it.
+        dtype: String,
+    },
+    /// The model's parameters are not the ones of the first step (the optimizer's state is
+    /// laid out for those).
+    #[error("the model's parameters changed since the optimizer's first step: {0}")]
+    ParamSetChanged(String),
+    /// Setting up Burn's wgpu device failed.
+    #[error("Burn device setup failed: {0}")]
+    BurnDevice(String),
 }
 
 impl std::fmt::Debug for Error {

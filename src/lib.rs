@@ -44,6 +44,8 @@
 mod arena;
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "burn")]
+pub mod burn;
 pub mod checkpoint;
 mod error;
 mod gpu;

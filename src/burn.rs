@@ -1,0 +1,866 @@
+//! Step a [Burn](https://burn.dev) model with the fused kernels (feature `burn`, Burn 0.22).
+//!
+//! Burn's optimizers run a chain of tensor operations for every parameter, one parameter
+//! after the other, and clip gradients per tensor. [`BurnOptimizer`] takes the place of Burn's
+//! `ModuleOptimizer` in a training loop and updates every parameter of the model in one fused
+//! kernel per arena chunk, with any optimizer of this crate, global-norm clipping
+//! ([`BurnOptimizer::with_max_grad_norm`]), non-finite skipping and parameter groups by module
+//! path:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), wgpu_optim::Error> {
+//! use burn::module::Module;
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::optim::GradientsParams;
+//! use burn::tensor::{Distribution, Tensor};
+//! use wgpu_optim::burn::{self as wb, BurnOptimizer};
+//! use wgpu_optim::AdamConfig;
+//!
+//! // Once, before Burn first uses the device: Burn's device, with our handle on it.
+//! let (device, _gpu) = wb::init(Default::default())?;
+//! let device = device.autodiff();
+//! let mut model: Linear = LinearConfig::new(8, 1).init(&device);
+//! // Instead of `AdamWConfig::new().init()`:
+//! let mut optim = BurnOptimizer::new(AdamConfig { weight_decay: 0.01, decoupled_weight_decay: true, ..Default::default() })
+//!     .with_max_grad_norm(1.0);
+//! for _ in 0..10 {
+//!     let x = Tensor::<2>::random([32, 8], Distribution::Default, &device);
+//!     let loss = model.forward(x).powf_scalar(2.0).mean();
+//!     let grads = GradientsParams::from_grads(loss.backward(), &model);
+//!     model = optim.step(1e-3, model, grads)?; // the one changed line
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # What a step does
+//! The optimizer keeps its own arena ([`Params`]) in which every parameter and gradient of the
+//! model has a slot, laid out on the first step, and its state (`exp_avg`, ...) in the same
+//! layout; the state is keyed by Burn's [`ParamId`] and named by the parameter's module path
+//! (`fc1.weight`). A step, all on Burn's own wgpu device and queue:
+//! 1. resolves every parameter and gradient to its CubeCL buffer (this submits Burn's pending
+//!    work, such as the backward pass, so it runs first) and records one device-side copy per
+//!    tensor of each into the arena, in one submit: nothing goes through the host;
+//! 2. runs the fused update (clipping, skipping and groups included) in one submit;
+//! 3. copies every updated parameter back in one submit. A parameter whose Burn handle is
+//!    exclusively owned (its fusion tensor has no other reference, Burn's own rule for
+//!    in-place kernels) is written in place; a shared one (for example, a clone of the model
+//!    is alive) is written into a fresh tensor, so the other holder keeps the old values.
+//!
+//! Nothing waits for the GPU. The copies cost 12 bytes per element over the update's own
+//! traffic (the parameter in and out, the gradient in): for Adam 40 bytes per element instead
+//! of 28. Binding Burn's pool buffers directly would save them, but Burn hands out a new
+//! gradient buffer every step and our bind groups are built once; the copies keep the fused
+//! kernels as they are.
+//!
+//! # Differences from Burn's `ModuleOptimizer`
+//! - `step` returns a `Result`: a model on another backend or device, a parameter that is not
+//!   f32, or a model whose parameters changed since the first step is an [`Error`] before any
+//!   GPU work.
+//! - A parameter without a gradient is not changed, as in Burn. Its slot's gradient is zero
+//!   for that step, so it adds nothing to the global norm; as the state is one arena, its
+//!   moments decay as for a zero gradient and the step count is shared (Burn keeps both
+//!   untouched for that parameter).
+//! - The `lr` argument sets the learning rate of every group, as Burn's `f64` learning rate
+//!   does: schedulers (`burn::lr_scheduler`) keep working; a group's own `lr` is used only
+//!   until the first step.
+//!
+//! # Devices
+//! The optimizer needs our handle ([`Gpu`]) on the wgpu device Burn runs on. [`init`] makes
+//! Burn's device and registers both; [`init_setup`] registers a device and queue you made
+//! yourself. A model on a device set up otherwise is an [`Error::BurnTensor`] naming [`init`].
+//!
+//! Fusion is on in this build (as in Burn's default `wgpu` feature), so it is on in every
+//! application that uses this module.
+
+use crate::checkpoint::{self, SaveOptions};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::norm::NormType;
+use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup};
+use crate::params::Params;
+use ::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use ::burn::optim::GradientsParams;
+use ::burn::tensor::{DType, Device, Tensor};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{Cube, CubeBackend, CubeDevice};
+use cubecl::wgpu::{AutoCompiler, WgpuDevice, WgpuResource, WgpuServer, WgpuSetup};
+use cubecl_runtime::storage::ManagedResource;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+pub use cubecl::wgpu::RuntimeOptions;
+
+/// Our handle on each wgpu device registered through [`init`] or [`init_setup`].
+fn registry() -> &'static Mutex<Vec<(WgpuDevice, Gpu)>> {
+    static REGISTRY: OnceLock<Mutex<Vec<(WgpuDevice, Gpu)>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn gpu_of(device: &WgpuDevice) -> Option<Gpu> {
+    let list = registry().lock().unwrap_or_else(|e| e.into_inner());
+    list.iter()
+        .find(|(d, _)| d == device)
+        .map(|(_, g)| g.clone())
+}
+
+/// Bring up Burn's wgpu runtime on `device` (`WgpuDevice::default()` for the first adapter)
+/// and return Burn's [`Device`] for it with our [`Gpu`] on the same wgpu device and queue.
+///
+/// Call it before Burn first uses the device (Burn brings a device up once); then make the
+/// model on the returned device (`.autodiff()` for training). The adapter is the one Burn
+/// picks; its full limits are requested.
+///
+/// ```no_run
+/// let (device, gpu) = wgpu_optim::burn::init(Default::default())?;
+/// println!("training on {}", gpu.info().name);
+/// let device = device.autodiff();
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+pub fn init(device: WgpuDevice) -> Result<(Device, Gpu)> {
+    if let Some(gpu) = gpu_of(&device) {
+        return Ok((Device::new(CubeDevice::Wgpu(device)), gpu));
+    }
+    let setup = cubecl::wgpu::try_init_setup::<cubecl::wgpu::AutoGraphicsApi>(
+        &device,
+        RuntimeOptions::default(),
+    )
+    .map_err(|e| Error::BurnDevice(format!("{e:?}")))?;
+    let gpu = Gpu::from_device(setup.device, setup.queue);
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((device.clone(), gpu.clone()));
+    Ok((Device::new(CubeDevice::Wgpu(device)), gpu))
+}
+
+/// Register a wgpu device and queue you created (with this crate's re-exported
+/// [`crate::wgpu`]) as a Burn device, and return it with our [`Gpu`] on it.
+///
+/// ```no_run
+/// use wgpu_optim::burn::{init_setup, RuntimeOptions};
+/// # fn setup() -> cubecl::wgpu::WgpuSetup { unimplemented!() }
+/// let (device, gpu) = init_setup(setup(), RuntimeOptions::default())?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+pub fn init_setup(setup: WgpuSetup, options: RuntimeOptions) -> Result<(Device, Gpu)> {
+    let gpu = Gpu::from_device(setup.device.clone(), setup.queue.clone());
+    let device = cubecl::wgpu::try_init_device(setup, options)
+        .map_err(|e| Error::BurnDevice(format!("{e:?}")))?;
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((device.clone(), gpu.clone()));
+    Ok((Device::new(CubeDevice::Wgpu(device)), gpu))
+}
+
+/// One float parameter of the model, as a step sees it.
+struct Found {
+    id: ParamId,
+    path: String,
+    len: usize,
+    /// The resolved parameter and gradient, when the step has a gradient for it.
+    tensors: Option<(CubeTensor, CubeTensor)>,
+}
+
+/// Collects the float parameters (path, id, length) and, with `grads`, resolves each
+/// parameter that has a gradient together with its gradient.
+struct Collect<'a> {
+    path: Vec<String>,
+    grads: Option<&'a mut GradientsParams>,
+    found: Vec<Found>,
+    error: Option<Error>,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        let path = self.path.join(".");
+        let grad = self.grads.as_mut().and_then(|g| g.remove::<D>(param.id));
+        let tensors = match grad {
+            None => Ok(None),
+            Some(g) => {
+                let value = param.val();
+                if value.is_distributed() {
+                    Err(Error::BurnTensor {
+                        param: path.clone(),
+                        reason: "distributed parameters are not supported".into(),
+                    })
+                } else {
+                    resolve(&path, value)
+                        .and_then(|p| Ok(Some((p, resolve(&path, g)?))))
+                        .and_then(|t| {
+                            let (p, g) = t.as_ref().expect("just made");
+                            if p.meta.shape() != g.meta.shape() {
+                                return Err(Error::BurnTensor {
+                                    param: path.clone(),
+                                    reason: format!(
+                                        "the gradient has shape {:?}, the parameter {:?}",
+                                        g.meta.shape(),
+                                        p.meta.shape()
+                                    ),
+                                });
+                            }
+                            Ok(t)
+                        })
+                }
+            }
+        };
+        match tensors {
+            Ok(tensors) => self.found.push(Found {
+                id: param.id,
+                path,
+                len: param.lazy_shape().num_elements(),
+                tensors,
+            }),
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+fn collect<M: Module>(module: &M, grads: Option<&mut GradientsParams>) -> Result<Vec<Found>> {
+    let mut v = Collect {
+        path: Vec::new(),
+        grads,
+        found: Vec::new(),
+        error: None,
+    };
+    module.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(v.found),
+    }
+}
+
+/// The CubeCL tensor behind a Burn tensor (autodiff or not), after the checks a step needs.
+/// Resolving submits Burn's pending work on it, so copies recorded afterwards see its values.
+fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<CubeTensor> {
+    let bad = |reason: String| Error::BurnTensor {
+        param: path.to_string(),
+        reason,
+    };
+    let dtype = tensor.dtype();
+    if dtype != DType::F32 {
+        return Err(Error::BurnDtype {
+            param: path.to_string(),
+            dtype: format!("{dtype:?}"),
+        });
+    }
+    let fused = tensor
+        .inner()
+        .try_into_primitive::<Cube>()
+        .map_err(|e| bad(format!("not on Burn's CubeCL (wgpu) backend: {e:?}")))?;
+    let client = fused.client.clone();
+    let cube: CubeTensor = client.resolve_tensor_float::<CubeBackend>(fused);
+    if !matches!(cube.device, CubeDevice::Wgpu(_)) {
+        return Err(bad(format!("on {:?}, not a wgpu device", cube.device)));
+    }
+    if !cube.is_contiguous() || !cube.is_contiguous_buffer() {
+        return Err(bad("not contiguous in memory".into()));
+    }
+    Ok(cube)
+}
+
+fn wgpu_device(t: &CubeTensor) -> Option<&WgpuDevice> {
+    match &t.device {
+        CubeDevice::Wgpu(d) => Some(d),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn check_device(path: &str, t: &CubeTensor, device: &WgpuDevice) -> Result<()> {
+    match wgpu_device(t) {
+        Some(d) if d == device => Ok(()),
+        other => Err(Error::BurnTensor {
+            param: path.to_string(),
+            reason: format!(
+                "on {other:?}, the optimizer runs on {device:?} (the device of its first step)"
+            ),
+        }),
+    }
+}
+
+/// A Burn buffer kept from being freed, reused or moved while the copies that use it are
+/// recorded and submitted.
+type Pin = ManagedResource<WgpuResource>;
+
+/// The buffer range of a resolved tensor, pinned (not freed or reused) while the pin lives.
+fn buffer_range(
+    path: &str,
+    t: &CubeTensor,
+    len: usize,
+    pins: &mut Vec<Pin>,
+) -> Result<(wgpu::Buffer, u64)> {
+    let pin = t
+        .client
+        .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
+        .map_err(|e| Error::Gpu(format!("could not reach the buffer of `{path}`: {e:?}")))?;
+    let r = pin.resource();
+    let (buffer, offset, size) = (r.buffer.clone(), r.offset, r.size);
+    if size < (len * 4) as u64 {
+        return Err(Error::BurnTensor {
+            param: path.to_string(),
+            reason: format!("its buffer holds {size} bytes, {} needed", len * 4),
+        });
+    }
+    pins.push(pin);
+    Ok((buffer, offset))
+}
+
+/// Record the copies between a tensor's arena slot (param or grad buffers) and a buffer range.
+fn copy_slot(
+    enc: &mut wgpu::CommandEncoder,
+    params: &Params,
+    name: &str,
+    (buffer, base): (&wgpu::Buffer, u64),
+    grad: bool,
+    into_arena: bool,
+) -> Result<()> {
+    let mut done = 0u64;
+    for piece in params.pieces(name)? {
+        let arena = if grad {
+            params.grad_buffer(piece.chunk)
+        } else {
+            params.param_buffer(piece.chunk)
+        }
+        .expect("the layout's chunks have buffers");
+        let at = (piece.offset * 4) as u64;
+        let bytes = (piece.len * 4) as u64;
+        if into_arena {
+            enc.copy_buffer_to_buffer(buffer, base + done, arena, at, bytes);
+        } else {
+            enc.copy_buffer_to_buffer(arena, at, buffer, base + done, bytes);
+        }
+        done += bytes;
+    }
+    Ok(())
+}
+
+fn clear_grad(enc: &mut wgpu::CommandEncoder, params: &Params, name: &str) -> Result<()> {
+    for piece in params.pieces(name)? {
+        let buf = params
+            .grad_buffer(piece.chunk)
+            .expect("the layout's chunks have buffers");
+        enc.clear_buffer(buf, (piece.offset * 4) as u64, Some((piece.len * 4) as u64));
+    }
+    Ok(())
+}
+
+/// What the optimizer knows of the model, fixed on the first step.
+struct Arena<C: OptimizerConfig> {
+    gpu: Gpu,
+    device: WgpuDevice,
+    params: Params,
+    opt: FusedOptimizer<C>,
+    /// Slot names (module paths), in arena order.
+    names: Vec<String>,
+    /// ParamId → slot.
+    slot: HashMap<ParamId, usize>,
+}
+
+/// A Burn-model optimizer running this crate's fused kernels: swap it in for
+/// `AdamWConfig::new().init()` (see the [module documentation](self)).
+///
+/// Any [`OptimizerConfig`] works: [`crate::AdamConfig`] (AdamW with `decoupled_weight_decay: true`),
+/// [`crate::SgdConfig`], [`crate::RmsPropConfig`], [`crate::AdagradConfig`],
+/// [`crate::AdadeltaConfig`], [`crate::AdamaxConfig`], [`crate::NAdamConfig`],
+/// [`crate::RAdamConfig`], [`crate::RpropConfig`], [`crate::AsgdConfig`],
+/// [`crate::LionConfig`] and your own.
+pub struct BurnOptimizer<C: OptimizerConfig> {
+    groups: Vec<ParamGroup<C>>,
+    max_grad_norm: Option<f32>,
+    norm_type: NormType,
+    skip_nonfinite: bool,
+    arena: Option<Arena<C>>,
+    /// Parameters of the last step written in place and into fresh tensors.
+    last_writes: (usize, usize),
+}
+
+impl<C: OptimizerConfig> std::fmt::Debug for BurnOptimizer<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnOptimizer")
+            .field("optimizer", &C::NAME)
+            .field("groups", &self.groups)
+            .field("max_grad_norm", &self.max_grad_norm)
+            .field("tensors", &self.arena.as_ref().map(|a| a.names.len()))
+            .finish()
+    }
+}
+
+impl<C: OptimizerConfig> BurnOptimizer<C> {
+    /// One group holding every parameter of the model.
+    ///
+    /// ```
+    /// use wgpu_optim::burn::BurnOptimizer;
+    /// use wgpu_optim::SgdConfig;
+    /// let optim = BurnOptimizer::new(SgdConfig { lr: 0.1, momentum: 0.9, ..Default::default() });
+    /// assert_eq!(optim.step_count(), 0);
+    /// ```
+    pub fn new(config: C) -> Self {
+        Self::with_groups(vec![ParamGroup::rest(config)])
+    }
+
+    /// Parameter groups with their own hyperparameters, matched by module path (`fc1.weight`)
+    /// as [`ParamGroup::new`], [`ParamGroup::matching`] and [`ParamGroup::rest`] match tensor
+    /// names; they are resolved on the first step.
+    ///
+    /// ```
+    /// use wgpu_optim::burn::BurnOptimizer;
+    /// use wgpu_optim::{AdamConfig, ParamGroup};
+    /// let decay = AdamConfig { weight_decay: 0.01, decoupled_weight_decay: true, ..Default::default() };
+    /// let no_decay = AdamConfig { weight_decay: 0.0, ..decay.clone() };
+    /// let optim = BurnOptimizer::with_groups(vec![
+    ///     ParamGroup::matching(|path| path.ends_with(".bias"), no_decay),
+    ///     ParamGroup::rest(decay),
+    /// ]);
+    /// assert!(optim.optimizer().is_none()); // laid out on the first step
+    /// ```
+    pub fn with_groups(groups: Vec<ParamGroup<C>>) -> Self {
+        Self {
+            groups,
+            max_grad_norm: None,
+            norm_type: NormType::L2,
+            skip_nonfinite: false,
+            arena: None,
+            last_writes: (0, 0),
+        }
+    }
+
+    /// Clip the gradients by their global norm over every parameter, as
+    /// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, at most
+    /// 1), before each update; Burn clips each tensor by its own norm. A step whose gradients
+    /// are not finite is skipped.
+    pub fn with_max_grad_norm(mut self, max_norm: f32) -> Self {
+        self.max_grad_norm = Some(max_norm);
+        self
+    }
+
+    /// The norm used for clipping ([`NormType::L2`] by default).
+    pub fn with_grad_norm_type(mut self, norm_type: NormType) -> Self {
+        self.norm_type = norm_type;
+        self
+    }
+
+    /// Skip (on the GPU, without waiting) every step whose gradients hold an inf or NaN:
+    /// parameters, state and step count stay as they were.
+    pub fn with_skip_nonfinite(mut self, skip: bool) -> Self {
+        self.skip_nonfinite = skip;
+        self
+    }
+
+    /// The fused optimizer behind it, once the first step has laid out the arena: for
+    /// [`Optimizer::state`], [`Optimizer::last_grad_norm`], [`Optimizer::last_step_skipped`],
+    /// the learning rate and the step count. Tensor names are module paths.
+    pub fn optimizer(&self) -> Option<&FusedOptimizer<C>> {
+        self.arena.as_ref().map(|a| &a.opt)
+    }
+
+    /// The arena holding the copies of the parameters and gradients of the last step.
+    pub fn params(&self) -> Option<&Params> {
+        self.arena.as_ref().map(|a| &a.params)
+    }
+
+    /// Steps taken (skipped ones included).
+    pub fn step_count(&self) -> u64 {
+        self.arena.as_ref().map_or(0, |a| a.opt.step_count())
+    }
+
+    /// How the last step wrote the parameters back: `(in place, into fresh tensors)`. A
+    /// parameter is written in place when the module holds the only reference to its Burn
+    /// tensor, into a fresh tensor when something else (a clone of the module, a tensor kept
+    /// from `param.val()`) still refers to it, so that holder keeps the old values.
+    pub fn last_writes(&self) -> (usize, usize) {
+        self.last_writes
+    }
+
+    /// The name a parameter has in the state and in checkpoints: its module path.
+    pub fn path_of(&self, id: ParamId) -> Option<&str> {
+        let a = self.arena.as_ref()?;
+        a.slot.get(&id).map(|&i| a.names[i].as_str())
+    }
+
+    /// One optimizer step over every parameter of `module` that has a gradient in `grads`;
+    /// returns the updated module. `lr` is the learning rate of every group for this step
+    /// (what a Burn scheduler gives). See the [module documentation](self) for what runs.
+    ///
+    /// Errors, raised before any GPU work (the module is dropped with the `Err`, as Burn's step
+    /// consumes it): a parameter on another backend or device, or on a wgpu device not set up
+    /// with [`init`]; a parameter or gradient that is not f32; a model whose parameters (ids or
+    /// lengths) differ from those of the first step; an invalid `lr`.
+    pub fn step<M: Module>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> Result<M> {
+        let found = collect(&module, Some(&mut grads))?;
+        if self.arena.is_none() {
+            self.arena = Some(self.build(&found)?);
+        }
+        let arena = self.arena.as_mut().expect("built above");
+        check_same(arena, &found)?;
+        arena.opt.set_lr(lr as f32)?;
+        for f in &found {
+            if let Some((p, g)) = &f.tensors {
+                check_device(&f.path, p, &arena.device)?;
+                check_device(&f.path, g, &arena.device)?;
+            }
+        }
+        let gpu = arena.gpu.clone();
+
+        // 1. Parameters and gradients into the arena: a copy per tensor, one submit.
+        let mut pins = Vec::new();
+        let mut enc = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim burn gather"),
+            });
+        let mut has_grad = HashMap::with_capacity(found.len());
+        for f in &found {
+            let name = arena.names[arena.slot[&f.id]].clone();
+            has_grad.insert(f.id, f.tensors.is_some());
+            match &f.tensors {
+                Some((p, g)) => {
+                    for (t, grad) in [(p, false), (g, true)] {
+                        let (buffer, base) = buffer_range(&f.path, t, f.len, &mut pins)?;
+                        copy_slot(&mut enc, &arena.params, &name, (&buffer, base), grad, true)?;
+                    }
+                }
+                None => clear_grad(&mut enc, &arena.params, &name)?,
+            }
+        }
+        gpu.queue().submit([enc.finish()]);
+
+        // 2. The fused update, its own submit.
+        arena.opt.step(&mut arena.params)?;
+
+        // 3. The updated parameters back into Burn's tensors, one submit.
+        let mut writer = WriteBack {
+            arena,
+            has_grad,
+            enc: gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgpu-optim burn scatter"),
+                }),
+            pins: Vec::new(),
+            path: Vec::new(),
+            error: None,
+            in_place: 0,
+            fresh: 0,
+        };
+        let module = module.map(&mut writer);
+        let WriteBack {
+            enc,
+            pins: out_pins,
+            error,
+            in_place,
+            fresh,
+            ..
+        } = writer;
+        self.last_writes = (in_place, fresh);
+        gpu.queue().submit([enc.finish()]);
+        drop(found);
+        drop(pins);
+        drop(out_pins);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(module),
+        }
+    }
+
+    /// Lay out the arena for the model's parameters that have a gradient now.
+    fn build(&self, found: &[Found]) -> Result<Arena<C>> {
+        let Some(dev) = found
+            .iter()
+            .find_map(|f| f.tensors.as_ref().and_then(|t| wgpu_device(&t.0)).cloned())
+        else {
+            return Err(Error::Empty(
+                "no parameter of the model has a gradient; nothing to step".into(),
+            ));
+        };
+        let gpu = gpu_of(&dev).ok_or_else(|| Error::BurnTensor {
+            param: found[0].path.clone(),
+            reason: format!(
+                "its wgpu device {dev:?} was not set up with wgpu_optim::burn::init (call it \
+                 before Burn first uses the device, and make the model on the device it returns)"
+            ),
+        })?;
+        let names = slot_names(found);
+        let specs: Vec<(&str, usize)> = names
+            .iter()
+            .zip(found)
+            .map(|(n, f)| (n.as_str(), f.len))
+            .collect();
+        let params = Params::zeros(&gpu, &specs)?;
+        let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
+        opt.set_grad_norm_type(self.norm_type)?;
+        opt.set_max_grad_norm(self.max_grad_norm)?;
+        opt.set_skip_nonfinite(self.skip_nonfinite)?;
+        let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+        Ok(Arena {
+            gpu,
+            device: dev,
+            params,
+            opt,
+            names,
+            slot,
+        })
+    }
+
+    /// Save the optimizer's state and the parameters (as of the last step) to a checkpoint in
+    /// this crate's format ([`crate::checkpoint`]), tensors named by module path.
+    ///
+    /// Resume with [`BurnOptimizer::load`], which also writes the saved parameters into the
+    /// model, so that one file resumes the run.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let a = self.arena.as_ref().ok_or_else(|| {
+            Error::Empty("nothing to save before the first step lays out the state".into())
+        })?;
+        checkpoint::save(path, &a.params, &a.opt, SaveOptions::default())
+    }
+
+    /// Resume from a checkpoint written by [`BurnOptimizer::save`]: lay out the state for
+    /// `module`'s parameters (every float parameter, by module path), restore the state, the
+    /// hyperparameters, the clipping settings and the step count, and return `module` with the
+    /// saved parameter values. Everything is checked before anything changes; on `Err` the
+    /// optimizer is as it was.
+    ///
+    /// ```no_run
+    /// # use burn::nn::{Linear, LinearConfig};
+    /// use wgpu_optim::burn::{init, BurnOptimizer};
+    /// use wgpu_optim::AdamConfig;
+    /// let (device, _) = init(Default::default())?;
+    /// let model: Linear = LinearConfig::new(4, 2).init(&device.autodiff());
+    /// let mut optim = BurnOptimizer::new(AdamConfig::default());
+    /// let model = optim.load("run.safetensors", model)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn load<M: Module>(&mut self, path: impl AsRef<Path>, module: M) -> Result<M> {
+        let found = collect(&module, None)?;
+        let (dev, gpu) = {
+            let mut v = FirstDevice { device: None };
+            module.visit(&mut v);
+            let dev = v.device.ok_or_else(|| {
+                Error::Empty("the model has no float parameter on a wgpu device".into())
+            })?;
+            let gpu = gpu_of(&dev).ok_or_else(|| Error::BurnTensor {
+                param: found.first().map(|f| f.path.clone()).unwrap_or_default(),
+                reason: format!(
+                    "its wgpu device {dev:?} was not set up with wgpu_optim::burn::init"
+                ),
+            })?;
+            (dev, gpu)
+        };
+        let names = slot_names(&found);
+        let specs: Vec<(&str, usize)> = names
+            .iter()
+            .zip(&found)
+            .map(|(n, f)| (n.as_str(), f.len))
+            .collect();
+        let mut params = Params::zeros(&gpu, &specs)?;
+        let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
+        checkpoint::load(path, &mut params, &mut opt)?;
+        let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+        let mut arena = Arena {
+            gpu: gpu.clone(),
+            device: dev,
+            params,
+            opt,
+            names,
+            slot,
+        };
+        self.max_grad_norm = arena.opt.max_grad_norm();
+        self.norm_type = arena.opt.grad_norm_type();
+        self.skip_nonfinite = arena.opt.skip_nonfinite();
+        let mut writer = WriteBack {
+            arena: &mut arena,
+            has_grad: found.iter().map(|f| (f.id, true)).collect(),
+            enc: gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgpu-optim burn load"),
+                }),
+            pins: Vec::new(),
+            path: Vec::new(),
+            error: None,
+            in_place: 0,
+            fresh: 0,
+        };
+        let module = module.map(&mut writer);
+        let WriteBack {
+            enc, pins, error, ..
+        } = writer;
+        gpu.queue().submit([enc.finish()]);
+        drop(pins);
+        if let Some(e) = error {
+            return Err(e);
+        }
+        self.arena = Some(arena);
+        Ok(module)
+    }
+}
+
+/// Unique slot names: the module paths, `#n` added to a repeated one.
+fn slot_names(found: &[Found]) -> Vec<String> {
+    let mut names = Vec::with_capacity(found.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for f in found {
+        let base = if f.path.is_empty() {
+            "param".to_string()
+        } else {
+            f.path.clone()
+        };
+        let n = seen.entry(base.clone()).or_insert(0);
+        names.push(if *n == 0 { base } else { format!("{base}#{n}") });
+        *n += 1;
+    }
+    names
+}
+
+/// The parameters of this step against the arena's.
+fn check_same<C: OptimizerConfig>(arena: &Arena<C>, found: &[Found]) -> Result<()> {
+    if found.len() != arena.names.len() {
+        return Err(Error::ParamSetChanged(format!(
+            "the model has {} float parameters, the optimizer's state {}",
+            found.len(),
+            arena.names.len()
+        )));
+    }
+    for f in found {
+        let Some(&slot) = arena.slot.get(&f.id) else {
+            return Err(Error::ParamSetChanged(format!(
+                "`{}` ({}) is a parameter the optimizer has no state for",
+                f.path, f.id
+            )));
+        };
+        let name = &arena.names[slot];
+        let len = arena.params.len(name)?;
+        if len != f.len {
+            return Err(Error::ParamSetChanged(format!(
+                "`{}` has {} elements, its state {len}",
+                f.path, f.len
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first wgpu device a float parameter of the module lives on.
+struct FirstDevice {
+    device: Option<WgpuDevice>,
+}
+
+impl ModuleVisitor for FirstDevice {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.device.is_none() {
+            if let Ok(t) = resolve("", param.val()) {
+                self.device = wgpu_device(&t).cloned();
+            }
+        }
+    }
+}
+
+/// Writes the arena's parameters into the module's tensors.
+struct WriteBack<'a, C: OptimizerConfig> {
+    arena: &'a mut Arena<C>,
+    has_grad: HashMap<ParamId, bool>,
+    enc: wgpu::CommandEncoder,
+    pins: Vec<Pin>,
+    path: Vec<String>,
+    error: Option<Error>,
+    in_place: usize,
+    fresh: usize,
+}
+
+impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() || !self.has_grad.get(&param.id).copied().unwrap_or(false) {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let (shape, device) = (tensor.shape(), tensor.device());
+        let updated = match self.write(id, tensor) {
+            Ok(t) => t,
+            Err(e) => {
+                // The step returns this error and drops the module.
+                self.error = Some(e);
+                Tensor::empty(shape, &device)
+            }
+        };
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+impl<C: OptimizerConfig> WriteBack<'_, C> {
+    /// Record the copy of the arena's values of `id` into `tensor`'s own buffer when Burn's
+    /// handle is exclusively owned, else into a fresh tensor; returns the tensor for the
+    /// module, with the autodiff settings `tensor` had.
+    fn write<const D: usize>(&mut self, id: ParamId, tensor: Tensor<D>) -> Result<Tensor<D>> {
+        let path = self.path.join(".");
+        let slot = *self.arena.slot.get(&id).ok_or_else(|| {
+            Error::ParamSetChanged(format!(
+                "`{path}` ({id}) has no slot in the optimizer's state"
+            ))
+        })?;
+        let name = self.arena.names[slot].clone();
+        let autodiff = tensor.is_autodiff();
+        let require_grad = autodiff && tensor.is_require_grad();
+        let checkpointing = tensor.gradient_checkpointing_strategy();
+        let shape = tensor.shape();
+        let device = tensor.device().inner();
+        let fused = tensor
+            .inner()
+            .try_into_primitive::<Cube>()
+            .map_err(|e| Error::BurnTensor {
+                param: path.clone(),
+                reason: format!("not on Burn's CubeCL (wgpu) backend: {e:?}"),
+            })?;
+        // Burn's own rule for in-place kernels: a fusion tensor nothing else refers to.
+        let target = if burn_backend::TensorMetadata::can_mut(&fused) {
+            self.in_place += 1;
+            Tensor::<D>::from_primitive::<Cube>(fused)
+        } else {
+            drop(fused);
+            self.fresh += 1;
+            Tensor::<D>::empty(shape, (&device, DType::F32))
+        };
+        let cube = resolve(&path, target.clone())?;
+        check_device(&path, &cube, &self.arena.device)?;
+        let len = self.arena.params.len(&name)?;
+        let (buffer, base) = buffer_range(&path, &cube, len, &mut self.pins)?;
+        copy_slot(
+            &mut self.enc,
+            &self.arena.params,
+            &name,
+            (&buffer, base),
+            false,
+            false,
+        )?;
+        if !autodiff {
+            return Ok(target);
+        }
+        let mut out = Tensor::from_inner(target);
+        if let Some(strategy) = checkpointing {
+            out = out.with_gradient_checkpointing_strategy(strategy);
+        }
+        if require_grad {
+            out = out.require_grad();
+        }
+        Ok(out)
+    }
+}
