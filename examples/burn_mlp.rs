@@ -1,0 +1,396 @@
+//! The digits MLP (64-64-10) written in Burn, trained twice from the same start on the same
+//! batches: with Burn's AdamW (`AdamWConfig::new().init()`) and with `wgpu_optim::burn`'s
+//! fused AdamW, swapped in with one line. Prints the time of one optimizer step of each
+//! (the device synchronised right before and right after the step, nothing else inside the
+//! timed region), the final test accuracy of both, and writes `burn_loss_curves.png`.
+//!
+//! Then the same comparison on a model with GPT-2 small's 148 parameter tensors scaled to
+//! 2^20 and 2^24 parameters (`--many 20,24` to choose; gradients are random tensors in
+//! Burn's `GradientsParams`, so only the optimizer step runs).
+//!
+//! `cargo run --release --features burn --example burn_mlp [-- --epochs 10 --many 20,24]`
+
+#[path = "nn/mod.rs"]
+mod nn;
+
+use burn::module::{Module, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::Linear;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{activation::relu, Device, Distribution, Int, Tensor, TensorData};
+use plotters::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+use wgpu_optim::burn::{init, BurnOptimizer};
+use wgpu_optim::{AdamConfig, Gpu};
+
+/// AdamW's hyperparameters, the same for both optimizers.
+const LR: f64 = 3e-3;
+const BETAS: (f32, f32) = (0.9, 0.999);
+const EPS: f32 = 1e-8;
+const WEIGHT_DECAY: f32 = 1e-2;
+const BATCH: usize = 64;
+
+#[derive(Module, Debug)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    /// Burn's default Linear init (uniform in ±1/sqrt(fan_in)), from `seed`.
+    fn new(seed: u64, device: &Device) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut linear = |i: usize, o: usize| {
+            let k = 1.0 / (i as f32).sqrt();
+            let mut u =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-k..k)).collect() };
+            Linear {
+                weight: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(u(i * o), [i, o]),
+                    device,
+                )),
+                bias: Some(Param::from_tensor(Tensor::from_data(
+                    TensorData::new(u(o), [o]),
+                    device,
+                ))),
+            }
+        };
+        Mlp {
+            fc1: linear(64, 64),
+            fc2: linear(64, 10),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(relu(self.fc1.forward(x)))
+    }
+}
+
+/// A model with GPT-2 small's 148 parameter tensors, every size scaled to total about `n`.
+#[derive(Module, Debug)]
+struct Many {
+    tensors: Vec<Param<Tensor<1>>>,
+}
+
+fn gpt2_small_sizes(n: usize) -> Vec<usize> {
+    let (d, vocab, ctx) = (768usize, 50257usize, 1024usize);
+    let mut t = vec![vocab * d, ctx * d];
+    for _ in 0..12 {
+        t.extend([
+            d,
+            d,
+            d * 3 * d,
+            3 * d,
+            d * d,
+            d,
+            d,
+            d,
+            d * 4 * d,
+            4 * d,
+            4 * d * d,
+            d,
+        ]);
+    }
+    t.extend([d, d]);
+    let total: usize = t.iter().sum();
+    let scale = n as f64 / total as f64;
+    t.into_iter()
+        .map(|len| ((len as f64 * scale).round() as usize).max(1))
+        .collect()
+}
+
+struct Data {
+    train: (Vec<f32>, Vec<f32>),
+    test: (Vec<f32>, Vec<f32>),
+}
+
+/// A batch of rows `order[at..at + BATCH]` as tensors on `device`.
+fn batch(
+    split: &(Vec<f32>, Vec<f32>),
+    rows: &[usize],
+    device: &Device,
+) -> (Tensor<2>, Tensor<1, Int>) {
+    let x: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| split.0[i * 64..(i + 1) * 64].to_vec())
+        .collect();
+    let y: Vec<i64> = rows.iter().map(|&i| split.1[i] as i64).collect();
+    (
+        Tensor::from_data(TensorData::new(x, [rows.len(), 64]), device),
+        Tensor::from_data(TensorData::new(y, [rows.len()]), device),
+    )
+}
+
+/// Waits for everything submitted to the device: Burn's work and ours (one queue).
+fn sync(device: &Device, gpu: &Gpu) {
+    device.sync().expect("device sync");
+    let _ = gpu.device().poll(wgpu::PollType::wait_indefinitely());
+}
+
+/// One training run. `step` is the optimizer step; returns (losses, step times in ms, test
+/// accuracy).
+fn train(
+    data: &Data,
+    epochs: usize,
+    device: &Device,
+    gpu: &Gpu,
+    mut step: impl FnMut(f64, Mlp, GradientsParams) -> Mlp,
+) -> (Vec<f32>, Vec<f64>, f32) {
+    let mut model = Mlp::new(1, device);
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut rng = StdRng::seed_from_u64(2);
+    let n = data.train.1.len();
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    for _ in 0..epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
+        for rows in order.chunks_exact(BATCH) {
+            let (x, y) = batch(&data.train, rows, device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            losses.push(loss.into_scalar::<f32>());
+            sync(device, gpu);
+            let t = Instant::now();
+            model = step(LR, model, grads);
+            sync(device, gpu);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let rows: Vec<usize> = (0..data.test.1.len()).collect();
+    let (x, y) = batch(&data.test, &rows, &device.clone().inner());
+    let model = model.valid(); // inference on the plain device
+    let pred = model.forward(x).argmax(1).flatten::<1>(0, 1);
+    let correct: i64 = pred.equal(y).int().sum().into_scalar();
+    (losses, times, correct as f32 / rows.len() as f32)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ours() -> BurnOptimizer<AdamConfig> {
+    BurnOptimizer::new(AdamConfig {
+        lr: LR as f32,
+        betas: BETAS,
+        eps: EPS,
+        weight_decay: WEIGHT_DECAY,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    })
+}
+
+fn burn_adamw() -> burn::optim::ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_1(BETAS.0)
+        .with_beta_2(BETAS.1)
+        .with_epsilon(EPS)
+        .with_weight_decay(WEIGHT_DECAY)
+        .init()
+}
+
+/// Optimizer step time (ms, median of `steps` after 2 warm-up steps) on the many-tensor model.
+fn many_tensors(n: usize, steps: usize, device: &Device, gpu: &Gpu) -> (usize, usize, f64, f64) {
+    let sizes = gpt2_small_sizes(n);
+    let make = || Many {
+        tensors: sizes
+            .iter()
+            .map(|&len| {
+                Param::from_tensor(Tensor::<1>::random(
+                    [len],
+                    Distribution::Normal(0.0, 0.02),
+                    device,
+                ))
+            })
+            .collect(),
+    };
+    let grads_for = |m: &Many| {
+        let mut g = GradientsParams::new();
+        let inner = device.clone().inner();
+        for p in &m.tensors {
+            let len = p.lazy_shape().num_elements();
+            g.register(
+                p.id,
+                Tensor::<1>::random([len], Distribution::Normal(0.0, 1e-3), &inner),
+            );
+        }
+        g
+    };
+    let time = |mut step: Box<dyn FnMut(Many, GradientsParams) -> Many + '_>| {
+        let mut model = make();
+        let mut t = Vec::new();
+        for i in 0..steps + 2 {
+            let grads = grads_for(&model);
+            sync(device, gpu);
+            let start = Instant::now();
+            model = step(model, grads);
+            sync(device, gpu);
+            if i >= 2 {
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        median(t)
+    };
+    let mut b = burn_adamw();
+    let theirs = time(Box::new(move |m, g| b.step(LR, m, g)));
+    let mut o = ours();
+    let mine = time(Box::new(move |m, g| o.step(LR, m, g).expect("step")));
+    (sizes.len(), sizes.iter().sum(), theirs, mine)
+}
+
+fn main() -> Result<(), wgpu_optim::Error> {
+    let mut epochs = 10;
+    let mut many = vec![20u32, 24];
+    let args: Vec<String> = std::env::args().collect();
+    for (i, a) in args.iter().enumerate() {
+        match (a.as_str(), args.get(i + 1)) {
+            ("--epochs", Some(v)) => epochs = v.parse().expect("--epochs N"),
+            ("--many", Some(v)) => {
+                many = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().expect("--many 20,24"))
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    let (device, gpu) = init(Default::default())?;
+    println!("adapter: {} ({:?})", gpu.info().name, gpu.info().backend);
+    let device = device.autodiff();
+    let (train_split, test_split) = nn::digits_split(&mut StdRng::seed_from_u64(7));
+    let data = Data {
+        train: train_split,
+        test: test_split,
+    };
+
+    let mut burn_optim = burn_adamw();
+    let (burn_losses, burn_times, burn_acc) = train(&data, epochs, &device, &gpu, |lr, m, g| {
+        burn_optim.step(lr, m, g)
+    });
+    let mut optim = ours();
+    let (our_losses, our_times, our_acc) = train(&data, epochs, &device, &gpu, |lr, m, g| {
+        optim.step(lr, m, g).expect("step") // the one changed line
+    });
+    let (burn_ms, our_ms) = (median(burn_times), median(our_times));
+    let tail = |l: &[f32]| l[l.len() - 20..].iter().sum::<f32>() / 20.0;
+    println!(
+        "digits MLP, {epochs} epochs of {} steps (batch {BATCH}), AdamW lr {LR}:",
+        burn_losses.len() / epochs
+    );
+    println!(
+        "  Burn AdamW:        {burn_ms:.3} ms/step (median)  final train loss {:.4}  test accuracy {:.2}%",
+        tail(&burn_losses),
+        100.0 * burn_acc
+    );
+    println!(
+        "  wgpu-optim AdamW:  {our_ms:.3} ms/step (median)  final train loss {:.4}  test accuracy {:.2}%  ({:.2}x Burn's time)",
+        tail(&our_losses),
+        100.0 * our_acc,
+        our_ms / burn_ms
+    );
+    plot(
+        &[
+            ("Burn AdamW", burn_losses),
+            ("wgpu-optim AdamW", our_losses),
+        ],
+        "burn_loss_curves.png",
+    )
+    .map_err(|e| wgpu_optim::Error::Plot(e.to_string()))?;
+    println!("wrote burn_loss_curves.png");
+
+    let mut rows = vec![format!(
+        "| digits MLP 64-64-10 | 4 | {} | {burn_ms:.3} | {our_ms:.3} | {:.2} |",
+        64 * 64 + 64 + 64 * 10 + 10,
+        our_ms / burn_ms
+    )];
+    for e in many {
+        let (tensors, params, theirs, mine) = many_tensors(1 << e, 5, &device, &gpu);
+        println!(
+            "GPT-2 small layout, {tensors} tensors, {params} params (2^{e}): Burn AdamW {theirs:.2} ms/step, wgpu-optim {mine:.2} ms/step ({:.2}x)",
+            mine / theirs
+        );
+        rows.push(format!(
+            "| GPT-2 small layout (2^{e}) | {tensors} | {params} | {theirs:.2} | {mine:.2} | {:.2} |",
+            mine / theirs
+        ));
+    }
+    println!(
+        "\n| model | tensors | parameters | Burn AdamW ms/step | wgpu-optim ms/step | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+/// Both runs' training loss (exponential moving average over ~20 steps), log scale.
+fn plot(curves: &[(&str, Vec<f32>)], path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let text = wgpu_optim::lr_finder::register_plot_font();
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let smooth: Vec<Vec<f32>> = curves
+        .iter()
+        .map(|(_, c)| {
+            let mut m = c[0];
+            c.iter()
+                .map(|&v| {
+                    m = 0.95 * m + 0.05 * v;
+                    m
+                })
+                .collect()
+        })
+        .collect();
+    let n = smooth.iter().map(|c| c.len()).max().unwrap_or(1);
+    let lo = smooth
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(f32::INFINITY, f32::min)
+        .max(1e-4);
+    let hi = smooth.iter().map(|c| c[0]).fold(0.0, f32::max);
+    let mut chart = ChartBuilder::on(&root);
+    chart
+        .margin(15)
+        .x_label_area_size(if text { 40 } else { 5 })
+        .y_label_area_size(if text { 60 } else { 5 });
+    if text {
+        chart.caption(
+            "Burn MLP on handwritten digits: Burn's AdamW and wgpu-optim's",
+            ("sans-serif", 24),
+        );
+    }
+    let mut chart = chart.build_cartesian_2d(0..n, (lo..hi).log_scale())?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("step").y_desc("training loss (smoothed)");
+    if !text {
+        mesh.disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0);
+    }
+    mesh.draw()?;
+    for (k, ((name, _), c)) in curves.iter().zip(&smooth).enumerate() {
+        let color = Palette99::pick(k).stroke_width(2);
+        let s = chart.draw_series(LineSeries::new(
+            c.iter().enumerate().map(|(i, &v)| (i, v)),
+            color,
+        ))?;
+        if text {
+            s.label(*name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

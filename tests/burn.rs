@@ -1,0 +1,884 @@
+//! `wgpu_optim::burn`: Burn models stepped by the fused kernels, on Burn's own wgpu device.
+//!
+//! Every step is checked against the CPU reference (bit for bit on lavapipe, where the
+//! reference knows how the driver rounds `fma`; within `Bound::REFERENCE` elsewhere), and the
+//! AdamW run against Burn's own AdamW from the same start.
+
+mod common;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, Param, ParamId};
+use burn::nn::Linear;
+use burn::optim::{AdamWConfig, GradientsParams, SgdConfig as BurnSgdConfig};
+use burn::tensor::{activation::relu, Device, Tensor, TensorData};
+use common::{compare, randn, Bound};
+use ndarray::Array1;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::sync::OnceLock;
+use wgpu_optim::burn::{init, BurnOptimizer};
+use wgpu_optim::reference::{self, State};
+use wgpu_optim::{
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, Error, Gpu, LionConfig,
+    NAdamConfig, NormType, Optimizer, OptimizerConfig, ParamGroup, RAdamConfig, RmsPropConfig,
+    RpropConfig, SgdConfig,
+};
+
+/// Burn's device (with autodiff) and our handle on it. No adapter is a loud failure.
+fn setup() -> (Device, Gpu) {
+    static SETUP: OnceLock<(Device, Gpu)> = OnceLock::new();
+    let (device, gpu) = SETUP
+        .get_or_init(|| {
+            let (device, gpu) = init(Default::default()).unwrap_or_else(|e| {
+                panic!(
+                    "these tests need a real GPU adapter: {e}\n\
+                     On Linux without a GPU: `apt-get install -y mesa-vulkan-drivers` (lavapipe)."
+                )
+            });
+            let i = gpu.info();
+            eprintln!("adapter: {} ({:?}, driver {})", i.name, i.backend, i.driver);
+            (device.autodiff(), gpu)
+        })
+        .clone();
+    // The reference rounds `fma` as this driver does (per thread).
+    reference::set_fused_multiply_add(gpu.fused_multiply_add());
+    (device, gpu)
+}
+
+/// Bit for bit on lavapipe, else the crate's bound against the reference.
+fn bound(gpu: &Gpu) -> Bound {
+    if common::is_lavapipe(gpu) {
+        Bound::Bits
+    } else {
+        Bound::REFERENCE
+    }
+}
+
+#[derive(Module, Debug)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(relu(self.fc1.forward(x)))
+    }
+}
+
+/// `[d_in, d_hidden, d_out]`: sizes that are not multiples of 4 or 64.
+const DIMS: [usize; 3] = [7, 13, 3];
+
+/// Start values of an [`Mlp`]: w1, b1, w2, b2.
+fn init_values(rng: &mut StdRng) -> Vec<Vec<f32>> {
+    let [i, h, o] = DIMS;
+    vec![
+        randn(rng, i * h, 0.4),
+        randn(rng, h, 0.1),
+        randn(rng, h * o, 0.3),
+        randn(rng, o, 0.1),
+    ]
+}
+
+fn shapes() -> Vec<Vec<usize>> {
+    let [i, h, o] = DIMS;
+    vec![vec![i, h], vec![h], vec![h, o], vec![o]]
+}
+
+fn linear(w: &[f32], b: &[f32], i: usize, o: usize, device: &Device) -> Linear {
+    Linear {
+        weight: Param::from_tensor(Tensor::<2>::from_data(
+            TensorData::new(w.to_vec(), [i, o]),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(b.to_vec(), [o]),
+            device,
+        ))),
+    }
+}
+
+fn mlp(v: &[Vec<f32>], device: &Device) -> Mlp {
+    let [i, h, o] = DIMS;
+    Mlp {
+        fc1: linear(&v[0], &v[1], i, h, device),
+        fc2: linear(&v[2], &v[3], h, o, device),
+    }
+}
+
+fn ids(m: &Mlp) -> [ParamId; 4] {
+    [
+        m.fc1.weight.id,
+        m.fc1.bias.as_ref().unwrap().id,
+        m.fc2.weight.id,
+        m.fc2.bias.as_ref().unwrap().id,
+    ]
+}
+
+const PATHS: [&str; 4] = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"];
+
+/// The module's parameter values (a sync point; the tensors read are clones, dropped here).
+fn values(m: &Mlp) -> Vec<Vec<f32>> {
+    let read1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+    let read2 = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+    vec![
+        read2(m.fc1.weight.val()),
+        read1(m.fc1.bias.as_ref().unwrap().val()),
+        read2(m.fc2.weight.val()),
+        read1(m.fc2.bias.as_ref().unwrap().val()),
+    ]
+}
+
+/// Gradients for the parameters given (`None`: no gradient for that one).
+fn grads_of(m: &Mlp, g: &[Option<Vec<f32>>], device: &Device) -> GradientsParams {
+    let mut grads = GradientsParams::new();
+    let device = device.clone().inner();
+    let ids = ids(m);
+    for (k, (g, shape)) in g.iter().zip(shapes()).enumerate() {
+        let Some(g) = g else { continue };
+        if shape.len() == 2 {
+            let t = Tensor::<2>::from_data(TensorData::new(g.clone(), shape), &device);
+            grads.register(ids[k], t);
+        } else {
+            let t = Tensor::<1>::from_data(TensorData::new(g.clone(), shape), &device);
+            grads.register(ids[k], t);
+        }
+    }
+    grads
+}
+
+/// The gradients of a GradientsParams (read before a step consumes it).
+fn read_grads(m: &Mlp, grads: &GradientsParams) -> Vec<Vec<f32>> {
+    let ids = ids(m);
+    vec![
+        grads
+            .get::<2>(ids[0])
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
+        grads
+            .get::<1>(ids[1])
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
+        grads
+            .get::<2>(ids[2])
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
+        grads
+            .get::<1>(ids[3])
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
+    ]
+}
+
+/// A regression batch `(x, y)` for step `s` of a run seeded with `seed`.
+fn batch(seed: u64, s: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (0x9e37_79b9 * (s as u64 + 1)));
+    let [i, _, o] = DIMS;
+    let n = 37;
+    let x = randn(&mut rng, n * i, 1.0);
+    let y = randn(&mut rng, n * o, 1.0);
+    (
+        Tensor::<2>::from_data(TensorData::new(x, [n, i]), device),
+        Tensor::<2>::from_data(TensorData::new(y, [n, o]), device),
+    )
+}
+
+fn mse(m: &Mlp, x: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+    (m.forward(x) - y).powf_scalar(2.0).mean()
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data().try_to_vec::<f32>().unwrap()[0]
+}
+
+/// One step of the reference over the four tensors, with the gradients multiplied by `mul`.
+fn reference_step<C: OptimizerConfig>(
+    f: reference::Step<C>,
+    cfg: &C,
+    p: &mut [Array1<f32>],
+    g: &[Vec<f32>],
+    states: &mut [State],
+    mul: f32,
+) {
+    for k in 0..p.len() {
+        let gk = Array1::from(g[k].iter().map(|x| x * mul).collect::<Vec<f32>>());
+        f(cfg, &mut p[k], &gk, &mut states[k]);
+    }
+}
+
+fn to_arrays(v: Vec<Vec<f32>>) -> Vec<Array1<f32>> {
+    v.into_iter().map(Array1::from).collect()
+}
+
+#[test]
+fn adamw_in_a_burn_loop_matches_the_reference_and_burns_adamw() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("adamw_in_a_burn_loop");
+    let seed = rand::Rng::random::<u64>(&mut rng);
+    let start = init_values(&mut rng);
+    let (lr, steps) = (1e-2, 25);
+    let cfg = AdamConfig {
+        lr: lr as f32,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 1e-2,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+
+    // Ours, against the reference at every step.
+    let mut model = mlp(&start, &device);
+    let mut optim = BurnOptimizer::new(cfg.clone());
+    let mut p = to_arrays(start.clone());
+    let mut states: Vec<State> = p.iter().map(|t| State::new(&cfg, t.len())).collect();
+    let mut ours = Vec::new();
+    for s in 0..steps {
+        let (x, y) = batch(seed, s, &device);
+        let loss = mse(&model, x, y);
+        ours.push(scalar(loss.clone()));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let g = read_grads(&model, &grads);
+        model = optim.step(lr, model, grads).unwrap();
+        reference_step(reference::adam, &cfg, &mut p, &g, &mut states, 1.0);
+        for (k, got) in values(&model).iter().enumerate() {
+            compare(
+                &format!("step {s} {}", PATHS[k]),
+                got,
+                p[k].as_slice().unwrap(),
+                bound(&gpu),
+            );
+        }
+    }
+    // The state is ours, keyed by ParamId and named by module path.
+    let opt = optim.optimizer().unwrap();
+    assert_eq!(opt.step_count(), steps as u64);
+    for (k, path) in PATHS.iter().enumerate() {
+        assert_eq!(optim.path_of(ids(&model)[k]), Some(*path));
+        compare(
+            &format!("{path} exp_avg"),
+            &opt.state("exp_avg", path).unwrap(),
+            states[k].get("exp_avg").unwrap().as_slice().unwrap(),
+            bound(&gpu),
+        );
+    }
+
+    // Burn's AdamW from the same start on the same batches.
+    let mut model_b = mlp(&start, &device);
+    let mut burn_adamw = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(1e-2)
+        .init();
+    let mut theirs = Vec::new();
+    for s in 0..steps {
+        let (x, y) = batch(seed, s, &device);
+        let loss = mse(&model_b, x, y);
+        theirs.push(scalar(loss.clone()));
+        let grads = GradientsParams::from_grads(loss.backward(), &model_b);
+        model_b = burn_adamw.step(lr, model_b, grads);
+    }
+    // The same algorithm (decoupled decay first, eps added to the bias-corrected sqrt(v)),
+    // rounded differently: Burn computes the bias corrections in f32 and divides m_hat by
+    // (sqrt(v_hat) + eps); we compute them in f64 and scale m by lr / bc1 before dividing by
+    // sqrt(v) / sqrt(bc2) + eps, as torch.optim does. A few ULP per step, through 25 steps.
+    let tol = Bound::Within {
+        atol: 2e-5,
+        rtol: 1e-4,
+    };
+    let worst_loss = compare("loss, ours vs Burn's AdamW", &ours, &theirs, tol);
+    let (a, b) = (values(&model), values(&model_b));
+    let mut worst = 0.0f32;
+    for k in 0..4 {
+        worst = worst.max(compare(
+            &format!("{} ours vs Burn's AdamW", PATHS[k]),
+            &a[k],
+            &b[k],
+            tol,
+        ));
+    }
+    eprintln!(
+        "ours vs Burn's AdamW after {steps} steps: worst loss error {worst_loss:.3}, worst \
+         param error {worst:.3} of the bound (atol 2e-5, rtol 1e-4)"
+    );
+    assert!(ours[steps - 1] < ours[0], "the loss went down: {ours:?}");
+}
+
+#[test]
+fn every_optimizer_steps_a_burn_model_as_its_reference() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("every_optimizer");
+    fn run<C: OptimizerConfig>(
+        name: &str,
+        cfg: C,
+        f: reference::Step<C>,
+        rng: &mut StdRng,
+        device: &Device,
+        gpu: &Gpu,
+    ) {
+        let start = init_values(rng);
+        let mut model = mlp(&start, device);
+        let mut optim = BurnOptimizer::new(cfg.clone());
+        let mut p = to_arrays(start);
+        let mut states: Vec<State> = p.iter().map(|t| State::new(&cfg, t.len())).collect();
+        for s in 0..3 {
+            let g: Vec<Vec<f32>> = p.iter().map(|t| randn(rng, t.len(), 1.0)).collect();
+            let grads = grads_of(
+                &model,
+                &g.iter().cloned().map(Some).collect::<Vec<_>>(),
+                device,
+            );
+            model = optim.step(cfg.lr() as f64, model, grads).unwrap();
+            reference_step(f, &cfg, &mut p, &g, &mut states, 1.0);
+            for (k, got) in values(&model).iter().enumerate() {
+                compare(
+                    &format!("{name} step {s} {}", PATHS[k]),
+                    got,
+                    p[k].as_slice().unwrap(),
+                    bound(gpu),
+                );
+            }
+        }
+        eprintln!("{name}: 3 steps as the reference");
+    }
+    let (r, d, g) = (&mut rng, &device, &gpu);
+    run("AdamW", AdamConfig::adamw(), reference::adam, r, d, g);
+    let amsgrad = AdamConfig {
+        amsgrad: true,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    run("Adam amsgrad", amsgrad, reference::adam, r, d, g);
+    let sgd = SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 1e-3,
+        ..Default::default()
+    };
+    run("SGD", sgd, reference::sgd, r, d, g);
+    let rms = RmsPropConfig {
+        centered: true,
+        momentum: 0.5,
+        ..Default::default()
+    };
+    run("RMSprop", rms, reference::rmsprop, r, d, g);
+    run(
+        "Adagrad",
+        AdagradConfig::default(),
+        reference::adagrad,
+        r,
+        d,
+        g,
+    );
+    run(
+        "Adadelta",
+        AdadeltaConfig::default(),
+        reference::adadelta,
+        r,
+        d,
+        g,
+    );
+    run(
+        "Adamax",
+        AdamaxConfig::default(),
+        reference::adamax,
+        r,
+        d,
+        g,
+    );
+    run("NAdam", NAdamConfig::default(), reference::nadam, r, d, g);
+    run("RAdam", RAdamConfig::default(), reference::radam, r, d, g);
+    run("Rprop", RpropConfig::default(), reference::rprop, r, d, g);
+    run("ASGD", AsgdConfig::default(), reference::asgd, r, d, g);
+    run("Lion", LionConfig::default(), reference::lion, r, d, g);
+}
+
+#[test]
+fn global_norm_clipping_is_clip_grad_norm_not_burns_per_tensor_clipping() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("global_norm_clipping");
+    let start = init_values(&mut rng);
+    // Tensors of very different norms: each one's own norm is above max_norm too.
+    let scales = [3.0f32, 0.5, 2.0, 1.0];
+    let g: Vec<Vec<f32>> = start
+        .iter()
+        .zip(scales)
+        .map(|(t, s)| randn(&mut rng, t.len(), s))
+        .collect();
+    let max_norm = 0.25f32;
+    let lr = 0.5f64;
+    let cfg = SgdConfig {
+        lr: lr as f32,
+        ..Default::default()
+    };
+
+    // Ours: one global coefficient, torch's clip_grad_norm_.
+    let model = mlp(&start, &device);
+    let mut optim = BurnOptimizer::new(cfg.clone()).with_max_grad_norm(max_norm);
+    let grads = grads_of(
+        &model,
+        &g.iter().cloned().map(Some).collect::<Vec<_>>(),
+        &device,
+    );
+    let model = optim.step(lr, model, grads).unwrap();
+    let opt = optim.optimizer().unwrap();
+    let gpu_norm = opt.last_grad_norm().unwrap();
+    let arrays = to_arrays(g.clone());
+    let want_norm =
+        reference::grad_norm(&arrays.iter().collect::<Vec<_>>(), NormType::L2, 1.0).unwrap();
+    assert!(
+        ((gpu_norm as f64 - want_norm) / want_norm).abs() <= 1e-5,
+        "global norm {gpu_norm} vs {want_norm}"
+    );
+    let coef = reference::clip_coef(gpu_norm, max_norm);
+    assert!(coef < 0.2, "the step clips: coefficient {coef}");
+    let mut p = to_arrays(start.clone());
+    let mut states: Vec<State> = p.iter().map(|t| State::new(&cfg, t.len())).collect();
+    reference_step(reference::sgd, &cfg, &mut p, &g, &mut states, coef);
+    let ours = values(&model);
+    for k in 0..4 {
+        compare(
+            &format!("clipped {}", PATHS[k]),
+            &ours[k],
+            p[k].as_slice().unwrap(),
+            bound(&gpu),
+        );
+    }
+
+    // Burn's SGD with GradientClippingConfig::Norm clips each tensor by its own norm.
+    let model_b = mlp(&start, &device);
+    let mut burn_sgd = BurnSgdConfig::new()
+        .with_gradient_clipping(Some(GradientClippingConfig::Norm(max_norm)))
+        .init();
+    let grads = grads_of(
+        &model_b,
+        &g.iter().cloned().map(Some).collect::<Vec<_>>(),
+        &device,
+    );
+    let theirs = values(&burn_sgd.step(lr, model_b, grads));
+    let tol = Bound::Within {
+        atol: 1e-6,
+        rtol: 1e-5,
+    };
+    for k in 0..4 {
+        let norm_k = g[k].iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let coef_k = (max_norm as f64 / (norm_k + f32::MIN_POSITIVE as f64)).min(1.0);
+        let want: Vec<f32> = start[k]
+            .iter()
+            .zip(&g[k])
+            .map(|(&w, &gk)| (w as f64 - lr * coef_k * gk as f64) as f32)
+            .collect();
+        compare(
+            &format!("Burn per-tensor {}", PATHS[k]),
+            &theirs[k],
+            &want,
+            tol,
+        );
+        // Per tensor, each update has norm lr * max_norm; globally all share one coefficient,
+        // so each moves by lr * coef * its own norm.
+        let moved = |v: &[f32]| {
+            v.iter()
+                .zip(&start[k])
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let (ours_k, theirs_k) = (moved(&ours[k]), moved(&theirs[k]));
+        let want_k = lr * coef as f64 * norm_k;
+        assert!(
+            (theirs_k - lr * max_norm as f64).abs() < 1e-5,
+            "Burn moves {} by lr * max_norm: {theirs_k}",
+            PATHS[k]
+        );
+        assert!(
+            (ours_k - want_k).abs() <= 1e-5 * want_k,
+            "{}: global clipping moved it {ours_k}, lr * coef * norm is {want_k}",
+            PATHS[k]
+        );
+        assert!(
+            (ours_k - theirs_k).abs() > 5e-3,
+            "{}: global clipping moved it {ours_k}, Burn's per-tensor clipping {theirs_k}",
+            PATHS[k]
+        );
+        eprintln!(
+            "{}: norm {norm_k:.4}; moved {ours_k:.5} (global clip), {theirs_k:.5} (Burn, per tensor)",
+            PATHS[k]
+        );
+    }
+}
+
+#[test]
+fn nonfinite_gradients_skip_the_step() {
+    let (device, _gpu) = setup();
+    let mut rng = common::rng("nonfinite_gradients_skip");
+    let start = init_values(&mut rng);
+    let model = mlp(&start, &device);
+    let mut optim = BurnOptimizer::new(AdamConfig::default()).with_skip_nonfinite(true);
+    let mut g: Vec<Vec<f32>> = start
+        .iter()
+        .map(|t| randn(&mut rng, t.len(), 1.0))
+        .collect();
+    g[2][5] = f32::NAN;
+    let grads = grads_of(
+        &model,
+        &g.into_iter().map(Some).collect::<Vec<_>>(),
+        &device,
+    );
+    let model = optim.step(1e-3, model, grads).unwrap();
+    assert!(optim.optimizer().unwrap().last_step_skipped().unwrap());
+    for (k, got) in values(&model).iter().enumerate() {
+        compare(PATHS[k], got, &start[k], Bound::Bits);
+    }
+}
+
+#[test]
+fn a_missing_gradient_leaves_its_parameter_and_the_lr_argument_wins() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("missing_gradient");
+    let start = init_values(&mut rng);
+    let model = mlp(&start, &device);
+    // The config's lr is 0.5; the step's lr (a Burn scheduler's) wins.
+    let mut optim = BurnOptimizer::new(SgdConfig {
+        lr: 0.5,
+        ..Default::default()
+    });
+    let g: Vec<Option<Vec<f32>>> = vec![
+        Some(randn(&mut rng, start[0].len(), 1.0)),
+        None,
+        Some(randn(&mut rng, start[2].len(), 1.0)),
+        None,
+    ];
+    let grads = grads_of(&model, &g, &device);
+    let model = optim.step(0.125, model, grads).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.125,
+        ..Default::default()
+    };
+    let got = values(&model);
+    for k in 0..4 {
+        let mut want = Array1::from(start[k].clone());
+        if let Some(gk) = &g[k] {
+            reference::sgd(
+                &cfg,
+                &mut want,
+                &Array1::from(gk.clone()),
+                &mut State::new(&cfg, 0),
+            );
+        }
+        let b = if g[k].is_some() {
+            bound(&gpu)
+        } else {
+            Bound::Bits
+        };
+        compare(PATHS[k], &got[k], want.as_slice().unwrap(), b);
+    }
+    assert_eq!(optim.optimizer().unwrap().lr(), 0.125);
+}
+
+#[test]
+fn groups_by_module_path() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("groups_by_module_path");
+    let start = init_values(&mut rng);
+    let decay = SgdConfig {
+        lr: 0.1,
+        weight_decay: 0.5,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let no_decay = SgdConfig {
+        weight_decay: 0.0,
+        ..decay.clone()
+    };
+    let mut model = mlp(&start, &device);
+    let mut optim = BurnOptimizer::with_groups(vec![
+        ParamGroup::matching(|path| path.ends_with(".bias"), no_decay.clone()),
+        ParamGroup::rest(decay.clone()),
+    ]);
+    let mut p = to_arrays(start.clone());
+    let mut states: Vec<State> = p.iter().map(|t| State::new(&decay, t.len())).collect();
+    for s in 0..3 {
+        let g: Vec<Vec<f32>> = p.iter().map(|t| randn(&mut rng, t.len(), 1.0)).collect();
+        let grads = grads_of(
+            &model,
+            &g.iter().cloned().map(Some).collect::<Vec<_>>(),
+            &device,
+        );
+        model = optim.step(0.1, model, grads).unwrap();
+        for k in 0..4 {
+            let cfg = if PATHS[k].ends_with(".bias") {
+                &no_decay
+            } else {
+                &decay
+            };
+            reference::sgd(cfg, &mut p[k], &Array1::from(g[k].clone()), &mut states[k]);
+        }
+        for (k, got) in values(&model).iter().enumerate() {
+            compare(
+                &format!("step {s} {}", PATHS[k]),
+                got,
+                p[k].as_slice().unwrap(),
+                bound(&gpu),
+            );
+        }
+    }
+    let opt = optim.optimizer().unwrap();
+    assert_eq!(opt.group_of("fc2.bias").unwrap(), 0);
+    assert_eq!(opt.group_of("fc1.weight").unwrap(), 1);
+}
+
+#[test]
+fn exclusive_parameters_are_written_in_place_shared_ones_into_fresh_tensors() {
+    let (device, _gpu) = setup();
+    let mut rng = common::rng("in_place_or_fresh");
+    let start = init_values(&mut rng);
+    let cfg = SgdConfig {
+        lr: 0.1,
+        ..Default::default()
+    };
+    let mut optim = BurnOptimizer::new(cfg);
+    let model = mlp(&start, &device);
+    // A clone of the model shares every parameter tensor: they go to fresh tensors, and the
+    // clone keeps the old values.
+    let kept = model.clone();
+    let g: Vec<Vec<f32>> = start
+        .iter()
+        .map(|t| randn(&mut rng, t.len(), 1.0))
+        .collect();
+    let grads = grads_of(
+        &model,
+        &g.iter().cloned().map(Some).collect::<Vec<_>>(),
+        &device,
+    );
+    let model = optim.step(0.1, model, grads).unwrap();
+    assert_eq!(optim.last_writes(), (0, 4));
+    for (k, got) in values(&kept).iter().enumerate() {
+        compare(
+            &format!("the clone's {}", PATHS[k]),
+            got,
+            &start[k],
+            Bound::Bits,
+        );
+    }
+    let after_first = values(&model);
+    drop(kept);
+    // Nothing else refers to them now: in place.
+    let grads = grads_of(
+        &model,
+        &g.iter().cloned().map(Some).collect::<Vec<_>>(),
+        &device,
+    );
+    let model = optim.step(0.1, model, grads).unwrap();
+    assert_eq!(optim.last_writes(), (4, 0));
+    let after_second = values(&model);
+    for k in 0..4 {
+        assert_ne!(after_first[k], after_second[k], "{} moved", PATHS[k]);
+    }
+}
+
+#[test]
+fn errors_before_any_gpu_work() {
+    let (device, _gpu) = setup();
+    let mut rng = common::rng("errors_before_any_gpu_work");
+    let start = init_values(&mut rng);
+    let all = |m: &Mlp, rng: &mut StdRng| {
+        let g: Vec<Option<Vec<f32>>> = start
+            .iter()
+            .map(|t| Some(randn(rng, t.len(), 1.0)))
+            .collect();
+        grads_of(m, &g, &device)
+    };
+
+    // A model whose parameters changed since the first step.
+    let mut optim = BurnOptimizer::new(AdamConfig::default());
+    let model = mlp(&start, &device);
+    let grads = all(&model, &mut rng);
+    optim.step(1e-3, model, grads).unwrap();
+    let other = mlp(&start, &device); // new ParamIds
+    let grads = all(&other, &mut rng);
+    let e = optim.step(1e-3, other, grads).unwrap_err();
+    assert!(matches!(e, Error::ParamSetChanged(_)), "{e}");
+    eprintln!("{e}");
+
+    // A gradient that is not f32.
+    let model = mlp(&start, &device);
+    let mut grads = all(&model, &mut rng);
+    let bias_id = model.fc1.bias.as_ref().unwrap().id;
+    grads.remove::<1>(bias_id);
+    let half = Tensor::<1>::from_data(
+        TensorData::new(start[1].clone(), [DIMS[1]]),
+        (&device.clone().inner(), burn::tensor::DType::F16),
+    );
+    assert_eq!(half.dtype(), burn::tensor::DType::F16);
+    grads.register(bias_id, half);
+    let mut fresh = BurnOptimizer::new(AdamConfig::default());
+    let e = fresh.step(1e-3, model, grads).unwrap_err();
+    assert!(
+        matches!(&e, Error::BurnDtype { param, .. } if param == "fc1.bias"),
+        "{e}"
+    );
+    assert!(fresh.optimizer().is_none(), "nothing was laid out");
+    eprintln!("{e}");
+
+    // A negative learning rate.
+    let model = mlp(&start, &device);
+    let grads = all(&model, &mut rng);
+    let mut fresh = BurnOptimizer::new(SgdConfig::default());
+    let e = fresh.step(-1.0, model, grads).unwrap_err();
+    assert!(matches!(e, Error::InvalidHyperparameter { .. }), "{e}");
+
+    // A model on a wgpu device that was not set up with `init`: Burn's own runtime on a
+    // device and queue of its own.
+    let setup = own_setup();
+    let unknown = Device::new(burn_cubecl::CubeDevice::Wgpu(
+        cubecl::wgpu::try_init_device(setup, Default::default()).unwrap(),
+    ))
+    .autodiff();
+    let model = mlp(&start, &unknown);
+    let grads = {
+        let g: Vec<Option<Vec<f32>>> = start
+            .iter()
+            .map(|t| Some(randn(&mut rng, t.len(), 1.0)))
+            .collect();
+        grads_of(&model, &g, &unknown)
+    };
+    let mut fresh = BurnOptimizer::new(SgdConfig::default());
+    let e = fresh.step(0.1, model, grads).unwrap_err();
+    assert!(
+        matches!(&e, Error::BurnTensor { reason, .. } if reason.contains("wgpu_optim::burn::init")),
+        "{e}"
+    );
+    eprintln!("{e}");
+}
+
+/// A wgpu device and queue of our own on the default adapter, for Burn to adopt.
+fn own_setup() -> cubecl::wgpu::WgpuSetup {
+    use wgpu_optim::wgpu;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("an adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .expect("a device");
+    cubecl::wgpu::WgpuSetup {
+        backend: adapter.get_info().backend,
+        instance,
+        adapter,
+        device,
+        queue,
+    }
+}
+
+/// Train `steps` steps of the regression MLP from `start`, beginning at step `from`.
+fn train(
+    seed: u64,
+    from: usize,
+    steps: usize,
+    mut model: Mlp,
+    optim: &mut BurnOptimizer<AdamConfig>,
+    device: &Device,
+) -> Mlp {
+    for s in from..from + steps {
+        let (x, y) = batch(seed, s, device);
+        let loss = mse(&model, x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(3e-3, model, grads).unwrap();
+    }
+    model
+}
+
+const RESUME_ENV: &str = "WGPU_OPTIM_BURN_RESUME";
+
+fn resume_config() -> AdamConfig {
+    AdamConfig {
+        lr: 3e-3,
+        weight_decay: 1e-2,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn checkpoint_resume_in_a_fresh_process() {
+    let (device, _gpu) = setup();
+    if let Ok(spec) = std::env::var(RESUME_ENV) {
+        // The resumed half, in its own process: load, train on, write the params.
+        let (seed, dir) = spec.split_once(':').unwrap();
+        let seed: u64 = seed.parse().unwrap();
+        let dir = std::path::Path::new(dir);
+        let start = init_values(&mut StdRng::seed_from_u64(seed));
+        let mut optim = BurnOptimizer::new(resume_config()).with_max_grad_norm(1.0);
+        let model = optim
+            .load(dir.join("half.safetensors"), mlp(&start, &device))
+            .unwrap();
+        assert_eq!(optim.step_count(), 6);
+        let model = train(seed, 6, 6, model, &mut optim, &device);
+        std::fs::write(
+            dir.join("resumed.json"),
+            serde_json::to_string(&values(&model)).unwrap(),
+        )
+        .unwrap();
+        return;
+    }
+    let mut rng = common::rng("checkpoint_resume");
+    let seed = rand::Rng::random::<u64>(&mut rng);
+    let start = init_values(&mut StdRng::seed_from_u64(seed));
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-burn-resume-{seed}"));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Uninterrupted: 12 steps.
+    let mut optim = BurnOptimizer::new(resume_config()).with_max_grad_norm(1.0);
+    let whole = values(&train(
+        seed,
+        0,
+        12,
+        mlp(&start, &device),
+        &mut optim,
+        &device,
+    ));
+
+    // 6 steps, a checkpoint, and the other 6 in a fresh process.
+    let mut optim = BurnOptimizer::new(resume_config()).with_max_grad_norm(1.0);
+    let _half = train(seed, 0, 6, mlp(&start, &device), &mut optim, &device);
+    optim.save(dir.join("half.safetensors")).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "checkpoint_resume_in_a_fresh_process",
+            "--nocapture",
+        ])
+        .env(RESUME_ENV, format!("{seed}:{}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the resumed process failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed: Vec<Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("resumed.json")).unwrap()).unwrap();
+    for k in 0..4 {
+        compare(
+            &format!("resumed {}", PATHS[k]),
+            &resumed[k],
+            &whole[k],
+            Bound::Bits,
+        );
+    }
+    assert_ne!(whole[0], start[0]);
+    std::fs::remove_dir_all(&dir).ok();
+}
