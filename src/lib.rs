@@ -45,6 +45,7 @@ mod arena;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
+pub mod dtype;
 mod error;
 mod gpu;
 mod kernel;
@@ -60,6 +61,7 @@ pub mod shader;
 pub use arena::{Piece, CHUNK_ALIGN, TENSOR_ALIGN};
 #[doc(hidden)]
 pub use bytemuck;
+pub use dtype::{DType, Precision};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
@@ -71,7 +73,7 @@ pub use optim::{
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
 pub use optim::{Lion, LionConfig};
-pub use params::Params;
+pub use params::{Params, ParamsBuilder};
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{
     AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,
