@@ -48,6 +48,7 @@ pub mod checkpoint;
 pub mod dtype;
 mod error;
 mod gpu;
+pub mod init;
 mod kernel;
 pub mod lr_finder;
 mod norm;
