@@ -8,6 +8,11 @@
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
 //! queue submit, with no host read-back.
 //!
+//! Tensors have a shape and a storage [`DType`] (f32, bf16 or f16, mixed in one arena;
+//! [`Params::builder`]); the update math is f32 whatever the storage, and [`Precision`] picks
+//! the optimizer state's dtype, f32 master weights and stochastic rounding. [`init`] has
+//! torch.nn.init's initialisers, run on the GPU.
+//!
 //! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
 //! LambdaLR, ReduceLROnPlateau, SequentialLR, ChainedScheduler, ...) follow
 //! `torch.optim.lr_scheduler` to the last bit of their f64 arithmetic, and save and load their
