@@ -45,6 +45,8 @@ mod arena;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 mod error;
 mod gpu;
 mod kernel;
