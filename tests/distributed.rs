@@ -218,6 +218,10 @@ fn worker() {
             scaler_skips_overflow_on_every_rank,
         ),
         ("state_memory_is_one_nth", state_memory_is_one_nth),
+        (
+            "tiny_model_leaves_ranks_empty",
+            tiny_model_leaves_ranks_empty,
+        ),
         ("checkpoint_reshards_exactly", checkpoint_reshards_exactly),
         (
             "mismatches_are_errors_on_every_rank",
@@ -246,9 +250,11 @@ fn rng(ctx: &Ctx, what: u64) -> StdRng {
     StdRng::seed_from_u64(ctx.seed ^ what.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
+/// Uniform in (-scale, scale) with every mantissa bit random (drawn in f64, rounded to f32), so
+/// that sums of them round and their order shows.
 fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
-        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * scale as f64) as f32)
         .collect()
 }
 
@@ -614,6 +620,59 @@ fn state_memory_is_one_nth(ctx: &mut Ctx) {
     );
     if ctx.rank == 0 {
         eprintln!("    state bytes per rank {all:?}, one GPU {whole}");
+    }
+}
+
+/// A model of one granule: with 2 or 3 ranks all but one own nothing, and still take part in
+/// every step; the result is one GPU's.
+fn tiny_model_leaves_ranks_empty(ctx: &mut Ctx) {
+    let mut r = rng(ctx, 5);
+    let (w, b) = (randn(&mut r, 100, 1.0), randn(&mut r, 3, 1.0));
+    let tensors: [(&str, &[f32]); 2] = [("w", &w), ("b", &b)];
+    let mut params = Params::new(&ctx.gpu, &tensors).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let mut opt = Sharded::new(&ctx.world, &params, cfg.clone()).unwrap();
+    opt.set_skip_nonfinite(true);
+    let mut plain_p = Params::new(&ctx.gpu, &tensors).unwrap();
+    let mut plain = Sgd::new(&plain_p, cfg).unwrap();
+    let owners = (0..ctx.n)
+        .filter(|&k| !opt.plan().flat_range(k).is_empty())
+        .count();
+    assert_eq!(owners, 1);
+    assert_eq!(
+        opt.state_bytes() == 0,
+        opt.plan().flat_range(ctx.rank).is_empty()
+    );
+    for step in 0..5 {
+        let all: Vec<Vec<Vec<f32>>> = (0..ctx.n)
+            .map(|k| {
+                let mut g = rng(ctx, 2000 + (step * 16 + k) as u64);
+                vec![randn(&mut g, 100, 0.5), randn(&mut g, 3, 0.5)]
+            })
+            .collect();
+        params.write_grad("w", &all[ctx.rank][0]).unwrap();
+        params.write_grad("b", &all[ctx.rank][1]).unwrap();
+        opt.step(&mut params).unwrap();
+        let avg = average(&all);
+        plain_p.write_grad("w", &avg[0]).unwrap();
+        plain_p.write_grad("b", &avg[1]).unwrap();
+        plain.step(&mut plain_p).unwrap();
+    }
+    for name in ["w", "b"] {
+        assert_bits(
+            name,
+            &params.read(name).unwrap(),
+            &plain_p.read(name).unwrap(),
+        );
+        assert_bits(
+            name,
+            &opt.state("momentum_buffer", name).unwrap(),
+            &plain.state("momentum_buffer", name).unwrap(),
+        );
     }
 }
 
