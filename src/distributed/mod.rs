@@ -77,6 +77,19 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// What one [`Sharded::step`] cost on this rank, phase by phase, and what it moved.
+///
+/// ```no_run
+/// # use wgpu_optim::distributed::{mpi, Sharded};
+/// # use wgpu_optim::{SgdConfig, Gpu, Params};
+/// # let universe = mpi::initialize().unwrap();
+/// # let gpu = Gpu::new()?;
+/// # let mut params = Params::zeros(&gpu, &[("w", 5000)])?;
+/// let mut opt = Sharded::new(&universe.world(), &params, SgdConfig::default())?;
+/// opt.step(&mut params)?;
+/// let s = opt.last_step_stats();
+/// println!("{:?} in all, {} bytes received", s.total, s.bytes_received);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepStats {
     /// Reading the gradients back from the GPU (host staging).

@@ -60,6 +60,18 @@ impl<C: OptimizerConfig> Sharded<C> {
 
     /// One whole state tensor (PyTorch's key, the tensor's name), gathered from the ranks that
     /// own parts of it, on every rank (collective). Blocks.
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::distributed::{mpi, Sharded};
+    /// # use wgpu_optim::{AdamConfig, Gpu, Params};
+    /// # let universe = mpi::initialize().unwrap();
+    /// # let gpu = Gpu::new()?;
+    /// # let params = Params::zeros(&gpu, &[("w", 5000)])?;
+    /// let opt = Sharded::new(&universe.world(), &params, AdamConfig::default())?;
+    /// let m = opt.state("exp_avg", "w")?; // all 5000 elements, on every rank
+    /// assert_eq!(m.len(), 5000);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {
         let index = self.plan.tensors().iter().position(|(n, _)| n == tensor);
         let local = match index {
@@ -95,6 +107,21 @@ impl<C: OptimizerConfig> Sharded<C> {
     /// Rank 0 builds a single-GPU optimizer over `params` to write it, so it needs room for the
     /// whole optimizer state on its GPU while it saves. The file loads into any number of ranks
     /// ([`Sharded::load`]) or into one GPU ([`crate::checkpoint::load`]), exactly.
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::distributed::{mpi, Sharded};
+    /// # use wgpu_optim::{AdamConfig, Gpu, Params};
+    /// # let universe = mpi::initialize().unwrap();
+    /// # let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 5000)])?;
+    /// let mut opt = Sharded::new(&universe.world(), &params, AdamConfig::default())?;
+    /// opt.step(&mut params)?;
+    /// opt.save("run.safetensors", &params)?; // every rank calls it; rank 0 writes
+    /// // Later, on any number of ranks:
+    /// opt.load("run.safetensors", &mut params)?;
+    /// assert_eq!(opt.step_count(), 1);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn save(&self, path: impl AsRef<Path>, params: &Params) -> Result<()> {
         agree(&self.comm, self.check_params(params), [0; 2], ["", ""])?;
         let root = self.comm.process_at_rank(0);
