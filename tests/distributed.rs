@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use wgpu_optim::checkpoint;
 use wgpu_optim::distributed::{ShardPlan, Sharded};
 use wgpu_optim::{
-    Adam, AdamConfig, Error, Gpu, GradScaler, Optimizer, Params, ScalerConfig, Sgd, SgdConfig,
+    Adam, AdamConfig, Error, Gpu, GradScaler, NormType, Optimizer, Params, ScalerConfig, Sgd,
+    SgdConfig,
 };
 
 /// Awkward sizes: not multiples of 4/64/1024, a tiny tensor, one cut by every shard boundary.
@@ -212,6 +213,10 @@ fn worker() {
             adam_clipping_matches_one_gpu,
         ),
         ("sgd_momentum_matches_one_gpu", sgd_momentum_matches_one_gpu),
+        (
+            "inf_and_l1_norms_clip_as_one_gpu",
+            inf_and_l1_norms_clip_as_one_gpu,
+        ),
         ("same_bits_for_any_rank_count", same_bits_for_any_rank_count),
         (
             "scaler_skips_overflow_on_every_rank",
@@ -477,6 +482,70 @@ fn sgd_momentum_matches_one_gpu(ctx: &mut Ctx) {
             &opt.state("momentum_buffer", name).unwrap(),
             &plain.state("momentum_buffer", name).unwrap(),
         );
+    }
+}
+
+/// Clipping by the inf norm (exact in any order: one GPU's own clipping gives the same bits)
+/// and by the L1 norm (the f64 sum of magnitudes; one GPU given the same coefficient gives the
+/// same bits), SGD with momentum, 10 steps each.
+fn inf_and_l1_norms_clip_as_one_gpu(ctx: &mut Ctx) {
+    for norm in [NormType::Inf, NormType::L1] {
+        let values = init_values(ctx);
+        let mut params = model(ctx, &values);
+        let cfg = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            ..Default::default()
+        };
+        let max_norm = if norm == NormType::Inf { 0.2 } else { 500.0 };
+        let mut opt = Sharded::new(&ctx.world, &params, cfg.clone()).unwrap();
+        opt.set_grad_norm_type(norm);
+        opt.set_max_grad_norm(Some(max_norm)).unwrap();
+        let mut plain_p = model(ctx, &values);
+        let mut plain = Sgd::new(&plain_p, cfg).unwrap();
+        if norm == NormType::Inf {
+            plain.set_grad_norm_type(norm).unwrap();
+            plain.set_max_grad_norm(Some(max_norm)).unwrap();
+        }
+        let mut clipped = 0;
+        for step in 0..10 {
+            let all: Vec<_> = (0..ctx.n).map(|r| grads_of(ctx, step, r, false)).collect();
+            write_grads(&params, &all[ctx.rank]);
+            opt.step(&mut params).unwrap();
+            let avg = average(&all);
+            let got = opt.last_grad_norm().unwrap();
+            let flat = avg.iter().flatten();
+            if norm == NormType::Inf {
+                let want = flat.fold(0.0f32, |m, x| m.max(x.abs()));
+                assert_eq!(got.to_bits(), want.to_bits(), "inf norm");
+                write_grads(&plain_p, &avg);
+            } else {
+                let want: f64 = flat.map(|&x| x.abs() as f64).sum();
+                assert!(
+                    ((got as f64) - want).abs() <= want * 1e-6,
+                    "L1 norm {got} vs {want}"
+                );
+                let mul = (max_norm / (got + 1e-6)).min(1.0);
+                let scaled: Vec<Vec<f32>> = avg
+                    .iter()
+                    .map(|v| v.iter().map(|x| x * mul).collect())
+                    .collect();
+                write_grads(&plain_p, &scaled);
+            }
+            clipped += (got > max_norm) as usize;
+            plain.step(&mut plain_p).unwrap();
+        }
+        assert!(
+            clipped >= 5,
+            "{norm:?}: clipping was active in only {clipped} steps"
+        );
+        for &(name, _) in TENSORS {
+            assert_bits(
+                &format!("{norm:?} {name}"),
+                &params.read(name).unwrap(),
+                &plain_p.read(name).unwrap(),
+            );
+        }
     }
 }
 
