@@ -222,7 +222,9 @@ pub enum Error {
         rank: usize,
     },
     /// Another rank of a distributed optimizer failed; that rank raises its own error, every
-    /// other rank this one, so that none waits forever for it.
+    /// other rank this one, so that none waits forever for it. A failure found before any work
+    /// (bad input on that rank) changes nothing; a GPU failure in the middle of a distributed
+    /// step is reported at the end of that step, and parameters may then differ between ranks.
     #[error("rank {rank} failed: {reason}")]
     RankFailed {
         /// The first rank that failed.

@@ -464,7 +464,9 @@ impl<C: OptimizerConfig> Sharded<C> {
 
     /// Attach a loss scaler on this rank's device (`None` detaches it): gradients are unscaled,
     /// overflowing steps skipped on every rank and the scale updated as `torch.amp` does, the
-    /// same on every rank. Each rank attaches its own scaler with the same settings.
+    /// same on every rank. Each rank attaches its own scaler with the same settings. The scale
+    /// and growth tracker are written to the scaler's buffer each step (its `found_inf` flag is
+    /// not: [`Sharded::last_step_skipped`] tells).
     pub fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()> {
         if let Some(s) = scaler {
             if !s.gpu().same_device(&self.gpu) {
