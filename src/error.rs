@@ -55,6 +55,28 @@ pub enum Error {
         /// The keys that exist for this configuration.
         known: Vec<&'static str>,
     },
+    /// A tensor shape no arena can hold: more elements than fit an address.
+    #[error("invalid shape of tensor `{name}` {shape:?}: {reason}")]
+    InvalidShape {
+        /// The tensor.
+        name: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A tensor's dtype cannot be used this way.
+    #[error("tensor `{name}` is {dtype}: {reason}")]
+    DTypeMismatch {
+        /// The tensor.
+        name: String,
+        /// Its storage dtype.
+        dtype: crate::DType,
+        /// What cannot be done.
+        reason: String,
+    },
+
     /// A tensor name used twice.
     #[error("duplicate tensor name `{0}`")]
     DuplicateName(String),

@@ -47,8 +47,10 @@ pub mod bench;
 pub mod checkpoint;
 #[cfg(feature = "mpi")]
 pub mod distributed;
+pub mod dtype;
 mod error;
 mod gpu;
+pub mod init;
 mod kernel;
 pub mod lr_finder;
 mod norm;
@@ -62,6 +64,7 @@ pub mod shader;
 pub use arena::{Piece, CHUNK_ALIGN, TENSOR_ALIGN};
 #[doc(hidden)]
 pub use bytemuck;
+pub use dtype::{DType, Precision};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
@@ -73,7 +76,7 @@ pub use optim::{
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
 pub use optim::{Lion, LionConfig};
-pub use params::Params;
+pub use params::{Params, ParamsBuilder};
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{
     AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,

@@ -266,7 +266,15 @@ impl<C: OptimizerConfig> Sharded<C> {
             arena_hash = arena_hash.str(name).u64(len as u64);
         }
         let config_hash = config_hash(&config);
-        let local = config.validate().and_then(|_| {
+        let f32_only = match params.layout.slots.iter().find(|s| s.dtype != crate::DType::F32) {
+            Some(s) => Err(Error::DTypeMismatch {
+                name: s.name.clone(),
+                dtype: s.dtype,
+                reason: "sharded optimizers step f32 parameters only".into(),
+            }),
+            None => Ok(()),
+        };
+        let local = f32_only.and_then(|_| config.validate()).and_then(|_| {
             let plan = ShardPlan::new(&specs, ranks)?;
             let counts: Vec<usize> = (0..ranks).map(|r| plan.flat_range(r).len()).collect();
             comm::partition(&counts)?;
@@ -674,6 +682,7 @@ impl<C: OptimizerConfig> Sharded<C> {
                                     &self.gpu,
                                     &sp.grad_bufs,
                                     slot,
+                                    crate::DType::F32,
                                     &avg[at..at + slot.len],
                                 );
                                 at += slot.len;
