@@ -50,6 +50,8 @@ mod arena;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod checkpoint;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod dtype;
 mod error;
 mod gpu;

@@ -393,6 +393,24 @@ impl Mlp {
             .write_buffer(&self.idx, 0, bytemuck::cast_slice(&self.order));
     }
 
+    /// Data parallelism: a new random order of the whole training set (the same on every rank
+    /// when their `rng`s are), of which this network, built with batch `global_batch / ranks`,
+    /// takes part `rank` of every global batch: batch `k` here is samples
+    /// `k * global_batch + rank * batch ..` of that order.
+    pub fn shuffle_shard(&mut self, rng: &mut StdRng, rank: usize, ranks: usize) {
+        let mut global: Vec<u32> = (0..self.n_train as u32).collect();
+        global.shuffle(rng);
+        let b = self.train.batch;
+        let gb = b * ranks;
+        self.order = (0..self.n_train / gb)
+            .flat_map(|k| global[k * gb + rank * b..k * gb + (rank + 1) * b].to_vec())
+            .collect();
+        self.order.resize(self.n_train, 0);
+        self.gpu
+            .queue()
+            .write_buffer(&self.idx, 0, bytemuck::cast_slice(&self.order));
+    }
+
     fn run(&self, pass: &Pass) {
         let pipes = [
             &self.pipes.forward,
