@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{Adam, AdamConfig, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params};
+use wgpu_optim::{
+    Adam, AdamConfig, DType, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params, Precision,
+};
 
 struct Args {
     sizes: Vec<usize>,
@@ -474,6 +476,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         tiny_norm_ratio
     );
 
+    let low_precision = low_precision_table(&gpu, &mut timer, n, args.iters)?;
+
     if let Some(path) = &args.json {
         let doc = json!({
             "adapter": info.name,
@@ -514,10 +518,122 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "grad_norm_ratio": tiny_norm_ratio,
             },
         });
+        let mut doc = doc;
+        doc["low_precision"] = json!(low_precision);
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         println!("wrote {path}");
     }
     Ok(())
+}
+
+/// Adam on every storage path at `n` elements: bytes per element, time, the fraction of the
+/// copy kernel's bandwidth in bytes, and the time against f32 Adam.
+fn low_precision_table(
+    gpu: &Gpu,
+    timer: &mut GpuTimer,
+    n: usize,
+    iters: Option<usize>,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    let paths: [(&str, DType, Precision); 6] = [
+        ("f32 params, f32 state", DType::F32, Precision::default()),
+        ("bf16 params, f32 state", DType::Bf16, Precision::default()),
+        (
+            "bf16 params, bf16 state",
+            DType::Bf16,
+            Precision {
+                state: DType::Bf16,
+                ..Precision::default()
+            },
+        ),
+        (
+            "bf16 params, bf16 state, stochastic rounding",
+            DType::Bf16,
+            Precision {
+                state: DType::Bf16,
+                master_weights: false,
+                stochastic_rounding: true,
+            },
+        ),
+        (
+            "bf16 params, f32 state, f32 master weights",
+            DType::Bf16,
+            Precision {
+                master_weights: true,
+                ..Precision::default()
+            },
+        ),
+        (
+            "f16 params, f16 state",
+            DType::F16,
+            Precision {
+                state: DType::F16,
+                ..Precision::default()
+            },
+        ),
+    ];
+    let copy = CopyKernel::new(gpu, n)?;
+    let copy_scale = n as f64 / copy.elems() as f64;
+    let mut rows = Vec::new();
+    let mut f32_time = None;
+    println!(
+        "\nAdam on each storage path at {} elements (copy fraction in bytes; time against f32 Adam):\n",
+        size_label(n)
+    );
+    println!("| storage | B/elem | GPU ms/step | GB/s | copy fraction | × f32 Adam time |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, dtype, precision) in paths {
+        progress(&format!("{} Adam {label}", size_label(n)));
+        let mut params = Params::builder(gpu)
+            .tensor_with_data("w", &[n], dtype, &bench::pattern(n, 3))
+            .build()?;
+        params.write_grad("w", &bench::pattern(n, 2))?;
+        let mut opt = Adam::new(&params, AdamConfig::default())?;
+        opt.set_precision(precision)?;
+        opt.step(&mut params)?;
+        let first = timer.time(1, || opt.step(&mut params))?[0];
+        let runs = iters.unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
+        let mut step = || opt.step(&mut params);
+        let mut copy_run = || {
+            copy.submit();
+            Ok(())
+        };
+        let times = timer.time_interleaved(runs, &mut [&mut step, &mut copy_run])?;
+        let copies: Vec<Duration> = times[1].iter().map(|t| t.mul_f64(copy_scale)).collect();
+        // param read + write, grad read, two state buffers read + written, master read + write.
+        let p = dtype.size() as u64;
+        let s = precision.state.size() as u64;
+        let master = if precision.master_weights { 8 } else { 0 };
+        let bpe = 3 * p + 4 * s + master;
+        let fraction = median_f64(
+            times[0]
+                .iter()
+                .zip(&copies)
+                .map(|(t, c)| {
+                    (bpe as f64 * c.as_secs_f64())
+                        / (COPY_BYTES_PER_ELEMENT as f64 * t.as_secs_f64())
+                })
+                .collect(),
+        );
+        let time = bench::median(&times[0]);
+        let base = *f32_time.get_or_insert(time);
+        let ratio = time.as_secs_f64() / base.as_secs_f64();
+        println!(
+            "| {label} | {bpe} | {:.3} | {:.2} | {fraction:.2} | {ratio:.2} |",
+            ms(time),
+            bench::gb_per_s(bpe * n as u64, time),
+        );
+        rows.push(json!({
+            "storage": label,
+            "n": n,
+            "bytes_per_elem": bpe,
+            "runs": runs,
+            "gpu_s": time.as_secs_f64(),
+            "copy_fraction": fraction,
+            "vs_f32_adam": ratio,
+        }));
+    }
+    progress("");
+    Ok(rows)
 }
 
 /// GPT-2 small's 148 parameter tensors (124M elements) with every size scaled to total about

@@ -11,11 +11,11 @@ fn update(i: u32, s: Scalars) {
     let v = mo.v;
     var denom: vec4<f32>;
     if (AMSGRAD) {
-        let vmax = max(max_exp_avg_sq[i], v);
-        max_exp_avg_sq[i] = vmax;
+        let vmax = max(load_max_exp_avg_sq(i), v);
+        store_max_exp_avg_sq(i, vmax);
         denom = sqrt(vmax) / s.bc2_sqrt + s.eps;
     } else {
         denom = sqrt(v) / s.bc2_sqrt + s.eps;
     }
-    param[i] = p + (s.neg_step_size * m) / denom;
+    store_param(i, p + (s.neg_step_size * m) / denom);
 }

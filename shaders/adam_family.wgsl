@@ -15,16 +15,16 @@ struct Moments {
 
 fn adam_moments(i: u32, decay_factor: f32, weight_decay: f32, lerp_w: f32, beta2: f32,
                 one_minus_beta2: f32) -> Moments {
-    var p = param[i];
-    var g = prep_grad(grad[i]);
+    var p = load_param(i);
+    var g = prep_grad(load_grad(i));
     if (DECOUPLED) {
         p = p * decay_factor;
     } else {
         g = l2_decay(g, p, weight_decay);
     }
-    let m = lerp4(exp_avg[i], g, lerp_w);
-    exp_avg[i] = m;
-    let v = addcmul(exp_avg_sq[i] * beta2, g, g, one_minus_beta2);
-    exp_avg_sq[i] = v;
+    let m = lerp4(load_exp_avg(i), g, lerp_w);
+    store_exp_avg(i, m);
+    let v = addcmul(load_exp_avg_sq(i) * beta2, g, g, one_minus_beta2);
+    store_exp_avg_sq(i, v);
     return Moments(p, g, m, v);
 }

@@ -3,16 +3,16 @@
 
 // Called by common.wgsl's entry point for vec4 `i` (in bounds, step not skipped).
 fn update(i: u32, s: Scalars) {
-    var p = param[i];
-    let g = l2_decay(prep_grad(grad[i]), p, s.weight_decay);
+    var p = load_param(i);
+    let g = l2_decay(prep_grad(load_grad(i)), p, s.weight_decay);
     // param.mul_(1 - lambd * eta); param.add_(grad, alpha=-eta)
     p = add_scaled(p * s.decay, g, s.neg_eta);
-    param[i] = p;
+    store_param(i, p);
     // mu != 1: ax.add_(param.sub(ax).mul_(mu)); else ax.copy_(param). `s.mu` is uniform.
     if (s.mu != 1.0) {
-        let a = ax[i];
-        ax[i] = a + (p - a) * s.mu;
+        let a = load_ax(i);
+        store_ax(i, a + (p - a) * s.mu);
     } else {
-        ax[i] = p;
+        store_ax(i, p);
     }
 }

@@ -1,8 +1,15 @@
 // The shared part of every optimizer's update kernel. The host assembles a kernel as: the
 // generated declarations of `Ctrl` and the optimizer's scalars struct (with `alias Scalars` and
-// `unpack_scalars`, see src/shader.rs), this file, one `read_write` binding per state slot
-// (5, 6, ... named as the state), then the optimizer's own file, which defines
-// `fn update(i: u32, s: Scalars)`: the update of vec4 `i` of param, grad and state.
+// `unpack_scalars`, see src/shader.rs), this file, dtype.wgsl, the generated buffer bindings
+// (param, grad, one per state slot named as the state, the master copy and the random key),
+// then the optimizer's own file, which defines `fn update(i: u32, s: Scalars)`: the update of
+// elements 4i .. 4i+3 of param, grad and state.
+//
+// Buffers are read and written through generated accessors, `load_param(i)`, `store_param(i, v)`,
+// `load_grad(i)`, `load_<state>(i)`, `store_<state>(i, v)`, all in vec4<f32>: the storage may be
+// f32, or bf16/f16 packed four to a vec2<u32> (widened exactly, narrowed to nearest even or
+// stochastically), and with master weights `load_param`/`store_param` use the f32 copy. An
+// update kernel is specialised for each dtype combination when its pipeline is built.
 //
 // Binding convention of an update kernel:
 //   0: step scalars (storage, read), a 64-byte slot per group. Once steps can be skipped on the
@@ -11,9 +18,12 @@
 //      copies the right one here first.
 //   1: ctrl, written on the GPU by the norm pass
 //   2: granule -> group table (one u32 per 64 elements), read only when GROUPED
-//   3: param (read_write), 4: grad (read), 5..: optimizer state (read_write)
-// Every buffer of the arena holds a multiple of 1024 f32, so one thread per vec4 and 256 threads
-// per workgroup cover it exactly; the only check is the workgroup index of a 2-D grid.
+//   3: param (read_write), 4: grad (read), 5..: optimizer state (read_write), then the f32
+//   master copy (read_write, only when the optimizer keeps master weights), then the step's
+//   random key (uniform)
+// Every buffer of the arena holds a multiple of 1024 elements, so one thread per four elements
+// and 256 threads per workgroup cover it exactly; the only check is the workgroup index of a 2-D
+// grid.
 //
 // The entry point reads ctrl and its scalars first, before any branch (see `begin`): a load from
 // a uniform address in uniform control flow is one load for the whole SIMD group on drivers that
@@ -29,8 +39,6 @@ override GROUPS: u32 = 1u;
 @group(0) @binding(0) var<storage, read> scal: array<array<vec4<f32>, 4>>;
 @group(0) @binding(1) var<storage, read> ctrl: Ctrl;
 @group(0) @binding(2) var<storage, read> group_of: array<u32>;
-@group(0) @binding(3) var<storage, read_write> param: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> grad: array<vec4<f32>>;
 
 const WG: u32 = 256u;
 

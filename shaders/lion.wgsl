@@ -8,9 +8,9 @@
 
 // Called by common.wgsl's entry point for vec4 `i` (in bounds, step not skipped).
 fn update(i: u32, s: Scalars) {
-    let g = prep_grad(grad[i]);
-    let m = exp_avg[i];
+    let g = prep_grad(load_grad(i));
+    let m = load_exp_avg(i);
     let c = add_scaled(m * s.beta1, g, s.one_minus_beta1);
-    param[i] = add_scaled(param[i] * s.decay_factor, sign(c), s.neg_lr);
-    exp_avg[i] = add_scaled(m * s.beta2, g, s.one_minus_beta2);
+    store_param(i, add_scaled(load_param(i) * s.decay_factor, sign(c), s.neg_lr));
+    store_exp_avg(i, add_scaled(m * s.beta2, g, s.one_minus_beta2));
 }

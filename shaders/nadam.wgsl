@@ -12,5 +12,5 @@ fn update(i: u32, s: Scalars) {
     let denom = sqrt(v / s.bias_correction2) + s.eps;
     // two addcdiv_: the gradient's term, then the momentum's
     let p = mo.p + (s.grad_coef * mo.g) / denom;
-    param[i] = p + (s.exp_avg_coef * m) / denom;
+    store_param(i, p + (s.exp_avg_coef * m) / denom);
 }

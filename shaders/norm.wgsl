@@ -19,7 +19,9 @@ override SCALED: bool = false;
 // Ctrl, ScalerState, NormLevel and NormSettings are generated from their Rust definitions
 // (src/shader.rs, src/scaler.rs, src/norm.rs) and put in front of this file.
 
-@group(0) @binding(0) var<storage, read> grad: array<vec4<f32>>;
+// Binding 0, `grad`, and binding 6, `grad_rw`, are generated for the gradients' dtype
+// (src/shader.rs, with dtype.wgsl): read through `load_grad(i)`, `load_grad_rw(i)`,
+// `store_grad_rw(i, v)`, four elements at a time.
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read_write> scaler: ScalerState;
 @group(0) @binding(3) var<uniform> level: NormLevel;
@@ -114,7 +116,7 @@ fn add_tail(a: Acc, seg: vec4<u32>, inv: f32) -> Acc {
         return a;
     }
     let tail = seg.y - whole * 4u;
-    let g = scaled(grad[seg.x + whole], inv);
+    let g = scaled(load_grad(seg.x + whole), inv);
     return add(a, select(vec4<f32>(0.0), g, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(tail)));
 }
 
@@ -145,7 +147,7 @@ fn first(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var k = 0u; k < 32u; k = k + 1u) {
         let q = lid + k * 256u;
         if (q < whole) {
-            acc = add(acc, scaled(grad[seg.x + q], inv));
+            acc = add(acc, scaled(load_grad(seg.x + q), inv));
         }
     }
     if (lid == 0u) {
@@ -166,7 +168,7 @@ fn fold_small(seg: vec4<u32>, lane: u32) -> vec2<f32> {
     let inv = inv_scale();
     var acc = Acc(vec4<f32>(0.0), vec4<u32>(0u));
     for (var q = lane; q < seg.y / 4u; q = q + TEAM) {
-        acc = add(acc, scaled(grad[seg.x + q], inv));
+        acc = add(acc, scaled(load_grad(seg.x + q), inv));
     }
     if (lane == 0u) {
         acc = add_tail(acc, seg, inv);
@@ -264,14 +266,13 @@ fn finalize() {
 }
 
 // Standalone clipping (Params::clip_grad_norm / clip_grad_value): rewrite gradients in place.
-@group(0) @binding(6) var<storage, read_write> grad_rw: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn scale_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     if (i < arrayLength(&grad_rw) && ctrl.skip == 0u) {
-        grad_rw[i] = grad_rw[i] * ctrl.grad_mul;
+        store_grad_rw(i, load_grad_rw(i) * ctrl.grad_mul);
     }
 }
 
@@ -280,6 +281,6 @@ fn clamp_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     if (i < arrayLength(&grad_rw)) {
-        grad_rw[i] = clamp(grad_rw[i], vec4<f32>(-cfg.max_norm), vec4<f32>(cfg.max_norm));
+        store_grad_rw(i, clamp(load_grad_rw(i), vec4<f32>(-cfg.max_norm), vec4<f32>(cfg.max_norm)));
     }
 }

@@ -14,8 +14,8 @@ fn update(i: u32, s: Scalars) {
     if (s.rectify != 0.0) {
         // (bc2 ** 0.5) / (sqrt(v) + eps) is Tensor.__rtruediv__: reciprocal, then the product.
         let adaptive_lr = (1.0 / (sqrt(v) + s.eps)) * s.bc2_sqrt;
-        param[i] = p - (step * adaptive_lr) * s.rect;
+        store_param(i, p - (step * adaptive_lr) * s.rect);
     } else {
-        param[i] = p - step;
+        store_param(i, p - step);
     }
 }

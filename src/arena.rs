@@ -3,15 +3,17 @@
 //! buffer creation, and reading and writing one tensor's range. Parameters, gradients and every
 //! optimizer state use the same [`Layout`], so one index means the same element everywhere.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 
-/// Every tensor starts on a multiple of this many elements (256 bytes), so it can be bound on
-/// its own as a storage buffer range, and its padding keeps every vec4 inside the arena.
+/// Every f32 tensor starts on a multiple of this many elements (256 bytes; 128 elements for
+/// 16-bit dtypes), so it can be bound on its own as a storage buffer range, and its padding keeps
+/// every vector access inside the arena.
 pub const TENSOR_ALIGN: usize = 64;
-/// Every chunk is a whole number of these elements: one workgroup (256 threads) × one vec4.
+/// Every chunk is a whole number of these elements: one workgroup (256 threads) × four elements.
 pub const CHUNK_ALIGN: usize = 1024;
 
 /// One contiguous run of a tensor inside one chunk.
@@ -19,7 +21,8 @@ pub const CHUNK_ALIGN: usize = 1024;
 pub struct Piece {
     /// Chunk index.
     pub chunk: usize,
-    /// Offset of the first element inside the chunk, in elements (a multiple of 64).
+    /// Offset of the first element inside the chunk, in elements (256 bytes aligned: a multiple
+    /// of 64 for f32, of 128 for 16-bit dtypes).
     pub offset: usize,
     /// Number of the tensor's elements in this piece.
     pub len: usize,
@@ -29,76 +32,139 @@ pub struct Piece {
 pub(crate) struct Slot {
     pub name: String,
     pub len: usize,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
     pub pieces: Vec<Piece>,
 }
 
 /// The arena's layout: where each tensor lives. Optimizer state reuses it element for element.
+///
+/// Each chunk holds tensors of one dtype (f32 chunks first, then bf16, then f16), so an update
+/// kernel specialised for that dtype covers it in one dispatch; tensors keep their given order
+/// in `slots`.
 #[derive(Debug)]
 pub(crate) struct Layout {
     pub slots: Vec<Slot>,
     pub index: HashMap<String, usize>,
     /// Length of each chunk in elements (a multiple of [`CHUNK_ALIGN`]).
     pub chunk_lens: Vec<usize>,
+    /// The dtype of each chunk's parameters and gradients.
+    pub chunk_dtypes: Vec<DType>,
+}
+
+/// The number of elements of `shape` (1 for a scalar), checked: a zero-size dimension is
+/// [`Error::Empty`], too many elements [`Error::InvalidShape`].
+pub(crate) fn elements(name: &str, shape: &[usize]) -> Result<usize> {
+    let bad = |reason| Error::InvalidShape {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        reason,
+    };
+    if shape.contains(&0) {
+        return Err(Error::Empty(format!(
+            "tensor `{name}` has no elements (shape {shape:?})"
+        )));
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad("the number of elements overflows"))
 }
 
 impl Layout {
-    /// Pack `specs` in order; a chunk holds at most `cap` elements (a multiple of CHUNK_ALIGN).
-    pub fn pack(specs: &[(&str, usize)], cap: usize) -> Result<Layout> {
+    /// Pack `specs` (name, shape, dtype): each dtype's tensors in order into chunks of that
+    /// dtype; a chunk holds at most `cap` elements (a multiple of CHUNK_ALIGN).
+    pub fn pack(specs: &[(&str, &[usize], DType)], cap: usize) -> Result<Layout> {
         if specs.is_empty() {
             return Err(Error::Empty("no tensors given".into()));
         }
-        let mut slots = Vec::with_capacity(specs.len());
         let mut index = HashMap::with_capacity(specs.len());
-        let mut chunk_lens: Vec<usize> = vec![0];
-        for &(name, len) in specs {
+        let mut lens = Vec::with_capacity(specs.len());
+        for (i, &(name, shape, _)) in specs.iter().enumerate() {
             if name.is_empty() {
                 return Err(Error::Empty("a tensor name is empty".into()));
             }
-            if len == 0 {
-                return Err(Error::Empty(format!("tensor `{name}` has no elements")));
-            }
-            if index.insert(name.to_string(), slots.len()).is_some() {
+            lens.push(elements(name, shape)?);
+            if index.insert(name.to_string(), i).is_some() {
                 return Err(Error::DuplicateName(name.to_string()));
             }
-            let padded = len.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
-            let mut used = *chunk_lens.last().unwrap();
-            // Start a fresh chunk when the tensor would fit in one but not in what is left.
-            if used + padded > cap && padded <= cap && used > 0 {
-                chunk_lens.push(0);
-                used = 0;
-            }
-            let mut pieces = Vec::new();
-            let mut done = 0;
-            while done < padded {
-                if used == cap {
+        }
+        let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); specs.len()];
+        let mut chunk_lens: Vec<usize> = Vec::new();
+        let mut chunk_dtypes = Vec::new();
+        for dtype in DType::ALL {
+            let align = dtype.align();
+            let base = chunk_lens.len();
+            let mut used = 0;
+            for (t, &(_, _, d)) in specs.iter().enumerate() {
+                if d != dtype {
+                    continue;
+                }
+                if chunk_lens.len() == base {
                     chunk_lens.push(0);
+                    chunk_dtypes.push(dtype);
+                }
+                let len = lens[t];
+                let padded = len.div_ceil(align) * align;
+                // Start a fresh chunk when the tensor would fit in one but not in what is left.
+                if used + padded > cap && padded <= cap && used > 0 {
+                    chunk_lens.push(0);
+                    chunk_dtypes.push(dtype);
                     used = 0;
                 }
-                let take = (padded - done).min(cap - used);
-                pieces.push(Piece {
-                    chunk: chunk_lens.len() - 1,
-                    offset: used,
-                    len: take.min(len.saturating_sub(done)),
-                });
-                used += take;
-                done += take;
-                *chunk_lens.last_mut().unwrap() = used;
+                let mut done = 0;
+                while done < padded {
+                    if used == cap {
+                        chunk_lens.push(0);
+                        chunk_dtypes.push(dtype);
+                        used = 0;
+                    }
+                    let take = (padded - done).min(cap - used);
+                    pieces[t].push(Piece {
+                        chunk: chunk_lens.len() - 1,
+                        offset: used,
+                        len: take.min(len.saturating_sub(done)),
+                    });
+                    used += take;
+                    done += take;
+                    *chunk_lens.last_mut().unwrap() = used;
+                }
+                pieces[t].retain(|p| p.len > 0);
             }
-            pieces.retain(|p| p.len > 0);
-            slots.push(Slot {
-                name: name.to_string(),
-                len,
-                pieces,
-            });
         }
         for c in &mut chunk_lens {
             *c = c.div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
         }
+        let slots = specs
+            .iter()
+            .zip(pieces)
+            .zip(lens)
+            .map(|((&(name, shape, dtype), pieces), len)| Slot {
+                name: name.to_string(),
+                len,
+                shape: shape.to_vec(),
+                dtype,
+                pieces,
+            })
+            .collect();
         Ok(Layout {
             slots,
             index,
             chunk_lens,
+            chunk_dtypes,
         })
+    }
+
+    /// 1-D f32 tensors of the given lengths.
+    #[cfg(test)]
+    pub fn pack_f32(specs: &[(&str, usize)], cap: usize) -> Result<Layout> {
+        let shapes: Vec<[usize; 1]> = specs.iter().map(|s| [s.1]).collect();
+        let specs: Vec<(&str, &[usize], DType)> = specs
+            .iter()
+            .zip(&shapes)
+            .map(|(s, sh)| (s.0, &sh[..], DType::F32))
+            .collect();
+        Self::pack(&specs, cap)
     }
 
     pub fn slot(&self, name: &str) -> Result<&Slot> {
@@ -106,6 +172,11 @@ impl Layout {
             .get(name)
             .map(|&i| &self.slots[i])
             .ok_or_else(|| Error::UnknownTensor(name.to_string()))
+    }
+
+    /// Bytes of chunk `c` in `dtype`.
+    pub fn chunk_bytes(&self, c: usize, dtype: DType) -> u64 {
+        (self.chunk_lens[c] * dtype.size()) as u64
     }
 }
 
@@ -121,19 +192,20 @@ pub(crate) fn chunk_binding<'a>(
         buffer: &bufs[c],
         offset: 0,
         size: if borrowed {
-            NonZeroU64::new((layout.chunk_lens[c] * 4) as u64)
+            NonZeroU64::new(layout.chunk_bytes(c, layout.chunk_dtypes[c]))
         } else {
             None
         },
     }
 }
 
-/// Write one tensor's range of per-chunk buffers of the arena layout, after checking the name
-/// and the length (nothing is written on error).
+/// Write one tensor's range of per-chunk buffers of the arena layout (stored as `dtype`), after
+/// checking the name and the length (nothing is written on error).
 pub(crate) fn write_checked(
     gpu: &Gpu,
     bufs: &[wgpu::Buffer],
     layout: &Layout,
+    dtype: Option<DType>,
     name: &str,
     data: &[f32],
 ) -> Result<()> {
@@ -146,37 +218,78 @@ pub(crate) fn write_checked(
         });
     }
     gpu.scoped(|| {
-        write_slot(gpu, bufs, slot, data);
+        write_slot(gpu, bufs, slot, dtype.unwrap_or(slot.dtype), data);
         Ok(())
     })
 }
 
-/// Write `data` (exactly `slot.len` values) into one tensor's pieces.
-pub(crate) fn write_slot(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &Slot, data: &[f32]) {
+/// Write `data` (exactly `slot.len` values) into one tensor's pieces of buffers of `dtype`,
+/// rounded to nearest even. A 16-bit piece of odd length also writes the padding element after
+/// it (as zero): queue writes are whole u32 words.
+pub(crate) fn write_slot(
+    gpu: &Gpu,
+    bufs: &[wgpu::Buffer],
+    slot: &Slot,
+    dtype: DType,
+    data: &[f32],
+) {
     let mut at = 0;
     for p in &slot.pieces {
-        let bytes = bytemuck::cast_slice(&data[at..at + p.len]);
+        let bytes = dtype.encode(&data[at..at + p.len]);
         gpu.queue()
-            .write_buffer(&bufs[p.chunk], (p.offset * 4) as u64, bytes);
+            .write_buffer(&bufs[p.chunk], (p.offset * dtype.size()) as u64, &bytes);
         at += p.len;
     }
 }
 
-/// Read one tensor's range out of per-chunk buffers of the arena layout.
-pub(crate) fn read_slot(gpu: &Gpu, bufs: &[wgpu::Buffer], slot: &Slot) -> Result<Vec<f32>> {
-    let pieces: Vec<_> = slot
-        .pieces
+/// `(buffer, byte offset, bytes)` of each piece of a tensor in buffers of `dtype`, whole u32
+/// words.
+pub(crate) fn piece_ranges<'a>(
+    bufs: &'a [wgpu::Buffer],
+    slot: &Slot,
+    dtype: DType,
+) -> Vec<(&'a wgpu::Buffer, u64, u64)> {
+    slot.pieces
         .iter()
-        .map(|p| (&bufs[p.chunk], (p.offset * 4) as u64, (p.len * 4) as u64))
-        .collect();
-    gpu.read_pieces(&pieces)
+        .map(|p| {
+            let bytes = (p.len * dtype.size()).next_multiple_of(4);
+            (
+                &bufs[p.chunk],
+                (p.offset * dtype.size()) as u64,
+                bytes as u64,
+            )
+        })
+        .collect()
 }
 
-/// A zero-filled storage buffer of `elems` f32 in the arena's usage set.
-pub(crate) fn arena_buffer(gpu: &Gpu, label: &str, elems: usize) -> wgpu::Buffer {
+/// Decode the bytes `piece_ranges` read, concatenated, into the tensor's f32 values.
+pub(crate) fn decode_pieces(bytes: &[u8], slot: &Slot, dtype: DType) -> Vec<f32> {
+    let mut out = Vec::with_capacity(slot.len);
+    let mut at = 0;
+    for p in &slot.pieces {
+        let n = (p.len * dtype.size()).next_multiple_of(4);
+        out.extend(dtype.decode(&bytes[at..at + n], p.len));
+        at += n;
+    }
+    out
+}
+
+/// Read one tensor's range out of per-chunk buffers of `dtype`, widened to f32.
+pub(crate) fn read_slot(
+    gpu: &Gpu,
+    bufs: &[wgpu::Buffer],
+    slot: &Slot,
+    dtype: DType,
+) -> Result<Vec<f32>> {
+    let pieces = piece_ranges(bufs, slot, dtype);
+    gpu.read_with(&pieces, |bytes| decode_pieces(bytes, slot, dtype))
+}
+
+/// A zero-filled storage buffer of `bytes` in the arena's usage set.
+pub(crate) fn arena_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
     gpu.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: (elems * 4) as u64,
+        size: bytes,
         usage: wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC,
@@ -221,7 +334,7 @@ mod tests {
 
     #[test]
     fn packing_aligns_and_splits() {
-        let l = Layout::pack(&[("a", 3), ("b", 64), ("c", 5000)], 2048).unwrap();
+        let l = Layout::pack_f32(&[("a", 3), ("b", 64), ("c", 5000)], 2048).unwrap();
         assert_eq!(
             l.slots[0].pieces,
             vec![Piece {
@@ -258,17 +371,17 @@ mod tests {
 
     #[test]
     fn packing_rejects_bad_names() {
-        assert!(matches!(Layout::pack(&[], 1024), Err(Error::Empty(_))));
+        assert!(matches!(Layout::pack_f32(&[], 1024), Err(Error::Empty(_))));
         assert!(matches!(
-            Layout::pack(&[("", 3)], 1024),
+            Layout::pack_f32(&[("", 3)], 1024),
             Err(Error::Empty(_))
         ));
         assert!(matches!(
-            Layout::pack(&[("a", 0)], 1024),
+            Layout::pack_f32(&[("a", 0)], 1024),
             Err(Error::Empty(_))
         ));
         assert!(matches!(
-            Layout::pack(&[("a", 1), ("a", 2)], 1024),
+            Layout::pack_f32(&[("a", 1), ("a", 2)], 1024),
             Err(Error::DuplicateName(_))
         ));
     }

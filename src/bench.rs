@@ -320,6 +320,7 @@ impl CopyKernel {
                     "bench copy"
                 },
                 entry: "main",
+                variant: 0,
                 constants: Vec::new(),
             },
             || COPY_SHADER.to_string(),

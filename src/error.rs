@@ -55,6 +55,28 @@ pub enum Error {
         /// The keys that exist for this configuration.
         known: Vec<&'static str>,
     },
+    /// A tensor shape no arena can hold: more elements than fit an address.
+    #[error("invalid shape of tensor `{name}` {shape:?}: {reason}")]
+    InvalidShape {
+        /// The tensor.
+        name: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A tensor's dtype cannot be used this way.
+    #[error("tensor `{name}` is {dtype}: {reason}")]
+    DTypeMismatch {
+        /// The tensor.
+        name: String,
+        /// Its storage dtype.
+        dtype: crate::DType,
+        /// What cannot be done.
+        reason: String,
+    },
+
     /// A tensor name used twice.
     #[error("duplicate tensor name `{0}`")]
     DuplicateName(String),
@@ -210,6 +232,27 @@ pub enum Error {
         expected: u32,
         /// What its bytes give.
         got: u32,
+    },
+    /// The ranks of a distributed optimizer (`wgpu_optim::distributed`, feature `mpi`) disagree:
+    /// other tensors or lengths, another optimizer, other options, or a call that not every
+    /// rank made the same way. Raised on every rank before anything is changed.
+    #[error("ranks disagree: rank {rank} has other {what} than rank 0")]
+    RankMismatch {
+        /// What differs, e.g. `tensors and lengths` or `optimizer settings`.
+        what: String,
+        /// The first rank that differs from rank 0.
+        rank: usize,
+    },
+    /// Another rank of a distributed optimizer failed; that rank raises its own error, every
+    /// other rank this one, so that none waits forever for it. A failure found before any work
+    /// (bad input on that rank) changes nothing; a GPU failure in the middle of a distributed
+    /// step is reported at the end of that step, and parameters may then differ between ranks.
+    #[error("rank {rank} failed: {reason}")]
+    RankFailed {
+        /// The first rank that failed.
+        rank: usize,
+        /// Its error message.
+        reason: String,
     },
     /// A checkpoint tensor holding an inf or NaN.
     #[error("checkpoint tensor `{tensor}` has the non-finite value {value} at element {index}")]

@@ -62,6 +62,8 @@ struct Inner {
 pub(crate) struct PipelineKey {
     pub shader: &'static str,
     pub entry: &'static str,
+    /// Which generated source of `shader` (e.g. the dtype combination of an update kernel).
+    pub variant: u32,
     pub constants: Vec<(&'static str, u32)>,
 }
 

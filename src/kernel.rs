@@ -72,10 +72,12 @@ pub(crate) fn layout(
 }
 
 /// Layout of an update kernel: scalars, ctrl, group table (read-only storage), param
-/// (read-write), grad (read-only), then `states` read-write state buffers.
+/// (read-write), grad (read-only), then `states` read-write state buffers, the master copy
+/// (read-write, when `master`) and the step's random key (uniform).
 pub(crate) fn update_layout(
     gpu: &Gpu,
     states: usize,
+    master: bool,
 ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
     let mut kinds = vec![
         Some(Bind::Read),
@@ -85,6 +87,10 @@ pub(crate) fn update_layout(
         Some(Bind::Read),
     ];
     kinds.extend((0..states).map(|_| Some(Bind::ReadWrite)));
+    if master {
+        kinds.push(Some(Bind::ReadWrite));
+    }
+    kinds.push(Some(Bind::Uniform));
     layout(gpu, &kinds)
 }
 
@@ -114,15 +120,20 @@ pub(crate) fn dispatch(pass: &mut wgpu::ComputePass<'_>, gpu: &Gpu, groups: u32)
     pass.dispatch_workgroups(x, y, 1);
 }
 
-/// Record one dispatch per chunk: `(bind group, elements in the chunk)`.
+/// Record one dispatch per chunk: `(bind group, elements in the chunk)`, each with its own
+/// pipeline (specialised for the chunk's dtype; set only when it changes).
 pub(crate) fn record(
     pass: &mut wgpu::ComputePass<'_>,
     gpu: &Gpu,
-    pipeline: &wgpu::ComputePipeline,
+    pipelines: &[wgpu::ComputePipeline],
     chunks: &[(wgpu::BindGroup, usize)],
 ) {
-    pass.set_pipeline(pipeline);
-    for (bg, elems) in chunks {
+    let mut current: Option<&wgpu::ComputePipeline> = None;
+    for (pipeline, (bg, elems)) in pipelines.iter().zip(chunks) {
+        if current != Some(pipeline) {
+            pass.set_pipeline(pipeline);
+            current = Some(pipeline);
+        }
         pass.set_bind_group(0, bg, &[]);
         dispatch(pass, gpu, elems.div_ceil(ELEMS_PER_WORKGROUP) as u32);
     }

@@ -8,6 +8,11 @@
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
 //! queue submit, with no host read-back.
 //!
+//! Tensors have a shape and a storage [`DType`] (f32, bf16 or f16, mixed in one arena;
+//! [`Params::builder`]); the update math is f32 whatever the storage, and [`Precision`] picks
+//! the optimizer state's dtype, f32 master weights and stochastic rounding. [`init`] has
+//! torch.nn.init's initialisers, run on the GPU.
+//!
 //! Learning-rate schedules ([`schedule`]: StepLR, CosineAnnealingLR, OneCycleLR, CyclicLR,
 //! LambdaLR, ReduceLROnPlateau, SequentialLR, ChainedScheduler, ...) follow
 //! `torch.optim.lr_scheduler` to the last bit of their f64 arithmetic, and save and load their
@@ -47,8 +52,12 @@ pub mod bench;
 #[cfg(feature = "burn")]
 pub mod burn;
 pub mod checkpoint;
+#[cfg(feature = "mpi")]
+pub mod distributed;
+pub mod dtype;
 mod error;
 mod gpu;
+pub mod init;
 mod kernel;
 pub mod lr_finder;
 mod norm;
@@ -62,6 +71,7 @@ pub mod shader;
 pub use arena::{Piece, CHUNK_ALIGN, TENSOR_ALIGN};
 #[doc(hidden)]
 pub use bytemuck;
+pub use dtype::{DType, Precision};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
@@ -73,7 +83,7 @@ pub use optim::{
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
 pub use optim::{Lion, LionConfig};
-pub use params::Params;
+pub use params::{Params, ParamsBuilder};
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{
     AnnealStrategy, ChainedScheduler, ConstantLR, CosineAnnealingLR, CosineAnnealingWarmRestarts,

@@ -8,6 +8,7 @@
 //! and [`clip_grad_value`](crate::Params::clip_grad_value) ([`Clipper`]).
 
 use crate::arena::{self, chunk_binding, Layout};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel::{self, Bind};
@@ -113,14 +114,17 @@ crate::shader_struct! {
     }
 }
 
-/// The norm shader with the structs it shares with the host.
-pub(crate) fn norm_source() -> String {
+/// The norm shader with the structs it shares with the host, reading gradients of `dtype`.
+pub(crate) fn norm_source(dtype: DType) -> String {
     shader::with_structs(
         &[
             Ctrl::wgsl(),
             ScalerState::wgsl(),
             NormLevel::wgsl(),
             NormSettings::wgsl(),
+            shader::DTYPE.to_string(),
+            shader::storage_binding(0, "grad", dtype, false, false, 0),
+            shader::storage_binding(6, "grad_rw", dtype, true, false, 0),
         ],
         SHADER,
     )
@@ -170,20 +174,20 @@ impl NormPlan {
             ],
         );
         let constants = vec![("NORM", norm.code()), ("SCALED", scaler.is_some() as u32)];
-        let pipe = |entry| {
+        let pipe = |entry, dtype: DType| {
             gpu.pipeline(
                 PipelineKey {
                     shader: "norm",
                     entry,
+                    variant: dtype.code(),
                     constants: constants.clone(),
                 },
-                norm_source,
+                || norm_source(dtype),
                 &pl,
                 false,
             )
         };
-        let (first, first_small) = (pipe("first"), pipe("first_small"));
-        let (reduce, finalize) = (pipe("reduce"), pipe("finalize"));
+        let (reduce, finalize) = (pipe("reduce", DType::F32), pipe("finalize", DType::F32));
         // Level 0: one partial per block of up to NORM_BLOCK elements of a tensor, in tensor
         // order; pieces of at most SMALL_MAX elements go to the small-tensor pass (one team of
         // lanes each instead of one workgroup each). Each segment names its partial.
@@ -268,6 +272,8 @@ impl NormPlan {
         // (pipeline, bind group, workgroups) of the first pass, per chunk.
         let mut first_pass = Vec::new();
         for c in 0..chunks {
+            let dtype = layout.chunk_dtypes[c];
+            let (first, first_small) = (pipe("first", dtype), pipe("first_small", dtype));
             let grad = || chunk_binding(layout, grad_bufs, c, borrowed);
             if !big[c].is_empty() {
                 let n = big[c].len() as u32;
@@ -357,8 +363,9 @@ pub(crate) struct Clipper {
     norm: NormType,
     plan: NormPlan,
     ctrl: wgpu::Buffer,
-    scale_pipe: wgpu::ComputePipeline,
-    clamp_pipe: wgpu::ComputePipeline,
+    /// Per chunk (for its gradients' dtype).
+    scale_pipes: Vec<wgpu::ComputePipeline>,
+    clamp_pipes: Vec<wgpu::ComputePipeline>,
     rewrite_groups: Vec<(wgpu::BindGroup, usize)>,
 }
 
@@ -400,17 +407,25 @@ impl Clipper {
                 Some(Bind::ReadWrite),
             ],
         );
-        let pipe = |entry| {
+        let pipe = |entry, dtype: DType| {
             gpu.pipeline(
                 PipelineKey {
                     shader: "norm-rewrite",
                     entry,
+                    variant: dtype.code(),
                     constants: vec![],
                 },
-                norm_source,
+                || norm_source(dtype),
                 &pl,
                 false,
             )
+        };
+        let per_chunk = |entry| -> Vec<wgpu::ComputePipeline> {
+            layout
+                .chunk_dtypes
+                .iter()
+                .map(|&d| pipe(entry, d))
+                .collect()
         };
         let rewrite_groups = (0..layout.chunk_lens.len())
             .map(|c| {
@@ -428,8 +443,8 @@ impl Clipper {
             .collect();
         Ok(Clipper {
             norm,
-            scale_pipe: pipe("scale_grads"),
-            clamp_pipe: pipe("clamp_grads"),
+            scale_pipes: per_chunk("scale_grads"),
+            clamp_pipes: per_chunk("clamp_grads"),
             plan,
             ctrl,
             rewrite_groups,
@@ -459,8 +474,8 @@ impl Clipper {
             }
             let pipe = match rewrite {
                 Rewrite::Keep => None,
-                Rewrite::Scale => Some(&self.scale_pipe),
-                Rewrite::Clamp => Some(&self.clamp_pipe),
+                Rewrite::Scale => Some(&self.scale_pipes),
+                Rewrite::Clamp => Some(&self.clamp_pipes),
             };
             if let Some(pipe) = pipe {
                 kernel::record(&mut pass, gpu, pipe, &self.rewrite_groups);

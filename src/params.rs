@@ -1,9 +1,10 @@
-//! [`Params`]: the user's named f32 tensors, a param and a grad buffer per chunk of one arena
-//! [`Layout`].
+//! [`Params`]: the user's named tensors (any shape; f32, bf16 or f16 storage), a param and a
+//! grad buffer per chunk of one arena [`Layout`], and [`ParamsBuilder`].
 
 use crate::arena::{
     arena_buffer, read_slot, write_checked, Layout, Piece, Slot, CHUNK_ALIGN, TENSOR_ALIGN,
 };
+use crate::dtype::DType;
 use crate::error::{check, Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::{Clipper, GradNorm, NormSettings, NormType, Rewrite};
@@ -17,8 +18,12 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// The most chunks an arena may have (2^20 of lavapipe's 128 MiB bindings are 128 TiB).
 const MAX_CHUNKS: usize = 1 << 20;
 
-/// Named f32 tensors in GPU storage buffers: the parameters and their gradients, packed into a
-/// flat arena of one or more chunks (one param and one grad buffer per chunk, same layout).
+/// Named tensors in GPU storage buffers: the parameters and their gradients, packed into a flat
+/// arena of one or more chunks (one param and one grad buffer per chunk, same layout).
+///
+/// Every tensor has a shape and a storage [`DType`]; gradients have their parameter's dtype.
+/// [`Params::new`] takes 1-D f32 tensors; [`Params::builder`] takes shapes and dtypes. Values
+/// are f32 on the host whatever the storage: writes round to nearest even, reads widen exactly.
 ///
 /// ```no_run
 /// use wgpu_optim::{Gpu, Params};
@@ -84,17 +89,56 @@ impl Params {
         tensors: &[(&str, usize)],
         max_chunk_bytes: u64,
     ) -> Result<Params> {
+        let shapes: Vec<[usize; 1]> = tensors.iter().map(|t| [t.1]).collect();
+        let specs: Vec<(&str, &[usize], DType)> = tensors
+            .iter()
+            .zip(&shapes)
+            .map(|(t, s)| (t.0, &s[..], DType::F32))
+            .collect();
+        Self::alloc(gpu, &specs, max_chunk_bytes)
+    }
+
+    /// Shaped tensors of any dtype, one by one: see [`ParamsBuilder`].
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{DType, Gpu, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::builder(&gpu)
+    ///     .tensor("fc1.weight", &[256, 784], DType::Bf16)
+    ///     .tensor_with_data("fc1.bias", &[256], DType::F32, &[0.0; 256])
+    ///     .build()?;
+    /// assert_eq!(params.shape("fc1.weight")?, &[256, 784]);
+    /// assert_eq!(params.dtype("fc1.weight")?, DType::Bf16);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn builder(gpu: &Gpu) -> ParamsBuilder<'_> {
+        ParamsBuilder {
+            gpu,
+            tensors: Vec::new(),
+            max_chunk_bytes: u64::MAX,
+        }
+    }
+
+    /// Zero-filled arena of `specs` (name, shape, dtype), chunks no larger than
+    /// `max_chunk_bytes` or the device's largest storage binding.
+    fn alloc(gpu: &Gpu, specs: &[(&str, &[usize], DType)], max_chunk_bytes: u64) -> Result<Params> {
         let cap_bytes = gpu.max_binding_bytes().min(max_chunk_bytes);
+        // A chunk's element count is the same in every dtype, so that f32 state and master
+        // copies of a 16-bit chunk fit a binding too.
         let cap = (cap_bytes / 4) as usize / CHUNK_ALIGN * CHUNK_ALIGN;
         if cap == 0 {
             return Err(Error::DeviceLimit(format!(
                 "a chunk must hold at least {CHUNK_ALIGN} elements; got a cap of {cap_bytes} bytes"
             )));
         }
+        let mut lens = Vec::with_capacity(specs.len());
+        for &(name, shape, _) in specs {
+            lens.push(crate::arena::elements(name, shape)?);
+        }
         // An arena no device can hold is an error before anything is packed or allocated: more
         // elements than fit the address space, or more than MAX_CHUNKS of the largest binding.
-        let total = tensors.iter().try_fold(0usize, |acc, &(_, n)| {
-            acc.checked_add(n.checked_next_multiple_of(TENSOR_ALIGN)?)
+        let total = lens.iter().try_fold(0usize, |acc, &n| {
+            acc.checked_add(n.checked_next_multiple_of(2 * TENSOR_ALIGN)?)
         });
         match total {
             Some(t) if t / cap < MAX_CHUNKS => {}
@@ -105,12 +149,10 @@ impl Params {
                 )))
             }
         }
-        let layout = Layout::pack(tensors, cap)?;
+        let layout = Layout::pack(specs, cap)?;
         let make = |label| -> Vec<wgpu::Buffer> {
-            layout
-                .chunk_lens
-                .iter()
-                .map(|&n| arena_buffer(gpu, label, n))
+            (0..layout.chunk_lens.len())
+                .map(|c| arena_buffer(gpu, label, layout.chunk_bytes(c, layout.chunk_dtypes[c])))
                 .collect()
         };
         // Out of memory (or a lost device) is an error here, with nothing kept.
@@ -140,7 +182,12 @@ impl Params {
         gpu: &Gpu,
         tensors: &[(&str, &wgpu::Buffer, &wgpu::Buffer, usize)],
     ) -> Result<Params> {
-        let specs: Vec<(&str, usize)> = tensors.iter().map(|t| (t.0, t.3)).collect();
+        let shapes: Vec<[usize; 1]> = tensors.iter().map(|t| [t.3]).collect();
+        let specs: Vec<(&str, &[usize], DType)> = tensors
+            .iter()
+            .zip(&shapes)
+            .map(|(t, s)| (t.0, &s[..], DType::F32))
+            .collect();
         // Validate names and lengths with the arena rules (empty, duplicate, zero length).
         Layout::pack(&specs, usize::MAX / 2)?;
         let need = wgpu::BufferUsages::STORAGE
@@ -174,6 +221,8 @@ impl Params {
             slots.push(Slot {
                 name: name.to_string(),
                 len,
+                shape: vec![len],
+                dtype: DType::F32,
                 pieces: vec![Piece {
                     chunk: i,
                     offset: 0,
@@ -189,6 +238,7 @@ impl Params {
             layout: Arc::new(Layout {
                 slots,
                 index,
+                chunk_dtypes: vec![DType::F32; chunk_lens.len()],
                 chunk_lens,
             }),
             param_bufs: tensors.iter().map(|t| t.1.clone()).collect(),
@@ -211,6 +261,24 @@ impl Params {
     /// Number of elements of a tensor.
     pub fn len(&self, name: &str) -> Result<usize> {
         Ok(self.layout.slot(name)?.len)
+    }
+
+    /// The shape of a tensor (`[len]` for tensors given as flat slices; `[]` for a scalar).
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        Ok(&self.layout.slot(name)?.shape)
+    }
+
+    /// The storage dtype of a tensor and its gradient.
+    pub fn dtype(&self, name: &str) -> Result<DType> {
+        Ok(self.layout.slot(name)?.dtype)
+    }
+
+    /// Bytes of GPU memory the parameters and gradients take, padding included.
+    pub fn memory_bytes(&self) -> u64 {
+        let l = &self.layout;
+        2 * (0..l.chunk_lens.len())
+            .map(|c| l.chunk_bytes(c, l.chunk_dtypes[c]))
+            .sum::<u64>()
     }
 
     /// Total number of elements over all tensors (without padding).
@@ -275,13 +343,13 @@ impl Params {
         for (c, buf) in self.grad_bufs.iter().enumerate() {
             let size = self
                 .borrowed
-                .then(|| (self.layout.chunk_lens[c] * 4) as u64);
+                .then(|| self.layout.chunk_bytes(c, self.layout.chunk_dtypes[c]));
             enc.clear_buffer(buf, 0, size);
         }
         self.gpu.queue().submit([enc.finish()]);
     }
 
-    /// Overwrite a tensor's values.
+    /// Overwrite a tensor's values (rounded to nearest even into a 16-bit tensor).
     pub fn write(&self, name: &str, data: &[f32]) -> Result<()> {
         self.write_to(&self.param_bufs, name, data)
     }
@@ -291,7 +359,8 @@ impl Params {
         self.write_to(&self.grad_bufs, name, data)
     }
 
-    /// Read a tensor's values back. Blocks until the GPU is done with earlier work.
+    /// Read a tensor's values back, widened to f32 from its storage dtype. Blocks until the GPU is
+    /// done with earlier work.
     pub fn read(&self, name: &str) -> Result<Vec<f32>> {
         self.read_from(&self.param_bufs, name)
     }
@@ -302,6 +371,8 @@ impl Params {
     }
 
     /// The tensor's parameter range, for binding in your own shaders (e.g. the forward pass).
+    /// A 16-bit tensor's range is whole u32 words (two elements each, the first in the low half);
+    /// with an odd length the last word's high half is padding.
     /// A tensor split across chunks (larger than the device's binding limit) is an
     /// [`Error::SplitTensor`]: bind its [`Params::pieces`] instead.
     pub fn binding(&self, name: &str) -> Result<wgpu::BufferBinding<'_>> {
@@ -314,12 +385,12 @@ impl Params {
     }
 
     fn write_to(&self, bufs: &[wgpu::Buffer], name: &str, data: &[f32]) -> Result<()> {
-        write_checked(&self.gpu, bufs, &self.layout, name, data)
+        write_checked(&self.gpu, bufs, &self.layout, None, name, data)
     }
 
     fn read_from(&self, bufs: &[wgpu::Buffer], name: &str) -> Result<Vec<f32>> {
         let slot = self.layout.slot(name)?;
-        read_slot(&self.gpu, bufs, slot)
+        read_slot(&self.gpu, bufs, slot, slot.dtype)
     }
 
     fn binding_in<'a>(
@@ -331,8 +402,8 @@ impl Params {
         match slot.pieces.as_slice() {
             [p] => Ok(wgpu::BufferBinding {
                 buffer: &bufs[p.chunk],
-                offset: (p.offset * 4) as u64,
-                size: NonZeroU64::new((p.len * 4) as u64),
+                offset: (p.offset * slot.dtype.size()) as u64,
+                size: NonZeroU64::new((p.len * slot.dtype.size()).next_multiple_of(4) as u64),
             }),
             _ => Err(Error::SplitTensor(name.to_string())),
         }
@@ -449,5 +520,75 @@ impl Params {
         let clipper = guard.as_ref().expect("the clipper was just built");
         self.gpu
             .scoped(|| Ok(clipper.run(&self.gpu, norm.is_some(), settings, rewrite)))
+    }
+}
+
+/// One tensor a [`ParamsBuilder`] will make: name, shape, dtype, initial values.
+type TensorSpec = (String, Vec<usize>, DType, Option<Vec<f32>>);
+
+/// Builds a [`Params`] of shaped tensors of any [`DType`] ([`Params::builder`]). Everything is
+/// validated in [`ParamsBuilder::build`] before any GPU memory is allocated.
+#[derive(Debug)]
+pub struct ParamsBuilder<'g> {
+    gpu: &'g Gpu,
+    tensors: Vec<TensorSpec>,
+    max_chunk_bytes: u64,
+}
+
+impl ParamsBuilder<'_> {
+    /// A zero-filled tensor of this shape (any rank; `&[]` is a scalar) and storage dtype.
+    pub fn tensor(mut self, name: &str, shape: &[usize], dtype: DType) -> Self {
+        self.tensors
+            .push((name.to_string(), shape.to_vec(), dtype, None));
+        self
+    }
+
+    /// A tensor with initial values (row-major, one per element; rounded to nearest even into a
+    /// 16-bit dtype).
+    pub fn tensor_with_data(
+        mut self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        data: &[f32],
+    ) -> Self {
+        self.tensors
+            .push((name.to_string(), shape.to_vec(), dtype, Some(data.to_vec())));
+        self
+    }
+
+    #[doc(hidden)]
+    /// Chunks no larger than this (for tests that want chunk boundaries without gigabytes).
+    pub fn max_chunk_bytes(mut self, bytes: u64) -> Self {
+        self.max_chunk_bytes = bytes;
+        self
+    }
+
+    /// Allocate the arena and upload the given data; gradients start at zero.
+    pub fn build(self) -> Result<Params> {
+        for (name, shape, _, data) in &self.tensors {
+            let n = crate::arena::elements(name, shape)?;
+            if let Some(d) = data {
+                if d.len() != n {
+                    return Err(Error::LengthMismatch {
+                        name: name.clone(),
+                        expected: n,
+                        got: d.len(),
+                    });
+                }
+            }
+        }
+        let specs: Vec<(&str, &[usize], DType)> = self
+            .tensors
+            .iter()
+            .map(|(n, s, d, _)| (n.as_str(), &s[..], *d))
+            .collect();
+        let params = Params::alloc(self.gpu, &specs, self.max_chunk_bytes)?;
+        for (name, _, _, data) in &self.tensors {
+            if let Some(d) = data {
+                params.write(name, d)?;
+            }
+        }
+        Ok(params)
     }
 }

@@ -15,6 +15,7 @@
 //! assert!((p[0] - (1.0 - 1e-3)).abs() < 1e-6); // first Adam step moves by ~lr
 //! ```
 
+use crate::dtype::{self, DType};
 use crate::optim::LionConfig;
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
 use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
@@ -117,6 +118,94 @@ pub fn lerp(start: f32, end: f32, w: f32) -> f32 {
     } else {
         fma(w - 1.0, end - start, end)
     }
+}
+
+/// How one tensor and its optimizer state are stored, for [`stored_step`]: the reference side of
+/// [`crate::Precision`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The parameter's (and gradient's) dtype.
+    pub param: DType,
+    /// The optimizer state's dtype.
+    pub state: DType,
+    /// Whether a 16-bit parameter has an f32 master copy.
+    pub master: bool,
+    /// Whether bf16 stores round stochastically.
+    pub stochastic: bool,
+}
+
+/// `values` as they come back from a store into `dtype`: to nearest even, or (bf16 with
+/// `stochastic`) with the kernel's random bits of `stream` under `key`, element `j` being
+/// element `positions[j]` of its chunk.
+pub fn narrow(
+    values: &mut [f32],
+    dtype: DType,
+    stochastic: bool,
+    key: u32,
+    stream: u32,
+    positions: &[u32],
+) {
+    match dtype {
+        DType::F32 => {}
+        DType::Bf16 if stochastic => {
+            for (v, &e) in values.iter_mut().zip(positions) {
+                let r = dtype::noise(key, stream, e);
+                *v = dtype::bf16_to_f32(dtype::f32_to_bf16_stochastic(*v, r));
+            }
+        }
+        _ => values.iter_mut().for_each(|v| *v = dtype.round(*v)),
+    }
+}
+
+/// One step of `step` on a tensor stored as `stored`, as the kernels run it: the f32 update of
+/// the widened values (the master copy's, when there is one), then every state buffer and the
+/// parameter narrowed into their dtypes (stream 0 for the parameter, 1 + k for state slot k of
+/// [`OptimizerConfig::SLOTS`]). `key` is the step's rounding key
+/// ([`crate::dtype::step_key`] of the seed and the step counter) and `positions` each
+/// element's index inside its chunk ([`crate::Params::pieces`]). `param`, `grad` and `state`
+/// hold the stored values, widened.
+#[allow(clippy::too_many_arguments)]
+pub fn stored_step<C: OptimizerConfig>(
+    step: Step<C>,
+    cfg: &C,
+    stored: Stored,
+    key: u32,
+    positions: &[u32],
+    param: &mut Array1<f32>,
+    master: Option<&mut Array1<f32>>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    let mut p = match &master {
+        Some(m) => (*m).clone(),
+        None => param.clone(),
+    };
+    step(cfg, &mut p, grad, state);
+    for (k, slot) in C::SLOTS.iter().enumerate() {
+        if let Some(b) = state.get_mut(slot) {
+            let b = b.as_slice_mut().expect("contiguous");
+            narrow(
+                b,
+                stored.state,
+                stored.stochastic,
+                key,
+                1 + k as u32,
+                positions,
+            );
+        }
+    }
+    if let Some(m) = master {
+        m.assign(&p);
+    }
+    narrow(
+        p.as_slice_mut().expect("contiguous"),
+        stored.param,
+        stored.stochastic,
+        key,
+        0,
+        positions,
+    );
+    *param = p;
 }
 
 /// `grad.add(param, alpha=weight_decay)` when weight_decay != 0.

@@ -25,6 +25,8 @@
 //! );
 //! ```
 
+use crate::dtype::DType;
+
 /// A WGSL scalar type a [`shader_struct!`](crate::shader_struct) field may have.
 pub trait WgslScalar: bytemuck::Pod {
     /// The WGSL spelling (`f32`, `u32`, `i32`).
@@ -160,25 +162,162 @@ impl Ctrl {
     };
 }
 
-/// The shared WGSL of every optimizer's update kernel: bindings 0–4, the kernel's entry point
+/// The shared WGSL of every optimizer's update kernel: bindings 0–2, the kernel's entry point
 /// (index, scalars, bounds and skip check) and the gradient helpers.
 const COMMON: &str = include_str!("../shaders/common.wgsl");
+/// Widening and narrowing of 16-bit storage, and the stochastic-rounding hash.
+pub(crate) const DTYPE: &str = include_str!("../shaders/dtype.wgsl");
 
-/// The full source of an update kernel: the generated structs, the common prologue, one
-/// `var<storage, read_write>` per state slot (bindings 5, 6, ... in `slots` order) and the
-/// optimizer's own `fn update(i: u32, s: Scalars)` from `family`.
-pub(crate) fn update_kernel<S: ShaderStruct>(slots: &[&str], family: &str) -> String {
+crate::shader_struct! {
+    /// The key of the step's random stream (stochastic rounding), written by the host each step.
+    pub struct StepRng {
+        /// `dtype::step_key(seed, step counter)`.
+        pub key: u32,
+        /// Unused (a uniform is a multiple of 16 bytes).
+        pub pad0: u32,
+        /// Unused.
+        pub pad1: u32,
+        /// Unused.
+        pub pad2: u32,
+    }
+}
+
+/// How an update kernel stores one chunk: the parameters' and gradients' dtype, the state's,
+/// whether 16-bit parameters have an f32 master copy, whether bf16 stores round stochastically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Storage {
+    pub param: DType,
+    pub state: DType,
+    /// The kernel has a master binding (the optimizer keeps master weights).
+    pub master_binding: bool,
+    pub stochastic: bool,
+}
+
+impl Storage {
+    /// Whether this chunk's parameters are read from and written to the master copy.
+    pub fn uses_master(self) -> bool {
+        self.master_binding && self.param.is_half()
+    }
+
+    /// A number naming the variant in pipeline keys.
+    pub fn code(self) -> u32 {
+        self.param.code()
+            | self.state.code() << 2
+            | (self.master_binding as u32) << 4
+            | (self.stochastic as u32) << 5
+    }
+}
+
+/// The WGSL element type of a buffer of `dtype`, one entry per four elements.
+fn array_of(dtype: DType) -> &'static str {
+    if dtype.is_half() {
+        "array<vec2<u32>>"
+    } else {
+        "array<vec4<f32>>"
+    }
+}
+
+/// The expression widening entry `i` of buffer `name` (of `dtype`) to a `vec4<f32>`.
+fn widen(name: &str, dtype: DType) -> String {
+    match dtype {
+        DType::F32 => format!("{name}[i]"),
+        DType::Bf16 => format!("widen_bf16({name}[i])"),
+        DType::F16 => format!("widen_f16({name}[i])"),
+    }
+}
+
+/// The statement storing `v` into entry `i` of buffer `name` (of `dtype`), bf16 rounded
+/// stochastically from random stream `stream` when `stochastic`.
+fn narrow(name: &str, dtype: DType, stochastic: bool, stream: usize) -> String {
+    match dtype {
+        DType::F32 => format!("{name}[i] = v;"),
+        DType::Bf16 if stochastic => {
+            format!("{name}[i] = narrow_bf16_noise(v, noise4(rng.key, {stream}u, i));")
+        }
+        DType::Bf16 => format!("{name}[i] = narrow_bf16(v);"),
+        DType::F16 => format!("{name}[i] = narrow_f16(v);"),
+    }
+}
+
+/// `var<storage, access> name` at `binding`, with `load_<name>(i)` (and `store_<name>(i, v)`
+/// when writable) converting from and to `dtype`.
+pub(crate) fn storage_binding(
+    binding: u32,
+    name: &str,
+    dtype: DType,
+    writable: bool,
+    stochastic: bool,
+    stream: usize,
+) -> String {
+    let access = if writable { "read_write" } else { "read" };
+    let mut s = format!(
+        "@group(0) @binding({binding}) var<storage, {access}> {name}: {};
+         fn load_{name}(i: u32) -> vec4<f32> {{ return {}; }}
+",
+        array_of(dtype),
+        widen(name, dtype)
+    );
+    if writable {
+        s += &format!(
+            "fn store_{name}(i: u32, v: vec4<f32>) {{ {} }}
+",
+            narrow(name, dtype, stochastic, stream)
+        );
+    }
+    s
+}
+
+/// The full source of an update kernel: the generated structs, the common prologue, the
+/// param (3) and grad (4) bindings, one `var<storage, read_write>` per state slot (bindings 5,
+/// 6, ... in `slots` order), the master copy (5 + slots, when the optimizer keeps one) and the
+/// step's random key (a uniform after them), each buffer with its `load_<name>(i)` and
+/// `store_<name>(i, v)` for `storage`'s dtypes, and the optimizer's own
+/// `fn update(i: u32, s: Scalars)` from `family`.
+pub(crate) fn update_kernel<S: ShaderStruct>(
+    slots: &[&str],
+    family: &str,
+    storage: Storage,
+) -> String {
     let mut src = String::new();
     src += &Ctrl::wgsl();
     src += &S::wgsl();
+    src += &StepRng::wgsl();
     src += &unpack_scalars::<S>();
     src += COMMON;
-    for (k, slot) in slots.iter().enumerate() {
+    src += DTYPE;
+    let k = slots.len() as u32;
+    let sr = storage.stochastic;
+    if storage.uses_master() {
+        // The optimizer updates the f32 master copy; each store rounds it into the param.
         src += &format!(
-            "@group(0) @binding({}) var<storage, read_write> {slot}: array<vec4<f32>>;\n",
-            5 + k
+            "@group(0) @binding(3) var<storage, read_write> param: {};
+             @group(0) @binding({}) var<storage, read_write> master: array<vec4<f32>>;
+             fn load_param(i: u32) -> vec4<f32> {{ return master[i]; }}
+             fn store_param(i: u32, v: vec4<f32>) {{ master[i] = v; {} }}
+",
+            array_of(storage.param),
+            5 + k,
+            narrow("param", storage.param, sr, 0)
         );
+    } else {
+        src += &storage_binding(3, "param", storage.param, true, sr, 0);
+        if storage.master_binding {
+            src += &format!(
+                "@group(0) @binding({}) var<storage, read_write> master: array<vec4<f32>>;
+",
+                5 + k
+            );
+        }
     }
+    src += &storage_binding(4, "grad", storage.param, false, false, 0);
+    for (j, slot) in slots.iter().enumerate() {
+        src += &storage_binding(5 + j as u32, slot, storage.state, true, sr, 1 + j);
+    }
+    let rng = 5 + k + storage.master_binding as u32;
+    src += &format!(
+        "@group(0) @binding({rng}) var<uniform> rng: StepRng;
+"
+    );
     src += family;
     src
 }
@@ -267,28 +406,59 @@ mod tests {
         b
     }
 
+    /// Every storage variant of `C`'s update kernel parses, lays out the shared structs as the
+    /// host does and binds what the engine binds.
     fn check_update_kernel<C: crate::OptimizerConfig>() {
-        let src = update_kernel::<C::Scalars>(C::SLOTS, C::SHADER);
-        let (module, layouter) = parse(&src);
-        assert_layout::<Ctrl>(&module, &layouter);
-        assert_layout::<C::Scalars>(&module, &layouter);
-        let mut want: Vec<(u32, String)> = ["scal", "ctrl", "group_of", "param", "grad"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i as u32, n.to_string()))
-            .collect();
-        want.extend(
-            C::SLOTS
+        let mut variants = Vec::new();
+        for param in DType::ALL {
+            for state in DType::ALL {
+                for (master_binding, stochastic) in
+                    [(false, false), (false, true), (true, false), (true, true)]
+                {
+                    variants.push(Storage {
+                        param,
+                        state,
+                        master_binding,
+                        stochastic,
+                    });
+                }
+            }
+        }
+        for storage in variants {
+            let src = update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage);
+            let (module, layouter) = parse(&src);
+            assert_layout::<Ctrl>(&module, &layouter);
+            assert_layout::<C::Scalars>(&module, &layouter);
+            assert_layout::<StepRng>(&module, &layouter);
+            let mut want: Vec<(u32, String)> = ["scal", "ctrl", "group_of", "param", "grad"]
                 .iter()
                 .enumerate()
-                .map(|(k, n)| (5 + k as u32, n.to_string())),
-        );
-        assert_eq!(bindings(&module), want, "bindings of {}", C::NAME);
-        assert!(
-            module.entry_points.iter().any(|e| e.name == "main"),
-            "{} has no entry point",
-            C::NAME
-        );
+                .map(|(i, n)| (i as u32, n.to_string()))
+                .collect();
+            want.extend(
+                C::SLOTS
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| (5 + k as u32, n.to_string())),
+            );
+            let mut next = 5 + C::SLOTS.len() as u32;
+            if storage.master_binding {
+                want.push((next, "master".to_string()));
+                next += 1;
+            }
+            want.push((next, "rng".to_string()));
+            assert_eq!(
+                bindings(&module),
+                want,
+                "bindings of {} {storage:?}",
+                C::NAME
+            );
+            assert!(
+                module.entry_points.iter().any(|e| e.name == "main"),
+                "{} has no entry point",
+                C::NAME
+            );
+        }
     }
 
     #[test]
@@ -303,15 +473,18 @@ mod tests {
         check_update_kernel::<crate::AdamaxConfig>();
         check_update_kernel::<crate::RAdamConfig>();
         check_update_kernel::<crate::NAdamConfig>();
+        check_update_kernel::<crate::LionConfig>();
     }
 
     #[test]
     fn norm_and_select_passes_agree_with_the_host() {
-        let (module, layouter) = parse(&crate::norm::norm_source());
-        assert_layout::<Ctrl>(&module, &layouter);
-        assert_layout::<crate::scaler::ScalerState>(&module, &layouter);
-        assert_layout::<crate::norm::NormLevel>(&module, &layouter);
-        assert_layout::<crate::norm::NormSettings>(&module, &layouter);
+        for dtype in DType::ALL {
+            let (module, layouter) = parse(&crate::norm::norm_source(dtype));
+            assert_layout::<Ctrl>(&module, &layouter);
+            assert_layout::<crate::scaler::ScalerState>(&module, &layouter);
+            assert_layout::<crate::norm::NormLevel>(&module, &layouter);
+            assert_layout::<crate::norm::NormSettings>(&module, &layouter);
+        }
         let (module, layouter) = parse(&crate::optim::select_source());
         assert_layout::<Ctrl>(&module, &layouter);
     }

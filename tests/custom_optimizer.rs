@@ -31,18 +31,18 @@ const SHADER: &str = "
 override MOMENTUM: bool = false;
 
 fn update(i: u32, s: Scalars) {
-    var g = prep_grad(grad[i]);
+    var g = prep_grad(load_grad(i));
     if (MOMENTUM) {
         var buf: vec4<f32>;
         if (s.first_step != 0.0) {
             buf = g;
         } else {
-            buf = add_scaled(g, momentum_buffer[i], s.momentum);
+            buf = add_scaled(g, load_momentum_buffer(i), s.momentum);
         }
-        momentum_buffer[i] = buf;
+        store_momentum_buffer(i, buf);
         g = buf;
     }
-    param[i] = add_scaled(param[i], sign(g), s.neg_lr);
+    store_param(i, add_scaled(load_param(i), sign(g), s.neg_lr));
 }
 ";
 

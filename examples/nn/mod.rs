@@ -7,7 +7,7 @@
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
-use wgpu_optim::{Gpu, Params};
+use wgpu_optim::{DType, Gpu, Params};
 
 const SHADER: &str = include_str!("nn.wgsl");
 
@@ -87,7 +87,7 @@ fn dims(gpu: &Gpu, batch: usize, inp: usize, out: usize, flags: u32) -> wgpu::Bu
 }
 
 impl Mlp {
-    /// Build the network with He-initialised weights and upload both data sets.
+    /// Build the network with He-initialised f32 weights and upload both data sets.
     ///
     /// `train`/`test` are `(rows, targets)`: rows `[n x inputs]` row-major, one target per row
     /// (a class index as f32 for [`Loss::SoftmaxXent`], a value for [`Loss::Mse`]).
@@ -100,19 +100,37 @@ impl Mlp {
         batch: usize,
         rng: &mut StdRng,
     ) -> Result<Mlp, wgpu_optim::Error> {
+        Self::with_dtype(gpu, sizes, loss, train, test, batch, rng, DType::F32)
+    }
+
+    /// [`Mlp::new`] with weights, biases and their gradients stored as `dtype` (f32 or bf16;
+    /// the kernels compute in f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_dtype(
+        gpu: &Gpu,
+        sizes: &[usize],
+        loss: Loss,
+        train: (&[f32], &[f32]),
+        test: (&[f32], &[f32]),
+        batch: usize,
+        rng: &mut StdRng,
+        dtype: DType,
+    ) -> Result<Mlp, wgpu_optim::Error> {
+        assert!(dtype != DType::F16, "the example kernels read f32 or bf16");
         let layers = sizes.len() - 1;
-        let mut tensors: Vec<(String, Vec<f32>)> = Vec::new();
+        let mut builder = Params::builder(gpu);
         for l in 0..layers {
             let (i, o) = (sizes[l], sizes[l + 1]);
             let std = (2.0 / i as f32).sqrt();
             let w: Vec<f32> = (0..i * o)
                 .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * std * 3f32.sqrt())
                 .collect();
-            tensors.push((format!("fc{l}.weight"), w));
-            tensors.push((format!("fc{l}.bias"), vec![0.0; o]));
+            builder = builder
+                .tensor_with_data(&format!("fc{l}.weight"), &[o, i], dtype, &w)
+                .tensor_with_data(&format!("fc{l}.bias"), &[o], dtype, &vec![0.0; o]);
         }
-        let refs: Vec<(&str, &[f32])> = tensors.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
-        let params = Params::new(gpu, &refs)?;
+        let params = builder.build()?;
+        let half = dtype == DType::Bf16;
         let module = gpu
             .device()
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -126,7 +144,10 @@ impl Mlp {
                     layout: None,
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &[("BF16", half as u32 as f64)],
+                        ..Default::default()
+                    },
                     cache: None,
                 })
         };
@@ -320,7 +341,12 @@ impl Mlp {
                         (7, bind(gw)),
                         (8, bind(gb)),
                     ],
-                    sizes[l] * sizes[l + 1] + sizes[l + 1],
+                    // One thread per element, per word of two with bf16.
+                    if params.dtype(&name(l, "weight")).unwrap() == DType::Bf16 {
+                        (sizes[l] * sizes[l + 1]).div_ceil(2) + sizes[l + 1].div_ceil(2)
+                    } else {
+                        sizes[l] * sizes[l + 1] + sizes[l + 1]
+                    },
                     &mut keep,
                 );
                 if l > 0 {
@@ -362,6 +388,24 @@ impl Mlp {
     /// New random sample order (uploaded once per epoch: 4 bytes per sample).
     pub fn shuffle(&mut self, rng: &mut StdRng) {
         self.order.shuffle(rng);
+        self.gpu
+            .queue()
+            .write_buffer(&self.idx, 0, bytemuck::cast_slice(&self.order));
+    }
+
+    /// Data parallelism: a new random order of the whole training set (the same on every rank
+    /// when their `rng`s are), of which this network, built with batch `global_batch / ranks`,
+    /// takes part `rank` of every global batch: batch `k` here is samples
+    /// `k * global_batch + rank * batch ..` of that order.
+    pub fn shuffle_shard(&mut self, rng: &mut StdRng, rank: usize, ranks: usize) {
+        let mut global: Vec<u32> = (0..self.n_train as u32).collect();
+        global.shuffle(rng);
+        let b = self.train.batch;
+        let gb = b * ranks;
+        self.order = (0..self.n_train / gb)
+            .flat_map(|k| global[k * gb + rank * b..k * gb + (rank + 1) * b].to_vec())
+            .collect();
+        self.order.resize(self.n_train, 0);
         self.gpu
             .queue()
             .write_buffer(&self.idx, 0, bytemuck::cast_slice(&self.order));

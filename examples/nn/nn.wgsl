@@ -1,5 +1,8 @@
 // Tiny dense-network kernels for the examples: forward, backward and losses over a batch,
-// reading parameters and writing gradients straight in the wgpu-optim arena.
+// reading parameters and writing gradients straight in the wgpu-optim arena, in f32 or (with
+// BF16) in bf16, two elements per u32 word as wgpu-optim stores them.
+
+override BF16: bool = false;
 
 struct Dims {
     batch: u32,   // rows in this batch
@@ -15,13 +18,13 @@ struct Dims {
 
 @group(0) @binding(0) var<uniform> d: Dims;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // input rows (or activations)
-@group(0) @binding(2) var<storage, read> w: array<f32>;          // [out x inp]
-@group(0) @binding(3) var<storage, read> bias: array<f32>;       // [out]
+@group(0) @binding(2) var<storage, read> w: array<u32>;          // [out x inp], f32 or bf16 bits
+@group(0) @binding(3) var<storage, read> bias: array<u32>;       // [out]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // [batch x out]
 @group(0) @binding(5) var<storage, read> idx: array<u32>;        // sample order
 @group(0) @binding(6) var<storage, read> dy: array<f32>;         // [batch x out] upstream grad
-@group(0) @binding(7) var<storage, read_write> gw: array<f32>;   // [out x inp] weight grad
-@group(0) @binding(8) var<storage, read_write> gb: array<f32>;   // [out] bias grad
+@group(0) @binding(7) var<storage, read_write> gw: array<u32>;   // [out x inp] weight grad
+@group(0) @binding(8) var<storage, read_write> gb: array<u32>;   // [out] bias grad
 @group(0) @binding(9) var<storage, read_write> dx: array<f32>;   // [batch x inp] input grad
 @group(0) @binding(10) var<storage, read> logits: array<f32>;    // [batch x out]
 @group(0) @binding(11) var<storage, read> targets: array<f32>;    // label (class) or value per sample
@@ -29,6 +32,34 @@ struct Dims {
 @group(0) @binding(13) var<storage, read_write> acc: array<f32>; // [loss sum, correct, count]
 @group(0) @binding(14) var<storage, read_write> losses: array<f32>; // [batch] loss, [batch..2b] correct
 @group(0) @binding(15) var<storage, read_write> loss_log: array<f32>;    // mean loss of each step
+
+// Element i of a parameter buffer's words.
+fn element(word_at_i: u32, word_at_half: u32, i: u32) -> f32 {
+    if (BF16) {
+        return bitcast<f32>(select(word_at_half << 16u, word_at_half & 0xffff0000u, (i & 1u) == 1u));
+    }
+    return bitcast<f32>(word_at_i);
+}
+
+fn load_w(i: u32) -> f32 {
+    if (BF16) {
+        return element(0u, w[i >> 1u], i);
+    }
+    return bitcast<f32>(w[i]);
+}
+
+fn load_bias(i: u32) -> f32 {
+    if (BF16) {
+        return element(0u, bias[i >> 1u], i);
+    }
+    return bitcast<f32>(bias[i]);
+}
+
+// bf16 bits of x, to nearest even.
+fn bf16(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
 
 fn row(b: u32) -> u32 {
     if ((d.flags & 2u) != 0u) {
@@ -46,9 +77,9 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = t / d.out;
     let j = t % d.out;
     let r = row(b);
-    var s = bias[j];
+    var s = load_bias(j);
     for (var k = 0u; k < d.inp; k = k + 1u) {
-        s = s + x[r * d.inp + k] * w[j * d.inp + k];
+        s = s + x[r * d.inp + k] * load_w(j * d.inp + k);
     }
     if ((d.flags & 1u) != 0u) {
         s = max(s, 0.0);
@@ -57,25 +88,55 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // dW[j,k] = sum_b dy[b,j] x[b,k];  db[j] = sum_b dy[b,j]
+fn grad_w(t: u32) -> f32 {
+    let j = t / d.inp;
+    let k = t % d.inp;
+    var s = 0.0;
+    for (var b = 0u; b < d.batch; b = b + 1u) {
+        s = s + dy[b * d.out + j] * x[row(b) * d.inp + k];
+    }
+    return s;
+}
+
+fn grad_b(j: u32) -> f32 {
+    var s = 0.0;
+    for (var b = 0u; b < d.batch; b = b + 1u) {
+        s = s + dy[b * d.out + j];
+    }
+    return s;
+}
+
+// One thread per gradient element, or with BF16 per pair of elements (one u32 word): no two
+// threads write halves of one word.
 @compute @workgroup_size(64)
 fn backward_weights(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let t = gid.x;
     let nw = d.out * d.inp;
-    if (t < nw) {
-        let j = t / d.inp;
-        let k = t % d.inp;
-        var s = 0.0;
-        for (var b = 0u; b < d.batch; b = b + 1u) {
-            s = s + dy[b * d.out + j] * x[row(b) * d.inp + k];
+    if (!BF16) {
+        let t = gid.x;
+        if (t < nw) {
+            gw[t] = bitcast<u32>(grad_w(t));
+        } else if (t < nw + d.out) {
+            gb[t - nw] = bitcast<u32>(grad_b(t - nw));
         }
-        gw[t] = s;
-    } else if (t < nw + d.out) {
-        let j = t - nw;
-        var s = 0.0;
-        for (var b = 0u; b < d.batch; b = b + 1u) {
-            s = s + dy[b * d.out + j];
+        return;
+    }
+    // Words of the weight gradient, then of the bias gradient (each tensor starts a word).
+    let wwords = (nw + 1u) / 2u;
+    let t = gid.x;
+    if (t < wwords) {
+        let e = 2u * t;
+        var hi = 0u;
+        if (e + 1u < nw) {
+            hi = bf16(grad_w(e + 1u));
         }
-        gb[j] = s;
+        gw[t] = bf16(grad_w(e)) | (hi << 16u);
+    } else if (t < wwords + (d.out + 1u) / 2u) {
+        let j = 2u * (t - wwords);
+        var hi = 0u;
+        if (j + 1u < d.out) {
+            hi = bf16(grad_b(j + 1u));
+        }
+        gb[t - wwords] = bf16(grad_b(j)) | (hi << 16u);
     }
 }
 
@@ -90,7 +151,7 @@ fn backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = t % d.inp;
     var s = 0.0;
     for (var j = 0u; j < d.out; j = j + 1u) {
-        s = s + dy[b * d.out + j] * w[j * d.inp + k];
+        s = s + dy[b * d.out + j] * load_w(j * d.inp + k);
     }
     if ((d.flags & 1u) != 0u && x[t] <= 0.0) {
         s = 0.0;

@@ -568,6 +568,7 @@ impl Checkpoint {
         scaler: Option<&GradScaler>,
     ) -> Result<()> {
         opt.ck_ensure_params(params)?;
+        opt.ck_f32_only()?;
         if self.header.optimizer != opt.ck_kind() {
             return Err(mismatch("optimizer", opt.ck_kind(), &self.header.optimizer));
         }

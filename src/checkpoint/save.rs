@@ -39,6 +39,7 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
     options: &SaveOptions<'_>,
 ) -> Result<()> {
     opt.ck_ensure_params(params)?;
+    opt.ck_f32_only()?;
     opt.ck_validate()?;
     let steps = opt.step_count();
     let keys = opt.state_keys();

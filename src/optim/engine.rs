@@ -4,14 +4,18 @@ use super::groups::{self, ParamGroup};
 use super::window::ScalarWindow;
 use super::{Optimizer, OptimizerConfig};
 use crate::arena::{self, Layout};
+use crate::dtype::{self, DType, Precision};
 use crate::error::{check, Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel;
 use crate::norm::{NormPlan, NormSettings, NormType};
 use crate::params::Params;
 use crate::scaler::GradScaler;
-use crate::shader::{self, Ctrl, SCALAR_SLOT_BYTES};
+use crate::shader::{self, Ctrl, StepRng, Storage, SCALAR_SLOT_BYTES};
 use std::sync::Arc;
+
+/// The state key of the f32 master copy of 16-bit parameters ([`Precision::master_weights`]).
+pub const MASTER: &str = "master";
 
 /// A fused optimizer over a [`Params`] set: the engine every algorithm shares (state buffers,
 /// pipelines, one dispatch per chunk, one submit per step), specialised by an
@@ -28,16 +32,29 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     /// Steps submitted (skipped ones included).
     submitted: u64,
     pipeline_layout: wgpu::PipelineLayout,
-    pipeline: wgpu::ComputePipeline,
+    /// The update kernel of each chunk (specialised for its dtypes).
+    pipelines: Vec<wgpu::ComputePipeline>,
     chunks: Vec<(wgpu::BindGroup, usize)>,
+    param_bufs: Vec<wgpu::Buffer>,
     grad_bufs: Vec<wgpu::Buffer>,
     borrowed: bool,
     states: Vec<(&'static str, Vec<wgpu::Buffer>)>,
+    /// State dtype, master weights, rounding.
+    precision: Precision,
+    /// Per chunk, the f32 master copy of 16-bit parameters (a placeholder for f32 chunks);
+    /// empty without master weights.
+    master: Vec<wgpu::Buffer>,
+    /// Seed of the stochastic-rounding stream.
+    seed: u64,
+    /// The step's random key.
+    rng: wgpu::Buffer,
+    /// Bound where a kernel's buffer is not used.
+    dummy: wgpu::Buffer,
+    tables: Vec<wgpu::Buffer>,
     /// The step's scalars (and, once steps can be skipped, their window and select pass).
     scalars: ScalarWindow,
     /// Written by the norm passes, read by the update kernel and the select pass.
     ctrl: wgpu::Buffer,
-    _tables: Vec<wgpu::Buffer>,
     max_grad_norm: Option<f32>,
     norm_type: NormType,
     skip_nonfinite: bool,
@@ -100,25 +117,9 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let first = &configs[0];
         let mut states = Vec::new();
         for &key in C::SLOTS.iter().filter(|k| first.uses_state(k)) {
-            let inits: Vec<f32> = configs.iter().map(|c| c.state_init(key)).collect();
-            let uniform = inits.iter().all(|&v| v == inits[0]);
-            let init = if uniform { inits[0] } else { 0.0 };
-            let bufs: Vec<wgpu::Buffer> = layout
-                .chunk_lens
-                .iter()
-                .map(|&n| state_buffer(&gpu, key, n, init))
-                .collect();
-            if !uniform {
-                for (t, slot) in layout.slots.iter().enumerate() {
-                    let v = inits[owner[t] as usize];
-                    if v != 0.0 {
-                        arena::write_slot(&gpu, &bufs, slot, &vec![v; slot.len]);
-                    }
-                }
-            }
-            states.push((key, bufs));
+            states.push((key, Vec::new()));
         }
-        let dummy = arena::storage(&gpu, "wgpu-optim unused state", 16);
+        let dummy = arena::storage(&gpu, "wgpu-optim unused buffer", 16);
         let ctrl = arena::storage_with(&gpu, "wgpu-optim ctrl", bytemuck::bytes_of(&Ctrl::INITIAL));
         let scalars = ScalarWindow::new(&gpu, configs.len(), &ctrl);
         let tables: Vec<wgpu::Buffer> = if configs.len() > 1 {
@@ -131,37 +132,15 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         } else {
             vec![arena::storage(&gpu, "wgpu-optim no groups", 16)]
         };
-        let (bgl, pipeline_layout) = kernel::update_layout(&gpu, slots);
-        let chunks = (0..layout.chunk_lens.len())
-            .map(|c| {
-                let mut entries = vec![
-                    (0, scalars.live().as_entire_buffer_binding()),
-                    (1, ctrl.as_entire_buffer_binding()),
-                    (
-                        2,
-                        tables[c.min(tables.len() - 1)].as_entire_buffer_binding(),
-                    ),
-                    (
-                        3,
-                        arena::chunk_binding(&layout, &params.param_bufs, c, params.borrowed),
-                    ),
-                    (
-                        4,
-                        arena::chunk_binding(&layout, &params.grad_bufs, c, params.borrowed),
-                    ),
-                ];
-                for (k, slot) in C::SLOTS.iter().enumerate() {
-                    let b = match states.iter().find(|(key, _)| key == slot) {
-                        Some((_, b)) => &b[c],
-                        None => &dummy,
-                    };
-                    entries.push((5 + k as u32, b.as_entire_buffer_binding()));
-                }
-                (kernel::bind(&gpu, &bgl, &entries), layout.chunk_lens[c])
-            })
-            .collect();
-        Ok(FusedOptimizer {
-            pipeline: update_pipeline(&gpu, &pipeline_layout, &configs, [false, false]),
+        let rng = arena::uniform_with(
+            &gpu,
+            "wgpu-optim rounding key",
+            bytemuck::bytes_of(&StepRng::default()),
+        );
+        let (_, pipeline_layout) = kernel::update_layout(&gpu, slots, false);
+        let mut opt = FusedOptimizer {
+            pipelines: Vec::new(),
+            param_bufs: params.param_bufs.clone(),
             grad_bufs: params.grad_bufs.clone(),
             borrowed: params.borrowed,
             gpu,
@@ -171,18 +150,93 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             group_of: owner,
             submitted: 0,
             pipeline_layout,
-            chunks,
+            chunks: Vec::new(),
             states,
+            precision: Precision::default(),
+            master: Vec::new(),
+            seed: 0,
+            rng,
+            dummy,
+            tables,
             scalars,
             ctrl,
-            _tables: tables,
             max_grad_norm: None,
             norm_type: NormType::L2,
             skip_nonfinite: false,
             scaler: None,
             norm: None,
             norm_ran: false,
-        })
+        };
+        opt.fill_states()?;
+        opt.bind();
+        Ok(opt)
+    }
+
+    /// Fresh state buffers in the state dtype, holding each state's initial value.
+    fn fill_states(&mut self) -> Result<()> {
+        let dtype = self.precision.state;
+        let layout = self.layout.clone();
+        for (key, bufs) in &mut self.states {
+            let inits: Vec<f32> = self.groups.iter().map(|c| c.state_init(key)).collect();
+            let uniform = inits.iter().all(|&v| v == inits[0]);
+            let init = if uniform { inits[0] } else { 0.0 };
+            *bufs = (0..layout.chunk_lens.len())
+                .map(|c| state_buffer(&self.gpu, key, layout.chunk_bytes(c, dtype), init, dtype))
+                .collect();
+            if !uniform {
+                for (t, slot) in layout.slots.iter().enumerate() {
+                    let v = inits[self.group_of[t] as usize];
+                    if v != 0.0 {
+                        arena::write_slot(&self.gpu, bufs, slot, dtype, &vec![v; slot.len]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bind groups of every chunk and the pipelines, for the current buffers and precision.
+    fn bind(&mut self) {
+        let gpu = &self.gpu;
+        let layout = &self.layout;
+        let master = self.precision.master_weights;
+        let (bgl, pipeline_layout) = kernel::update_layout(gpu, C::SLOTS.len(), master);
+        self.chunks = (0..layout.chunk_lens.len())
+            .map(|c| {
+                let mut entries = vec![
+                    (0, self.scalars.live().as_entire_buffer_binding()),
+                    (1, self.ctrl.as_entire_buffer_binding()),
+                    (
+                        2,
+                        self.tables[c.min(self.tables.len() - 1)].as_entire_buffer_binding(),
+                    ),
+                    (
+                        3,
+                        arena::chunk_binding(layout, &self.param_bufs, c, self.borrowed),
+                    ),
+                    (
+                        4,
+                        arena::chunk_binding(layout, &self.grad_bufs, c, self.borrowed),
+                    ),
+                ];
+                for (k, slot) in C::SLOTS.iter().enumerate() {
+                    let b = match self.states.iter().find(|(key, _)| key == slot) {
+                        Some((_, b)) => &b[c],
+                        None => &self.dummy,
+                    };
+                    entries.push((5 + k as u32, b.as_entire_buffer_binding()));
+                }
+                let mut next = 5 + C::SLOTS.len() as u32;
+                if master {
+                    entries.push((next, self.master[c].as_entire_buffer_binding()));
+                    next += 1;
+                }
+                entries.push((next, self.rng.as_entire_buffer_binding()));
+                (kernel::bind(gpu, &bgl, &entries), layout.chunk_lens[c])
+            })
+            .collect();
+        self.pipeline_layout = pipeline_layout;
+        self.rebuild_pipeline();
     }
 
     fn norm_active(&self) -> bool {
@@ -194,7 +248,27 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             self.max_grad_norm.is_some() || self.scaler.is_some(),
             self.norm_active(),
         ];
-        self.pipeline = update_pipeline(&self.gpu, &self.pipeline_layout, &self.groups, flags);
+        let p = self.precision;
+        self.pipelines = self
+            .layout
+            .chunk_dtypes
+            .iter()
+            .map(|&param| {
+                let storage = Storage {
+                    param,
+                    state: p.state,
+                    master_binding: p.master_weights,
+                    stochastic: p.stochastic_rounding,
+                };
+                update_pipeline(
+                    &self.gpu,
+                    &self.pipeline_layout,
+                    &self.groups,
+                    flags,
+                    storage,
+                )
+            })
+            .collect();
     }
 
     /// Build the norm passes for the current norm type and scaler. The first time, the update
@@ -272,10 +346,12 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         Ok(())
     }
 
-    /// Overwrite one state tensor (e.g. when resuming). Validated before any GPU work.
+    /// Overwrite one state tensor (e.g. when resuming), rounded to nearest even into a 16-bit
+    /// state dtype. `"master"` is the f32 master copy of a 16-bit parameter. Validated before any
+    /// GPU work.
     pub fn set_state(&mut self, key: &str, tensor: &str, data: &[f32]) -> Result<()> {
-        let bufs = self.state_buffers(key)?;
-        arena::write_checked(&self.gpu, bufs, &self.layout, tensor, data)
+        let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
+        arena::write_checked(&self.gpu, bufs, &self.layout, Some(dtype), tensor, data)
     }
 
     /// Set the number of steps already taken (e.g. when resuming): the next step is `steps + 1`.
@@ -294,6 +370,169 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         self.scalars.reset(steps);
     }
 
+    /// Choose the optimizer state's dtype, master weights and rounding ([`Precision`]); the
+    /// default is f32 state, no master weights, round to nearest even. Takes effect from the
+    /// next step, for every dtype of the parameters (one kernel per dtype combination).
+    ///
+    /// - A change of state dtype after steps were taken converts the state (rounded to nearest
+    ///   even into a 16-bit dtype); before the first step the state is simply rebuilt.
+    /// - Turning master weights on copies the current parameters into the f32 master copy
+    ///   (exact). From then on the master copy is what the optimizer updates: to change a 16-bit
+    ///   parameter, write it with [`FusedOptimizer::set_state`]`("master", ..)` (or
+    ///   [`FusedOptimizer::sync_master_weights`] after writing the parameter).
+    ///
+    /// Converting state or copying parameters waits for the GPU once.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, DType, Gpu, Optimizer, Params, Precision};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::builder(&gpu).tensor("w", &[64, 32], DType::Bf16).build()?;
+    /// let mut opt = Adam::new(&params, AdamConfig::adamw())?;
+    /// opt.set_precision(Precision { state: DType::Bf16, master_weights: false, stochastic_rounding: true })?;
+    /// opt.step(&mut params)?;
+    /// assert_eq!(opt.state_memory_bytes(), 2 * 64 * 32 * 2);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == self.precision {
+            return Ok(());
+        }
+        if precision.master_weights && !self.layout.chunk_dtypes.iter().any(|d| d.is_half()) {
+            return Err(Error::InvalidOptions(
+                "master weights need 16-bit (bf16 or f16) parameters; every parameter is f32"
+                    .into(),
+            ));
+        }
+        let limit = self.gpu.limits().max_storage_buffers_per_shader_stage as usize;
+        let need = 5 + C::SLOTS.len() + precision.master_weights as usize;
+        if need > limit {
+            return Err(Error::DeviceLimit(format!(
+                "{} with master weights needs {need} storage buffers per shader stage, the \
+                 device allows {limit}",
+                C::NAME
+            )));
+        }
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| {
+            let old = self.precision;
+            if precision.state != old.state {
+                let kept = if self.submitted > 0 {
+                    Some(self.read_all_state()?)
+                } else {
+                    None
+                };
+                self.precision.state = precision.state;
+                self.fill_states()?;
+                if let Some(values) = kept {
+                    for (k, per_tensor) in values.into_iter().enumerate() {
+                        for (slot, v) in self.layout.slots.iter().zip(per_tensor) {
+                            arena::write_slot(
+                                &self.gpu,
+                                &self.states[k].1,
+                                slot,
+                                precision.state,
+                                &v,
+                            );
+                        }
+                    }
+                }
+            }
+            if precision.master_weights && !old.master_weights {
+                self.master = self.new_master()?;
+            } else if !precision.master_weights {
+                self.master.clear();
+            }
+            self.precision = precision;
+            self.bind();
+            Ok(())
+        })
+    }
+
+    /// The state dtype, master weights and rounding in use ([`FusedOptimizer::set_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Seed the stochastic-rounding stream (0 by default). Each step's random bits come from a
+    /// hash of (seed, step counter, element), so the same seed gives the same run.
+    pub fn set_rounding_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
+    /// The stochastic-rounding seed ([`FusedOptimizer::set_rounding_seed`]).
+    pub fn rounding_seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Copy the current 16-bit parameters into the master copy (after you wrote parameters
+    /// yourself while master weights are on). Waits for the GPU once.
+    pub fn sync_master_weights(&mut self, params: &Params) -> Result<()> {
+        self.check_params(params)?;
+        if !self.precision.master_weights {
+            return Err(Error::InvalidOptions(
+                "master weights are off (see set_precision)".into(),
+            ));
+        }
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| {
+            let master = self.new_master()?;
+            self.master = master;
+            self.bind();
+            Ok(())
+        })
+    }
+
+    /// Bytes of GPU memory the optimizer's state takes (every state buffer, padding included,
+    /// and the master copy).
+    pub fn state_memory_bytes(&self) -> u64 {
+        let l = &self.layout;
+        let per_state: u64 = (0..l.chunk_lens.len())
+            .map(|c| l.chunk_bytes(c, self.precision.state))
+            .sum();
+        let master: u64 = self
+            .master
+            .iter()
+            .zip(&l.chunk_dtypes)
+            .filter(|(_, d)| d.is_half())
+            .map(|(b, _)| b.size())
+            .sum();
+        per_state * self.states.len() as u64 + master
+    }
+
+    /// Every state tensor's values, per state in order, per tensor in layout order (waits).
+    fn read_all_state(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.states
+            .iter()
+            .map(|(_, bufs)| {
+                self.layout
+                    .slots
+                    .iter()
+                    .map(|slot| arena::read_slot(&self.gpu, bufs, slot, self.precision.state))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Master copies of the current 16-bit parameters: an f32 buffer per 16-bit chunk, a
+    /// placeholder per f32 chunk (waits for the parameters).
+    fn new_master(&self) -> Result<Vec<wgpu::Buffer>> {
+        let l = &self.layout;
+        let bufs: Vec<wgpu::Buffer> = (0..l.chunk_lens.len())
+            .map(|c| {
+                if l.chunk_dtypes[c].is_half() {
+                    arena::arena_buffer(&self.gpu, MASTER, l.chunk_bytes(c, DType::F32))
+                } else {
+                    self.dummy.clone()
+                }
+            })
+            .collect();
+        for slot in l.slots.iter().filter(|s| s.dtype.is_half()) {
+            let v = arena::read_slot(&self.gpu, &self.param_bufs, slot, slot.dtype)?;
+            arena::write_slot(&self.gpu, &bufs, slot, DType::F32, &v);
+        }
+        Ok(bufs)
+    }
+
     fn state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]> {
         self.states
             .iter()
@@ -304,6 +543,23 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 optimizer: C::NAME,
                 known: self.state_keys(),
             })
+    }
+
+    /// The buffers holding state `key` of `tensor` and their dtype; `"master"` is the master
+    /// copy (f32), which only 16-bit tensors have.
+    fn state_buffers_of(&self, key: &str, tensor: &str) -> Result<(&[wgpu::Buffer], DType)> {
+        if key == MASTER && self.precision.master_weights {
+            let slot = self.layout.slot(tensor)?;
+            if !slot.dtype.is_half() {
+                return Err(Error::DTypeMismatch {
+                    name: tensor.to_string(),
+                    dtype: slot.dtype,
+                    reason: "f32 parameters have no master copy".into(),
+                });
+            }
+            return Ok((&self.master, DType::F32));
+        }
+        Ok((self.state_buffers(key)?, self.precision.state))
     }
 
     fn check_params(&self, params: &Params) -> Result<()> {
@@ -329,6 +585,7 @@ fn update_pipeline<C: OptimizerConfig>(
     layout: &wgpu::PipelineLayout,
     groups: &[C],
     [grad_mul, skip]: [bool; 2],
+    storage: Storage,
 ) -> wgpu::ComputePipeline {
     let mut constants = vec![
         ("MAXIMIZE", groups[0].maximize() as u32),
@@ -342,9 +599,10 @@ fn update_pipeline<C: OptimizerConfig>(
         PipelineKey {
             shader: C::NAME,
             entry: "main",
+            variant: storage.code(),
             constants,
         },
-        || shader::update_kernel::<C::Scalars>(C::SLOTS, C::SHADER),
+        || shader::update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage),
         layout,
         true,
     )
@@ -354,13 +612,17 @@ fn bad_group(group: usize, n: usize) -> Error {
     Error::InvalidGroups(format!("group {group} does not exist ({n} groups)"))
 }
 
-fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
+/// A state buffer of `bytes`, every element `init` in `dtype`.
+fn state_buffer(gpu: &Gpu, key: &str, bytes: u64, init: f32, dtype: DType) -> wgpu::Buffer {
     if init == 0.0 {
-        return arena::arena_buffer(gpu, key, elems);
+        return arena::arena_buffer(gpu, key, bytes);
     }
+    let word: [u8; 4] = dtype.encode(&[init, init])[..4]
+        .try_into()
+        .expect("4 bytes");
     let buf = gpu.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(key),
-        size: (elems * 4) as u64,
+        size: bytes,
         usage: wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC,
@@ -372,7 +634,7 @@ fn state_buffer(gpu: &Gpu, key: &str, elems: usize, init: f32) -> wgpu::Buffer {
             .get_mapped_range_mut()
             .expect("fresh mapped buffer");
         let (mut words, _) = view.slice(..).into_chunks::<4>();
-        words.fill(init.to_le_bytes());
+        words.fill(word);
     }
     buf.unmap();
     buf
@@ -385,6 +647,15 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let groups = &self.groups;
         self.scalars
             .write(self.submitted, |g, t| groups[g].scalars(t))?;
+        if self.precision.stochastic_rounding {
+            let rng = StepRng {
+                key: dtype::step_key(self.seed, self.submitted),
+                ..StepRng::default()
+            };
+            self.gpu
+                .queue()
+                .write_buffer(&self.rng, 0, bytemuck::bytes_of(&rng));
+        }
         let gpu = self.gpu.clone();
         let mut enc = gpu
             .device()
@@ -400,7 +671,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 plan.record(&mut pass, &gpu);
             }
             self.scalars.record_select(&mut pass);
-            kernel::record(&mut pass, &gpu, &self.pipeline, &self.chunks);
+            kernel::record(&mut pass, &gpu, &self.pipelines, &self.chunks);
         }
         let readback = self.scalars.queue_readback(&mut enc, &self.ctrl);
         gpu.queue().submit([enc.finish()]);
@@ -449,9 +720,9 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {
-        let bufs = self.state_buffers(key)?;
+        let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
         let slot = self.layout.slot(tensor)?;
-        arena::read_slot(&self.gpu, bufs, slot)
+        arena::read_slot(&self.gpu, bufs, slot, dtype)
     }
 
     fn group_count(&self) -> usize {

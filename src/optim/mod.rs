@@ -113,10 +113,11 @@ pub trait Optimizer: persist::Persist {
 /// This trait is the extension interface: implement it for your own config type (in your own
 /// crate) and [`FusedOptimizer<YourConfig>`](FusedOptimizer) is a full [`Optimizer`], with nothing else to
 /// change. You provide:
-/// - [`Self::SHADER`], WGSL defining `fn update(i: u32, s: Scalars)`: the update of vec4 `i`.
-///   The engine puts in front of it the generated `Scalars` struct, the bindings `param`
-///   (read_write), `grad` (read) and one `read_write` `array<vec4<f32>>` per entry of
-///   [`Self::SLOTS`] under that name, and the shared helpers of `shaders/common.wgsl`:
+/// - [`Self::SHADER`], WGSL defining `fn update(i: u32, s: Scalars)`: the update of elements
+///   `4i .. 4i+3`. The engine puts in front of it the generated `Scalars` struct, the
+///   accessors `load_param(i)` / `store_param(i, v)`, `load_grad(i)` and `load_<slot>(i)` /
+///   `store_<slot>(i, v)` per entry of [`Self::SLOTS`] (all `vec4<f32>`, whatever the storage
+///   dtype: see [`crate::Precision`]), and the shared helpers of `shaders/common.wgsl`:
 ///   `prep_grad` (loss-scale unscaling, the clip coefficient and `maximize`; call it on every
 ///   gradient you read), `add_scaled`, `addcmul`, `lerp4`, `l2_decay`. Bounds and skipped
 ///   steps are handled before `update` is called. Boolean options are `override` constants
@@ -185,8 +186,11 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// The algorithm's name.
     const NAME: &'static str;
     /// The optimizer's own WGSL: its `override` constants and
-    /// `fn update(i: u32, s: Scalars)`, the update of vec4 `i` of `param`, `grad` and the state
-    /// buffers (one `array<vec4<f32>>` per [`Self::SLOTS`] entry, by that name). The engine puts
+    /// `fn update(i: u32, s: Scalars)`, the update of elements `4i .. 4i+3` of the param, grad
+    /// and state buffers, read and written with the generated `load_<name>(i)` and
+    /// `store_<name>(i, v)` (`param`, `grad`, and each [`Self::SLOTS`] entry), which convert
+    /// from and to the storage dtype (with f32 storage the buffers are also plain
+    /// `array<vec4<f32>>` under those names). The engine puts
     /// the shared prologue in front (`shaders/common.wgsl`: bindings, entry point, gradient
     /// preparation `prep_grad` and ATen's fused helpers) and the generated declaration of
     /// [`Self::Scalars`].
@@ -407,7 +411,7 @@ pub fn widen(x: f32) -> f64 {
     })
 }
 
-pub use engine::FusedOptimizer;
+pub use engine::{FusedOptimizer, MASTER};
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@
 
 use super::{FusedOptimizer, Optimizer, OptimizerConfig};
 use crate::arena::Piece;
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::NormType;
@@ -46,6 +47,9 @@ pub trait Persist {
     fn ck_scaler(&self) -> Option<&GradScaler>;
     /// Set the number of steps taken.
     fn ck_set_step_count(&mut self, steps: u64);
+    /// `Err` unless every tensor and every state buffer is f32 (the checkpoint format's data
+    /// today): a 16-bit arena or optimizer state is refused before anything is written or read.
+    fn ck_f32_only(&self) -> Result<()>;
 }
 
 /// Group `g`'s configuration with `hps` applied over `current`: every hyperparameter present,
@@ -93,6 +97,25 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
 
     fn ck_gpu(&self) -> &Gpu {
         self.device()
+    }
+
+    fn ck_f32_only(&self) -> Result<()> {
+        if let Some(s) = self.layout().slots.iter().find(|s| s.dtype != DType::F32) {
+            return Err(Error::DTypeMismatch {
+                name: s.name.clone(),
+                dtype: s.dtype,
+                reason: "checkpoints hold f32 tensors only for now; read the parameters with \
+                         Params::read and save them yourself"
+                    .into(),
+            });
+        }
+        if self.precision() != Precision::default() {
+            return Err(Error::InvalidOptions(format!(
+                "checkpoints hold f32 optimizer state only for now; this optimizer keeps {:?}",
+                self.precision()
+            )));
+        }
+        Ok(())
     }
 
     fn ck_tensors(&self) -> Vec<(&str, usize, &[Piece])> {

@@ -221,6 +221,7 @@ impl SelectPass {
             PipelineKey {
                 shader: "select",
                 entry: "main",
+                variant: 0,
                 constants: vec![("WINDOW", WINDOW)],
             },
             select_source,

@@ -12,10 +12,10 @@ use ndarray::Array1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::OnceLock;
-use wgpu_optim::reference::{self, ScalerState, State};
+use wgpu_optim::reference::{self, ScalerState, State, Stored};
 use wgpu_optim::{
-    FusedOptimizer, Gpu, GradScaler, NormType, Optimizer, OptimizerConfig, ParamGroup, Params,
-    ScalerConfig,
+    DType, FusedOptimizer, Gpu, GradScaler, NormType, Optimizer, OptimizerConfig, ParamGroup,
+    Params, Precision, ScalerConfig,
 };
 
 /// `(name, values)` pairs for `Params::new` from parallel lists of names and values.
@@ -200,6 +200,23 @@ pub fn snapshot(params: &Params, opt: &dyn Optimizer) -> Vec<Vec<u32>> {
     out
 }
 
+/// The stochastic-rounding seed of every [`Run`].
+pub const ROUNDING_SEED: u64 = 0x5eed;
+
+/// Fill every param and grad buffer with all-ones bytes, a NaN in every dtype (f32, bf16, f16),
+/// before the tensors' values are written: padding stays NaN (but for the upper half of a
+/// 16-bit tensor's last word when its length is odd, which writes set to zero).
+pub fn poison_buffers(params: &Params) {
+    let gpu = params.gpu();
+    for c in 0..params.chunk_count() {
+        for buf in [params.param_buffer(c), params.grad_buffer(c)] {
+            let buf = buf.unwrap();
+            gpu.queue()
+                .write_buffer(buf, 0, &vec![0xff; buf.size() as usize]);
+        }
+    }
+}
+
 /// Write NaN into every element of the param and grad buffers that belongs to no tensor: the
 /// padding after each tensor up to the next 64-element boundary, and each chunk's tail.
 pub fn poison_padding(params: &Params) {
@@ -291,6 +308,8 @@ pub struct Run<C: OptimizerConfig> {
     poison_state: Vec<&'static str>,
     seed: Option<u64>,
     scaler: Option<ScalerConfig>,
+    dtypes: Vec<DType>,
+    precision: Precision,
 }
 
 impl<C: OptimizerConfig> Run<C> {
@@ -310,6 +329,8 @@ impl<C: OptimizerConfig> Run<C> {
             poison_state: Vec::new(),
             seed: None,
             scaler: None,
+            dtypes: vec![DType::F32],
+            precision: Precision::default(),
         }
         .sizes(SIZES)
     }
@@ -399,6 +420,23 @@ impl<C: OptimizerConfig> Run<C> {
         self
     }
 
+    /// Store the tensors in these dtypes, in turn (tensor `i` gets `dtypes[i % len]`): one dtype
+    /// for all, or a mixed arena.
+    pub fn dtypes(mut self, dtypes: &[DType]) -> Self {
+        self.dtypes = dtypes.to_vec();
+        self
+    }
+
+    /// The optimizer's state dtype, master weights and rounding.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    fn dtype_of(&self, t: usize) -> DType {
+        self.dtypes[t % self.dtypes.len()]
+    }
+
     /// Run with one group holding every tensor, and check.
     pub fn run(self, cfg: C) -> Outcome {
         self.run_groups(vec![ParamGroup::rest(cfg)], |_| 0)
@@ -449,6 +487,10 @@ pub struct Harness<C: OptimizerConfig> {
     configs: Vec<C>,
     /// Reference params and state, per tensor.
     cpu: Vec<(Array1<f32>, State)>,
+    /// Reference master copies (16-bit tensors with master weights).
+    master: Vec<Option<Array1<f32>>>,
+    /// Each element's index inside its chunk, per tensor (for stochastic rounding).
+    positions: Vec<Vec<u32>>,
     init: Vec<Vec<f32>>,
     rng: StdRng,
     bound: Bound,
@@ -472,11 +514,24 @@ impl<C: OptimizerConfig> Harness<C> {
         let init: Vec<Vec<f32>> = run
             .tensors
             .iter()
-            .map(|t| randn(&mut rng, t.1, 1.0))
+            .enumerate()
+            .map(|(t, (_, n))| {
+                let d = run.dtype_of(t);
+                randn(&mut rng, *n, 1.0)
+                    .into_iter()
+                    .map(|x| d.round(x))
+                    .collect()
+            })
             .collect();
-        let tensors = named(run.tensors.iter().map(|t| t.0.as_str()), &init);
-        let params = Params::with_max_chunk_bytes(&gpu, &tensors, run.max_chunk_bytes).unwrap();
-        poison_padding(&params);
+        let mut builder = Params::builder(&gpu).max_chunk_bytes(run.max_chunk_bytes);
+        for (t, (name, n)) in run.tensors.iter().enumerate() {
+            builder = builder.tensor(name, &[*n], run.dtype_of(t));
+        }
+        let params = builder.build().unwrap();
+        poison_buffers(&params);
+        for ((name, _), v) in run.tensors.iter().zip(&init) {
+            params.write(name, v).unwrap();
+        }
         // The reference takes each tensor's config from the groups as given and the group
         // `group_of` names, not from the optimizer's own bookkeeping.
         let given: Vec<C> = groups.iter().map(|g| g.config.clone()).collect();
@@ -491,6 +546,8 @@ impl<C: OptimizerConfig> Harness<C> {
         if run.skip_nonfinite {
             opt.set_skip_nonfinite(true).unwrap();
         }
+        opt.set_precision(run.precision).unwrap();
+        opt.set_rounding_seed(ROUNDING_SEED);
         let scaler = run
             .scaler
             .clone()
@@ -506,12 +563,42 @@ impl<C: OptimizerConfig> Harness<C> {
                 opt.set_state(key, name, &vec![f32::NAN; *len]).unwrap();
             }
         }
+        let state_dtype = run.precision.state;
         let cpu = init
             .iter()
             .zip(&configs)
-            .map(|(v, c)| (Array1::from(v.clone()), State::new(c, v.len())))
+            .map(|(v, c)| {
+                let mut state = State::new(c, v.len());
+                for k in state.keys() {
+                    let b = state.get_mut(k).unwrap();
+                    b.mapv_inplace(|x| state_dtype.round(x));
+                }
+                (Array1::from(v.clone()), state)
+            })
+            .collect();
+        let master = init
+            .iter()
+            .enumerate()
+            .map(|(t, v)| {
+                (run.precision.master_weights && run.dtype_of(t).is_half())
+                    .then(|| Array1::from(v.clone()))
+            })
+            .collect();
+        let positions = run
+            .tensors
+            .iter()
+            .map(|(name, _)| {
+                params
+                    .pieces(name)
+                    .unwrap()
+                    .iter()
+                    .flat_map(|p| (p.offset..p.offset + p.len).map(|e| e as u32))
+                    .collect()
+            })
             .collect();
         Harness {
+            master,
+            positions,
             run,
             params,
             opt,
@@ -541,7 +628,14 @@ impl<C: OptimizerConfig> Harness<C> {
             .run
             .tensors
             .iter()
-            .map(|t| randn(&mut self.rng, t.1, scale))
+            .enumerate()
+            .map(|(i, t)| {
+                let d = self.run.dtype_of(i);
+                randn(&mut self.rng, t.1, scale)
+                    .into_iter()
+                    .map(|x| d.round(x))
+                    .collect()
+            })
             .collect();
         let bad: Vec<BadStep> = self
             .run
@@ -601,10 +695,27 @@ impl<C: OptimizerConfig> Harness<C> {
                 }
             }
             let mul = inv_scale * coef;
+            let key = wgpu_optim::dtype::step_key(ROUNDING_SEED, s as u64);
             for (i, g) in grads.iter().enumerate() {
                 let g = Array1::from(g.iter().map(|x| x * mul).collect::<Vec<f32>>());
                 let (p, state) = &mut self.cpu[i];
-                (self.run.reference)(&self.configs[i], p, &g, state);
+                let stored = Stored {
+                    param: self.run.dtype_of(i),
+                    state: self.run.precision.state,
+                    master: self.master[i].is_some(),
+                    stochastic: self.run.precision.stochastic_rounding,
+                };
+                reference::stored_step(
+                    self.run.reference,
+                    &self.configs[i],
+                    stored,
+                    key,
+                    &self.positions[i],
+                    p,
+                    self.master[i].as_mut(),
+                    &g,
+                    state,
+                );
             }
             self.outcome.applied += 1;
         }
@@ -638,12 +749,29 @@ impl<C: OptimizerConfig> Harness<C> {
             let want = p.as_slice().unwrap();
             let got = self.params.read(t).unwrap();
             compare(&format!("{name} {t} param"), &got, want, self.bound);
-            unmoved += want
-                .iter()
-                .zip(&self.init[i])
-                .filter(|(a, b)| a.to_bits() == b.to_bits())
-                .count();
-            total += want.len();
+            if let Some(m) = &self.master[i] {
+                let got = self.opt.state(wgpu_optim::optim::MASTER, t).unwrap();
+                compare(
+                    &format!("{name} {t} master"),
+                    &got,
+                    m.as_slice().unwrap(),
+                    self.bound,
+                );
+            }
+            // A 16-bit parameter without a master copy may rightly stay where it started: an
+            // update below half its spacing rounds away (the known stall of bf16 training).
+            if !self.run.dtype_of(i).is_half() || self.master[i].is_some() {
+                let start = &self.init[i];
+                let moved_from = self.master[i]
+                    .as_ref()
+                    .map_or(want, |m| m.as_slice().unwrap());
+                unmoved += moved_from
+                    .iter()
+                    .zip(start)
+                    .filter(|(a, b)| a.to_bits() == b.to_bits())
+                    .count();
+                total += want.len();
+            }
             assert_eq!(keys, state.keys(), "{name}: state keys");
             for k in &keys {
                 let want = state.get(k).unwrap().as_slice().unwrap();
@@ -655,7 +783,12 @@ impl<C: OptimizerConfig> Harness<C> {
                     // after a sign change) is no weakness.
                     continue;
                 }
-                let start = self.configs[i].state_init(k).to_bits();
+                let start = self
+                    .run
+                    .precision
+                    .state
+                    .round(self.configs[i].state_init(k))
+                    .to_bits();
                 unmoved += want.iter().filter(|a| a.to_bits() == start).count();
                 total += want.len();
             }
