@@ -266,7 +266,12 @@ impl<C: OptimizerConfig> Sharded<C> {
             arena_hash = arena_hash.str(name).u64(len as u64);
         }
         let config_hash = config_hash(&config);
-        let f32_only = match params.layout.slots.iter().find(|s| s.dtype != crate::DType::F32) {
+        let f32_only = match params
+            .layout
+            .slots
+            .iter()
+            .find(|s| s.dtype != crate::DType::F32)
+        {
             Some(s) => Err(Error::DTypeMismatch {
                 name: s.name.clone(),
                 dtype: s.dtype,
