@@ -12,13 +12,14 @@
 
 #[path = "nn/mod.rs"]
 mod nn;
+#[path = "nn/plot.rs"]
+mod plot;
 
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{activation::relu, Device, Distribution, Int, Tensor, TensorData};
-use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -291,11 +292,12 @@ fn main() -> Result<(), wgpu_optim::Error> {
         100.0 * our_acc,
         our_ms / burn_ms
     );
-    plot(
+    plot::losses(
         &[
             ("Burn AdamW", burn_losses),
             ("wgpu-optim AdamW", our_losses),
         ],
+        "Burn MLP on handwritten digits: Burn's AdamW and wgpu-optim's",
         "burn_loss_curves.png",
     )
     .map_err(|e| wgpu_optim::Error::Plot(e.to_string()))?;
@@ -324,73 +326,5 @@ fn main() -> Result<(), wgpu_optim::Error> {
     for r in rows {
         println!("{r}");
     }
-    Ok(())
-}
-
-/// Both runs' training loss (exponential moving average over ~20 steps), log scale.
-fn plot(curves: &[(&str, Vec<f32>)], path: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let text = wgpu_optim::lr_finder::register_plot_font();
-    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let smooth: Vec<Vec<f32>> = curves
-        .iter()
-        .map(|(_, c)| {
-            let mut m = c[0];
-            c.iter()
-                .map(|&v| {
-                    m = 0.95 * m + 0.05 * v;
-                    m
-                })
-                .collect()
-        })
-        .collect();
-    let n = smooth.iter().map(|c| c.len()).max().unwrap_or(1);
-    let lo = smooth
-        .iter()
-        .flatten()
-        .cloned()
-        .fold(f32::INFINITY, f32::min)
-        .max(1e-4);
-    let hi = smooth.iter().map(|c| c[0]).fold(0.0, f32::max);
-    let mut chart = ChartBuilder::on(&root);
-    chart
-        .margin(15)
-        .x_label_area_size(if text { 40 } else { 5 })
-        .y_label_area_size(if text { 60 } else { 5 });
-    if text {
-        chart.caption(
-            "Burn MLP on handwritten digits: Burn's AdamW and wgpu-optim's",
-            ("sans-serif", 24),
-        );
-    }
-    let mut chart = chart.build_cartesian_2d(0..n, (lo..hi).log_scale())?;
-    let mut mesh = chart.configure_mesh();
-    mesh.x_desc("step").y_desc("training loss (smoothed)");
-    if !text {
-        mesh.disable_x_mesh()
-            .disable_y_mesh()
-            .x_labels(0)
-            .y_labels(0);
-    }
-    mesh.draw()?;
-    for (k, ((name, _), c)) in curves.iter().zip(&smooth).enumerate() {
-        let color = Palette99::pick(k).stroke_width(2);
-        let s = chart.draw_series(LineSeries::new(
-            c.iter().enumerate().map(|(i, &v)| (i, v)),
-            color,
-        ))?;
-        if text {
-            s.label(*name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-        }
-    }
-    if text {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
     Ok(())
 }
