@@ -18,7 +18,7 @@ use wgpu_optim::{
     AdagradConfig, Adam, AdamConfig, Error, FusedOptimizer, GradScaler, Optimizer, OptimizerConfig,
     ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
 };
-use wgpu_optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
+use wgpu_optim::{AdamaxConfig, DType, NAdamConfig, Precision, RAdamConfig};
 
 fn temp_dir(test: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wgpu-optim-test-{test}-{}", std::process::id()));
@@ -56,8 +56,11 @@ fn snapshot<C: OptimizerConfig>(
         state: names
             .iter()
             .flat_map(|n| {
-                opt.state_keys()
-                    .into_iter()
+                let mut keys = opt.state_keys();
+                if opt.precision().master_weights && params.dtype(n).unwrap().is_half() {
+                    keys.push(wgpu_optim::optim::MASTER);
+                }
+                keys.into_iter()
                     .map(move |k| (n.clone(), k))
                     .collect::<Vec<_>>()
             })
@@ -90,6 +93,10 @@ struct Settings {
     bad_steps: Vec<usize>,
     /// State poisoned before the first step (`Run::poison_state`).
     poison: Vec<&'static str>,
+    /// Storage dtypes of the tensors, in turn (`Run::dtypes`; empty: all f32).
+    dtypes: Vec<DType>,
+    /// The optimizer's state dtype, master weights and rounding.
+    precision: Precision,
 }
 
 const NAMES: [&str; 4] = ["emb.weight", "fc.weight", "fc.bias", "out"];
@@ -123,7 +130,10 @@ fn settings_run<C: OptimizerConfig>(
     if let Some(c) = settings.scaler.clone() {
         run = run.scaler(c);
     }
-    run
+    if !settings.dtypes.is_empty() {
+        run = run.dtypes(&settings.dtypes);
+    }
+    run.precision(settings.precision)
 }
 
 /// N steps, save, load into fresh params (other values) and a fresh optimizer (other numbers,
@@ -161,11 +171,27 @@ fn resume_exact<C: OptimizerConfig>(
 
     // Fresh params with other values and a fresh optimizer with other numbers and no
     // clipping settings: load must restore all of them.
-    let other: Vec<Vec<f32>> = SIZES.iter().map(|&n| randn(&mut rng, n, 1.0)).collect();
-    let tensors = named(NAMES.iter().copied(), &other);
-    let mut params = Params::with_max_chunk_bytes(&gpu, &tensors, 8192).unwrap();
+    // (Other values, the same dtypes and precision, another rounding seed.)
+    let mut builder = Params::builder(&gpu).max_chunk_bytes(8192);
+    for (t, (&n, &len)) in NAMES.iter().zip(&SIZES).enumerate() {
+        let dtype = settings.dtypes.get(t % settings.dtypes.len().max(1));
+        let shape = if t == 0 {
+            vec![30, len / 30]
+        } else {
+            vec![len]
+        };
+        builder = builder.tensor_with_data(
+            n,
+            &shape,
+            dtype.copied().unwrap_or(DType::F32),
+            &randn(&mut rng, len, 1.0),
+        );
+    }
+    let mut params = builder.build().unwrap();
     common::poison_padding(&params);
     let mut opt = FusedOptimizer::with_groups(&params, groups()).unwrap();
+    opt.set_precision(settings.precision).unwrap();
+    opt.set_rounding_seed(1);
     for g in 0..opt.group_count() {
         opt.set_group_lr(g, 0.123).unwrap();
     }
@@ -274,6 +300,259 @@ fn resume_is_exact_adam() {
             ..Default::default()
         },
     );
+}
+
+/// Resume is exact on every storage path: 16-bit parameters (bf16, f16, a mixed arena), bf16
+/// state, f32 master weights and stochastic rounding (its seed and counter restored, with
+/// skipped steps before the save), with odd lengths (5 and 1 elements) and a tensor split over
+/// chunks.
+#[test]
+fn resume_is_exact_on_every_storage_path() {
+    use DType::{Bf16, F16, F32};
+    let p = |state, master_weights, stochastic_rounding| Precision {
+        state,
+        master_weights,
+        stochastic_rounding,
+    };
+    let rows: [(&str, &[DType], Precision); 7] = [
+        ("bf16", &[Bf16], p(F32, false, false)),
+        ("bf16_state_sr", &[Bf16], p(Bf16, false, true)),
+        ("f16_master", &[F16], p(F32, true, false)),
+        ("mixed_bf16_state", &[F32, Bf16, F16], p(Bf16, false, false)),
+        ("mixed_master_sr", &[Bf16, F32, F16], p(Bf16, true, true)),
+        ("f32_bf16_state_sr", &[F32], p(Bf16, false, true)),
+        ("bf16_master_sr", &[Bf16], p(F32, true, true)),
+    ];
+    for (name, dtypes, precision) in rows {
+        let settings = Settings {
+            dtypes: dtypes.to_vec(),
+            precision,
+            skip_nonfinite: true,
+            bad_steps: vec![1, 6],
+            ..Default::default()
+        };
+        resume_exact(
+            &format!("adamw_{name}"),
+            reference::adam,
+            || vec![ParamGroup::rest(AdamConfig::adamw())],
+            settings.clone(),
+        );
+        let momentum = SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            ..Default::default()
+        };
+        resume_exact(
+            &format!("sgd_{name}"),
+            reference::sgd,
+            || vec![ParamGroup::rest(momentum.clone())],
+            settings,
+        );
+    }
+}
+
+/// A 16-bit checkpoint as the file holds it: BF16/F16/F32 tensors in their shapes, readable by
+/// the safetensors crate; a tensor of odd length shifts what follows it by 2 bytes, so the
+/// 16 MiB blocks of saving and loading end inside words, and the reload is still bit for bit.
+/// A fresh parameter set from the file has the saved shapes and dtypes.
+#[test]
+fn sixteen_bit_checkpoints_keep_dtypes_and_shapes_across_blocks() {
+    let gpu = gpu();
+    let mut rng = rng("sixteen_bit_checkpoints");
+    // `a` (3 bf16 elements, 6 bytes) puts `b` at 2 bytes past a word; `b` (f32, 17 MB) crosses
+    // the first block boundary there; `c` is f16 with an odd number of elements.
+    let specs: [(&str, Vec<usize>, DType); 3] = [
+        ("a", vec![3], DType::Bf16),
+        ("b", vec![7, 600_001], DType::F32),
+        ("c", vec![3, 5, 70_001], DType::F16),
+    ];
+    let build = |rng: &mut rand::rngs::StdRng| {
+        let mut builder = Params::builder(&gpu).max_chunk_bytes(8 << 20);
+        for (n, shape, dtype) in &specs {
+            let len = shape.iter().product();
+            builder = builder.tensor_with_data(n, shape, *dtype, &randn(rng, len, 1.0));
+        }
+        builder.build().unwrap()
+    };
+    let mut params = build(&mut rng);
+    let mut opt = Adam::new(&params, AdamConfig::adamw()).unwrap();
+    opt.set_precision(Precision {
+        state: DType::Bf16,
+        master_weights: true,
+        stochastic_rounding: true,
+    })
+    .unwrap();
+    opt.set_rounding_seed(77);
+    for _ in 0..2 {
+        for (n, shape, _) in &specs {
+            let len = shape.iter().product();
+            params.write_grad(n, &randn(&mut rng, len, 0.1)).unwrap();
+        }
+        opt.step(&mut params).unwrap();
+    }
+    let dir = temp_dir("sixteen_bit");
+    let path = dir.join("ck.safetensors");
+    checkpoint::save(&path, &params, &opt, SaveOptions::default()).unwrap();
+
+    // The file, as the reference crate reads it.
+    let bytes = fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (n, shape, dtype) in &specs {
+        let want = match dtype {
+            DType::F32 => safetensors::Dtype::F32,
+            DType::Bf16 => safetensors::Dtype::BF16,
+            DType::F16 => safetensors::Dtype::F16,
+        };
+        let t = st.tensor(&format!("param.{n}")).unwrap();
+        assert_eq!((t.dtype(), t.shape()), (want, &shape[..]), "param.{n}");
+        let m = st.tensor(&format!("state.{n}.exp_avg")).unwrap();
+        assert_eq!(
+            (m.dtype(), m.shape()),
+            (safetensors::Dtype::BF16, &shape[..])
+        );
+        let master = st.tensor(&format!("state.{n}.master"));
+        assert_eq!(master.is_ok(), dtype.is_half(), "state.{n}.master");
+        if let Ok(m) = master {
+            assert_eq!(m.dtype(), safetensors::Dtype::F32);
+        }
+    }
+    let at = |n: &str| st.tensor(n).unwrap().data().as_ptr() as usize;
+    assert_eq!(
+        at("param.b") - at("param.a"),
+        6,
+        "param.b starts 2 bytes past a word"
+    );
+
+    // Back into fresh parameters built from the file, and into a fresh optimizer.
+    let ck = Checkpoint::open(&path).unwrap();
+    for (n, shape, dtype) in &specs {
+        assert_eq!(ck.shape(n).unwrap(), &shape[..]);
+        assert_eq!(ck.dtype(n).unwrap(), *dtype);
+        assert_eq!(
+            bits(&ck.read(&format!("param.{n}")).unwrap()),
+            bits(&params.read(n).unwrap()),
+            "Checkpoint::read of param.{n}"
+        );
+    }
+    assert_eq!(ck.precision(), opt.precision());
+    let mut params2 = ck.params(&gpu).unwrap();
+    for (n, shape, dtype) in &specs {
+        assert_eq!(params2.shape(n).unwrap(), &shape[..]);
+        assert_eq!(params2.dtype(n).unwrap(), *dtype);
+    }
+    let mut opt2 = ck.build_optimizer(&params2).unwrap();
+    ck.restore(&mut params2, &mut *opt2).unwrap();
+    let mut keys = opt.state_keys();
+    keys.push(wgpu_optim::optim::MASTER);
+    for (n, _, dtype) in &specs {
+        assert_eq!(
+            bits(&params2.read(n).unwrap()),
+            bits(&params.read(n).unwrap()),
+            "{n}"
+        );
+        for k in &keys {
+            if *k == wgpu_optim::optim::MASTER && !dtype.is_half() {
+                continue;
+            }
+            assert_eq!(
+                bits(&opt2.state(k, n).unwrap()),
+                bits(&opt.state(k, n).unwrap()),
+                "{n}.{k}"
+            );
+        }
+    }
+    // The next step draws the same rounding noise on both.
+    for (n, shape, _) in &specs {
+        let g = randn(&mut rng, shape.iter().product(), 0.1);
+        params.write_grad(n, &g).unwrap();
+        params2.write_grad(n, &g).unwrap();
+    }
+    opt.step(&mut params).unwrap();
+    opt2.step(&mut params2).unwrap();
+    for (n, _, _) in &specs {
+        assert_eq!(
+            bits(&params2.read(n).unwrap()),
+            bits(&params.read(n).unwrap()),
+            "{n} after a step"
+        );
+    }
+    fs::remove_dir_all(dir).unwrap();
+}
+
+/// A 16-bit checkpoint loads only into tensors of its dtypes and an optimizer of its state
+/// dtype and master weights: anything else is a typed error that changes nothing.
+#[test]
+fn sixteen_bit_checkpoints_refuse_other_dtypes_and_precisions() {
+    let gpu = gpu();
+    let dir = temp_dir("sixteen_bit_refuse");
+    let path = dir.join("ck.safetensors");
+    let params = Params::builder(&gpu)
+        .tensor_with_data("w", &[4, 4], DType::Bf16, &[0.5; 16])
+        .tensor_with_data("b", &[4], DType::F32, &[0.25; 4])
+        .build()
+        .unwrap();
+    let mut opt = Adam::new(&params, AdamConfig::adamw()).unwrap();
+    opt.set_precision(Precision {
+        state: DType::Bf16,
+        ..Precision::default()
+    })
+    .unwrap();
+    checkpoint::save(&path, &params, &opt, SaveOptions::default()).unwrap();
+
+    let untouched = |params: &Params| {
+        assert_eq!(params.read("w").unwrap(), vec![1.0; 16]);
+        assert_eq!(params.read("b").unwrap(), vec![1.0; 4]);
+    };
+    // f32 parameters where the file holds bf16.
+    let mut f32_params = Params::new(&gpu, &[("w", &[1.0; 16][..]), ("b", &[1.0; 4])]).unwrap();
+    let mut f32_opt = Adam::new(&f32_params, AdamConfig::adamw()).unwrap();
+    f32_opt
+        .set_precision(Precision {
+            state: DType::Bf16,
+            ..Precision::default()
+        })
+        .unwrap();
+    let e = checkpoint::load(&path, &mut f32_params, &mut f32_opt).unwrap_err();
+    assert!(
+        matches!(&e, Error::CheckpointMismatch { what, .. } if what.contains("dtype of `w`")),
+        "{e}"
+    );
+    untouched(&f32_params);
+    // The right dtypes, but f32 state or master weights.
+    let mut p16 = Params::builder(&gpu)
+        .tensor_with_data("w", &[16], DType::Bf16, &[1.0; 16])
+        .tensor_with_data("b", &[4], DType::F32, &[1.0; 4])
+        .build()
+        .unwrap();
+    for precision in [
+        Precision::default(),
+        Precision {
+            state: DType::Bf16,
+            master_weights: true,
+            stochastic_rounding: false,
+        },
+    ] {
+        let mut o = Adam::new(&p16, AdamConfig::adamw()).unwrap();
+        o.set_precision(precision).unwrap();
+        let e = checkpoint::load(&path, &mut p16, &mut o).unwrap_err();
+        assert!(
+            matches!(&e, Error::CheckpointMismatch { what, .. } if what.contains("precision")),
+            "{e}"
+        );
+        untouched(&p16);
+        assert_eq!(o.step_count(), 0);
+    }
+    // The matching optimizer loads (any shape with the element count is accepted).
+    let mut o = Adam::new(&p16, AdamConfig::adamw()).unwrap();
+    o.set_precision(Precision {
+        state: DType::Bf16,
+        ..Precision::default()
+    })
+    .unwrap();
+    checkpoint::load(&path, &mut p16, &mut o).unwrap();
+    assert_eq!(p16.read("w").unwrap(), vec![0.5; 16]);
+    fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

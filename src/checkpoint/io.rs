@@ -2,11 +2,12 @@
 //! data region block by block.
 
 use super::{format_err, BLOCK_BYTES, CHECKSUM_TENSOR, MAX_HEADER_BYTES};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -252,22 +253,67 @@ impl<'a> Segments<'a> {
     }
 }
 
-/// Little-endian bytes as f32 values.
-pub(crate) fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+/// Little-endian bytes of `dtype` values (whole elements), widened to f32.
+pub(crate) fn widened(dtype: DType, bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    let es = dtype.size();
+    bytes.chunks_exact(es).map(move |c| match dtype {
+        DType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        DType::Bf16 => crate::dtype::bf16_to_f32(u16::from_le_bytes([c[0], c[1]])),
+        DType::F16 => crate::dtype::f16_to_f32(u16::from_le_bytes([c[0], c[1]])),
+    })
 }
 
-/// Write f32 values as little-endian bytes.
-pub(crate) fn write_f32s(w: &mut impl Write, data: &[f32]) -> std::io::Result<()> {
-    if cfg!(target_endian = "little") {
-        w.write_all(bytemuck::cast_slice(data))
-    } else {
-        for chunk in data.chunks(1 << 14) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
-            w.write_all(&bytes)?;
+/// Re-cuts the parts of one tensor after another (as [`Segments::each`] hands them out, split
+/// wherever a block ends) into parts that start at a multiple of 4 bytes of their tensor and
+/// hold whole words, but for a tensor's last part, which may end in a half word: GPU copies
+/// need 4-byte aligned offsets and sizes, and a block may end inside a word when a 16-bit
+/// tensor of odd length shifted what follows it by 2 bytes. Holds back at most 3 bytes.
+#[derive(Default)]
+pub(crate) struct Realign {
+    carry: [u8; 4],
+    held: usize,
+}
+
+impl Realign {
+    /// Hand `bytes` (at byte `at` of their tensor, `ends`: the tensor's last part) on to `f` as
+    /// aligned parts `(bytes, at, ends)`, in order, together exactly the bytes given.
+    pub fn each(
+        &mut self,
+        mut bytes: &[u8],
+        mut at: usize,
+        ends: bool,
+        mut f: impl FnMut(&[u8], usize, bool) -> Result<()>,
+    ) -> Result<()> {
+        if self.held > 0 {
+            // Complete the held word first.
+            let take = (4 - self.held).min(bytes.len());
+            self.carry[self.held..self.held + take].copy_from_slice(&bytes[..take]);
+            let n = self.held + take;
+            bytes = &bytes[take..];
+            let word_at = at - self.held;
+            at += take;
+            self.held = 0;
+            if n < 4 && !ends {
+                self.held = n;
+                return Ok(());
+            }
+            let word = self.carry;
+            f(&word[..n], word_at, ends && bytes.is_empty())?;
         }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let whole = if ends {
+            bytes.len()
+        } else {
+            bytes.len() / 4 * 4
+        };
+        if whole > 0 {
+            f(&bytes[..whole], at, ends)?;
+        }
+        let rest = &bytes[whole..];
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.held = rest.len();
         Ok(())
     }
 }
@@ -275,6 +321,7 @@ pub(crate) fn write_f32s(w: &mut impl Write, data: &[f32]) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn temp_dir(test: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("wgpu-optim-{test}-{}", std::process::id()));
@@ -341,6 +388,58 @@ mod tests {
             "{err}"
         );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn realign_cuts_parts_at_words() {
+        // A tensor of 14 bytes handed out as 6 + 5 + 3 bytes: aligned parts of whole words,
+        // the last one ending in a half word, the same bytes in the same order.
+        let data: Vec<u8> = (0..14).collect();
+        let mut r = Realign::default();
+        let mut got: Vec<(Vec<u8>, usize, bool)> = Vec::new();
+        for (bytes, at, ends) in [
+            (&data[..6], 0, false),
+            (&data[6..11], 6, false),
+            (&data[11..], 11, true),
+        ] {
+            r.each(bytes, at, ends, |b, at, ends| {
+                assert_eq!(at % 4, 0);
+                assert!(ends || b.len() % 4 == 0);
+                got.push((b.to_vec(), at, ends));
+                Ok(())
+            })
+            .unwrap();
+        }
+        let joined: Vec<u8> = got.iter().flat_map(|g| g.0.clone()).collect();
+        assert_eq!(joined, data);
+        assert_eq!(got.last().map(|g| (g.1, g.2)), Some((12, true)));
+        assert!(got[..got.len() - 1].iter().all(|g| !g.2));
+        // Parts shorter than a word, and a tensor of 2 bytes.
+        let mut r = Realign::default();
+        let mut got = Vec::new();
+        for (bytes, at, ends) in [
+            (&data[..1], 0, false),
+            (&data[1..3], 1, false),
+            (&data[3..6], 3, true),
+        ] {
+            r.each(bytes, at, ends, |b, at, ends| {
+                got.push((b.to_vec(), at, ends));
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            got,
+            vec![(vec![0, 1, 2, 3], 0, false), (vec![4, 5], 4, true)]
+        );
+        let mut r = Realign::default();
+        let mut got = Vec::new();
+        r.each(&data[..2], 0, true, |b, at, ends| {
+            got.push((b.to_vec(), at, ends));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec![(vec![0, 1], 0, true)]);
     }
 
     #[test]

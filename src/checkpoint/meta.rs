@@ -9,6 +9,7 @@
 use super::{
     format_err, GroupRecord, ScalerRecord, SchedulerRecord, CHECKSUM_TENSOR, FORMAT, FORMAT_VERSION,
 };
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::norm::NormType;
 use crate::scaler::ScalerConfig;
@@ -41,12 +42,28 @@ pub(crate) struct Meta {
     pub grad_scaler: Option<ScalerMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
     pub lr_schedulers: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    pub precision: Option<PrecisionMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_by: Option<String>,
     /// Version 2: the CRC-32 of every tensor's bytes in data order (the checksum tensor
     /// excluded), 8 lowercase hex digits each, concatenated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensor_crc32: Option<String>,
+}
+
+/// The `precision` entry: the optimizer's state dtype, master weights and rounding, and where
+/// the stochastic-rounding stream stands. Absent means f32 state, no master weights, round to
+/// nearest even.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PrecisionMeta {
+    /// `F32` or `BF16`.
+    pub state: String,
+    pub master_weights: bool,
+    pub stochastic_rounding: bool,
+    pub rounding_seed: u64,
+    /// Steps submitted when saved (skipped ones included): the rounding stream's counter.
+    pub rounding_counter: u64,
 }
 
 /// One parameter group: its tensors and its hyperparameters by name.
@@ -183,6 +200,12 @@ pub(crate) struct Header {
     pub optimizer: String,
     pub step: u64,
     pub tensors: Vec<(String, usize)>,
+    /// Each tensor's shape and storage dtype, as `tensors`.
+    pub shapes: Vec<Vec<usize>>,
+    pub dtypes: Vec<DType>,
+    pub precision: Precision,
+    pub rounding_seed: u64,
+    pub rounding_counter: u64,
     pub groups: Vec<GroupRecord>,
     pub max_grad_norm: Option<f32>,
     pub norm_type: NormType,
@@ -195,6 +218,25 @@ pub(crate) struct Header {
 
 fn elements(info: &TensorInfo) -> Option<usize> {
     info.shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+}
+
+/// Our storage dtype of a safetensors dtype (F32, BF16, F16).
+pub(crate) fn storage_dtype(d: Dtype) -> Option<DType> {
+    match d {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::BF16 => Some(DType::Bf16),
+        Dtype::F16 => Some(DType::F16),
+        _ => None,
+    }
+}
+
+/// The safetensors dtype of a storage dtype.
+pub(crate) fn safetensors_dtype(d: DType) -> Dtype {
+    match d {
+        DType::F32 => Dtype::F32,
+        DType::Bf16 => Dtype::BF16,
+        DType::F16 => Dtype::F16,
+    }
 }
 
 fn finite_f32(x: f64, what: &str) -> Result<f32> {
@@ -220,7 +262,8 @@ fn positive(name: &'static str, x: f32) -> Result<f32> {
 impl Header {
     /// Check `meta` against the tensors of the file (`infos`, by name; `order`: the names in
     /// data order): every tensor is `param.<name>`, `state.<name>.<key>` of a listed tensor or
-    /// the checksum, F32 with the right number of elements; the groups partition the tensors;
+    /// the checksum, with the right number of elements and dtype (a parameter F32, BF16 or F16;
+    /// its state in the `precision` entry's state dtype; master copies and step counts F32); the groups partition the tensors;
     /// clipping and scaler values are finite and in range.
     pub fn check(
         meta: Meta,
@@ -230,7 +273,26 @@ impl Header {
         if meta.tensors.is_empty() {
             return Err(format_err("`tensors` is empty"));
         }
+        let (precision, rounding_seed, rounding_counter) = match &meta.precision {
+            None => (Precision::default(), 0, 0),
+            Some(p) => {
+                let state = p.state.parse::<DType>().map_err(|_| {
+                    format_err(format!(
+                        "`precision.state` is {:?}, not F32 or BF16",
+                        p.state
+                    ))
+                })?;
+                let precision = Precision {
+                    state,
+                    master_weights: p.master_weights,
+                    stochastic_rounding: p.stochastic_rounding,
+                };
+                (precision, p.rounding_seed, p.rounding_counter)
+            }
+        };
         let mut tensors = Vec::with_capacity(meta.tensors.len());
+        let mut shapes = Vec::with_capacity(meta.tensors.len());
+        let mut dtypes = Vec::with_capacity(meta.tensors.len());
         let mut index = HashMap::with_capacity(meta.tensors.len());
         for name in &meta.tensors {
             if name.is_empty() {
@@ -243,47 +305,71 @@ impl Header {
             let len = elements(info)
                 .filter(|&l| l > 0)
                 .ok_or_else(|| format_err(format!("`{key}` has shape {:?}", info.shape)))?;
+            let dtype = storage_dtype(info.dtype).ok_or_else(|| {
+                super::mismatch(
+                    format!("dtype of `{key}`"),
+                    "F32, BF16 or F16",
+                    format!("{:?}", info.dtype),
+                )
+            })?;
             if index.insert(name.as_str(), tensors.len()).is_some() {
                 return Err(format_err(format!("tensor `{name}` is listed twice")));
             }
             tensors.push((name.clone(), len));
+            shapes.push(info.shape.clone());
+            dtypes.push(dtype);
         }
         let sealed = meta.format_version >= 2;
         for (tname, info) in infos {
             if tname == CHECKSUM_TENSOR && sealed {
                 continue; // checked by the reader
             }
-            if info.dtype != Dtype::F32 {
-                return Err(super::mismatch(
-                    format!("dtype of `{tname}`"),
-                    "F32",
-                    format!("{:?}", info.dtype),
-                ));
-            }
+            // The number of elements and the dtype this tensor must have.
             let want = if let Some(name) = tname.strip_prefix("param.") {
-                index.get(name).map(|&t| tensors[t].1)
+                index.get(name).map(|&t| Ok((tensors[t].1, dtypes[t])))
             } else if let Some((name, key)) = tname
                 .strip_prefix("state.")
                 .and_then(|rest| rest.rsplit_once('.'))
             {
-                index.get(name).filter(|_| !key.is_empty()).map(|&t| {
-                    if key == "step" {
-                        1
-                    } else {
-                        tensors[t].1
-                    }
-                })
+                index
+                    .get(name)
+                    .filter(|_| !key.is_empty())
+                    .map(|&t| match key {
+                        "step" => Ok((1, DType::F32)),
+                        crate::optim::MASTER
+                            if !(precision.master_weights && dtypes[t].is_half()) =>
+                        {
+                            Err(format_err(format!(
+                                "`{tname}`: a master copy of a {} tensor{}",
+                                dtypes[t],
+                                if precision.master_weights {
+                                    ""
+                                } else {
+                                    " without master weights"
+                                }
+                            )))
+                        }
+                        crate::optim::MASTER => Ok((tensors[t].1, DType::F32)),
+                        _ => Ok((tensors[t].1, precision.state)),
+                    })
             } else {
                 None
             };
-            let want = want.ok_or_else(|| {
+            let (len, dtype) = want.ok_or_else(|| {
                 format_err(format!(
                     "tensor `{tname}` is neither param.<name> nor state.<name>.<key> of a listed tensor"
                 ))
-            })?;
-            if elements(info) != Some(want) {
+            })??;
+            if storage_dtype(info.dtype) != Some(dtype) {
+                return Err(super::mismatch(
+                    format!("dtype of `{tname}`"),
+                    dtype,
+                    format!("{:?}", info.dtype),
+                ));
+            }
+            if elements(info) != Some(len) {
                 return Err(format_err(format!(
-                    "`{tname}` has shape {:?}, expected {want} elements",
+                    "`{tname}` has shape {:?}, expected {len} elements",
                     info.shape
                 )));
             }
@@ -386,6 +472,11 @@ impl Header {
             optimizer: meta.optimizer,
             step: meta.step,
             tensors,
+            shapes,
+            dtypes,
+            precision,
+            rounding_seed,
+            rounding_counter,
             groups,
             max_grad_norm,
             norm_type: meta.grad_norm_type,

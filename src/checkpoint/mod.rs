@@ -29,12 +29,16 @@
 //!
 //! A standard safetensors file (8-byte little-endian header length, JSON header padded with
 //! spaces to a multiple of 8 bytes, then the data), readable by any safetensors reader. Every
-//! tensor but the checksum is `F32`, little-endian. Tensor names follow PyTorch's `state_dict`:
+//! tensor is little-endian and keeps its storage dtype and shape: parameters in `F32`, `BF16` or
+//! `F16` as the arena holds them, optimizer state in the optimizer's state dtype
+//! ([`crate::Precision::state`], `F32` or `BF16`), master copies and step counts in `F32`. Tensor
+//! names follow PyTorch's `state_dict`:
 //!
 //! | tensor | shape | what |
 //! | --- | --- | --- |
-//! | `param.<name>` | `[len]` | the parameter (any shape with `len` elements is accepted on load) |
-//! | `state.<name>.<key>` | `[len]` | optimizer state by PyTorch's key: `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `square_avg`, `grad_avg`, `sum` |
+//! | `param.<name>` | the tensor's shape | the parameter (any shape with its number of elements is accepted on load; the dtype must be the arena's) |
+//! | `state.<name>.<key>` | the tensor's shape | optimizer state by PyTorch's key: `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `square_avg`, `grad_avg`, `sum`, ... |
+//! | `state.<name>.master` | the tensor's shape | with master weights, the f32 master copy of a 16-bit parameter ([`crate::optim::MASTER`]) |
 //! | `state.<name>.step` | `[]` | the step count as an f32 scalar, as PyTorch keeps it (exact to 2^24; optional on load, checked against the metadata when present) |
 //! | `__checksum__` | `[4]`, `U8` | version 2: the CRC-32 (little-endian) of the 8 length bytes and the header, padding included; always the last 4 bytes of the file |
 //!
@@ -53,6 +57,7 @@
 //! | `grad_norm_type` | `1`, `2` or `inf` |
 //! | `skip_nonfinite` | `true` or `false` |
 //! | `grad_scaler` | `null`, or JSON `{"scale", "growth_tracker", "init_scale", "growth_factor", "backoff_factor", "growth_interval"}` |
+//! | `precision` | optional, written unless the state is f32 with neither master weights nor stochastic rounding: JSON `{"state", "master_weights", "stochastic_rounding", "rounding_seed", "rounding_counter"}`, the counter being the steps submitted (skipped ones included) that the rounding noise is drawn with |
 //! | `lr_schedulers` | optional ([`SaveOptions::schedulers`]): JSON list of [`SchedulerState`] / [`PlateauState`] objects, told apart by `kind` |
 //! | `tensor_crc32` | version 2: the CRC-32 of every other tensor's bytes, in data order, 8 lowercase hex digits each, concatenated |
 //! | `written_by` | `wgpu-optim <version>` (informational) |
@@ -101,14 +106,20 @@
 //! the load is reported as an [`Error::CheckpointFormat`] after part of it was uploaded.
 //!
 //! Like `torch.optim.Optimizer.load_state_dict`, loading replaces every hyperparameter of every
-//! group (lr included) with the checkpoint's, and also restores max_grad_norm, the norm type and
-//! skip_nonfinite. Resuming is exact: N steps, save, load into a fresh parameter set and
+//! group (lr included) with the checkpoint's, and also restores max_grad_norm, the norm type,
+//! skip_nonfinite and the rounding (stochastic or not, its seed and counter). The state dtype and
+//! master weights decide what buffers the optimizer has, so they must already be the file's
+//! ([`Checkpoint::precision`]; [`Checkpoint::build_optimizer`] sets them), as must each tensor's
+//! dtype ([`Checkpoint::params`] builds tensors of the saved dtypes and shapes).
+//!
+//! Resuming is exact, on every storage path: N steps, save, load into a fresh parameter set and
 //! optimizer, M steps gives the same bits as N + M steps without the interruption.
 
 mod io;
 mod meta;
 mod restore;
 mod save;
+mod upload;
 
 pub use restore::{Checkpoint, LoadReport, OptimizerKind};
 
@@ -172,8 +183,8 @@ fn state_key(name: &str, key: &str) -> String {
 }
 
 /// What [`save`] writes besides parameters, optimizer state and settings. Built with
-/// [`SaveOptions::default`] and its setters; more options (storage dtypes, 8-bit state) will
-/// join them without breaking callers.
+/// [`SaveOptions::default`] and its setters; more options may join them without breaking
+/// callers.
 ///
 /// ```no_run
 /// use wgpu_optim::checkpoint::{self, SaveOptions};

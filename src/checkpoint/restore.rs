@@ -2,12 +2,11 @@
 //! checks everything against the optimizer and the data (checksums, finite values), then
 //! uploads the data in blocks, many tensors per staging buffer.
 
-use super::io::{f32s, read_blocks, read_framing, Segments};
-use super::meta::{Header, Meta};
-use super::{
-    format_err, mismatch, GroupRecord, ScalerRecord, SchedulerRecord, BLOCK_BYTES, CHECKSUM_TENSOR,
-};
+use super::io::{read_blocks, read_framing, widened, Realign, Segments};
+use super::meta::{storage_dtype, Header, Meta};
+use super::{format_err, mismatch, GroupRecord, ScalerRecord, SchedulerRecord, CHECKSUM_TENSOR};
 use crate::arena::Piece;
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::NormType;
@@ -37,13 +36,15 @@ use std::sync::Mutex;
 /// ```
 #[derive(Debug)]
 pub struct Checkpoint {
-    path: PathBuf,
-    file: Mutex<File>,
-    data_start: u64,
+    pub(super) path: PathBuf,
+    pub(super) file: Mutex<File>,
+    pub(super) data_start: u64,
     infos: HashMap<String, TensorInfo>,
-    /// Tensor names in data order, and their byte ranges.
-    order: Vec<String>,
-    ranges: Vec<(usize, usize)>,
+    /// Tensor names in data order, their byte ranges and dtypes (the checksum's is given as
+    /// F32: it is never decoded).
+    pub(super) order: Vec<String>,
+    pub(super) ranges: Vec<(usize, usize)>,
+    pub(super) dtypes: Vec<DType>,
     header: Header,
 }
 
@@ -88,18 +89,19 @@ pub struct OptimizerKind {
     pub groups: Vec<GroupRecord>,
 }
 
-/// Where the bytes of a checkpoint tensor go on the GPU: per-chunk buffers and the pieces.
-type Dest<'a> = Option<(&'a [wgpu::Buffer], &'a [Piece])>;
+/// Where the bytes of a checkpoint tensor go on the GPU: per-chunk buffers, the pieces, and the
+/// dtype they hold.
+pub(super) type Dest<'a> = Option<(&'a [wgpu::Buffer], &'a [Piece], DType)>;
 
 /// What a checkpoint tensor is, from its name.
-enum Kind<'a> {
+pub(super) enum Kind<'a> {
     Param(&'a str),
     State(&'a str, &'a str),
     Step,
     Checksum,
 }
 
-fn kind(name: &str) -> Kind<'_> {
+pub(super) fn kind(name: &str) -> Kind<'_> {
     if name == CHECKSUM_TENSOR {
         Kind::Checksum
     } else if let Some(t) = name.strip_prefix("param.") {
@@ -119,8 +121,8 @@ fn kind(name: &str) -> Kind<'_> {
 }
 
 impl Checkpoint {
-    /// Open a checkpoint and check its header: the safetensors framing, offsets, dtypes (all
-    /// F32), lengths, the metadata's structure and, for format version 2, the header's CRC-32.
+    /// Open a checkpoint and check its header: the safetensors framing, offsets, dtypes (F32,
+    /// BF16 or F16 as the module documentation says), lengths, the metadata's structure and, for format version 2, the header's CRC-32.
     /// Reads only the header (and the 4-byte checksum at the end of the file).
     ///
     /// ```no_run
@@ -158,6 +160,11 @@ impl Checkpoint {
         let order: Vec<&str> = fr.order.iter().map(|s| s.as_str()).collect();
         let header = Header::check(meta, &fr.infos, &order)?;
         let ranges = fr.order.iter().map(|n| fr.infos[n].data_offsets).collect();
+        let dtypes = fr
+            .order
+            .iter()
+            .map(|n| storage_dtype(fr.infos[n].dtype).unwrap_or(DType::F32))
+            .collect();
         debug_assert!(
             fr.data_len as usize
                 == fr
@@ -174,6 +181,7 @@ impl Checkpoint {
             infos: fr.infos,
             order: fr.order,
             ranges,
+            dtypes,
             header,
         })
     }
@@ -258,6 +266,48 @@ impl Checkpoint {
     /// ```
     pub fn tensors(&self) -> &[(String, usize)] {
         &self.header.tensors
+    }
+
+    /// The saved shape of parameter `name` (its `param.<name>` tensor's shape).
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// println!("{:?}", ck.shape("fc1.weight")?);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn shape(&self, name: &str) -> Result<&[usize]> {
+        Ok(&self.header.shapes[self.tensor_index(name)?])
+    }
+
+    /// The storage dtype parameter `name` was saved in (its gradients' too).
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// println!("{}", ck.dtype("fc1.weight")?);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn dtype(&self, name: &str) -> Result<DType> {
+        Ok(self.header.dtypes[self.tensor_index(name)?])
+    }
+
+    /// The optimizer's state dtype, master weights and rounding when saved (f32 state, no master
+    /// weights, round to nearest even for files that do not say).
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// println!("state in {}", ck.precision().state);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn precision(&self) -> Precision {
+        self.header.precision
+    }
+
+    fn tensor_index(&self, name: &str) -> Result<usize> {
+        self.header
+            .tensors
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| Error::UnknownTensor(name.to_string()))
     }
 
     /// The parameter groups: their tensors and hyperparameters.
@@ -379,7 +429,7 @@ impl Checkpoint {
 
     /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
     /// Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam) over `params`, with the
-    /// checkpoint's groups and hyperparameters, ready for
+    /// checkpoint's groups, hyperparameters, precision and rounding seed, ready for
     /// [`Checkpoint::restore`]: for a program that did not write the file.
     ///
     /// ```no_run
@@ -396,10 +446,10 @@ impl Checkpoint {
             ck: &Checkpoint,
             params: &Params,
         ) -> Result<Box<dyn Optimizer>> {
-            Ok(Box::new(FusedOptimizer::<C>::with_groups(
-                params,
-                ck.param_groups::<C>()?,
-            )?))
+            let mut opt = FusedOptimizer::<C>::with_groups(params, ck.param_groups::<C>()?)?;
+            opt.set_precision(ck.header.precision)?;
+            opt.set_rounding_seed(ck.header.rounding_seed);
+            Ok(Box::new(opt))
         }
         match self.header.optimizer.as_str() {
             AdamConfig::NAME => build::<AdamConfig>(self, params),
@@ -422,8 +472,8 @@ impl Checkpoint {
     }
 
     /// Read one tensor of the file by its checkpoint name (`param.w`, `state.w.exp_avg`,
-    /// `state.w.step`), checked against its CRC-32 where the file has checksums. Reads the whole
-    /// tensor into memory.
+    /// `state.w.step`), widened to f32 from its dtype, checked against its CRC-32 where the file
+    /// has checksums. Reads the whole tensor into memory.
     ///
     /// ```no_run
     /// use wgpu_optim::checkpoint::Checkpoint;
@@ -438,26 +488,28 @@ impl Checkpoint {
             .filter(|_| tensor != CHECKSUM_TENSOR)
             .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
         let range = info.data_offsets;
-        let mut out = Vec::with_capacity((range.1 - range.0) / 4);
-        let mut h = crc32fast::Hasher::new();
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        read_blocks(&mut file, &self.path, self.data_start, range, |block, _| {
-            h.update(block);
-            out.extend(f32s(block));
-            Ok(())
-        })?;
         let t = self
             .order
             .iter()
             .position(|n| n == tensor)
             .unwrap_or(usize::MAX);
+        let dtype = self.dtypes[t];
+        let mut out = Vec::with_capacity((range.1 - range.0) / dtype.size());
+        let mut h = crc32fast::Hasher::new();
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        // Blocks are a multiple of 4 bytes from the tensor's start: elements never split.
+        read_blocks(&mut file, &self.path, self.data_start, range, |block, _| {
+            h.update(block);
+            out.extend(widened(dtype, block));
+            Ok(())
+        })?;
         self.check_crc(t, h.finalize())?;
         Ok(out)
     }
 
     /// `Err` unless tensor `t` (in data order) has the CRC-32 the file records (if it records
     /// one).
-    fn check_crc(&self, t: usize, got: u32) -> Result<()> {
+    pub(super) fn check_crc(&self, t: usize, got: u32) -> Result<()> {
         match self.header.crcs.as_ref().and_then(|c| c.get(t)) {
             Some(&expected) if expected != got => Err(Error::CheckpointChecksum {
                 what: self.order[t].clone(),
@@ -468,8 +520,8 @@ impl Checkpoint {
         }
     }
 
-    /// A fresh parameter set on `gpu` holding the saved parameter values (gradients zero),
-    /// uploaded block by block and checked against their checksums. Non-finite values are an
+    /// A fresh parameter set on `gpu` holding the saved parameter values in their saved shapes
+    /// and dtypes (gradients zero), uploaded block by block and checked against their checksums. Non-finite values are an
     /// [`Error::CheckpointNonFinite`].
     ///
     /// ```no_run
@@ -480,22 +532,20 @@ impl Checkpoint {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn params(&self, gpu: &Gpu) -> Result<Params> {
-        let specs: Vec<(&str, usize)> = self
-            .header
-            .tensors
-            .iter()
-            .map(|(n, l)| (n.as_str(), *l))
-            .collect();
-        let params = Params::zeros(gpu, &specs)?;
+        let h = &self.header;
+        let mut builder = Params::builder(gpu);
+        for (((name, _), shape), &dtype) in h.tensors.iter().zip(&h.shapes).zip(&h.dtypes) {
+            builder = builder.tensor(name, shape, dtype);
+        }
+        let params = builder.build()?;
         let dests: Vec<Dest<'_>> = self
             .order
             .iter()
             .map(|name| match kind(name) {
-                Kind::Param(t) => params
-                    .layout
-                    .index
-                    .get(t)
-                    .map(|&i| (&params.param_bufs[..], &params.layout.slots[i].pieces[..])),
+                Kind::Param(t) => params.layout.index.get(t).map(|&i| {
+                    let slot = &params.layout.slots[i];
+                    (&params.param_bufs[..], &slot.pieces[..], slot.dtype)
+                }),
                 _ => None,
             })
             .collect();
@@ -568,9 +618,24 @@ impl Checkpoint {
         scaler: Option<&GradScaler>,
     ) -> Result<()> {
         opt.ck_ensure_params(params)?;
-        opt.ck_f32_only()?;
         if self.header.optimizer != opt.ck_kind() {
             return Err(mismatch("optimizer", opt.ck_kind(), &self.header.optimizer));
+        }
+        let (precision, _, _) = opt.ck_precision();
+        let saved = self.header.precision;
+        if (precision.state, precision.master_weights) != (saved.state, saved.master_weights) {
+            let describe = |p: Precision| {
+                format!(
+                    "{} state, master weights {}",
+                    p.state,
+                    if p.master_weights { "on" } else { "off" }
+                )
+            };
+            return Err(mismatch(
+                "optimizer precision (set_precision before loading)",
+                describe(precision),
+                describe(saved),
+            ));
         }
         let mut ours: Vec<(&str, usize)> = opt.ck_tensors().iter().map(|t| (t.0, t.1)).collect();
         let mut theirs: Vec<(&str, usize)> = self
@@ -627,9 +692,21 @@ impl Checkpoint {
                 keys_of.entry(t).or_default().push(key);
             }
         }
-        let mut want = opt.state_keys();
-        want.sort();
-        for (t, _) in &self.header.tensors {
+        let keys = opt.state_keys();
+        let our_dtypes: HashMap<&str, DType> =
+            opt.ck_tensors().iter().map(|o| (o.0, o.3)).collect();
+        for (i, (t, _)) in self.header.tensors.iter().enumerate() {
+            let dtype = self.header.dtypes[i];
+            if let Some(&ours) = our_dtypes.get(t.as_str()) {
+                if ours != dtype {
+                    return Err(mismatch(format!("dtype of `{t}`"), ours, dtype));
+                }
+            }
+            let mut want = keys.clone();
+            if precision.master_weights && dtype.is_half() {
+                want.push(crate::optim::MASTER);
+            }
+            want.sort();
             let mut got = keys_of.remove(t.as_str()).unwrap_or_default();
             got.sort();
             if want != got {
@@ -663,6 +740,7 @@ impl Checkpoint {
         let mut crcs = Vec::with_capacity(self.order.len());
         let mut h = crc32fast::Hasher::new();
         let mut seg = Segments::new(&self.ranges);
+        let mut realign = Realign::default();
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let data = (0, self.ranges.last().map_or(0, |r| r.1));
         let step = self.header.step as f32;
@@ -676,39 +754,42 @@ impl Checkpoint {
             data,
             |block, offset| {
                 seg.each(block, offset, |t, bytes, at, ends| {
-                    h.update(bytes);
-                    let name = &self.order[t];
-                    let k = kind(name);
-                    if problem.is_none() && !matches!(k, Kind::Checksum) {
-                        for (i, x) in f32s(bytes).enumerate() {
-                            if !x.is_finite() {
-                                problem = Some(Error::CheckpointNonFinite {
-                                    tensor: name.clone(),
-                                    index: at / 4 + i,
-                                    value: x,
-                                });
-                                break;
+                    realign.each(bytes, at, ends, |bytes, at, ends| {
+                        h.update(bytes);
+                        let name = &self.order[t];
+                        let k = kind(name);
+                        let dtype = self.dtypes[t];
+                        if problem.is_none() && !matches!(k, Kind::Checksum) {
+                            for (i, x) in widened(dtype, bytes).enumerate() {
+                                if !x.is_finite() {
+                                    problem = Some(Error::CheckpointNonFinite {
+                                        tensor: name.clone(),
+                                        index: at / dtype.size() + i,
+                                        value: x,
+                                    });
+                                    break;
+                                }
+                                if matches!(k, Kind::Step) && x != step {
+                                    problem = Some(format_err(format!(
+                                        "`{name}` is {x}, the metadata says step {}",
+                                        self.header.step
+                                    )));
+                                    break;
+                                }
                             }
-                            if matches!(k, Kind::Step) && x != step {
-                                problem = Some(format_err(format!(
-                                    "`{name}` is {x}, the metadata says step {}",
-                                    self.header.step
-                                )));
-                                break;
+                        }
+                        if ends {
+                            let got = std::mem::take(&mut h).finalize();
+                            if !matches!(k, Kind::Checksum) {
+                                self.check_crc(t, got)?;
                             }
+                            if let Some(e) = problem.take() {
+                                return Err(e);
+                            }
+                            crcs.push(got);
                         }
-                    }
-                    if ends {
-                        let got = std::mem::take(&mut h).finalize();
-                        if !matches!(k, Kind::Checksum) {
-                            self.check_crc(t, got)?;
-                        }
-                        if let Some(e) = problem.take() {
-                            return Err(e);
-                        }
-                        crcs.push(got);
-                    }
-                    Ok(())
+                        Ok(())
+                    })
                 })
             },
         )?;
@@ -741,14 +822,18 @@ impl Checkpoint {
             for k in keys {
                 state_bufs.insert(k, opt.ck_state_buffers(k)?);
             }
+            let state_dtype = self.header.precision.state;
+            let master = opt.ck_master_buffers();
             let tensors = opt.ck_tensors();
-            let pieces: HashMap<&str, &[Piece]> = tensors.iter().map(|t| (t.0, t.2)).collect();
+            let pieces: HashMap<&str, (&[Piece], DType)> =
+                tensors.iter().map(|t| (t.0, (t.2, t.3))).collect();
             let dests: Vec<Dest<'_>> = self
                 .order
                 .iter()
                 .map(|name| match kind(name) {
-                    Kind::Param(t) => Some((&params.param_bufs[..], pieces[t])),
-                    Kind::State(t, k) => Some((state_bufs[k], pieces[t])),
+                    Kind::Param(t) => Some((&params.param_bufs[..], pieces[t].0, pieces[t].1)),
+                    Kind::State(t, crate::optim::MASTER) => Some((master, pieces[t].0, DType::F32)),
+                    Kind::State(t, k) => Some((state_bufs[k], pieces[t].0, state_dtype)),
                     Kind::Step | Kind::Checksum => None,
                 })
                 .collect();
@@ -758,115 +843,12 @@ impl Checkpoint {
             s.set_state(rec.scale, rec.growth_tracker)?;
         }
         opt.ck_set_step_count(self.header.step);
+        let h = &self.header;
+        opt.ck_set_rounding(
+            h.precision.stochastic_rounding,
+            h.rounding_seed,
+            h.rounding_counter,
+        )?;
         Ok(self.report())
-    }
-
-    /// Upload the tensors with a destination, reading the file in blocks: each block goes into
-    /// one staging buffer, from which one command buffer copies every tensor piece in it to its
-    /// place (one submit and one wait per block, so staging memory stays one block). The bytes
-    /// must have the CRC-32s of the validation pass (`crcs`, in data order) or, without them,
-    /// those the file records; `check_finite` rejects non-finite values (when there was no
-    /// validation pass).
-    fn upload(
-        &self,
-        gpu: &Gpu,
-        dests: &[Dest<'_>],
-        crcs: Option<&[u32]>,
-        check_finite: bool,
-    ) -> Result<()> {
-        // Only the runs of tensors that go somewhere are read.
-        let selected: Vec<usize> = (0..self.order.len())
-            .filter(|&t| dests[t].is_some())
-            .collect();
-        if selected.is_empty() {
-            return Ok(());
-        }
-        let ranges: Vec<(usize, usize)> = selected.iter().map(|&t| self.ranges[t]).collect();
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        // Runs of selected tensors separated by small gaps (the step scalars between one
-        // tensor's state and the next tensor's) are read as one span, gaps included: reading a
-        // few bytes too many is cheaper than a submit per tensor.
-        for &(s, e) in &ranges {
-            match spans.last_mut() {
-                Some(last) if s - last.1 <= BLOCK_BYTES / 16 => last.1 = e,
-                _ => spans.push((s, e)),
-            }
-        }
-        let largest = spans.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
-        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("wgpu-optim checkpoint upload"),
-            size: largest.min(BLOCK_BYTES).next_multiple_of(4) as u64,
-            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut seg = Segments::new(&ranges);
-        let mut h = crc32fast::Hasher::new();
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        for span in spans {
-            read_blocks(
-                &mut file,
-                &self.path,
-                self.data_start,
-                span,
-                |block, offset| {
-                    gpu.queue().write_buffer(&staging, 0, block);
-                    let mut enc = gpu
-                        .device()
-                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-                    seg.each(block, offset, |i, bytes, at, ends| {
-                    let t = selected[i];
-                    let name = &self.order[t];
-                    h.update(bytes);
-                    if check_finite {
-                        if let Some((j, x)) = f32s(bytes).enumerate().find(|(_, x)| !x.is_finite()) {
-                            return Err(Error::CheckpointNonFinite {
-                                tensor: name.clone(),
-                                index: at / 4 + j,
-                                value: x,
-                            });
-                        }
-                    }
-                    let (bufs, pieces) = dests[t].expect("selected");
-                    let src = (self.ranges[t].0 + at - offset) as u64;
-                    let (lo, hi) = (at, at + bytes.len());
-                    let mut piece_start = 0usize;
-                    for p in pieces {
-                        let piece_end = piece_start + p.len * 4;
-                        let (a, b) = (lo.max(piece_start), hi.min(piece_end));
-                        if a < b {
-                            enc.copy_buffer_to_buffer(
-                                &staging,
-                                src + (a - lo) as u64,
-                                &bufs[p.chunk],
-                                (p.offset * 4 + a - piece_start) as u64,
-                                (b - a) as u64,
-                            );
-                        }
-                        piece_start = piece_end;
-                    }
-                    if ends {
-                        let got = std::mem::take(&mut h).finalize();
-                        match crcs {
-                            Some(c) if c[t] != got => {
-                                return Err(format_err(format!(
-                                    "`{name}` changed while the checkpoint was being loaded (was the file \
-                                     modified in place?); parameters and state are partly overwritten"
-                                )))
-                            }
-                            Some(_) => {}
-                            None => self.check_crc(t, got)?,
-                        }
-                    }
-                    Ok(())
-                })?;
-                    gpu.queue().submit([enc.finish()]);
-                    gpu.device()
-                        .poll(wgpu::PollType::wait_indefinitely())
-                        .map_err(|e| Error::ReadBack(e.to_string()))?;
-                    Ok(())
-                },
-            )?;
-        }
-        Ok(())
     }
 }

@@ -1,33 +1,47 @@
 //! Writing a checkpoint: the plan of tensors, the metadata, and the data read back from the GPU
 //! in batches of many tensors per mapped staging buffer.
 
-use super::io::{write_atomic, write_f32s};
-use super::meta::{GroupMeta, Hyper, Meta, ScalerMeta};
+use super::io::write_atomic;
+use super::meta::{safetensors_dtype, GroupMeta, Hyper, Meta, PrecisionMeta, ScalerMeta};
 use super::{
     format_err, param_key, state_key, SaveOptions, SchedulerRecord, BLOCK_BYTES, CHECKSUM_TENSOR,
     FORMAT, FORMAT_VERSION,
 };
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, MASTER};
 use crate::params::Params;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// The pieces of a tensor of `dtype` in per-chunk buffers `bufs`: (buffer, byte offset, bytes
+/// to copy (whole words), bytes of the tensor among them). Only the last piece of a 16-bit
+/// tensor of odd length copies more than it keeps (its last word's padding half).
 fn gpu_source<'a>(
     bufs: &'a [wgpu::Buffer],
     pieces: &[crate::Piece],
-) -> Vec<(&'a wgpu::Buffer, u64, u64)> {
+    dtype: DType,
+) -> Vec<(&'a wgpu::Buffer, u64, u64, u64)> {
+    let es = dtype.size();
     pieces
         .iter()
-        .map(|p| (&bufs[p.chunk], (p.offset * 4) as u64, (p.len * 4) as u64))
+        .map(|p| {
+            let keep = (p.len * es) as u64;
+            (
+                &bufs[p.chunk],
+                (p.offset * es) as u64,
+                keep.next_multiple_of(4),
+                keep,
+            )
+        })
         .collect()
 }
 
 /// Where the bytes of one tensor of the file come from.
 enum Source<'a> {
-    /// Pieces of per-chunk GPU buffers: (buffer, byte offset, byte length).
-    Gpu(Vec<(&'a wgpu::Buffer, u64, u64)>),
+    /// Pieces of per-chunk GPU buffers (see [`gpu_source`]).
+    Gpu(Vec<(&'a wgpu::Buffer, u64, u64, u64)>),
     /// The step count as an f32 scalar.
     Step,
 }
@@ -39,36 +53,43 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
     options: &SaveOptions<'_>,
 ) -> Result<()> {
     opt.ck_ensure_params(params)?;
-    opt.ck_f32_only()?;
     opt.ck_validate()?;
     let steps = opt.step_count();
     let keys = opt.state_keys();
     let tensors = opt.ck_tensors();
     let scaler = options.scaler.or_else(|| opt.ck_scaler());
+    let (precision, _, _) = opt.ck_precision();
 
-    let mut plan: Vec<(String, Vec<usize>, Source<'_>)> = Vec::new();
-    for &(name, len, pieces) in &tensors {
-        let src = Source::Gpu(gpu_source(&params.param_bufs, pieces));
-        plan.push((param_key(name), vec![len], src));
+    // Parameters in their own dtype and shape, then per tensor its state (in the state dtype),
+    // its f32 master copy (16-bit parameters with master weights) and its step count.
+    let mut plan: Vec<(String, Vec<usize>, DType, Source<'_>)> = Vec::new();
+    for &(name, _, pieces, dtype, shape) in &tensors {
+        let src = Source::Gpu(gpu_source(&params.param_bufs, pieces, dtype));
+        plan.push((param_key(name), shape.to_vec(), dtype, src));
     }
     let mut state_bufs = Vec::with_capacity(keys.len());
     for &k in &keys {
         state_bufs.push(opt.ck_state_buffers(k)?);
     }
-    for &(name, len, pieces) in &tensors {
+    let master = opt.ck_master_buffers();
+    for &(name, _, pieces, dtype, shape) in &tensors {
         for (&k, bufs) in keys.iter().zip(&state_bufs) {
-            let src = Source::Gpu(gpu_source(bufs, pieces));
-            plan.push((state_key(name, k), vec![len], src));
+            let src = Source::Gpu(gpu_source(bufs, pieces, precision.state));
+            plan.push((state_key(name, k), shape.to_vec(), precision.state, src));
         }
-        plan.push((state_key(name, "step"), vec![], Source::Step));
+        if precision.master_weights && dtype.is_half() {
+            let src = Source::Gpu(gpu_source(master, pieces, DType::F32));
+            plan.push((state_key(name, MASTER), shape.to_vec(), DType::F32, src));
+        }
+        plan.push((state_key(name, "step"), vec![], DType::F32, Source::Step));
     }
 
     let mut infos = Vec::with_capacity(plan.len() + 1);
     let mut offset = 0usize;
-    for (name, shape, _) in &plan {
-        let bytes = shape.iter().product::<usize>() * 4;
+    for (name, shape, dtype, _) in &plan {
+        let bytes = shape.iter().product::<usize>() * dtype.size();
         let info = TensorInfo {
-            dtype: Dtype::F32,
+            dtype: safetensors_dtype(*dtype),
             shape: shape.clone(),
             data_offsets: (offset, offset + bytes),
         };
@@ -112,45 +133,47 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
         // staging buffer and one map each; the step scalars in between come from the host.
         let mut batch: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
         let mut batch_bytes = 0u64;
-        // What the batch writes, in order: GPU bytes (length, whether they end a tensor) or a
-        // step scalar.
-        let mut parts: Vec<Option<(u64, bool)>> = Vec::new();
+        // What the batch writes, in order: GPU bytes (length read, length kept, whether they
+        // end a tensor) or a step scalar. GPU memory is little-endian, as the file is.
+        let mut parts: Vec<Option<(u64, u64, bool)>> = Vec::new();
         let mut hasher = crc32fast::Hasher::new();
         let mut flush = |batch: &mut Vec<(&wgpu::Buffer, u64, u64)>,
-                         parts: &mut Vec<Option<(u64, bool)>>,
+                         parts: &mut Vec<Option<(u64, u64, bool)>>,
                          crcs: &mut Vec<u32>,
                          w: &mut std::io::BufWriter<std::fs::File>|
          -> Result<()> {
-            let data = gpu.read_pieces(batch)?;
-            let mut pos = 0usize;
-            for part in parts.iter() {
-                match *part {
-                    Some((len, ends)) => {
-                        let values = &data[pos / 4..(pos + len as usize) / 4];
-                        hasher.update(bytemuck::cast_slice(values));
-                        write_f32s(w, values).map_err(io)?;
-                        pos += len as usize;
-                        if ends {
-                            crcs.push(std::mem::take(&mut hasher).finalize());
+            gpu.read_with(batch, |data| -> Result<()> {
+                let mut pos = 0usize;
+                for part in parts.iter() {
+                    match *part {
+                        Some((len, keep, ends)) => {
+                            let bytes = &data[pos..pos + keep as usize];
+                            hasher.update(bytes);
+                            w.write_all(bytes).map_err(io)?;
+                            pos += len as usize;
+                            if ends {
+                                crcs.push(std::mem::take(&mut hasher).finalize());
+                            }
+                        }
+                        None => {
+                            w.write_all(&step).map_err(io)?;
+                            crcs.push(crc32fast::hash(&step));
                         }
                     }
-                    None => {
-                        w.write_all(&step).map_err(io)?;
-                        crcs.push(crc32fast::hash(&step));
-                    }
                 }
-            }
+                Ok(())
+            })??;
             batch.clear();
             parts.clear();
             Ok(())
         };
-        for (_, _, src) in &plan {
+        for (_, _, _, src) in &plan {
             match src {
                 Source::Step => parts.push(None),
                 Source::Gpu(pieces) => {
                     let total: u64 = pieces.iter().map(|p| p.2).sum();
                     let mut done = 0u64;
-                    for &(buf, off, len) in pieces {
+                    for &(buf, off, len, keep) in pieces {
                         let mut p_done = 0;
                         while p_done < len {
                             let n = (len - p_done).min(BLOCK_BYTES as u64 - batch_bytes);
@@ -158,7 +181,9 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
                             p_done += n;
                             done += n;
                             batch_bytes += n;
-                            parts.push(Some((n, done == total)));
+                            // The padding half of a last word is read, not written.
+                            let kept = if p_done == len { n - (len - keep) } else { n };
+                            parts.push(Some((n, kept, done == total)));
                             if batch_bytes == BLOCK_BYTES as u64 {
                                 flush(&mut batch, &mut parts, &mut crcs, w)?;
                                 batch_bytes = 0;
@@ -238,6 +263,16 @@ fn metadata<O: Optimizer + ?Sized>(
         )
     };
     let (max_grad_norm, norm_type, skip_nonfinite) = opt.ck_clipping();
+    // Written only where it differs from f32 state, no master weights, round to nearest even,
+    // so f32 checkpoints are what they were.
+    let (p, seed, counter) = opt.ck_precision();
+    let precision = (p != Precision::default()).then(|| PrecisionMeta {
+        state: p.state.to_string(),
+        master_weights: p.master_weights,
+        stochastic_rounding: p.stochastic_rounding,
+        rounding_seed: seed,
+        rounding_counter: counter,
+    });
     Ok(Meta {
         format: FORMAT.to_string(),
         format_version: FORMAT_VERSION,
@@ -250,6 +285,7 @@ fn metadata<O: Optimizer + ?Sized>(
         skip_nonfinite,
         grad_scaler,
         lr_schedulers,
+        precision,
         written_by: Some(format!("wgpu-optim {}", env!("CARGO_PKG_VERSION"))),
         tensor_crc32: Some("0".repeat(8 * n)),
     })

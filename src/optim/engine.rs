@@ -46,6 +46,9 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     master: Vec<wgpu::Buffer>,
     /// Seed of the stochastic-rounding stream.
     seed: u64,
+    /// What the stochastic-rounding counter is ahead of `submitted` by (a resumed run's skipped
+    /// steps before the checkpoint).
+    rng_offset: u64,
     /// The step's random key.
     rng: wgpu::Buffer,
     /// Bound where a kernel's buffer is not used.
@@ -155,6 +158,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             precision: Precision::default(),
             master: Vec::new(),
             seed: 0,
+            rng_offset: 0,
             rng,
             dummy,
             tables,
@@ -357,6 +361,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// Set the number of steps already taken (e.g. when resuming): the next step is `steps + 1`.
     pub fn set_step_count(&mut self, steps: u64) {
         self.submitted = steps;
+        self.rng_offset = 0;
         let ctrl = Ctrl {
             skipped: 0,
             ..Ctrl::INITIAL
@@ -462,6 +467,22 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// The stochastic-rounding seed ([`FusedOptimizer::set_rounding_seed`]).
     pub fn rounding_seed(&self) -> u64 {
         self.seed
+    }
+
+    /// The counter the next step's rounding noise is drawn with: steps submitted, skipped ones
+    /// included (a checkpoint keeps it, so a resumed run draws the same noise).
+    pub(crate) fn rounding_counter(&self) -> u64 {
+        self.submitted.wrapping_add(self.rng_offset)
+    }
+
+    /// Continue the rounding stream at `counter` (after [`FusedOptimizer::set_step_count`]).
+    pub(crate) fn set_rounding_counter(&mut self, counter: u64) {
+        self.rng_offset = counter.wrapping_sub(self.submitted);
+    }
+
+    /// The per-chunk f32 master copies (empty without master weights).
+    pub(crate) fn master_chunks(&self) -> &[wgpu::Buffer] {
+        &self.master
     }
 
     /// Copy the current 16-bit parameters into the master copy (after you wrote parameters
@@ -649,7 +670,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             .write(self.submitted, |g, t| groups[g].scalars(t))?;
         if self.precision.stochastic_rounding {
             let rng = StepRng {
-                key: dtype::step_key(self.seed, self.submitted),
+                key: dtype::step_key(self.seed, self.rounding_counter()),
                 ..StepRng::default()
             };
             self.gpu

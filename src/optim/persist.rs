@@ -16,6 +16,10 @@ use crate::norm::NormType;
 use crate::params::Params;
 use crate::scaler::GradScaler;
 
+/// A tensor as a checkpoint sees it: name, length, pieces in the arena chunks, storage dtype,
+/// shape.
+type TensorView<'a> = (&'a str, usize, &'a [Piece], DType, &'a [usize]);
+
 /// What a checkpoint needs from an optimizer (see the module documentation).
 pub trait Persist {
     /// [`OptimizerConfig::NAME`].
@@ -24,8 +28,9 @@ pub trait Persist {
     fn ck_ensure_params(&self, params: &Params) -> Result<()>;
     /// The device.
     fn ck_gpu(&self) -> &Gpu;
-    /// Every tensor in layout order: name, length, pieces in the arena chunks.
-    fn ck_tensors(&self) -> Vec<(&str, usize, &[Piece])>;
+    /// Every tensor in layout order: name, length, pieces in the arena chunks, storage dtype,
+    /// shape.
+    fn ck_tensors(&self) -> Vec<TensorView<'_>>;
     /// The per-chunk buffers of state `key`.
     fn ck_state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]>;
     /// The tensors of group `g`.
@@ -47,9 +52,14 @@ pub trait Persist {
     fn ck_scaler(&self) -> Option<&GradScaler>;
     /// Set the number of steps taken.
     fn ck_set_step_count(&mut self, steps: u64);
-    /// `Err` unless every tensor and every state buffer is f32 (the checkpoint format's data
-    /// today): a 16-bit arena or optimizer state is refused before anything is written or read.
-    fn ck_f32_only(&self) -> Result<()>;
+    /// The state dtype, master weights and rounding; the rounding seed; and the counter the
+    /// stochastic-rounding stream is at (steps submitted, skipped ones included).
+    fn ck_precision(&self) -> (Precision, u64, u64);
+    /// Restore the rounding choice, seed and counter (the state dtype and master weights are
+    /// already the checkpoint's). Call after [`Persist::ck_set_step_count`].
+    fn ck_set_rounding(&mut self, stochastic: bool, seed: u64, counter: u64) -> Result<()>;
+    /// The per-chunk f32 master copies of 16-bit parameters (empty without master weights).
+    fn ck_master_buffers(&self) -> &[wgpu::Buffer];
 }
 
 /// Group `g`'s configuration with `hps` applied over `current`: every hyperparameter present,
@@ -99,30 +109,41 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
         self.device()
     }
 
-    fn ck_f32_only(&self) -> Result<()> {
-        if let Some(s) = self.layout().slots.iter().find(|s| s.dtype != DType::F32) {
-            return Err(Error::DTypeMismatch {
-                name: s.name.clone(),
-                dtype: s.dtype,
-                reason: "checkpoints hold f32 tensors only for now; read the parameters with \
-                         Params::read and save them yourself"
-                    .into(),
-            });
-        }
-        if self.precision() != Precision::default() {
-            return Err(Error::InvalidOptions(format!(
-                "checkpoints hold f32 optimizer state only for now; this optimizer keeps {:?}",
-                self.precision()
-            )));
-        }
+    fn ck_precision(&self) -> (Precision, u64, u64) {
+        (
+            self.precision(),
+            self.rounding_seed(),
+            self.rounding_counter(),
+        )
+    }
+
+    fn ck_set_rounding(&mut self, stochastic: bool, seed: u64, counter: u64) -> Result<()> {
+        self.set_precision(Precision {
+            stochastic_rounding: stochastic,
+            ..self.precision()
+        })?;
+        self.set_rounding_seed(seed);
+        self.set_rounding_counter(counter);
         Ok(())
     }
 
-    fn ck_tensors(&self) -> Vec<(&str, usize, &[Piece])> {
+    fn ck_master_buffers(&self) -> &[wgpu::Buffer] {
+        self.master_chunks()
+    }
+
+    fn ck_tensors(&self) -> Vec<TensorView<'_>> {
         self.layout()
             .slots
             .iter()
-            .map(|s| (s.name.as_str(), s.len, s.pieces.as_slice()))
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.len,
+                    s.pieces.as_slice(),
+                    s.dtype,
+                    s.shape.as_slice(),
+                )
+            })
             .collect()
     }
 

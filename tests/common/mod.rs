@@ -217,16 +217,19 @@ pub fn poison_buffers(params: &Params) {
     }
 }
 
-/// Write NaN into every element of the param and grad buffers that belongs to no tensor: the
-/// padding after each tensor up to the next 64-element boundary, and each chunk's tail.
+/// Write NaN (all-ones bytes, a NaN in every dtype) into every word of the param and grad
+/// buffers that holds no tensor element: the padding after each tensor up to the next 256-byte
+/// boundary, and each chunk's tail.
 pub fn poison_padding(params: &Params) {
     let gpu = params.gpu();
     let mut used: Vec<Vec<bool>> = (0..params.chunk_count())
         .map(|c| vec![false; (params.param_buffer(c).unwrap().size() / 4) as usize])
         .collect();
     for name in params.names() {
+        let es = params.dtype(name).unwrap().size();
         for p in params.pieces(name).unwrap() {
-            used[p.chunk][p.offset..p.offset + p.len].fill(true);
+            let (lo, hi) = (p.offset * es / 4, (p.offset + p.len) * es);
+            used[p.chunk][lo..hi.div_ceil(4)].fill(true);
         }
     }
     for (c, used) in used.iter().enumerate() {
@@ -240,10 +243,9 @@ pub fn poison_padding(params: &Params) {
                 .iter()
                 .position(|&u| u)
                 .map_or(used.len(), |k| i + k);
-            let nan = vec![f32::NAN; end - i];
+            let nan = vec![0xffu8; (end - i) * 4];
             for buf in [params.param_buffer(c), params.grad_buffer(c)] {
-                gpu.queue()
-                    .write_buffer(buf.unwrap(), (i * 4) as u64, bytemuck::cast_slice(&nan));
+                gpu.queue().write_buffer(buf.unwrap(), (i * 4) as u64, &nan);
             }
             i = end;
         }

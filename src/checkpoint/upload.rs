@@ -1,0 +1,168 @@
+//! The upload pass of a load: the file's tensors into their GPU buffers, block by block, many
+//! tensors per staging buffer and submit.
+
+use super::format_err;
+use super::io::{read_blocks, widened, Realign, Segments};
+use super::restore::{Checkpoint, Dest};
+use super::BLOCK_BYTES;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+impl Checkpoint {
+    /// Upload the tensors with a destination, reading the file in blocks: each block's tensor
+    /// parts are laid out word-aligned in one host buffer, written to one staging buffer, from
+    /// which one command buffer copies every tensor piece to its place (one submit and one wait
+    /// per block, so staging memory stays about one block). The bytes must have the CRC-32s of
+    /// the validation pass (`crcs`, in data order) or, without them, those the file records;
+    /// `check_finite` rejects non-finite values (when there was no validation pass).
+    ///
+    /// A tensor's bytes in the file start wherever the tensors before it end (2 bytes past a
+    /// word after a 16-bit tensor of odd length), while GPU copies move whole words to word
+    /// offsets: [`Realign`] cuts each tensor into parts that start on a word of the tensor, and
+    /// a tensor's last half word is padded with zeros, which land in the padding after it (every
+    /// tensor starts 256-byte aligned in its chunk).
+    pub(super) fn upload(
+        &self,
+        gpu: &Gpu,
+        dests: &[Dest<'_>],
+        crcs: Option<&[u32]>,
+        check_finite: bool,
+    ) -> Result<()> {
+        // Only the runs of tensors that go somewhere are read.
+        let selected: Vec<usize> = (0..self.order.len())
+            .filter(|&t| dests[t].is_some())
+            .collect();
+        if selected.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<(usize, usize)> = selected.iter().map(|&t| self.ranges[t]).collect();
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        // Runs of selected tensors separated by small gaps (the step scalars between one
+        // tensor's state and the next tensor's) are read as one span, gaps included: reading a
+        // few bytes too many is cheaper than a submit per tensor.
+        for &(s, e) in &ranges {
+            match spans.last_mut() {
+                Some(last) if s - last.1 <= BLOCK_BYTES / 16 => last.1 = e,
+                _ => spans.push((s, e)),
+            }
+        }
+        let mut staging: Option<wgpu::Buffer> = None;
+        let mut packed: Vec<u8> = Vec::new();
+        let mut seg = Segments::new(&ranges);
+        let mut realign = Realign::default();
+        let mut h = crc32fast::Hasher::new();
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        for span in spans {
+            read_blocks(
+                &mut file,
+                &self.path,
+                self.data_start,
+                span,
+                |block, offset| {
+                    // (staging offset, tensor, byte offset in the tensor, bytes) of each part.
+                    let mut copies: Vec<(usize, usize, usize, usize)> = Vec::new();
+                    packed.clear();
+                    seg.each(block, offset, |i, bytes, at, ends| {
+                        let t = selected[i];
+                        realign.each(bytes, at, ends, |bytes, at, ends| {
+                            self.take_part(t, bytes, at, ends, &mut h, crcs, check_finite)?;
+                            copies.push((packed.len(), t, at, bytes.len()));
+                            packed.extend_from_slice(bytes);
+                            packed.resize(packed.len().next_multiple_of(4), 0);
+                            Ok(())
+                        })
+                    })?;
+                    if copies.is_empty() {
+                        return Ok(());
+                    }
+                    let need = packed.len() as u64;
+                    if staging.as_ref().is_none_or(|s| s.size() < need) {
+                        staging = Some(gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("wgpu-optim checkpoint upload"),
+                            size: need,
+                            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        }));
+                    }
+                    let staging = staging.as_ref().expect("created above");
+                    gpu.queue().write_buffer(staging, 0, &packed);
+                    let mut enc = gpu
+                        .device()
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                    for (src, t, lo, len) in copies {
+                        let (bufs, pieces, dtype) = dests[t].expect("selected");
+                        let es = dtype.size();
+                        let hi = lo + len;
+                        let mut piece_start = 0usize;
+                        for p in pieces {
+                            let piece_end = piece_start + p.len * es;
+                            let (a, b) = (lo.max(piece_start), hi.min(piece_end));
+                            if a < b {
+                                // Pieces of 16-bit tensors split at multiples of 128 elements,
+                                // so only a tensor's end can be a half word.
+                                enc.copy_buffer_to_buffer(
+                                    staging,
+                                    (src + a - lo) as u64,
+                                    &bufs[p.chunk],
+                                    (p.offset * es + a - piece_start) as u64,
+                                    (b - a).next_multiple_of(4) as u64,
+                                );
+                            }
+                            piece_start = piece_end;
+                        }
+                    }
+                    gpu.queue().submit([enc.finish()]);
+                    gpu.device()
+                        .poll(wgpu::PollType::wait_indefinitely())
+                        .map_err(|e| Error::ReadBack(e.to_string()))?;
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The checks on one aligned part of tensor `t` on its way to the GPU: non-finite values
+    /// (with `check_finite`) and, at the tensor's end, its CRC-32.
+    #[allow(clippy::too_many_arguments)]
+    fn take_part(
+        &self,
+        t: usize,
+        bytes: &[u8],
+        at: usize,
+        ends: bool,
+        h: &mut crc32fast::Hasher,
+        crcs: Option<&[u32]>,
+        check_finite: bool,
+    ) -> Result<()> {
+        let name = &self.order[t];
+        let dtype = self.dtypes[t];
+        h.update(bytes);
+        if check_finite {
+            if let Some((j, x)) = widened(dtype, bytes)
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
+            {
+                return Err(Error::CheckpointNonFinite {
+                    tensor: name.clone(),
+                    index: at / dtype.size() + j,
+                    value: x,
+                });
+            }
+        }
+        if ends {
+            let got = std::mem::take(h).finalize();
+            match crcs {
+                Some(c) if c[t] != got => {
+                    return Err(format_err(format!(
+                        "`{name}` changed while the checkpoint was being loaded (was the file \
+                         modified in place?); parameters and state are partly overwritten"
+                    )))
+                }
+                Some(_) => {}
+                None => self.check_crc(t, got)?,
+            }
+        }
+        Ok(())
+    }
+}
