@@ -1951,6 +1951,86 @@ fn resumes_from_pytorch_checkpoints() {
     );
 }
 
+/// 16-bit checkpoints converted from PyTorch (`python3 tools/torch_checkpoint.py fixture-bf16`):
+/// torch's AdamW on bf16 parameters (bf16 state), and on f32 parameters stored as bf16 with f32
+/// master weights and stochastic rounding. They load with their dtypes, shapes and precision,
+/// every value exactly as torch had it, and saving them again writes the same tensors.
+#[test]
+fn resumes_from_pytorch_bf16_checkpoints() {
+    let gpu = gpu();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch_bf16");
+    let data: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let out = temp_dir("torch_bf16");
+    let cases = data["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let file = dir.join(case["checkpoint"].as_str().unwrap());
+        let ck = Checkpoint::open(&file).unwrap();
+        let master = name.contains("master");
+        assert_eq!(ck.precision().master_weights, master, "{name}");
+        assert_eq!(ck.precision().stochastic_rounding, master, "{name}");
+        let mut params = ck.params(&gpu).unwrap();
+        let mut opt = ck.build_optimizer(&params).unwrap();
+        ck.restore(&mut params, &mut *opt).unwrap();
+        assert_eq!(opt.step_count(), case["steps_before"].as_u64().unwrap());
+        let tensors = case["tensors"].as_object().unwrap();
+        for (t, want) in tensors {
+            let shape: Vec<usize> = want["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let dtype: DType = want["dtype"].as_str().unwrap().parse().unwrap();
+            let values = floats(&want["values"]);
+            let got = if let Some(p) = t.strip_prefix("param.") {
+                assert_eq!(params.shape(p).unwrap(), &shape[..], "{name} {t}");
+                assert_eq!(params.dtype(p).unwrap(), dtype, "{name} {t}");
+                params.read(p).unwrap()
+            } else {
+                let (p, key) = t.strip_prefix("state.").unwrap().rsplit_once('.').unwrap();
+                assert_eq!(ck.shape(p).unwrap(), &shape[..], "{name} {t}");
+                opt.state(key, p).unwrap()
+            };
+            assert_eq!(bits(&got), bits(&values), "{name} {t}");
+        }
+        // Saved again: the same tensors, dtypes and shapes.
+        let again = out.join(format!("{name}.safetensors"));
+        checkpoint::save(&again, &params, &*opt, SaveOptions::default()).unwrap();
+        let (a, b) = (fs::read(&file).unwrap(), fs::read(&again).unwrap());
+        let (a, b) = (
+            safetensors::SafeTensors::deserialize(&a).unwrap(),
+            safetensors::SafeTensors::deserialize(&b).unwrap(),
+        );
+        let mut names = a.names();
+        names.sort();
+        let mut names_b = b.names();
+        names_b.sort();
+        names_b.retain(|n| *n != checkpoint::CHECKSUM_TENSOR);
+        assert_eq!(names, names_b, "{name}");
+        for n in names {
+            let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+            assert_eq!(
+                (x.dtype(), x.shape(), x.data()),
+                (y.dtype(), y.shape(), y.data()),
+                "{name} {n}"
+            );
+        }
+        // And it trains on.
+        for p in params.names() {
+            let n: usize = params.shape(p).unwrap().iter().product();
+            params.write_grad(p, &vec![0.01; n]).unwrap();
+        }
+        let before = params.read("fc1.weight").unwrap();
+        opt.step(&mut params).unwrap();
+        assert_ne!(params.read("fc1.weight").unwrap(), before, "{name}");
+        eprintln!("{name}: {} tensors exact", tensors.len());
+    }
+    fs::remove_dir_all(out).unwrap();
+}
+
 /// Loading into an optimizer that has run ahead (with steps skipped on the GPU and skip-count
 /// read-backs still in flight) resumes exactly like loading into a fresh one.
 #[test]

@@ -8,6 +8,7 @@ Commands
     python3 tools/torch_checkpoint.py to-torch ours.safetensors out.pt
     python3 tools/torch_checkpoint.py from-torch in.pt ours.safetensors
     python3 tools/torch_checkpoint.py fixture [-o tests/data/checkpoint_torch]
+    python3 tools/torch_checkpoint.py fixture-bf16 [-o tests/data/checkpoint_torch_bf16]
 
 Needs PyTorch (CPU is enough; ``pip install torch``). The safetensors format is read and written
 here directly (no ``safetensors`` package needed).
@@ -55,11 +56,23 @@ strict=False)`` and ``scaler.load_state_dict(ck["scaler"])`` resume in PyTorch.
   The GradScaler's ``init_scale`` is not in PyTorch's state_dict: it is
   ``wgpu_optim.grad_scaler_init_scale`` when present, else PyTorch's default 65536.
 
+Storage dtypes
+--------------
+Tensors keep their dtype and shape both ways (F32, BF16, F16). ``to-torch``: each parameter in
+its stored dtype, the state cast to the parameter's dtype as torch's ``load_state_dict`` does;
+with master weights the torch model is the f32 master copy (f32 parameters and state: the
+mixed-precision recipe), and ``wgpu_optim.param_dtypes`` / ``wgpu_optim.precision`` record the
+stored dtypes and rounding so that ``from-torch`` restores them. ``from-torch``: parameters in
+torch's dtype (or ``wgpu_optim.param_dtypes``; with master weights the stored parameter is the
+master copy rounded to nearest even); the state in BF16 where torch kept all of it in bf16,
+else F32 (or ``wgpu_optim.precision.state``).
+
 Our side: a wgpu-optim checkpoint (see ``src/checkpoint/`` for the full format)
 --------------------------------------------------------------------------------
-safetensors, all F32: ``param.<name>``, ``state.<name>.<key>``, ``state.<name>.step``; metadata
-``format``, ``format_version``, ``optimizer``, ``step``, ``tensors``, ``param_groups``,
-``max_grad_norm``, ``grad_norm_type``, ``skip_nonfinite``, ``grad_scaler``, ``written_by``.
+safetensors: ``param.<name>``, ``state.<name>.<key>``, ``state.<name>.master``,
+``state.<name>.step``; metadata ``format``, ``format_version``, ``optimizer``, ``step``,
+``tensors``, ``param_groups``, ``max_grad_norm``, ``grad_norm_type``, ``skip_nonfinite``,
+``grad_scaler``, ``precision`` (optional), ``written_by``.
 
 ``fixture``
 -----------
@@ -162,8 +175,13 @@ def state_keys_of(tensors, name: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- safetensors
 
+# safetensors dtype names <-> torch dtypes (the storage dtypes wgpu-optim writes).
+DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
 def read_safetensors(path: str):
-    """(OrderedDict name -> float32 tensor in file order, metadata dict)."""
+    """(OrderedDict name -> tensor in file order, in its own dtype and shape; metadata dict)."""
     if sys.byteorder != "little":
         raise SystemExit("this script assumes a little-endian machine")
     with open(path, "rb") as f:
@@ -182,22 +200,31 @@ def read_safetensors(path: str):
             # Format version 2: the header's CRC-32 (the script writes version 1 files, which
             # wgpu-optim still reads, without checksums).
             continue
-        if info["dtype"] != "F32":
-            raise SystemExit(f"{path}: {name} is {info['dtype']}, only F32 is supported")
+        if info["dtype"] not in DTYPES:
+            raise SystemExit(f"{path}: {name} is {info['dtype']}, not one of {sorted(DTYPES)}")
         s, e = info["data_offsets"]
-        t = torch.frombuffer(bytearray(data[base + s:base + e]), dtype=torch.float32)
+        dtype = DTYPES[info["dtype"]]
+        if s == e:
+            t = torch.zeros(0, dtype=dtype)
+        else:
+            t = torch.frombuffer(bytearray(data[base + s:base + e]), dtype=dtype)
         tensors[name] = t.reshape(info["shape"]).clone()
     return tensors, meta
 
 
 def write_safetensors(path: str, tensors, meta: dict) -> None:
-    """Write (name, tensor) pairs in order as F32, atomically (temporary file + rename)."""
+    """Write (name, tensor) pairs in order, each in its dtype (F32, BF16 or F16) and shape,
+    atomically (temporary file + rename)."""
+    if sys.byteorder != "little":
+        raise SystemExit("this script assumes a little-endian machine")
     header = {"__metadata__": meta}
     blobs = []
     offset = 0
     for name, t in tensors:
-        b = t.detach().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
+        if t.dtype not in DTYPE_NAMES:
+            raise SystemExit(f"{name} is {t.dtype}, not one of {sorted(DTYPES)}")
+        b = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(b)]}
         blobs.append(b)
         offset += len(b)
@@ -257,7 +284,16 @@ def to_torch(src: str, dst: str) -> None:
     step = int(meta["step"])
     scaler = json.loads(meta["grad_scaler"])
 
-    params = OrderedDict((n, tensors[f"param.{n}"].clone().requires_grad_(True)) for n in names)
+    precision = json.loads(meta.get("precision", "null"))
+    master = bool(precision and precision["master_weights"])
+    param_dtypes = {n: DTYPE_NAMES[tensors[f"param.{n}"].dtype] for n in names}
+    # With master weights the torch model is the f32 master copy (the mixed-precision recipe:
+    # f32 parameters and state); otherwise each parameter keeps its dtype.
+    params = OrderedDict()
+    for n in names:
+        t = tensors.get(f"state.{n}.master") if master else None
+        t = tensors[f"param.{n}"] if t is None else t
+        params[n] = t.clone().requires_grad_(True)
     cls = None
     torch_groups = []
     for g in groups:
@@ -278,7 +314,10 @@ def to_torch(src: str, dst: str) -> None:
             st = {}
             if step > 0 or fresh:
                 for key in state_keys_of(tensors, n):
-                    st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).clone()
+                    if key == "master":
+                        continue
+                    # As torch's load_state_dict does: floating state in the parameter's dtype.
+                    st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).to(p.dtype).clone()
                 if "step" in stepped:
                     st["step"] = torch.tensor(float(step), dtype=stepped["step"].dtype)
                 st.update({k: v.clone() for k, v in derived.items()})
@@ -302,8 +341,11 @@ def to_torch(src: str, dst: str) -> None:
             "max_grad_norm": json.loads(meta["max_grad_norm"]),
             "grad_norm_type": float(meta["grad_norm_type"]),
             "skip_nonfinite": meta["skip_nonfinite"] == "true",
+            "param_dtypes": param_dtypes,
         },
     }
+    if precision is not None:
+        out["wgpu_optim"]["precision"] = precision
     if scaler is not None:
         out["scaler"] = {
             "scale": float(scaler["scale"]),
@@ -442,7 +484,28 @@ def from_torch(src: str, dst: str) -> None:
 
     # The derived scalars must be what the step count gives, or the resume would not be exact.
     kw_of = {n: torch_kwargs(kind, g)[1] for g in our_groups for n in g["params"]}
-    out = [(f"param.{n}", model[n].detach().to(torch.float32)) for n in names]
+    # Storage dtypes. Parameters keep torch's dtype unless `wgpu_optim.param_dtypes` names one
+    # (a file that to-torch wrote); with master weights (`wgpu_optim.precision`) the torch
+    # parameters are the f32 master copies and the stored parameters their rounding to nearest
+    # even. The state is BF16 where torch kept all of it in bf16 (torch keeps state in the
+    # parameter's dtype), else F32 (exact for bf16 and f16 values).
+    precision = extra.get("precision")
+    master = bool(precision and precision["master_weights"])
+    wanted_dtypes = extra.get("param_dtypes", {})
+    param_dtype = {}
+    for n in names:
+        d = DTYPES.get(wanted_dtypes.get(n)) or model[n].dtype
+        if d not in DTYPE_NAMES:
+            raise SystemExit(f"parameter {n} is {d}, not one of {sorted(DTYPES)}")
+        param_dtype[n] = d
+    if master and not any(d != torch.float32 for d in param_dtype.values()):
+        raise SystemExit("master weights need 16-bit parameters (wgpu_optim.param_dtypes)")
+    state_dtypes = {v.dtype for n in names for k, v in sd["state"].get(name_id[n], {}).items()
+                    if k in keys and v is not None}
+    state_dtype = "BF16" if state_dtypes == {torch.bfloat16} else "F32"
+    if precision is not None:
+        state_dtype = precision["state"]
+    out = [(f"param.{n}", model[n].detach().to(param_dtype[n])) for n in names]
     for n in names:
         p = model[n]
         st = {k: v for k, v in sd["state"].get(name_id[n], {}).items() if v is not None}
@@ -466,7 +529,10 @@ def from_torch(src: str, dst: str) -> None:
             if t.numel() != p.numel():
                 raise SystemExit(f"state {key} of {n} has {t.numel()} elements, "
                                  f"the parameter {p.numel()}")
-            out.append((f"state.{n}.{key}", t.detach().to(torch.float32).reshape(p.shape)))
+            out.append((f"state.{n}.{key}",
+                        t.detach().to(DTYPES[state_dtype]).reshape(p.shape)))
+        if master and param_dtype[n] != torch.float32:
+            out.append((f"state.{n}.master", p.detach().to(torch.float32)))
         out.append((f"state.{n}.step", torch.tensor(float(step), dtype=torch.float32)))
 
     scaler = None
@@ -494,6 +560,10 @@ def from_torch(src: str, dst: str) -> None:
         "grad_scaler": json.dumps(scaler),
         "written_by": f"tools/torch_checkpoint.py (torch {torch.__version__.split('+')[0]})",
     }
+    if precision is not None or state_dtype != "F32":
+        meta["precision"] = json.dumps(precision or {
+            "state": state_dtype, "master_weights": False, "stochastic_rounding": False,
+            "rounding_seed": 0, "rounding_counter": step})
     write_safetensors(dst, out, meta)
 
 
@@ -659,6 +729,96 @@ def fixture(out_dir: str) -> None:
     print(f"wrote {len(cases)} cases to {out_dir}")
 
 
+BF16_CASES = ("adamw_bf16", "adamw_master")
+
+
+def fixture_bf16(out_dir: str) -> None:
+    """The 16-bit interchange fixture (``tests/data/checkpoint_torch_bf16``): ``adamw_bf16``,
+    torch's AdamW on bf16 parameters (torch keeps its state in bf16), and ``adamw_master``,
+    torch's AdamW on f32 parameters saved as bf16 parameters with f32 master weights and
+    stochastic rounding. Each: 10 steps in torch, ``from-torch``, then the self-checks: the file
+    converted back (``to-torch``) resumes torch bit for bit, and converting that back again
+    (``from-torch``) gives the same tensors. ``expected.json`` holds each tensor's dtype, shape
+    and values at the save."""
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    os.makedirs(out_dir, exist_ok=True)
+    groups = [(["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+               dict(lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05))]
+    cases = []
+    for index, case in enumerate(BF16_CASES):
+        torch.manual_seed(BASE_SEED + 100 + index)
+        dtype = torch.bfloat16 if case == "adamw_bf16" else torch.float32
+        params = OrderedDict((n, torch.randn(s).to(dtype).requires_grad_(True))
+                             for n, s in SHAPES)
+        opt = make_optimizer("AdamW", groups, params, True)
+        grads = [{n: torch.randn(s).to(dtype) for n, s in SHAPES}
+                 for _ in range(STEPS_BEFORE + STEPS_AFTER)]
+
+        def step(opt, params, g):
+            for n, p in params.items():
+                p.grad = g[n].clone()
+            opt.step()
+
+        for k in range(STEPS_BEFORE):
+            step(opt, params, grads[k])
+        extra = {}
+        if case == "adamw_master":
+            extra = {"precision": {"state": "F32", "master_weights": True,
+                                   "stochastic_rounding": True, "rounding_seed": 5,
+                                   "rounding_counter": STEPS_BEFORE},
+                     "param_dtypes": {n: "BF16" for n, _ in SHAPES}}
+        pt = os.path.join(out_dir, f".{case}.pt")
+        torch.save({"model": OrderedDict((n, p.detach().clone()) for n, p in params.items()),
+                    "optimizer": opt.state_dict(), "optimizer_class": "AdamW",
+                    "wgpu_optim": extra}, pt)
+        ours = os.path.join(out_dir, f"{case}.safetensors")
+        from_torch(pt, ours)
+        os.remove(pt)
+        saved, _ = read_safetensors(ours)
+        at_save = {n: {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                       "values": t.to(torch.float32).reshape(-1).tolist()}
+                   for n, t in saved.items() if not n.endswith(".step")}
+        uninterrupted = OrderedDict((n, p.detach().clone()) for n, p in params.items())
+        for k in range(STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER):
+            step(opt, params, grads[k])
+
+        # Self-checks: back to torch resumes bit for bit; back to ours gives the same tensors.
+        back = os.path.join(out_dir, f".{case}.back.pt")
+        to_torch(ours, back)
+        ck = torch.load(back, weights_only=True)
+        for n, t in ck["model"].items():
+            if t.dtype != dtype or not torch.equal(t, uninterrupted[n]):
+                raise SystemExit(f"{case}: to-torch gives another {n}")
+        params2 = OrderedDict((n, t.clone().requires_grad_(True)) for n, t in ck["model"].items())
+        opt2 = make_optimizer("AdamW", groups, params2, True)
+        opt2.load_state_dict(ck["optimizer"])
+        for k in range(STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER):
+            step(opt2, params2, grads[k])
+        for n in params:
+            if not torch.equal(params[n], params2[n]):
+                raise SystemExit(f"{case}: the torch resume differs on {n}")
+        again = os.path.join(out_dir, f".{case}.again.safetensors")
+        from_torch(back, again)
+        os.remove(back)
+        round_trip, meta2 = read_safetensors(again)
+        os.remove(again)
+        for n, t in saved.items():
+            u = round_trip[n]
+            if (t.dtype, t.shape) != (u.dtype, u.shape) or not torch.equal(t, u):
+                raise SystemExit(f"{case}: from-torch(to-torch(..)) changes {n}")
+        cases.append({"name": case, "checkpoint": f"{case}.safetensors",
+                      "steps_before": STEPS_BEFORE, "tensors": at_save})
+        print(f"{case}: ok")
+    doc = {"torch_version": torch.__version__.split("+")[0],
+           "generated_by": "python3 tools/torch_checkpoint.py fixture-bf16",
+           "cases": cases}
+    with open(os.path.join(out_dir, "expected.json"), "w") as f:
+        json.dump(doc, f, separators=(",", ":"), allow_nan=False)
+        f.write("\n")
+    print(f"wrote {len(cases)} cases to {out_dir}")
+
+
 def main() -> None:
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -672,8 +832,13 @@ def main() -> None:
     c = sub.add_parser("fixture", help="write the interchange test fixture")
     c.add_argument("-o", "--output",
                    default=os.path.join(repo_root, "tests", "data", "checkpoint_torch"))
+    d = sub.add_parser("fixture-bf16", help="write the 16-bit interchange test fixture")
+    d.add_argument("-o", "--output",
+                   default=os.path.join(repo_root, "tests", "data", "checkpoint_torch_bf16"))
     args = ap.parse_args()
-    if args.command == "to-torch":
+    if args.command == "fixture-bf16":
+        fixture_bf16(args.output)
+    elif args.command == "to-torch":
         to_torch(args.src, args.dst)
     elif args.command == "from-torch":
         from_torch(args.src, args.dst)
