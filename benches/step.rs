@@ -10,6 +10,9 @@
 //!   the step must move (`bench::Workload::bytes_per_element`). Sample counts and measurement
 //!   times adapt to the adapter's speed so that the default run stays within ~10 minutes on
 //!   lavapipe.
+//! - `storage/Adam <path>/<n>`: Adam on every storage path (`bench::StoragePath::all`: f32,
+//!   bf16 params with f32 or bf16 state, stochastic rounding, f32 master weights, f16), the
+//!   throughput in the bytes that path moves (`StoragePath::bytes_per_element`).
 //! - `host/...`: the host CPU time (this thread's CPU time on Linux and macOS) of `step()`
 //!   alone (recording and submitting) for a parameter set of 1000 tensors; the GPU work is
 //!   waited for every `WGPU_OPTIM_BENCH_WAIT_EVERY` (default 8) steps, outside the timed
@@ -143,6 +146,46 @@ fn steps(c: &mut Criterion) {
             configure(&mut group, once);
             group.bench_function(BenchmarkId::from_parameter(n), |b| {
                 b.iter(|| one(&gpu, &mut *run))
+            });
+            group.finish();
+        }
+    }
+}
+
+/// Adam on every storage path ([`bench::StoragePath::all`]): `storage/<path>/<n>`, throughput
+/// in the bytes that path moves.
+fn storage(c: &mut Criterion) {
+    let paths = bench::StoragePath::all();
+    let id = |p: &bench::StoragePath, n: usize| format!("storage/Adam {}/{n}", p.label);
+    if !sizes()
+        .iter()
+        .any(|&n| paths.iter().any(|p| selected(&id(p, n))))
+    {
+        return;
+    }
+    let gpu = gpu();
+    for n in sizes() {
+        for path in &paths {
+            if !selected(&id(path, n)) {
+                continue;
+            }
+            let mut group = c.benchmark_group(format!("storage/Adam {}", path.label));
+            group.throughput(Throughput::Bytes(path.bytes_per_element() * n as u64));
+            let mut params = Params::builder(&gpu)
+                .tensor_with_data("w", &[n], path.dtype, &bench::pattern(n, 3))
+                .build()
+                .expect("params");
+            params.write_grad("w", &bench::pattern(n, 2)).expect("grad");
+            let mut opt = wgpu_optim::Adam::new(&params, AdamConfig::default()).expect("adam");
+            opt.set_precision(path.precision).expect("precision");
+            let mut run = || opt.step(&mut params).expect("step");
+            one(&gpu, &mut run);
+            let t0 = Instant::now();
+            one(&gpu, &mut run);
+            let once = t0.elapsed();
+            configure(&mut group, once);
+            group.bench_function(BenchmarkId::from_parameter(n), |b| {
+                b.iter(|| one(&gpu, &mut run))
             });
             group.finish();
         }
@@ -304,5 +347,5 @@ fn host(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, steps, host);
+criterion_group!(benches, steps, storage, host);
 criterion_main!(benches);

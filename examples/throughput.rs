@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{
-    Adam, AdamConfig, DType, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params, Precision,
-};
+use wgpu_optim::{Adam, AdamConfig, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params};
 
 struct Args {
     sizes: Vec<usize>,
@@ -534,43 +532,6 @@ fn low_precision_table(
     n: usize,
     iters: Option<usize>,
 ) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
-    let paths: [(&str, DType, Precision); 6] = [
-        ("f32 params, f32 state", DType::F32, Precision::default()),
-        ("bf16 params, f32 state", DType::Bf16, Precision::default()),
-        (
-            "bf16 params, bf16 state",
-            DType::Bf16,
-            Precision {
-                state: DType::Bf16,
-                ..Precision::default()
-            },
-        ),
-        (
-            "bf16 params, bf16 state, stochastic rounding",
-            DType::Bf16,
-            Precision {
-                state: DType::Bf16,
-                master_weights: false,
-                stochastic_rounding: true,
-            },
-        ),
-        (
-            "bf16 params, f32 state, f32 master weights",
-            DType::Bf16,
-            Precision {
-                master_weights: true,
-                ..Precision::default()
-            },
-        ),
-        (
-            "f16 params, f16 state",
-            DType::F16,
-            Precision {
-                state: DType::F16,
-                ..Precision::default()
-            },
-        ),
-    ];
     let copy = CopyKernel::new(gpu, n)?;
     let copy_scale = n as f64 / copy.elems() as f64;
     let mut rows = Vec::new();
@@ -581,7 +542,8 @@ fn low_precision_table(
     );
     println!("| storage | B/elem | GPU ms/step | GB/s | copy fraction | × f32 Adam time |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (label, dtype, precision) in paths {
+    for path in bench::StoragePath::all() {
+        let (label, dtype, precision) = (path.label, path.dtype, path.precision);
         progress(&format!("{} Adam {label}", size_label(n)));
         let mut params = Params::builder(gpu)
             .tensor_with_data("w", &[n], dtype, &bench::pattern(n, 3))
@@ -599,11 +561,7 @@ fn low_precision_table(
         };
         let times = timer.time_interleaved(runs, &mut [&mut step, &mut copy_run])?;
         let copies: Vec<Duration> = times[1].iter().map(|t| t.mul_f64(copy_scale)).collect();
-        // param read + write, grad read, two state buffers read + written, master read + write.
-        let p = dtype.size() as u64;
-        let s = precision.state.size() as u64;
-        let master = if precision.master_weights { 8 } else { 0 };
-        let bpe = 3 * p + 4 * s + master;
+        let bpe = path.bytes_per_element();
         let fraction = median_f64(
             times[0]
                 .iter()

@@ -25,6 +25,7 @@
 //! ```
 
 use crate::arena::CHUNK_ALIGN;
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel::{self, Bind};
@@ -186,6 +187,70 @@ impl Workload {
     /// `param.assign(grad)`); `None` when the workload was made without one.
     pub fn reference_step(&self, n: usize) -> Option<ReferenceStep> {
         self.reference.as_ref().map(|r| r(n))
+    }
+}
+
+/// One way to store an Adam step's tensors: the parameters' (and gradients') dtype and the
+/// optimizer's [`Precision`]. [`StoragePath::all`] lists those the throughput example and the
+/// criterion benches measure.
+///
+/// ```
+/// use wgpu_optim::bench::StoragePath;
+/// let all = StoragePath::all();
+/// assert_eq!(all[0].bytes_per_element(), 28); // f32 Adam
+/// assert_eq!(all[2].bytes_per_element(), 14); // bf16 params, grads and state
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoragePath {
+    /// A description, e.g. `"bf16 params, bf16 state"`.
+    pub label: &'static str,
+    /// The parameters' and gradients' dtype.
+    pub dtype: DType,
+    /// State dtype, master weights, rounding.
+    pub precision: Precision,
+}
+
+impl StoragePath {
+    /// f32; bf16 params with f32 state; bf16 params and state (round to nearest, then
+    /// stochastic); bf16 params with f32 state and master weights; f16 params and state.
+    pub fn all() -> Vec<StoragePath> {
+        let p = |state, master_weights, stochastic_rounding| Precision {
+            state,
+            master_weights,
+            stochastic_rounding,
+        };
+        let path = |label, dtype, precision| StoragePath {
+            label,
+            dtype,
+            precision,
+        };
+        use DType::{Bf16, F16, F32};
+        vec![
+            path("f32 params, f32 state", F32, p(F32, false, false)),
+            path("bf16 params, f32 state", Bf16, p(F32, false, false)),
+            path("bf16 params, bf16 state", Bf16, p(Bf16, false, false)),
+            path(
+                "bf16 params, bf16 state, stochastic rounding",
+                Bf16,
+                p(Bf16, false, true),
+            ),
+            path(
+                "bf16 params, f32 state, f32 master weights",
+                Bf16,
+                p(F32, true, false),
+            ),
+            path("f16 params, f16 state", F16, p(F16, false, false)),
+        ]
+    }
+
+    /// Bytes of device memory an Adam step moves per element on this path: the parameter read
+    /// and written, the gradient read, two state buffers read and written, and the f32 master
+    /// copy read and written where there is one.
+    pub fn bytes_per_element(&self) -> u64 {
+        let p = self.dtype.size() as u64;
+        let s = self.precision.state.size() as u64;
+        let master = if self.precision.master_weights { 8 } else { 0 };
+        3 * p + 4 * s + master
     }
 }
 
