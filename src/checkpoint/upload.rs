@@ -8,10 +8,27 @@ use super::BLOCK_BYTES;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
+/// Where the bytes of an aligned part are: `(start, len)` in the block, or a word (a part held
+/// back at the end of the previous block, completed; its length is all 4 bytes or the tensor's
+/// last half word, padded with zeros).
+enum Bytes {
+    Block(usize, usize),
+    Word([u8; 4]),
+}
+
+impl Bytes {
+    fn len(&self) -> usize {
+        match self {
+            Bytes::Block(_, len) => *len,
+            Bytes::Word(_) => 4,
+        }
+    }
+}
+
 impl Checkpoint {
     /// Upload the tensors with a destination, reading the file in blocks: each block's tensor
-    /// parts are laid out word-aligned in one host buffer, written to one staging buffer, from
-    /// which one command buffer copies every tensor piece to its place (one submit and one wait
+    /// parts are laid out word-aligned in one staging buffer (written through the queue's own
+    /// staging memory), from which one command buffer copies every tensor piece to its place (one submit and one wait
     /// per block, so staging memory stays about one block). The bytes must have the CRC-32s of
     /// the validation pass (`crcs`, in data order) or, without them, those the file records;
     /// `check_finite` rejects non-finite values (when there was no validation pass).
@@ -47,7 +64,6 @@ impl Checkpoint {
             }
         }
         let mut staging: Option<wgpu::Buffer> = None;
-        let mut packed: Vec<u8> = Vec::new();
         let mut seg = Segments::new(&ranges);
         let mut realign = Realign::default();
         let mut h = crc32fast::Hasher::new();
@@ -59,40 +75,66 @@ impl Checkpoint {
                 self.data_start,
                 span,
                 |block, offset| {
-                    // (staging offset, tensor, byte offset in the tensor, bytes) of each part.
-                    let mut copies: Vec<(usize, usize, usize, usize)> = Vec::new();
-                    packed.clear();
+                    // Each aligned part: where its bytes are (in the block, or a word that a
+                    // part held back completed), its tensor, its byte offset in the tensor, and
+                    // its offset in the staging buffer.
+                    let mut copies: Vec<(Bytes, usize, usize, usize)> = Vec::new();
+                    let mut size = 0usize;
+                    let base = block.as_ptr() as usize;
                     seg.each(block, offset, |i, bytes, at, ends| {
                         let t = selected[i];
                         realign.each(bytes, at, ends, |bytes, at, ends| {
                             self.take_part(t, bytes, at, ends, &mut h, crcs, check_finite)?;
-                            copies.push((packed.len(), t, at, bytes.len()));
-                            packed.extend_from_slice(bytes);
-                            packed.resize(packed.len().next_multiple_of(4), 0);
+                            let start = (bytes.as_ptr() as usize).wrapping_sub(base);
+                            let src = if start < block.len() {
+                                Bytes::Block(start, bytes.len())
+                            } else {
+                                let mut w = [0u8; 4];
+                                w[..bytes.len()].copy_from_slice(bytes);
+                                Bytes::Word(w)
+                            };
+                            copies.push((src, t, at, size));
+                            size += bytes.len().next_multiple_of(4);
                             Ok(())
                         })
                     })?;
                     if copies.is_empty() {
                         return Ok(());
                     }
-                    let need = packed.len() as u64;
-                    if staging.as_ref().is_none_or(|s| s.size() < need) {
+                    if staging.as_ref().is_none_or(|s| s.size() < size as u64) {
                         staging = Some(gpu.device().create_buffer(&wgpu::BufferDescriptor {
                             label: Some("wgpu-optim checkpoint upload"),
-                            size: need,
+                            size: size as u64,
                             usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                             mapped_at_creation: false,
                         }));
                     }
                     let staging = staging.as_ref().expect("created above");
-                    gpu.queue().write_buffer(staging, 0, &packed);
+                    {
+                        // Straight into the queue's staging memory: no second host copy of
+                        // the block.
+                        let len = wgpu::BufferSize::new(size as u64).expect("parts to upload");
+                        let mut view = gpu
+                            .queue()
+                            .write_buffer_with(staging, 0, len)
+                            .ok_or_else(|| format_err("the upload staging write failed"))?;
+                        for (src, _, _, pos) in &copies {
+                            let bytes = match src {
+                                Bytes::Block(start, len) => &block[*start..start + len],
+                                Bytes::Word(w) => &w[..],
+                            };
+                            let padded = bytes.len().next_multiple_of(4);
+                            view.slice(*pos..pos + bytes.len()).copy_from_slice(bytes);
+                            view.slice(pos + bytes.len()..pos + padded).fill(0);
+                        }
+                    }
                     let mut enc = gpu
                         .device()
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-                    for (src, t, lo, len) in copies {
+                    for (bytes, t, lo, src) in copies {
                         let (bufs, pieces, dtype) = dests[t].expect("selected");
                         let es = dtype.size();
-                        let hi = lo + len;
+                        let hi = lo + bytes.len();
                         let mut piece_start = 0usize;
                         for p in pieces {
                             let piece_end = piece_start + p.len * es;
