@@ -33,6 +33,7 @@
 override MAXIMIZE: bool = false;
 override GRAD_MUL: bool = false;
 override SKIP: bool = false;
+override L1: bool = false;
 override GROUPED: bool = false;
 override GROUPS: u32 = 1u;
 
@@ -44,6 +45,9 @@ const WG: u32 = 256u;
 
 // This step's ctrl, read once by `begin` (only when an option uses it).
 var<private> step_ctrl: Ctrl;
+// With L1: the group's coefficient (the last word of its scalar slot) and this thread's vec4.
+var<private> l1_coef: f32;
+var<private> l1_at: u32;
 
 // Index of this thread's vec4, or a value >= n when the thread is past the end of the grid.
 fn vec_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
@@ -90,14 +94,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = vec_index(wid, nwg, lid);
     let n = arrayLength(&param);
-    let s = unpack_scalars(begin(i, n));
+    let raw = begin(i, n);
+    let s = unpack_scalars(raw);
+    if (L1) {
+        l1_coef = raw[3].w;
+        l1_at = i;
+    }
     if (i >= n || step_skipped()) {
         return;
     }
     update(i, s);
 }
 
-// Gradient preprocessing: loss-scale / clip multiplier, then maximize (as torch: grad = -grad).
+// Gradient preprocessing: loss-scale / clip multiplier, then maximize (as torch: grad = -grad),
+// then L1 regularisation, `grad + l1 * sign(param)` (after maximize, as torch adds weight decay;
+// sign(param) is +-1 or 0, so this is one rounding).
 fn prep_grad(g_in: vec4<f32>) -> vec4<f32> {
     var g = g_in;
     if (GRAD_MUL) {
@@ -105,6 +116,9 @@ fn prep_grad(g_in: vec4<f32>) -> vec4<f32> {
     }
     if (MAXIMIZE) {
         g = -g;
+    }
+    if (L1) {
+        g = add_scaled(g, sign(load_param(l1_at)), l1_coef);
     }
     return g;
 }

@@ -660,6 +660,32 @@ pub fn grad_norm(grads: &[&Array1<f32>], norm: crate::NormType, inv_scale: f32) 
     })
 }
 
+/// The gradient with L1 regularisation, as the kernels form it
+/// ([`crate::FusedOptimizer::set_l1`]): `grad + l1 * sign(param)` after `maximize`'s negation.
+/// The reference steps negate the gradient themselves when `maximize` is on, so this returns
+/// what they must be given: `grad - l1 * sign(param)` then (its negation is `-grad + l1 *
+/// sign(param)`, exactly, as the kernel computes it). `param` is the value the sign is taken of
+/// (the f32 master copy where there is one); `sign(0)` is 0.
+///
+/// ```
+/// use ndarray::array;
+/// let g = wgpu_optim::reference::l1_grad(&array![2.0, -1.0, 0.0], &array![0.5, 0.5, 0.5], 0.25, false);
+/// assert_eq!(g, array![0.75, 0.25, 0.5]);
+/// ```
+pub fn l1_grad(param: &Array1<f32>, grad: &Array1<f32>, l1: f32, maximize: bool) -> Array1<f32> {
+    let s = if maximize { -l1 } else { l1 };
+    ndarray::Zip::from(grad).and(param).map_collect(|&g, &p| {
+        let sign = if p > 0.0 {
+            1.0
+        } else if p < 0.0 {
+            -1.0
+        } else {
+            0.0
+        };
+        g + s * sign
+    })
+}
+
 /// `clip_grad_norm_`'s multiplier in f32: `min(1, max_norm / (total_norm + 1e-6))`.
 pub fn clip_coef(total_norm: f32, max_norm: f32) -> f32 {
     (max_norm / (total_norm + 1e-6)).min(1.0)

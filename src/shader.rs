@@ -110,9 +110,22 @@ macro_rules! shader_struct {
     };
 }
 
-/// Bytes of one parameter group's step scalars (16 words): the most a
-/// [`crate::OptimizerConfig::Scalars`] may hold.
+/// Bytes of one parameter group's step scalars (16 words): the optimizer's
+/// [`crate::OptimizerConfig::Scalars`] (at most [`OPTIMIZER_SCALAR_BYTES`]), then the group's
+/// L1 coefficient in the last word.
+///
+/// ```
+/// assert_eq!(wgpu_optim::shader::SCALAR_SLOT_BYTES, 64);
+/// ```
 pub const SCALAR_SLOT_BYTES: usize = 64;
+
+/// The most a [`crate::OptimizerConfig::Scalars`] may hold (15 words): the last word of each
+/// group's slot is the engine's (its L1 coefficient, [`crate::FusedOptimizer::set_l1`]).
+///
+/// ```
+/// assert_eq!(wgpu_optim::shader::OPTIMIZER_SCALAR_BYTES, 60);
+/// ```
+pub const OPTIMIZER_SCALAR_BYTES: usize = 60;
 
 /// WGSL of `fn unpack_scalars(p: array<vec4<f32>, 4>) -> S`, reading each field of `S` from the
 /// 64-byte slot at the offset Rust gives it (u32/i32 fields by bitcast), and `alias Scalars = S`.

@@ -44,6 +44,9 @@ pub(crate) struct Meta {
     pub lr_schedulers: Option<Vec<Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
     pub precision: Option<PrecisionMeta>,
+    /// Each group's L1 coefficient, where one is not 0.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    pub l1: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_by: Option<String>,
     /// Version 2: the CRC-32 of every tensor's bytes in data order (the checksum tensor
@@ -206,6 +209,8 @@ pub(crate) struct Header {
     pub precision: Precision,
     pub rounding_seed: u64,
     pub rounding_counter: u64,
+    /// Each group's L1 coefficient (zeros where the file has none).
+    pub l1: Vec<f32>,
     pub groups: Vec<GroupRecord>,
     pub max_grad_norm: Option<f32>,
     pub norm_type: NormType,
@@ -405,6 +410,24 @@ impl Header {
             return Err(format_err(format!("tensor `{lost}` is in no group")));
         }
 
+        let l1 = match meta.l1 {
+            None => vec![0.0; groups.len()],
+            Some(v) if v.len() != groups.len() => {
+                return Err(format_err(format!(
+                    "`l1` has {} entries for {} groups",
+                    v.len(),
+                    groups.len()
+                )))
+            }
+            Some(v) => v
+                .iter()
+                .map(|&x| {
+                    let f = finite_f32(x, "l1")?;
+                    crate::error::check("l1", x, f >= 0.0, "must be >= 0")?;
+                    Ok(f)
+                })
+                .collect::<Result<Vec<f32>>>()?,
+        };
         let max_grad_norm = match meta.max_grad_norm {
             None => None,
             Some(m) => Some(positive("max_norm", finite_f32(m, "max_grad_norm")?)?),
@@ -477,6 +500,7 @@ impl Header {
             precision,
             rounding_seed,
             rounding_counter,
+            l1,
             groups,
             max_grad_norm,
             norm_type: meta.grad_norm_type,

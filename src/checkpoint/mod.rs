@@ -58,6 +58,7 @@
 //! | `skip_nonfinite` | `true` or `false` |
 //! | `grad_scaler` | `null`, or JSON `{"scale", "growth_tracker", "init_scale", "growth_factor", "backoff_factor", "growth_interval"}` |
 //! | `precision` | optional, written unless the state is f32 with neither master weights nor stochastic rounding: JSON `{"state", "master_weights", "stochastic_rounding", "rounding_seed", "rounding_counter"}`, the counter being the steps submitted (skipped ones included) that the rounding noise is drawn with |
+//! | `l1` | optional, written when a group's L1 coefficient is not 0: JSON list, one number per group ([`crate::FusedOptimizer::set_l1`]) |
 //! | `lr_schedulers` | optional ([`SaveOptions::schedulers`]): JSON list of [`SchedulerState`] / [`PlateauState`] objects, told apart by `kind` |
 //! | `tensor_crc32` | version 2: the CRC-32 of every other tensor's bytes, in data order, 8 lowercase hex digits each, concatenated |
 //! | `written_by` | `wgpu-optim <version>` (informational) |
@@ -107,7 +108,8 @@
 //!
 //! Like `torch.optim.Optimizer.load_state_dict`, loading replaces every hyperparameter of every
 //! group (lr included) with the checkpoint's, and also restores max_grad_norm, the norm type,
-//! skip_nonfinite and the rounding (stochastic or not, its seed and counter). The state dtype and
+//! skip_nonfinite, every group's L1 coefficient and the rounding (stochastic or not, its seed and
+//! counter). The state dtype and
 //! master weights decide what buffers the optimizer has, so they must already be the file's
 //! ([`Checkpoint::precision`]; [`Checkpoint::build_optimizer`] sets them), as must each tensor's
 //! dtype ([`Checkpoint::params`] builds tensors of the saved dtypes and shapes).

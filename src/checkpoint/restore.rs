@@ -302,6 +302,17 @@ impl Checkpoint {
         self.header.precision
     }
 
+    /// Each group's L1 coefficient when saved ([`FusedOptimizer::set_l1`]; zeros when off).
+    ///
+    /// ```no_run
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::open("run.safetensors")?;
+    /// println!("l1 {:?}", ck.l1());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn l1(&self) -> &[f32] {
+        &self.header.l1
+    }
+
     fn tensor_index(&self, name: &str) -> Result<usize> {
         self.header
             .tensors
@@ -815,6 +826,7 @@ impl Checkpoint {
             self.header.norm_type,
             self.header.skip_nonfinite,
         )?;
+        opt.ck_set_l1(&self.header.l1)?;
         {
             let gpu = opt.ck_gpu().clone();
             let keys = opt.state_keys();

@@ -265,6 +265,11 @@ fn metadata<O: Optimizer + ?Sized>(
     let (max_grad_norm, norm_type, skip_nonfinite) = opt.ck_clipping();
     // Written only where it differs from f32 state, no master weights, round to nearest even,
     // so f32 checkpoints are what they were.
+    let l1 = opt.ck_l1();
+    let l1 = l1
+        .iter()
+        .any(|&l| l != 0.0)
+        .then(|| l1.iter().map(|&l| crate::optim::hyper(l)).collect());
     let (p, seed, counter) = opt.ck_precision();
     let precision = (p != Precision::default()).then(|| PrecisionMeta {
         state: p.state.to_string(),
@@ -286,6 +291,7 @@ fn metadata<O: Optimizer + ?Sized>(
         grad_scaler,
         lr_schedulers,
         precision,
+        l1,
         written_by: Some(format!("wgpu-optim {}", env!("CARGO_PKG_VERSION"))),
         tensor_crc32: Some("0".repeat(8 * n)),
     })

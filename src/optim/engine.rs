@@ -11,7 +11,7 @@ use crate::kernel;
 use crate::norm::{NormPlan, NormSettings, NormType};
 use crate::params::Params;
 use crate::scaler::GradScaler;
-use crate::shader::{self, Ctrl, StepRng, Storage, SCALAR_SLOT_BYTES};
+use crate::shader::{self, Ctrl, StepRng, Storage, OPTIMIZER_SCALAR_BYTES};
 use std::sync::Arc;
 
 /// The state key of the f32 master copy of 16-bit parameters ([`Precision::master_weights`]).
@@ -27,6 +27,8 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     params_id: u64,
     layout: Arc<Layout>,
     groups: Vec<C>,
+    /// Each group's L1 coefficient ([`FusedOptimizer::set_l1`]).
+    l1: Vec<f32>,
     /// The group of every tensor, in layout order.
     group_of: Vec<u32>,
     /// Steps submitted (skipped ones included).
@@ -100,9 +102,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             }
         }
         let scalar_bytes = std::mem::size_of::<C::Scalars>();
-        if scalar_bytes > SCALAR_SLOT_BYTES {
+        if scalar_bytes > OPTIMIZER_SCALAR_BYTES {
             return Err(Error::InvalidOptions(format!(
-                "{}'s scalars take {scalar_bytes} bytes; at most {SCALAR_SLOT_BYTES} fit a slot",
+                "{}'s scalars take {scalar_bytes} bytes; at most {OPTIMIZER_SCALAR_BYTES} fit a \
+                 slot",
                 C::NAME
             )));
         }
@@ -149,6 +152,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             gpu,
             params_id: params.id,
             layout,
+            l1: vec![0.0; configs.len()],
             groups: configs,
             group_of: owner,
             submitted: 0,
@@ -251,6 +255,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let flags = [
             self.max_grad_norm.is_some() || self.scaler.is_some(),
             self.norm_active(),
+            self.l1.iter().any(|&l| l != 0.0),
         ];
         let p = self.precision;
         self.pipelines = self
@@ -348,6 +353,56 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         }
         self.groups[group] = config;
         Ok(())
+    }
+
+    /// L1 regularisation for every group (0 turns it off, the default): `l1 * sign(p)` is
+    /// added to each gradient before the optimizer's update, after clipping, unscaling and
+    /// `maximize`, as torch adds `weight_decay * p` (L2; each optimizer's own `weight_decay`)
+    /// — the gradient of `l1 * sum(|p|)`. With master weights the sign is the f32 master
+    /// copy's. Applies from the next step; a negative or non-finite value is an
+    /// [`Error::InvalidHyperparameter`] and changes nothing.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Optimizer, Params, Sgd, SgdConfig};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::new(&gpu, &[("w", &[0.5f32, -0.5, 0.0][..])])?;
+    /// let mut opt = Sgd::new(&params, SgdConfig { lr: 0.1, ..Default::default() })?;
+    /// opt.set_l1(0.01)?;
+    /// opt.step(&mut params)?; // zero gradients: only the L1 term moves w
+    /// assert_eq!(params.read("w")?, vec![0.5 - 0.001, -0.5 + 0.001, 0.0]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn set_l1(&mut self, l1: f32) -> Result<()> {
+        check_l1(l1)?;
+        let l1 = vec![l1; self.groups.len()];
+        self.apply_l1(l1);
+        Ok(())
+    }
+
+    /// L1 regularisation of one group (see [`FusedOptimizer::set_l1`]).
+    pub fn set_group_l1(&mut self, group: usize, l1: f32) -> Result<()> {
+        self.group_config(group)?;
+        check_l1(l1)?;
+        let mut all = self.l1.clone();
+        all[group] = l1;
+        self.apply_l1(all);
+        Ok(())
+    }
+
+    /// The L1 coefficient of one group (0 when off).
+    pub fn group_l1(&self, group: usize) -> Result<f32> {
+        self.group_config(group)?;
+        Ok(self.l1[group])
+    }
+
+    /// Every group's L1 coefficient, rebuilding the kernel when L1 turns on or off.
+    fn apply_l1(&mut self, l1: Vec<f32>) {
+        let on = |v: &[f32]| v.iter().any(|&l| l != 0.0);
+        let rebuild = on(&l1) != on(&self.l1);
+        self.l1 = l1;
+        if rebuild {
+            self.rebuild_pipeline();
+        }
     }
 
     /// Overwrite one state tensor (e.g. when resuming), rounded to nearest even into a 16-bit
@@ -600,18 +655,19 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     }
 }
 
-/// The update kernel specialised for these groups and `[grad_mul, skip]`.
+/// The update kernel specialised for these groups and `[grad_mul, skip, l1]`.
 fn update_pipeline<C: OptimizerConfig>(
     gpu: &Gpu,
     layout: &wgpu::PipelineLayout,
     groups: &[C],
-    [grad_mul, skip]: [bool; 2],
+    [grad_mul, skip, l1]: [bool; 3],
     storage: Storage,
 ) -> wgpu::ComputePipeline {
     let mut constants = vec![
         ("MAXIMIZE", groups[0].maximize() as u32),
         ("GRAD_MUL", grad_mul as u32),
         ("SKIP", skip as u32),
+        ("L1", l1 as u32),
         ("GROUPED", (groups.len() > 1) as u32),
         ("GROUPS", groups.len() as u32),
     ];
@@ -667,7 +723,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let active = self.norm_active();
         let groups = &self.groups;
         self.scalars
-            .write(self.submitted, |g, t| groups[g].scalars(t))?;
+            .write(self.submitted, &self.l1, |g, t| groups[g].scalars(t))?;
         if self.precision.stochastic_rounding {
             let rng = StepRng {
                 key: dtype::step_key(self.seed, self.rounding_counter()),
@@ -952,4 +1008,9 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     pub(crate) fn device(&self) -> &Gpu {
         &self.gpu
     }
+}
+
+/// `l1` must be finite and >= 0.
+fn check_l1(l1: f32) -> Result<()> {
+    crate::error::check("l1", l1 as f64, l1.is_finite() && l1 >= 0.0, "must be >= 0")
 }

@@ -123,7 +123,7 @@ pub trait Optimizer: persist::Persist {
 ///   steps are handled before `update` is called. Boolean options are `override` constants
 ///   named by [`Self::constants`].
 /// - [`Self::Scalars`], a [`shader_struct!`](crate::shader_struct) of the per-step numbers
-///   (computed on the host by [`Self::scalars`]; at most 64 bytes).
+///   (computed on the host by [`Self::scalars`]; at most 60 bytes: the slot's last word is the engine's).
 /// - PyTorch-style names for every option ([`Self::hyperparameters`],
 ///   [`Self::set_hyperparameter`]): checkpoints store and restore them, so
 ///   [`crate::checkpoint`] saves and resumes your optimizer too.
@@ -198,7 +198,7 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Every state buffer the shader uses, in binding order (PyTorch's names; valid WGSL
     /// identifiers).
     const SLOTS: &'static [&'static str];
-    /// The per-step scalars the kernel reads (at most 64 bytes), defined with
+    /// The per-step scalars the kernel reads (at most 60 bytes), defined with
     /// [`shader_struct!`](crate::shader_struct): the shader sees the same struct as `Scalars`.
     type Scalars: ShaderStruct;
     /// Check every option against PyTorch's rules.

@@ -60,6 +60,10 @@ pub trait Persist {
     fn ck_set_rounding(&mut self, stochastic: bool, seed: u64, counter: u64) -> Result<()>;
     /// The per-chunk f32 master copies of 16-bit parameters (empty without master weights).
     fn ck_master_buffers(&self) -> &[wgpu::Buffer];
+    /// Every group's L1 coefficient.
+    fn ck_l1(&self) -> Vec<f32>;
+    /// Set every group's L1 coefficient (one per group, each finite and >= 0).
+    fn ck_set_l1(&mut self, l1: &[f32]) -> Result<()>;
 }
 
 /// Group `g`'s configuration with `hps` applied over `current`: every hyperparameter present,
@@ -129,6 +133,19 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
 
     fn ck_master_buffers(&self) -> &[wgpu::Buffer] {
         self.master_chunks()
+    }
+
+    fn ck_l1(&self) -> Vec<f32> {
+        (0..self.group_count())
+            .map(|g| self.group_l1(g).unwrap_or(0.0))
+            .collect()
+    }
+
+    fn ck_set_l1(&mut self, l1: &[f32]) -> Result<()> {
+        for (g, &v) in l1.iter().enumerate() {
+            self.set_group_l1(g, v)?;
+        }
+        Ok(())
     }
 
     fn ck_tensors(&self) -> Vec<TensorView<'_>> {

@@ -11,7 +11,7 @@ use crate::arena;
 use crate::error::Result;
 use crate::gpu::{Gpu, PipelineKey};
 use crate::kernel;
-use crate::shader::{self, Ctrl, ShaderStruct, SCALAR_SLOT_BYTES};
+use crate::shader::{self, Ctrl, ShaderStruct, OPTIMIZER_SCALAR_BYTES, SCALAR_SLOT_BYTES};
 use std::sync::{Arc, Mutex};
 
 /// Slots in the ring of candidate scalars: the host may run this many steps ahead of what it
@@ -73,9 +73,11 @@ impl ScalarWindow {
     /// Write the scalars of the step after `submitted` submitted steps: `scalars(group, t)` for
     /// the 1-based applied step `t`, once per skip count the GPU may be at. Does not wait on the
     /// GPU unless it is [`WINDOW`] steps behind what the host has heard back.
+    /// `l1` is each group's L1 coefficient, the slot's last word.
     pub fn write<S: ShaderStruct>(
         &mut self,
         submitted: u64,
+        l1: &[f32],
         scalars: impl Fn(usize, u64) -> S,
     ) -> Result<()> {
         let g = self.groups;
@@ -86,6 +88,8 @@ impl ScalarWindow {
                 let s = scalars(k, t);
                 let bytes = bytemuck::bytes_of(&s);
                 scratch[at..at + bytes.len()].copy_from_slice(bytes);
+                scratch[at + OPTIMIZER_SCALAR_BYTES..at + SCALAR_SLOT_BYTES]
+                    .copy_from_slice(&l1[k].to_le_bytes());
             }
         };
         if !self.windowed {

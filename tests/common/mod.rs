@@ -312,6 +312,7 @@ pub struct Run<C: OptimizerConfig> {
     scaler: Option<ScalerConfig>,
     dtypes: Vec<DType>,
     precision: Precision,
+    l1: Vec<f32>,
 }
 
 impl<C: OptimizerConfig> Run<C> {
@@ -333,6 +334,7 @@ impl<C: OptimizerConfig> Run<C> {
             scaler: None,
             dtypes: vec![DType::F32],
             precision: Precision::default(),
+            l1: Vec::new(),
         }
         .sizes(SIZES)
     }
@@ -435,6 +437,13 @@ impl<C: OptimizerConfig> Run<C> {
         self
     }
 
+    /// L1 regularisation per group (`FusedOptimizer::set_group_l1`), in turn: group `g` gets
+    /// `l1[g % len]`.
+    pub fn l1(mut self, l1: &[f32]) -> Self {
+        self.l1 = l1.to_vec();
+        self
+    }
+
     fn dtype_of(&self, t: usize) -> DType {
         self.dtypes[t % self.dtypes.len()]
     }
@@ -485,8 +494,9 @@ pub struct Harness<C: OptimizerConfig> {
     pub scaler: Option<GradScaler>,
     /// Its reference twin.
     scaler_state: Option<ScalerState>,
-    /// Each tensor's reference config (its group's).
+    /// Each tensor's reference config (its group's) and L1 coefficient.
     configs: Vec<C>,
+    l1_of: Vec<f32>,
     /// Reference params and state, per tensor.
     cpu: Vec<(Array1<f32>, State)>,
     /// Reference master copies (16-bit tensors with master weights).
@@ -556,11 +566,18 @@ impl<C: OptimizerConfig> Harness<C> {
             .map(|c| GradScaler::new(&gpu, c).unwrap());
         opt.set_grad_scaler(scaler.as_ref()).unwrap();
         let scaler_state = run.scaler.as_ref().map(ScalerState::new);
+        if !run.l1.is_empty() {
+            for g in 0..group_count {
+                opt.set_group_l1(g, run.l1[g % run.l1.len()]).unwrap();
+            }
+        }
         let mut configs = Vec::new();
+        let mut l1_of = Vec::new();
         for (name, len) in &run.tensors {
             let g = opt.group_of(name).unwrap();
             assert_eq!(g, group_of(name), "{}: group of {name}", run.name);
             configs.push(given[g].clone());
+            l1_of.push(opt.group_l1(g).unwrap());
             for &key in &run.poison_state {
                 opt.set_state(key, name, &vec![f32::NAN; *len]).unwrap();
             }
@@ -607,6 +624,7 @@ impl<C: OptimizerConfig> Harness<C> {
             scaler,
             scaler_state,
             configs,
+            l1_of,
             cpu,
             init,
             rng,
@@ -699,8 +717,13 @@ impl<C: OptimizerConfig> Harness<C> {
             let mul = inv_scale * coef;
             let key = wgpu_optim::dtype::step_key(ROUNDING_SEED, s as u64);
             for (i, g) in grads.iter().enumerate() {
-                let g = Array1::from(g.iter().map(|x| x * mul).collect::<Vec<f32>>());
+                let mut g = Array1::from(g.iter().map(|x| x * mul).collect::<Vec<f32>>());
                 let (p, state) = &mut self.cpu[i];
+                if self.l1_of[i] != 0.0 {
+                    let sign_of = self.master[i].as_ref().unwrap_or(&*p);
+                    let maximize = self.configs[i].maximize();
+                    g = reference::l1_grad(sign_of, &g, self.l1_of[i], maximize);
+                }
                 let stored = Stored {
                     param: self.run.dtype_of(i),
                     state: self.run.precision.state,
