@@ -41,12 +41,15 @@ impl Draw {
     }
 }
 
+/// Builds an optimizer over a parameter set from hyperparameter values by PyTorch name.
+type Build = fn(&Params, &[(&'static str, f64)]) -> Result<Box<dyn Optimizer>, wgpu_optim::Error>;
+
 /// An optimizer under search: its name, a base configuration, the search space by PyTorch
 /// hyperparameter name, and how to build it over a parameter set.
 struct Candidate {
     name: &'static str,
     space: &'static [(&'static str, Draw)],
-    build: fn(&Params, &[(&'static str, f64)]) -> Result<Box<dyn Optimizer>, wgpu_optim::Error>,
+    build: Build,
 }
 
 /// `base` with every `(name, value)` set by name, validated, as a boxed optimizer over `params`.
@@ -140,7 +143,11 @@ impl Trial {
                 self.opt.step(&mut self.net.params)?;
             }
             let (loss, _) = self.net.evaluate();
-            self.val.push(if loss.is_finite() { loss } else { f32::INFINITY });
+            self.val.push(if loss.is_finite() {
+                loss
+            } else {
+                f32::INFINITY
+            });
         }
         Ok(())
     }

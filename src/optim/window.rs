@@ -83,13 +83,13 @@ impl ScalarWindow {
         let g = self.groups;
         let n = submitted;
         let fill = |scratch: &mut [u8], t: u64| {
-            for k in 0..g {
+            for (k, l1) in l1.iter().enumerate().take(g) {
                 let at = k * SCALAR_SLOT_BYTES;
                 let s = scalars(k, t);
                 let bytes = bytemuck::bytes_of(&s);
                 scratch[at..at + bytes.len()].copy_from_slice(bytes);
                 scratch[at + OPTIMIZER_SCALAR_BYTES..at + SCALAR_SLOT_BYTES]
-                    .copy_from_slice(&l1[k].to_le_bytes());
+                    .copy_from_slice(&l1.to_le_bytes());
             }
         };
         if !self.windowed {
