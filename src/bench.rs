@@ -117,7 +117,8 @@ impl Workload {
 
     /// The optimizers and costly options worth benchmarking, after the copy baseline: Adam,
     /// Adam amsgrad, AdamW, SGD, SGD momentum, SGD Nesterov, RMSprop, RMSprop centered with
-    /// momentum, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam.
+    /// momentum, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, Schedule-Free
+    /// AdamW.
     pub fn standard() -> Vec<Workload> {
         let momentum = SgdConfig {
             lr: 1e-2,
@@ -158,6 +159,10 @@ impl Workload {
             Workload::with_reference(crate::AdamaxConfig::default(), reference::adamax),
             Workload::with_reference(crate::RAdamConfig::default(), reference::radam),
             Workload::with_reference(crate::NAdamConfig::default(), reference::nadam),
+            Workload::with_reference(
+                crate::ScheduleFreeAdamWConfig::default(),
+                reference::schedule_free_adamw,
+            ),
         ]
     }
 

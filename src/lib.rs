@@ -1,7 +1,8 @@
 //! # wgpu-optim
 //!
 //! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad,
-//! Adadelta, Rprop, ASGD, Lion, Adamax, RAdam, NAdam) written as WGSL compute shaders and
+//! Adadelta, Rprop, ASGD, Lion, Adamax, RAdam, NAdam, Schedule-Free AdamW) written as WGSL
+//! compute shaders and
 //! dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with torch.optim's semantics.
 //!
 //! Parameters and gradients live in a flat GPU arena ([`Params`]); an optimizer keeps its state
@@ -83,6 +84,7 @@ pub use optim::{
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
 pub use optim::{Lion, LionConfig};
+pub use optim::{ScheduleFreeAdamW, ScheduleFreeAdamWConfig};
 pub use params::{Params, ParamsBuilder};
 pub use scaler::{GradScaler, ScalerConfig};
 pub use schedule::{

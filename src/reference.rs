@@ -18,7 +18,7 @@
 use crate::dtype::{self, DType};
 use crate::optim::LionConfig;
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
-use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig};
+use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig, ScheduleFreeAdamWConfig};
 use ndarray::Array1;
 
 /// One step of a reference optimizer on one tensor: `(config, param, grad, state)`, the shape
@@ -658,6 +658,50 @@ pub fn grad_norm(grads: &[&Array1<f32>], norm: crate::NormType, inv_scale: f32) 
     } else {
         acc
     })
+}
+
+/// One step of Schedule-Free AdamW on one tensor, as `schedulefree.AdamWScheduleFree.step`
+/// (and `shaders/schedule_free.wgsl`): with `c` = [`ScheduleFreeAdamWConfig::ckp1`] and `lr_t`
+/// = [`ScheduleFreeAdamWConfig::scheduled_lr`] of this step,
+///
+/// ```text
+/// z = param                                   (first step)
+/// v = beta2 * v + (1 - beta2) * g * g
+/// u = g / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * y
+/// y = lerp(y, z, c) + lr_t * (beta1 * (1 - c) - 1) * u
+/// z = z - lr_t * u
+/// ```
+pub fn schedule_free_adamw(
+    cfg: &ScheduleFreeAdamWConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    state.step += 1;
+    let s = cfg.scalars(state.step);
+    let mut z = state.take("z");
+    let mut v = state.take("exp_avg_sq");
+    if s.first != 0 {
+        z.assign(param);
+    }
+    for i in 0..param.len() {
+        let g = grad[i];
+        v[i] = addcmul(v[i] * s.beta2, g, g, s.one_minus_beta2);
+        let mut u = g / ((v[i] / s.bias_correction2).sqrt() + s.eps);
+        if s.weight_decay != 0.0 {
+            u = add_scaled(u, param[i], s.weight_decay);
+        }
+        param[i] = add_scaled(lerp(param[i], z[i], s.ckp1), u, s.adaptive_lr);
+        z[i] = add_scaled(z[i], u, s.neg_lr);
+    }
+    state.put("z", z);
+    state.put("exp_avg_sq", v);
+}
+
+/// Schedule-Free's switch between its sequences on one tensor: `param = lerp(param, z, w)`
+/// (`w` = `1 - beta1` for `train()`, `1 - 1 / beta1` for `eval()`, rounded to f32).
+pub fn schedule_free_switch(param: &mut Array1<f32>, z: &Array1<f32>, w: f32) {
+    param.zip_mut_with(z, |p, &z| *p = lerp(*p, z, w));
 }
 
 /// The gradient with L1 regularisation, as the kernels form it

@@ -486,6 +486,7 @@ mod tests {
         check_update_kernel::<crate::AdamaxConfig>();
         check_update_kernel::<crate::RAdamConfig>();
         check_update_kernel::<crate::NAdamConfig>();
+        check_update_kernel::<crate::ScheduleFreeAdamWConfig>();
         check_update_kernel::<crate::LionConfig>();
     }
 

@@ -302,6 +302,26 @@ fn resume_is_exact_adam() {
     );
 }
 
+#[test]
+fn resume_is_exact_schedule_free() {
+    let cfg = wgpu_optim::ScheduleFreeAdamWConfig {
+        lr: 0.01,
+        warmup_steps: 3,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    resume_exact(
+        "schedule_free",
+        reference::schedule_free_adamw,
+        || vec![ParamGroup::rest(cfg.clone())],
+        Settings {
+            skip_nonfinite: true,
+            bad_steps: vec![2],
+            ..Default::default()
+        },
+    );
+}
+
 /// Resume is exact on every storage path: 16-bit parameters (bf16, f16, a mixed arena), bf16
 /// state, f32 master weights and stochastic rounding (its seed and counter restored, with
 /// skipped steps before the save), with odd lengths (5 and 1 elements) and a tensor split over

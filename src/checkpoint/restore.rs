@@ -439,7 +439,8 @@ impl Checkpoint {
     }
 
     /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
-    /// Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam) over `params`, with the
+    /// Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, ScheduleFreeAdamW) over
+    /// `params`, with the
     /// checkpoint's groups, hyperparameters, precision and rounding seed, ready for
     /// [`Checkpoint::restore`]: for a program that did not write the file.
     ///
@@ -474,9 +475,13 @@ impl Checkpoint {
             crate::AdamaxConfig::NAME => build::<crate::AdamaxConfig>(self, params),
             crate::RAdamConfig::NAME => build::<crate::RAdamConfig>(self, params),
             crate::NAdamConfig::NAME => build::<crate::NAdamConfig>(self, params),
+            crate::ScheduleFreeAdamWConfig::NAME => {
+                build::<crate::ScheduleFreeAdamWConfig>(self, params)
+            }
             other => Err(mismatch(
                 "optimizer",
-                "one of Adam, SGD, RMSprop, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam",
+                "one of Adam, SGD, RMSprop, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, \
+                 ScheduleFreeAdamW",
                 other,
             )),
         }

@@ -257,27 +257,84 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             self.norm_active(),
             self.l1.iter().any(|&l| l != 0.0),
         ];
-        let p = self.precision;
         self.pipelines = self
             .layout
             .chunk_dtypes
             .iter()
             .map(|&param| {
-                let storage = Storage {
-                    param,
-                    state: p.state,
-                    master_binding: p.master_weights,
-                    stochastic: p.stochastic_rounding,
-                };
                 update_pipeline(
                     &self.gpu,
                     &self.pipeline_layout,
                     &self.groups,
                     flags,
-                    storage,
+                    self.storage(param),
+                    &[],
                 )
             })
             .collect();
+    }
+
+    /// The storage of a chunk of `param` dtype under the current precision.
+    fn storage(&self, param: DType) -> Storage {
+        let p = self.precision;
+        Storage {
+            param,
+            state: p.state,
+            master_binding: p.master_weights,
+            stochastic: p.stochastic_rounding,
+        }
+    }
+
+    /// Run the update kernel once in another of its modes (its `MODE` override set to `mode`),
+    /// outside the sequence of steps: no norm pass, no gradient scaling or skipping, no L1,
+    /// `scalars(group)` for every group; not a step (the step count and the rounding stream do
+    /// not move). For an optimizer's own passes over parameters and state, such as
+    /// Schedule-Free's switch between its sequences. Submits; does not wait.
+    pub(crate) fn run_mode(
+        &mut self,
+        mode: u32,
+        scalars: impl Fn(usize) -> C::Scalars,
+    ) -> Result<()> {
+        let pipelines: Vec<wgpu::ComputePipeline> = self
+            .layout
+            .chunk_dtypes
+            .iter()
+            .map(|&param| {
+                update_pipeline(
+                    &self.gpu,
+                    &self.pipeline_layout,
+                    &self.groups,
+                    [false, false, false],
+                    self.storage(param),
+                    &[("MODE", mode)],
+                )
+            })
+            .collect();
+        let mut bytes = vec![0u8; self.groups.len() * shader::SCALAR_SLOT_BYTES];
+        for g in 0..self.groups.len() {
+            let s = scalars(g);
+            let b = bytemuck::bytes_of(&s);
+            let at = g * shader::SCALAR_SLOT_BYTES;
+            bytes[at..at + b.len()].copy_from_slice(b);
+        }
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| {
+            gpu.queue().write_buffer(self.scalars.live(), 0, &bytes);
+            let mut enc = gpu
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some(C::NAME),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(C::NAME),
+                    timestamp_writes: None,
+                });
+                kernel::record(&mut pass, &gpu, &pipelines, &self.chunks);
+            }
+            gpu.queue().submit([enc.finish()]);
+            Ok(())
+        })
     }
 
     /// Build the norm passes for the current norm type and scaler. The first time, the update
@@ -638,7 +695,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         Ok((self.state_buffers(key)?, self.precision.state))
     }
 
-    fn check_params(&self, params: &Params) -> Result<()> {
+    pub(crate) fn check_params(&self, params: &Params) -> Result<()> {
         if params.id == self.params_id {
             return Ok(());
         }
@@ -662,6 +719,7 @@ fn update_pipeline<C: OptimizerConfig>(
     groups: &[C],
     [grad_mul, skip, l1]: [bool; 3],
     storage: Storage,
+    extra: &[(&'static str, u32)],
 ) -> wgpu::ComputePipeline {
     let mut constants = vec![
         ("MAXIMIZE", groups[0].maximize() as u32),
@@ -672,6 +730,7 @@ fn update_pipeline<C: OptimizerConfig>(
         ("GROUPS", groups.len() as u32),
     ];
     constants.extend(groups[0].constants());
+    constants.extend_from_slice(extra);
     gpu.pipeline(
         PipelineKey {
             shader: C::NAME,
@@ -769,6 +828,7 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     fn step(&mut self, params: &mut Params) -> Result<()> {
         for c in &self.groups {
             c.validate()?;
+            c.ready()?;
         }
         self.check_params(params)?;
         self.gpu.clone().scoped(|| self.record_step())

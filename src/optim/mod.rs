@@ -15,6 +15,7 @@ mod nadam;
 mod radam;
 mod rmsprop;
 mod rprop;
+mod schedule_free;
 mod sgd;
 
 pub use adadelta::{Adadelta, AdadeltaConfig, AdadeltaScalars};
@@ -27,6 +28,7 @@ pub use nadam::{NAdam, NAdamConfig, NAdamScalars};
 pub use radam::{RAdam, RAdamConfig, RAdamScalars};
 pub use rmsprop::{RmsProp, RmsPropConfig, RmsPropScalars};
 pub use rprop::{Rprop, RpropConfig, RpropScalars};
+pub use schedule_free::{ScheduleFreeAdamW, ScheduleFreeAdamWConfig, ScheduleFreeAdamWScalars};
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;
@@ -205,6 +207,11 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn validate(&self) -> Result<()>;
     /// Whether this configuration uses state `key` (one of [`Self::SLOTS`]).
     fn uses_state(&self, key: &str) -> bool;
+    /// Whether a step may be taken now (checked before every step, after
+    /// [`Self::validate`]); `Ok` unless an optimizer has modes, as Schedule-Free's eval mode.
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
     /// Initial value of state `key` (PyTorch initialises all but Adagrad's `sum` to zero).
     fn state_init(&self, _key: &str) -> f32 {
         0.0

@@ -1,0 +1,354 @@
+//! Schedule-Free AdamW (Defazio et al. 2024, "The Road Less Scheduled"), as
+//! facebookresearch/schedule_free's `AdamWScheduleFree` steps it.
+
+use super::{check_adam_like, flag, hyper, unknown_hyperparameter, widen};
+use super::{FusedOptimizer, Optimizer, OptimizerConfig};
+use crate::error::{check, Error, Result};
+use crate::params::Params;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// Schedule-Free AdamW: no learning-rate schedule, an average of the iterates instead.
+pub type ScheduleFreeAdamW = FusedOptimizer<ScheduleFreeAdamWConfig>;
+
+/// Options of [`ScheduleFreeAdamW`], with `schedulefree.AdamWScheduleFree`'s names and
+/// defaults.
+///
+/// The parameters hold the sequence `y` the gradients are taken at while training, and the
+/// average `x` (what to evaluate and deploy) in eval mode: call [`ScheduleFreeAdamW::eval`]
+/// before evaluating or saving the model and [`ScheduleFreeAdamW::train`] before stepping again
+/// (a step in eval mode is an error). Unlike the Python package, the optimizer starts in train
+/// mode. State: `z` (the base sequence, a copy of the parameter at the first step) and
+/// `exp_avg_sq`.
+///
+/// Each step `t` (1-based; `k = t - 1`), per element, in f32 with the scalars from f64:
+/// `sched = min(1, t / warmup_steps)`, `lr_t = lr * sched`,
+/// `weight_t = t^r * lr_max^weight_lr_power` (`lr_max`, the largest `lr_t` so far, is `lr_t`
+/// with a constant `lr`), `c = weight_t / sum(weight_1..t)`;
+/// `v = beta2 * v + (1 - beta2) * g^2`, `u = g / (sqrt(v / (1 - beta2^t)) + eps) + wd * y`,
+/// `y = lerp(y, z, c) + lr_t * (beta1 * (1 - c) - 1) * u`, `z = z - lr_t * u`.
+///
+/// The weights follow the current `lr` as if it had always been the same (the method is meant
+/// to run at a constant `lr`; use `warmup_steps` for a warm-up, not a scheduler): with a
+/// constant `lr` they are the package's bit for bit.
+///
+/// ```
+/// use wgpu_optim::ScheduleFreeAdamWConfig;
+/// let cfg = ScheduleFreeAdamWConfig { warmup_steps: 100, ..Default::default() };
+/// assert_eq!((cfg.lr, cfg.betas, cfg.weight_lr_power), (2.5e-3, (0.9, 0.999), 2.0));
+/// assert!(cfg.train_mode);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleFreeAdamWConfig {
+    /// Learning rate (default 2.5e-3).
+    pub lr: f32,
+    /// `betas[0]` interpolates between the average and the base sequence (and must be > 0),
+    /// `betas[1]` averages the squared gradient ((0.9, 0.999)).
+    pub betas: (f32, f32),
+    /// Added to the denominator (1e-8).
+    pub eps: f32,
+    /// L2 penalty at `y`, added to the normalised gradient (0).
+    pub weight_decay: f32,
+    /// Linear warm-up of the learning rate over this many steps (0).
+    pub warmup_steps: u64,
+    /// Polynomial weighting of the average, `t^r` (0).
+    pub r: f32,
+    /// The average's weights are `lr_max` to this power (2).
+    pub weight_lr_power: f32,
+    /// Whether the parameters hold the training sequence `y` (true) or the average `x`
+    /// (false); switched by [`ScheduleFreeAdamW::train`] / [`ScheduleFreeAdamW::eval`], kept in
+    /// checkpoints.
+    pub train_mode: bool,
+}
+
+impl Default for ScheduleFreeAdamWConfig {
+    fn default() -> Self {
+        ScheduleFreeAdamWConfig {
+            lr: 2.5e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 0,
+            r: 0.0,
+            weight_lr_power: 2.0,
+            train_mode: true,
+        }
+    }
+}
+
+crate::shader_struct! {
+    /// What `shaders/schedule_free.wgsl` reads each step, per group (and, in its switch mode,
+    /// the weight of `lerp(y, z, w)` in `ckp1`).
+    pub struct ScheduleFreeAdamWScalars {
+        /// `c`, the weight of the new iterate in the average.
+        pub ckp1: f32,
+        /// `lr_t * (beta1 * (1 - c) - 1)`.
+        pub adaptive_lr: f32,
+        /// `-lr_t`.
+        pub neg_lr: f32,
+        /// `beta2`.
+        pub beta2: f32,
+        /// `1 - beta2`.
+        pub one_minus_beta2: f32,
+        /// `1 - beta2^t`.
+        pub bias_correction2: f32,
+        /// `eps`.
+        pub eps: f32,
+        /// `weight_decay`.
+        pub weight_decay: f32,
+        /// 1 on the first step (`z` starts as a copy of the parameter), else 0.
+        pub first: u32,
+    }
+}
+
+impl ScheduleFreeAdamWConfig {
+    /// `lr_t`, the warmed-up learning rate of step `t` (1-based), in f64 as the package has it.
+    pub fn scheduled_lr(&self, t: u64) -> f64 {
+        let k = t.saturating_sub(1);
+        let sched = if k < self.warmup_steps {
+            (k + 1) as f64 / self.warmup_steps as f64
+        } else {
+            1.0
+        };
+        widen(self.lr) * sched
+    }
+
+    /// `weight_t`, the weight of step `t`'s iterate in the average.
+    fn weight(&self, t: u64) -> f64 {
+        (t as f64).powf(widen(self.r)) * self.scheduled_lr(t).powf(widen(self.weight_lr_power))
+    }
+
+    /// `c_t = weight_t / sum(weight_1..t)` (0 while the sum is 0), the sum accumulated in f64
+    /// step by step as the package does.
+    pub fn ckp1(&self, t: u64) -> f64 {
+        let sum = weight_sum(self, t);
+        if sum == 0.0 {
+            0.0
+        } else {
+            self.weight(t) / sum
+        }
+    }
+}
+
+/// Recent weight sums per configuration, so that a step costs O(1): the sum after step `base`,
+/// `base + 1`, ... for the last few steps asked of each (a few configurations at a time).
+struct Sums {
+    key: [u64; 4],
+    base: u64,
+    sums: VecDeque<f64>,
+}
+
+static SUMS: Mutex<Vec<Sums>> = Mutex::new(Vec::new());
+
+/// `sum(weight_1..t)` for `cfg`, added up in order in f64.
+fn weight_sum(cfg: &ScheduleFreeAdamWConfig, t: u64) -> f64 {
+    const KEEP: usize = 256;
+    let key = [
+        cfg.lr.to_bits() as u64,
+        cfg.warmup_steps,
+        cfg.r.to_bits() as u64,
+        cfg.weight_lr_power.to_bits() as u64,
+    ];
+    let mut all = SUMS.lock().unwrap_or_else(|e| e.into_inner());
+    let at = match all.iter().position(|s| s.key == key) {
+        Some(i) => i,
+        None => {
+            if all.len() >= 8 {
+                all.remove(0);
+            }
+            all.push(Sums {
+                key,
+                base: 0,
+                sums: VecDeque::from([0.0]),
+            });
+            all.len() - 1
+        }
+    };
+    let s = &mut all[at];
+    if t < s.base {
+        // Earlier than remembered (a restored or rewound run): add up again from the start.
+        s.base = 0;
+        s.sums = VecDeque::from([0.0]);
+    }
+    while s.base + (s.sums.len() as u64) <= t {
+        let next = s.base + s.sums.len() as u64;
+        let prev = *s.sums.back().expect("never empty");
+        s.sums.push_back(prev + cfg.weight(next));
+        if s.sums.len() > KEEP {
+            s.sums.pop_front();
+            s.base += 1;
+        }
+    }
+    s.sums[(t - s.base) as usize]
+}
+
+impl OptimizerConfig for ScheduleFreeAdamWConfig {
+    const NAME: &'static str = "ScheduleFreeAdamW";
+    const SHADER: &'static str = include_str!("../../shaders/schedule_free.wgsl");
+    const MOMENTUM: Option<&'static str> = Some("betas[0]");
+    type Scalars = ScheduleFreeAdamWScalars;
+    const SLOTS: &'static [&'static str] = &["z", "exp_avg_sq"];
+
+    /// torch.optim's rules for Adam's options (`lr`, `eps`, `weight_decay` >= 0, betas in
+    /// [0, 1)), with `betas[0]` > 0 (eval mode divides by it), `r` and `weight_lr_power` >= 0.
+    fn validate(&self) -> Result<()> {
+        check_adam_like(self.lr, self.eps, self.betas, self.weight_decay)?;
+        check(
+            "betas[0]",
+            self.betas.0 as f64,
+            self.betas.0 > 0.0,
+            "must be in (0, 1)",
+        )?;
+        check("r", self.r as f64, self.r >= 0.0, "must be >= 0")?;
+        check(
+            "weight_lr_power",
+            self.weight_lr_power as f64,
+            self.weight_lr_power >= 0.0,
+            "must be >= 0",
+        )
+    }
+
+    fn ready(&self) -> Result<()> {
+        if self.train_mode {
+            Ok(())
+        } else {
+            Err(Error::InvalidOptions(
+                "Schedule-Free AdamW is in eval mode: call train() before stepping".into(),
+            ))
+        }
+    }
+
+    fn uses_state(&self, _key: &str) -> bool {
+        true
+    }
+
+    fn constants(&self) -> Vec<(&'static str, u32)> {
+        Vec::new()
+    }
+
+    fn maximize(&self) -> bool {
+        false
+    }
+
+    fn scalars(&self, t: u64) -> ScheduleFreeAdamWScalars {
+        let (beta1, beta2) = (widen(self.betas.0), widen(self.betas.1));
+        let lr = self.scheduled_lr(t);
+        let c = self.ckp1(t);
+        ScheduleFreeAdamWScalars {
+            ckp1: c as f32,
+            adaptive_lr: (lr * (beta1 * (1.0 - c) - 1.0)) as f32,
+            neg_lr: (-lr) as f32,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2: (1.0 - beta2.powf(t as f64)) as f32,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            first: (t == 1) as u32,
+        }
+    }
+
+    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("lr", hyper(self.lr)),
+            ("betas[0]", hyper(self.betas.0)),
+            ("betas[1]", hyper(self.betas.1)),
+            ("eps", hyper(self.eps)),
+            ("weight_decay", hyper(self.weight_decay)),
+            ("warmup_steps", self.warmup_steps as f64),
+            ("r", hyper(self.r)),
+            ("weight_lr_power", hyper(self.weight_lr_power)),
+            ("train_mode", self.train_mode as u8 as f64),
+        ]
+    }
+
+    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
+        match name {
+            "lr" => self.lr = value as f32,
+            "betas[0]" => self.betas.0 = value as f32,
+            "betas[1]" => self.betas.1 = value as f32,
+            "eps" => self.eps = value as f32,
+            "weight_decay" => self.weight_decay = value as f32,
+            "warmup_steps" => {
+                if !(value >= 0.0 && value.fract() == 0.0 && value < 2f64.powi(53)) {
+                    return Err(Error::InvalidHyperparameter {
+                        name: "warmup_steps",
+                        value,
+                        rule: "must be a whole number >= 0",
+                    });
+                }
+                self.warmup_steps = value as u64;
+            }
+            "r" => self.r = value as f32,
+            "weight_lr_power" => self.weight_lr_power = value as f32,
+            "train_mode" => self.train_mode = flag("train_mode", value)?,
+            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
+        }
+        Ok(())
+    }
+}
+
+/// The mode switches of Schedule-Free AdamW.
+impl FusedOptimizer<ScheduleFreeAdamWConfig> {
+    /// Put the parameters on the training sequence `y` (from the average `x`:
+    /// `p = lerp(p, z, 1 - beta1)`), for stepping. A no-op in train mode, and before the first
+    /// step (`z` does not exist yet). Submits one pass; waits for the GPU only to learn the step
+    /// count when steps may have been skipped.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Optimizer, Params, ScheduleFreeAdamW, ScheduleFreeAdamWConfig};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::new(&gpu, &[("w", &[1.0f32; 8][..])])?;
+    /// let mut opt = ScheduleFreeAdamW::new(&params, ScheduleFreeAdamWConfig::default())?;
+    /// params.write_grad("w", &[0.5; 8])?;
+    /// opt.step(&mut params)?;
+    /// opt.eval(&params)?; // the average, to evaluate or save
+    /// let x = params.read("w")?;
+    /// opt.train(&params)?; // back to the training sequence
+    /// opt.step(&mut params)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn train(&mut self, params: &Params) -> Result<()> {
+        self.switch_mode(params, true)
+    }
+
+    /// Put the parameters on the average `x` (from `y`: `p = lerp(p, z, 1 - 1 / beta1)`), to
+    /// evaluate or save the model. A no-op in eval mode; see [`ScheduleFreeAdamW::train`].
+    pub fn eval(&mut self, params: &Params) -> Result<()> {
+        self.switch_mode(params, false)
+    }
+
+    /// Whether the parameters hold the training sequence (every group is in train mode).
+    pub fn is_train_mode(&self) -> bool {
+        (0..self.group_count()).all(|g| self.group_config(g).is_ok_and(|c| c.train_mode))
+    }
+
+    fn switch_mode(&mut self, params: &Params, train: bool) -> Result<()> {
+        self.check_params(params)?;
+        let groups: Vec<ScheduleFreeAdamWConfig> = (0..self.group_count())
+            .map(|g| self.group_config(g).cloned())
+            .collect::<Result<_>>()?;
+        if groups.iter().all(|c| c.train_mode == train) {
+            return Ok(());
+        }
+        if self.step_count() > 0 {
+            let weight = |c: &ScheduleFreeAdamWConfig| {
+                let beta1 = widen(c.betas.0);
+                match (c.train_mode == train, train) {
+                    (true, _) => 0.0,
+                    (false, true) => (1.0 - beta1) as f32,
+                    (false, false) => (1.0 - 1.0 / beta1) as f32,
+                }
+            };
+            self.run_mode(1, |g| ScheduleFreeAdamWScalars {
+                ckp1: weight(&groups[g]),
+                first: 0,
+                ..groups[g].scalars(1)
+            })?;
+        }
+        for (g, mut c) in groups.into_iter().enumerate() {
+            c.train_mode = train;
+            self.set_group_config(g, c)?;
+        }
+        Ok(())
+    }
+}
