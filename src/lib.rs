@@ -2,8 +2,8 @@
 //!
 //! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad,
 //! Adadelta, Rprop, ASGD, Lion, Adamax, RAdam, NAdam, Schedule-Free AdamW) written as WGSL
-//! compute shaders and
-//! dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with torch.optim's semantics.
+//! compute shaders and dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with
+//! torch.optim's semantics.
 //!
 //! Parameters and gradients live in a flat GPU arena ([`Params`]); an optimizer keeps its state
 //! in the same layout and updates every tensor with one fused kernel per arena chunk, in one
