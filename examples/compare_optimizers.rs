@@ -1,7 +1,8 @@
 //! Which optimizer should I use? The same 64-64-10 MLP on the handwritten digits, trained with
-//! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adam, AdamW and Lion for the same budget, each
-//! at the learning rate an LR range test suggests for it. Writes `loss_curves.png` and prints
-//! final loss, test accuracy and time per step.
+//! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adadelta, Rprop, ASGD, Adam, AdamW, Adamax,
+//! RAdam, NAdam, Lion and Schedule-Free AdamW for the same budget, each at the learning rate an
+//! LR range test suggests for it (Schedule-Free is evaluated at its average, after `eval()`).
+//! Writes `loss_curves.png` and prints final loss, test accuracy and time per step.
 //!
 //! Losses are logged on the GPU (one f32 per step) and read back once per run: the training loop
 //! itself never waits for the GPU.
@@ -17,34 +18,62 @@ use nn::{Loss, Mlp};
 use rand::SeedableRng;
 use std::time::Instant;
 use wgpu_optim::{
-    Adagrad, AdagradConfig, Adam, AdamConfig, Gpu, LrFinder, Optimizer, Params, RmsProp,
-    RmsPropConfig, Sgd, SgdConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, FusedOptimizer, Gpu,
+    LionConfig, LrFinder, NAdamConfig, Optimizer, OptimizerConfig, Params, RAdamConfig,
+    RmsPropConfig, RpropConfig, ScheduleFreeAdamW, ScheduleFreeAdamWConfig, SgdConfig,
 };
 
-type Build = fn(&Params, f32) -> Result<Box<dyn Optimizer>, wgpu_optim::Error>;
+type Build = fn(&Params, f32) -> Result<Trainer, wgpu_optim::Error>;
+
+/// An optimizer under comparison. Schedule-Free AdamW evaluates its average: it is switched to
+/// eval mode before the test-set evaluation.
+enum Trainer {
+    Plain(Box<dyn Optimizer>),
+    ScheduleFree(ScheduleFreeAdamW),
+}
+
+impl Trainer {
+    fn opt(&mut self) -> &mut dyn Optimizer {
+        match self {
+            Trainer::Plain(o) => &mut **o,
+            Trainer::ScheduleFree(o) => o,
+        }
+    }
+
+    fn before_eval(&mut self, params: &Params) -> Result<(), wgpu_optim::Error> {
+        match self {
+            Trainer::Plain(_) => Ok(()),
+            Trainer::ScheduleFree(o) => o.eval(params),
+        }
+    }
+}
+
+fn plain<C: OptimizerConfig>(p: &Params, cfg: C) -> Result<Trainer, wgpu_optim::Error> {
+    Ok(Trainer::Plain(Box::new(FusedOptimizer::new(p, cfg)?)))
+}
 
 const CANDIDATES: &[(&str, Build)] = &[
     ("SGD", |p, lr| {
-        Ok(Box::new(Sgd::new(
+        plain(
             p,
             SgdConfig {
                 lr,
                 ..Default::default()
             },
-        )?))
+        )
     }),
     ("SGD momentum", |p, lr| {
-        Ok(Box::new(Sgd::new(
+        plain(
             p,
             SgdConfig {
                 lr,
                 momentum: 0.9,
                 ..Default::default()
             },
-        )?))
+        )
     }),
     ("Nesterov", |p, lr| {
-        Ok(Box::new(Sgd::new(
+        plain(
             p,
             SgdConfig {
                 lr,
@@ -52,50 +81,113 @@ const CANDIDATES: &[(&str, Build)] = &[
                 nesterov: true,
                 ..Default::default()
             },
-        )?))
+        )
     }),
     ("RMSprop", |p, lr| {
-        Ok(Box::new(RmsProp::new(
+        plain(
             p,
             RmsPropConfig {
                 lr,
                 ..Default::default()
             },
-        )?))
+        )
     }),
     ("Adagrad", |p, lr| {
-        Ok(Box::new(Adagrad::new(
+        plain(
             p,
             AdagradConfig {
                 lr,
                 ..Default::default()
             },
-        )?))
+        )
+    }),
+    ("Adadelta", |p, lr| {
+        plain(
+            p,
+            AdadeltaConfig {
+                lr,
+                ..Default::default()
+            },
+        )
+    }),
+    ("Rprop", |p, lr| {
+        plain(
+            p,
+            RpropConfig {
+                lr,
+                ..Default::default()
+            },
+        )
+    }),
+    ("ASGD", |p, lr| {
+        plain(
+            p,
+            AsgdConfig {
+                lr,
+                ..Default::default()
+            },
+        )
     }),
     ("Adam", |p, lr| {
-        Ok(Box::new(Adam::new(
+        plain(
             p,
             AdamConfig {
                 lr,
                 ..Default::default()
             },
-        )?))
+        )
     }),
     ("AdamW", |p, lr| {
-        Ok(Box::new(Adam::new(
+        plain(
             p,
             AdamConfig {
                 lr,
                 ..AdamConfig::adamw()
             },
-        )?))
+        )
+    }),
+    ("Adamax", |p, lr| {
+        plain(
+            p,
+            AdamaxConfig {
+                lr,
+                ..Default::default()
+            },
+        )
+    }),
+    ("RAdam", |p, lr| {
+        plain(
+            p,
+            RAdamConfig {
+                lr,
+                ..Default::default()
+            },
+        )
+    }),
+    ("NAdam", |p, lr| {
+        plain(
+            p,
+            NAdamConfig {
+                lr,
+                ..Default::default()
+            },
+        )
     }),
     ("Lion", |p, lr| {
-        Ok(Box::new(wgpu_optim::Lion::new(
+        plain(
             p,
-            wgpu_optim::LionConfig {
+            LionConfig {
                 lr,
                 weight_decay: 0.1,
+                ..Default::default()
+            },
+        )
+    }),
+    ("Schedule-Free AdamW", |p, lr| {
+        Ok(Trainer::ScheduleFree(ScheduleFreeAdamW::new(
+            p,
+            ScheduleFreeAdamWConfig {
+                lr,
                 ..Default::default()
             },
         )?))
@@ -129,7 +221,8 @@ const SWEEP: usize = 200;
 fn find_lr(gpu: &Gpu, data: &Data, build: Build) -> Result<(f32, LrFinder), wgpu_optim::Error> {
     let mut net = net(gpu, data)?;
     let mut finder = LrFinder::new(1e-5, 10.0, SWEEP)?.with_smoothing(0.95)?;
-    let mut opt = build(&net.params, finder.lr() as f32)?;
+    let mut trainer = build(&net.params, finder.lr() as f32)?;
+    let opt = trainer.opt();
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let per_epoch = net.batches_per_epoch();
     for i in 0..SWEEP {
@@ -168,7 +261,7 @@ fn main() -> Result<(), wgpu_optim::Error> {
     for &(name, build) in CANDIDATES {
         let (lr, _finder) = find_lr(&gpu, &data, build)?;
         let mut net = net(&gpu, &data)?;
-        let mut opt = build(&net.params, lr)?;
+        let mut trainer = build(&net.params, lr)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let steps = epochs * net.batches_per_epoch();
         let start = Instant::now();
@@ -178,10 +271,11 @@ fn main() -> Result<(), wgpu_optim::Error> {
             for k in 0..net.batches_per_epoch() {
                 net.log_losses_at(Some(step));
                 net.forward_backward(k);
-                opt.step(&mut net.params)?;
+                trainer.opt().step(&mut net.params)?;
                 step += 1;
             }
         }
+        trainer.before_eval(&net.params)?;
         let (test_loss, acc) = net.evaluate(); // waits for the GPU
         let per_step = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
         let curve = net.read_loss_log(steps);
