@@ -29,14 +29,14 @@ type Build = fn(&Params, f32) -> Result<Trainer, wgpu_optim::Error>;
 /// eval mode before the test-set evaluation.
 enum Trainer {
     Plain(Box<dyn Optimizer>),
-    ScheduleFree(ScheduleFreeAdamW),
+    ScheduleFree(Box<ScheduleFreeAdamW>),
 }
 
 impl Trainer {
     fn opt(&mut self) -> &mut dyn Optimizer {
         match self {
             Trainer::Plain(o) => &mut **o,
-            Trainer::ScheduleFree(o) => o,
+            Trainer::ScheduleFree(o) => &mut **o,
         }
     }
 
@@ -184,13 +184,13 @@ const CANDIDATES: &[(&str, Build)] = &[
         )
     }),
     ("Schedule-Free AdamW", |p, lr| {
-        Ok(Trainer::ScheduleFree(ScheduleFreeAdamW::new(
+        Ok(Trainer::ScheduleFree(Box::new(ScheduleFreeAdamW::new(
             p,
             ScheduleFreeAdamWConfig {
                 lr,
                 ..Default::default()
             },
-        )?))
+        )?)))
     }),
 ];
 
