@@ -772,6 +772,7 @@ mod tests {
             ("Adamax", 28),
             ("RAdam", 28),
             ("NAdam", 28),
+            ("ScheduleFreeAdamW", 28),
         ];
         assert_eq!(
             got,
