@@ -1,6 +1,6 @@
 //! Which optimizer should I use? The same 64-64-10 MLP on the handwritten digits, trained with
 //! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adadelta, Rprop, ASGD, Adam, AdamW, Adamax,
-//! RAdam, NAdam, Lion and Schedule-Free AdamW for the same budget, each at the learning rate an
+//! RAdam, NAdam, Lion, LAMB and Schedule-Free AdamW for the same budget, each at the learning rate an
 //! LR range test suggests for it (Schedule-Free is evaluated at its average, after `eval()`).
 //! Writes `loss_curves.png` and prints final loss, test accuracy and time per step.
 //!
@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use std::time::Instant;
 use wgpu_optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, FusedOptimizer, Gpu,
-    LionConfig, LrFinder, NAdamConfig, Optimizer, OptimizerConfig, Params, RAdamConfig,
+    LambConfig, LionConfig, LrFinder, NAdamConfig, Optimizer, OptimizerConfig, Params, RAdamConfig,
     RmsPropConfig, RpropConfig, ScheduleFreeAdamW, ScheduleFreeAdamWConfig, SgdConfig,
 };
 
@@ -179,6 +179,15 @@ const CANDIDATES: &[(&str, Build)] = &[
             LionConfig {
                 lr,
                 weight_decay: 0.1,
+                ..Default::default()
+            },
+        )
+    }),
+    ("LAMB", |p, lr| {
+        plain(
+            p,
+            LambConfig {
+                lr,
                 ..Default::default()
             },
         )

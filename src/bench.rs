@@ -118,7 +118,8 @@ impl Workload {
     /// The optimizers and costly options worth benchmarking, after the copy baseline: Adam,
     /// Adam amsgrad, AdamW, SGD, SGD momentum, SGD Nesterov, RMSprop, RMSprop centered with
     /// momentum, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, Schedule-Free
-    /// AdamW.
+    /// AdamW, LAMB (its bytes per element count one pass; its two passes and the reduction
+    /// move more).
     pub fn standard() -> Vec<Workload> {
         let momentum = SgdConfig {
             lr: 1e-2,
@@ -163,6 +164,7 @@ impl Workload {
                 crate::ScheduleFreeAdamWConfig::default(),
                 reference::schedule_free_adamw,
             ),
+            Workload::with_reference(crate::LambConfig::default(), reference::lamb),
         ]
     }
 
@@ -773,6 +775,7 @@ mod tests {
             ("RAdam", 28),
             ("NAdam", 28),
             ("ScheduleFreeAdamW", 28),
+            ("LAMB", 28),
         ];
         assert_eq!(
             got,

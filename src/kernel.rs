@@ -78,6 +78,7 @@ pub(crate) fn update_layout(
     gpu: &Gpu,
     states: usize,
     master: bool,
+    tensor_sums: bool,
 ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
     let mut kinds = vec![
         Some(Bind::Read),
@@ -91,6 +92,9 @@ pub(crate) fn update_layout(
         kinds.push(Some(Bind::ReadWrite));
     }
     kinds.push(Some(Bind::Uniform));
+    if tensor_sums {
+        kinds.extend([Some(Bind::Read), Some(Bind::ReadWrite)]);
+    }
     layout(gpu, &kinds)
 }
 

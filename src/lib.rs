@@ -1,7 +1,7 @@
 //! # wgpu-optim
 //!
 //! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad,
-//! Adadelta, Rprop, ASGD, Lion, Adamax, RAdam, NAdam, Schedule-Free AdamW) written as WGSL
+//! Adadelta, Rprop, ASGD, Lion, LAMB, Adamax, RAdam, NAdam, Schedule-Free AdamW) written as WGSL
 //! compute shaders and dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with
 //! torch.optim's semantics.
 //!
@@ -83,7 +83,7 @@ pub use optim::{
     ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
-pub use optim::{Lion, LionConfig};
+pub use optim::{Lamb, LambConfig, Lion, LionConfig};
 pub use optim::{ScheduleFreeAdamW, ScheduleFreeAdamWConfig};
 pub use params::{Params, ParamsBuilder};
 pub use scaler::{GradScaler, ScalerConfig};

@@ -16,6 +16,7 @@
 //! ```
 
 use crate::dtype::{self, DType};
+use crate::optim::LambConfig;
 use crate::optim::LionConfig;
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
 use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig, ScheduleFreeAdamWConfig};
@@ -658,6 +659,79 @@ pub fn grad_norm(grads: &[&Array1<f32>], norm: crate::NormType, inv_scale: f32) 
     } else {
         acc
     })
+}
+
+/// The sum of `values` (one tensor's) in the order the GPU adds them up
+/// ([`crate::OptimizerConfig::TENSOR_SUMS`]): each group of four lanes `((a + b) + c) + d`
+/// (lanes past the end as 0), each granule of 64 elements its 16 groups in order, then thread
+/// `j` of 256 the granules `j, j + 256, ...` in order, then a tree over the threads (stride
+/// 128, 64, ..., 1).
+///
+/// ```
+/// let v: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+/// assert_eq!(wgpu_optim::reference::tensor_sum(&v), 499500.0);
+/// ```
+pub fn tensor_sum(values: &[f32]) -> f32 {
+    let n = values.len();
+    let lane = |e: usize| if e < n { values[e] } else { 0.0 };
+    let granules: Vec<f32> = (0..n.div_ceil(64))
+        .map(|g| {
+            let mut acc = 0.0f32;
+            for t in 0..16 {
+                let e = g * 64 + t * 4;
+                acc += ((lane(e) + lane(e + 1)) + lane(e + 2)) + lane(e + 3);
+            }
+            acc
+        })
+        .collect();
+    let mut parts = [0.0f32; 256];
+    for (j, part) in parts.iter_mut().enumerate() {
+        *part = granules
+            .iter()
+            .skip(j)
+            .step_by(256)
+            .fold(0.0, |a, &g| a + g);
+    }
+    let mut stride = 128;
+    while stride > 0 {
+        for l in 0..stride {
+            parts[l] += parts[l + stride];
+        }
+        stride /= 2;
+    }
+    parts[0]
+}
+
+/// One step of LAMB on one tensor, as `optax.lamb` (and `shaders/lamb.wgsl`): the moments,
+/// `u = (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * p`, the trust
+/// ratio `sqrt(sum p^2) / sqrt(sum u^2)` over the tensor (1 where either sum is 0, each sum
+/// as [`tensor_sum`] adds it up), then `p = p - lr * (ratio * u)`.
+pub fn lamb(cfg: &LambConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state: &mut State) {
+    state.step += 1;
+    let s = cfg.scalars(state.step);
+    let mut m = state.take("exp_avg");
+    let mut v = state.take("exp_avg_sq");
+    let n = param.len();
+    let mut u = vec![0.0f32; n];
+    for i in 0..n {
+        let g = grad[i];
+        m[i] = add_scaled(m[i] * s.beta1, g, s.one_minus_beta1);
+        v[i] = addcmul(v[i] * s.beta2, g, g, s.one_minus_beta2);
+        let (m_hat, v_hat) = (m[i] / s.bias_correction1, v[i] / s.bias_correction2);
+        u[i] = add_scaled(m_hat / (v_hat.sqrt() + s.eps), param[i], s.weight_decay);
+    }
+    let pp = tensor_sum(&param.iter().map(|p| p * p).collect::<Vec<f32>>());
+    let uu = tensor_sum(&u.iter().map(|u| u * u).collect::<Vec<f32>>());
+    let ratio = if pp > 0.0 && uu > 0.0 {
+        pp.sqrt() / uu.sqrt()
+    } else {
+        1.0
+    };
+    for i in 0..n {
+        param[i] = add_scaled(param[i], u[i] * ratio, s.neg_lr);
+    }
+    state.put("exp_avg", m);
+    state.put("exp_avg_sq", v);
 }
 
 /// One step of Schedule-Free AdamW on one tensor, as `schedulefree.AdamWScheduleFree.step`

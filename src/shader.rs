@@ -290,6 +290,7 @@ pub(crate) fn update_kernel<S: ShaderStruct>(
     slots: &[&str],
     family: &str,
     storage: Storage,
+    sums: u32,
 ) -> String {
     let mut src = String::new();
     src += &Ctrl::wgsl();
@@ -331,8 +332,70 @@ pub(crate) fn update_kernel<S: ShaderStruct>(
         "@group(0) @binding({rng}) var<uniform> rng: StepRng;
 "
     );
+    if sums > 0 {
+        src += &tensor_sums_prologue(rng + 1, sums);
+    }
     src += family;
     src
+}
+
+/// With [`crate::OptimizerConfig::TENSOR_SUMS`] = `k` > 0: the table and sums bindings (after
+/// the random key), `accumulate(k, v)` (the four lanes of `v` that lie in the tensor, added
+/// up, as this thread's part of sum `k`), the first pass's entry point `main_sums` (the update,
+/// then each granule's sums in a fixed order, see `src/optim/engine/tensor_sums.rs`) and
+/// `tensor_sum(i, k)` (the tensor's sum `k`, for the second pass).
+fn tensor_sums_prologue(binding: u32, k: u32) -> String {
+    format!(
+        "@group(0) @binding({binding}) var<storage, read> tsum_table: array<u32>;
+@group(0) @binding({}) var<storage, read_write> tsums: array<f32>;
+const TENSOR_SUMS: u32 = {k}u;
+var<workgroup> granule_parts: array<vec4<f32>, 256>;
+var<private> contrib: vec4<f32>;
+var<private> lane_mask: vec4<bool>;
+
+fn accumulate(k: u32, v: vec4<f32>) {{
+    let w = select(vec4<f32>(0.0), v, lane_mask);
+    contrib[k] = ((w.x + w.y) + w.z) + w.w;
+}}
+
+fn tensor_sum(i: u32, k: u32) -> f32 {{
+    return tsums[tsum_table[1] + tsum_table[2u + 2u * (i / 16u)] * TENSOR_SUMS + k];
+}}
+
+@compute @workgroup_size(256)
+fn main_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {{
+    let i = vec_index(wid, nwg, lid);
+    let n = arrayLength(&param);
+    let raw = begin(i, n);
+    let s = unpack_scalars(raw);
+    if (L1) {{
+        l1_coef = raw[3].w;
+        l1_at = i;
+    }}
+    let live = i < n && !step_skipped();
+    if (live) {{
+        let valid = tsum_table[3u + 2u * (i / 16u)];
+        let lane0 = (i % 16u) * 4u;
+        lane_mask = vec4<u32>(lane0, lane0 + 1u, lane0 + 2u, lane0 + 3u) < vec4<u32>(valid);
+        update(i, s);
+    }}
+    granule_parts[lid] = select(vec4<f32>(0.0), contrib, live);
+    workgroupBarrier();
+    if (live && lid % 16u == 0u) {{
+        var acc = vec4<f32>(0.0);
+        for (var t = 0u; t < 16u; t = t + 1u) {{
+            acc = acc + granule_parts[lid + t];
+        }}
+        let g = tsum_table[0] + i / 16u;
+        for (var k = 0u; k < TENSOR_SUMS; k = k + 1u) {{
+            tsums[g * TENSOR_SUMS + k] = acc[k];
+        }}
+    }}
+}}
+",
+        binding + 1
+    )
 }
 
 /// `decls` (generated struct declarations) in front of a shader's own source.
@@ -438,7 +501,7 @@ mod tests {
             }
         }
         for storage in variants {
-            let src = update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage);
+            let src = update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage, C::TENSOR_SUMS);
             let (module, layouter) = parse(&src);
             assert_layout::<Ctrl>(&module, &layouter);
             assert_layout::<C::Scalars>(&module, &layouter);
@@ -487,6 +550,7 @@ mod tests {
         check_update_kernel::<crate::RAdamConfig>();
         check_update_kernel::<crate::NAdamConfig>();
         check_update_kernel::<crate::ScheduleFreeAdamWConfig>();
+        check_update_kernel::<crate::LambConfig>();
         check_update_kernel::<crate::LionConfig>();
     }
 

@@ -322,6 +322,25 @@ fn resume_is_exact_schedule_free() {
     );
 }
 
+#[test]
+fn resume_is_exact_lamb() {
+    let cfg = wgpu_optim::LambConfig {
+        lr: 0.01,
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    resume_exact(
+        "lamb",
+        reference::lamb,
+        || vec![ParamGroup::rest(cfg.clone())],
+        Settings {
+            max_grad_norm: Some(1.0),
+            bad_steps: vec![3],
+            ..Default::default()
+        },
+    );
+}
+
 /// Resume is exact on every storage path: 16-bit parameters (bf16, f16, a mixed arena), bf16
 /// state, f32 master weights and stochastic rounding (its seed and counter restored, with
 /// skipped steps before the save), with odd lengths (5 and 1 elements) and a tensor split over

@@ -439,7 +439,7 @@ impl Checkpoint {
     }
 
     /// A new optimizer of the checkpoint's kind (one of this crate's: Adam, SGD, RMSprop,
-    /// Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, ScheduleFreeAdamW) over
+    /// Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, ScheduleFreeAdamW, LAMB) over
     /// `params`, with the
     /// checkpoint's groups, hyperparameters, precision and rounding seed, ready for
     /// [`Checkpoint::restore`]: for a program that did not write the file.
@@ -478,10 +478,11 @@ impl Checkpoint {
             crate::ScheduleFreeAdamWConfig::NAME => {
                 build::<crate::ScheduleFreeAdamWConfig>(self, params)
             }
+            crate::LambConfig::NAME => build::<crate::LambConfig>(self, params),
             other => Err(mismatch(
                 "optimizer",
                 "one of Adam, SGD, RMSprop, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, \
-                 ScheduleFreeAdamW",
+                 ScheduleFreeAdamW, LAMB",
                 other,
             )),
         }

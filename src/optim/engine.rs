@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 mod l1;
 mod precision;
+mod tensor_sums;
 
 /// The state key of the f32 master copy of 16-bit parameters ([`Precision::master_weights`]).
 pub const MASTER: &str = "master";
@@ -69,6 +70,10 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     scaler: Option<GradScaler>,
     norm: Option<NormPlan>,
     norm_ran: bool,
+    /// With [`OptimizerConfig::TENSOR_SUMS`]: the per-tensor sums' buffers and reduce pass, and
+    /// the first pass's pipelines (`pipelines` are then the second pass's).
+    tensor_sums: Option<tensor_sums::TensorSums>,
+    pipelines_sums: Vec<wgpu::ComputePipeline>,
 }
 
 impl<C: OptimizerConfig> std::fmt::Debug for FusedOptimizer<C> {
@@ -116,13 +121,21 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let layout = params.layout.clone();
         let slots = C::SLOTS.len();
         let limit = gpu.limits().max_storage_buffers_per_shader_stage as usize;
-        if 5 + slots > limit {
+        let sums = C::TENSOR_SUMS;
+        let need = 5 + slots + if sums > 0 { 2 } else { 0 };
+        if need > limit {
             return Err(Error::DeviceLimit(format!(
-                "{} needs {} storage buffers per shader stage, the device allows {limit}",
+                "{} needs {need} storage buffers per shader stage, the device allows {limit}",
                 C::NAME,
-                5 + slots
             )));
         }
+        if sums > 4 {
+            return Err(Error::InvalidOptions(format!(
+                "{} asks for {sums} sums per tensor; at most 4 are supported",
+                C::NAME
+            )));
+        }
+        let tensor_sums = (sums > 0).then(|| tensor_sums::TensorSums::new(&gpu, &layout, sums));
         let first = &configs[0];
         let mut states = Vec::new();
         for &key in C::SLOTS.iter().filter(|k| first.uses_state(k)) {
@@ -146,7 +159,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             "wgpu-optim rounding key",
             bytemuck::bytes_of(&StepRng::default()),
         );
-        let (_, pipeline_layout) = kernel::update_layout(&gpu, slots, false);
+        let (_, pipeline_layout) = kernel::update_layout(&gpu, slots, false, sums > 0);
         let mut opt = FusedOptimizer {
             pipelines: Vec::new(),
             param_bufs: params.param_bufs.clone(),
@@ -177,6 +190,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             scaler: None,
             norm: None,
             norm_ran: false,
+            tensor_sums,
+            pipelines_sums: Vec::new(),
         };
         opt.fill_states()?;
         opt.bind();
@@ -211,7 +226,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let gpu = &self.gpu;
         let layout = &self.layout;
         let master = self.precision.master_weights;
-        let (bgl, pipeline_layout) = kernel::update_layout(gpu, C::SLOTS.len(), master);
+        let (bgl, pipeline_layout) =
+            kernel::update_layout(gpu, C::SLOTS.len(), master, self.tensor_sums.is_some());
         self.chunks = (0..layout.chunk_lens.len())
             .map(|c| {
                 let mut entries = vec![
@@ -243,6 +259,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     next += 1;
                 }
                 entries.push((next, self.rng.as_entire_buffer_binding()));
+                if let Some(ts) = &self.tensor_sums {
+                    entries.push((next + 1, ts.tables[c].as_entire_buffer_binding()));
+                    entries.push((next + 2, ts.sums.as_entire_buffer_binding()));
+                }
                 (kernel::bind(gpu, &bgl, &entries), layout.chunk_lens[c])
             })
             .collect();
@@ -260,21 +280,33 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             self.norm_active(),
             self.l1.iter().any(|&l| l != 0.0),
         ];
-        self.pipelines = self
-            .layout
-            .chunk_dtypes
-            .iter()
-            .map(|&param| {
-                update_pipeline(
-                    &self.gpu,
-                    &self.pipeline_layout,
-                    &self.groups,
-                    flags,
-                    self.storage(param),
-                    &[],
-                )
-            })
-            .collect();
+        // With per-tensor sums: the first pass (MODE 0, `main_sums`), then the second (MODE 2).
+        let sums = self.tensor_sums.is_some();
+        let build = |entry: &'static str, mode: Option<u32>| -> Vec<wgpu::ComputePipeline> {
+            let extra: Vec<(&'static str, u32)> = mode.map(|m| ("MODE", m)).into_iter().collect();
+            self.layout
+                .chunk_dtypes
+                .iter()
+                .map(|&param| {
+                    update_pipeline(
+                        &self.gpu,
+                        &self.pipeline_layout,
+                        &self.groups,
+                        flags,
+                        self.storage(param),
+                        entry,
+                        &extra,
+                    )
+                })
+                .collect()
+        };
+        let pipelines = build("main", sums.then_some(2));
+        let pipelines_sums = if sums {
+            build("main_sums", Some(0))
+        } else {
+            Vec::new()
+        };
+        (self.pipelines, self.pipelines_sums) = (pipelines, pipelines_sums);
     }
 
     /// The storage of a chunk of `param` dtype under the current precision.
@@ -309,6 +341,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     &self.groups,
                     [false, false, false],
                     self.storage(param),
+                    "main",
                     &[("MODE", mode)],
                 )
             })
@@ -493,6 +526,7 @@ fn update_pipeline<C: OptimizerConfig>(
     groups: &[C],
     [grad_mul, skip, l1]: [bool; 3],
     storage: Storage,
+    entry: &'static str,
     extra: &[(&'static str, u32)],
 ) -> wgpu::ComputePipeline {
     let mut constants = vec![
@@ -508,11 +542,11 @@ fn update_pipeline<C: OptimizerConfig>(
     gpu.pipeline(
         PipelineKey {
             shader: C::NAME,
-            entry: "main",
+            entry,
             variant: storage.code(),
             constants,
         },
-        || shader::update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage),
+        || shader::update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage, C::TENSOR_SUMS),
         layout,
         true,
     )
@@ -581,6 +615,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 plan.record(&mut pass, &gpu);
             }
             self.scalars.record_select(&mut pass);
+            if let Some(ts) = &self.tensor_sums {
+                kernel::record(&mut pass, &gpu, &self.pipelines_sums, &self.chunks);
+                ts.record(&mut pass, &gpu);
+            }
             kernel::record(&mut pass, &gpu, &self.pipelines, &self.chunks);
         }
         let readback = self.scalars.queue_readback(&mut enc, &self.ctrl);

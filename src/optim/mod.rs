@@ -10,6 +10,7 @@ mod adagrad;
 mod adam;
 mod adamax;
 mod asgd;
+mod lamb;
 mod lion;
 mod nadam;
 mod radam;
@@ -23,6 +24,7 @@ pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
 pub use adam::{Adam, AdamConfig, AdamScalars};
 pub use adamax::{Adamax, AdamaxConfig, AdamaxScalars};
 pub use asgd::{Asgd, AsgdConfig, AsgdScalars};
+pub use lamb::{Lamb, LambConfig, LambScalars};
 pub use lion::{Lion, LionConfig, LionScalars};
 pub use nadam::{NAdam, NAdamConfig, NAdamScalars};
 pub use radam::{RAdam, RAdamConfig, RAdamScalars};
@@ -207,6 +209,15 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn validate(&self) -> Result<()>;
     /// Whether this configuration uses state `key` (one of [`Self::SLOTS`]).
     fn uses_state(&self, key: &str) -> bool;
+    /// Sums over each tensor (at most 4) that the update needs between two passes, as LAMB's
+    /// trust ratio needs the norms of the parameter and of the update (0, the default: one
+    /// pass). With `k` > 0 the step runs the kernel twice, in the same submit: first with the
+    /// `override MODE: u32` at 0, where `update` updates the state and calls
+    /// `accumulate(j, v)` for each sum `j < k` (the lanes of `v` inside the tensor, added up);
+    /// then the engine adds them up per tensor in a fixed order (deterministic, no atomics);
+    /// then with `MODE` 2, where `update` reads them with `tensor_sum(i, j)` and writes the
+    /// parameter. See `src/optim/engine/tensor_sums.rs` and [`crate::reference::tensor_sum`].
+    const TENSOR_SUMS: u32 = 0;
     /// Whether a step may be taken now (checked before every step, after
     /// [`Self::validate`]); `Ok` unless an optimizer has modes, as Schedule-Free's eval mode.
     fn ready(&self) -> Result<()> {
