@@ -33,6 +33,8 @@ pub struct State {
     /// Steps taken.
     pub step: u64,
     buffers: Vec<(&'static str, Array1<f32>)>,
+    /// During a [`stored_step`] on 16-bit state: its dtype, rounding, key and positions.
+    stored: Option<(DType, bool, u32, Vec<u32>)>,
 }
 
 impl State {
@@ -43,7 +45,27 @@ impl State {
             .filter(|k| config.uses_state(k))
             .map(|&k| (k, Array1::from_elem(len, config.state_init(k))))
             .collect();
-        State { step: 0, buffers }
+        State {
+            step: 0,
+            buffers,
+            stored: None,
+        }
+    }
+
+    /// Round `values` (state slot `slot` of [`OptimizerConfig::SLOTS`]) as the kernel stores
+    /// them, for a reference whose step reads its state back after storing it (LAMB): a no-op
+    /// but inside a [`stored_step`] on 16-bit state.
+    pub fn round_as_stored(&self, slot: usize, values: &mut [f32]) {
+        if let Some((dtype, stochastic, key, positions)) = &self.stored {
+            narrow(
+                values,
+                *dtype,
+                *stochastic,
+                *key,
+                1 + slot as u32,
+                positions,
+            );
+        }
     }
 
     /// A state buffer by PyTorch's key, if this configuration keeps it.
@@ -181,7 +203,11 @@ pub fn stored_step<C: OptimizerConfig>(
         Some(m) => (*m).clone(),
         None => param.clone(),
     };
+    if stored.state.is_half() {
+        state.stored = Some((stored.state, stored.stochastic, key, positions.to_vec()));
+    }
     step(cfg, &mut p, grad, state);
+    state.stored = None;
     for (k, slot) in C::SLOTS.iter().enumerate() {
         if let Some(b) = state.get_mut(slot) {
             let b = b.as_slice_mut().expect("contiguous");
@@ -712,11 +738,16 @@ pub fn lamb(cfg: &LambConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state
     let mut m = state.take("exp_avg");
     let mut v = state.take("exp_avg_sq");
     let n = param.len();
-    let mut u = vec![0.0f32; n];
     for i in 0..n {
         let g = grad[i];
         m[i] = add_scaled(m[i] * s.beta1, g, s.one_minus_beta1);
         v[i] = addcmul(v[i] * s.beta2, g, g, s.one_minus_beta2);
+    }
+    // The direction is computed from the moments as stored (both passes read them back).
+    state.round_as_stored(0, m.as_slice_mut().expect("contiguous"));
+    state.round_as_stored(1, v.as_slice_mut().expect("contiguous"));
+    let mut u = vec![0.0f32; n];
+    for i in 0..n {
         let (m_hat, v_hat) = (m[i] / s.bias_correction1, v[i] / s.bias_correction2);
         u[i] = add_scaled(m_hat / (v_hat.sqrt() + s.eps), param[i], s.weight_decay);
     }

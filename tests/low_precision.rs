@@ -1,6 +1,7 @@
 //! Every optimizer on every storage combination against the CPU reference
 //! (`reference::stored_step`): parameter dtype (f32, bf16, f16, a mixed arena) × state dtype ×
-//! master weights × stochastic rounding, one table, all through the shared runner. Then the
+//! master weights × stochastic rounding, one table (every optimizer, LAMB and Schedule-Free
+//! AdamW included), all through the shared runner. Then the
 //! gradient machinery (clipping, non-finite skip, the loss scaler, groups, chunk boundaries) on
 //! 16-bit storage, sizes that are odd in elements, shapes of rank 0–4, stochastic rounding's
 //! unbiasedness, and bad input.
@@ -443,4 +444,27 @@ fn state_converts_between_dtypes() {
     assert_eq!(m16, want);
     opt.step(&mut params).unwrap();
     assert_eq!(opt.step_count(), 2);
+}
+
+#[test]
+fn lamb_and_schedule_free() {
+    every_storage(
+        wgpu_optim::LambConfig {
+            lr: 1e-2,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        reference::lamb,
+        &[],
+    );
+    every_storage(
+        wgpu_optim::ScheduleFreeAdamWConfig {
+            lr: 1e-2,
+            warmup_steps: 2,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        reference::schedule_free_adamw,
+        &["z"],
+    );
 }

@@ -16,8 +16,8 @@ pub type Lamb = FusedOptimizer<LambConfig>;
 /// `p = p - lr * (||p|| / ||u||) * u` (the ratio 1 where either norm is 0). The two norms of
 /// every tensor are reduced on the GPU in the step's own submit, in a fixed order
 /// ([`OptimizerConfig::TENSOR_SUMS`]): the step is two passes over the tensors and a small
-/// reduce pass, with no read-back. The state is f32 ([`FusedOptimizer::set_precision`] refuses
-/// a 16-bit state for it); the parameters may be 16-bit, with or without master weights.
+/// reduce pass, with no read-back. Both passes compute the direction from the moments as
+/// stored, so they agree on it with a bf16 state too.
 ///
 /// ```
 /// use wgpu_optim::LambConfig;

@@ -36,13 +36,6 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         if precision == self.precision {
             return Ok(());
         }
-        if C::TENSOR_SUMS > 0 && precision.state.is_half() {
-            return Err(Error::InvalidOptions(format!(
-                "{} keeps its state in f32 (its per-tensor sums are taken over the stored \
-                 moments in both passes)",
-                C::NAME
-            )));
-        }
         if precision.master_weights && !self.layout.chunk_dtypes.iter().any(|d| d.is_half()) {
             return Err(Error::InvalidOptions(
                 "master weights need 16-bit (bf16 or f16) parameters; every parameter is f32"
