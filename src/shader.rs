@@ -523,17 +523,29 @@ mod tests {
                 next += 1;
             }
             want.push((next, "rng".to_string()));
+            if C::TENSOR_SUMS > 0 {
+                want.push((next + 1, "tsum_table".to_string()));
+                want.push((next + 2, "tsums".to_string()));
+            }
             assert_eq!(
                 bindings(&module),
                 want,
                 "bindings of {} {storage:?}",
                 C::NAME
             );
-            assert!(
-                module.entry_points.iter().any(|e| e.name == "main"),
-                "{} has no entry point",
-                C::NAME
-            );
+            let entries: Vec<&str> = module
+                .entry_points
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            let expected: &[&str] = if C::TENSOR_SUMS > 0 {
+                &["main", "main_sums"]
+            } else {
+                &["main"]
+            };
+            for e in expected {
+                assert!(entries.contains(e), "{} has no entry point {e}", C::NAME);
+            }
         }
     }
 
