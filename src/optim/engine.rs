@@ -48,8 +48,11 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     seed: u64,
     /// The step's random key.
     rng: wgpu::Buffer,
-    /// Bound where a kernel's buffer is not used.
+    /// Bound where the master copy is not used (f32 chunks).
     dummy: wgpu::Buffer,
+    /// Bound where a state slot is not used, one per slot: WebGPU forbids binding one buffer
+    /// range to two writable bindings of a dispatch (wgpu's native validation lets it pass).
+    unused_states: Vec<wgpu::Buffer>,
     tables: Vec<wgpu::Buffer>,
     /// The step's scalars (and, once steps can be skipped, their window and select pass).
     scalars: ScalarWindow,
@@ -120,6 +123,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             states.push((key, Vec::new()));
         }
         let dummy = arena::storage(&gpu, "wgpu-optim unused buffer", 16);
+        let unused_states = C::SLOTS
+            .iter()
+            .map(|_| arena::storage(&gpu, "wgpu-optim unused state", 16))
+            .collect();
         let ctrl = arena::storage_with(&gpu, "wgpu-optim ctrl", bytemuck::bytes_of(&Ctrl::INITIAL));
         let scalars = ScalarWindow::new(&gpu, configs.len(), &ctrl);
         let tables: Vec<wgpu::Buffer> = if configs.len() > 1 {
@@ -157,6 +164,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             seed: 0,
             rng,
             dummy,
+            unused_states,
             tables,
             scalars,
             ctrl,
@@ -222,7 +230,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 for (k, slot) in C::SLOTS.iter().enumerate() {
                     let b = match self.states.iter().find(|(key, _)| key == slot) {
                         Some((_, b)) => &b[c],
-                        None => &self.dummy,
+                        None => &self.unused_states[k],
                     };
                     entries.push((5 + k as u32, b.as_entire_buffer_binding()));
                 }
