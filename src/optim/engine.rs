@@ -2,7 +2,7 @@
 
 use super::groups::{self, ParamGroup};
 use super::window::ScalarWindow;
-use super::{Optimizer, OptimizerConfig};
+use super::{Optimizer, OptimizerConfig, ReadFuture};
 use crate::arena::{self, Layout};
 use crate::dtype::{self, DType, Precision};
 use crate::error::{check, Error, Result};
@@ -585,6 +585,16 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     fn read_ctrl(&self) -> Result<Ctrl> {
         self.gpu.read_struct(&self.ctrl)
     }
+
+    async fn read_ctrl_async(&self) -> Result<Ctrl> {
+        self.gpu.read_struct_async(&self.ctrl).await
+    }
+
+    fn no_norm() -> Error {
+        Error::InvalidOptions(
+            "no gradient norm was computed in the last step: enable clipping, skip_nonfinite or a grad scaler".into(),
+        )
+    }
 }
 
 /// The update kernel specialised for these groups and `[grad_mul, skip]`.
@@ -723,14 +733,34 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
         self.submitted - self.scalars.skipped(self.submitted, || self.read_ctrl())
     }
 
+    fn step_count_async(&self) -> ReadFuture<'_, u64> {
+        Box::pin(async move {
+            let skipped = self
+                .scalars
+                .skipped_async(self.submitted, self.read_ctrl_async())
+                .await;
+            Ok(self.submitted - skipped)
+        })
+    }
+
     fn state_keys(&self) -> Vec<&'static str> {
         self.states.iter().map(|(k, _)| *k).collect()
     }
 
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {
-        let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
-        let slot = self.layout.slot(tensor)?;
-        arena::read_slot(&self.gpu, bufs, slot, dtype)
+        crate::gpu::block_on(
+            "Optimizer::state",
+            "Optimizer::state_async",
+            self.state_async(key, tensor),
+        )
+    }
+
+    fn state_async<'a>(&'a self, key: &'a str, tensor: &'a str) -> ReadFuture<'a, Vec<f32>> {
+        Box::pin(async move {
+            let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
+            let slot = self.layout.slot(tensor)?;
+            arena::read_slot_async(&self.gpu, bufs, slot, dtype).await
+        })
     }
 
     fn group_count(&self) -> usize {
@@ -778,12 +808,20 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn last_grad_norm(&self) -> Result<f32> {
-        if !self.norm_ran {
-            return Err(Error::InvalidOptions(
-                "no gradient norm was computed in the last step: enable clipping, skip_nonfinite or a grad scaler".into(),
-            ));
-        }
-        Ok(self.read_ctrl()?.norm)
+        crate::gpu::block_on(
+            "Optimizer::last_grad_norm",
+            "Optimizer::last_grad_norm_async",
+            self.last_grad_norm_async(),
+        )
+    }
+
+    fn last_grad_norm_async(&self) -> ReadFuture<'_, f32> {
+        Box::pin(async move {
+            if !self.norm_ran {
+                return Err(Self::no_norm());
+            }
+            Ok(self.read_ctrl_async().await?.norm)
+        })
     }
 
     fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
@@ -792,7 +830,15 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn last_step_skipped(&self) -> Result<bool> {
-        Ok(self.norm_ran && self.read_ctrl()?.skip != 0)
+        crate::gpu::block_on(
+            "Optimizer::last_step_skipped",
+            "Optimizer::last_step_skipped_async",
+            self.last_step_skipped_async(),
+        )
+    }
+
+    fn last_step_skipped_async(&self) -> ReadFuture<'_, bool> {
+        Box::pin(async move { Ok(self.norm_ran && self.read_ctrl_async().await?.skip != 0) })
     }
 
     fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()> {
