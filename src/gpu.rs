@@ -321,7 +321,9 @@ impl Gpu {
             self.probe_fma(),
         ) {
             Ok(f) => *self.inner.fma.get_or_init(|| f),
-            Err(_) => true,
+            // Not cached: the async form can still find out.
+            Err(Error::WouldBlock { .. }) => true,
+            Err(_) => *self.inner.fma.get_or_init(|| true),
         }
     }
 
@@ -330,10 +332,8 @@ impl Gpu {
         if let Some(&f) = self.inner.fma.get() {
             return f;
         }
-        match self.probe_fma().await {
-            Ok(f) => *self.inner.fma.get_or_init(|| f),
-            Err(_) => true,
-        }
+        let probed = self.probe_fma().await;
+        *self.inner.fma.get_or_init(|| probed.unwrap_or(true))
     }
 
     async fn probe_fma(&self) -> Result<bool> {
