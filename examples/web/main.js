@@ -36,7 +36,7 @@ function median(xs) {
 function draw(points, total) {
   const c = $("curve");
   const g = c.getContext("2d");
-  const W = c.width, H = c.height, L = 70, R = 20, T = 20, B = 50;
+  const W = c.width, H = c.height, L = 80, R = 20, T = 20, B = 50;
   g.clearRect(0, 0, W, H);
   g.fillStyle = "#fff";
   g.fillRect(0, 0, W, H);
@@ -50,8 +50,9 @@ function draw(points, total) {
   g.stroke();
   g.fillText("step", W - R - 30, H - 12);
   g.save();
-  g.translate(18, T + 150);
+  g.translate(22, (T + H - B) / 2);
   g.rotate(-Math.PI / 2);
+  g.textAlign = "center";
   g.fillText("training loss (log scale)", 0, 0);
   g.restore();
   if (points.length === 0) return;
@@ -67,7 +68,7 @@ function draw(points, total) {
     g.moveTo(L, y(v));
     g.lineTo(W - R, y(v));
     g.stroke();
-    g.fillText(Math.pow(10, v).toPrecision(2), 28, y(v) + 5);
+    g.fillText(Math.pow(10, v).toPrecision(2), 36, y(v) + 5);
   }
   for (let i = 0; i <= 4; i++) {
     const s = Math.round((total * i) / 4);
@@ -101,6 +102,7 @@ async function train() {
   running = true;
   $("start").disabled = true;
   const name = $("optimizer").value;
+  const label = $("optimizer").selectedOptions[0].textContent.replace(/ \(.*\)$/, "");
   const clip = $("clip").checked;
   const total = Math.max(22, parseInt($("steps").value, 10) || 660);
   const points = [];
@@ -143,7 +145,7 @@ async function train() {
     status.dataset.optimizerSteps = String(steps);
     setStatus(
       "done",
-      `Done: ${steps} ${name} steps${clip ? `, last gradient norm ${fmt(norm, 3)}` : ""}; ` +
+      `Done: ${steps} ${label} steps${clip ? `, last gradient norm ${fmt(norm, 3)}` : ""}; ` +
         `loss ${fmt(points[0][1], 3)} → ${fmt(points[points.length - 1][1], 3)}, ` +
         `test loss ${fmt(testLoss, 3)}, test accuracy ${fmt(100 * testAcc, 1)} % on ${demo.parameters()} parameters.`
     );

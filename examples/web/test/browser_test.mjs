@@ -78,7 +78,7 @@ const browser = await chromium.launch({
   args: FLAGS,
 });
 try {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 1000 } });
+  const context = await browser.newContext({ viewport: { width: 1000, height: 800 } });
   const page = await context.newPage();
   const errors = [];
   watch(page, errors);
