@@ -46,7 +46,7 @@ fn compare(what: &str, got: &[f32], want: &[f32]) -> Result<f32, String> {
     let mut worst = 0.0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
-        if !(err <= ATOL + RTOL * w.abs()) {
+        if err.is_nan() || err > ATOL + RTOL * w.abs() {
             return Err(format!("{what}[{i}] = {g}, the reference says {w}"));
         }
         worst = worst.max(err);

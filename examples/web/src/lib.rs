@@ -120,6 +120,10 @@ fn busy() -> JsError {
     JsError::new("the run is busy with a read-back: await the previous call first")
 }
 
+// The read-backs hold a shared borrow of the run across their await on purpose: it keeps
+// `train` (a mutable borrow, tried, never forced) from changing the run under them, and a page
+// that calls in meanwhile gets "busy" instead of a panic.
+#[allow(clippy::await_holding_refcell_ref)]
 #[wasm_bindgen]
 impl Demo {
     /// Open the browser's WebGPU adapter and build the 64-64-10 MLP on the digits (80% train,
