@@ -78,6 +78,13 @@
 //! state, and the cost does not grow with the number of tensors: `tests/checkpoint_memory.rs`
 //! measures the heap, `cargo run --release --example checkpoint_bench` the time.
 //!
+//! # In memory
+//!
+//! [`save_to_bytes_async`] (and [`save_to_bytes`], blocking) give the same file as bytes, and
+//! [`load_from_bytes`] / [`Checkpoint::from_bytes`] read them with every check below: what a web
+//! page uses, where there is no filesystem (the path-taking functions exist on native targets
+//! only). The bytes are the whole checkpoint in host memory, not a stream.
+//!
 //! # Loading
 //!
 //! [`load`] (or [`open`] then [`Checkpoint::restore`]) validates everything before it changes

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// An open checkpoint file whose header has been read and checked (its data has not been read
-/// yet). Use it to see what a checkpoint holds, to build matching parameters and optimizer, and
+/// An open checkpoint (a file, or bytes in memory: [`Checkpoint::from_bytes`]) whose header has
+/// been read and checked (its data has not been read yet). Use it to see what a checkpoint holds, to build matching parameters and optimizer, and
 /// to restore them.
 ///
 /// ```no_run
