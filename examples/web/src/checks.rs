@@ -282,6 +282,60 @@ async fn checkpoint_bytes(gpu: &Gpu) -> Result<String, String> {
     ))
 }
 
+/// A wgpu error inside a synchronous call (a step on a destroyed buffer): in a browser its
+/// error scopes answer only after the page yields, so the error comes back from a later call on
+/// the device, as an `Error::Gpu`, never as a panic or a silent success.
+async fn deferred_error(gpu: &Gpu) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let mut params = Params::new(gpu, &[("w", &[1.0f32; 64][..])]).map_err(e)?;
+    let mut opt = FusedOptimizer::<SgdConfig>::new(&params, SgdConfig::default()).map_err(e)?;
+    let fence = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("deferred error fence"),
+        size: 16,
+        usage: wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    params
+        .param_buffer(0)
+        .ok_or("no parameter buffer")?
+        .destroy();
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let step = opt.step(&mut params);
+        outcomes.push(format!("step: {step:?}"));
+        if let Err(err @ Error::Gpu(_)) = step {
+            return Ok(format!(
+                "after {} calls, a step said: {err}",
+                outcomes.len()
+            ));
+        }
+        // Yield to the page so that the scopes answer: this read-back (the next call on the
+        // device) may be the one that reports it.
+        let read = gpu.read_buffer_f32_async(&fence, 1).await;
+        outcomes.push(format!("read: {read:?}"));
+        if let Err(err @ Error::Gpu(_)) = read {
+            return Ok(format!(
+                "after {} calls, a read-back said: {err}",
+                outcomes.len()
+            ));
+        }
+        sleep_ms(50).await;
+    }
+    Err(format!(
+        "no Error::Gpu after a step on a destroyed buffer: {outcomes:?}"
+    ))
+}
+
+/// Resolves after `ms` milliseconds of the page's event loop (a timer).
+async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
 /// Every check, in order.
 pub async fn run_all(gpu: &Gpu) -> Vec<Value> {
     let fused = gpu.fused_multiply_add_async().await;
@@ -418,5 +472,6 @@ pub async fn run_all(gpu: &Gpu) -> Vec<Value> {
         .await,
     ));
     out.push(check("checkpoint bytes", checkpoint_bytes(gpu).await));
+    out.push(check("deferred GPU error", deferred_error(gpu).await));
     out
 }

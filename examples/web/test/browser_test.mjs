@@ -2,7 +2,8 @@
 // headless Chromium with WebGPU on SwiftShader (no GPU needed), and asserts:
 //  - the adapter is a real WebGPU adapter (none is a failure, not a skip);
 //  - the in-page checks pass: every optimizer against the CPU reference, clipping, skipped
-//    NaN steps, async read-backs, a checkpoint saved to bytes and loaded back;
+//    NaN steps, async read-backs, a checkpoint saved to bytes and loaded back, a GPU error in
+//    a step reported by the next call;
 //  - training the digits MLP for N steps lowers the loss, and a step time is shown; so do
 //    the page's other optimizers, clipped or not;
 //  - no console error and no uncaught exception on the page;
