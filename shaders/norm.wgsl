@@ -226,10 +226,14 @@ fn finalize() {
         norm = sqrt(total.x);
     }
     let found_inf = total.y != 0.0;
+    // The bits go through a variable: a constant bitcast to NaN or inf is a WGSL error
+    // (Tint, the browsers' compiler, rejects it; naga lets it through).
+    var special = 0x7f800000u; // an infinite gradient: torch's norm is inf
     if (total.y >= 2.0) {
-        norm = bitcast<f32>(0x7fc00000u); // a NaN gradient: torch's norm is NaN
-    } else if (found_inf) {
-        norm = bitcast<f32>(0x7f800000u); // an infinite gradient: torch's norm is inf
+        special = 0x7fc00000u; // a NaN gradient: torch's norm is NaN
+    }
+    if (found_inf) {
+        norm = bitcast<f32>(special);
     }
     var mul = inv_scale();
     if (cfg.clip != 0u) {

@@ -285,6 +285,18 @@ pub(crate) fn read_slot(
     gpu.read_with(&pieces, |bytes| decode_pieces(bytes, slot, dtype))
 }
 
+/// Async form of [`read_slot`].
+pub(crate) async fn read_slot_async(
+    gpu: &Gpu,
+    bufs: &[wgpu::Buffer],
+    slot: &Slot,
+    dtype: DType,
+) -> Result<Vec<f32>> {
+    let pieces = piece_ranges(bufs, slot, dtype);
+    gpu.read_with_async(&pieces, |bytes| decode_pieces(bytes, slot, dtype))
+        .await
+}
+
 /// A zero-filled storage buffer of `bytes` in the arena's usage set.
 pub(crate) fn arena_buffer(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
     gpu.device().create_buffer(&wgpu::BufferDescriptor {

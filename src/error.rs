@@ -122,6 +122,16 @@ pub enum Error {
     /// Reading data back from the GPU failed.
     #[error("GPU read-back failed: {0}")]
     ReadBack(String),
+    /// A call that waits for the GPU was made where nothing may block: in a browser
+    /// (wasm32), where the page's thread must return to the event loop for the GPU to answer.
+    /// Use the named `_async` form instead.
+    #[error("`{call}` waits for the GPU, which a browser does not allow: use `{instead}`")]
+    WouldBlock {
+        /// The blocking call.
+        call: &'static str,
+        /// Its async form.
+        instead: &'static str,
+    },
     /// The device was lost (destroyed, reset or removed): every later call on it fails with
     /// this error. Build a new [`crate::Gpu`] and restore from a checkpoint.
     #[error("the GPU device was lost: {0}")]

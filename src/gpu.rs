@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +56,29 @@ struct Inner {
     /// Set when the device is lost (its lost callback, or an error that says so): every later
     /// call fails with `Error::DeviceLost` before touching it.
     lost: Arc<Mutex<Option<String>>>,
+    /// In a browser, error scopes resolve later than the call that pushed them: the first error
+    /// of a synchronous call lands here and is returned by the next call (see `Gpu::scoped`).
+    deferred: Arc<Mutex<Option<String>>>,
+}
+
+/// Run `f` to completion on this thread, for the blocking forms of the async calls (`call`,
+/// whose async form is `instead`). Native only: in a browser nothing may block, so there it is
+/// an [`Error::WouldBlock`] naming the async form.
+pub(crate) fn block_on<T>(
+    call: &'static str,
+    instead: &'static str,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (call, instead);
+        pollster::block_on(f)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(f);
+        Err(Error::WouldBlock { call, instead })
+    }
 }
 
 /// Cache key of a compiled pipeline: the shader and its specialisation constants.
@@ -77,22 +101,32 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Open the default adapter, blocking.
+    /// Open the default adapter, blocking ([`Gpu::new_async`] without the wait; in a browser,
+    /// where nothing may block, this is an [`Error::WouldBlock`]).
     ///
     /// Honours `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`), `WGPU_ADAPTER_NAME` (a
     /// case-insensitive substring of the adapter name) and `WGPU_POWER_PREF`, as wgpu's own
     /// helpers do, and requests the adapter's full limits (wgpu's defaults would cap one storage
     /// binding at 128 MiB).
     pub fn new() -> Result<Self> {
-        pollster::block_on(Self::new_async())
+        block_on("Gpu::new", "Gpu::new_async", Self::new_async())
     }
 
-    /// Async form of [`Gpu::new`].
+    /// Async form of [`Gpu::new`], on every target. In a browser (wasm32) it asks
+    /// `navigator.gpu` for an adapter ([`wgpu::Backends::BROWSER_WEBGPU`]); an
+    /// [`Error::NoAdapter`] there means the browser has no WebGPU.
+    ///
+    /// ```no_run
+    /// # async fn f() -> wgpu_optim::Result<()> {
+    /// let gpu = wgpu_optim::Gpu::new_async().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn new_async() -> Result<Self> {
         // wgpu's GL backend is asked only when no Vulkan, Metal or DX12 adapter exists (or
         // WGPU_BACKEND asks for it), so a normal run does not start EGL and print its warnings.
         let tiers: &[usize] = match wgpu::Backends::from_env() {
             Some(_) => &[0],
+            None if cfg!(target_arch = "wasm32") => &[0],
             None => &[0, 1],
         };
         let mut tried = Vec::new();
@@ -145,6 +179,7 @@ impl Gpu {
     /// that context current too, so two threads doing either at once make it current twice
     /// (wgpu-hal panics with `BadAccess`). Devices of one adapter share its lock, so every GL
     /// device of the process is made from this one (looked up under a lock of ours).
+    #[cfg(not(target_arch = "wasm32"))]
     fn gl_adapter(instance: &wgpu::Instance) -> std::result::Result<wgpu::Adapter, String> {
         static GL: Mutex<Option<wgpu::Adapter>> = Mutex::new(None);
         let mut cached = GL.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,6 +193,12 @@ impl Gpu {
             *cached = Some(adapter.clone());
         }
         Ok(adapter)
+    }
+
+    /// A browser has no GL tier (`new_async` does not ask for one there).
+    #[cfg(target_arch = "wasm32")]
+    fn gl_adapter(_instance: &wgpu::Instance) -> std::result::Result<wgpu::Adapter, String> {
+        Err("no GL fallback in a browser".into())
     }
 
     /// The adapter `WGPU_ADAPTER_NAME` names, or the default one, of `instance`.
@@ -211,6 +252,7 @@ impl Gpu {
                 pipelines: Mutex::new(HashMap::new()),
                 waits: AtomicU64::new(0),
                 lost: Default::default(),
+                deferred: Default::default(),
             }),
         }
     }
@@ -253,6 +295,7 @@ impl Gpu {
                 pipelines: Mutex::new(HashMap::new()),
                 waits: AtomicU64::new(0),
                 lost: i.lost.clone(),
+                deferred: i.deferred.clone(),
             }),
         }
     }
@@ -266,15 +309,34 @@ impl Gpu {
     /// kernel. ATen's CPU and CUDA kernels fuse the multiply-adds of `add(alpha=)`, `addcmul`
     /// and `lerp`; so do our shaders, through `fma`, which a driver may still split (lavapipe
     /// does). [`crate::reference::set_fused_multiply_add`] makes the CPU reference round the
-    /// same way, for bit-for-bit comparisons. Blocks the first time.
+    /// same way, for bit-for-bit comparisons. Blocks the first time (in a browser, use
+    /// [`Gpu::fused_multiply_add_async`]; until that has run this says `true`).
     pub fn fused_multiply_add(&self) -> bool {
-        *self
-            .inner
-            .fma
-            .get_or_init(|| self.probe_fma().unwrap_or(true))
+        if let Some(&f) = self.inner.fma.get() {
+            return f;
+        }
+        match block_on(
+            "Gpu::fused_multiply_add",
+            "Gpu::fused_multiply_add_async",
+            self.probe_fma(),
+        ) {
+            Ok(f) => *self.inner.fma.get_or_init(|| f),
+            // Not cached: the async form can still find out.
+            Err(Error::WouldBlock { .. }) => true,
+            Err(_) => *self.inner.fma.get_or_init(|| true),
+        }
     }
 
-    fn probe_fma(&self) -> Result<bool> {
+    /// Async form of [`Gpu::fused_multiply_add`].
+    pub async fn fused_multiply_add_async(&self) -> bool {
+        if let Some(&f) = self.inner.fma.get() {
+            return f;
+        }
+        let probed = self.probe_fma().await;
+        *self.inner.fma.get_or_init(|| probed.unwrap_or(true))
+    }
+
+    async fn probe_fma(&self) -> Result<bool> {
         // fma(a, a, -c) with a = 1 + 2^-12, c = 1 + 2^-11: a*a = c + 2^-24, which an unfused
         // multiply rounds back to c (a tie to even), giving 0; a fused one gives 2^-24.
         let a = f32::from_bits(0x3F80_0800);
@@ -323,7 +385,7 @@ impl Gpu {
             pass.dispatch_workgroups(1, 1, 1);
         }
         self.queue().submit([enc.finish()]);
-        Ok(self.read_pieces(&[(&buf, 8, 4)])?[0] != 0.0)
+        Ok(self.read_pieces_async(&[(&buf, 8, 4)]).await?[0] != 0.0)
     }
 
     /// Whether GPU timestamp queries are available (used by the benchmarks).
@@ -357,32 +419,91 @@ impl Gpu {
         self.inner.waits.load(Ordering::Relaxed)
     }
 
-    /// `Err(DeviceLost)` once the device is known to be lost.
+    /// `Err(DeviceLost)` once the device is known to be lost; in a browser also the error an
+    /// earlier synchronous call's error scopes caught after it returned (once).
     pub(crate) fn check_alive(&self) -> Result<()> {
-        match &*self.inner.lost.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => Err(Error::DeviceLost(why.clone())),
+        if let Some(why) = &*self.inner.lost.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(Error::DeviceLost(why.clone()));
+        }
+        match self
+            .inner
+            .deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(text) => Err(Error::Gpu(text)),
             None => Ok(()),
         }
+    }
+
+    /// Push the error scopes of [`Gpu::scoped`] (internal errors outermost).
+    fn push_scopes(&self) -> [wgpu::ErrorScopeGuard; 3] {
+        let device = self.device();
+        [
+            device.push_error_scope(wgpu::ErrorFilter::Internal),
+            device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            device.push_error_scope(wgpu::ErrorFilter::Validation),
+        ]
     }
 
     /// Run `f` (GPU work of one of this crate's calls) inside wgpu error scopes, so that a
     /// validation, out-of-memory or internal error becomes an `Err` instead of reaching wgpu's
     /// default handler (which panics); a lost device is an [`Error::DeviceLost`] from then on.
+    ///
+    /// Natively the scopes answer at once. In a browser they answer after the page's thread
+    /// returns to its event loop, so a synchronous call (a step, an upload) cannot wait for
+    /// them: what they catch is returned as an [`Error::Gpu`] by the next call on this device.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_alive()?;
-        let device = self.device();
-        let scopes = [
-            device.push_error_scope(wgpu::ErrorFilter::Internal),
-            device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            device.push_error_scope(wgpu::ErrorFilter::Validation),
-        ];
+        let scopes = self.push_scopes();
         let out = f();
+        // wgpu pops a scope at once; what it caught is told by a future (at once natively,
+        // after the page yields in a browser).
+        let pops: Vec<_> = scopes.into_iter().rev().map(|s| s.pop()).collect();
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let mut first = None;
+            for pop in pops {
+                if let Some(e) = pollster::block_on(pop) {
+                    first.get_or_insert(e);
+                }
+            }
+            self.scope_outcome(first, out)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let deferred = self.inner.deferred.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                for pop in pops {
+                    if let Some(e) = pop.await {
+                        let mut d = deferred.lock().unwrap_or_else(|e| e.into_inner());
+                        d.get_or_insert(e.to_string());
+                    }
+                }
+            });
+            self.check_alive()?;
+            out
+        }
+    }
+
+    /// [`Gpu::scoped`] that waits for the scopes' answers, on every target.
+    pub(crate) async fn scoped_async<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let scopes = self.push_scopes();
+        let out = f();
+        let pops: Vec<_> = scopes.into_iter().rev().map(|s| s.pop()).collect();
         let mut first = None;
-        for scope in scopes.into_iter().rev() {
-            if let Some(e) = pollster::block_on(scope.pop()) {
+        for pop in pops {
+            if let Some(e) = pop.await {
                 first.get_or_insert(e);
             }
         }
+        self.scope_outcome(first, out)
+    }
+
+    /// `out`, unless the error scopes caught `first` (or the device is lost).
+    fn scope_outcome<T>(&self, first: Option<wgpu::Error>, out: Result<T>) -> Result<T> {
         if let Some(e) = first {
             let text = e.to_string();
             // A destroyed device reports its loss once its queue is idle: wait for that (an
@@ -405,6 +526,7 @@ impl Gpu {
     }
 
     /// Block until the device has finished all submitted work (counted in `blocking_waits`).
+    /// In a browser the device is polled by the browser and this returns at once.
     pub(crate) fn wait(&self) -> Result<()> {
         self.inner.waits.fetch_add(1, Ordering::Relaxed);
         self.device()
@@ -462,8 +584,25 @@ impl Gpu {
         pipeline
     }
 
-    /// Read the first `len` f32 of any buffer with `COPY_SRC` usage. Blocks.
+    /// Read the first `len` f32 of any buffer with `COPY_SRC` usage. Blocks (in a browser, use
+    /// [`Gpu::read_buffer_f32_async`]).
     pub fn read_buffer_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        block_on(
+            "Gpu::read_buffer_f32",
+            "Gpu::read_buffer_f32_async",
+            self.read_buffer_f32_async(buffer, len),
+        )
+    }
+
+    /// Async form of [`Gpu::read_buffer_f32`], on every target: the copy is submitted at once,
+    /// and the future resolves when wgpu has mapped it. Natively the future waits for the
+    /// device when first polled (wgpu's native devices only make progress when polled); in a
+    /// browser it yields to the page's event loop until the browser maps the buffer.
+    pub async fn read_buffer_f32_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<f32>> {
         if (len * 4) as u64 > buffer.size()
             || !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
         {
@@ -473,22 +612,50 @@ impl Gpu {
                 buffer.usage()
             )));
         }
-        self.read_pieces(&[(buffer, 0, (len * 4) as u64)])
+        self.read_pieces_async(&[(buffer, 0, (len * 4) as u64)])
+            .await
     }
 
     /// Copy `pieces` (buffer, byte offset, byte length) into one host vector. Blocks.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     pub(crate) fn read_pieces(&self, pieces: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
-        self.read_with(pieces, |bytes| {
+        block_on(
+            "a read-back",
+            "its async form",
+            self.read_pieces_async(pieces),
+        )
+    }
+
+    /// Async form of [`Gpu::read_pieces`].
+    pub(crate) async fn read_pieces_async(
+        &self,
+        pieces: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Vec<f32>> {
+        self.read_with_async(pieces, |bytes| {
             bytemuck::pod_collect_to_vec::<u8, f32>(bytes)
         })
+        .await
     }
 
     /// Read a plain-data struct from the start of `buffer`. Blocks.
     pub(crate) fn read_struct<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer) -> Result<T> {
+        block_on(
+            "a read-back",
+            "its async form",
+            self.read_struct_async(buffer),
+        )
+    }
+
+    /// Async form of [`Gpu::read_struct`].
+    pub(crate) async fn read_struct_async<T: bytemuck::Pod>(
+        &self,
+        buffer: &wgpu::Buffer,
+    ) -> Result<T> {
         let size = std::mem::size_of::<T>() as u64;
-        self.read_with(&[(buffer, 0, size)], |bytes| {
+        self.read_with_async(&[(buffer, 0, size)], |bytes| {
             bytemuck::pod_read_unaligned(bytes)
         })
+        .await
     }
 
     /// Copy `(buffer, offset, length)` ranges into one staging buffer, wait, and hand the
@@ -498,17 +665,49 @@ impl Gpu {
         pieces: &[(&wgpu::Buffer, u64, u64)],
         read: impl FnOnce(&[u8]) -> T,
     ) -> Result<T> {
-        self.scoped(|| self.read_unscoped(pieces, read))
+        block_on(
+            "a read-back",
+            "its async form",
+            self.read_with_async(pieces, read),
+        )
     }
 
-    fn read_unscoped<T>(
+    /// Async form of [`Gpu::read_with`]: the copies are recorded and submitted (inside error
+    /// scopes) and the staging buffer's `map_async` sends its outcome through a oneshot
+    /// channel, which the future awaits.
+    pub(crate) async fn read_with_async<T>(
         &self,
         pieces: &[(&wgpu::Buffer, u64, u64)],
         read: impl FnOnce(&[u8]) -> T,
     ) -> Result<T> {
+        let Some((staging, mapped)) = self.scoped_async(|| self.start_read(pieces)).await? else {
+            return Ok(read(&[]));
+        };
+        let landed = self.finish_read(mapped).await;
+        if landed.is_err() {
+            // A lost device shows as a failed map: say so.
+            self.check_alive()?;
+        }
+        landed?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::ReadBack(e.to_string()))?;
+            read(&view)
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Record and submit the copies of `pieces` into a new staging buffer and ask for it to be
+    /// mapped: the buffer and the channel its map outcome arrives on (`None`: nothing to read).
+    fn start_read(
+        &self,
+        pieces: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Option<(wgpu::Buffer, MapReceiver)>> {
         let total: u64 = pieces.iter().map(|p| p.2).sum();
         if total == 0 {
-            return Ok(read(&[]));
+            return Ok(None);
         }
         let staging = self.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-optim read-back"),
@@ -525,21 +724,25 @@ impl Gpu {
             at += len;
         }
         self.queue().submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
+        Ok(Some((staging, rx)))
+    }
+
+    /// Wait for a `map_async` outcome: natively by polling the device until its work is done
+    /// (counted in `blocking_waits`), in a browser by yielding until the browser answers.
+    async fn finish_read(&self, mapped: MapReceiver) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        rx.recv()
-            .map_err(|e| Error::ReadBack(e.to_string()))?
-            .map_err(|e| Error::ReadBack(e.to_string()))?;
-        let out = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::ReadBack(e.to_string()))?;
-            read(&view)
-        };
-        staging.unmap();
-        Ok(out)
+        mapped
+            .await
+            .map_err(|_| Error::ReadBack("the buffer mapping was dropped unanswered".into()))?
+            .map_err(|e| Error::ReadBack(e.to_string()))
     }
 }
+
+/// Where a staging buffer's `map_async` outcome arrives.
+type MapReceiver =
+    futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;

@@ -38,6 +38,29 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 //!
+//! # In the browser
+//!
+//! The crate builds for `wasm32-unknown-unknown` (WebGPU through `navigator.gpu`). Nothing may
+//! block there, so every call that reads the GPU has an async form on every target
+//! ([`Gpu::new_async`], [`Params::read_async`], [`Optimizer::state_async`],
+//! [`Optimizer::last_grad_norm_async`], [`checkpoint::save_to_bytes_async`], ...); natively the
+//! blocking calls run those futures to completion, in a browser they return
+//! [`Error::WouldBlock`]. [`Optimizer::step`] never waits and is the same everywhere.
+//! `examples/web/` trains a model in a page.
+//!
+//! ```no_run
+//! # async fn f() -> wgpu_optim::Result<()> {
+//! use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params};
+//! let gpu = Gpu::new_async().await?;
+//! let mut params = Params::new(&gpu, &[("w", &[0.5f32; 1000][..])])?;
+//! let mut opt = Adam::new(&params, AdamConfig::default())?;
+//! params.write_grad("w", &[0.1; 1000])?;
+//! opt.step(&mut params)?;
+//! let w = params.read_async("w").await?;
+//! let m = opt.state_async("exp_avg", "w").await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Threads
 //!
 //! [`Gpu`], [`Params`], every optimizer ([`FusedOptimizer`]), [`GradScaler`] and the schedulers
@@ -80,7 +103,7 @@ pub use norm::{GradNorm, NormType};
 pub use optim::{Adadelta, AdadeltaConfig, Asgd, AsgdConfig, Rprop, RpropConfig};
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
-    ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
+    ParamGroup, ReadFuture, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use optim::{Adamax, AdamaxConfig, NAdam, NAdamConfig, RAdam, RAdamConfig};
 pub use optim::{Lamb, LambConfig, Lion, LionConfig};

@@ -208,7 +208,7 @@ impl LrFinder {
     /// `WGPU_OPTIM_FONT` environment variable, else a common system sans-serif font (DejaVu
     /// Sans, Liberation Sans, Arial, ...; Debian/Ubuntu: `apt-get install fonts-dejavu-core`).
     /// Without one the plot is drawn without text.
-    #[cfg(feature = "plot")]
+    #[cfg(all(feature = "plot", not(target_arch = "wasm32")))]
     pub fn plot(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         plot::draw(self, path.as_ref())
     }
@@ -217,12 +217,12 @@ impl LrFinder {
 /// Register a sans-serif TrueType font with plotters (once per process) for other plots of
 /// yours, found as [`LrFinder::plot`] finds it; whether one was found (without one, plots are
 /// drawn without text).
-#[cfg(feature = "plot")]
+#[cfg(all(feature = "plot", not(target_arch = "wasm32")))]
 pub fn register_plot_font() -> bool {
     plot::font()
 }
 
-#[cfg(feature = "plot")]
+#[cfg(all(feature = "plot", not(target_arch = "wasm32")))]
 mod plot {
     use super::LrFinder;
     use crate::error::{Error, Result};
@@ -481,7 +481,7 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "plot")]
+    #[cfg(all(feature = "plot", not(target_arch = "wasm32")))]
     #[test]
     fn plot_writes_a_png() {
         let mut f = LrFinder::new(1e-7, 10.0, 300).unwrap();

@@ -351,9 +351,19 @@ pub struct GradNorm {
 }
 
 impl GradNorm {
-    /// The total norm (NaN or inf when a gradient was). Blocks (one small read-back).
+    /// The total norm (NaN or inf when a gradient was). Blocks (one small read-back;
+    /// [`GradNorm::value_async`] without the wait).
     pub fn value(&self) -> Result<f32> {
-        Ok(self.gpu.read_struct::<Ctrl>(&self.ctrl)?.norm)
+        crate::gpu::block_on(
+            "GradNorm::value",
+            "GradNorm::value_async",
+            self.value_async(),
+        )
+    }
+
+    /// Async form of [`GradNorm::value`], on every target.
+    pub async fn value_async(&self) -> Result<f32> {
+        Ok(self.gpu.read_struct_async::<Ctrl>(&self.ctrl).await?.norm)
     }
 }
 

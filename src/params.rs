@@ -2,7 +2,7 @@
 //! grad buffer per chunk of one arena [`Layout`], and [`ParamsBuilder`].
 
 use crate::arena::{
-    arena_buffer, read_slot, write_checked, Layout, Piece, Slot, CHUNK_ALIGN, TENSOR_ALIGN,
+    arena_buffer, read_slot_async, write_checked, Layout, Piece, Slot, CHUNK_ALIGN, TENSOR_ALIGN,
 };
 use crate::dtype::DType;
 use crate::error::{check, Error, Result};
@@ -360,14 +360,39 @@ impl Params {
     }
 
     /// Read a tensor's values back, widened to f32 from its storage dtype. Blocks until the GPU is
-    /// done with earlier work.
+    /// done with earlier work ([`Params::read_async`] without the wait; in a browser, where
+    /// nothing may block, this is an [`Error::WouldBlock`]).
     pub fn read(&self, name: &str) -> Result<Vec<f32>> {
-        self.read_from(&self.param_bufs, name)
+        crate::gpu::block_on("Params::read", "Params::read_async", self.read_async(name))
     }
 
-    /// Read a tensor's gradient back. Blocks.
+    /// Async form of [`Params::read`], on every target: the copy is submitted at once, the
+    /// future resolves when the GPU has done it (natively it waits for the device when first
+    /// polled; in a browser it yields to the page's event loop).
+    ///
+    /// ```no_run
+    /// # async fn f(params: &wgpu_optim::Params) -> wgpu_optim::Result<()> {
+    /// let w = params.read_async("w").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_async(&self, name: &str) -> Result<Vec<f32>> {
+        let slot = self.layout.slot(name)?;
+        read_slot_async(&self.gpu, &self.param_bufs, slot, slot.dtype).await
+    }
+
+    /// Read a tensor's gradient back. Blocks ([`Params::read_grad_async`] without the wait).
     pub fn read_grad(&self, name: &str) -> Result<Vec<f32>> {
-        self.read_from(&self.grad_bufs, name)
+        crate::gpu::block_on(
+            "Params::read_grad",
+            "Params::read_grad_async",
+            self.read_grad_async(name),
+        )
+    }
+
+    /// Async form of [`Params::read_grad`], on every target.
+    pub async fn read_grad_async(&self, name: &str) -> Result<Vec<f32>> {
+        let slot = self.layout.slot(name)?;
+        read_slot_async(&self.gpu, &self.grad_bufs, slot, slot.dtype).await
     }
 
     /// The tensor's parameter range, for binding in your own shaders (e.g. the forward pass).
@@ -386,11 +411,6 @@ impl Params {
 
     fn write_to(&self, bufs: &[wgpu::Buffer], name: &str, data: &[f32]) -> Result<()> {
         write_checked(&self.gpu, bufs, &self.layout, None, name, data)
-    }
-
-    fn read_from(&self, bufs: &[wgpu::Buffer], name: &str) -> Result<Vec<f32>> {
-        let slot = self.layout.slot(name)?;
-        read_slot(&self.gpu, bufs, slot, slot.dtype)
     }
 
     fn binding_in<'a>(
@@ -441,11 +461,16 @@ fn check_same_device<'a>(gpu: &Gpu, bufs: impl Iterator<Item = &'a wgpu::Buffer>
                 }),
             }],
         });
+        // In a browser the scope answers only after the page yields: there the check cannot
+        // be made synchronously, and a foreign buffer is reported by the first call using it.
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::ParamsMismatch(format!(
                 "a buffer cannot be used on this device (is it from another device?): {e}"
             )));
         }
+        #[cfg(target_arch = "wasm32")]
+        drop(scope);
     }
     Ok(())
 }

@@ -142,23 +142,51 @@ impl GradScaler {
         Ok(())
     }
 
-    fn read(&self) -> Result<ScalerState> {
-        self.gpu.read_struct(&self.buffer)
+    async fn read_async(&self) -> Result<ScalerState> {
+        self.gpu.read_struct_async(&self.buffer).await
     }
 
-    /// The current scale. Blocks (a small read-back).
+    /// The current scale. Blocks (a small read-back; [`GradScaler::scale_async`] without the
+    /// wait).
     pub fn scale(&self) -> Result<f32> {
-        Ok(self.read()?.scale)
+        crate::gpu::block_on(
+            "GradScaler::scale",
+            "GradScaler::scale_async",
+            self.scale_async(),
+        )
+    }
+
+    /// Async form of [`GradScaler::scale`], on every target.
+    pub async fn scale_async(&self) -> Result<f32> {
+        Ok(self.read_async().await?.scale)
     }
 
     /// Clean steps since the last growth or backoff. Blocks.
     pub fn growth_tracker(&self) -> Result<u32> {
-        Ok(self.read()?.growth_tracker)
+        crate::gpu::block_on(
+            "GradScaler::growth_tracker",
+            "GradScaler::growth_tracker_async",
+            self.growth_tracker_async(),
+        )
+    }
+
+    /// Async form of [`GradScaler::growth_tracker`], on every target.
+    pub async fn growth_tracker_async(&self) -> Result<u32> {
+        Ok(self.read_async().await?.growth_tracker)
     }
 
     /// Whether the last step found an inf/NaN gradient. Blocks.
     pub fn found_inf(&self) -> Result<bool> {
-        Ok(self.read()?.found_inf != 0)
+        crate::gpu::block_on(
+            "GradScaler::found_inf",
+            "GradScaler::found_inf_async",
+            self.found_inf_async(),
+        )
+    }
+
+    /// Async form of [`GradScaler::found_inf`], on every target.
+    pub async fn found_inf_async(&self) -> Result<bool> {
+        Ok(self.read_async().await?.found_inf != 0)
     }
 
     /// The scaler's GPU buffer: the first f32 is the current scale (bind it as storage or

@@ -2402,3 +2402,104 @@ fn fuzz_corpora_replay_without_panics() {
     }
     assert!(ok >= 2, "the valid seeds load");
 }
+
+/// Checkpoints as bytes (what a web page keeps): the same tensors as the file, loaded back with
+/// the same checks, resuming bit for bit; damaged or truncated bytes are typed errors.
+#[test]
+fn bytes_are_the_file_and_resume_exactly() {
+    let gpu = gpu();
+    let mut r = rng("bytes_are_the_file_and_resume_exactly");
+    let w: Vec<f32> = randn(&mut r, 1001, 1.0);
+    let b: Vec<f32> = randn(&mut r, 7, 1.0);
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        ..AdamConfig::adamw()
+    };
+    let mut p1 = Params::new(&gpu, &[("w", &w[..]), ("b", &b[..])]).unwrap();
+    let mut o1 = Adam::new(&p1, cfg.clone()).unwrap();
+    o1.set_max_grad_norm(Some(1.0)).unwrap();
+    let grads: Vec<(Vec<f32>, Vec<f32>)> = (0..6)
+        .map(|_| (randn(&mut r, 1001, 1.0), randn(&mut r, 7, 1.0)))
+        .collect();
+    let step = |p: &mut Params, o: &mut Adam, g: &(Vec<f32>, Vec<f32>)| {
+        p.write_grad("w", &g.0).unwrap();
+        p.write_grad("b", &g.1).unwrap();
+        o.step(p).unwrap();
+    };
+    for g in &grads[..3] {
+        step(&mut p1, &mut o1, g);
+    }
+    let bytes = checkpoint::save_to_bytes(&p1, &o1, SaveOptions::default()).unwrap();
+    let async_bytes = pollster::block_on(checkpoint::save_to_bytes_async(
+        &p1,
+        &o1,
+        SaveOptions::default(),
+    ))
+    .unwrap();
+    let dir = temp_dir("bytes");
+    let path = dir.join("run.safetensors");
+    checkpoint::save(&path, &p1, &o1, SaveOptions::default()).unwrap();
+    // The same tensors bit for bit (the header's metadata is a map written in no fixed
+    // order, so two files of one state can differ in the order of its keys, and so in the
+    // header's CRC, the last 4 bytes).
+    let data = |b: &[u8]| {
+        let start = 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        b[start..b.len() - 4].to_vec()
+    };
+    let file = fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), file.len());
+    assert_eq!(
+        data(&bytes),
+        data(&file),
+        "bytes and file hold different tensors"
+    );
+    assert_eq!(data(&bytes), data(&async_bytes));
+
+    let mut p2 = Params::zeros(&gpu, &[("w", 1001), ("b", 7)]).unwrap();
+    let mut o2 = Adam::new(&p2, cfg).unwrap();
+    let report = checkpoint::load_from_bytes(&bytes, &mut p2, &mut o2).unwrap();
+    assert!(report.verified);
+    assert_eq!(o2.max_grad_norm(), Some(1.0));
+    assert_eq!(snapshot(&p1, &o1, None), snapshot(&p2, &o2, None));
+    for g in &grads[3..] {
+        step(&mut p1, &mut o1, g);
+        step(&mut p2, &mut o2, g);
+    }
+    assert_eq!(snapshot(&p1, &o1, None), snapshot(&p2, &o2, None));
+
+    // Truncated, or one bit flipped: refused before anything changes.
+    let before = snapshot(&p2, &o2, None);
+    for bad in [bytes[..bytes.len() - 3].to_vec(), {
+        let mut v = bytes.clone();
+        v[bytes.len() / 2] ^= 4;
+        v
+    }] {
+        match checkpoint::load_from_bytes(&bad, &mut p2, &mut o2) {
+            Err(Error::CheckpointChecksum { .. } | Error::CheckpointFormat(_)) => {}
+            other => panic!("damaged bytes loaded: {other:?}"),
+        }
+    }
+    assert_eq!(before, snapshot(&p2, &o2, None));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The async reads give what the blocking ones give.
+#[test]
+fn async_reads_match_blocking_reads() {
+    let gpu = gpu();
+    let mut r = rng("async_reads_match_blocking_reads");
+    let w: Vec<f32> = randn(&mut r, 4099, 1.0);
+    let mut params = Params::new(&gpu, &[("w", &w[..])]).unwrap();
+    let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+    opt.set_max_grad_norm(Some(0.5)).unwrap();
+    params.write_grad("w", &randn(&mut r, 4099, 1.0)).unwrap();
+    opt.step(&mut params).unwrap();
+    let read = pollster::block_on(params.read_async("w")).unwrap();
+    assert_eq!(bits(&read), bits(&params.read("w").unwrap()));
+    let m = pollster::block_on(opt.state_async("exp_avg", "w")).unwrap();
+    assert_eq!(bits(&m), bits(&opt.state("exp_avg", "w").unwrap()));
+    let norm = pollster::block_on(opt.last_grad_norm_async()).unwrap();
+    assert_eq!(norm.to_bits(), opt.last_grad_norm().unwrap().to_bits());
+    assert_eq!(pollster::block_on(opt.step_count_async()).unwrap(), 1);
+    assert!(!pollster::block_on(opt.last_step_skipped_async()).unwrap());
+}

@@ -451,6 +451,12 @@ impl Mlp {
         (v[0] / v[2].max(1.0), v[1] / v[2].max(1.0))
     }
 
+    async fn take_async(&self, acc: &wgpu::Buffer) -> Result<(f32, f32), wgpu_optim::Error> {
+        let v = self.gpu.read_buffer_f32_async(acc, 3).await?;
+        self.gpu.queue().write_buffer(acc, 0, &[0u8; 12]);
+        Ok((v[0] / v[2].max(1.0), v[1] / v[2].max(1.0)))
+    }
+
     /// Keep the mean loss of the next training batches in the loss log, from `slot` on
     /// (`None`: stop logging).
     pub fn log_losses_at(&self, slot: Option<usize>) {
@@ -477,10 +483,21 @@ impl Mlp {
         self.take(&self.train.acc)
     }
 
+    /// Async form of [`Mlp::take_train_stats`] (what a web page calls: nothing may block there).
+    pub async fn take_train_stats_async(&self) -> Result<(f32, f32), wgpu_optim::Error> {
+        self.take_async(&self.train.acc).await
+    }
+
     /// Mean loss and accuracy on the test set (one forward pass over all of it).
     pub fn evaluate(&mut self) -> (f32, f32) {
         self.run(&self.eval);
         self.take(&self.eval.acc)
+    }
+
+    /// Async form of [`Mlp::evaluate`].
+    pub async fn evaluate_async(&self) -> Result<(f32, f32), wgpu_optim::Error> {
+        self.run(&self.eval);
+        self.take_async(&self.eval.acc).await
     }
 }
 

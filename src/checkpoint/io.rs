@@ -6,14 +6,63 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
+use std::io::BufWriter;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::PathBuf;
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Where a checkpoint is read from: a file (native targets) or bytes in memory.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// An open file.
+    #[cfg(not(target_arch = "wasm32"))]
+    File(File),
+    /// A whole checkpoint in memory.
+    Bytes(std::io::Cursor<Vec<u8>>),
+}
+
+impl Source {
+    /// Its length in bytes.
+    fn len(&self) -> std::io::Result<u64> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(f) => Ok(f.metadata()?.len()),
+            Source::Bytes(b) => Ok(b.get_ref().len() as u64),
+        }
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(f) => f.read(buf),
+            Source::Bytes(b) => b.read(buf),
+        }
+    }
+}
+
+impl Seek for Source {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Source::File(f) => f.seek(pos),
+            Source::Bytes(b) => b.seek(pos),
+        }
+    }
+}
+
 /// Removes a temporary file unless disarmed (also when the writer panics).
+#[cfg(not(target_arch = "wasm32"))]
 struct TempFile(Option<PathBuf>);
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Drop for TempFile {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
@@ -25,6 +74,7 @@ impl Drop for TempFile {
 /// Write a file through `write` into a temporary file next to `path`, sync it, and rename it
 /// over `path`. On any error (or panic) the temporary file is removed and `path` is untouched.
 /// `write` may seek back to patch what it wrote (the header's checksums).
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>, &Path) -> Result<()>,
@@ -85,11 +135,8 @@ pub(crate) struct Framing {
 /// bounds, contiguous, not overlapping), the file's length; with a checksum tensor, its
 /// position (last, 4 bytes, U8) and the header's CRC-32 (computed over the 8 length bytes and
 /// the header, padding included).
-pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
-    let file_len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
+pub(crate) fn read_framing(file: &mut Source, path: &Path) -> Result<Framing> {
+    let file_len = file.len().map_err(|e| Error::io("stat", path, e))?;
     if file_len < 8 {
         return Err(format_err(format!(
             "the file has {file_len} bytes, fewer than a safetensors header length"
@@ -193,7 +240,7 @@ pub(crate) fn read_framing(file: &mut File, path: &Path) -> Result<Framing> {
 /// Read bytes `range` of the data region in blocks of at most [`BLOCK_BYTES`] (fewer when the
 /// range is shorter), calling `f(block, offset of the block in the data region)`.
 pub(crate) fn read_blocks(
-    file: &mut File,
+    file: &mut Source,
     path: &Path,
     data_start: u64,
     range: (usize, usize),

@@ -84,6 +84,13 @@
 //! state, and the cost does not grow with the number of tensors: `tests/checkpoint_memory.rs`
 //! measures the heap, `cargo run --release --example checkpoint_bench` the time.
 //!
+//! # In memory
+//!
+//! [`save_to_bytes_async`] (and [`save_to_bytes`], blocking) give the same file as bytes, and
+//! [`load_from_bytes`] / [`Checkpoint::from_bytes`] read them with every check below: what a web
+//! page uses, where there is no filesystem (the path-taking functions exist on native targets
+//! only). The bytes are the whole checkpoint in host memory, not a stream.
+//!
 //! # Loading
 //!
 //! [`load`] (or [`open`] then [`Checkpoint::restore`]) validates everything before it changes
@@ -132,6 +139,7 @@ use crate::optim::OptimizerConfig;
 use crate::params::Params;
 use crate::scaler::{GradScaler, ScalerConfig};
 use crate::schedule::{PlateauState, SchedulerState};
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 /// The `format` metadata value of every checkpoint.
@@ -277,6 +285,7 @@ impl<'a> SaveOptions<'a> {
 /// checkpoint::save("sgd.safetensors", &params, &*opt, SaveOptions::default())?;
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
+#[cfg(not(target_arch = "wasm32"))]
 pub fn save(
     path: impl AsRef<Path>,
     params: &Params,
@@ -293,6 +302,7 @@ pub fn save(
 /// println!("{:?}", ck.optimizer_kind());
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
+#[cfg(not(target_arch = "wasm32"))]
 pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
     Checkpoint::open(path)
 }
@@ -319,6 +329,7 @@ pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
 /// }
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load(
     path: impl AsRef<Path>,
     params: &mut Params,
@@ -339,6 +350,7 @@ pub fn load(
 /// checkpoint::load_with_scaler("amp.safetensors", &mut params, &mut opt, &scaler)?;
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load_with_scaler(
     path: impl AsRef<Path>,
     params: &mut Params,
@@ -346,6 +358,60 @@ pub fn load_with_scaler(
     scaler: &GradScaler,
 ) -> Result<LoadReport> {
     Checkpoint::open(path)?.restore_with_scaler(params, opt, scaler)
+}
+
+/// The checkpoint [`save`] would write, as bytes in memory, on every target: what a web page
+/// keeps (IndexedDB, a download) where there is no filesystem. The tensors are read back from
+/// the GPU in blocks of at most [`BLOCK_BYTES`] (the result holds them all).
+///
+/// ```no_run
+/// # async fn f(params: &wgpu_optim::Params, opt: &dyn wgpu_optim::Optimizer) -> wgpu_optim::Result<()> {
+/// use wgpu_optim::checkpoint::{self, SaveOptions};
+/// let bytes = checkpoint::save_to_bytes_async(params, opt, SaveOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn save_to_bytes_async(
+    params: &Params,
+    opt: &dyn Optimizer,
+    options: SaveOptions<'_>,
+) -> Result<Vec<u8>> {
+    save::save_to_bytes_impl(params, opt, &options).await
+}
+
+/// [`save_to_bytes_async`], blocking (native targets; in a browser an [`Error::WouldBlock`]).
+///
+/// ```no_run
+/// use wgpu_optim::checkpoint::{self, SaveOptions};
+/// use wgpu_optim::{Gpu, Params, Sgd, SgdConfig};
+/// let gpu = Gpu::new()?;
+/// let mut params = Params::new(&gpu, &[("w", &[1.0f32; 4][..])])?;
+/// let mut opt = Sgd::new(&params, SgdConfig::default())?;
+/// let bytes = checkpoint::save_to_bytes(&params, &opt, SaveOptions::default())?;
+/// checkpoint::load_from_bytes(&bytes, &mut params, &mut opt)?;
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+pub fn save_to_bytes(
+    params: &Params,
+    opt: &dyn Optimizer,
+    options: SaveOptions<'_>,
+) -> Result<Vec<u8>> {
+    crate::gpu::block_on(
+        "checkpoint::save_to_bytes",
+        "checkpoint::save_to_bytes_async",
+        save_to_bytes_async(params, opt, options),
+    )
+}
+
+/// [`load`] from bytes in memory ([`Checkpoint::from_bytes`] then [`Checkpoint::restore`]), on
+/// every target, with the same checks: on `Err` nothing was changed. It needs no read-back, so
+/// it is synchronous in a browser too (the uploads are queued; natively it waits for each
+/// block's upload so that staging memory stays one block).
+pub fn load_from_bytes(
+    bytes: &[u8],
+    params: &mut Params,
+    opt: &mut dyn Optimizer,
+) -> Result<LoadReport> {
+    Checkpoint::from_bytes(bytes)?.restore(params, opt)
 }
 
 /// A learning-rate scheduler's state as a checkpoint records it ([`SaveOptions::schedulers`],

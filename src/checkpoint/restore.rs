@@ -2,7 +2,7 @@
 //! checks everything against the optimizer and the data (checksums, finite values), then
 //! uploads the data in blocks, many tensors per staging buffer.
 
-use super::io::{read_blocks, read_framing, widened, Realign, Segments};
+use super::io::{read_blocks, read_framing, widened, Realign, Segments, Source};
 use super::meta::{storage_dtype, Header, Meta};
 use super::{format_err, mismatch, GroupRecord, ScalerRecord, SchedulerRecord, CHECKSUM_TENSOR};
 use crate::arena::Piece;
@@ -16,12 +16,13 @@ use crate::scaler::GradScaler;
 use crate::{AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
 use safetensors::tensor::TensorInfo;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+#[cfg(not(target_arch = "wasm32"))]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// An open checkpoint file whose header has been read and checked (its data has not been read
-/// yet). Use it to see what a checkpoint holds, to build matching parameters and optimizer, and
+/// An open checkpoint (a file, or bytes in memory: [`Checkpoint::from_bytes`]) whose header has
+/// been read and checked (its data has not been read yet). Use it to see what a checkpoint holds, to build matching parameters and optimizer, and
 /// to restore them.
 ///
 /// ```no_run
@@ -37,7 +38,7 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct Checkpoint {
     pub(super) path: PathBuf,
-    pub(super) file: Mutex<File>,
+    pub(super) file: Mutex<Source>,
     pub(super) data_start: u64,
     infos: HashMap<String, TensorInfo>,
     /// Tensor names in data order, their byte ranges and dtypes (the checksum's is given as
@@ -133,10 +134,30 @@ impl Checkpoint {
     /// }
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
-        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let fr = read_framing(&mut file, path)?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+        Self::from_source(Source::File(file), path.to_path_buf())
+    }
+
+    /// A checkpoint held in memory (from [`super::save_to_bytes_async`], a download, an
+    /// upload, IndexedDB, ...), with the same checks as [`Checkpoint::open`]; on every target.
+    /// Errors name it `<bytes>` where they would name a file.
+    ///
+    /// ```no_run
+    /// # fn f(bytes: Vec<u8>) -> wgpu_optim::Result<()> {
+    /// let ck = wgpu_optim::checkpoint::Checkpoint::from_bytes(bytes)?;
+    /// println!("{} at step {}", ck.optimizer(), ck.step_count());
+    /// # Ok(()) }
+    /// ```
+    pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Result<Checkpoint> {
+        let source = Source::Bytes(std::io::Cursor::new(bytes.into()));
+        Self::from_source(source, PathBuf::from("<bytes>"))
+    }
+
+    fn from_source(mut file: Source, path: PathBuf) -> Result<Checkpoint> {
+        let fr = read_framing(&mut file, &path)?;
         if let Some((expected, got)) = fr.header_crc {
             if expected != got {
                 return Err(Error::CheckpointChecksum {
@@ -175,7 +196,7 @@ impl Checkpoint {
                     .unwrap_or(0)
         );
         Ok(Checkpoint {
-            path: path.to_path_buf(),
+            path,
             file: Mutex::new(file),
             data_start: fr.data_start,
             infos: fr.infos,

@@ -1,6 +1,7 @@
 //! Writing a checkpoint: the plan of tensors, the metadata, and the data read back from the GPU
 //! in batches of many tensors per mapped staging buffer.
 
+#[cfg(not(target_arch = "wasm32"))]
 use super::io::write_atomic;
 use super::meta::{safetensors_dtype, GroupMeta, Hyper, Meta, PrecisionMeta, ScalerMeta};
 use super::{
@@ -28,12 +29,7 @@ fn gpu_source<'a>(
         .iter()
         .map(|p| {
             let keep = (p.len * es) as u64;
-            (
-                &bufs[p.chunk],
-                (p.offset * es) as u64,
-                keep.next_multiple_of(4),
-                keep,
-            )
+            (&bufs[p.chunk], (p.offset * es) as u64, keep.next_multiple_of(4), keep)
         })
         .collect()
 }
@@ -46,8 +42,42 @@ enum Source<'a> {
     Step,
 }
 
+/// Save to `path` atomically (see `write_atomic`). Blocks on the read-backs.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn save_impl<O: Optimizer + ?Sized>(
     path: &Path,
+    params: &Params,
+    opt: &O,
+    options: &SaveOptions<'_>,
+) -> Result<()> {
+    // Everything that can be refused without a read-back is, before a file is created.
+    opt.ck_ensure_params(params)?;
+    opt.ck_validate()?;
+    write_atomic(path, |w, at| {
+        crate::gpu::block_on(
+            "checkpoint::save",
+            "checkpoint::save_to_bytes_async",
+            save_into(w, at, params, opt, options),
+        )
+    })
+}
+
+/// The whole checkpoint as bytes (the same bytes [`save_impl`] writes to a file).
+pub(crate) async fn save_to_bytes_impl<O: Optimizer + ?Sized>(
+    params: &Params,
+    opt: &O,
+    options: &SaveOptions<'_>,
+) -> Result<Vec<u8>> {
+    let mut w = std::io::Cursor::new(Vec::new());
+    save_into(&mut w, Path::new("<bytes>"), params, opt, options).await?;
+    Ok(w.into_inner())
+}
+
+/// Write the checkpoint to `w` (`at` names it in errors), reading the tensors back from the
+/// GPU in batches of at most [`BLOCK_BYTES`].
+async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
+    w: &mut W,
+    at: &Path,
     params: &Params,
     opt: &O,
     options: &SaveOptions<'_>,
@@ -107,7 +137,7 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
 
     // The metadata, with a placeholder for the tensors' CRCs that is patched once they are
     // known (it has a fixed width).
-    let meta = metadata(opt, steps, scaler, options.schedulers, plan.len())?;
+    let meta = metadata(opt, steps, scaler, options.schedulers, plan.len()).await?;
     let metadata = Metadata::new(Some(meta.to_map()?), infos)
         .map_err(|e| format_err(format!("building the header: {e}")))?;
     let mut header = serde_json::to_vec(&metadata)
@@ -122,100 +152,122 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
         + needle.len();
 
     let gpu = opt.ck_gpu();
-    write_atomic(path, |w, at| {
-        let io = |e| Error::io("write", at, e);
-        let len_bytes = (header.len() as u64).to_le_bytes();
-        w.write_all(&len_bytes).map_err(io)?;
-        w.write_all(&header).map_err(io)?;
-        let mut crcs = Vec::with_capacity(plan.len());
-        let step = (steps as f32).to_le_bytes();
-        // Batches of many tensors (a large one split) of at most BLOCK_BYTES from the GPU, one
-        // staging buffer and one map each; the step scalars in between come from the host.
-        let mut batch: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
-        let mut batch_bytes = 0u64;
-        // What the batch writes, in order: GPU bytes (length read, length kept, whether they
-        // end a tensor) or a step scalar. GPU memory is little-endian, as the file is.
-        let mut parts: Vec<Option<(u64, u64, bool)>> = Vec::new();
-        let mut hasher = crc32fast::Hasher::new();
-        let mut flush = |batch: &mut Vec<(&wgpu::Buffer, u64, u64)>,
-                         parts: &mut Vec<Option<(u64, u64, bool)>>,
-                         crcs: &mut Vec<u32>,
-                         w: &mut std::io::BufWriter<std::fs::File>|
-         -> Result<()> {
-            gpu.read_with(batch, |data| -> Result<()> {
-                let mut pos = 0usize;
-                for part in parts.iter() {
-                    match *part {
-                        Some((len, keep, ends)) => {
-                            let bytes = &data[pos..pos + keep as usize];
-                            hasher.update(bytes);
-                            w.write_all(bytes).map_err(io)?;
-                            pos += len as usize;
-                            if ends {
-                                crcs.push(std::mem::take(&mut hasher).finalize());
-                            }
-                        }
-                        None => {
-                            w.write_all(&step).map_err(io)?;
-                            crcs.push(crc32fast::hash(&step));
-                        }
-                    }
-                }
-                Ok(())
-            })??;
-            batch.clear();
-            parts.clear();
-            Ok(())
-        };
-        for (_, _, _, src) in &plan {
-            match src {
-                Source::Step => parts.push(None),
-                Source::Gpu(pieces) => {
-                    let total: u64 = pieces.iter().map(|p| p.2).sum();
-                    let mut done = 0u64;
-                    for &(buf, off, len, keep) in pieces {
-                        let mut p_done = 0;
-                        while p_done < len {
-                            let n = (len - p_done).min(BLOCK_BYTES as u64 - batch_bytes);
-                            batch.push((buf, off + p_done, n));
-                            p_done += n;
-                            done += n;
-                            batch_bytes += n;
-                            // The padding half of a last word is read, not written.
-                            let kept = if p_done == len { n - (len - keep) } else { n };
-                            parts.push(Some((n, kept, done == total)));
-                            if batch_bytes == BLOCK_BYTES as u64 {
-                                flush(&mut batch, &mut parts, &mut crcs, w)?;
-                                batch_bytes = 0;
-                            }
+    let io = |e| Error::io("write", at, e);
+    let len_bytes = (header.len() as u64).to_le_bytes();
+    w.write_all(&len_bytes).map_err(io)?;
+    w.write_all(&header).map_err(io)?;
+    let mut crcs = Vec::with_capacity(plan.len());
+    let step = (steps as f32).to_le_bytes();
+    // Batches of many tensors (a large one split) of at most BLOCK_BYTES from the GPU, one
+    // staging buffer and one map each; the step scalars in between come from the host.
+    let mut batch: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
+    let mut batch_bytes = 0u64;
+    // What the batch writes, in order: GPU bytes (length read, length kept, whether they end a
+    // tensor) or a step scalar. GPU memory is little-endian, as the file is.
+    let mut parts: Vec<Option<(u64, u64, bool)>> = Vec::new();
+    let mut hasher = crc32fast::Hasher::new();
+    let mut out = Batches {
+        gpu,
+        w,
+        at,
+        step,
+        hasher: &mut hasher,
+        crcs: &mut crcs,
+    };
+    for (_, _, _, src) in &plan {
+        match src {
+            Source::Step => parts.push(None),
+            Source::Gpu(pieces) => {
+                let total: u64 = pieces.iter().map(|p| p.2).sum();
+                let mut done = 0u64;
+                for &(buf, off, len, keep) in pieces {
+                    let mut p_done = 0;
+                    while p_done < len {
+                        let n = (len - p_done).min(BLOCK_BYTES as u64 - batch_bytes);
+                        batch.push((buf, off + p_done, n));
+                        p_done += n;
+                        done += n;
+                        batch_bytes += n;
+                        // The padding half of a last word is read, not written.
+                        let kept = if p_done == len { n - (len - keep) } else { n };
+                        parts.push(Some((n, kept, done == total)));
+                        if batch_bytes == BLOCK_BYTES as u64 {
+                            out.flush(&mut batch, &mut parts).await?;
+                            batch_bytes = 0;
                         }
                     }
                 }
             }
         }
-        if !parts.is_empty() {
-            flush(&mut batch, &mut parts, &mut crcs, w)?;
+    }
+    if !parts.is_empty() {
+        out.flush(&mut batch, &mut parts).await?;
+    }
+    debug_assert_eq!(crcs.len(), plan.len());
+    // Patch the CRCs into the header, then the header's own CRC goes last.
+    let mut hex = Vec::with_capacity(crcs.len() * 8);
+    for c in &crcs {
+        write!(hex, "{c:08x}").expect("writing to a Vec");
+    }
+    header[crc_at..crc_at + hex.len()].copy_from_slice(&hex);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len_bytes);
+    h.update(&header);
+    w.write_all(&h.finalize().to_le_bytes()).map_err(io)?;
+    w.seek(SeekFrom::Start(8 + crc_at as u64))
+        .and_then(|_| w.write_all(&hex))
+        .map_err(io)?;
+    Ok(())
+}
+
+/// Where the read-back batches of a save go.
+struct Batches<'a, W> {
+    gpu: &'a crate::Gpu,
+    w: &'a mut W,
+    at: &'a Path,
+    step: [u8; 4],
+    hasher: &'a mut crc32fast::Hasher,
+    crcs: &'a mut Vec<u32>,
+}
+
+impl<W: Write> Batches<'_, W> {
+    /// Read `batch` back (one staging buffer, one map) and write what `parts` says, in order:
+    /// GPU bytes (length read, length kept, whether they end a tensor) or a step scalar.
+    async fn flush(
+        &mut self,
+        batch: &mut Vec<(&wgpu::Buffer, u64, u64)>,
+        parts: &mut Vec<Option<(u64, u64, bool)>>,
+    ) -> Result<()> {
+        let io = |e| Error::io("write", self.at, e);
+        // Whole words from the GPU, as they lie there (little-endian, as the file).
+        let words = self.gpu.read_pieces_async(batch).await?;
+        let data: &[u8] = bytemuck::cast_slice(&words);
+        let mut pos = 0usize;
+        for part in parts.iter() {
+            match *part {
+                Some((len, keep, ends)) => {
+                    let bytes = &data[pos..pos + keep as usize];
+                    self.hasher.update(bytes);
+                    self.w.write_all(bytes).map_err(io)?;
+                    pos += len as usize;
+                    if ends {
+                        self.crcs.push(std::mem::take(self.hasher).finalize());
+                    }
+                }
+                None => {
+                    self.w.write_all(&self.step).map_err(io)?;
+                    self.crcs.push(crc32fast::hash(&self.step));
+                }
+            }
         }
-        debug_assert_eq!(crcs.len(), plan.len());
-        // Patch the CRCs into the header, then the header's own CRC goes last.
-        let mut hex = Vec::with_capacity(crcs.len() * 8);
-        for c in &crcs {
-            write!(hex, "{c:08x}").expect("writing to a Vec");
-        }
-        header[crc_at..crc_at + hex.len()].copy_from_slice(&hex);
-        let mut h = crc32fast::Hasher::new();
-        h.update(&len_bytes);
-        h.update(&header);
-        w.write_all(&h.finalize().to_le_bytes()).map_err(io)?;
-        w.seek(SeekFrom::Start(8 + crc_at as u64))
-            .and_then(|_| w.write_all(&hex))
-            .map_err(io)?;
+        batch.clear();
+        parts.clear();
         Ok(())
-    })
+    }
 }
 
 /// The metadata of a checkpoint of `opt`, with `n` tensors' CRCs still zero.
-fn metadata<O: Optimizer + ?Sized>(
+async fn metadata<O: Optimizer + ?Sized>(
     opt: &O,
     steps: u64,
     scaler: Option<&crate::GradScaler>,
@@ -243,8 +295,8 @@ fn metadata<O: Optimizer + ?Sized>(
         Some(s) => {
             let c = s.config();
             Some(ScalerMeta {
-                scale: s.scale()? as f64,
-                growth_tracker: s.growth_tracker()?,
+                scale: s.scale_async().await? as f64,
+                growth_tracker: s.growth_tracker_async().await?,
                 init_scale: c.init_scale as f64,
                 growth_factor: c.growth_factor as f64,
                 backoff_factor: c.backoff_factor as f64,
@@ -263,13 +315,13 @@ fn metadata<O: Optimizer + ?Sized>(
         )
     };
     let (max_grad_norm, norm_type, skip_nonfinite) = opt.ck_clipping();
-    // Written only where it differs from f32 state, no master weights, round to nearest even,
-    // so f32 checkpoints are what they were.
     let l1 = opt.ck_l1();
     let l1 = l1
         .iter()
         .any(|&l| l != 0.0)
         .then(|| l1.iter().map(|&l| crate::optim::hyper(l)).collect());
+    // Written only where it differs from f32 state, no master weights, round to nearest even,
+    // so f32 checkpoints are what they were.
     let (p, seed, counter) = opt.ck_precision();
     let precision = (p != Precision::default()).then(|| PrecisionMeta {
         state: p.state.to_string(),

@@ -2,7 +2,7 @@
 
 use super::groups::{self, ParamGroup};
 use super::window::ScalarWindow;
-use super::{Optimizer, OptimizerConfig};
+use super::{Optimizer, OptimizerConfig, ReadFuture};
 use crate::arena::{self, Layout};
 use crate::dtype::{self, DType, Precision};
 use crate::error::{check, Error, Result};
@@ -57,8 +57,11 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     rng_offset: u64,
     /// The step's random key.
     rng: wgpu::Buffer,
-    /// Bound where a kernel's buffer is not used.
+    /// Bound where the master copy is not used (f32 chunks).
     dummy: wgpu::Buffer,
+    /// Bound where a state slot is not used, one per slot: WebGPU forbids binding one buffer
+    /// range to two writable bindings of a dispatch (wgpu's native validation lets it pass).
+    unused_states: Vec<wgpu::Buffer>,
     tables: Vec<wgpu::Buffer>,
     /// The step's scalars (and, once steps can be skipped, their window and select pass).
     scalars: ScalarWindow,
@@ -142,6 +145,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             states.push((key, Vec::new()));
         }
         let dummy = arena::storage(&gpu, "wgpu-optim unused buffer", 16);
+        let unused_states = C::SLOTS
+            .iter()
+            .map(|_| arena::storage(&gpu, "wgpu-optim unused state", 16))
+            .collect();
         let ctrl = arena::storage_with(&gpu, "wgpu-optim ctrl", bytemuck::bytes_of(&Ctrl::INITIAL));
         let scalars = ScalarWindow::new(&gpu, configs.len(), &ctrl);
         let tables: Vec<wgpu::Buffer> = if configs.len() > 1 {
@@ -181,6 +188,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             rng_offset: 0,
             rng,
             dummy,
+            unused_states,
             tables,
             scalars,
             ctrl,
@@ -249,7 +257,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 for (k, slot) in C::SLOTS.iter().enumerate() {
                     let b = match self.states.iter().find(|(key, _)| key == slot) {
                         Some((_, b)) => &b[c],
-                        None => &self.dummy,
+                        None => &self.unused_states[k],
                     };
                     entries.push((5 + k as u32, b.as_entire_buffer_binding()));
                 }
@@ -517,6 +525,16 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     fn read_ctrl(&self) -> Result<Ctrl> {
         self.gpu.read_struct(&self.ctrl)
     }
+
+    async fn read_ctrl_async(&self) -> Result<Ctrl> {
+        self.gpu.read_struct_async(&self.ctrl).await
+    }
+
+    fn no_norm() -> Error {
+        Error::InvalidOptions(
+            "no gradient norm was computed in the last step: enable clipping, skip_nonfinite or a grad scaler".into(),
+        )
+    }
 }
 
 /// The update kernel specialised for these groups and `[grad_mul, skip, l1]`.
@@ -664,14 +682,34 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
         self.submitted - self.scalars.skipped(self.submitted, || self.read_ctrl())
     }
 
+    fn step_count_async(&self) -> ReadFuture<'_, u64> {
+        Box::pin(async move {
+            let skipped = self
+                .scalars
+                .skipped_async(self.submitted, self.read_ctrl_async())
+                .await;
+            Ok(self.submitted - skipped)
+        })
+    }
+
     fn state_keys(&self) -> Vec<&'static str> {
         self.states.iter().map(|(k, _)| *k).collect()
     }
 
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {
-        let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
-        let slot = self.layout.slot(tensor)?;
-        arena::read_slot(&self.gpu, bufs, slot, dtype)
+        crate::gpu::block_on(
+            "Optimizer::state",
+            "Optimizer::state_async",
+            self.state_async(key, tensor),
+        )
+    }
+
+    fn state_async<'a>(&'a self, key: &'a str, tensor: &'a str) -> ReadFuture<'a, Vec<f32>> {
+        Box::pin(async move {
+            let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
+            let slot = self.layout.slot(tensor)?;
+            arena::read_slot_async(&self.gpu, bufs, slot, dtype).await
+        })
     }
 
     fn group_count(&self) -> usize {
@@ -719,12 +757,20 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn last_grad_norm(&self) -> Result<f32> {
-        if !self.norm_ran {
-            return Err(Error::InvalidOptions(
-                "no gradient norm was computed in the last step: enable clipping, skip_nonfinite or a grad scaler".into(),
-            ));
-        }
-        Ok(self.read_ctrl()?.norm)
+        crate::gpu::block_on(
+            "Optimizer::last_grad_norm",
+            "Optimizer::last_grad_norm_async",
+            self.last_grad_norm_async(),
+        )
+    }
+
+    fn last_grad_norm_async(&self) -> ReadFuture<'_, f32> {
+        Box::pin(async move {
+            if !self.norm_ran {
+                return Err(Self::no_norm());
+            }
+            Ok(self.read_ctrl_async().await?.norm)
+        })
     }
 
     fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
@@ -733,7 +779,15 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn last_step_skipped(&self) -> Result<bool> {
-        Ok(self.norm_ran && self.read_ctrl()?.skip != 0)
+        crate::gpu::block_on(
+            "Optimizer::last_step_skipped",
+            "Optimizer::last_step_skipped_async",
+            self.last_step_skipped_async(),
+        )
+    }
+
+    fn last_step_skipped_async(&self) -> ReadFuture<'_, bool> {
+        Box::pin(async move { Ok(self.norm_ran && self.read_ctrl_async().await?.skip != 0) })
     }
 
     fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()> {

@@ -49,6 +49,11 @@ use crate::params::Params;
 use crate::scaler::GradScaler;
 use crate::shader::ShaderStruct;
 
+/// A read-back in flight ([`Optimizer::state_async`], [`Optimizer::last_grad_norm_async`], ...):
+/// boxed so that [`Optimizer`] stays object safe. It has no `Send` bound, so that it is the same
+/// type in a browser (where wgpu's futures are not `Send`): await it on the thread that made it.
+pub type ReadFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + 'a>>;
+
 /// What every optimizer can do; object safe, so `Box<dyn Optimizer>` works (and checkpoints:
 /// [`crate::checkpoint::save`] takes `&dyn Optimizer`). Implemented by [`FusedOptimizer`] for every
 /// [`OptimizerConfig`]; its supertrait is private to the crate (sealed).
@@ -57,6 +62,10 @@ pub trait Optimizer: persist::Persist {
     fn name(&self) -> &'static str;
     /// Record and submit one fused update of every tensor. Does not wait for the GPU (unless
     /// the GPU is 64 steps behind the host with skipping on; see [`Optimizer::set_skip_nonfinite`]).
+    ///
+    /// In a browser that wait cannot happen: with skipping possible, yield to the page's event
+    /// loop (await anything) at least every 64 steps, so that the skip-count read-backs land;
+    /// otherwise a run of more than 63 consecutive skipped steps may be missed.
     ///
     /// Validates the configuration and that `params` is the set this optimizer was built for
     /// before any GPU work; an `Err` changes nothing. Gradients are not cleared, as in torch:
@@ -67,12 +76,28 @@ pub trait Optimizer: persist::Persist {
     /// Set the learning rate of every group from the next step on. A negative or non-finite
     /// `lr` is an [`crate::Error::InvalidHyperparameter`] and keeps the old one.
     fn set_lr(&mut self, lr: f32) -> Result<()>;
-    /// Number of steps taken.
+    /// Number of steps taken. With skipping possible (clipping, skip_nonfinite, a loss scaler)
+    /// only the GPU knows how many steps it skipped, and this may wait for a small read-back;
+    /// in a browser it never waits and counts the skips the GPU has reported so far (the count
+    /// is exact once the page has yielded to its event loop: see
+    /// [`Optimizer::step_count_async`]).
     fn step_count(&self) -> u64;
+    /// Async form of [`Optimizer::step_count`], on every target: always the exact count.
+    fn step_count_async(&self) -> ReadFuture<'_, u64>;
     /// The state keys this configuration keeps (PyTorch's names, e.g. `exp_avg`).
     fn state_keys(&self) -> Vec<&'static str>;
-    /// Read one state tensor back (PyTorch's key, tensor name). Blocks.
+    /// Read one state tensor back (PyTorch's key, tensor name). Blocks
+    /// ([`Optimizer::state_async`] without the wait; in a browser, where nothing may block,
+    /// this is a [`crate::Error::WouldBlock`]).
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>>;
+    /// Async form of [`Optimizer::state`], on every target.
+    ///
+    /// ```no_run
+    /// # async fn f(opt: &dyn wgpu_optim::Optimizer) -> wgpu_optim::Result<()> {
+    /// let m = opt.state_async("exp_avg", "w").await?;
+    /// # Ok(()) }
+    /// ```
+    fn state_async<'a>(&'a self, key: &'a str, tensor: &'a str) -> ReadFuture<'a, Vec<f32>>;
 
     /// Number of parameter groups (1 unless built with [`FusedOptimizer::with_groups`]).
     fn group_count(&self) -> usize;
@@ -97,13 +122,19 @@ pub trait Optimizer: persist::Persist {
     /// Norm used for clipping and [`Optimizer::last_grad_norm`]: [`NormType::L2`] (default),
     /// [`NormType::L1`] or [`NormType::Inf`] (`NormType::from_p` takes PyTorch's float).
     fn set_grad_norm_type(&mut self, norm_type: NormType) -> Result<()>;
-    /// Total gradient norm of the last step (after unscaling). A sync point: one small read-back.
+    /// Total gradient norm of the last step (after unscaling). A sync point: one small read-back
+    /// ([`Optimizer::last_grad_norm_async`] without the wait).
     fn last_grad_norm(&self) -> Result<f32>;
+    /// Async form of [`Optimizer::last_grad_norm`], on every target.
+    fn last_grad_norm_async(&self) -> ReadFuture<'_, f32>;
     /// Make a step with any inf/NaN gradient a no-op on the GPU (params, state and step count
     /// untouched).
     fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()>;
-    /// Whether the last step was skipped for a non-finite gradient. A sync point.
+    /// Whether the last step was skipped for a non-finite gradient. A sync point
+    /// ([`Optimizer::last_step_skipped_async`] without the wait).
     fn last_step_skipped(&self) -> Result<bool>;
+    /// Async form of [`Optimizer::last_step_skipped`], on every target.
+    fn last_step_skipped_async(&self) -> ReadFuture<'_, bool>;
     /// Attach a loss scaler (`None` detaches it): gradients are unscaled as they are read,
     /// overflowing steps are skipped and the scale is updated on the GPU.
     fn set_grad_scaler(&mut self, scaler: Option<&GradScaler>) -> Result<()>;

@@ -169,6 +169,33 @@ impl ScalarWindow {
         t.known
     }
 
+    /// [`ScalarWindow::skipped`] with an async read-back of `ctrl`.
+    pub async fn skipped_async(
+        &self,
+        submitted: u64,
+        read_ctrl: impl std::future::Future<Output = Result<Ctrl>>,
+    ) -> u64 {
+        if !self.windowed {
+            return 0;
+        }
+        {
+            let mut t = self.tracker();
+            t.harvest(&self.gpu);
+            if t.known_at >= submitted {
+                return t.known;
+            }
+        }
+        let read = read_ctrl.await;
+        let mut t = self.tracker();
+        if let Ok(c) = read {
+            if t.known_at < submitted {
+                t.known = c.skipped as u64;
+                t.known_at = submitted;
+            }
+        }
+        t.known
+    }
+
     /// The step count was set to `steps` (and the GPU's skip count to 0): read-backs in flight
     /// belong to the old count and are dropped.
     pub fn reset(&mut self, steps: u64) {

@@ -1,0 +1,477 @@
+//! What the browser test asserts inside the page, through the async API only: every optimizer
+//! against the CPU reference (`wgpu_optim::reference`) on small tensors of awkward sizes,
+//! clipping by the global norm, a skipped step with a NaN gradient, async read-backs, and a
+//! checkpoint saved to bytes and loaded back.
+//!
+//! Each check gives `{name, ok, detail}`; a check that cannot run (an `Err`) fails.
+
+use ndarray::Array1;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use wgpu_optim::reference::{self, State};
+use wgpu_optim::{
+    checkpoint, AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig,
+    FusedOptimizer, Gpu, LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig, Params,
+    RAdamConfig, RmsPropConfig, RpropConfig, SgdConfig,
+};
+
+type Error = wgpu_optim::Error;
+
+/// Tensor lengths: not multiples of 4, 64 or 256 (padding and partial workgroups).
+const LENS: [usize; 3] = [5, 1000, 4099];
+/// Steps of each optimizer run.
+const STEPS: usize = 4;
+/// The bound held against the reference off lavapipe, as the native suite holds it: WGSL
+/// allows 2.5 ULP on f32 division and promises no correctly rounded sqrt.
+const ATOL: f32 = 1e-6;
+const RTOL: f32 = 2e-5;
+
+fn check(name: &str, result: Result<String, String>) -> Value {
+    match result {
+        Ok(detail) => json!({"name": name, "ok": true, "detail": detail}),
+        Err(detail) => json!({"name": name, "ok": false, "detail": detail}),
+    }
+}
+
+/// The largest error of `got` against `want` and whether every element is within the bound.
+fn compare(what: &str, got: &[f32], want: &[f32]) -> Result<f32, String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} values, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let mut worst = 0.0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        if err.is_nan() || err > ATOL + RTOL * w.abs() {
+            return Err(format!("{what}[{i}] = {g}, the reference says {w}"));
+        }
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// `STEPS` steps of `cfg` on the GPU and in the reference, with the same random gradients
+/// (`clip`: clipped by the global L2 norm; `nan_at`: the step whose gradient holds a NaN and
+/// must be skipped), then params and every state tensor compared, read with the async API.
+async fn vs_reference<C: OptimizerConfig>(
+    gpu: &Gpu,
+    cfg: C,
+    step_ref: fn(&C, &mut Array1<f32>, &Array1<f32>, &mut State),
+    clip: Option<f32>,
+    nan_at: Option<usize>,
+    seed: u64,
+) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let names = ["a", "b", "c"];
+    let init: Vec<Vec<f32>> = LENS.iter().map(|&n| random(&mut rng, n, 1.0)).collect();
+    let tensors: Vec<(&str, &[f32])> = names
+        .iter()
+        .copied()
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let mut params = Params::new(gpu, &tensors).map_err(e)?;
+    let mut opt = FusedOptimizer::<C>::new(&params, cfg.clone()).map_err(e)?;
+    opt.set_max_grad_norm(clip).map_err(e)?;
+    if nan_at.is_some() {
+        opt.set_skip_nonfinite(true).map_err(e)?;
+    }
+    let mut cpu: Vec<(Array1<f32>, State)> = init
+        .iter()
+        .map(|v| (Array1::from(v.clone()), State::new(&cfg, v.len())))
+        .collect();
+    let mut clipped = 0;
+    let mut skipped = 0;
+    for s in 0..STEPS {
+        let mut grads: Vec<Vec<f32>> = LENS.iter().map(|&n| random(&mut rng, n, 2.0)).collect();
+        if nan_at == Some(s) {
+            grads[1][7] = f32::NAN;
+        }
+        for (n, g) in names.iter().zip(&grads) {
+            params.write_grad(n, g).map_err(e)?;
+        }
+        let before = if nan_at == Some(s) {
+            Some(params.read_async("b").await.map_err(e)?)
+        } else {
+            None
+        };
+        opt.step(&mut params).map_err(e)?;
+        if let Some(before) = before {
+            if !opt.last_step_skipped_async().await.map_err(e)? {
+                return Err(format!("step {s} had a NaN gradient and was not skipped"));
+            }
+            if params.read_async("b").await.map_err(e)? != before {
+                return Err(format!("the skipped step {s} changed the parameters"));
+            }
+            if opt.last_grad_norm_async().await.map_err(e)?.is_finite() {
+                return Err(format!("step {s}: a NaN gradient gave a finite norm"));
+            }
+            skipped += 1;
+            continue;
+        }
+        let mut coef = 1.0f32;
+        if let Some(max_norm) = clip {
+            let gpu_norm = opt.last_grad_norm_async().await.map_err(e)?;
+            let arrays: Vec<Array1<f32>> = grads.iter().map(|g| Array1::from(g.clone())).collect();
+            let refs: Vec<&Array1<f32>> = arrays.iter().collect();
+            let want = reference::grad_norm(&refs, NormType::L2, 1.0)
+                .ok_or("the reference norm is not finite")?;
+            if ((gpu_norm as f64 - want) / want).abs() > 1e-5 {
+                return Err(format!(
+                    "step {s}: norm {gpu_norm}, the reference says {want}"
+                ));
+            }
+            coef = reference::clip_coef(gpu_norm, max_norm);
+            clipped += (coef < 1.0) as usize;
+        }
+        for ((p, state), g) in cpu.iter_mut().zip(&grads) {
+            let g = Array1::from(g.iter().map(|x| x * coef).collect::<Vec<f32>>());
+            step_ref(&cfg, p, &g, state);
+        }
+    }
+    let mut worst = 0.0f32;
+    for (i, n) in names.iter().enumerate() {
+        let got = params.read_async(n).await.map_err(e)?;
+        worst = worst.max(compare(
+            &format!("param {n}"),
+            &got,
+            cpu[i].0.as_slice().unwrap(),
+        )?);
+        for key in opt.state_keys() {
+            let got = opt.state_async(key, n).await.map_err(e)?;
+            let want = cpu[i]
+                .1
+                .get(key)
+                .ok_or(format!("the reference keeps no `{key}`"))?;
+            worst = worst.max(compare(
+                &format!("{key} of {n}"),
+                &got,
+                want.as_slice().unwrap(),
+            )?);
+        }
+    }
+    let steps = opt.step_count_async().await.map_err(e)?;
+    if steps != (STEPS - skipped) as u64 {
+        return Err(format!(
+            "step count {steps} after {STEPS} steps, {skipped} skipped"
+        ));
+    }
+    Ok(format!(
+        "{STEPS} steps on {LENS:?} elements, {} state tensors; largest error {worst:e}{}{}",
+        opt.state_keys().len(),
+        if clip.is_some() {
+            format!(", {clipped} steps clipped")
+        } else {
+            String::new()
+        },
+        if skipped > 0 {
+            format!(", {skipped} skipped")
+        } else {
+            String::new()
+        },
+    ))
+}
+
+/// Params written, read back asynchronously: exactly the values written.
+async fn async_reads(gpu: &Gpu) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let mut rng = StdRng::seed_from_u64(1);
+    let v = random(&mut rng, 4099, 3.0);
+    let g = random(&mut rng, 4099, 3.0);
+    let params = Params::new(gpu, &[("w", &v[..])]).map_err(e)?;
+    params.write_grad("w", &g).map_err(e)?;
+    let (rv, rg) = (
+        params.read_async("w").await.map_err(e)?,
+        params.read_grad_async("w").await.map_err(e)?,
+    );
+    if rv != v || rg != g {
+        return Err("read_async / read_grad_async differ from what was written".into());
+    }
+    // The blocking form says what to use instead, and does not panic.
+    match params.read("w") {
+        Err(Error::WouldBlock { instead, .. }) => Ok(format!(
+            "4099 values and gradients bit for bit; Params::read says: use {instead}"
+        )),
+        other => Err(format!("Params::read in a browser gave {other:?}")),
+    }
+}
+
+/// AdamW with clipping, 3 steps, saved to bytes, loaded into a fresh set and optimizer: same
+/// params, state and step count; one more step on each gives the same bits.
+async fn checkpoint_bytes(gpu: &Gpu) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let mut rng = StdRng::seed_from_u64(2);
+    let w = random(&mut rng, 1000, 1.0);
+    let b = random(&mut rng, 5, 1.0);
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        ..AdamConfig::adamw()
+    };
+    let mut p1 = Params::new(gpu, &[("w", &w[..]), ("b", &b[..])]).map_err(e)?;
+    let mut o1 = FusedOptimizer::<AdamConfig>::new(&p1, cfg.clone()).map_err(e)?;
+    o1.set_max_grad_norm(Some(1.0)).map_err(e)?;
+    let grads = |rng: &mut StdRng| (random(rng, 1000, 1.0), random(rng, 5, 1.0));
+    for _ in 0..3 {
+        let (gw, gb) = grads(&mut rng);
+        p1.write_grad("w", &gw).map_err(e)?;
+        p1.write_grad("b", &gb).map_err(e)?;
+        o1.step(&mut p1).map_err(e)?;
+    }
+    let bytes = checkpoint::save_to_bytes_async(&p1, &o1, Default::default())
+        .await
+        .map_err(e)?;
+    let ck = checkpoint::Checkpoint::from_bytes(bytes.clone()).map_err(e)?;
+    if !ck.verified() || ck.step_count() != 3 || ck.optimizer() != "Adam" {
+        return Err(format!(
+            "the bytes say {} at step {}, verified {}",
+            ck.optimizer(),
+            ck.step_count(),
+            ck.verified()
+        ));
+    }
+    let mut p2 = Params::zeros(gpu, &[("w", 1000), ("b", 5)]).map_err(e)?;
+    let mut o2 = FusedOptimizer::<AdamConfig>::new(&p2, cfg).map_err(e)?;
+    o2.set_max_grad_norm(Some(1.0)).map_err(e)?;
+    let report = checkpoint::load_from_bytes(&bytes, &mut p2, &mut o2).map_err(e)?;
+    for n in ["w", "b"] {
+        if p1.read_async(n).await.map_err(e)? != p2.read_async(n).await.map_err(e)? {
+            return Err(format!("param {n} differs after loading"));
+        }
+        for key in o1.state_keys() {
+            if o1.state_async(key, n).await.map_err(e)?
+                != o2.state_async(key, n).await.map_err(e)?
+            {
+                return Err(format!("{key} of {n} differs after loading"));
+            }
+        }
+    }
+    if o2.step_count_async().await.map_err(e)? != 3 {
+        return Err("the loaded optimizer's step count is not 3".into());
+    }
+    let (gw, gb) = grads(&mut rng);
+    for (p, o) in [(&mut p1, &mut o1), (&mut p2, &mut o2)] {
+        p.write_grad("w", &gw).map_err(e)?;
+        p.write_grad("b", &gb).map_err(e)?;
+        o.step(p).map_err(e)?;
+    }
+    if p1.read_async("w").await.map_err(e)? != p2.read_async("w").await.map_err(e)? {
+        return Err("the step after loading differs from the uninterrupted one".into());
+    }
+    // A damaged byte is refused with a typed error, not a panic.
+    let mut bad = bytes.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x10;
+    let refused = match checkpoint::load_from_bytes(&bad, &mut p2, &mut o2) {
+        Err(err @ (Error::CheckpointChecksum { .. } | Error::CheckpointFormat(_))) => err,
+        other => return Err(format!("a flipped bit loaded: {other:?}")),
+    };
+    Ok(format!(
+        "{} bytes, verified {}, resumed bit for bit; a flipped bit: {refused}",
+        bytes.len(),
+        report.verified
+    ))
+}
+
+/// A wgpu error inside a synchronous call (a step on a destroyed buffer): in a browser its
+/// error scopes answer only after the page yields, so the error comes back from a later call on
+/// the device, as an `Error::Gpu`, never as a panic or a silent success.
+async fn deferred_error(gpu: &Gpu) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let mut params = Params::new(gpu, &[("w", &[1.0f32; 64][..])]).map_err(e)?;
+    let mut opt = FusedOptimizer::<SgdConfig>::new(&params, SgdConfig::default()).map_err(e)?;
+    let fence = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("deferred error fence"),
+        size: 16,
+        usage: wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    params
+        .param_buffer(0)
+        .ok_or("no parameter buffer")?
+        .destroy();
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let step = opt.step(&mut params);
+        outcomes.push(format!("step: {step:?}"));
+        if let Err(err @ Error::Gpu(_)) = step {
+            return Ok(format!(
+                "after {} calls, a step said: {err}",
+                outcomes.len()
+            ));
+        }
+        // Yield to the page so that the scopes answer: this read-back (the next call on the
+        // device) may be the one that reports it.
+        let read = gpu.read_buffer_f32_async(&fence, 1).await;
+        outcomes.push(format!("read: {read:?}"));
+        if let Err(err @ Error::Gpu(_)) = read {
+            return Ok(format!(
+                "after {} calls, a read-back said: {err}",
+                outcomes.len()
+            ));
+        }
+        sleep_ms(50).await;
+    }
+    Err(format!(
+        "no Error::Gpu after a step on a destroyed buffer: {outcomes:?}"
+    ))
+}
+
+/// Resolves after `ms` milliseconds of the page's event loop (a timer).
+async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Every check, in order.
+pub async fn run_all(gpu: &Gpu) -> Vec<Value> {
+    let fused = gpu.fused_multiply_add_async().await;
+    reference::set_fused_multiply_add(fused);
+    let mut out = vec![json!({
+        "name": "adapter",
+        "ok": true,
+        "detail": format!("{} ({:?}), fused fma: {fused}", gpu.info().name, gpu.info().backend),
+    })];
+    out.push(check("async reads", async_reads(gpu).await));
+    macro_rules! row {
+        ($name:expr, $cfg:expr, $f:path) => {
+            out.push(check(
+                $name,
+                vs_reference(gpu, $cfg, $f, None, None, 10).await,
+            ));
+        };
+    }
+    row!(
+        "Adam",
+        AdamConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+        reference::adam
+    );
+    row!(
+        "AdamW",
+        AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::adamw()
+        },
+        reference::adam
+    );
+    row!(
+        "Adam amsgrad",
+        AdamConfig {
+            lr: 1e-2,
+            amsgrad: true,
+            ..Default::default()
+        },
+        reference::adam
+    );
+    row!(
+        "SGD momentum",
+        SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            ..Default::default()
+        },
+        reference::sgd
+    );
+    row!(
+        "SGD nesterov",
+        SgdConfig {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            ..Default::default()
+        },
+        reference::sgd
+    );
+    row!(
+        "RMSprop",
+        RmsPropConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+        reference::rmsprop
+    );
+    row!(
+        "RMSprop centered momentum",
+        RmsPropConfig {
+            lr: 1e-2,
+            centered: true,
+            momentum: 0.9,
+            ..Default::default()
+        },
+        reference::rmsprop
+    );
+    row!(
+        "Adagrad",
+        AdagradConfig {
+            lr: 0.05,
+            ..Default::default()
+        },
+        reference::adagrad
+    );
+    row!("Lion", LionConfig::default(), reference::lion);
+    row!("Adadelta", AdadeltaConfig::default(), reference::adadelta);
+    row!("Rprop", RpropConfig::default(), reference::rprop);
+    row!("ASGD", AsgdConfig::default(), reference::asgd);
+    row!("Adamax", AdamaxConfig::default(), reference::adamax);
+    row!("RAdam", RAdamConfig::default(), reference::radam);
+    row!("NAdam", NAdamConfig::default(), reference::nadam);
+    out.push(check(
+        "AdamW clipped at norm 1",
+        vs_reference(
+            gpu,
+            AdamConfig::adamw(),
+            reference::adam,
+            Some(1.0),
+            None,
+            11,
+        )
+        .await,
+    ));
+    out.push(check(
+        "SGD momentum clipped, NaN gradient skipped",
+        vs_reference(
+            gpu,
+            SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                ..Default::default()
+            },
+            reference::sgd,
+            Some(1.0),
+            Some(2),
+            12,
+        )
+        .await,
+    ));
+    out.push(check(
+        "Adam skip_nonfinite, NaN gradient skipped",
+        vs_reference(
+            gpu,
+            AdamConfig::default(),
+            reference::adam,
+            None,
+            Some(1),
+            13,
+        )
+        .await,
+    ));
+    out.push(check("checkpoint bytes", checkpoint_bytes(gpu).await));
+    out.push(check("deferred GPU error", deferred_error(gpu).await));
+    out
+}
