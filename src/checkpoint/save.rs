@@ -29,7 +29,12 @@ fn gpu_source<'a>(
         .iter()
         .map(|p| {
             let keep = (p.len * es) as u64;
-            (&bufs[p.chunk], (p.offset * es) as u64, keep.next_multiple_of(4), keep)
+            (
+                &bufs[p.chunk],
+                (p.offset * es) as u64,
+                keep.next_multiple_of(4),
+                keep,
+            )
         })
         .collect()
 }
