@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 use wgpu_optim::reference::{self, State};
 use wgpu_optim::{
     checkpoint, AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig,
-    FusedOptimizer, Gpu, LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig, Params,
-    RAdamConfig, RmsPropConfig, RpropConfig, SgdConfig,
+    FusedOptimizer, Gpu, LambConfig, LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig,
+    Params, RAdamConfig, RmsPropConfig, RpropConfig, ScheduleFreeAdamWConfig, SgdConfig,
 };
 
 type Error = wgpu_optim::Error;
@@ -431,6 +431,19 @@ pub async fn run_all(gpu: &Gpu) -> Vec<Value> {
     row!("Adamax", AdamaxConfig::default(), reference::adamax);
     row!("RAdam", RAdamConfig::default(), reference::radam);
     row!("NAdam", NAdamConfig::default(), reference::nadam);
+    row!(
+        "Schedule-Free AdamW",
+        ScheduleFreeAdamWConfig::default(),
+        reference::schedule_free_adamw
+    );
+    row!(
+        "LAMB",
+        LambConfig {
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        reference::lamb
+    );
     out.push(check(
         "AdamW clipped at norm 1",
         vs_reference(
