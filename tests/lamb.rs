@@ -5,11 +5,10 @@
 //! (`python3 tools/optax_lamb_trajectory.py`); and bad input.
 
 mod common;
-use common::{compare, gpu, Bound, Run};
+use common::{compare, gpu, json_floats, replay_trajectory, Bound, Run};
 use serde_json::Value;
 use wgpu_optim::{
-    reference, DType, Error, Lamb, LambConfig, Optimizer, OptimizerConfig, ParamGroup, Params,
-    Precision,
+    reference, DType, Error, Lamb, LambConfig, Optimizer, ParamGroup, Params, Precision,
 };
 
 #[test]
@@ -148,41 +147,15 @@ fn matches_optax_trajectories() {
         "/tests/data/optax_lamb_trajectory.json"
     );
     let data: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let floats = |v: &Value| -> Vec<f32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect()
-    };
     for case in data["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let mut cfg = LambConfig::default();
-        for (k, v) in case["options"].as_object().unwrap() {
-            cfg.set_hyperparameter(k, v.as_f64().unwrap()).unwrap();
-        }
-        let init = case["init"].as_object().unwrap();
-        let names: Vec<&str> = init.keys().map(|k| k.as_str()).collect();
-        let values: Vec<Vec<f32>> = init.values().map(floats).collect();
-        let tensors: Vec<(&str, &[f32])> = names
-            .iter()
-            .zip(&values)
-            .map(|(n, v)| (*n, &v[..]))
-            .collect();
-        let mut params = Params::new(&gpu, &tensors).unwrap();
-        let mut opt = Lamb::new(&params, cfg).unwrap();
-        for step in case["grads"].as_array().unwrap() {
-            for (n, g) in step.as_object().unwrap() {
-                params.write_grad(n, &floats(g)).unwrap();
-            }
-            opt.step(&mut params).unwrap();
-        }
+        let (names, params, _) = replay_trajectory(&gpu, case, LambConfig::default());
         let mut worst = 0.0f32;
         for n in &names {
             let w = compare(
                 &format!("{name} {n}"),
                 &params.read(n).unwrap(),
-                &floats(&case["params"][n]),
+                &json_floats(&case["params"][n]),
                 Bound::TORCH,
             );
             worst = worst.max(w);

@@ -4,7 +4,7 @@
 //! `AdamWScheduleFree` (`python3 tools/schedulefree_trajectory.py`); and bad input.
 
 mod common;
-use common::{compare, gpu, Bound, Run};
+use common::{compare, gpu, json_floats, replay_trajectory, Bound, Run};
 use ndarray::Array1;
 use serde_json::Value;
 use wgpu_optim::checkpoint;
@@ -191,49 +191,16 @@ fn matches_schedulefree_trajectories() {
         "/tests/data/schedulefree_trajectory.json"
     );
     let data: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let floats = |v: &Value| -> Vec<f32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect()
-    };
     for case in data["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let mut cfg = ScheduleFreeAdamWConfig::default();
-        for (k, v) in case["options"].as_object().unwrap() {
-            match v {
-                Value::Array(a) => {
-                    for (i, x) in a.iter().enumerate() {
-                        cfg.set_hyperparameter(&format!("{k}[{i}]"), x.as_f64().unwrap())
-                            .unwrap();
-                    }
-                }
-                _ => cfg.set_hyperparameter(k, v.as_f64().unwrap()).unwrap(),
-            }
-        }
-        let init = case["init"].as_object().unwrap();
-        let names: Vec<&str> = init.keys().map(|k| k.as_str()).collect();
-        let values: Vec<Vec<f32>> = init.values().map(floats).collect();
-        let tensors: Vec<(&str, &[f32])> = names
-            .iter()
-            .zip(&values)
-            .map(|(n, v)| (*n, &v[..]))
-            .collect();
-        let mut params = Params::new(&gpu, &tensors).unwrap();
-        let mut opt = ScheduleFreeAdamW::new(&params, cfg).unwrap();
-        for step in case["grads"].as_array().unwrap() {
-            for (n, g) in step.as_object().unwrap() {
-                params.write_grad(n, &floats(g)).unwrap();
-            }
-            opt.step(&mut params).unwrap();
-        }
+        let (names, params, mut opt) =
+            replay_trajectory(&gpu, case, ScheduleFreeAdamWConfig::default());
         let mut worst = 0.0f32;
         for n in &names {
             let w = compare(
                 &format!("{name} {n} y"),
                 &params.read(n).unwrap(),
-                &floats(&case["y"][n]),
+                &json_floats(&case["y"][n]),
                 Bound::TORCH,
             );
             worst = worst.max(w);
@@ -241,7 +208,7 @@ fn matches_schedulefree_trajectories() {
                 let w = compare(
                     &format!("{name} {n} {key}"),
                     &opt.state(key, n).unwrap(),
-                    &floats(&case["state"][n][key]),
+                    &json_floats(&case["state"][n][key]),
                     Bound::TORCH,
                 );
                 worst = worst.max(w);
@@ -252,7 +219,7 @@ fn matches_schedulefree_trajectories() {
             let w = compare(
                 &format!("{name} {n} x"),
                 &params.read(n).unwrap(),
-                &floats(&case["x"][n]),
+                &json_floats(&case["x"][n]),
                 Bound::TORCH,
             );
             worst = worst.max(w);

@@ -7,8 +7,8 @@ use crate::error::Result;
 /// `||p|| / ||u||`.
 pub type Lamb = FusedOptimizer<LambConfig>;
 
-/// Options of [`Lamb`], with `optax.lamb`'s meaning (`b1`, `b2` as `betas`) and the defaults
-/// of the table: lr 1e-3, betas (0.9, 0.999), eps 1e-6, weight_decay 0.
+/// Options of [`Lamb`], with `optax.lamb`'s meaning (`b1`, `b2` as `betas`): lr 1e-3, betas
+/// (0.9, 0.999), eps 1e-6, weight_decay 0 by default.
 ///
 /// Each step `t`, per element, then per tensor: `m = beta1 m + (1 - beta1) g`,
 /// `v = beta2 v + (1 - beta2) g^2`,

@@ -253,6 +253,53 @@ pub fn poison_padding(params: &Params) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Recorded trajectories (tools/*_trajectory.py)
+// ------------------------------------------------------------------------------------------
+
+/// A JSON list of numbers as f32.
+pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Replay one recorded case: `base` with the case's `options` set by hyperparameter name (a
+/// list value sets `name[0]`, `name[1]`, ...), tensors from `init` (name to values), one step
+/// per entry of `grads`. Returns the tensor names, the parameters and the optimizer after the
+/// last step.
+pub fn replay_trajectory<C: OptimizerConfig>(
+    gpu: &Gpu,
+    case: &serde_json::Value,
+    mut base: C,
+) -> (Vec<String>, Params, FusedOptimizer<C>) {
+    for (k, v) in case["options"].as_object().unwrap() {
+        match v.as_array() {
+            Some(list) => {
+                for (i, x) in list.iter().enumerate() {
+                    base.set_hyperparameter(&format!("{k}[{i}]"), x.as_f64().unwrap())
+                        .unwrap();
+                }
+            }
+            None => base.set_hyperparameter(k, v.as_f64().unwrap()).unwrap(),
+        }
+    }
+    let init = case["init"].as_object().unwrap();
+    let names: Vec<String> = init.keys().cloned().collect();
+    let values: Vec<Vec<f32>> = init.values().map(json_floats).collect();
+    let mut params = Params::new(gpu, &named(names.iter().map(|n| n.as_str()), &values)).unwrap();
+    let mut opt = FusedOptimizer::new(&params, base).unwrap();
+    for step in case["grads"].as_array().unwrap() {
+        for (n, g) in step.as_object().unwrap() {
+            params.write_grad(n, &json_floats(g)).unwrap();
+        }
+        opt.step(&mut params).unwrap();
+    }
+    (names, params, opt)
+}
+
+// ------------------------------------------------------------------------------------------
 // The GPU-vs-reference runner
 // ------------------------------------------------------------------------------------------
 
