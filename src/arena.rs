@@ -13,6 +13,9 @@ use std::num::NonZeroU64;
 /// 16-bit dtypes), so it can be bound on its own as a storage buffer range, and its padding keeps
 /// every vector access inside the arena.
 pub const TENSOR_ALIGN: usize = 64;
+/// A tensor split across chunks is split at a multiple of this many of its elements, so a
+/// 256-element block of 8-bit state ([`crate::blockwise::BLOCK`]) never spans two chunks.
+pub const SPLIT_ALIGN: usize = crate::blockwise::BLOCK;
 /// Every chunk is a whole number of these elements: one workgroup (256 threads) × four elements.
 pub const CHUNK_ALIGN: usize = 1024;
 
@@ -119,7 +122,17 @@ impl Layout {
                         chunk_dtypes.push(dtype);
                         used = 0;
                     }
-                    let take = (padded - done).min(cap - used);
+                    let mut take = (padded - done).min(cap - used);
+                    if take < padded - done {
+                        // A split falls on a multiple of SPLIT_ALIGN elements of the tensor.
+                        take -= take % SPLIT_ALIGN;
+                        if take == 0 {
+                            chunk_lens.push(0);
+                            chunk_dtypes.push(dtype);
+                            used = 0;
+                            continue;
+                        }
+                    }
                     pieces[t].push(Piece {
                         chunk: chunk_lens.len() - 1,
                         offset: used,
@@ -371,9 +384,12 @@ mod tests {
             Piece {
                 chunk: 0,
                 offset: 128,
-                len: 1920
+                len: 1792
             }
         );
+        assert!(l.slots[2].pieces[1..]
+            .iter()
+            .all(|p| p.offset == 0 && (p.len == 2048 || p.len == 5000 - 1792 - 2048)));
         assert!(l
             .chunk_lens
             .iter()

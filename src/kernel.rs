@@ -73,12 +73,15 @@ pub(crate) fn layout(
 
 /// Layout of an update kernel: scalars, ctrl, group table (read-only storage), param
 /// (read-write), grad (read-only), then `states` read-write state buffers, the master copy
-/// (read-write, when `master`) and the step's random key (uniform).
+/// (read-write, when `master`), the step's random key (uniform), then the per-tensor sums'
+/// table and sums (when `tensor_sums`) or the 8-bit block table (read-only, when
+/// `blockwise`).
 pub(crate) fn update_layout(
     gpu: &Gpu,
     states: usize,
     master: bool,
     tensor_sums: bool,
+    blockwise: bool,
 ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
     let mut kinds = vec![
         Some(Bind::Read),
@@ -94,6 +97,9 @@ pub(crate) fn update_layout(
     kinds.push(Some(Bind::Uniform));
     if tensor_sums {
         kinds.extend([Some(Bind::Read), Some(Bind::ReadWrite)]);
+    }
+    if blockwise {
+        kinds.push(Some(Bind::Read));
     }
     layout(gpu, &kinds)
 }

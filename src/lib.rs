@@ -73,6 +73,7 @@
 mod arena;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod blockwise;
 #[cfg(feature = "burn")]
 pub mod burn;
 pub mod checkpoint;
@@ -92,7 +93,8 @@ mod scaler;
 pub mod schedule;
 pub mod shader;
 
-pub use arena::{Piece, CHUNK_ALIGN, TENSOR_ALIGN};
+pub use arena::{Piece, CHUNK_ALIGN, SPLIT_ALIGN, TENSOR_ALIGN};
+pub use blockwise::{QuantMap, QuantizedState, StateFormat};
 #[doc(hidden)]
 pub use bytemuck;
 pub use dtype::{DType, Precision};

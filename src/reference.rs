@@ -235,6 +235,43 @@ pub fn stored_step<C: OptimizerConfig>(
     *param = p;
 }
 
+/// The 8-bit step's second half, as the kernel does it under
+/// [`crate::StateFormat::Blockwise8`]: after the f32 update of a tensor with 8-bit state (run
+/// on the dequantized state), each state is quantized blockwise with its map
+/// ([`OptimizerConfig::quant_map`], [`crate::blockwise::quantize`]) and replaced by the values
+/// its codes stand for. Returns, per state, the codes and the f32 values they were made from.
+///
+/// ```
+/// use ndarray::Array1;
+/// use wgpu_optim::{reference, AdamConfig};
+/// let cfg = AdamConfig::adamw();
+/// let mut p = Array1::from_elem(300, 1.0f32);
+/// let mut state = reference::State::new(&cfg, 300);
+/// reference::adam(&cfg, &mut p, &Array1::from_elem(300, 0.5), &mut state);
+/// let q = reference::requantize(&cfg, &mut state);
+/// assert_eq!(q[0].0, "exp_avg");
+/// assert_eq!(q[0].1.absmax, vec![0.05, 0.05]); // every element at the block's absmax
+/// assert!(state.get("exp_avg").unwrap().iter().all(|&m| m == 0.05));
+/// ```
+pub fn requantize<C: OptimizerConfig>(
+    cfg: &C,
+    state: &mut State,
+) -> Vec<(&'static str, crate::QuantizedState, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (key, values) in &mut state.buffers {
+        let map = cfg
+            .quant_map(key)
+            .unwrap_or_else(|| panic!("state `{key}` has no 8-bit form"))
+            .values();
+        let before = values.to_vec();
+        let (codes, absmax) = crate::blockwise::quantize(&map, &before);
+        let q = crate::QuantizedState { codes, absmax, map };
+        *values = Array1::from(q.values());
+        out.push((*key, q, before));
+    }
+    out
+}
+
 /// `grad.add(param, alpha=weight_decay)` when weight_decay != 0.
 fn l2(g: f32, p: f32, wd: f32) -> f32 {
     if wd != 0.0 {

@@ -204,6 +204,9 @@ pub(crate) struct Storage {
     /// The kernel has a master binding (the optimizer keeps master weights).
     pub master_binding: bool,
     pub stochastic: bool,
+    /// Bit `k` set: state slot `k` is 8-bit blockwise ([`crate::StateFormat::Blockwise8`]),
+    /// and the kernel's entry point is `main_q8`. 0: every slot is stored in `state`'s dtype.
+    pub q8: u8,
 }
 
 impl Storage {
@@ -218,6 +221,7 @@ impl Storage {
             | self.state.code() << 2
             | (self.master_binding as u32) << 4
             | (self.stochastic as u32) << 5
+            | (self.q8 as u32) << 6
     }
 }
 
@@ -324,14 +328,19 @@ pub(crate) fn update_kernel<S: ShaderStruct>(
         }
     }
     src += &storage_binding(4, "grad", storage.param, false, false, 0);
-    for (j, slot) in slots.iter().enumerate() {
-        src += &storage_binding(5 + j as u32, slot, storage.state, true, sr, 1 + j);
+    if storage.q8 == 0 {
+        for (j, slot) in slots.iter().enumerate() {
+            src += &storage_binding(5 + j as u32, slot, storage.state, true, sr, 1 + j);
+        }
     }
     let rng = 5 + k + storage.master_binding as u32;
     src += &format!(
         "@group(0) @binding({rng}) var<uniform> rng: StepRng;
 "
     );
+    if storage.q8 != 0 {
+        src += &blockwise_prologue(slots, storage.q8, rng + 1);
+    }
     if sums > 0 {
         src += &tensor_sums_prologue(rng + 1, sums);
     }
@@ -397,6 +406,108 @@ fn main_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         binding + 1
     )
 }
+
+/// With 8-bit blockwise state (`q8`: the quantized slots, bit `k` for slot `k`): each slot's
+/// binding as words (`array<u32>`), accessors that read and write one thread's cached values,
+/// the block table at `binding`, and the entry point `main_q8`, which runs the optimizer's
+/// `update` on one 256-element block per 64 threads: dequantize, update, reduce the block's new
+/// absmax in workgroup memory, requantize (see `shaders/blockwise.wgsl` and
+/// `src/optim/engine/blockwise.rs` for the table).
+fn blockwise_prologue(slots: &[&str], q8: u8, binding: u32) -> String {
+    let mut src = format!(
+        "@group(0) @binding({binding}) var<storage, read> qtab: array<u32>;
+const QSLOTS: u32 = {}u;
+",
+        slots.len()
+    );
+    src += BLOCKWISE;
+    let (mut load, mut reduce, mut store) = (String::new(), String::new(), String::new());
+    for (k, slot) in slots.iter().enumerate() {
+        src += &format!(
+            "var<private> q_old_{slot}: vec4<f32>;
+var<private> q_new_{slot}: vec4<f32>;
+fn load_{slot}(i: u32) -> vec4<f32> {{ return q_old_{slot}; }}
+fn store_{slot}(i: u32, v: vec4<f32>) {{ q_new_{slot} = v; }}
+"
+        );
+        if q8 & (1 << k) == 0 {
+            continue;
+        }
+        src += &format!(
+            "@group(0) @binding({}) var<storage, read_write> {slot}: array<u32>;
+",
+            5 + k
+        );
+        load += &format!(
+            "        if (quant) {{
+            q_old_{slot} = q_dequant({k}u, {slot}[sbase + t], bitcast<f32>({slot}[amax_at]));
+        }} else {{
+            let b = sbase + 4u * t;
+            q_old_{slot} = bitcast<vec4<f32>>(vec4<u32>({slot}[b], {slot}[b + 1u], {slot}[b + 2u], {slot}[b + 3u]));
+        }}
+        q_new_{slot} = q_old_{slot};
+"
+        );
+        reduce += &format!(
+            "    m[{k}] = q_block_max(q_new_{slot}, lanes);
+"
+        );
+        store += &format!(
+            "        if (quant) {{
+            {slot}[sbase + t] = q_quant({k}u, q_new_{slot}, amax[{k}], lanes);
+            if (t == 0u) {{
+                {slot}[amax_at] = bitcast<u32>(amax[{k}]);
+            }}
+        }} else {{
+            let b = sbase + 4u * t;
+            let w = bitcast<vec4<u32>>(q_new_{slot});
+            {slot}[b] = w.x;
+            {slot}[b + 1u] = w.y;
+            {slot}[b + 2u] = w.z;
+            {slot}[b + 3u] = w.w;
+        }}
+"
+        );
+    }
+    src += &format!(
+        "
+@compute @workgroup_size(256)
+fn main_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {{
+    let blk = q_begin(wid, nwg, lid);
+    let t = lid % 64u;
+    let start = blk.x;
+    let nelem = blk.y;
+    let amax_at = blk.z;
+    let sbase = blk.w;
+    let i = start + t;
+    let n = arrayLength(&param);
+    let raw = begin(i, n);
+    let s = unpack_scalars(raw);
+    if (L1) {{
+        l1_coef = raw[3].w;
+        l1_at = i;
+    }}
+    let live = t * 4u < nelem && !step_skipped();
+    let quant = amax_at != Q_DENSE;
+    let lanes = vec4<u32>(t * 4u) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(nelem);
+    workgroupBarrier();
+    if (live) {{
+{load}        update(i, s);
+    }}
+    var m = vec4<f32>(0.0);
+{reduce}    let amax = q_reduce(select(vec4<f32>(0.0), m, live), lid);
+    if (live) {{
+{store}    }}
+}}
+"
+    );
+    src
+}
+
+/// The WGSL helpers of 8-bit blockwise state: the maps in workgroup memory, dequantize, the
+/// block's absmax reduction, nearest-code quantization.
+const BLOCKWISE: &str = include_str!("../shaders/blockwise.wgsl");
 
 /// `decls` (generated struct declarations) in front of a shader's own source.
 pub(crate) fn with_structs(decls: &[String], source: &str) -> String {
@@ -496,6 +607,7 @@ mod tests {
                         state,
                         master_binding,
                         stochastic,
+                        q8: 0,
                     });
                 }
             }
@@ -547,6 +659,50 @@ mod tests {
                 assert!(entries.contains(e), "{} has no entry point {e}", C::NAME);
             }
         }
+    }
+
+    /// The 8-bit kernel of `C` (every slot quantized, each param dtype, with and without
+    /// master weights) parses, validates (uniformity of its barriers included) and binds
+    /// the slots, the random key and the block table where the engine does.
+    fn check_blockwise_kernel<C: crate::OptimizerConfig>() {
+        for param in DType::ALL {
+            for master_binding in [false, true] {
+                let storage = Storage {
+                    param,
+                    state: DType::F32,
+                    master_binding,
+                    stochastic: false,
+                    q8: (1u8 << C::SLOTS.len()) - 1,
+                };
+                let src = update_kernel::<C::Scalars>(C::SLOTS, C::SHADER, storage, 0);
+                let (module, layouter) = parse(&src);
+                assert_layout::<C::Scalars>(&module, &layouter);
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::empty(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", C::NAME, e.emit_to_string(&src)));
+                let b = bindings(&module);
+                let k = C::SLOTS.len() as u32;
+                let rng = 5 + k + master_binding as u32;
+                assert!(b.contains(&(rng, "rng".to_string())), "{b:?}");
+                assert!(b.contains(&(rng + 1, "qtab".to_string())), "{b:?}");
+                for (j, slot) in C::SLOTS.iter().enumerate() {
+                    assert!(b.contains(&(5 + j as u32, slot.to_string())), "{b:?}");
+                }
+                assert!(module.entry_points.iter().any(|e| e.name == "main_q8"));
+            }
+        }
+    }
+
+    #[test]
+    fn blockwise_kernels_agree_with_the_host() {
+        check_blockwise_kernel::<crate::AdamConfig>();
+        check_blockwise_kernel::<crate::SgdConfig>();
+        check_blockwise_kernel::<crate::RmsPropConfig>();
+        check_blockwise_kernel::<crate::AdagradConfig>();
+        check_blockwise_kernel::<crate::LionConfig>();
     }
 
     #[test]

@@ -656,6 +656,7 @@ impl Checkpoint {
         scaler: Option<&GradScaler>,
     ) -> Result<()> {
         opt.ck_ensure_params(params)?;
+        opt.ck_checkpointable()?;
         if self.header.optimizer != opt.ck_kind() {
             return Err(mismatch("optimizer", opt.ck_kind(), &self.header.optimizer));
         }

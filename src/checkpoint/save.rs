@@ -58,6 +58,7 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
     // Everything that can be refused without a read-back is, before a file is created.
     opt.ck_ensure_params(params)?;
     opt.ck_validate()?;
+    opt.ck_checkpointable()?;
     write_atomic(path, |w, at| {
         crate::gpu::block_on(
             "checkpoint::save",
@@ -89,6 +90,7 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
 ) -> Result<()> {
     opt.ck_ensure_params(params)?;
     opt.ck_validate()?;
+    opt.ck_checkpointable()?;
     let steps = opt.step_count();
     let keys = opt.state_keys();
     let tensors = opt.ck_tensors();

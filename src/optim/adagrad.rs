@@ -2,6 +2,7 @@
 
 use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
+use crate::QuantMap;
 
 /// Adagrad.
 pub type Adagrad = FusedOptimizer<AdagradConfig>;
@@ -81,6 +82,10 @@ impl OptimizerConfig for AdagradConfig {
             "must be >= 0",
         )?;
         check("eps", self.eps as f64, self.eps >= 0.0, "must be >= 0")
+    }
+
+    fn quant_map(&self, _key: &str) -> Option<QuantMap> {
+        Some(QuantMap::Unsigned)
     }
 
     fn uses_state(&self, _key: &str) -> bool {

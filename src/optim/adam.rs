@@ -2,6 +2,7 @@
 
 use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::Result;
+use crate::QuantMap;
 
 /// Adam, or AdamW with `decoupled_weight_decay: true`.
 pub type Adam = FusedOptimizer<AdamConfig>;
@@ -93,6 +94,13 @@ impl OptimizerConfig for AdamConfig {
 
     fn validate(&self) -> Result<()> {
         super::check_adam_like(self.lr, self.eps, self.betas, self.weight_decay)
+    }
+
+    fn quant_map(&self, key: &str) -> Option<QuantMap> {
+        match key {
+            "exp_avg" => Some(QuantMap::Signed),
+            _ => Some(QuantMap::Unsigned),
+        }
     }
 
     fn uses_state(&self, key: &str) -> bool {

@@ -14,6 +14,7 @@ use crate::scaler::GradScaler;
 use crate::shader::{self, Ctrl, StepRng, Storage, OPTIMIZER_SCALAR_BYTES};
 use std::sync::Arc;
 
+mod blockwise;
 mod l1;
 mod precision;
 mod tensor_sums;
@@ -77,6 +78,8 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     /// the first pass's pipelines (`pipelines` are then the second pass's).
     tensor_sums: Option<tensor_sums::TensorSums>,
     pipelines_sums: Vec<wgpu::ComputePipeline>,
+    /// With 8-bit blockwise state ([`crate::StateFormat::Blockwise8`]): the block tables.
+    blockwise: Option<blockwise::Blockwise>,
 }
 
 impl<C: OptimizerConfig> std::fmt::Debug for FusedOptimizer<C> {
@@ -166,7 +169,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             "wgpu-optim rounding key",
             bytemuck::bytes_of(&StepRng::default()),
         );
-        let (_, pipeline_layout) = kernel::update_layout(&gpu, slots, false, sums > 0);
+        let (_, pipeline_layout) = kernel::update_layout(&gpu, slots, false, sums > 0, false);
         let mut opt = FusedOptimizer {
             pipelines: Vec::new(),
             param_bufs: params.param_bufs.clone(),
@@ -200,16 +203,33 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             norm_ran: false,
             tensor_sums,
             pipelines_sums: Vec::new(),
+            blockwise: None,
         };
         opt.fill_states()?;
         opt.bind();
         Ok(opt)
     }
 
-    /// Fresh state buffers in the state dtype, holding each state's initial value.
+    /// Fresh state buffers in the state dtype (or 8-bit), holding each state's initial value.
     fn fill_states(&mut self) -> Result<()> {
         let dtype = self.precision.state;
         let layout = self.layout.clone();
+        if let Some(q) = &self.blockwise {
+            for k in 0..self.states.len() {
+                let key = self.states[k].0;
+                let bufs: Vec<wgpu::Buffer> = (0..layout.chunk_lens.len())
+                    .map(|c| arena::arena_buffer(&self.gpu, key, q.buffer_bytes(c)))
+                    .collect();
+                self.states[k].1 = bufs;
+                for (t, slot) in layout.slots.iter().enumerate() {
+                    let v = self.groups[self.group_of[t] as usize].state_init(key);
+                    if v != 0.0 {
+                        self.write_state_values(k, t, &vec![v; slot.len]);
+                    }
+                }
+            }
+            return Ok(());
+        }
         for (key, bufs) in &mut self.states {
             let inits: Vec<f32> = self.groups.iter().map(|c| c.state_init(key)).collect();
             let uniform = inits.iter().all(|&v| v == inits[0]);
@@ -234,8 +254,13 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let gpu = &self.gpu;
         let layout = &self.layout;
         let master = self.precision.master_weights;
-        let (bgl, pipeline_layout) =
-            kernel::update_layout(gpu, C::SLOTS.len(), master, self.tensor_sums.is_some());
+        let (bgl, pipeline_layout) = kernel::update_layout(
+            gpu,
+            C::SLOTS.len(),
+            master,
+            self.tensor_sums.is_some(),
+            self.blockwise_active().is_some(),
+        );
         self.chunks = (0..layout.chunk_lens.len())
             .map(|c| {
                 let mut entries = vec![
@@ -271,11 +296,22 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     entries.push((next + 1, ts.tables[c].as_entire_buffer_binding()));
                     entries.push((next + 2, ts.sums.as_entire_buffer_binding()));
                 }
-                (kernel::bind(gpu, &bgl, &entries), layout.chunk_lens[c])
+                let mut elems = layout.chunk_lens[c];
+                if let Some(q) = self.blockwise_active() {
+                    entries.push((next + 1, q.tables[c].as_entire_buffer_binding()));
+                    elems = q.grid_elems(c);
+                }
+                (kernel::bind(gpu, &bgl, &entries), elems)
             })
             .collect();
         self.pipeline_layout = pipeline_layout;
         self.rebuild_pipeline();
+    }
+
+    /// The 8-bit block tables, when the state is 8-bit and there is state at all (SGD without
+    /// momentum keeps none, and runs the plain kernel).
+    fn blockwise_active(&self) -> Option<&blockwise::Blockwise> {
+        self.blockwise.as_ref().filter(|_| !self.states.is_empty())
     }
 
     fn norm_active(&self) -> bool {
@@ -308,7 +344,12 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 })
                 .collect()
         };
-        let pipelines = build("main", sums.then_some(2));
+        let entry = if self.blockwise_active().is_some() {
+            "main_q8"
+        } else {
+            "main"
+        };
+        let pipelines = build(entry, sums.then_some(2));
         let pipelines_sums = if sums {
             build("main_sums", Some(0))
         } else {
@@ -325,6 +366,12 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             state: p.state,
             master_binding: p.master_weights,
             stochastic: p.stochastic_rounding,
+            q8: match self.blockwise_active() {
+                Some(_) => self.states.iter().fold(0u8, |m, (key, _)| {
+                    m | 1 << C::SLOTS.iter().position(|s| s == key).expect("a slot")
+                }),
+                None => 0,
+            },
         }
     }
 
@@ -460,6 +507,22 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// state dtype. `"master"` is the f32 master copy of a 16-bit parameter. Validated before any
     /// GPU work.
     pub fn set_state(&mut self, key: &str, tensor: &str, data: &[f32]) -> Result<()> {
+        if self.blockwise.is_some() && key != MASTER {
+            let (k, t) = self.state_index(key, tensor)?;
+            let len = self.layout.slots[t].len;
+            if data.len() != len {
+                return Err(Error::LengthMismatch {
+                    name: tensor.to_string(),
+                    expected: len,
+                    got: data.len(),
+                });
+            }
+            let gpu = self.gpu.clone();
+            return gpu.scoped(|| {
+                self.write_state_values(k, t, data);
+                Ok(())
+            });
+        }
         let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
         arena::write_checked(&self.gpu, bufs, &self.layout, Some(dtype), tensor, data)
     }
@@ -706,6 +769,10 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
 
     fn state_async<'a>(&'a self, key: &'a str, tensor: &'a str) -> ReadFuture<'a, Vec<f32>> {
         Box::pin(async move {
+            if self.blockwise.is_some() && key != MASTER {
+                let (k, t) = self.state_index(key, tensor)?;
+                return self.read_state_values(k, t).await;
+            }
             let (bufs, dtype) = self.state_buffers_of(key, tensor)?;
             let slot = self.layout.slot(tensor)?;
             arena::read_slot_async(&self.gpu, bufs, slot, dtype).await

@@ -2,6 +2,7 @@
 
 use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
+use crate::QuantMap;
 
 /// Lion: the sign of an interpolation of the momentum and the gradient, with decoupled weight
 /// decay.
@@ -88,6 +89,10 @@ impl OptimizerConfig for LionConfig {
             self.weight_decay >= 0.0,
             "must be >= 0",
         )
+    }
+
+    fn quant_map(&self, _key: &str) -> Option<QuantMap> {
+        Some(QuantMap::Signed)
     }
 
     fn uses_state(&self, _key: &str) -> bool {

@@ -258,6 +258,14 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn state_init(&self, _key: &str) -> f32 {
         0.0
     }
+    /// The bitsandbytes map state `key` is quantized with under 8-bit state
+    /// ([`crate::StateFormat::Blockwise8`]): [`crate::QuantMap::Signed`] for states of either
+    /// sign, [`crate::QuantMap::Unsigned`] for non-negative ones. `None` (the default): the
+    /// state has no 8-bit form, and `set_state_format` refuses it. The update is unchanged; the
+    /// kernel dequantizes before `update` and requantizes after it.
+    fn quant_map(&self, _key: &str) -> Option<crate::QuantMap> {
+        None
+    }
     /// Boolean specialisation constants (`override`s) of the shader, as 0/1.
     fn constants(&self) -> Vec<(&'static str, u32)>;
     /// Whether gradients are negated (`maximize`).

@@ -44,6 +44,8 @@ pub trait Persist {
     fn ck_apply_group(&mut self, g: usize, hps: &[(String, f64)]) -> Result<()>;
     /// Validate every group's configuration.
     fn ck_validate(&self) -> Result<()>;
+    /// `Err` when the state cannot be written to or read from a checkpoint (8-bit state).
+    fn ck_checkpointable(&self) -> Result<()>;
     /// max_grad_norm, norm type, skip_nonfinite.
     fn ck_clipping(&self) -> (Option<f32>, NormType, bool);
     /// Set max_grad_norm, norm type and skip_nonfinite (only those that differ).
@@ -188,6 +190,18 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
     fn ck_validate(&self) -> Result<()> {
         for g in 0..self.group_count() {
             self.group_config(g)?.validate()?;
+        }
+        Ok(())
+    }
+
+    fn ck_checkpointable(&self) -> Result<()> {
+        if self.state_format() != crate::StateFormat::Dense {
+            return Err(Error::InvalidOptions(
+                "checkpoints do not hold 8-bit state (StateFormat::Blockwise8) yet: convert the \
+                 state with set_state_format(StateFormat::Dense) before saving, and back after \
+                 loading"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 
 use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
+use crate::QuantMap;
 
 /// RMSprop.
 pub type RmsProp = FusedOptimizer<RmsPropConfig>;
@@ -90,6 +91,13 @@ impl OptimizerConfig for RmsPropConfig {
             self.alpha >= 0.0,
             "must be >= 0",
         )
+    }
+
+    fn quant_map(&self, key: &str) -> Option<QuantMap> {
+        match key {
+            "square_avg" => Some(QuantMap::Unsigned),
+            _ => Some(QuantMap::Signed),
+        }
     }
 
     fn uses_state(&self, key: &str) -> bool {

@@ -2,6 +2,7 @@
 
 use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Error, Result};
+use crate::QuantMap;
 
 /// SGD, optionally with (Nesterov) momentum.
 pub type Sgd = FusedOptimizer<SgdConfig>;
@@ -85,6 +86,10 @@ impl OptimizerConfig for SgdConfig {
             ));
         }
         Ok(())
+    }
+
+    fn quant_map(&self, _key: &str) -> Option<QuantMap> {
+        Some(QuantMap::Signed)
     }
 
     fn uses_state(&self, _key: &str) -> bool {

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use wgpu_optim::reference::{self, ScalerState, State, Stored};
 use wgpu_optim::{
     DType, FusedOptimizer, Gpu, GradScaler, NormType, Optimizer, OptimizerConfig, ParamGroup,
-    Params, Precision, ScalerConfig,
+    Params, Precision, ScalerConfig, StateFormat,
 };
 
 /// `(name, values)` pairs for `Params::new` from parallel lists of names and values.
@@ -360,6 +360,7 @@ pub struct Run<C: OptimizerConfig> {
     dtypes: Vec<DType>,
     precision: Precision,
     l1: Vec<f32>,
+    format: StateFormat,
 }
 
 impl<C: OptimizerConfig> Run<C> {
@@ -382,6 +383,7 @@ impl<C: OptimizerConfig> Run<C> {
             dtypes: vec![DType::F32],
             precision: Precision::default(),
             l1: Vec::new(),
+            format: StateFormat::Dense,
         }
         .sizes(SIZES)
     }
@@ -491,6 +493,14 @@ impl<C: OptimizerConfig> Run<C> {
         self
     }
 
+    /// Keep the state in this format (`FusedOptimizer::set_state_format`): with 8-bit state,
+    /// the reference requantizes after each step ([`reference::requantize`]) and the check
+    /// compares codes and absmax (see [`compare_codes`]).
+    pub fn state_format(mut self, format: StateFormat) -> Self {
+        self.format = format;
+        self
+    }
+
     fn dtype_of(&self, t: usize) -> DType {
         self.dtypes[t % self.dtypes.len()]
     }
@@ -546,6 +556,11 @@ pub struct Harness<C: OptimizerConfig> {
     l1_of: Vec<f32>,
     /// Reference params and state, per tensor.
     cpu: Vec<(Array1<f32>, State)>,
+    /// With 8-bit state: per tensor (empty below min_size), the reference's codes per state and
+    /// the values they were made from.
+    quantized: Vec<Vec<(&'static str, wgpu_optim::QuantizedState, Vec<f32>)>>,
+    /// Codes that differed by one at a midpoint, over all checks.
+    pub midpoint_codes: std::cell::Cell<usize>,
     /// Reference master copies (16-bit tensors with master weights).
     master: Vec<Option<Array1<f32>>>,
     /// Each element's index inside its chunk, per tensor (for stochastic rounding).
@@ -606,6 +621,7 @@ impl<C: OptimizerConfig> Harness<C> {
             opt.set_skip_nonfinite(true).unwrap();
         }
         opt.set_precision(run.precision).unwrap();
+        opt.set_state_format(run.format).unwrap();
         opt.set_rounding_seed(ROUNDING_SEED);
         let scaler = run
             .scaler
@@ -662,7 +678,10 @@ impl<C: OptimizerConfig> Harness<C> {
                     .collect()
             })
             .collect();
+        let quantized = vec![Vec::new(); run.tensors.len()];
         Harness {
+            quantized,
+            midpoint_codes: std::cell::Cell::new(0),
             master,
             positions,
             run,
@@ -788,6 +807,9 @@ impl<C: OptimizerConfig> Harness<C> {
                     &g,
                     state,
                 );
+                if self.run.format.quantizes(p.len()) {
+                    self.quantized[i] = reference::requantize(&self.configs[i], state);
+                }
             }
             self.outcome.applied += 1;
         }
@@ -846,6 +868,31 @@ impl<C: OptimizerConfig> Harness<C> {
             }
             assert_eq!(keys, state.keys(), "{name}: state keys");
             for k in &keys {
+                if self.run.format.quantizes(want.len()) {
+                    let got = self
+                        .opt
+                        .quantized_state(k, t)
+                        .unwrap()
+                        .expect("8-bit state");
+                    let what = format!("{name} {t} {k}");
+                    let (_, q, before) = match self.quantized[i].iter().find(|q| q.0 == *k) {
+                        Some(q) => q,
+                        None => continue,
+                    };
+                    compare(
+                        &format!("{what} absmax"),
+                        &got.absmax,
+                        &q.absmax,
+                        self.bound,
+                    );
+                    let n = compare_codes(&what, &got.codes, q, before);
+                    self.midpoint_codes.set(self.midpoint_codes.get() + n);
+                    assert_eq!(self.opt.state(k, t).unwrap(), got.values(), "{what} values");
+                    let start = q.map.iter().position(|&v| v == 0.0).unwrap() as u8;
+                    unmoved += q.codes.iter().filter(|&&c| c == start).count();
+                    total += q.codes.len();
+                    continue;
+                }
                 let want = state.get(k).unwrap().as_slice().unwrap();
                 let got = self.opt.state(k, t).unwrap();
                 compare(&format!("{name} {t} {k}"), &got, want, self.bound);
@@ -881,4 +928,34 @@ impl<C: OptimizerConfig> Harness<C> {
             );
         }
     }
+}
+
+/// Compare the GPU's codes of one 8-bit state with the reference's (`want`, made from the f32
+/// values `before`): equal, except that a code may differ by one where the value, scaled by
+/// 1 / absmax, sits within f32 rounding of the midpoint between the two codes (the midpoint and
+/// the scaling are computed in f32 on both sides, and a driver's division may round
+/// differently). Returns how many codes differed that way; panics on any other difference.
+pub fn compare_codes(
+    what: &str,
+    got: &[u8],
+    want: &wgpu_optim::QuantizedState,
+    before: &[f32],
+) -> usize {
+    assert_eq!(got.len(), want.codes.len(), "{what}: codes length");
+    let mut midpoint = 0;
+    for (i, (&a, &b)) in got.iter().zip(&want.codes).enumerate() {
+        if a == b {
+            continue;
+        }
+        let absmax = want.absmax[i / wgpu_optim::blockwise::BLOCK];
+        let x = before[i] / absmax;
+        let m = (want.map[a as usize] + want.map[b as usize]) / 2.0;
+        assert!(
+            a.abs_diff(b) == 1 && (x - m).abs() <= 4.0 * f32::EPSILON * m.abs().max(1e-30),
+            "{what}: code {i} is {a}, the reference has {b} (value {} / absmax {absmax})",
+            before[i]
+        );
+        midpoint += 1;
+    }
+    midpoint
 }

@@ -42,8 +42,18 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     .into(),
             ));
         }
+        if self.blockwise.is_some() && precision.state != DType::F32 {
+            return Err(Error::InvalidOptions(
+                "8-bit state (StateFormat::Blockwise8) keeps f32 state for small tensors: the \
+                 state dtype must stay f32"
+                    .into(),
+            ));
+        }
         let limit = self.gpu.limits().max_storage_buffers_per_shader_stage as usize;
-        let need = 5 + C::SLOTS.len() + precision.master_weights as usize;
+        let need = 5
+            + C::SLOTS.len()
+            + precision.master_weights as usize
+            + self.blockwise.is_some() as usize;
         if need > limit {
             return Err(Error::DeviceLimit(format!(
                 "{} with master weights needs {need} storage buffers per shader stage, the \
@@ -138,11 +148,26 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     }
 
     /// Bytes of GPU memory the optimizer's state takes (every state buffer, padding included,
-    /// and the master copy).
+    /// and the master copy; with 8-bit state, codes, absmax and the f32 state of small tensors,
+    /// not the block tables).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Params, StateFormat};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 1 << 20)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::adamw())?;
+    /// assert_eq!(opt.state_memory_bytes(), 8 << 20);
+    /// opt.set_state_format(StateFormat::blockwise8())?;
+    /// assert_eq!(opt.state_memory_bytes(), 2 * ((1 << 20) + 4 * (1 << 12))); // 2.03 B/element
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
     pub fn state_memory_bytes(&self) -> u64 {
         let l = &self.layout;
         let per_state: u64 = (0..l.chunk_lens.len())
-            .map(|c| l.chunk_bytes(c, self.precision.state))
+            .map(|c| match &self.blockwise {
+                Some(q) => q.buffer_bytes(c),
+                None => l.chunk_bytes(c, self.precision.state),
+            })
             .sum();
         let master: u64 = self
             .master
@@ -155,14 +180,17 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     }
 
     /// Every state tensor's values, per state in order, per tensor in layout order (waits).
-    fn read_all_state(&self) -> Result<Vec<Vec<Vec<f32>>>> {
-        self.states
-            .iter()
-            .map(|(_, bufs)| {
-                self.layout
-                    .slots
-                    .iter()
-                    .map(|slot| arena::read_slot(&self.gpu, bufs, slot, self.precision.state))
+    pub(super) fn read_all_state(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        (0..self.states.len())
+            .map(|k| {
+                (0..self.layout.slots.len())
+                    .map(|t| {
+                        crate::gpu::block_on(
+                            "converting the state",
+                            "its async form",
+                            self.read_state_values(k, t),
+                        )
+                    })
                     .collect()
             })
             .collect()

@@ -1,0 +1,545 @@
+//! 8-bit blockwise optimizer state in the engine ([`StateFormat::Blockwise8`]): the block table
+//! of every chunk, the layout of the state buffers, and moving state between the host and them.
+//!
+//! Each 256-element block of each tensor is one entry of its chunk's table (see
+//! `shaders/blockwise.wgsl`). A state buffer of a chunk holds, as u32 words: the codes of the
+//! chunk's quantized blocks (64 words each, four codes per word, element order), their absmax
+//! (one word each), then the f32 values of the blocks of tensors below `min_size` (256 words
+//! each). The parameter and gradient buffers keep the arena layout; the table maps each block
+//! to its vec4s there.
+
+use super::FusedOptimizer;
+use crate::arena::{Layout, Slot};
+use crate::blockwise::{self, QuantizedState, StateFormat, BLOCK};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::optim::OptimizerConfig;
+
+/// Marks an entry whose tensor keeps f32 state (as in `shaders/blockwise.wgsl`).
+const DENSE: u32 = u32::MAX;
+/// Words of one block's codes.
+const CODE_WORDS: u32 = (BLOCK / 4) as u32;
+
+/// One piece of a tensor (its part in one chunk) in the state buffers: its blocks are
+/// consecutive, codes `sbase + 64 b` and absmax `amax + b` (quantized), or f32 values
+/// `sbase + 256 b`.
+#[derive(Clone, Copy, Debug)]
+struct QPiece {
+    chunk: usize,
+    quant: bool,
+    sbase: u32,
+    amax: u32,
+    len: usize,
+}
+
+impl QPiece {
+    fn blocks(&self) -> usize {
+        blockwise::blocks(self.len)
+    }
+}
+
+/// The block tables and state-buffer layout of 8-bit state over an arena layout.
+pub(super) struct Blockwise {
+    pub min_size: usize,
+    /// Per chunk: its table entries (a multiple of four) and the words of each state buffer.
+    entries: Vec<Vec<[u32; 4]>>,
+    words: Vec<usize>,
+    /// Per tensor, in layout order.
+    pieces: Vec<Vec<QPiece>>,
+    /// One map per state slot of the optimizer (in `SLOTS` order).
+    pub maps: Vec<[f32; 256]>,
+    /// Per chunk: the maps, then the entries.
+    pub tables: Vec<wgpu::Buffer>,
+}
+
+impl Blockwise {
+    pub fn new(gpu: &Gpu, layout: &Layout, min_size: usize, maps: Vec<[f32; 256]>) -> Blockwise {
+        let chunks = layout.chunk_lens.len();
+        let mut entries = vec![Vec::new(); chunks];
+        let mut words = vec![0usize; chunks];
+        let mut pieces = vec![Vec::new(); layout.slots.len()];
+        for c in 0..chunks {
+            let mut in_chunk: Vec<(usize, crate::Piece, bool)> = layout
+                .slots
+                .iter()
+                .enumerate()
+                .flat_map(|(t, s)| {
+                    let quant = s.len >= min_size;
+                    s.pieces
+                        .iter()
+                        .filter(move |p| p.chunk == c)
+                        .map(move |p| (t, *p, quant))
+                })
+                .collect();
+            in_chunk.sort_by_key(|(_, p, _)| p.offset);
+            let nq: usize = in_chunk
+                .iter()
+                .filter(|x| x.2)
+                .map(|x| blockwise::blocks(x.1.len))
+                .sum();
+            let (mut code_at, mut amax_at) = (0u32, (nq * CODE_WORDS as usize) as u32);
+            let mut dense_at = amax_at + nq as u32;
+            for (t, p, quant) in in_chunk {
+                let piece = QPiece {
+                    chunk: c,
+                    quant,
+                    sbase: if quant { code_at } else { dense_at },
+                    amax: if quant { amax_at } else { DENSE },
+                    len: p.len,
+                };
+                for b in 0..piece.blocks() {
+                    let nelem = (p.len - b * BLOCK).min(BLOCK) as u32;
+                    let start = ((p.offset + b * BLOCK) / 4) as u32;
+                    if quant {
+                        entries[c].push([start, nelem, amax_at, code_at]);
+                        code_at += CODE_WORDS;
+                        amax_at += 1;
+                    } else {
+                        entries[c].push([start, nelem, DENSE, dense_at]);
+                        dense_at += BLOCK as u32;
+                    }
+                }
+                pieces[t].push(piece);
+            }
+            while entries[c].len() % 4 != 0 || entries[c].is_empty() {
+                entries[c].push([0, 0, DENSE, 0]);
+            }
+            words[c] = (dense_at as usize).next_multiple_of(4).max(4);
+        }
+        let mut q = Blockwise {
+            min_size,
+            entries,
+            words,
+            pieces,
+            maps,
+            tables: Vec::new(),
+        };
+        q.upload_tables(gpu);
+        q
+    }
+
+    /// (Re)create every chunk's table from the maps and entries.
+    pub fn upload_tables(&mut self, gpu: &Gpu) {
+        self.tables = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut words: Vec<u32> = self
+                    .maps
+                    .iter()
+                    .flat_map(|m| m.iter().map(|v| v.to_bits()))
+                    .collect();
+                words.extend(e.iter().flatten());
+                crate::arena::storage_with(
+                    gpu,
+                    "wgpu-optim 8-bit block table",
+                    bytemuck::cast_slice(&words),
+                )
+            })
+            .collect();
+    }
+
+    /// Bytes of chunk `c`'s buffer of one state.
+    pub fn buffer_bytes(&self, c: usize) -> u64 {
+        (self.words[c] * 4) as u64
+    }
+
+    /// Elements the update kernel's grid must cover for chunk `c`: 256 per block, so that
+    /// `kernel::record` dispatches one workgroup per four blocks.
+    pub fn grid_elems(&self, c: usize) -> usize {
+        self.entries[c].len() * BLOCK
+    }
+
+    /// Whether tensor `t` has 8-bit state.
+    pub fn quantized(&self, t: usize) -> bool {
+        self.pieces[t].first().is_some_and(|p| p.quant)
+    }
+
+    /// `(buffer, byte offset, bytes)` ranges holding tensor `t`'s state in `bufs`: per piece,
+    /// its codes then its absmax, or its f32 blocks.
+    fn ranges<'a>(&self, t: usize, bufs: &'a [wgpu::Buffer]) -> Vec<(&'a wgpu::Buffer, u64, u64)> {
+        let mut r = Vec::new();
+        for p in &self.pieces[t] {
+            let b = p.blocks() as u64;
+            let buf = &bufs[p.chunk];
+            if p.quant {
+                r.push((buf, p.sbase as u64 * 4, b * BLOCK as u64));
+                r.push((buf, p.amax as u64 * 4, b * 4));
+            } else {
+                r.push((buf, p.sbase as u64 * 4, b * BLOCK as u64 * 4));
+            }
+        }
+        r
+    }
+
+    /// Decode what [`Blockwise::ranges`] read: the values, and codes and absmax when quantized.
+    fn decode(
+        &self,
+        t: usize,
+        bytes: &[u8],
+        map: &[f32; 256],
+    ) -> (Vec<f32>, Option<QuantizedState>) {
+        let mut values = Vec::new();
+        let (mut codes, mut absmax) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for p in &self.pieces[t] {
+            let b = p.blocks();
+            if p.quant {
+                codes.extend_from_slice(&bytes[at..at + p.len]);
+                at += b * BLOCK;
+                absmax.extend(
+                    bytes[at..at + b * 4]
+                        .chunks_exact(4)
+                        .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes"))),
+                );
+                at += b * 4;
+            } else {
+                values.extend(
+                    bytes[at..at + p.len * 4]
+                        .chunks_exact(4)
+                        .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes"))),
+                );
+                at += b * BLOCK * 4;
+            }
+        }
+        if self.quantized(t) {
+            let values = blockwise::dequantize(map, &codes, &absmax);
+            let q = QuantizedState {
+                codes,
+                absmax,
+                map: *map,
+            };
+            (values, Some(q))
+        } else {
+            (values, None)
+        }
+    }
+
+    /// Read tensor `t`'s state from `bufs` (slot `k`): values and, when quantized, the codes.
+    pub async fn read(
+        &self,
+        gpu: &Gpu,
+        t: usize,
+        bufs: &[wgpu::Buffer],
+        k: usize,
+    ) -> Result<(Vec<f32>, Option<QuantizedState>)> {
+        let ranges = self.ranges(t, bufs);
+        let map = self.maps[k];
+        gpu.read_with_async(&ranges, |bytes| self.decode(t, bytes, &map))
+            .await
+    }
+
+    /// Write tensor `t`'s state (slot `k`) from f32 values, quantized on the host
+    /// ([`blockwise::quantize`]) when the tensor has 8-bit state.
+    pub fn write_values(&self, gpu: &Gpu, t: usize, bufs: &[wgpu::Buffer], k: usize, v: &[f32]) {
+        let mut at = 0;
+        for p in &self.pieces[t] {
+            let part = &v[at..at + p.len];
+            at += p.len;
+            if p.quant {
+                let (codes, absmax) = blockwise::quantize(&self.maps[k], part);
+                self.write_codes(gpu, p, bufs, &codes, &absmax);
+            } else {
+                let mut words = part.to_vec();
+                words.resize(p.blocks() * BLOCK, 0.0);
+                gpu.queue().write_buffer(
+                    &bufs[p.chunk],
+                    p.sbase as u64 * 4,
+                    bytemuck::cast_slice(&words),
+                );
+            }
+        }
+    }
+
+    /// Write one piece's codes (`p.len` of them) and absmax.
+    fn write_codes(
+        &self,
+        gpu: &Gpu,
+        p: &QPiece,
+        bufs: &[wgpu::Buffer],
+        codes: &[u8],
+        absmax: &[f32],
+    ) {
+        let mut bytes = codes.to_vec();
+        bytes.resize(p.blocks() * BLOCK, 0);
+        let buf = &bufs[p.chunk];
+        gpu.queue().write_buffer(buf, p.sbase as u64 * 4, &bytes);
+        gpu.queue()
+            .write_buffer(buf, p.amax as u64 * 4, bytemuck::cast_slice(absmax));
+    }
+
+    /// Write tensor `t`'s codes and absmax as given (checked by the caller).
+    pub fn write_quantized(&self, gpu: &Gpu, t: usize, bufs: &[wgpu::Buffer], q: &QuantizedState) {
+        let (mut at, mut block) = (0, 0);
+        for p in &self.pieces[t] {
+            let b = p.blocks();
+            self.write_codes(
+                gpu,
+                p,
+                bufs,
+                &q.codes[at..at + p.len],
+                &q.absmax[block..block + b],
+            );
+            at += p.len;
+            block += b;
+        }
+    }
+}
+
+/// 8-bit blockwise state ([`StateFormat`]).
+impl<C: OptimizerConfig> FusedOptimizer<C> {
+    /// Store the optimizer state as bitsandbytes' 8-bit blockwise state
+    /// ([`StateFormat::Blockwise8`]): one u8 code per element in blocks of 256 with an f32
+    /// absmax per block, about 2 bytes per element for Adam instead of 8, and fewer bytes moved
+    /// per step. Tensors with fewer than `min_size` elements keep f32 state. The step itself
+    /// is unchanged: the same f32 update (every option, param groups, clipping, skipping, the
+    /// grad scaler), run on the dequantized block, which is then requantized in the same
+    /// kernel. Supported by Adam/AdamW, SGD, RMSprop, Adagrad and Lion (the other optimizers
+    /// give [`Error::InvalidOptions`]), with f32 state dtype ([`crate::Precision::state`]) and
+    /// any parameter dtype.
+    ///
+    /// Called before the first step, the state is built fresh; called later, the current
+    /// state is converted (quantized, or dequantized back with [`StateFormat::Dense`]), which
+    /// waits for the GPU once.
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params, StateFormat};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("fc1.weight", 1 << 16), ("fc1.bias", 256)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::adamw())?;
+    /// opt.set_state_format(StateFormat::Blockwise8 { min_size: 4096 })?;
+    /// opt.step(&mut params)?;
+    /// let m: Vec<f32> = opt.state("exp_avg", "fc1.weight")?; // dequantized values
+    /// assert_eq!(m.len(), 1 << 16);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn set_state_format(&mut self, format: StateFormat) -> Result<()> {
+        if format == self.state_format() {
+            return Ok(());
+        }
+        let maps = match format {
+            StateFormat::Dense => None,
+            StateFormat::Blockwise8 { min_size } => Some(self.check_blockwise(min_size)?),
+        };
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| {
+            let kept = if self.submitted > 0 {
+                Some(self.read_all_state()?)
+            } else {
+                None
+            };
+            self.blockwise = match (format, maps) {
+                (StateFormat::Blockwise8 { min_size }, Some(maps)) => {
+                    Some(Blockwise::new(&self.gpu, &self.layout, min_size, maps))
+                }
+                _ => None,
+            };
+            self.fill_states()?;
+            if let Some(values) = kept {
+                for (k, per_tensor) in values.into_iter().enumerate() {
+                    for (t, v) in per_tensor.into_iter().enumerate() {
+                        self.write_state_values(k, t, &v);
+                    }
+                }
+            }
+            self.bind();
+            Ok(())
+        })
+    }
+
+    /// The maps of every slot, after checking that this optimizer and precision can keep
+    /// 8-bit state with `min_size`.
+    fn check_blockwise(&self, min_size: usize) -> Result<Vec<[f32; 256]>> {
+        if min_size == 0 {
+            return Err(Error::InvalidOptions(
+                "min_size must be at least 1 (bitsandbytes' default is 4096)".into(),
+            ));
+        }
+        if self.precision.state != crate::DType::F32 {
+            return Err(Error::InvalidOptions(format!(
+                "8-bit state replaces the state dtype: set Precision::state back to f32 (it is \
+                 {:?})",
+                self.precision.state
+            )));
+        }
+        let first = &self.groups[0];
+        let mut maps = Vec::with_capacity(C::SLOTS.len());
+        for slot in C::SLOTS {
+            match first.quant_map(slot) {
+                Some(m) => maps.push(m.values()),
+                None if !first.uses_state(slot) => maps.push([0.0; 256]),
+                None => {
+                    return Err(Error::InvalidOptions(format!(
+                        "{} has no 8-bit form of its state `{slot}`; 8-bit state is supported \
+                         by Adam/AdamW, SGD, RMSprop, Adagrad and Lion",
+                        C::NAME
+                    )))
+                }
+            }
+        }
+        if C::TENSOR_SUMS > 0 || C::SLOTS.len() > 4 {
+            return Err(Error::InvalidOptions(format!(
+                "{} has no 8-bit state",
+                C::NAME
+            )));
+        }
+        let limit = self.gpu.limits().max_storage_buffers_per_shader_stage as usize;
+        let need = 6 + C::SLOTS.len() + self.precision.master_weights as usize;
+        if need > limit {
+            return Err(Error::DeviceLimit(format!(
+                "{} with 8-bit state needs {need} storage buffers per shader stage, the device \
+                 allows {limit}",
+                C::NAME
+            )));
+        }
+        Ok(maps)
+    }
+
+    /// The state format in use ([`FusedOptimizer::set_state_format`]).
+    pub fn state_format(&self) -> StateFormat {
+        match &self.blockwise {
+            Some(q) => StateFormat::Blockwise8 {
+                min_size: q.min_size,
+            },
+            None => StateFormat::Dense,
+        }
+    }
+
+    /// The 8-bit state of one tensor as stored: codes (one per element), absmax (one per block
+    /// of 256) and the map. `None` when the tensor keeps f32 state (dense format, or fewer
+    /// elements than `min_size`).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params, StateFormat};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 5000)])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::adamw())?;
+    /// opt.set_state_format(StateFormat::blockwise8())?;
+    /// opt.step(&mut params)?;
+    /// let q = opt.quantized_state("exp_avg_sq", "w")?.expect("8-bit");
+    /// assert_eq!((q.codes.len(), q.absmax.len()), (5000, 20));
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn quantized_state(&self, key: &str, tensor: &str) -> Result<Option<QuantizedState>> {
+        crate::gpu::block_on(
+            "FusedOptimizer::quantized_state",
+            "Optimizer::state_async",
+            async {
+                let (k, t) = self.state_index(key, tensor)?;
+                match &self.blockwise {
+                    Some(q) if q.quantized(t) => Ok(q
+                        .read(&self.gpu, t, &self.states[k].1, self.slot_of(k))
+                        .await?
+                        .1),
+                    _ => Ok(None),
+                }
+            },
+        )
+    }
+
+    /// Overwrite one tensor's 8-bit state with codes, absmax and map as stored (e.g. from a
+    /// checkpoint or bitsandbytes). The map must be the one this state uses
+    /// ([`crate::OptimizerConfig::quant_map`]); lengths must fit the tensor. Checked before any
+    /// GPU work.
+    pub fn set_quantized_state(
+        &mut self,
+        key: &str,
+        tensor: &str,
+        state: &QuantizedState,
+    ) -> Result<()> {
+        let (k, t) = self.state_index(key, tensor)?;
+        let q = match &self.blockwise {
+            Some(q) if q.quantized(t) => q,
+            _ => {
+                return Err(Error::InvalidOptions(format!(
+                    "state `{key}` of `{tensor}` is not 8-bit (see set_state_format and min_size)"
+                )))
+            }
+        };
+        let len = self.layout.slots[t].len;
+        let blocks = blockwise::blocks(len);
+        if state.codes.len() != len || state.absmax.len() != blocks {
+            return Err(Error::LengthMismatch {
+                name: format!("{tensor} ({key}: codes, absmax)"),
+                expected: len + blocks,
+                got: state.codes.len() + state.absmax.len(),
+            });
+        }
+        let mine = &q.maps[self.slot_of(k)];
+        if state
+            .map
+            .iter()
+            .map(|v| v.to_bits())
+            .ne(mine.iter().map(|v| v.to_bits()))
+        {
+            return Err(Error::InvalidOptions(format!(
+                "the map given for state `{key}` of `{tensor}` is not the one this optimizer \
+                 uses for it"
+            )));
+        }
+        if let Some(i) = state
+            .absmax
+            .iter()
+            .position(|a| !(a.is_finite() && *a >= 0.0))
+        {
+            return Err(Error::InvalidOptions(format!(
+                "absmax {i} of state `{key}` of `{tensor}` is {} (must be finite and >= 0)",
+                state.absmax[i]
+            )));
+        }
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| {
+            q.write_quantized(&gpu, t, &self.states[k].1, state);
+            Ok(())
+        })
+    }
+
+    /// Index in `states` of `key` and in the layout of `tensor`.
+    pub(super) fn state_index(&self, key: &str, tensor: &str) -> Result<(usize, usize)> {
+        self.state_buffers(key)?;
+        let k = self
+            .states
+            .iter()
+            .position(|(s, _)| *s == key)
+            .expect("checked");
+        let t = *self
+            .layout
+            .index
+            .get(tensor)
+            .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
+        Ok((k, t))
+    }
+
+    /// The `SLOTS` index of `states[k]`.
+    pub(super) fn slot_of(&self, k: usize) -> usize {
+        let key = self.states[k].0;
+        C::SLOTS.iter().position(|s| *s == key).expect("a slot")
+    }
+
+    /// Write state `states[k]` of tensor `t` from f32 values in the current format.
+    pub(super) fn write_state_values(&self, k: usize, t: usize, v: &[f32]) {
+        let bufs = &self.states[k].1;
+        match &self.blockwise {
+            Some(q) => q.write_values(&self.gpu, t, bufs, self.slot_of(k), v),
+            None => crate::arena::write_slot(
+                &self.gpu,
+                bufs,
+                &self.layout.slots[t],
+                self.precision.state,
+                v,
+            ),
+        }
+    }
+
+    /// Read state `states[k]` of tensor `t` as f32 values in the current format.
+    pub(super) async fn read_state_values(&self, k: usize, t: usize) -> Result<Vec<f32>> {
+        let bufs = &self.states[k].1;
+        let slot: &Slot = &self.layout.slots[t];
+        match &self.blockwise {
+            Some(q) => Ok(q.read(&self.gpu, t, bufs, self.slot_of(k)).await?.0),
+            None => {
+                crate::arena::read_slot_async(&self.gpu, bufs, slot, self.precision.state).await
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! 8-bit blockwise state (`StateFormat::Blockwise8`) against the CPU reference on a real
+//! adapter: every optimizer that has it and every option, tensors below, at and above
+//! `min_size`, not multiples of 256, split across chunks, with 16-bit parameters, clipping,
+//! skipped steps, a grad scaler and param groups. Codes and absmax are compared with
+//! `reference::requantize` after each step of the f32 reference.
+
+mod common;
+use common::{Harness, Run};
+use wgpu_optim::{reference, AdagradConfig, AdamConfig, LionConfig, RmsPropConfig, SgdConfig};
+use wgpu_optim::{DType, OptimizerConfig, ParamGroup, Precision, ScalerConfig, StateFormat};
+
+/// Below, at and above bitsandbytes' min_8bit_size, not multiples of 256, and one large.
+const SIZES: &[usize] = &[1000, 4095, 4096, 5000, 70_003];
+
+fn q8() -> StateFormat {
+    StateFormat::blockwise8()
+}
+
+/// Run `cfg` on [`SIZES`] with 8-bit state and check codes, absmax, params and state; return
+/// how many codes differed by one at a midpoint.
+fn check<C: OptimizerConfig>(name: &str, step: reference::Step<C>, cfg: C) -> usize {
+    let h: Harness<C> = Run::new(format!("{name} {cfg:?}"), step)
+        .sizes(SIZES)
+        .state_format(q8())
+        .harness(vec![ParamGroup::rest(cfg)], |_| 0);
+    finish(h)
+}
+
+/// Seven steps (odd: Lion moves each parameter by ±lr per step, and an even number of steps
+/// brings some back to exactly where they started), then the check.
+fn finish<C: OptimizerConfig>(mut h: Harness<C>) -> usize {
+    for _ in 0..7 {
+        h.step();
+    }
+    h.check();
+    h.midpoint_codes.get()
+}
+
+const BOOLS: [bool; 2] = [false, true];
+
+#[test]
+fn adam_every_option_matches_the_reference_code_for_code() {
+    let mut midpoint = 0;
+    for amsgrad in BOOLS {
+        for decoupled_weight_decay in BOOLS {
+            for maximize in BOOLS {
+                let cfg = AdamConfig {
+                    lr: 1e-2,
+                    amsgrad,
+                    decoupled_weight_decay,
+                    maximize,
+                    weight_decay: 0.1,
+                    ..Default::default()
+                };
+                midpoint += check("adam", reference::adam, cfg);
+            }
+        }
+    }
+    midpoint += check("adamw", reference::adam, AdamConfig::adamw());
+    // Every code of 8 configurations × 8 steps: a midpoint case must stay rare.
+    assert!(midpoint <= 10, "{midpoint} codes at a midpoint");
+}
+
+#[test]
+fn sgd_rmsprop_adagrad_lion_match_the_reference_code_for_code() {
+    let mut midpoint = 0;
+    for (momentum, nesterov, weight_decay) in
+        [(0.9, false, 0.0), (0.9, true, 0.01), (0.0, false, 0.0)]
+    {
+        let cfg = SgdConfig {
+            lr: 0.05,
+            momentum,
+            nesterov,
+            weight_decay,
+            ..Default::default()
+        };
+        midpoint += check("sgd", reference::sgd, cfg);
+    }
+    for (centered, momentum) in [(false, 0.0), (true, 0.0), (true, 0.9), (false, 0.9)] {
+        let cfg = RmsPropConfig {
+            lr: 1e-2,
+            centered,
+            momentum,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        midpoint += check("rmsprop", reference::rmsprop, cfg);
+    }
+    for initial_accumulator_value in [0.0, 0.1] {
+        let cfg = AdagradConfig {
+            lr: 0.05,
+            initial_accumulator_value,
+            lr_decay: 0.01,
+            ..Default::default()
+        };
+        midpoint += check("adagrad", reference::adagrad, cfg);
+    }
+    for weight_decay in [0.0, 0.1] {
+        let cfg = LionConfig {
+            lr: 1e-3,
+            weight_decay,
+            maximize: weight_decay > 0.0,
+            ..Default::default()
+        };
+        midpoint += check("lion", reference::lion, cfg);
+    }
+    assert!(midpoint <= 10, "{midpoint} codes at a midpoint");
+}
+
+#[test]
+fn blocks_stay_whole_across_chunks_and_min_size_is_honoured() {
+    // Chunks of 4096 elements: 5000 and 70003 are split, each piece on a 256 boundary.
+    let h = Run::new("adam chunks", reference::adam)
+        .sizes(&[3, 300, 5000, 70_003, 64])
+        .max_chunk_bytes(16 * 1024)
+        .state_format(StateFormat::Blockwise8 { min_size: 1 })
+        .harness(vec![ParamGroup::rest(AdamConfig::adamw())], |_| 0);
+    finish(h);
+}
+
+#[test]
+fn sixteen_bit_params_with_and_without_master_weights() {
+    for (dtype, master_weights) in [
+        (DType::Bf16, false),
+        (DType::Bf16, true),
+        (DType::F16, true),
+    ] {
+        let h = Run::new(
+            format!("adamw {dtype:?} master {master_weights}"),
+            reference::adam,
+        )
+        .sizes(SIZES)
+        .dtypes(&[dtype, DType::F32])
+        .precision(Precision {
+            state: DType::F32,
+            master_weights,
+            stochastic_rounding: false,
+        })
+        .state_format(q8())
+        .harness(vec![ParamGroup::rest(AdamConfig::adamw())], |_| 0);
+        finish(h);
+    }
+}
+
+#[test]
+fn clipping_skipping_the_scaler_and_groups_work_as_before() {
+    // Clipping, and a non-finite gradient in steps 2 and 5 (skipped: codes and absmax stay).
+    Run::new("adam q8 clip", reference::adam)
+        .sizes(SIZES)
+        .state_format(q8())
+        .clip(0.5, 2.0)
+        .bad_steps(&[2, 5], f32::NAN, ("t3_5000", 4999))
+        .run(AdamConfig::adamw());
+    Run::new("adam q8 scaler", reference::adam)
+        .sizes(SIZES)
+        .state_format(q8())
+        .scaler(ScalerConfig {
+            init_scale: 1024.0,
+            growth_interval: 2,
+            ..Default::default()
+        })
+        .bad_steps(&[3], f32::INFINITY, ("t4_70003", 7))
+        .run(AdamConfig::adamw());
+    let groups = vec![
+        ParamGroup::new(
+            ["t3_5000", "t0_1000"],
+            AdamConfig {
+                lr: 3e-3,
+                ..AdamConfig::adamw()
+            },
+        ),
+        ParamGroup::rest(AdamConfig {
+            betas: (0.8, 0.99),
+            ..AdamConfig::adamw()
+        }),
+    ];
+    Run::new("adam q8 groups", reference::adam)
+        .sizes(SIZES)
+        .state_format(q8())
+        .run_groups(groups, |n| usize::from(!(n == "t3_5000" || n == "t0_1000")));
+}
+
+#[test]
+fn converting_a_running_state_to_8_bit_and_back() {
+    let gpu = common::gpu();
+    let mut rng = common::rng("blockwise conversion");
+    let w = common::randn(&mut rng, 5000, 1.0);
+    let b = common::randn(&mut rng, 300, 1.0);
+    let mut params = wgpu_optim::Params::new(&gpu, &[("w", &w[..]), ("b", &b[..])]).unwrap();
+    let mut opt = wgpu_optim::Adam::new(&params, AdamConfig::adamw()).unwrap();
+    use wgpu_optim::Optimizer;
+    for _ in 0..3 {
+        params
+            .write_grad("w", &common::randn(&mut rng, 5000, 1.0))
+            .unwrap();
+        params
+            .write_grad("b", &common::randn(&mut rng, 300, 1.0))
+            .unwrap();
+        opt.step(&mut params).unwrap();
+    }
+    let dense_w = opt.state("exp_avg_sq", "w").unwrap();
+    let dense_b = opt.state("exp_avg_sq", "b").unwrap();
+    // Dense: 4 bytes per element of the arena chunk (5056 + 320 elements, rounded to 6144).
+    assert_eq!(opt.state_memory_bytes(), 2 * 4 * 6144);
+    opt.set_state_format(q8()).unwrap();
+    assert_eq!(opt.state_format(), q8());
+    // The large tensor is quantized on the host exactly as the kernel would; the small one keeps
+    // its f32 values.
+    let map = wgpu_optim::QuantMap::Unsigned.values();
+    let (codes, absmax) = wgpu_optim::blockwise::quantize(&map, &dense_w);
+    let q = opt.quantized_state("exp_avg_sq", "w").unwrap().unwrap();
+    assert_eq!((q.codes, q.absmax), (codes.clone(), absmax.clone()));
+    assert_eq!(opt.state("exp_avg_sq", "b").unwrap(), dense_b);
+    assert!(opt.quantized_state("exp_avg_sq", "b").unwrap().is_none());
+    // Codes (20 blocks of 256 B) + absmax (20 × 4 B) for w, 2 blocks of f32 for b, per state.
+    assert_eq!(opt.state_memory_bytes(), 2 * (20 * 256 + 80 + 2 * 1024));
+    let back = wgpu_optim::blockwise::dequantize(&map, &codes, &absmax);
+    opt.step(&mut params).unwrap();
+    opt.set_state_format(StateFormat::Dense).unwrap();
+    assert_eq!(opt.state_format(), StateFormat::Dense);
+    assert_eq!(opt.state("exp_avg_sq", "w").unwrap().len(), 5000);
+    assert_ne!(
+        opt.state("exp_avg_sq", "w").unwrap(),
+        back,
+        "the step moved the state"
+    );
+}
+
+#[test]
+fn bad_formats_and_bad_quantized_state_are_typed_errors_that_change_nothing() {
+    use wgpu_optim::{Error, Optimizer, QuantizedState};
+    let gpu = common::gpu();
+    let mut params = wgpu_optim::Params::zeros(&gpu, &[("w", 5000), ("b", 10)]).unwrap();
+    let mut opt = wgpu_optim::Adam::new(&params, AdamConfig::adamw()).unwrap();
+    let e = opt
+        .set_state_format(StateFormat::Blockwise8 { min_size: 0 })
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
+    assert_eq!(opt.state_format(), StateFormat::Dense);
+    // 16-bit state dtype and 8-bit state exclude each other, in either order.
+    let bf16 = Precision {
+        state: DType::Bf16,
+        ..Precision::default()
+    };
+    opt.set_precision(bf16).unwrap();
+    assert!(matches!(
+        opt.set_state_format(q8()),
+        Err(Error::InvalidOptions(_))
+    ));
+    opt.set_precision(Precision::default()).unwrap();
+    opt.set_state_format(q8()).unwrap();
+    assert!(matches!(
+        opt.set_precision(bf16),
+        Err(Error::InvalidOptions(_))
+    ));
+    // Optimizers without an 8-bit form say so.
+    let mut lamb = wgpu_optim::Lamb::new(&params, Default::default()).unwrap();
+    let e = lamb.set_state_format(q8()).unwrap_err();
+    assert!(e.to_string().contains("8-bit"), "{e}");
+    assert_eq!(lamb.state_format(), StateFormat::Dense);
+
+    params.write_grad("w", &vec![0.5; 5000]).unwrap();
+    opt.step(&mut params).unwrap();
+    let good = opt.quantized_state("exp_avg", "w").unwrap().unwrap();
+    let bad = [
+        QuantizedState {
+            codes: vec![0; 4999],
+            ..good.clone()
+        },
+        QuantizedState {
+            absmax: vec![1.0; 19],
+            ..good.clone()
+        },
+        QuantizedState {
+            map: wgpu_optim::QuantMap::Unsigned.values(),
+            ..good.clone()
+        },
+        QuantizedState {
+            absmax: vec![f32::NAN; 20],
+            ..good.clone()
+        },
+    ];
+    for q in &bad {
+        let e = opt.set_quantized_state("exp_avg", "w", q).unwrap_err();
+        assert!(
+            matches!(e, Error::LengthMismatch { .. } | Error::InvalidOptions(_)),
+            "{e}"
+        );
+        assert_eq!(opt.quantized_state("exp_avg", "w").unwrap().unwrap(), good);
+    }
+    // A small tensor has no 8-bit state to set; unknown names are the usual errors.
+    assert!(opt.set_quantized_state("exp_avg", "b", &good).is_err());
+    assert!(matches!(
+        opt.set_quantized_state("exp_avg", "nope", &good),
+        Err(Error::UnknownTensor(_))
+    ));
+    assert!(matches!(
+        opt.quantized_state("nope", "w"),
+        Err(Error::UnknownState { .. })
+    ));
+    // Written codes are what is read back, and what the next step starts from.
+    let mut q = good.clone();
+    q.absmax[3] = 0.25;
+    opt.set_quantized_state("exp_avg", "w", &q).unwrap();
+    assert_eq!(opt.quantized_state("exp_avg", "w").unwrap().unwrap(), q);
+    // Checkpoints refuse 8-bit state with a typed error and write nothing.
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-q8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("q8.safetensors");
+    let e = wgpu_optim::checkpoint::save(&path, &params, &opt, Default::default()).unwrap_err();
+    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
+    assert!(!path.exists());
+}
