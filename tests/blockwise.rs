@@ -303,11 +303,106 @@ fn bad_formats_and_bad_quantized_state_are_typed_errors_that_change_nothing() {
     q.absmax[3] = 0.25;
     opt.set_quantized_state("exp_avg", "w", &q).unwrap();
     assert_eq!(opt.quantized_state("exp_avg", "w").unwrap().unwrap(), q);
-    // Checkpoints refuse 8-bit state with a typed error and write nothing.
-    let dir = std::env::temp_dir().join(format!("wgpu-optim-q8-{}", std::process::id()));
+}
+
+/// A run of 8-bit AdamW over three tensors (one below min_size), `steps` steps from a seed.
+fn adamw_q8_run(
+    gpu: &wgpu_optim::Gpu,
+    seed: u64,
+) -> (wgpu_optim::Params, wgpu_optim::Adam, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let init: Vec<Vec<f32>> = [5000, 300, 4096]
+        .iter()
+        .map(|&n| common::randn(&mut rng, n, 1.0))
+        .collect();
+    let params = wgpu_optim::Params::new(gpu, &common::named(["w", "b", "v"], &init)).unwrap();
+    let mut opt = wgpu_optim::Adam::new(&params, AdamConfig::adamw()).unwrap();
+    opt.set_state_format(q8()).unwrap();
+    (params, opt, rng)
+}
+
+fn step_random(
+    params: &mut wgpu_optim::Params,
+    opt: &mut wgpu_optim::Adam,
+    rng: &mut rand::rngs::StdRng,
+) {
+    use wgpu_optim::Optimizer;
+    for (n, len) in [("w", 5000), ("b", 300), ("v", 4096)] {
+        params.write_grad(n, &common::randn(rng, len, 1.0)).unwrap();
+    }
+    opt.step(params).unwrap();
+}
+
+#[test]
+fn checkpoints_hold_codes_absmax_and_maps_and_resume_bit_for_bit() {
+    use wgpu_optim::{checkpoint, Error, Optimizer, QuantMap};
+    let gpu = common::gpu();
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-q8ck-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("q8.safetensors");
-    let e = wgpu_optim::checkpoint::save(&path, &params, &opt, Default::default()).unwrap_err();
-    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
-    assert!(!path.exists());
+    let (mut params, mut opt, mut rng) = adamw_q8_run(&gpu, 7);
+    for _ in 0..3 {
+        step_random(&mut params, &mut opt, &mut rng);
+    }
+    checkpoint::save(&path, &params, &opt, Default::default()).unwrap();
+    let ck = checkpoint::open(&path).unwrap();
+    let names: Vec<&str> = ck.tensors().iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(names, ["w", "b", "v"]);
+    // The codes as U8 values, absmax per block and the map, as bitsandbytes names them apart.
+    let q = opt.quantized_state("exp_avg", "w").unwrap().unwrap();
+    let codes: Vec<f32> = q.codes.iter().map(|&c| c as f32).collect();
+    assert_eq!(ck.read("state.w.exp_avg.codes").unwrap(), codes);
+    assert_eq!(ck.read("state.w.exp_avg.absmax").unwrap(), q.absmax);
+    assert_eq!(
+        ck.read("state.w.exp_avg_sq.qmap").unwrap(),
+        QuantMap::Unsigned.values()
+    );
+    assert_eq!(
+        ck.read("state.b.exp_avg").unwrap(),
+        opt.state("exp_avg", "b").unwrap()
+    );
+
+    // A dense optimizer, or one with another min_size, is refused before anything changes.
+    let (mut p2, mut dense) = {
+        let (p, _, _) = adamw_q8_run(&gpu, 8);
+        let o = wgpu_optim::Adam::new(&p, AdamConfig::adamw()).unwrap();
+        (p, o)
+    };
+    let e = checkpoint::load(&path, &mut p2, &mut dense).unwrap_err();
+    assert!(matches!(e, Error::CheckpointMismatch { .. }), "{e}");
+    dense
+        .set_state_format(StateFormat::Blockwise8 { min_size: 100 })
+        .unwrap();
+    assert!(checkpoint::load(&path, &mut p2, &mut dense).is_err());
+
+    // Resume in a fresh optimizer and continue next to the uninterrupted run.
+    let (mut p3, mut resumed, _) = adamw_q8_run(&gpu, 9);
+    checkpoint::load(&path, &mut p3, &mut resumed).unwrap();
+    assert_eq!(resumed.step_count(), 3);
+    let mut rng2 = rng.clone();
+    for _ in 0..3 {
+        step_random(&mut params, &mut opt, &mut rng);
+        step_random(&mut p3, &mut resumed, &mut rng2);
+    }
+    for n in ["w", "b", "v"] {
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(
+            bits(p3.read(n).unwrap()),
+            bits(params.read(n).unwrap()),
+            "{n}"
+        );
+        for k in ["exp_avg", "exp_avg_sq"] {
+            assert_eq!(
+                resumed.quantized_state(k, n).unwrap(),
+                opt.quantized_state(k, n).unwrap(),
+                "{n} {k}"
+            );
+            assert_eq!(
+                bits(resumed.state(k, n).unwrap()),
+                bits(opt.state(k, n).unwrap())
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -47,6 +47,9 @@ pub(crate) struct Meta {
     /// Each group's L1 coefficient, where one is not 0.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
     pub l1: Option<Vec<f64>>,
+    /// With 8-bit state: its format (absent: dense state).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    pub state_format: Option<StateFormatMeta>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_by: Option<String>,
     /// Version 2: the CRC-32 of every tensor's bytes in data order (the checksum tensor
@@ -68,6 +71,17 @@ pub(crate) struct PrecisionMeta {
     /// Steps submitted when saved (skipped ones included): the rounding stream's counter.
     pub rounding_counter: u64,
 }
+
+/// The `state_format` entry: `{"kind": "blockwise8", "min_size": 4096}` for 8-bit state
+/// (absent: one value per element in the precision's state dtype).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StateFormatMeta {
+    pub kind: String,
+    pub min_size: usize,
+}
+
+/// The `kind` of 8-bit blockwise state in the `state_format` entry.
+pub(crate) const BLOCKWISE8: &str = "blockwise8";
 
 /// One parameter group: its tensors and its hyperparameters by name.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,6 +221,8 @@ pub(crate) struct Header {
     pub shapes: Vec<Vec<usize>>,
     pub dtypes: Vec<DType>,
     pub precision: Precision,
+    /// Dense, or 8-bit blockwise (the `state_format` entry).
+    pub state_format: crate::StateFormat,
     pub rounding_seed: u64,
     pub rounding_counter: u64,
     /// Each group's L1 coefficient (zeros where the file has none).
@@ -295,6 +311,26 @@ impl Header {
                 (precision, p.rounding_seed, p.rounding_counter)
             }
         };
+        let state_format = match &meta.state_format {
+            None => crate::StateFormat::Dense,
+            Some(f) if f.kind == BLOCKWISE8 && f.min_size > 0 => {
+                if precision.state != DType::F32 {
+                    return Err(format_err(format!(
+                        "8-bit state with a {} state dtype",
+                        precision.state
+                    )));
+                }
+                crate::StateFormat::Blockwise8 {
+                    min_size: f.min_size,
+                }
+            }
+            Some(f) => {
+                return Err(format_err(format!(
+                    "`state_format` is {:?} with min_size {}, not {BLOCKWISE8:?} with min_size > 0",
+                    f.kind, f.min_size
+                )))
+            }
+        };
         let mut tensors = Vec::with_capacity(meta.tensors.len());
         let mut shapes = Vec::with_capacity(meta.tensors.len());
         let mut dtypes = Vec::with_capacity(meta.tensors.len());
@@ -330,8 +366,27 @@ impl Header {
                 continue; // checked by the reader
             }
             // The number of elements and the dtype this tensor must have.
-            let want = if let Some(name) = tname.strip_prefix("param.") {
-                index.get(name).map(|&t| Ok((tensors[t].1, dtypes[t])))
+            let quant = super::restore::quant_part(tname)
+                .filter(|_| state_format != crate::StateFormat::Dense);
+            let want = if let Some((name, _, part)) = quant {
+                index.get(name).map(|&t| {
+                    let len = tensors[t].1;
+                    if !state_format.quantizes(len) {
+                        return Err(format_err(format!(
+                            "`{tname}`: 8-bit state of `{name}`, which has {len} elements, below \
+                             min_size"
+                        )));
+                    }
+                    Ok(match part {
+                        super::CODES => (len, None),
+                        super::ABSMAX => (crate::blockwise::blocks(len), Some(DType::F32)),
+                        _ => (256, Some(DType::F32)),
+                    })
+                })
+            } else if let Some(name) = tname.strip_prefix("param.") {
+                index
+                    .get(name)
+                    .map(|&t| Ok((tensors[t].1, Some(dtypes[t]))))
             } else if let Some((name, key)) = tname
                 .strip_prefix("state.")
                 .and_then(|rest| rest.rsplit_once('.'))
@@ -340,7 +395,7 @@ impl Header {
                     .get(name)
                     .filter(|_| !key.is_empty())
                     .map(|&t| match key {
-                        "step" => Ok((1, DType::F32)),
+                        "step" => Ok((1, Some(DType::F32))),
                         crate::optim::MASTER
                             if !(precision.master_weights && dtypes[t].is_half()) =>
                         {
@@ -354,8 +409,12 @@ impl Header {
                                 }
                             )))
                         }
-                        crate::optim::MASTER => Ok((tensors[t].1, DType::F32)),
-                        _ => Ok((tensors[t].1, precision.state)),
+                        crate::optim::MASTER => Ok((tensors[t].1, Some(DType::F32))),
+                        _ if state_format.quantizes(tensors[t].1) => Err(format_err(format!(
+                            "`{tname}`: f32 state of `{name}`, which has 8-bit state \
+                             (state.{name}.{key}.codes, .absmax, .qmap)"
+                        ))),
+                        _ => Ok((tensors[t].1, Some(precision.state))),
                     })
             } else {
                 None
@@ -365,10 +424,15 @@ impl Header {
                     "tensor `{tname}` is neither param.<name> nor state.<name>.<key> of a listed tensor"
                 ))
             })??;
-            if storage_dtype(info.dtype) != Some(dtype) {
+            // `None`: the U8 codes of an 8-bit state.
+            let dtype_ok = match dtype {
+                Some(d) => storage_dtype(info.dtype) == Some(d),
+                None => info.dtype == Dtype::U8,
+            };
+            if !dtype_ok {
                 return Err(super::mismatch(
                     format!("dtype of `{tname}`"),
-                    dtype,
+                    dtype.map_or("U8".to_string(), |d| d.to_string()),
                     format!("{:?}", info.dtype),
                 ));
             }
@@ -498,6 +562,7 @@ impl Header {
             shapes,
             dtypes,
             precision,
+            state_format,
             rounding_seed,
             rounding_counter,
             l1,

@@ -167,6 +167,13 @@ pub const BLOCK_BYTES: usize = 16 << 20;
 /// assert_eq!(wgpu_optim::checkpoint::CHECKSUM_TENSOR, "__checksum__");
 /// ```
 pub const CHECKSUM_TENSOR: &str = "__checksum__";
+
+/// Suffixes of the three tensors of one 8-bit state (`state.<name>.<key>.codes` (U8, one per
+/// element), `.absmax` (F32, one per block of 256) and `.qmap` (F32, 256)), the names
+/// bitsandbytes' `state1`/`absmax1`/`qmap1` take in a checkpoint.
+pub(crate) const CODES: &str = "codes";
+pub(crate) const ABSMAX: &str = "absmax";
+pub(crate) const QMAP: &str = "qmap";
 /// Largest header accepted on load (the safetensors crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 

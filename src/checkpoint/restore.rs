@@ -90,21 +90,52 @@ pub struct OptimizerKind {
     pub groups: Vec<GroupRecord>,
 }
 
-/// Where the bytes of a checkpoint tensor go on the GPU: per-chunk buffers, the pieces, and the
-/// dtype they hold.
-pub(super) type Dest<'a> = Option<(&'a [wgpu::Buffer], &'a [Piece], DType)>;
+/// Where the bytes of a checkpoint tensor go on the GPU: `(buffer, byte offset, bytes)`
+/// ranges that take the tensor's bytes in order.
+pub(super) type Dest<'a> = Option<Vec<(&'a wgpu::Buffer, u64, usize)>>;
+
+/// The ranges of a tensor's `pieces` in per-chunk buffers `bufs` of `dtype`.
+fn piece_dest<'a>(bufs: &'a [wgpu::Buffer], pieces: &[Piece], dtype: DType) -> Dest<'a> {
+    let es = dtype.size();
+    Some(
+        pieces
+            .iter()
+            .map(|p| (&bufs[p.chunk], (p.offset * es) as u64, p.len * es))
+            .collect(),
+    )
+}
+
+/// The same from an 8-bit state's `(buffer, byte offset, bytes)` ranges.
+fn range_dest<'a>(ranges: &[(&'a wgpu::Buffer, u64, u64)]) -> Dest<'a> {
+    Some(ranges.iter().map(|&(b, o, n)| (b, o, n as usize)).collect())
+}
 
 /// What a checkpoint tensor is, from its name.
 pub(super) enum Kind<'a> {
     Param(&'a str),
     State(&'a str, &'a str),
+    /// One of an 8-bit state's three tensors: (tensor, key, `codes`/`absmax`/`qmap`).
+    Quant(&'a str, &'a str, &'a str),
     Step,
     Checksum,
+}
+
+/// `(tensor, key, part)` of `state.<tensor>.<key>.<part>`, an 8-bit state's codes, absmax or
+/// map (no optimizer names a state `codes`, `absmax` or `qmap`).
+pub(super) fn quant_part(name: &str) -> Option<(&str, &str, &str)> {
+    let (rest, part) = name.strip_prefix("state.")?.rsplit_once('.')?;
+    if ![super::CODES, super::ABSMAX, super::QMAP].contains(&part) {
+        return None;
+    }
+    let (t, key) = rest.rsplit_once('.')?;
+    Some((t, key, part))
 }
 
 pub(super) fn kind(name: &str) -> Kind<'_> {
     if name == CHECKSUM_TENSOR {
         Kind::Checksum
+    } else if let Some((t, key, part)) = quant_part(name) {
+        Kind::Quant(t, key, part)
     } else if let Some(t) = name.strip_prefix("param.") {
         Kind::Param(t)
     } else {
@@ -532,13 +563,18 @@ impl Checkpoint {
             .position(|n| n == tensor)
             .unwrap_or(usize::MAX);
         let dtype = self.dtypes[t];
-        let mut out = Vec::with_capacity((range.1 - range.0) / dtype.size());
+        let codes = info.dtype == safetensors::Dtype::U8;
+        let mut out = Vec::with_capacity(range.1 - range.0);
         let mut h = crc32fast::Hasher::new();
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         // Blocks are a multiple of 4 bytes from the tensor's start: elements never split.
         read_blocks(&mut file, &self.path, self.data_start, range, |block, _| {
             h.update(block);
-            out.extend(widened(dtype, block));
+            if codes {
+                out.extend(block.iter().map(|&c| c as f32));
+            } else {
+                out.extend(widened(dtype, block));
+            }
             Ok(())
         })?;
         self.check_crc(t, h.finalize())?;
@@ -580,9 +616,9 @@ impl Checkpoint {
             .order
             .iter()
             .map(|name| match kind(name) {
-                Kind::Param(t) => params.layout.index.get(t).map(|&i| {
+                Kind::Param(t) => params.layout.index.get(t).and_then(|&i| {
                     let slot = &params.layout.slots[i];
-                    (&params.param_bufs[..], &slot.pieces[..], slot.dtype)
+                    piece_dest(&params.param_bufs, &slot.pieces, slot.dtype)
                 }),
                 _ => None,
             })
@@ -656,7 +692,6 @@ impl Checkpoint {
         scaler: Option<&GradScaler>,
     ) -> Result<()> {
         opt.ck_ensure_params(params)?;
-        opt.ck_checkpointable()?;
         if self.header.optimizer != opt.ck_kind() {
             return Err(mismatch("optimizer", opt.ck_kind(), &self.header.optimizer));
         }
@@ -674,6 +709,13 @@ impl Checkpoint {
                 "optimizer precision (set_precision before loading)",
                 describe(precision),
                 describe(saved),
+            ));
+        }
+        if opt.ck_state_format() != self.header.state_format {
+            return Err(mismatch(
+                "state format (set_state_format before loading)",
+                format!("{:?}", opt.ck_state_format()),
+                format!("{:?}", self.header.state_format),
             ));
         }
         let mut ours: Vec<(&str, usize)> = opt.ck_tensors().iter().map(|t| (t.0, t.1)).collect();
@@ -727,8 +769,11 @@ impl Checkpoint {
         // The state keys of every tensor, in one pass over the file's tensors.
         let mut keys_of: HashMap<&str, Vec<&str>> = HashMap::new();
         for name in &self.order {
-            if let Kind::State(t, key) = kind(name) {
-                keys_of.entry(t).or_default().push(key);
+            match kind(name) {
+                Kind::State(t, key) | Kind::Quant(t, key, super::CODES) => {
+                    keys_of.entry(t).or_default().push(key)
+                }
+                _ => {}
             }
         }
         let keys = opt.state_keys();
@@ -798,7 +843,9 @@ impl Checkpoint {
                         let name = &self.order[t];
                         let k = kind(name);
                         let dtype = self.dtypes[t];
-                        if problem.is_none() && !matches!(k, Kind::Checksum) {
+                        if problem.is_none()
+                            && !matches!(k, Kind::Checksum | Kind::Quant(_, _, super::CODES))
+                        {
                             for (i, x) in widened(dtype, bytes).enumerate() {
                                 if !x.is_finite() {
                                     problem = Some(Error::CheckpointNonFinite {
@@ -835,6 +882,42 @@ impl Checkpoint {
         Ok(crcs)
     }
 
+    /// With 8-bit state: the map of each state key, read from its `.qmap` tensors, which must
+    /// be one of bitsandbytes' two dynamic maps and the same for every tensor.
+    fn quant_maps(&self) -> Result<Vec<(String, crate::QuantMap)>> {
+        let mut maps: Vec<(String, crate::QuantMap)> = Vec::new();
+        for name in &self.order {
+            let Kind::Quant(_, key, super::QMAP) = kind(name) else {
+                continue;
+            };
+            let values = self.read(name)?;
+            let map = [crate::QuantMap::Signed, crate::QuantMap::Unsigned]
+                .into_iter()
+                .find(|m| {
+                    m.values()
+                        .iter()
+                        .zip(&values)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                })
+                .ok_or_else(|| {
+                    format_err(format!(
+                        "`{name}` is neither of bitsandbytes' dynamic maps (signed, unsigned)"
+                    ))
+                })?;
+            match maps.iter().find(|(k, _)| k == key) {
+                Some((_, m)) if *m != map => {
+                    return Err(format_err(format!(
+                        "state `{key}` has the {m:?} map for some tensors and the {map:?} map \
+                         for `{name}`"
+                    )))
+                }
+                Some(_) => {}
+                None => maps.push((key.to_string(), map)),
+            }
+        }
+        Ok(maps)
+    }
+
     fn restore_impl(
         &self,
         params: &mut Params,
@@ -844,6 +927,10 @@ impl Checkpoint {
         // ---- 1. Everything that needs no data, then the data itself.
         self.check_fit(params, opt, scaler)?;
         let crcs = self.scan()?;
+        let maps = self.quant_maps()?;
+        for (key, map) in &maps {
+            opt.ck_set_quant_map(key, *map)?;
+        }
 
         // ---- 2. Apply. Nothing below can fail on a valid file but I/O.
         for (g, rec) in self.header.groups.iter().enumerate() {
@@ -867,16 +954,32 @@ impl Checkpoint {
             let tensors = opt.ck_tensors();
             let pieces: HashMap<&str, (&[Piece], DType)> =
                 tensors.iter().map(|t| (t.0, (t.2, t.3))).collect();
-            let dests: Vec<Dest<'_>> = self
-                .order
-                .iter()
-                .map(|name| match kind(name) {
-                    Kind::Param(t) => Some((&params.param_bufs[..], pieces[t].0, pieces[t].1)),
-                    Kind::State(t, crate::optim::MASTER) => Some((master, pieces[t].0, DType::F32)),
-                    Kind::State(t, k) => Some((state_bufs[k], pieces[t].0, state_dtype)),
+            let index: HashMap<&str, usize> =
+                tensors.iter().enumerate().map(|(i, t)| (t.0, i)).collect();
+            let mut dests: Vec<Dest<'_>> = Vec::with_capacity(self.order.len());
+            for name in &self.order {
+                dests.push(match kind(name) {
+                    Kind::Param(t) => piece_dest(&params.param_bufs, pieces[t].0, pieces[t].1),
+                    Kind::State(t, crate::optim::MASTER) => {
+                        piece_dest(master, pieces[t].0, DType::F32)
+                    }
+                    Kind::State(t, k) => match opt.ck_blockwise(k, index[t])? {
+                        Some(v) => range_dest(&v.values),
+                        None => piece_dest(state_bufs[k], pieces[t].0, state_dtype),
+                    },
+                    Kind::Quant(t, k, part) => {
+                        let v = opt
+                            .ck_blockwise(k, index[t])?
+                            .expect("checked: 8-bit state");
+                        match part {
+                            super::CODES => range_dest(&v.codes),
+                            super::ABSMAX => range_dest(&v.absmax),
+                            _ => None,
+                        }
+                    }
                     Kind::Step | Kind::Checksum => None,
-                })
-                .collect();
+                });
+            }
             self.upload(&gpu, &dests, Some(&crcs), false)?;
         }
         if let (Some(s), Some(rec)) = (scaler, &self.header.scaler) {

@@ -3,10 +3,13 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 use super::io::write_atomic;
-use super::meta::{safetensors_dtype, GroupMeta, Hyper, Meta, PrecisionMeta, ScalerMeta};
+use super::meta::{
+    safetensors_dtype, GroupMeta, Hyper, Meta, PrecisionMeta, ScalerMeta, StateFormatMeta,
+    BLOCKWISE8,
+};
 use super::{
-    format_err, param_key, state_key, SaveOptions, SchedulerRecord, BLOCK_BYTES, CHECKSUM_TENSOR,
-    FORMAT, FORMAT_VERSION,
+    format_err, param_key, state_key, SaveOptions, SchedulerRecord, ABSMAX, BLOCK_BYTES,
+    CHECKSUM_TENSOR, CODES, FORMAT, FORMAT_VERSION, QMAP,
 };
 use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
@@ -45,6 +48,19 @@ enum Source<'a> {
     Gpu(Vec<(&'a wgpu::Buffer, u64, u64, u64)>),
     /// The step count as an f32 scalar.
     Step,
+    /// Bytes from the host (an 8-bit state's map).
+    Host(Vec<u8>),
+}
+
+/// GPU ranges `(buffer, byte offset, bytes)` as [`Source::Gpu`] reads them: whole words, of
+/// which the first `bytes` are kept.
+fn whole_words<'a>(ranges: &[(&'a wgpu::Buffer, u64, u64)]) -> Source<'a> {
+    Source::Gpu(
+        ranges
+            .iter()
+            .map(|&(b, off, len)| (b, off, len.next_multiple_of(4), len))
+            .collect(),
+    )
 }
 
 /// Save to `path` atomically (see `write_atomic`). Blocks on the read-backs.
@@ -58,7 +74,6 @@ pub(crate) fn save_impl<O: Optimizer + ?Sized>(
     // Everything that can be refused without a read-back is, before a file is created.
     opt.ck_ensure_params(params)?;
     opt.ck_validate()?;
-    opt.ck_checkpointable()?;
     write_atomic(path, |w, at| {
         crate::gpu::block_on(
             "checkpoint::save",
@@ -90,7 +105,6 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
 ) -> Result<()> {
     opt.ck_ensure_params(params)?;
     opt.ck_validate()?;
-    opt.ck_checkpointable()?;
     let steps = opt.step_count();
     let keys = opt.state_keys();
     let tensors = opt.ck_tensors();
@@ -99,34 +113,76 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
 
     // Parameters in their own dtype and shape, then per tensor its state (in the state dtype),
     // its f32 master copy (16-bit parameters with master weights) and its step count.
-    let mut plan: Vec<(String, Vec<usize>, DType, Source<'_>)> = Vec::new();
+    // With 8-bit state, a quantized state is three tensors: its codes (U8), absmax and map.
+    let mut plan: Vec<(String, Vec<usize>, Dtype, Source<'_>)> = Vec::new();
     for &(name, _, pieces, dtype, shape) in &tensors {
         let src = Source::Gpu(gpu_source(&params.param_bufs, pieces, dtype));
-        plan.push((param_key(name), shape.to_vec(), dtype, src));
+        plan.push((
+            param_key(name),
+            shape.to_vec(),
+            safetensors_dtype(dtype),
+            src,
+        ));
     }
     let mut state_bufs = Vec::with_capacity(keys.len());
     for &k in &keys {
         state_bufs.push(opt.ck_state_buffers(k)?);
     }
     let master = opt.ck_master_buffers();
-    for &(name, _, pieces, dtype, shape) in &tensors {
+    for (t, &(name, len, pieces, dtype, shape)) in tensors.iter().enumerate() {
         for (&k, bufs) in keys.iter().zip(&state_bufs) {
-            let src = Source::Gpu(gpu_source(bufs, pieces, precision.state));
-            plan.push((state_key(name, k), shape.to_vec(), precision.state, src));
+            match opt.ck_blockwise(k, t)? {
+                None => {
+                    let src = Source::Gpu(gpu_source(bufs, pieces, precision.state));
+                    let d = safetensors_dtype(precision.state);
+                    plan.push((state_key(name, k), shape.to_vec(), d, src));
+                }
+                Some(v) if !v.quantized => {
+                    plan.push((
+                        state_key(name, k),
+                        shape.to_vec(),
+                        Dtype::F32,
+                        whole_words(&v.values),
+                    ));
+                }
+                Some(v) => {
+                    let base = state_key(name, k);
+                    let blocks = crate::blockwise::blocks(len);
+                    plan.push((
+                        format!("{base}.{CODES}"),
+                        vec![len],
+                        Dtype::U8,
+                        whole_words(&v.codes),
+                    ));
+                    plan.push((
+                        format!("{base}.{ABSMAX}"),
+                        vec![blocks],
+                        Dtype::F32,
+                        whole_words(&v.absmax),
+                    ));
+                    let map: Vec<u8> = v.map.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    plan.push((
+                        format!("{base}.{QMAP}"),
+                        vec![256],
+                        Dtype::F32,
+                        Source::Host(map),
+                    ));
+                }
+            }
         }
         if precision.master_weights && dtype.is_half() {
             let src = Source::Gpu(gpu_source(master, pieces, DType::F32));
-            plan.push((state_key(name, MASTER), shape.to_vec(), DType::F32, src));
+            plan.push((state_key(name, MASTER), shape.to_vec(), Dtype::F32, src));
         }
-        plan.push((state_key(name, "step"), vec![], DType::F32, Source::Step));
+        plan.push((state_key(name, "step"), vec![], Dtype::F32, Source::Step));
     }
 
     let mut infos = Vec::with_capacity(plan.len() + 1);
     let mut offset = 0usize;
     for (name, shape, dtype, _) in &plan {
-        let bytes = shape.iter().product::<usize>() * dtype.size();
+        let bytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
         let info = TensorInfo {
-            dtype: safetensors_dtype(*dtype),
+            dtype: *dtype,
             shape: shape.clone(),
             data_offsets: (offset, offset + bytes),
         };
@@ -171,19 +227,19 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
     let mut batch_bytes = 0u64;
     // What the batch writes, in order: GPU bytes (length read, length kept, whether they end a
     // tensor) or a step scalar. GPU memory is little-endian, as the file is.
-    let mut parts: Vec<Option<(u64, u64, bool)>> = Vec::new();
+    let mut parts: Vec<Part<'_>> = Vec::new();
     let mut hasher = crc32fast::Hasher::new();
     let mut out = Batches {
         gpu,
         w,
         at,
-        step,
         hasher: &mut hasher,
         crcs: &mut crcs,
     };
     for (_, _, _, src) in &plan {
         match src {
-            Source::Step => parts.push(None),
+            Source::Step => parts.push(Part::Host(&step)),
+            Source::Host(bytes) => parts.push(Part::Host(bytes)),
             Source::Gpu(pieces) => {
                 let total: u64 = pieces.iter().map(|p| p.2).sum();
                 let mut done = 0u64;
@@ -197,7 +253,7 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
                         batch_bytes += n;
                         // The padding half of a last word is read, not written.
                         let kept = if p_done == len { n - (len - keep) } else { n };
-                        parts.push(Some((n, kept, done == total)));
+                        parts.push(Part::Gpu(n, kept, done == total));
                         if batch_bytes == BLOCK_BYTES as u64 {
                             out.flush(&mut batch, &mut parts).await?;
                             batch_bytes = 0;
@@ -227,12 +283,18 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
     Ok(())
 }
 
+/// What a read-back batch writes, in order: GPU bytes (length read, length kept, whether they
+/// end a tensor) or a whole tensor from the host (a step scalar, a map).
+enum Part<'a> {
+    Gpu(u64, u64, bool),
+    Host(&'a [u8]),
+}
+
 /// Where the read-back batches of a save go.
 struct Batches<'a, W> {
     gpu: &'a crate::Gpu,
     w: &'a mut W,
     at: &'a Path,
-    step: [u8; 4],
     hasher: &'a mut crc32fast::Hasher,
     crcs: &'a mut Vec<u32>,
 }
@@ -243,7 +305,7 @@ impl<W: Write> Batches<'_, W> {
     async fn flush(
         &mut self,
         batch: &mut Vec<(&wgpu::Buffer, u64, u64)>,
-        parts: &mut Vec<Option<(u64, u64, bool)>>,
+        parts: &mut Vec<Part<'_>>,
     ) -> Result<()> {
         let io = |e| Error::io("write", self.at, e);
         // Whole words from the GPU, as they lie there (little-endian, as the file).
@@ -252,7 +314,7 @@ impl<W: Write> Batches<'_, W> {
         let mut pos = 0usize;
         for part in parts.iter() {
             match *part {
-                Some((len, keep, ends)) => {
+                Part::Gpu(len, keep, ends) => {
                     let bytes = &data[pos..pos + keep as usize];
                     self.hasher.update(bytes);
                     self.w.write_all(bytes).map_err(io)?;
@@ -261,9 +323,9 @@ impl<W: Write> Batches<'_, W> {
                         self.crcs.push(std::mem::take(self.hasher).finalize());
                     }
                 }
-                None => {
-                    self.w.write_all(&self.step).map_err(io)?;
-                    self.crcs.push(crc32fast::hash(&self.step));
+                Part::Host(bytes) => {
+                    self.w.write_all(bytes).map_err(io)?;
+                    self.crcs.push(crc32fast::hash(bytes));
                 }
             }
         }
@@ -351,6 +413,13 @@ async fn metadata<O: Optimizer + ?Sized>(
         lr_schedulers,
         precision,
         l1,
+        state_format: match opt.ck_state_format() {
+            crate::StateFormat::Dense => None,
+            crate::StateFormat::Blockwise8 { min_size } => Some(StateFormatMeta {
+                kind: BLOCKWISE8.to_string(),
+                min_size,
+            }),
+        },
         written_by: Some(format!("wgpu-optim {}", env!("CARGO_PKG_VERSION"))),
         tensor_crc32: Some("0".repeat(8 * n)),
     })

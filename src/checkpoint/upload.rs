@@ -132,21 +132,20 @@ impl Checkpoint {
                         .device()
                         .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
                     for (bytes, t, lo, src) in copies {
-                        let (bufs, pieces, dtype) = dests[t].expect("selected");
-                        let es = dtype.size();
+                        let ranges = dests[t].as_ref().expect("selected");
                         let hi = lo + bytes.len();
                         let mut piece_start = 0usize;
-                        for p in pieces {
-                            let piece_end = piece_start + p.len * es;
+                        for &(buf, offset, len) in ranges {
+                            let piece_end = piece_start + len;
                             let (a, b) = (lo.max(piece_start), hi.min(piece_end));
                             if a < b {
-                                // Pieces of 16-bit tensors split at multiples of 128 elements,
-                                // so only a tensor's end can be a half word.
+                                // Pieces split at multiples of 256 elements, so only a
+                                // tensor's end can be a partial word.
                                 enc.copy_buffer_to_buffer(
                                     staging,
                                     (src + a - lo) as u64,
-                                    &bufs[p.chunk],
-                                    (p.offset * es + a - piece_start) as u64,
+                                    buf,
+                                    offset + (a - piece_start) as u64,
                                     (b - a).next_multiple_of(4) as u64,
                                 );
                             }
@@ -180,7 +179,11 @@ impl Checkpoint {
         let name = &self.order[t];
         let dtype = self.dtypes[t];
         h.update(bytes);
-        if check_finite {
+        let codes = matches!(
+            super::restore::kind(name),
+            super::restore::Kind::Quant(_, _, super::CODES)
+        );
+        if check_finite && !codes {
             if let Some((j, x)) = widened(dtype, bytes)
                 .enumerate()
                 .find(|(_, x)| !x.is_finite())

@@ -15,6 +15,7 @@ use crate::shader::{self, Ctrl, StepRng, Storage, OPTIMIZER_SCALAR_BYTES};
 use std::sync::Arc;
 
 mod blockwise;
+pub(crate) use blockwise::BlockwiseView;
 mod l1;
 mod precision;
 mod tensor_sums;

@@ -7,6 +7,7 @@
 //! `OptimizerConfig`, not by implementing `Optimizer`). Every method takes and returns public
 //! types only.
 
+use super::engine::BlockwiseView;
 use super::{FusedOptimizer, Optimizer, OptimizerConfig};
 use crate::arena::Piece;
 use crate::dtype::{DType, Precision};
@@ -44,8 +45,12 @@ pub trait Persist {
     fn ck_apply_group(&mut self, g: usize, hps: &[(String, f64)]) -> Result<()>;
     /// Validate every group's configuration.
     fn ck_validate(&self) -> Result<()>;
-    /// `Err` when the state cannot be written to or read from a checkpoint (8-bit state).
-    fn ck_checkpointable(&self) -> Result<()>;
+    /// The state format ([`FusedOptimizer::set_state_format`]).
+    fn ck_state_format(&self) -> crate::StateFormat;
+    /// Under 8-bit state: where state `key` of tensor `t` (layout order) lies.
+    fn ck_blockwise(&self, key: &str, t: usize) -> Result<Option<BlockwiseView<'_>>>;
+    /// Quantize state `key` with `map` ([`FusedOptimizer::set_quant_map`]).
+    fn ck_set_quant_map(&mut self, key: &str, map: crate::QuantMap) -> Result<()>;
     /// max_grad_norm, norm type, skip_nonfinite.
     fn ck_clipping(&self) -> (Option<f32>, NormType, bool);
     /// Set max_grad_norm, norm type and skip_nonfinite (only those that differ).
@@ -194,16 +199,19 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
         Ok(())
     }
 
-    fn ck_checkpointable(&self) -> Result<()> {
-        if self.state_format() != crate::StateFormat::Dense {
-            return Err(Error::InvalidOptions(
-                "checkpoints do not hold 8-bit state (StateFormat::Blockwise8) yet: convert the \
-                 state with set_state_format(StateFormat::Dense) before saving, and back after \
-                 loading"
-                    .into(),
-            ));
+    fn ck_state_format(&self) -> crate::StateFormat {
+        self.state_format()
+    }
+
+    fn ck_blockwise(&self, key: &str, t: usize) -> Result<Option<BlockwiseView<'_>>> {
+        self.blockwise_view(key, t)
+    }
+
+    fn ck_set_quant_map(&mut self, key: &str, map: crate::QuantMap) -> Result<()> {
+        if self.quant_map(key)? == Some(map) {
+            return Ok(());
         }
-        Ok(())
+        self.set_quant_map(key, map)
     }
 
     fn ck_clipping(&self) -> (Option<f32>, NormType, bool) {

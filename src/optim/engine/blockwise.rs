@@ -20,6 +20,17 @@ const DENSE: u32 = u32::MAX;
 /// Words of one block's codes.
 const CODE_WORDS: u32 = (BLOCK / 4) as u32;
 
+/// Where one tensor's state lies under 8-bit state, as checkpoints read and write it: GPU
+/// ranges `(buffer, byte offset, bytes)` in the tensor's order, of its codes and absmax
+/// (quantized), or of its f32 values (a tensor below `min_size`).
+pub struct BlockwiseView<'a> {
+    pub quantized: bool,
+    pub codes: Vec<(&'a wgpu::Buffer, u64, u64)>,
+    pub absmax: Vec<(&'a wgpu::Buffer, u64, u64)>,
+    pub values: Vec<(&'a wgpu::Buffer, u64, u64)>,
+    pub map: [f32; 256],
+}
+
 /// One piece of a tensor (its part in one chunk) in the state buffers: its blocks are
 /// consecutive, codes `sbase + 64 b` and absmax `amax + b` (quantized), or f32 values
 /// `sbase + 256 b`.
@@ -492,6 +503,115 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             q.write_quantized(&gpu, t, &self.states[k].1, state);
             Ok(())
         })
+    }
+
+    /// Quantize state `key` with another of bitsandbytes' maps than the optimizer's default
+    /// ([`OptimizerConfig::quant_map`]), under [`StateFormat::Blockwise8`]. bitsandbytes' own
+    /// 1-state optimizers (RMSprop8bit, Adagrad8bit) quantize their non-negative state with the
+    /// signed map, which has half the codes for it; the default here is the unsigned map, and
+    /// `set_quant_map("square_avg", QuantMap::Signed)` reproduces bitsandbytes exactly. The
+    /// current state is requantized with the new map (waits for the GPU once after steps).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{Gpu, Params, QuantMap, RmsProp, RmsPropConfig, StateFormat};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::zeros(&gpu, &[("w", 1 << 14)])?;
+    /// let mut opt = RmsProp::new(&params, RmsPropConfig::default())?;
+    /// opt.set_state_format(StateFormat::blockwise8())?;
+    /// opt.set_quant_map("square_avg", QuantMap::Signed)?; // as bitsandbytes' RMSprop8bit
+    /// assert_eq!(opt.quant_map("square_avg")?, Some(QuantMap::Signed));
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn set_quant_map(&mut self, key: &str, map: crate::QuantMap) -> Result<()> {
+        self.state_buffers(key)?;
+        if self.blockwise.is_none() {
+            return Err(Error::InvalidOptions(
+                "quantization maps apply to 8-bit state: set_state_format(StateFormat::Blockwise8 \
+                 { .. }) first"
+                    .into(),
+            ));
+        }
+        let k = self
+            .states
+            .iter()
+            .position(|(s, _)| *s == key)
+            .expect("checked");
+        let slot = self.slot_of(k);
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| {
+            let kept = if self.submitted > 0 {
+                let values: Result<Vec<Vec<f32>>> = (0..self.layout.slots.len())
+                    .map(|t| {
+                        crate::gpu::block_on(
+                            "set_quant_map",
+                            "its async form",
+                            self.read_state_values(k, t),
+                        )
+                    })
+                    .collect();
+                Some(values?)
+            } else {
+                None
+            };
+            let q = self.blockwise.as_mut().expect("checked");
+            q.maps[slot] = map.values();
+            q.upload_tables(&gpu);
+            if let Some(values) = kept {
+                for (t, v) in values.iter().enumerate() {
+                    self.write_state_values(k, t, v);
+                }
+            }
+            self.bind();
+            Ok(())
+        })
+    }
+
+    /// The map state `key` is quantized with (`None` with dense state).
+    pub fn quant_map(&self, key: &str) -> Result<Option<crate::QuantMap>> {
+        self.state_buffers(key)?;
+        let Some(q) = &self.blockwise else {
+            return Ok(None);
+        };
+        let k = self
+            .states
+            .iter()
+            .position(|(s, _)| *s == key)
+            .expect("checked");
+        let m = &q.maps[self.slot_of(k)];
+        Ok([crate::QuantMap::Signed, crate::QuantMap::Unsigned]
+            .into_iter()
+            .find(|c| c.values() == *m))
+    }
+
+    /// Where state `key` of tensor `t` (layout order) lies, under 8-bit state.
+    pub(crate) fn blockwise_view(&self, key: &str, t: usize) -> Result<Option<BlockwiseView<'_>>> {
+        let bufs = self.state_buffers(key)?;
+        let Some(q) = &self.blockwise else {
+            return Ok(None);
+        };
+        let k = self
+            .states
+            .iter()
+            .position(|(s, _)| *s == key)
+            .expect("checked");
+        let mut v = BlockwiseView {
+            quantized: q.quantized(t),
+            codes: Vec::new(),
+            absmax: Vec::new(),
+            values: Vec::new(),
+            map: q.maps[self.slot_of(k)],
+        };
+        for p in &q.pieces[t] {
+            let buf = &bufs[p.chunk];
+            if p.quant {
+                v.codes.push((buf, p.sbase as u64 * 4, p.len as u64));
+                v.absmax
+                    .push((buf, p.amax as u64 * 4, p.blocks() as u64 * 4));
+            } else {
+                v.values.push((buf, p.sbase as u64 * 4, p.len as u64 * 4));
+            }
+        }
+        Ok(Some(v))
     }
 
     /// Index in `states` of `key` and in the layout of `tensor`.
