@@ -406,3 +406,114 @@ fn checkpoints_hold_codes_absmax_and_maps_and_resume_bit_for_bit() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The bitsandbytes-converted checkpoint (format version 1, no checksums) with one tensor
+/// replaced, written to a temporary file.
+fn tampered(
+    replace: &str,
+    shape: Vec<usize>,
+    dtype: safetensors::Dtype,
+    data: Vec<u8>,
+) -> std::path::PathBuf {
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/bnb_resume/adamw8bit_step5.safetensors"
+    );
+    let bytes = std::fs::read(src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    for name in meta.offset_keys() {
+        let t = st.tensor(&name).unwrap();
+        let view = if name == replace {
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), &data).unwrap()
+        } else {
+            t
+        };
+        tensors.push((name, view));
+    }
+    let out = safetensors::serialize(tensors, meta.metadata().clone()).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "wgpu-optim-tampered-{}-{}.safetensors",
+        std::process::id(),
+        replace.replace('.', "_")
+    ));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn checkpoints_whose_8_bit_tensors_do_not_fit_are_refused_and_change_nothing() {
+    use wgpu_optim::{checkpoint, Error, Optimizer};
+    let gpu = common::gpu();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // "w" has 4096 elements: 16 blocks.
+    let cases = [
+        (
+            "state.w.exp_avg.absmax",
+            vec![15],
+            safetensors::Dtype::F32,
+            f32s(&[1.0; 15]),
+        ),
+        (
+            "state.w.exp_avg.codes",
+            vec![4095],
+            safetensors::Dtype::U8,
+            vec![0; 4095],
+        ),
+        (
+            "state.w.exp_avg.codes",
+            vec![4096],
+            safetensors::Dtype::F32,
+            f32s(&[0.0; 4096]),
+        ),
+        (
+            "state.w.exp_avg.qmap",
+            vec![255],
+            safetensors::Dtype::F32,
+            f32s(&[0.5; 255]),
+        ),
+        // The right size, but not one of bitsandbytes' maps: refused when loading.
+        (
+            "state.w.exp_avg.qmap",
+            vec![256],
+            safetensors::Dtype::F32,
+            f32s(&[0.5; 256]),
+        ),
+        (
+            "state.w.exp_avg.absmax",
+            vec![16],
+            safetensors::Dtype::F32,
+            f32s(&[f32::NAN; 16]),
+        ),
+    ];
+    for (name, shape, dtype, data) in cases {
+        let path = tampered(name, shape.clone(), dtype, data);
+        let result: wgpu_optim::Result<()> = checkpoint::open(&path).and_then(|ck| {
+            let mut params = ck.params(&gpu)?;
+            let mut opt = wgpu_optim::Adam::new(&params, AdamConfig::adamw())?;
+            opt.set_state_format(q8())?;
+            let before = opt.quantized_state("exp_avg", "w")?;
+            let e = ck.restore(&mut params, &mut opt).unwrap_err();
+            assert_eq!(
+                opt.quantized_state("exp_avg", "w")?,
+                before,
+                "{name}: changed"
+            );
+            assert_eq!(opt.step_count(), 0);
+            Err(e)
+        });
+        let e = result.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::CheckpointFormat(_)
+                    | Error::CheckpointMismatch { .. }
+                    | Error::CheckpointNonFinite { .. }
+            ),
+            "{name} {shape:?}: {e}"
+        );
+        eprintln!("{name} {shape:?} {dtype:?}: {e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
