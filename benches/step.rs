@@ -178,6 +178,7 @@ fn storage(c: &mut Criterion) {
             params.write_grad("w", &bench::pattern(n, 2)).expect("grad");
             let mut opt = wgpu_optim::Adam::new(&params, AdamConfig::default()).expect("adam");
             opt.set_precision(path.precision).expect("precision");
+            opt.set_state_format(path.format).expect("state format");
             let mut run = || opt.step(&mut params).expect("step");
             one(&gpu, &mut run);
             let t0 = Instant::now();

@@ -1,6 +1,6 @@
 //! Which optimizer should I use? The same 64-64-10 MLP on the handwritten digits, trained with
-//! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adadelta, Rprop, ASGD, Adam, AdamW, Adamax,
-//! RAdam, NAdam, Lion, LAMB and Schedule-Free AdamW for the same budget, each at the learning rate an
+//! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adadelta, Rprop, ASGD, Adam, AdamW, AdamW with
+//! 8-bit state, Adamax, RAdam, NAdam, Lion, LAMB and Schedule-Free AdamW for the same budget, each at the learning rate an
 //! LR range test suggests for it (Schedule-Free is evaluated at its average, after `eval()`).
 //! Writes `loss_curves.png` and prints final loss, test accuracy and time per step.
 //!
@@ -20,7 +20,7 @@ use std::time::Instant;
 use wgpu_optim::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, FusedOptimizer, Gpu,
     LambConfig, LionConfig, LrFinder, NAdamConfig, Optimizer, OptimizerConfig, Params, RAdamConfig,
-    RmsPropConfig, RpropConfig, ScheduleFreeAdamW, ScheduleFreeAdamWConfig, SgdConfig,
+    RmsPropConfig, RpropConfig, ScheduleFreeAdamW, ScheduleFreeAdamWConfig, SgdConfig, StateFormat,
 };
 
 type Build = fn(&Params, f32) -> Result<Trainer, wgpu_optim::Error>;
@@ -145,6 +145,30 @@ const CANDIDATES: &[(&str, Build)] = &[
                 ..AdamConfig::adamw()
             },
         )
+    }),
+    // bitsandbytes' 8-bit AdamW: tensors of at least 4096 elements (here the first layer's
+    // weight) keep 8-bit state; then every tensor (min_size 1).
+    ("AdamW 8-bit", |p, lr| {
+        let mut o = FusedOptimizer::new(
+            p,
+            AdamConfig {
+                lr,
+                ..AdamConfig::adamw()
+            },
+        )?;
+        o.set_state_format(StateFormat::blockwise8())?;
+        Ok(Trainer::Plain(Box::new(o)))
+    }),
+    ("AdamW 8-bit, all tensors", |p, lr| {
+        let mut o = FusedOptimizer::new(
+            p,
+            AdamConfig {
+                lr,
+                ..AdamConfig::adamw()
+            },
+        )?;
+        o.set_state_format(StateFormat::Blockwise8 { min_size: 1 })?;
+        Ok(Trainer::Plain(Box::new(o)))
     }),
     ("Adamax", |p, lr| {
         plain(

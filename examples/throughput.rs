@@ -540,8 +540,10 @@ fn low_precision_table(
         "\nAdam on each storage path at {} elements (copy fraction in bytes; time against f32 Adam):\n",
         size_label(n)
     );
-    println!("| storage | B/elem | GPU ms/step | GB/s | copy fraction | × f32 Adam time |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| storage | B/elem moved | state B/elem | GPU ms/step | GB/s | copy fraction | × f32 Adam time |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for path in bench::StoragePath::all() {
         let (label, dtype, precision) = (path.label, path.dtype, path.precision);
         progress(&format!("{} Adam {label}", size_label(n)));
@@ -551,6 +553,8 @@ fn low_precision_table(
         params.write_grad("w", &bench::pattern(n, 2))?;
         let mut opt = Adam::new(&params, AdamConfig::default())?;
         opt.set_precision(precision)?;
+        opt.set_state_format(path.format)?;
+        let state_bytes = opt.state_memory_bytes() as f64 / n as f64;
         opt.step(&mut params)?;
         let first = timer.time(1, || opt.step(&mut params))?[0];
         let runs = iters.unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
@@ -576,7 +580,7 @@ fn low_precision_table(
         let base = *f32_time.get_or_insert(time);
         let ratio = time.as_secs_f64() / base.as_secs_f64();
         println!(
-            "| {label} | {bpe} | {:.3} | {:.2} | {fraction:.2} | {ratio:.2} |",
+            "| {label} | {bpe} | {state_bytes:.2} | {:.3} | {:.2} | {fraction:.2} | {ratio:.2} |",
             ms(time),
             bench::gb_per_s(bpe * n as u64, time),
         );
@@ -584,6 +588,7 @@ fn low_precision_table(
             "storage": label,
             "n": n,
             "bytes_per_elem": bpe,
+            "state_bytes_per_elem": state_bytes,
             "runs": runs,
             "gpu_s": time.as_secs_f64(),
             "copy_fraction": fraction,

@@ -47,25 +47,84 @@ fn q_block_max(v: vec4<f32>, lanes: vec4<bool>) -> f32 {
     return max(max(a.x, a.y), max(a.z, a.w));
 }
 
-// Each block's maximum of `m` (one lane per slot) over its 64 threads, in a fixed tree order.
+// Each block's maximum of `m` (one lane per slot) over its 64 threads (three barriers).
 // Called by every thread of the workgroup, in uniform control flow.
 fn q_reduce(m: vec4<f32>, lid: u32) -> vec4<f32> {
     qred[lid] = m;
     workgroupBarrier();
     let t = lid % 64u;
-    for (var stride = 32u; stride > 0u; stride = stride >> 1u) {
-        if (t < stride) {
-            qred[lid] = max(qred[lid], qred[lid + stride]);
-        }
-        workgroupBarrier();
+    // Eight groups of eight, then the eight group maxima.
+    let group = lid - lid % 8u;
+    var r = qred[group];
+    for (var j = 1u; j < 8u; j = j + 1u) {
+        r = max(r, qred[group + j]);
     }
-    return qred[lid - t];
+    workgroupBarrier();
+    qred[lid] = r;
+    workgroupBarrier();
+    let base = lid - t;
+    var b = qred[base];
+    for (var j = 8u; j < 64u; j = j + 8u) {
+        b = max(b, qred[base + j]);
+    }
+    return b;
 }
 
-// bitsandbytes' dQuantize without stochastic rounding: binary search, then the nearer of the
-// two neighbours by their midpoint. A non-finite x codes as 0.
+// The nearest code of x in slot k's map, a map of bitsandbytes' `create_dynamic_map`: sorted,
+// decade i in 0..7 of |x|, [10^(i-7), 10^(i-6)), holds 2^i codes (signed map) or 2^(i+1)
+// (unsigned) at the centres of a linear grid, so in grid units u the midpoints between codes
+// are the integers. Where u is clearly between two integers, inside a decade, the code follows
+// by arithmetic; otherwise (within 1e-3 of a midpoint, a decade's first or last code, below the
+// smallest code) bitsandbytes' binary search (`q_search`) decides. Both give the nearest code;
+// the search's answer is the one taken wherever a midpoint is near. A non-finite x codes as 0.
 fn q_code(k: u32, x_in: f32) -> u32 {
     let x = select(0.0, x_in, q_finite(vec4<f32>(x_in)).x);
+    let signed = qmaps[k][0] < 0.0;
+    let a = abs(x);
+    // Decade i and 10^(6-i), which brings it to [0.1, 1).
+    var i = 0u;
+    var scale = 1e6;
+    if (a >= 1e-6) {
+        i = 1u;
+        scale = 1e5;
+    }
+    if (a >= 1e-5) {
+        i = 2u;
+        scale = 1e4;
+    }
+    if (a >= 1e-4) {
+        i = 3u;
+        scale = 1e3;
+    }
+    if (a >= 1e-3) {
+        i = 4u;
+        scale = 1e2;
+    }
+    if (a >= 1e-2) {
+        i = 5u;
+        scale = 1e1;
+    }
+    if (a >= 1e-1) {
+        i = 6u;
+        scale = 1.0;
+    }
+    let per = select(2u << i, 1u << i, signed);
+    let u = (a * scale - 0.1) * (f32(per) / 0.9);
+    let j = floor(u);
+    let frac = u - j;
+    if (j < 1.0 || j > f32(per) - 2.0 || frac < 1e-3 || frac > 1.0 - 1e-3 || a < 1e-7) {
+        return q_search(k, x);
+    }
+    let c = per - 1u + u32(j);
+    if (signed) {
+        return select(126u - c, 128u + c, x >= 0.0);
+    }
+    return c;
+}
+
+// bitsandbytes' dQuantize without stochastic rounding (`crate::blockwise::quantize_value`):
+// binary search, then the nearer of the two neighbours by their midpoint.
+fn q_search(k: u32, x: f32) -> u32 {
     var pivot = 127u;
     var upper_pivot = 255u;
     var lower_pivot = 0u;

@@ -34,6 +34,7 @@ use crate::optim::{
 };
 use crate::params::Params;
 use crate::reference;
+use crate::StateFormat;
 use ndarray::Array1;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,8 +198,8 @@ impl Workload {
     }
 }
 
-/// One way to store an Adam step's tensors: the parameters' (and gradients') dtype and the
-/// optimizer's [`Precision`]. [`StoragePath::all`] lists those the throughput example and the
+/// One way to store an Adam step's tensors: the parameters' (and gradients') dtype, the
+/// optimizer's [`Precision`] and its [`StateFormat`] (8-bit state). [`StoragePath::all`] lists those the throughput example and the
 /// criterion benches measure.
 ///
 /// ```
@@ -206,6 +207,7 @@ impl Workload {
 /// let all = StoragePath::all();
 /// assert_eq!(all[0].bytes_per_element(), 28); // f32 Adam
 /// assert_eq!(all[2].bytes_per_element(), 14); // bf16 params, grads and state
+/// assert_eq!(all[6].bytes_per_element(), 16); // f32 params, 8-bit state
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StoragePath {
@@ -215,11 +217,14 @@ pub struct StoragePath {
     pub dtype: DType,
     /// State dtype, master weights, rounding.
     pub precision: Precision,
+    /// Dense or 8-bit blockwise state.
+    pub format: StateFormat,
 }
 
 impl StoragePath {
     /// f32; bf16 params with f32 state; bf16 params and state (round to nearest, then
-    /// stochastic); bf16 params with f32 state and master weights; f16 params and state.
+    /// stochastic); bf16 params with f32 state and master weights; f16 params and state; 8-bit
+    /// state with f32 and with bf16 params.
     pub fn all() -> Vec<StoragePath> {
         let p = |state, master_weights, stochastic_rounding| Precision {
             state,
@@ -230,6 +235,13 @@ impl StoragePath {
             label,
             dtype,
             precision,
+            format: StateFormat::Dense,
+        };
+        let q8 = |label, dtype| StoragePath {
+            label,
+            dtype,
+            precision: Precision::default(),
+            format: StateFormat::blockwise8(),
         };
         use DType::{Bf16, F16, F32};
         vec![
@@ -247,15 +259,21 @@ impl StoragePath {
                 p(F32, true, false),
             ),
             path("f16 params, f16 state", F16, p(F16, false, false)),
+            q8("f32 params, 8-bit state", F32),
+            q8("bf16 params, 8-bit state", Bf16),
         ]
     }
 
     /// Bytes of device memory an Adam step moves per element on this path: the parameter read
     /// and written, the gradient read, two state buffers read and written, and the f32 master
-    /// copy read and written where there is one.
+    /// copy read and written where there is one. With 8-bit state, one byte per state element
+    /// each way (the absmax and block table add 3/64 of a byte per element, left out).
     pub fn bytes_per_element(&self) -> u64 {
         let p = self.dtype.size() as u64;
-        let s = self.precision.state.size() as u64;
+        let s = match self.format {
+            StateFormat::Dense => self.precision.state.size() as u64,
+            StateFormat::Blockwise8 { .. } => 1,
+        };
         let master = if self.precision.master_weights { 8 } else { 0 };
         3 * p + 4 * s + master
     }

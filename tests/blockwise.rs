@@ -517,3 +517,76 @@ fn checkpoints_whose_8_bit_tensors_do_not_fit_are_refused_and_change_nothing() {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// The kernel's quantizer on the values where a quantizer goes wrong: every code's value, every
+/// midpoint between neighbours and the floats either side of it, the decades' ends, tiny
+/// values, zeros, both signs. SGD's first step with momentum stores `buf = grad`, so the
+/// gradient is what is quantized; each block holds a 1.0, so it is quantized unscaled. Codes
+/// must equal `blockwise::quantize`'s, midpoints included.
+#[test]
+fn the_kernels_quantizer_is_the_references_on_midpoints_and_decade_ends() {
+    use wgpu_optim::blockwise::{dynamic_map, quantize, BLOCK};
+    use wgpu_optim::Optimizer;
+    let gpu = common::gpu();
+    for (signed, map) in [(true, dynamic_map(true)), (false, dynamic_map(false))] {
+        let mut xs: Vec<f32> = Vec::new();
+        for c in 0..256 {
+            xs.push(map[c]);
+            if c < 255 {
+                let m = (map[c] + map[c + 1]) * 0.5;
+                xs.extend([m, m.next_up(), m.next_down()]);
+            }
+        }
+        for e in -8..=0 {
+            let t = 10f32.powi(e);
+            xs.extend([t, t.next_up(), t.next_down(), 0.55 * t, 0.1 * t]);
+        }
+        xs.extend([0.0, -0.0, 1e-30, 3e-8, 1.0f32.next_down()]);
+        if signed {
+            let neg: Vec<f32> = xs.iter().map(|x| -x).collect();
+            xs.extend(neg);
+        }
+        xs.retain(|x| x.abs() <= 1.0);
+        // Blocks of 255 values and a 1.0.
+        let mut grad = Vec::new();
+        for chunk in xs.chunks(BLOCK - 1) {
+            grad.push(1.0);
+            grad.extend_from_slice(chunk);
+            grad.resize(grad.len().next_multiple_of(BLOCK), 1.0);
+        }
+        let n = grad.len();
+        let mut params = wgpu_optim::Params::zeros(&gpu, &[("w", n)]).unwrap();
+        params.write_grad("w", &grad).unwrap();
+        let cfg = SgdConfig {
+            lr: 0.0,
+            momentum: 0.9,
+            ..Default::default()
+        };
+        let mut opt = wgpu_optim::Sgd::new(&params, cfg).unwrap();
+        opt.set_state_format(StateFormat::Blockwise8 { min_size: 1 })
+            .unwrap();
+        let which = if signed {
+            wgpu_optim::QuantMap::Signed
+        } else {
+            wgpu_optim::QuantMap::Unsigned
+        };
+        opt.set_quant_map("momentum_buffer", which).unwrap();
+        opt.step(&mut params).unwrap();
+        let got = opt
+            .quantized_state("momentum_buffer", "w")
+            .unwrap()
+            .unwrap();
+        let (codes, absmax) = quantize(&map, &grad);
+        assert!(absmax.iter().all(|&a| a == 1.0));
+        let wrong: Vec<(f32, u8, u8)> = grad
+            .iter()
+            .zip(got.codes.iter().zip(&codes))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(x, (a, b))| (*x, *a, *b))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "signed {signed}: (value, kernel, reference) {wrong:?}"
+        );
+    }
+}
