@@ -38,6 +38,9 @@
 //! | --- | --- | --- |
 //! | `param.<name>` | the tensor's shape | the parameter (any shape with its number of elements is accepted on load; the dtype must be the arena's) |
 //! | `state.<name>.<key>` | the tensor's shape | optimizer state by PyTorch's key: `exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `square_avg`, `grad_avg`, `sum`, ... |
+//! | `state.<name>.<key>.codes` | `[len]`, `U8` | with 8-bit state ([`crate::StateFormat::Blockwise8`]), for a tensor of at least `min_size` elements in place of `state.<name>.<key>`: one code per element (bitsandbytes' `state1`/`state2`) |
+//! | `state.<name>.<key>.absmax` | `[ceil(len / 256)]` | its absmax per block of 256 elements (bitsandbytes' `absmax1`/`absmax2`) |
+//! | `state.<name>.<key>.qmap` | `[256]` | its map, one of bitsandbytes' two dynamic maps (`qmap1`/`qmap2`); loading sets it ([`crate::FusedOptimizer::set_quant_map`]) |
 //! | `state.<name>.master` | the tensor's shape | with master weights, the f32 master copy of a 16-bit parameter ([`crate::optim::MASTER`]) |
 //! | `state.<name>.step` | `[]` | the step count as an f32 scalar, as PyTorch keeps it (exact to 2^24; optional on load, checked against the metadata when present) |
 //! | `__checksum__` | `[4]`, `U8` | version 2: the CRC-32 (little-endian) of the 8 length bytes and the header, padding included; always the last 4 bytes of the file |
@@ -58,6 +61,7 @@
 //! | `skip_nonfinite` | `true` or `false` |
 //! | `grad_scaler` | `null`, or JSON `{"scale", "growth_tracker", "init_scale", "growth_factor", "backoff_factor", "growth_interval"}` |
 //! | `precision` | optional, written unless the state is f32 with neither master weights nor stochastic rounding: JSON `{"state", "master_weights", "stochastic_rounding", "rounding_seed", "rounding_counter"}`, the counter being the steps submitted (skipped ones included) that the rounding noise is drawn with |
+//! | `state_format` | optional, with 8-bit state: JSON `{"kind": "blockwise8", "min_size": 4096}`; the optimizer loading it must have the same format ([`crate::FusedOptimizer::set_state_format`] first) |
 //! | `l1` | optional, written when a group's L1 coefficient is not 0: JSON list, one number per group ([`crate::FusedOptimizer::set_l1`]) |
 //! | `lr_schedulers` | optional ([`SaveOptions::schedulers`]): JSON list of [`SchedulerState`] / [`PlateauState`] objects, told apart by `kind` |
 //! | `tensor_crc32` | version 2: the CRC-32 of every other tensor's bytes, in data order, 8 lowercase hex digits each, concatenated |
