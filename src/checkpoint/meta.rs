@@ -366,8 +366,8 @@ impl Header {
                 continue; // checked by the reader
             }
             // The number of elements and the dtype this tensor must have.
-            let quant = super::restore::quant_part(tname)
-                .filter(|_| state_format != crate::StateFormat::Dense);
+            let quant =
+                super::quant_part(tname).filter(|_| state_format != crate::StateFormat::Dense);
             let want = if let Some((name, _, part)) = quant {
                 index.get(name).map(|&t| {
                     let len = tensors[t].1;

@@ -178,6 +178,17 @@ pub const CHECKSUM_TENSOR: &str = "__checksum__";
 pub(crate) const CODES: &str = "codes";
 pub(crate) const ABSMAX: &str = "absmax";
 pub(crate) const QMAP: &str = "qmap";
+
+/// `(tensor, key, part)` of `state.<tensor>.<key>.<part>`, an 8-bit state's codes, absmax or
+/// map (no optimizer names a state `codes`, `absmax` or `qmap`).
+pub(crate) fn quant_part(name: &str) -> Option<(&str, &str, &str)> {
+    let (rest, part) = name.strip_prefix("state.")?.rsplit_once('.')?;
+    if ![CODES, ABSMAX, QMAP].contains(&part) {
+        return None;
+    }
+    let (t, key) = rest.rsplit_once('.')?;
+    Some((t, key, part))
+}
 /// Largest header accepted on load (the safetensors crate's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 

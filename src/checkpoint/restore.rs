@@ -120,21 +120,10 @@ pub(super) enum Kind<'a> {
     Checksum,
 }
 
-/// `(tensor, key, part)` of `state.<tensor>.<key>.<part>`, an 8-bit state's codes, absmax or
-/// map (no optimizer names a state `codes`, `absmax` or `qmap`).
-pub(super) fn quant_part(name: &str) -> Option<(&str, &str, &str)> {
-    let (rest, part) = name.strip_prefix("state.")?.rsplit_once('.')?;
-    if ![super::CODES, super::ABSMAX, super::QMAP].contains(&part) {
-        return None;
-    }
-    let (t, key) = rest.rsplit_once('.')?;
-    Some((t, key, part))
-}
-
 pub(super) fn kind(name: &str) -> Kind<'_> {
     if name == CHECKSUM_TENSOR {
         Kind::Checksum
-    } else if let Some((t, key, part)) = quant_part(name) {
+    } else if let Some((t, key, part)) = super::quant_part(name) {
         Kind::Quant(t, key, part)
     } else if let Some(t) = name.strip_prefix("param.") {
         Kind::Param(t)

@@ -434,7 +434,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     pub fn quantized_state(&self, key: &str, tensor: &str) -> Result<Option<QuantizedState>> {
         crate::gpu::block_on(
             "FusedOptimizer::quantized_state",
-            "Optimizer::state_async",
+            "Optimizer::state_async (the dequantized values) or a checkpoint",
             async {
                 let (k, t) = self.state_index(key, tensor)?;
                 match &self.blockwise {
@@ -543,8 +543,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 let values: Result<Vec<Vec<f32>>> = (0..self.layout.slots.len())
                     .map(|t| {
                         crate::gpu::block_on(
-                            "set_quant_map",
-                            "its async form",
+                            "set_quant_map after steps",
+                            "set_quant_map before the first step",
                             self.read_state_values(k, t),
                         )
                     })

@@ -186,8 +186,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 (0..self.layout.slots.len())
                     .map(|t| {
                         crate::gpu::block_on(
-                            "converting the state",
-                            "its async form",
+                            "converting the state after steps (set_precision, set_state_format)",
+                            "the conversion before the first step",
                             self.read_state_values(k, t),
                         )
                     })
