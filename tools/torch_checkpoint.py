@@ -96,11 +96,11 @@ import json
 import inspect
 import os
 import re
-import struct
-import sys
 from collections import OrderedDict
 
 import torch
+
+import safetensors_io
 
 FORMAT = "wgpu-optim-checkpoint"
 FORMAT_VERSION = "1"
@@ -181,64 +181,13 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def read_safetensors(path: str):
-    """(OrderedDict name -> tensor in file order, in its own dtype and shape; metadata dict)."""
-    if sys.byteorder != "little":
-        raise SystemExit("this script assumes a little-endian machine")
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise SystemExit(f"{path}: too short for safetensors")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise SystemExit(f"{path}: header length {n} exceeds the file")
-    header = json.loads(data[8:8 + n])
-    meta = header.pop("__metadata__", {}) or {}
-    base = 8 + n
-    tensors = OrderedDict()
-    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        if name == "__checksum__":
-            # Format version 2: the header's CRC-32 (the script writes version 1 files, which
-            # wgpu-optim still reads, without checksums).
-            continue
-        if info["dtype"] not in DTYPES:
-            raise SystemExit(f"{path}: {name} is {info['dtype']}, not one of {sorted(DTYPES)}")
-        s, e = info["data_offsets"]
-        dtype = DTYPES[info["dtype"]]
-        if s == e:
-            t = torch.zeros(0, dtype=dtype)
-        else:
-            t = torch.frombuffer(bytearray(data[base + s:base + e]), dtype=dtype)
-        tensors[name] = t.reshape(info["shape"]).clone()
-    return tensors, meta
+    """(OrderedDict name -> tensor in file order; metadata dict), in this script's dtypes."""
+    return safetensors_io.read_safetensors(path, DTYPES)
 
 
 def write_safetensors(path: str, tensors, meta: dict) -> None:
-    """Write (name, tensor) pairs in order, each in its dtype (F32, BF16 or F16) and shape,
-    atomically (temporary file + rename)."""
-    if sys.byteorder != "little":
-        raise SystemExit("this script assumes a little-endian machine")
-    header = {"__metadata__": meta}
-    blobs = []
-    offset = 0
-    for name, t in tensors:
-        if t.dtype not in DTYPE_NAMES:
-            raise SystemExit(f"{name} is {t.dtype}, not one of {sorted(DTYPES)}")
-        b = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write (name, tensor) pairs in order, atomically, in this script's dtypes."""
+    safetensors_io.write_safetensors(path, tensors, meta, DTYPES)
 
 
 # ---------------------------------------------------------------------------- to-torch

@@ -523,7 +523,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn set_quant_map(&mut self, key: &str, map: crate::QuantMap) -> Result<()> {
-        self.state_buffers(key)?;
+        let k = self.key_index(key)?;
         if self.blockwise.is_none() {
             return Err(Error::InvalidOptions(
                 "quantization maps apply to 8-bit state: set_state_format(StateFormat::Blockwise8 \
@@ -531,11 +531,6 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     .into(),
             ));
         }
-        let k = self
-            .states
-            .iter()
-            .position(|(s, _)| *s == key)
-            .expect("checked");
         let slot = self.slot_of(k);
         let gpu = self.gpu.clone();
         gpu.scoped(|| {
@@ -568,15 +563,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
 
     /// The map state `key` is quantized with (`None` with dense state).
     pub fn quant_map(&self, key: &str) -> Result<Option<crate::QuantMap>> {
-        self.state_buffers(key)?;
+        let k = self.key_index(key)?;
         let Some(q) = &self.blockwise else {
             return Ok(None);
         };
-        let k = self
-            .states
-            .iter()
-            .position(|(s, _)| *s == key)
-            .expect("checked");
         let m = &q.maps[self.slot_of(k)];
         Ok([crate::QuantMap::Signed, crate::QuantMap::Unsigned]
             .into_iter()
@@ -585,15 +575,11 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
 
     /// Where state `key` of tensor `t` (layout order) lies, under 8-bit state.
     pub(crate) fn blockwise_view(&self, key: &str, t: usize) -> Result<Option<BlockwiseView<'_>>> {
-        let bufs = self.state_buffers(key)?;
+        let k = self.key_index(key)?;
+        let bufs = &self.states[k].1;
         let Some(q) = &self.blockwise else {
             return Ok(None);
         };
-        let k = self
-            .states
-            .iter()
-            .position(|(s, _)| *s == key)
-            .expect("checked");
         let mut v = BlockwiseView {
             quantized: q.quantized(t),
             codes: Vec::new(),
@@ -616,18 +602,24 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
 
     /// Index in `states` of `key` and in the layout of `tensor`.
     pub(super) fn state_index(&self, key: &str, tensor: &str) -> Result<(usize, usize)> {
-        self.state_buffers(key)?;
-        let k = self
-            .states
-            .iter()
-            .position(|(s, _)| *s == key)
-            .expect("checked");
+        let k = self.key_index(key)?;
         let t = *self
             .layout
             .index
             .get(tensor)
             .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
         Ok((k, t))
+    }
+
+    /// Index in `states` of `key` ([`Error::UnknownState`] if the optimizer keeps no such
+    /// state).
+    fn key_index(&self, key: &str) -> Result<usize> {
+        self.state_buffers(key)?;
+        Ok(self
+            .states
+            .iter()
+            .position(|(s, _)| *s == key)
+            .expect("checked"))
     }
 
     /// The `SLOTS` index of `states[k]`.
