@@ -1,7 +1,7 @@
 //! What the browser test asserts inside the page, through the async API only: every optimizer
 //! against the CPU reference (`wgpu_optim::reference`) on small tensors of awkward sizes,
-//! clipping by the global norm, a skipped step with a NaN gradient, async read-backs, and a
-//! checkpoint saved to bytes and loaded back.
+//! clipping by the global norm, a skipped step with a NaN gradient, 8-bit state code for code,
+//! async read-backs, and a checkpoint saved to bytes and loaded back.
 //!
 //! Each check gives `{name, ok, detail}`; a check that cannot run (an `Err`) fails.
 
@@ -14,6 +14,7 @@ use wgpu_optim::{
     checkpoint, AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig,
     FusedOptimizer, Gpu, LambConfig, LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig,
     Params, RAdamConfig, RmsPropConfig, RpropConfig, ScheduleFreeAdamWConfig, SgdConfig,
+    StateFormat,
 };
 
 type Error = wgpu_optim::Error;
@@ -179,6 +180,95 @@ async fn vs_reference<C: OptimizerConfig>(
         } else {
             String::new()
         },
+    ))
+}
+
+/// AdamW with 8-bit state (min_size 1000: the 5-element tensor keeps f32 state) for `STEPS`
+/// steps against the reference requantized after each step (`reference::requantize`): codes,
+/// absmax and params. A code may differ by one only where the value sits on a midpoint; such
+/// codes are counted and must be rare.
+async fn blockwise_vs_reference(gpu: &Gpu) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        ..AdamConfig::adamw()
+    };
+    let mut rng = StdRng::seed_from_u64(14);
+    let names = ["a", "b", "c"];
+    let init: Vec<Vec<f32>> = LENS.iter().map(|&n| random(&mut rng, n, 1.0)).collect();
+    let tensors: Vec<(&str, &[f32])> = names
+        .iter()
+        .copied()
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let mut params = Params::new(gpu, &tensors).map_err(e)?;
+    let mut opt = FusedOptimizer::new(&params, cfg.clone()).map_err(e)?;
+    let format = StateFormat::Blockwise8 { min_size: 1000 };
+    opt.set_state_format(format).map_err(e)?;
+    let mut cpu: Vec<(Array1<f32>, State)> = init
+        .iter()
+        .map(|v| (Array1::from(v.clone()), State::new(&cfg, v.len())))
+        .collect();
+    let mut last = Vec::new();
+    for _ in 0..STEPS {
+        let grads: Vec<Vec<f32>> = LENS.iter().map(|&n| random(&mut rng, n, 2.0)).collect();
+        for (n, g) in names.iter().zip(&grads) {
+            params.write_grad(n, g).map_err(e)?;
+        }
+        opt.step(&mut params).map_err(e)?;
+        last.clear();
+        for ((p, state), g) in cpu.iter_mut().zip(&grads) {
+            reference::adam(&cfg, p, &Array1::from(g.clone()), state);
+            let q = if format.quantizes(p.len()) {
+                reference::requantize(&cfg, state)
+            } else {
+                Vec::new()
+            };
+            last.push(q);
+        }
+    }
+    let (mut codes, mut midpoint, mut worst) = (0usize, 0usize, 0.0f32);
+    for (i, n) in names.iter().enumerate() {
+        let got = params.read_async(n).await.map_err(e)?;
+        worst = worst.max(compare(
+            &format!("param {n}"),
+            &got,
+            cpu[i].0.as_slice().unwrap(),
+        )?);
+        for (key, want, before) in &last[i] {
+            let got = opt
+                .quantized_state_async(key, n)
+                .await
+                .map_err(e)?
+                .ok_or(format!("{key} of {n} is not 8-bit"))?;
+            compare(
+                &format!("absmax of {key} of {n}"),
+                &got.absmax,
+                &want.absmax,
+            )?;
+            for (j, (&a, &b)) in got.codes.iter().zip(&want.codes).enumerate() {
+                codes += 1;
+                if a == b {
+                    continue;
+                }
+                let x = before[j] / want.absmax[j / wgpu_optim::blockwise::BLOCK];
+                let m = (want.map[a as usize] + want.map[b as usize]) / 2.0;
+                if a.abs_diff(b) != 1 || (x - m).abs() > 4.0 * f32::EPSILON * m.abs() {
+                    return Err(format!(
+                        "{key} of {n}: code {j} is {a}, the reference has {b}"
+                    ));
+                }
+                midpoint += 1;
+            }
+        }
+    }
+    if midpoint * 1000 > codes {
+        return Err(format!("{midpoint} of {codes} codes differ at a midpoint"));
+    }
+    Ok(format!(
+        "{STEPS} steps on {LENS:?} elements: {codes} codes, {midpoint} at a midpoint; params \
+         within {worst:e}; {} bytes of state",
+        opt.state_memory_bytes()
     ))
 }
 
@@ -483,6 +573,10 @@ pub async fn run_all(gpu: &Gpu) -> Vec<Value> {
             13,
         )
         .await,
+    ));
+    out.push(check(
+        "AdamW with 8-bit state, code for code",
+        blockwise_vs_reference(gpu).await,
     ));
     out.push(check("checkpoint bytes", checkpoint_bytes(gpu).await));
     out.push(check("deferred GPU error", deferred_error(gpu).await));

@@ -1,7 +1,7 @@
 // The browser test: serves examples/web from a loopback static server, opens the demo in
 // headless Chromium with WebGPU on SwiftShader (no GPU needed), and asserts:
 //  - the adapter is a real WebGPU adapter (none is a failure, not a skip);
-//  - the in-page checks pass: every optimizer against the CPU reference, clipping, skipped
+//  - the in-page checks pass: every optimizer against the CPU reference, 8-bit state, clipping, skipped
 //    NaN steps, async read-backs, a checkpoint saved to bytes and loaded back, a GPU error in
 //    a step reported by the next call;
 //  - training the digits MLP for N steps lowers the loss, and a step time is shown; so do

@@ -434,18 +434,26 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     pub fn quantized_state(&self, key: &str, tensor: &str) -> Result<Option<QuantizedState>> {
         crate::gpu::block_on(
             "FusedOptimizer::quantized_state",
-            "Optimizer::state_async (the dequantized values) or a checkpoint",
-            async {
-                let (k, t) = self.state_index(key, tensor)?;
-                match &self.blockwise {
-                    Some(q) if q.quantized(t) => Ok(q
-                        .read(&self.gpu, t, &self.states[k].1, self.slot_of(k))
-                        .await?
-                        .1),
-                    _ => Ok(None),
-                }
-            },
+            "FusedOptimizer::quantized_state_async",
+            self.quantized_state_async(key, tensor),
         )
+    }
+
+    /// Async form of [`FusedOptimizer::quantized_state`], on every target (in a browser, the
+    /// only form).
+    pub async fn quantized_state_async(
+        &self,
+        key: &str,
+        tensor: &str,
+    ) -> Result<Option<QuantizedState>> {
+        let (k, t) = self.state_index(key, tensor)?;
+        match &self.blockwise {
+            Some(q) if q.quantized(t) => Ok(q
+                .read(&self.gpu, t, &self.states[k].1, self.slot_of(k))
+                .await?
+                .1),
+            _ => Ok(None),
+        }
     }
 
     /// Overwrite one tensor's 8-bit state with codes, absmax and map as stored (e.g. from a
