@@ -1,7 +1,7 @@
 //! # wgpu-optim
 //!
 //! Fused GPU optimizer steps (Adam/AdamW, SGD with momentum/Nesterov, RMSprop, Adagrad,
-//! Adadelta, Rprop, ASGD, Lion, LAMB, Adamax, RAdam, NAdam, Schedule-Free AdamW) written as WGSL
+//! Adadelta, Rprop, ASGD, Lion, LAMB, Adafactor, Adamax, RAdam, NAdam, Schedule-Free AdamW) written as WGSL
 //! compute shaders and dispatched through wgpu (Vulkan, Metal, DX12, WebGPU), with
 //! torch.optim's semantics.
 //!
@@ -102,7 +102,9 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use lr_finder::LrFinder;
 pub use norm::{GradNorm, NormType};
-pub use optim::{Adadelta, AdadeltaConfig, Asgd, AsgdConfig, Rprop, RpropConfig};
+pub use optim::{
+    Adadelta, AdadeltaConfig, Adafactor, AdafactorConfig, Asgd, AsgdConfig, Rprop, RpropConfig,
+};
 pub use optim::{
     Adagrad, AdagradConfig, Adam, AdamConfig, FusedOptimizer, Optimizer, OptimizerConfig,
     ParamGroup, ReadFuture, RmsProp, RmsPropConfig, Sgd, SgdConfig,

@@ -16,9 +16,9 @@
 //! ```
 
 use crate::dtype::{self, DType};
-use crate::optim::LambConfig;
 use crate::optim::LionConfig;
 use crate::optim::{widen, AdagradConfig, AdamConfig, OptimizerConfig, RmsPropConfig, SgdConfig};
+use crate::optim::{AdafactorConfig, LambConfig};
 use crate::optim::{AdamaxConfig, NAdamConfig, RAdamConfig, ScheduleFreeAdamWConfig};
 use ndarray::Array1;
 
@@ -35,6 +35,8 @@ pub struct State {
     buffers: Vec<(&'static str, Array1<f32>)>,
     /// During a [`stored_step`] on 16-bit state: its dtype, rounding, key and positions.
     stored: Option<(DType, bool, u32, Vec<u32>)>,
+    /// The tensor's shape and the lengths of its pieces ([`State::with_layout`]).
+    layout: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl State {
@@ -49,7 +51,29 @@ impl State {
             step: 0,
             buffers,
             stored: None,
+            layout: None,
         }
+    }
+
+    /// The tensor's shape and how it lies in the arena (the lengths of its
+    /// [`crate::Params::pieces`], in order), for a reference whose result depends on them:
+    /// [`adafactor`] factors over the last two dimensions and adds up a row or column piece by
+    /// piece, as the GPU does. Without it a tensor is a vector in one piece.
+    ///
+    /// ```
+    /// use wgpu_optim::{reference, AdafactorConfig};
+    /// let cfg = AdafactorConfig::default();
+    /// let state = reference::State::new(&cfg, 6).with_layout(&[2, 3], &[6]);
+    /// assert_eq!(state.shape(), Some(&[2usize, 3][..]));
+    /// ```
+    pub fn with_layout(mut self, shape: &[usize], piece_lens: &[usize]) -> State {
+        self.layout = Some((shape.to_vec(), piece_lens.to_vec()));
+        self
+    }
+
+    /// The shape given by [`State::with_layout`].
+    pub fn shape(&self) -> Option<&[usize]> {
+        self.layout.as_ref().map(|(s, _)| s.as_slice())
     }
 
     /// Round `values` (state slot `slot` of [`OptimizerConfig::SLOTS`]) as the kernel stores
@@ -84,6 +108,14 @@ impl State {
     /// The keys kept.
     pub fn keys(&self) -> Vec<&'static str> {
         self.buffers.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// State `key`, zeros of `len` the first time (a state whose size is not the tensor's).
+    fn take_or_zeros(&mut self, key: &'static str, len: usize) -> Array1<f32> {
+        if self.get_mut(key).is_none() {
+            self.buffers.push((key, Array1::zeros(len)));
+        }
+        self.take(key)
     }
 
     fn take(&mut self, key: &str) -> Array1<f32> {
@@ -800,6 +832,101 @@ pub fn lamb(cfg: &LambConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state
     }
     state.put("exp_avg", m);
     state.put("exp_avg_sq", v);
+}
+
+/// One step of Adafactor on one tensor, as `torch.optim.Adafactor`'s single-tensor path and
+/// `shaders/adafactor.wgsl` (see [`AdafactorConfig`] for the algorithm). The tensor's shape
+/// and pieces come from [`State::with_layout`] (a vector in one piece without it). The sums
+/// are added up in the GPU's order: a row's or a column's `g * g` by `fma` in index order
+/// within each piece, then the pieces' sums in order; the row mean over the rows in order;
+/// the norms of `p` and `u` by [`tensor_sum`].
+pub fn adafactor(
+    cfg: &AdafactorConfig,
+    param: &mut Array1<f32>,
+    grad: &Array1<f32>,
+    state: &mut State,
+) {
+    state.step += 1;
+    let s = cfg.scalars(state.step);
+    let n = param.len();
+    let (shape, pieces) = state.layout.clone().unwrap_or_else(|| (vec![n], vec![n]));
+    // Each piece as a tensor-local range.
+    let mut ranges = Vec::with_capacity(pieces.len());
+    let mut at = 0;
+    for len in pieces {
+        ranges.push(at..at + len);
+        at += len;
+    }
+    let sq_sum = |elems: &mut dyn Iterator<Item = usize>| -> f32 {
+        let mut total = 0.0f32;
+        let mut part = None;
+        let mut piece = usize::MAX;
+        for j in elems {
+            let k = ranges
+                .iter()
+                .position(|r| r.contains(&j))
+                .expect("in a piece");
+            if k != piece {
+                total += part.take().unwrap_or(0.0);
+                piece = k;
+                part = Some(0.0f32);
+            }
+            part = part.map(|acc| fma(grad[j], grad[j], acc));
+        }
+        total + part.unwrap_or(0.0)
+    };
+    let grad: Array1<f32> = grad.mapv(|g| maybe_neg(g, cfg.maximize));
+    let pp = tensor_sum(&param.iter().map(|p| p * p).collect::<Vec<f32>>());
+    let mut v = vec![0.0f32; n];
+    if shape.len() >= 2 {
+        let (rows, cols) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        let batch = n / (rows * cols);
+        let mut row_var = state.take_or_zeros("row_var", batch * rows);
+        let mut col_var = state.take_or_zeros("col_var", batch * cols);
+        let mean = |sum: f32, over: usize| sum / over as f32;
+        for o in 0..batch * rows {
+            let sum = sq_sum(&mut (o * cols..(o + 1) * cols));
+            row_var[o] = lerp(row_var[o], mean(sum, cols), s.beta2_weight);
+        }
+        for o in 0..batch * cols {
+            let j0 = (o / cols) * rows * cols + o % cols;
+            let sum = sq_sum(&mut (0..rows).map(|r| j0 + r * cols));
+            col_var[o] = lerp(col_var[o], mean(sum, rows), s.beta2_weight);
+        }
+        let row_mean: Vec<f32> = (0..batch)
+            .map(|b| {
+                let sum = row_var
+                    .iter()
+                    .skip(b * rows)
+                    .take(rows)
+                    .fold(0.0f32, |a, &x| a + x);
+                (sum / rows as f32).max(s.eps1)
+            })
+            .collect();
+        for (j, v) in v.iter_mut().enumerate() {
+            let b = j / (rows * cols);
+            *v = (row_var[j / cols] * col_var[b * cols + j % cols]) / row_mean[b];
+        }
+        state.put("row_var", row_var);
+        state.put("col_var", col_var);
+    } else {
+        let mut variance = state.take_or_zeros("variance", n);
+        for j in 0..n {
+            variance[j] = lerp(variance[j], grad[j] * grad[j], s.beta2_weight);
+            v[j] = variance[j];
+        }
+        state.put("variance", variance);
+    }
+    let u: Vec<f32> = (0..n)
+        .map(|j| (1.0 / v[j].max(s.eps1_sq).sqrt()) * grad[j])
+        .collect();
+    let uu = tensor_sum(&u.iter().map(|u| u * u).collect::<Vec<f32>>());
+    let sqrt_numel = (n as f64).sqrt() as f32;
+    let alpha = s.eps2.max(pp.sqrt() / sqrt_numel) * s.rho;
+    let denom = 1.0f32.max(uu.sqrt() / (sqrt_numel * s.d));
+    for j in 0..n {
+        param[j] = add_scaled(param[j] * s.decay, u[j], -(alpha / denom));
+    }
 }
 
 /// One step of Schedule-Free AdamW on one tensor, as `schedulefree.AdamWScheduleFree.step`

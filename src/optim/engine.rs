@@ -15,6 +15,7 @@ use crate::shader::{self, Ctrl, StepRng, Storage, OPTIMIZER_SCALAR_BYTES};
 use std::sync::Arc;
 
 mod blockwise;
+mod factored;
 pub(crate) use blockwise::BlockwiseView;
 mod l1;
 mod precision;
@@ -79,6 +80,10 @@ pub struct FusedOptimizer<C: OptimizerConfig> {
     /// the first pass's pipelines (`pipelines` are then the second pass's).
     tensor_sums: Option<tensor_sums::TensorSums>,
     pipelines_sums: Vec<wgpu::ComputePipeline>,
+    /// With [`OptimizerConfig::FACTORED`]: where each tensor's factored state lies in the sums
+    /// buffer, and the passes that update it (per chunk: partials, factor, row means).
+    factored: Option<factored::Factored>,
+    pipelines_factored: Vec<[wgpu::ComputePipeline; 3]>,
     /// With 8-bit blockwise state ([`crate::StateFormat::Blockwise8`]): the block tables.
     blockwise: Option<blockwise::Blockwise>,
 }
@@ -142,7 +147,23 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 C::NAME
             )));
         }
-        let tensor_sums = (sums > 0).then(|| tensor_sums::TensorSums::new(&gpu, &layout, sums));
+        if C::FACTORED && sums < 2 {
+            return Err(Error::InvalidOptions(format!(
+                "{} has a factored second moment, which needs TENSOR_SUMS >= 2",
+                C::NAME
+            )));
+        }
+        let factored = C::FACTORED.then(|| {
+            factored::Factored::new(
+                &layout,
+                &owner,
+                tensor_sums::TensorSums::floats(&layout, sums),
+            )
+        });
+        let tensor_sums = (sums > 0).then(|| {
+            let ext = factored.as_ref().map(|f| (f.tails.as_slice(), f.floats));
+            tensor_sums::TensorSums::new(&gpu, &layout, sums, ext)
+        });
         let first = &configs[0];
         let mut states = Vec::new();
         for &key in C::SLOTS.iter().filter(|k| first.uses_state(k)) {
@@ -204,6 +225,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             norm_ran: false,
             tensor_sums,
             pipelines_sums: Vec::new(),
+            factored,
+            pipelines_factored: Vec::new(),
             blockwise: None,
         };
         opt.fill_states()?;
@@ -356,7 +379,19 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         } else {
             Vec::new()
         };
+        let factored = if self.factored.is_some() {
+            let [a, b, c] =
+                ["main_partials", "main_factor", "main_rowmean"].map(|e| build(e, None));
+            a.into_iter()
+                .zip(b)
+                .zip(c)
+                .map(|((a, b), c)| [a, b, c])
+                .collect()
+        } else {
+            Vec::new()
+        };
         (self.pipelines, self.pipelines_sums) = (pipelines, pipelines_sums);
+        self.pipelines_factored = factored;
     }
 
     /// The storage of a chunk of `param` dtype under the current precision.
@@ -508,6 +543,21 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// state dtype. `"master"` is the f32 master copy of a 16-bit parameter. Validated before any
     /// GPU work.
     pub fn set_state(&mut self, key: &str, tensor: &str, data: &[f32]) -> Result<()> {
+        if let Some((at, len, _)) = self.factored_state(key, tensor)? {
+            if data.len() != len {
+                return Err(Error::LengthMismatch {
+                    name: format!("{key} of {tensor}"),
+                    expected: len,
+                    got: data.len(),
+                });
+            }
+            let gpu = self.gpu.clone();
+            return gpu.scoped(|| {
+                gpu.queue()
+                    .write_buffer(self.factored_buffer(), at, bytemuck::cast_slice(data));
+                Ok(())
+            });
+        }
         if self.blockwise.is_some() && key != MASTER {
             let (k, t) = self.state_index(key, tensor)?;
             let len = self.layout.slots[t].len;
@@ -697,6 +747,9 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 plan.record(&mut pass, &gpu);
             }
             self.scalars.record_select(&mut pass);
+            if let Some(f) = &self.factored {
+                f.record(&mut pass, &gpu, &self.pipelines_factored, &self.chunks);
+            }
             if let Some(ts) = &self.tensor_sums {
                 kernel::record(&mut pass, &gpu, &self.pipelines_sums, &self.chunks);
                 ts.record(&mut pass, &gpu);
@@ -757,6 +810,9 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn state_keys(&self) -> Vec<&'static str> {
+        if self.factored.is_some() {
+            return factored::KEYS.to_vec();
+        }
         self.states.iter().map(|(k, _)| *k).collect()
     }
 
@@ -770,6 +826,10 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
 
     fn state_async<'a>(&'a self, key: &'a str, tensor: &'a str) -> ReadFuture<'a, Vec<f32>> {
         Box::pin(async move {
+            if let Some((at, len, _)) = self.factored_state(key, tensor)? {
+                let range = [(self.factored_buffer(), at, 4 * len as u64)];
+                return self.gpu.read_pieces_async(&range).await;
+            }
             if self.blockwise.is_some() && key != MASTER {
                 let (k, t) = self.state_index(key, tensor)?;
                 return self.read_state_values(k, t).await;

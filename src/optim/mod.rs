@@ -6,6 +6,7 @@
 //! chunk, one submit per step) lives here, in [`FusedOptimizer`].
 
 mod adadelta;
+mod adafactor;
 mod adagrad;
 mod adam;
 mod adamax;
@@ -20,6 +21,7 @@ mod schedule_free;
 mod sgd;
 
 pub use adadelta::{Adadelta, AdadeltaConfig, AdadeltaScalars};
+pub use adafactor::{Adafactor, AdafactorConfig, AdafactorScalars};
 pub use adagrad::{Adagrad, AdagradConfig, AdagradScalars};
 pub use adam::{Adam, AdamConfig, AdamScalars};
 pub use adamax::{Adamax, AdamaxConfig, AdamaxScalars};
@@ -249,6 +251,13 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// then with `MODE` 2, where `update` reads them with `tensor_sum(i, j)` and writes the
     /// parameter. See `src/optim/engine/tensor_sums.rs` and [`crate::reference::tensor_sum`].
     const TENSOR_SUMS: u32 = 0;
+    /// A second moment factored over the last two dimensions of every tensor of rank >= 2
+    /// (Adafactor): per matrix a row and a column mean of `g * g`, per vector a value per
+    /// element, kept by the engine under the keys `row_var`, `col_var` and `variance` (f32,
+    /// not in [`Self::SLOTS`]) and updated on the GPU before the first pass (false, the
+    /// default). Needs [`Self::TENSOR_SUMS`] >= 2. The shader reads them through the tables of
+    /// `src/optim/engine/factored.rs` (see `shaders/adafactor.wgsl`).
+    const FACTORED: bool = false;
     /// Whether a step may be taken now (checked before every step, after
     /// [`Self::validate`]); `Ok` unless an optimizer has modes, as Schedule-Free's eval mode.
     fn ready(&self) -> Result<()> {

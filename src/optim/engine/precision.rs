@@ -176,7 +176,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             .filter(|(_, d)| d.is_half())
             .map(|(b, _)| b.size())
             .sum();
-        per_state * self.states.len() as u64 + master
+        per_state * self.states.len() as u64 + master + self.factored_bytes()
     }
 
     /// Every state tensor's values, per state in order, per tensor in layout order (waits).

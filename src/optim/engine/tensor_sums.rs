@@ -39,7 +39,20 @@ pub(crate) struct TensorSums {
 }
 
 impl TensorSums {
-    pub fn new(gpu: &Gpu, layout: &Layout, k: u32) -> TensorSums {
+    /// f32 values of the granule and tensor sums: an extension's values start there.
+    pub fn floats(layout: &Layout, k: u32) -> usize {
+        let total: usize = layout.chunk_lens.iter().map(|&n| n / GRANULE).sum();
+        (total + layout.slots.len()) * k as usize
+    }
+
+    /// The sums of `layout` with `k` sums per tensor; `extension`: per chunk, words appended to
+    /// its table, and f32 values appended to the sums (a factored second moment's).
+    pub fn new(
+        gpu: &Gpu,
+        layout: &Layout,
+        k: u32,
+        extension: Option<(&[Vec<u32>], usize)>,
+    ) -> TensorSums {
         let granules: Vec<usize> = layout.chunk_lens.iter().map(|&n| n / GRANULE).collect();
         let total: usize = granules.iter().sum();
         let tensor_base = (total as u32) * k;
@@ -80,6 +93,13 @@ impl TensorSums {
             debug_assert_eq!(done, slot.len);
         }
         segs_index.push(segs.len() as u32);
+        let mut extra = 0;
+        if let Some((tails, floats)) = extension {
+            for (t, tail) in tables.iter_mut().zip(tails) {
+                t.extend(tail);
+            }
+            extra = floats;
+        }
         let n = layout.slots.len();
         // `[where tensor t's (first granule, count) pairs start, for t = 0..=n]`, then the pairs
         // (offsets from the start of the table).
@@ -94,7 +114,7 @@ impl TensorSums {
         let sums = arena::storage(
             gpu,
             "wgpu-optim tensor sums",
-            (((total + n) * k as usize).max(1) * 4) as u64,
+            (((total + n) * k as usize + extra).max(1) * 4) as u64,
         );
         let segs_buf = arena::storage_with(
             gpu,

@@ -1,0 +1,374 @@
+//! A factored second moment on the GPU ([`OptimizerConfig::FACTORED`], Adafactor): per
+//! tensor of rank >= 2, a row and a column mean of `g * g` over its last two dimensions
+//! (`row_var` of `batch x rows`, `col_var` of `batch x cols`), per vector one value per element
+//! (`variance`), all f32, kept in the per-tensor sums buffer after the tensor sums
+//! ([`super::tensor_sums`]), and read back and written through the same keys as other state.
+//!
+//! A step adds three small dispatches before the update's two passes, all in its submit and in
+//! a fixed order (deterministic, no atomics):
+//! 1. `main_partials`, per chunk, one thread per task: a task is the part of one row (stride 1)
+//!    or one column (stride `cols`) of a tensor that lies in one of its pieces; it adds up
+//!    `g * g` of its elements in order (`fma(g, g, acc)`, `g` prepared as the update sees it).
+//!    A tensor lies in one piece unless it is larger than a chunk.
+//! 2. `main_factor`, one thread per row and per column: the sum of its tasks in piece order,
+//!    its mean `s / n` (torch's `vector_norm(..).square_().div_(n)`
+//!    without the square root and square, which drivers may fold away), and the
+//!    state's `lerp` towards it with weight `t^beta2_decay`.
+//! 3. `main_rowmean`, one thread per matrix of a batch: `max(mean(row_var), eps1)`, the rows
+//!    in order.
+//!
+//! The update's passes then read `row_var[r] * col_var[c] / rowmean` per element (a vector its
+//! `variance`, updated in the first pass), through the tail this module appends to every
+//! chunk's tensor-sum table: `[info_at, tasks, tasks_at, factor, factor_at, mean, mean_at, 0]`,
+//! the tensor-local granule index of each of the chunk's granules, the chunk's tasks
+//! `[start, stride, count, out]`, each tensor's `[kind, rows, cols, a0, a1, a2, sqrt(numel),
+//! group]` (kind 1, a vector: `a0` its variance; kind 2: `a0` row_var, `a1` col_var, `a2` the
+//! row means), and in chunk 0 only the row/column outputs `[tensor, state, first task output,
+//! count | COL]` and the row means `[tensor, first row, rows, out]`. Offsets into the sums
+//! buffer are absolute f32 indices. [`crate::reference::adafactor`] adds up in the same order.
+
+use crate::arena::Layout;
+use crate::gpu::Gpu;
+use crate::kernel;
+
+/// The state keys of a factored second moment, in this order.
+pub(crate) const KEYS: [&str; 3] = ["row_var", "col_var", "variance"];
+
+const KIND_VECTOR: u32 = 1;
+const KIND_MATRIX: u32 = 2;
+const COL: u32 = 1 << 31;
+const HEADER: usize = 8;
+
+/// Where one tensor's state lies in the sums buffer (f32 indices).
+#[derive(Clone, Debug)]
+pub(crate) enum Region {
+    /// Rank 0 or 1: `variance`, one value per element.
+    Vector { var_at: usize, len: usize },
+    /// Rank >= 2, factored over its last two dimensions.
+    Matrix {
+        batch: usize,
+        rows: usize,
+        cols: usize,
+        row_at: usize,
+        col_at: usize,
+    },
+}
+
+impl Region {
+    /// The state `key`'s f32 offset and length and its shape as torch keeps it
+    /// (`row_var` `[..., rows, 1]`, `col_var` `[..., 1, cols]`), if the tensor has it.
+    pub fn state(&self, key: &str, shape: &[usize]) -> Option<(usize, usize, Vec<usize>)> {
+        let lead = &shape[..shape.len().saturating_sub(2)];
+        match (self, key) {
+            (Region::Vector { var_at, len }, "variance") => Some((*var_at, *len, shape.to_vec())),
+            (
+                Region::Matrix {
+                    batch,
+                    rows,
+                    row_at,
+                    ..
+                },
+                "row_var",
+            ) => Some((*row_at, batch * rows, [lead, &[*rows, 1]].concat().to_vec())),
+            (
+                Region::Matrix {
+                    batch,
+                    cols,
+                    col_at,
+                    ..
+                },
+                "col_var",
+            ) => Some((*col_at, batch * cols, [lead, &[1, *cols]].concat().to_vec())),
+            _ => None,
+        }
+    }
+
+    /// The keys this tensor keeps.
+    pub fn keys(&self) -> &'static [&'static str] {
+        match self {
+            Region::Vector { .. } => &KEYS[2..],
+            Region::Matrix { .. } => &KEYS[..2],
+        }
+    }
+}
+
+/// The plan of a factored second moment over one layout.
+pub(crate) struct Factored {
+    /// Per tensor, its state.
+    pub regions: Vec<Region>,
+    /// Per chunk, the words appended to its tensor-sum table.
+    pub tails: Vec<Vec<u32>>,
+    /// The persistent state: `[start, end)` in f32 indices of the sums buffer.
+    pub state: (usize, usize),
+    /// f32 values this plan adds to the sums buffer (state, row means, task outputs).
+    pub floats: usize,
+    /// Per chunk, its tasks.
+    tasks: Vec<u32>,
+    outputs: u32,
+    means: u32,
+}
+
+impl Factored {
+    /// The plan for `layout` (tensor `t` in group `group_of[t]`), its values from f32 index
+    /// `base` of the sums buffer on.
+    pub fn new(layout: &Layout, group_of: &[u32], base: usize) -> Factored {
+        let mut at = base;
+        fn take(at: &mut usize, n: usize) -> usize {
+            *at += n;
+            *at - n
+        }
+        let mut regions = Vec::with_capacity(layout.slots.len());
+        for slot in &layout.slots {
+            let s = &slot.shape;
+            regions.push(if s.len() >= 2 && slot.len > 0 {
+                let (rows, cols) = (s[s.len() - 2], s[s.len() - 1]);
+                let batch = slot.len / (rows * cols);
+                Region::Matrix {
+                    batch,
+                    rows,
+                    cols,
+                    row_at: take(&mut at, batch * rows),
+                    col_at: take(&mut at, batch * cols),
+                }
+            } else {
+                Region::Vector {
+                    var_at: take(&mut at, slot.len),
+                    len: slot.len,
+                }
+            });
+        }
+        let state = (base, at);
+        let chunks = layout.chunk_lens.len();
+        let mut tasks: Vec<Vec<[u32; 4]>> = vec![Vec::new(); chunks];
+        let mut info = Vec::with_capacity(8 * layout.slots.len());
+        let mut outputs: Vec<[u32; 4]> = Vec::new();
+        let mut means: Vec<[u32; 4]> = Vec::new();
+        let mut local_granule: Vec<Vec<u32>> = layout
+            .chunk_lens
+            .iter()
+            .map(|&n| vec![0; n / super::tensor_sums::GRANULE])
+            .collect();
+        for (t, (slot, region)) in layout.slots.iter().zip(&regions).enumerate() {
+            // Each piece: (chunk, chunk offset, tensor-local start, len).
+            let mut pieces = Vec::with_capacity(slot.pieces.len());
+            let mut local = 0;
+            for p in &slot.pieces {
+                pieces.push((p.chunk, p.offset, local, p.len));
+                let g0 = p.offset / super::tensor_sums::GRANULE;
+                for g in 0..p.len.div_ceil(super::tensor_sums::GRANULE) {
+                    local_granule[p.chunk][g0 + g] =
+                        (local / super::tensor_sums::GRANULE + g) as u32;
+                }
+                local += p.len;
+            }
+            let sqrt_numel = ((slot.len as f64).sqrt() as f32).to_bits();
+            let group = group_of[t];
+            match *region {
+                Region::Vector { var_at, .. } => {
+                    info.extend([KIND_VECTOR, 0, 0, var_at as u32, 0, 0, sqrt_numel, group]);
+                }
+                Region::Matrix {
+                    batch,
+                    rows,
+                    cols,
+                    row_at,
+                    col_at,
+                } => {
+                    let mean_at = take(&mut at, batch);
+                    info.extend([
+                        KIND_MATRIX,
+                        rows as u32,
+                        cols as u32,
+                        row_at as u32,
+                        col_at as u32,
+                        mean_at as u32,
+                        sqrt_numel,
+                        group,
+                    ]);
+                    // Rows: elements [o * cols, (o + 1) * cols).
+                    for o in 0..batch * rows {
+                        let (lo, hi) = (o * cols, (o + 1) * cols);
+                        let first = at;
+                        let mut count = 0;
+                        for &(chunk, offset, s, len) in &pieces {
+                            let (a, b) = (lo.max(s), hi.min(s + len));
+                            if a < b {
+                                let out = take(&mut at, 1);
+                                tasks[chunk].push([
+                                    (offset + a - s) as u32,
+                                    1,
+                                    (b - a) as u32,
+                                    out as u32,
+                                ]);
+                                count += 1;
+                            }
+                        }
+                        outputs.push([t as u32, (row_at + o) as u32, first as u32, count]);
+                    }
+                    // Columns: elements b * rows * cols + r * cols + c, r = 0..rows.
+                    for o in 0..batch * cols {
+                        let (b, c) = (o / cols, o % cols);
+                        let j0 = b * rows * cols + c;
+                        let first = at;
+                        let mut count = 0;
+                        for &(chunk, offset, s, len) in &pieces {
+                            let r_lo = s.saturating_sub(j0).div_ceil(cols);
+                            if s + len <= j0 || r_lo >= rows {
+                                continue;
+                            }
+                            let r_hi = ((s + len - 1 - j0) / cols).min(rows - 1);
+                            if r_lo > r_hi {
+                                continue;
+                            }
+                            let out = take(&mut at, 1);
+                            let start = j0 + r_lo * cols;
+                            tasks[chunk].push([
+                                (offset + start - s) as u32,
+                                cols as u32,
+                                (r_hi - r_lo + 1) as u32,
+                                out as u32,
+                            ]);
+                            count += 1;
+                        }
+                        outputs.push([t as u32, (col_at + o) as u32, first as u32, count | COL]);
+                    }
+                    for b in 0..batch {
+                        means.push([
+                            t as u32,
+                            (row_at + b * rows) as u32,
+                            rows as u32,
+                            (mean_at + b) as u32,
+                        ]);
+                    }
+                }
+            }
+        }
+        let tails = (0..chunks)
+            .map(|c| {
+                let granules = local_granule[c].len();
+                let f = 2 + 2 * granules;
+                let tasks_at = f + HEADER + granules;
+                let info_at = tasks_at + 4 * tasks[c].len();
+                let (outs, mean_list): (&[[u32; 4]], &[[u32; 4]]) = if c == 0 {
+                    (&outputs, &means)
+                } else {
+                    (&[], &[])
+                };
+                let factor_at = info_at + info.len();
+                let mean_at = factor_at + 4 * outs.len();
+                let mut tail = vec![
+                    info_at as u32,
+                    tasks[c].len() as u32,
+                    tasks_at as u32,
+                    outs.len() as u32,
+                    factor_at as u32,
+                    mean_list.len() as u32,
+                    mean_at as u32,
+                    0,
+                ];
+                tail.extend(&local_granule[c]);
+                tail.extend(tasks[c].iter().flatten());
+                tail.extend(&info);
+                tail.extend(outs.iter().flatten());
+                tail.extend(mean_list.iter().flatten());
+                tail
+            })
+            .collect();
+        Factored {
+            regions,
+            tails,
+            state,
+            floats: at - base,
+            tasks: tasks.iter().map(|t| t.len() as u32).collect(),
+            outputs: outputs.len() as u32,
+            means: means.len() as u32,
+        }
+    }
+
+    /// Record the three passes (before the update's first pass): `pipelines` are
+    /// `[main_partials, main_factor, main_rowmean]` per chunk, `chunks` the update's bind
+    /// groups.
+    pub fn record(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        gpu: &Gpu,
+        pipelines: &[[wgpu::ComputePipeline; 3]],
+        chunks: &[(wgpu::BindGroup, usize)],
+    ) {
+        let wg = |n: u32| n.div_ceil(256);
+        for (c, (bind, _)) in chunks.iter().enumerate() {
+            if self.tasks[c] == 0 {
+                continue;
+            }
+            pass.set_pipeline(&pipelines[c][0]);
+            pass.set_bind_group(0, bind, &[]);
+            kernel::dispatch(pass, gpu, wg(self.tasks[c]));
+        }
+        for (k, n) in [(1, self.outputs), (2, self.means)] {
+            if n == 0 {
+                continue;
+            }
+            pass.set_pipeline(&pipelines[0][k]);
+            pass.set_bind_group(0, &chunks[0].0, &[]);
+            kernel::dispatch(pass, gpu, wg(n));
+        }
+    }
+
+    /// Bytes of persistent state.
+    pub fn state_bytes(&self) -> u64 {
+        4 * (self.state.1 - self.state.0) as u64
+    }
+}
+
+use super::FusedOptimizer;
+use crate::error::{Error, Result};
+use crate::OptimizerConfig;
+
+impl<C: OptimizerConfig> FusedOptimizer<C> {
+    /// With a factored second moment and `key` one of its keys: the byte offset in the sums
+    /// buffer, the length and torch's shape of state `key` of `tensor` (an
+    /// [`Error::UnknownState`] where the tensor does not keep that key). `None` otherwise.
+    pub(super) fn factored_state(
+        &self,
+        key: &str,
+        tensor: &str,
+    ) -> Result<Option<(u64, usize, Vec<usize>)>> {
+        let Some(f) = &self.factored else {
+            return Ok(None);
+        };
+        if !KEYS.contains(&key) {
+            return Ok(None);
+        }
+        let t = *self
+            .layout
+            .index
+            .get(tensor)
+            .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
+        let region = &f.regions[t];
+        match region.state(key, &self.layout.slots[t].shape) {
+            Some((at, len, shape)) => Ok(Some(((at * 4) as u64, len, shape))),
+            None => Err(Error::UnknownState {
+                key: format!(
+                    "{key} (of {tensor}, which keeps {})",
+                    region.keys().join(", ")
+                ),
+                optimizer: C::NAME,
+                known: KEYS.to_vec(),
+            }),
+        }
+    }
+
+    /// The buffer holding the factored state.
+    pub(super) fn factored_buffer(&self) -> &wgpu::Buffer {
+        &self
+            .tensor_sums
+            .as_ref()
+            .expect("a factored second moment keeps its state with the tensor sums")
+            .sums
+    }
+
+    /// Bytes of factored state (0 without).
+    pub(super) fn factored_bytes(&self) -> u64 {
+        self.factored.as_ref().map_or(0, Factored::state_bytes)
+    }
+}
