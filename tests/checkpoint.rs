@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{self, Checkpoint, SaveOptions};
 use wgpu_optim::reference;
 use wgpu_optim::{
+    Adafactor, AdafactorConfig, AdamaxConfig, DType, NAdamConfig, Precision, RAdamConfig,
+};
+use wgpu_optim::{
     AdagradConfig, Adam, AdamConfig, Error, FusedOptimizer, GradScaler, Optimizer, OptimizerConfig,
     ParamGroup, Params, RmsPropConfig, ScalerConfig, SgdConfig,
 };
-use wgpu_optim::{AdamaxConfig, DType, NAdamConfig, Precision, RAdamConfig};
 
 fn temp_dir(test: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("wgpu-optim-test-{test}-{}", std::process::id()));
@@ -56,7 +58,7 @@ fn snapshot<C: OptimizerConfig>(
         state: names
             .iter()
             .flat_map(|n| {
-                let mut keys = opt.state_keys();
+                let mut keys = opt.state_keys_of(n).unwrap();
                 if opt.precision().master_weights && params.dtype(n).unwrap().is_half() {
                     keys.push(wgpu_optim::optim::MASTER);
                 }
@@ -339,6 +341,152 @@ fn resume_is_exact_lamb() {
             ..Default::default()
         },
     );
+}
+
+/// Adafactor's tensors: matrices and a batch split over chunks, a column, a vector.
+const ADAFACTOR_SHAPES: &[(&str, &[usize])] = &[
+    ("w", &[6, 7]),
+    ("big", &[300, 257]),
+    ("tall", &[40_000, 1]),
+    ("v", &[20_000]),
+    ("batch", &[3, 70, 90]),
+];
+
+/// 5 steps, save, load into fresh params (other values) and a fresh optimizer (another lr),
+/// 4 steps: the same bits as 9 uninterrupted steps. The file holds the factored state with
+/// torch's names and shapes (`state.<t>.row_var` `[..., rows, 1]`, `col_var` `[..., 1, cols]`,
+/// `variance` of vectors), in f32.
+#[test]
+fn resume_is_exact_adafactor_with_torchs_shapes() {
+    const N: usize = 5;
+    const M: usize = 4;
+    let gpu = gpu();
+    let cfg = AdafactorConfig {
+        lr: 0.05,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let run = Run::new("adafactor resume", reference::adafactor)
+        .shaped(ADAFACTOR_SHAPES)
+        .max_chunk_bytes(64 << 10)
+        .clip(1.0, 2.0)
+        .bad_steps(&[3], f32::INFINITY, ("big", 11))
+        .steps(N + M)
+        .seed(7);
+    let mut a = run
+        .clone()
+        .harness(vec![ParamGroup::rest(cfg.clone())], |_| 0);
+    for _ in 0..N + M {
+        a.step();
+    }
+    a.check();
+
+    let dir = temp_dir("adafactor");
+    let path = dir.join("ck.safetensors");
+    let mut b = run.harness(vec![ParamGroup::rest(cfg.clone())], |_| 0);
+    for _ in 0..N {
+        b.step();
+    }
+    checkpoint::save(&path, &b.params, &b.opt, SaveOptions::default()).unwrap();
+
+    let bytes = fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (n, shape) in ADAFACTOR_SHAPES {
+        let lead = &shape[..shape.len().saturating_sub(2)];
+        let want: Vec<(&str, Vec<usize>)> = if shape.len() >= 2 {
+            let (rows, cols) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+            vec![
+                ("row_var", [lead, &[rows, 1]].concat()),
+                ("col_var", [lead, &[1, cols]].concat()),
+            ]
+        } else {
+            vec![("variance", shape.to_vec())]
+        };
+        for (k, s) in want {
+            let t = file.tensor(&format!("state.{n}.{k}")).unwrap();
+            assert_eq!(t.shape(), s, "{n}.{k}");
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{n}.{k}");
+        }
+        for k in ["row_var", "col_var", "variance"] {
+            let has = file.tensor(&format!("state.{n}.{k}")).is_ok();
+            assert_eq!(has, (k == "variance") == (shape.len() < 2), "{n}.{k}");
+        }
+    }
+
+    let mut builder = Params::builder(&gpu).max_chunk_bytes(64 << 10);
+    for (i, (n, shape)) in ADAFACTOR_SHAPES.iter().enumerate() {
+        let len: usize = shape.iter().product();
+        let values: Vec<f32> = (0..len).map(|j| ((i + j) % 11) as f32 - 5.0).collect();
+        builder = builder.tensor_with_data(n, shape, DType::F32, &values);
+    }
+    let mut params = builder.build().unwrap();
+    let mut opt = Adafactor::new(
+        &params,
+        AdafactorConfig {
+            lr: 0.123,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    checkpoint::load(&path, &mut params, &mut opt).unwrap();
+    (b.params, b.opt) = (params, opt);
+    for _ in N..N + M {
+        b.step();
+    }
+    b.check();
+    assert_eq!(
+        snapshot(&a.params, &a.opt, None),
+        snapshot(&b.params, &b.opt, None),
+        "adafactor: resumed run differs from the uninterrupted one"
+    );
+
+    // The factored state in the wrong shape (the same number of elements), or under a key the
+    // tensor does not keep: typed errors, and nothing changes.
+    let base = Parts::parse(&bytes);
+    let before = snapshot(&b.params, &b.opt, None);
+    for (what, from, to, shape) in [
+        (
+            "row_var transposed",
+            "state.w.row_var",
+            "state.w.row_var",
+            vec![1, 6],
+        ),
+        (
+            "a vector's row_var",
+            "state.v.variance",
+            "state.v.row_var",
+            vec![20_000, 1],
+        ),
+        (
+            "a matrix's variance",
+            "state.w.row_var",
+            "state.w.variance",
+            vec![6, 1],
+        ),
+        ("a matrix's state missing", "state.w.col_var", "", vec![]),
+    ] {
+        let mut parts = Parts::parse(&base.to_bytes());
+        if to.is_empty() {
+            parts.remove(|n| n == from);
+        } else {
+            let t = parts.tensor(from);
+            t.0 = to.to_string();
+            t.2 = shape;
+        }
+        let bad = dir.join("bad.safetensors");
+        fs::write(&bad, parts.to_bytes()).unwrap();
+        let e = checkpoint::load(&bad, &mut b.params, &mut b.opt).unwrap_err();
+        eprintln!("{what}: {e}");
+        assert!(
+            matches!(
+                e,
+                Error::CheckpointFormat(_) | Error::CheckpointMismatch { .. }
+            ),
+            "{what}: {e:?}"
+        );
+        assert_eq!(snapshot(&b.params, &b.opt, None), before, "{what}");
+    }
+    fs::remove_dir_all(dir).unwrap();
 }
 
 /// Resume is exact on every storage path: 16-bit parameters (bf16, f16, a mixed arena), bf16
@@ -2275,6 +2423,10 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
             weight_decay: 0.1,
             ..Default::default()
         }),
+        make(AdafactorConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        }),
     ];
     for make in configs {
         // Uninterrupted: 6 steps.
@@ -2325,7 +2477,7 @@ fn dyn_optimizers_save_load_and_are_built_from_the_file() {
                 bits(&pa.read("w").unwrap()),
                 "{name}"
             );
-            for k in oa.state_keys() {
+            for k in oa.state_keys_of("w").unwrap() {
                 assert_eq!(
                     bits(&o.state(k, "w").unwrap()),
                     bits(&oa.state(k, "w").unwrap()),

@@ -410,6 +410,22 @@ impl Header {
                             )))
                         }
                         crate::optim::MASTER => Ok((tensors[t].1, Some(DType::F32))),
+                        // A factored second moment (Adafactor): f32, in torch's shape.
+                        _ if crate::optim::FACTORED_KEYS.contains(&key) => {
+                            match crate::optim::factored_state_shape(key, &shapes[t]) {
+                                Some(s) if s == info.shape => {
+                                    Ok((s.iter().product(), Some(DType::F32)))
+                                }
+                                Some(s) => Err(format_err(format!(
+                                    "`{tname}` has shape {:?}, expected {s:?}",
+                                    info.shape
+                                ))),
+                                None => Err(format_err(format!(
+                                    "`{tname}`: `{name}` of shape {:?} keeps no {key}",
+                                    shapes[t]
+                                ))),
+                            }
+                        }
                         _ if state_format.quantizes(tensors[t].1) => Err(format_err(format!(
                             "`{tname}`: f32 state of `{name}`, which has 8-bit state \
                              (state.{name}.{key}.codes, .absmax, .qmap)"

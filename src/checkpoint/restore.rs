@@ -10,7 +10,7 @@ use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::NormType;
-use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup};
+use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup, StateHome};
 use crate::params::Params;
 use crate::scaler::GradScaler;
 use crate::{AdagradConfig, AdamConfig, RmsPropConfig, SgdConfig};
@@ -520,10 +520,11 @@ impl Checkpoint {
                 build::<crate::ScheduleFreeAdamWConfig>(self, params)
             }
             crate::LambConfig::NAME => build::<crate::LambConfig>(self, params),
+            crate::AdafactorConfig::NAME => build::<crate::AdafactorConfig>(self, params),
             other => Err(mismatch(
                 "optimizer",
                 "one of Adam, SGD, RMSprop, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, \
-                 ScheduleFreeAdamW, LAMB",
+                 ScheduleFreeAdamW, LAMB, Adafactor",
                 other,
             )),
         }
@@ -766,16 +767,28 @@ impl Checkpoint {
             }
         }
         let keys = opt.state_keys();
-        let our_dtypes: HashMap<&str, DType> =
-            opt.ck_tensors().iter().map(|o| (o.0, o.3)).collect();
+        let ours: HashMap<&str, (usize, DType)> = opt
+            .ck_tensors()
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.0, (i, o.3)))
+            .collect();
         for (i, (t, _)) in self.header.tensors.iter().enumerate() {
             let dtype = self.header.dtypes[i];
-            if let Some(&ours) = our_dtypes.get(t.as_str()) {
-                if ours != dtype {
-                    return Err(mismatch(format!("dtype of `{t}`"), ours, dtype));
-                }
-            }
             let mut want = keys.clone();
+            if let Some(&(index, our_dtype)) = ours.get(t.as_str()) {
+                if our_dtype != dtype {
+                    return Err(mismatch(format!("dtype of `{t}`"), our_dtype, dtype));
+                }
+                // A factored second moment: a tensor keeps some of the keys.
+                let mut kept = Vec::with_capacity(want.len());
+                for k in want {
+                    if !matches!(opt.ck_state_home(k, index)?, StateHome::Absent) {
+                        kept.push(k);
+                    }
+                }
+                want = kept;
+            }
             if precision.master_weights && dtype.is_half() {
                 want.push(crate::optim::MASTER);
             }
@@ -952,9 +965,12 @@ impl Checkpoint {
                     Kind::State(t, crate::optim::MASTER) => {
                         piece_dest(master, pieces[t].0, DType::F32)
                     }
-                    Kind::State(t, k) => match opt.ck_blockwise(k, index[t])? {
-                        Some(v) => range_dest(&v.values),
-                        None => piece_dest(state_bufs[k], pieces[t].0, state_dtype),
+                    Kind::State(t, k) => match opt.ck_state_home(k, index[t])? {
+                        StateHome::Factored { range, .. } => range_dest(&[range]),
+                        _ => match opt.ck_blockwise(k, index[t])? {
+                            Some(v) => range_dest(&v.values),
+                            None => piece_dest(state_bufs[k], pieces[t].0, state_dtype),
+                        },
                     },
                     Kind::Quant(t, k, part) => {
                         let v = opt

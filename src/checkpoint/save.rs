@@ -13,7 +13,7 @@ use super::{
 };
 use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
-use crate::optim::{Optimizer, MASTER};
+use crate::optim::{Optimizer, StateHome, MASTER};
 use crate::params::Params;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::io::{Seek, SeekFrom, Write};
@@ -131,6 +131,14 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
     let master = opt.ck_master_buffers();
     for (t, &(name, len, pieces, dtype, shape)) in tensors.iter().enumerate() {
         for (&k, bufs) in keys.iter().zip(&state_bufs) {
+            match opt.ck_state_home(k, t)? {
+                StateHome::Arena => {}
+                StateHome::Absent => continue,
+                StateHome::Factored { range, shape } => {
+                    plan.push((state_key(name, k), shape, Dtype::F32, whole_words(&[range])));
+                    continue;
+                }
+            }
             match opt.ck_blockwise(k, t)? {
                 None => {
                     let src = Source::Gpu(gpu_source(bufs, pieces, precision.state));

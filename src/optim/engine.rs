@@ -17,6 +17,7 @@ use std::sync::Arc;
 mod blockwise;
 mod factored;
 pub(crate) use blockwise::BlockwiseView;
+pub(crate) use factored::{state_shape as factored_state_shape, StateHome, KEYS as FACTORED_KEYS};
 mod l1;
 mod precision;
 mod tensor_sums;
@@ -814,6 +815,18 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
             return factored::KEYS.to_vec();
         }
         self.states.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn state_keys_of(&self, tensor: &str) -> Result<Vec<&'static str>> {
+        let t = *self
+            .layout
+            .index
+            .get(tensor)
+            .ok_or_else(|| Error::UnknownTensor(tensor.to_string()))?;
+        Ok(match &self.factored {
+            Some(f) => f.regions[t].keys().to_vec(),
+            None => self.state_keys(),
+        })
     }
 
     fn state(&self, key: &str, tensor: &str) -> Result<Vec<f32>> {

@@ -36,6 +36,7 @@ pub use schedule_free::{ScheduleFreeAdamW, ScheduleFreeAdamWConfig, ScheduleFree
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;
+pub(crate) use engine::{factored_state_shape, StateHome, FACTORED_KEYS};
 mod groups;
 mod persist;
 mod window;
@@ -88,6 +89,23 @@ pub trait Optimizer: persist::Persist {
     fn step_count_async(&self) -> ReadFuture<'_, u64>;
     /// The state keys this configuration keeps (PyTorch's names, e.g. `exp_avg`).
     fn state_keys(&self) -> Vec<&'static str>;
+    /// The state keys `tensor` keeps: [`Optimizer::state_keys`], except under a factored
+    /// second moment ([`crate::Adafactor`]: `row_var` and `col_var` for a tensor of rank >= 2,
+    /// `variance` for others). An [`crate::Error::UnknownTensor`] for a name not in the set.
+    ///
+    /// ```
+    /// use wgpu_optim::{Adafactor, AdafactorConfig, DType, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let params = Params::builder(&gpu)
+    ///     .tensor("fc.weight", &[4, 3], DType::F32)
+    ///     .tensor("fc.bias", &[4], DType::F32)
+    ///     .build()?;
+    /// let opt = Adafactor::new(&params, AdafactorConfig::default())?;
+    /// assert_eq!(opt.state_keys_of("fc.weight")?, ["row_var", "col_var"]);
+    /// assert_eq!(opt.state_keys_of("fc.bias")?, ["variance"]);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    fn state_keys_of(&self, tensor: &str) -> Result<Vec<&'static str>>;
     /// Read one state tensor back (PyTorch's key, tensor name). Blocks
     /// ([`Optimizer::state_async`] without the wait; in a browser, where nothing may block,
     /// this is a [`crate::Error::WouldBlock`]).

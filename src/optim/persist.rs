@@ -7,7 +7,7 @@
 //! `OptimizerConfig`, not by implementing `Optimizer`). Every method takes and returns public
 //! types only.
 
-use super::engine::BlockwiseView;
+use super::engine::{BlockwiseView, StateHome};
 use super::{FusedOptimizer, Optimizer, OptimizerConfig};
 use crate::arena::Piece;
 use crate::dtype::{DType, Precision};
@@ -32,8 +32,11 @@ pub trait Persist {
     /// Every tensor in layout order: name, length, pieces in the arena chunks, storage dtype,
     /// shape.
     fn ck_tensors(&self) -> Vec<TensorView<'_>>;
-    /// The per-chunk buffers of state `key`.
+    /// The per-chunk buffers of state `key` (none for a factored second moment's keys, which
+    /// lie where [`Persist::ck_state_home`] says).
     fn ck_state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]>;
+    /// Where state `key` of tensor `t` (layout order) lies.
+    fn ck_state_home(&self, key: &str, t: usize) -> Result<StateHome<'_>>;
     /// The tensors of group `g`.
     fn ck_group_tensors(&self, g: usize) -> Result<Vec<&str>>;
     /// Group `g`'s hyperparameters ([`OptimizerConfig::hyperparameters`]).
@@ -172,7 +175,14 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
     }
 
     fn ck_state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]> {
+        if C::FACTORED && super::engine::FACTORED_KEYS.contains(&key) {
+            return Ok(&[]);
+        }
         self.state_chunks(key)
+    }
+
+    fn ck_state_home(&self, key: &str, t: usize) -> Result<StateHome<'_>> {
+        self.state_home(key, t)
     }
 
     fn ck_group_tensors(&self, g: usize) -> Result<Vec<&str>> {

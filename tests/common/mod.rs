@@ -193,13 +193,8 @@ pub fn snapshot(params: &Params, opt: &dyn Optimizer) -> Vec<Vec<u32>> {
     let mut out = Vec::new();
     for n in params.names() {
         out.push(bits(params.read(n).unwrap()));
-        for k in opt.state_keys() {
-            match opt.state(k, n) {
-                Ok(v) => out.push(bits(v)),
-                // A factored second moment: a tensor keeps some of the keys.
-                Err(wgpu_optim::Error::UnknownState { .. }) => {}
-                Err(e) => panic!("state {k} of {n}: {e}"),
-            }
+        for k in opt.state_keys_of(n).unwrap() {
+            out.push(bits(opt.state(k, n).unwrap()));
         }
     }
     out
@@ -898,15 +893,14 @@ impl<C: OptimizerConfig> Harness<C> {
                     .count();
                 total += want.len();
             }
-            let tensor_keys = if C::FACTORED {
+            let tensor_keys = self.opt.state_keys_of(t).unwrap();
+            if C::FACTORED {
                 // A factored second moment keeps row_var and col_var, or variance.
-                let mine = state.keys();
-                assert!(mine.iter().all(|k| keys.contains(k)), "{name}: state keys");
-                mine
+                assert!(tensor_keys.iter().all(|k| keys.contains(k)), "{name}");
             } else {
-                assert_eq!(keys, state.keys(), "{name}: state keys");
-                keys.clone()
-            };
+                assert_eq!(tensor_keys, keys, "{name}: state keys of {t}");
+            }
+            assert_eq!(tensor_keys, state.keys(), "{name}: state keys of {t}");
             for k in &tensor_keys {
                 if self.run.format.quantizes(want.len()) {
                     let got = self

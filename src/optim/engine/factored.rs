@@ -31,6 +31,20 @@ use crate::arena::Layout;
 use crate::gpu::Gpu;
 use crate::kernel;
 
+/// Where a checkpoint finds state `key` of one tensor.
+pub enum StateHome<'a> {
+    /// With the other state: the per-chunk state buffers, or 8-bit, in the tensor's shape.
+    Arena,
+    /// A factored second moment's key this tensor does not keep (a matrix's `variance`).
+    Absent,
+    /// A factored second moment: its f32 values at `(buffer, byte offset, bytes)`, in torch's
+    /// shape ([`state_shape`]).
+    Factored {
+        range: (&'a wgpu::Buffer, u64, u64),
+        shape: Vec<usize>,
+    },
+}
+
 /// The state keys of a factored second moment, in this order.
 pub(crate) const KEYS: [&str; 3] = ["row_var", "col_var", "variance"];
 
@@ -43,7 +57,7 @@ const HEADER: usize = 8;
 #[derive(Clone, Debug)]
 pub(crate) enum Region {
     /// Rank 0 or 1: `variance`, one value per element.
-    Vector { var_at: usize, len: usize },
+    Vector { var_at: usize },
     /// Rank >= 2, factored over its last two dimensions.
     Matrix {
         batch: usize,
@@ -54,33 +68,32 @@ pub(crate) enum Region {
     },
 }
 
+/// The shape torch gives factored state `key` of a tensor of `shape`: `row_var`
+/// `[..., rows, 1]` and `col_var` `[..., 1, cols]` of a tensor of rank >= 2 with elements,
+/// `variance` (the tensor's shape) of any other; `None` where the tensor does not keep `key`.
+/// What [`Factored::new`] lays out, and what a checkpoint's factored state must look like.
+pub(crate) fn state_shape(key: &str, shape: &[usize]) -> Option<Vec<usize>> {
+    let matrix = shape.len() >= 2 && shape.iter().all(|&d| d > 0);
+    let (lead, last) = shape.split_at(shape.len().saturating_sub(2));
+    match (matrix, key) {
+        (true, "row_var") => Some([lead, &[last[0], 1]].concat()),
+        (true, "col_var") => Some([lead, &[1, last[1]]].concat()),
+        (false, "variance") => Some(shape.to_vec()),
+        _ => None,
+    }
+}
+
 impl Region {
     /// The state `key`'s f32 offset and length and its shape as torch keeps it
-    /// (`row_var` `[..., rows, 1]`, `col_var` `[..., 1, cols]`), if the tensor has it.
+    /// ([`state_shape`]), if the tensor has it.
     pub fn state(&self, key: &str, shape: &[usize]) -> Option<(usize, usize, Vec<usize>)> {
-        let lead = &shape[..shape.len().saturating_sub(2)];
-        match (self, key) {
-            (Region::Vector { var_at, len }, "variance") => Some((*var_at, *len, shape.to_vec())),
-            (
-                Region::Matrix {
-                    batch,
-                    rows,
-                    row_at,
-                    ..
-                },
-                "row_var",
-            ) => Some((*row_at, batch * rows, [lead, &[*rows, 1]].concat().to_vec())),
-            (
-                Region::Matrix {
-                    batch,
-                    cols,
-                    col_at,
-                    ..
-                },
-                "col_var",
-            ) => Some((*col_at, batch * cols, [lead, &[1, *cols]].concat().to_vec())),
-            _ => None,
-        }
+        let torch = state_shape(key, shape)?;
+        let at = match (self, key) {
+            (Region::Vector { var_at, .. }, _) => *var_at,
+            (Region::Matrix { row_at, .. }, "row_var") => *row_at,
+            (Region::Matrix { col_at, .. }, _) => *col_at,
+        };
+        Some((at, torch.iter().product(), torch))
     }
 
     /// The keys this tensor keeps.
@@ -133,7 +146,6 @@ impl Factored {
             } else {
                 Region::Vector {
                     var_at: take(&mut at, slot.len),
-                    len: slot.len,
                 }
             });
         }
@@ -356,6 +368,23 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 known: KEYS.to_vec(),
             }),
         }
+    }
+
+    /// Where state `key` of tensor `t` (layout order) lies, for checkpoints.
+    pub(crate) fn state_home(&self, key: &str, t: usize) -> Result<StateHome<'_>> {
+        let Some(f) = &self.factored else {
+            return Ok(StateHome::Arena);
+        };
+        if !KEYS.contains(&key) {
+            return Ok(StateHome::Arena);
+        }
+        Ok(match f.regions[t].state(key, &self.layout.slots[t].shape) {
+            Some((at, len, shape)) => StateHome::Factored {
+                range: (self.factored_buffer(), 4 * at as u64, 4 * len as u64),
+                shape,
+            },
+            None => StateHome::Absent,
+        })
     }
 
     /// The buffer holding the factored state.
