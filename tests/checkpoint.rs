@@ -2051,7 +2051,7 @@ fn replay_torch_case<C: OptimizerConfig + Default>(case: &Value, dir: &Path) {
             .filter(|(_, v)| !v.is_number())
             .map(|(k, _)| k.as_str())
             .collect();
-        let mut ours = opt.state_keys();
+        let mut ours = opt.state_keys_of(n).unwrap();
         keys.sort();
         ours.sort();
         assert_eq!(keys, ours, "{name}: state keys of {n}");
@@ -2103,6 +2103,7 @@ fn resumes_from_pytorch_checkpoints() {
         torch_replay::<AdamaxConfig>(),
         torch_replay::<RAdamConfig>(),
         torch_replay::<NAdamConfig>(),
+        torch_replay::<AdafactorConfig>(),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint_torch");
     let data: Value =

@@ -65,7 +65,10 @@ mixed-precision recipe), and ``wgpu_optim.param_dtypes`` / ``wgpu_optim.precisio
 stored dtypes and rounding so that ``from-torch`` restores them. ``from-torch``: parameters in
 torch's dtype (or ``wgpu_optim.param_dtypes``; with master weights the stored parameter is the
 master copy rounded to nearest even); the state in BF16 where torch kept all of it in bf16,
-else F32 (or ``wgpu_optim.precision.state``).
+else F32 (or ``wgpu_optim.precision.state``). State keeps torch's shape: the parameter's, or
+Adafactor's ``row_var`` [..., rows, 1] and ``col_var`` [..., 1, cols] (always F32 on our side);
+Adafactor's ``eps`` of (None, x) is stored as f32's machine epsilon, what None means for f32
+parameters.
 
 Our side: a wgpu-optim checkpoint (see ``src/checkpoint/`` for the full format)
 --------------------------------------------------------------------------------
@@ -81,7 +84,8 @@ Writes the data of ``tests/checkpoint.rs``'s PyTorch interchange test into
 amsgrad and two named groups, AdamW, SGD with momentum and two unnamed groups, RMSprop centered
 with momentum, Adagrad, Adadelta, Rprop with two unnamed groups, ASGD with two unnamed groups
 (one averaging), Adamax with two named groups, RAdam with decoupled decay, NAdam with two named
-groups of different ``betas`` and ``momentum_decay``) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
+groups of different ``betas`` and ``momentum_decay``, Adafactor with two named groups, one
+with ``eps`` (None, 1e-3)) it runs 10 steps in PyTorch (``foreach=False``, fixed seed), saves the
 PyTorch checkpoint dict, converts it with ``from-torch`` into ``<case>.safetensors``, runs 10
 more steps and records their gradients, the step torch kept at step 10 (``torch_step``, null
 for SGD) and PyTorch's parameters and state after step 20 in ``expected.json``. As a self-check it also converts the file back with ``to-torch``, resumes a
@@ -122,6 +126,7 @@ TORCH_CLASSES = {
     "Adamax": [("Adamax", {})],
     "RAdam": [("RAdam", {})],
     "NAdam": [("NAdam", {})],
+    "Adafactor": [("Adafactor", {})],
 }
 
 # torch's execution switches: the same numbers whichever way they are set, so not
@@ -266,7 +271,12 @@ def to_torch(src: str, dst: str) -> None:
                     if key == "master":
                         continue
                     # As torch's load_state_dict does: floating state in the parameter's dtype.
-                    st[key] = tensors[f"state.{n}.{key}"].reshape(p.shape).to(p.dtype).clone()
+                    # State of the parameter's size takes its shape; other state (Adafactor's
+                    # row_var [..., rows, 1] and col_var [..., 1, cols]) keeps the file's.
+                    t = tensors[f"state.{n}.{key}"]
+                    if t.numel() == p.numel():
+                        t = t.reshape(p.shape)
+                    st[key] = t.to(p.dtype).clone()
                 if "step" in stepped:
                     st["step"] = torch.tensor(float(step), dtype=stepped["step"].dtype)
                 st.update({k: v.clone() for k, v in derived.items()})
@@ -351,6 +361,10 @@ def our_hyperparameters(cls_name: str, group: dict) -> dict:
             v = v.item()
         if isinstance(v, (tuple, list)):
             for i, x in enumerate(v):
+                if x is None:
+                    # Adafactor's eps1 of None: the parameters' machine epsilon, which is
+                    # what torch uses for f32 parameters (and what our None stands for).
+                    x = torch.finfo(torch.float32).eps
                 hp[f"{name}[{i}]"] = float(x.item() if isinstance(x, torch.Tensor) else x)
         elif isinstance(v, bool):
             hp[name] = 1 if v else 0
@@ -409,6 +423,20 @@ def from_torch(src: str, dst: str) -> None:
         if sorted(k for k in stepped if k != "step" and k not in scalar_keys) != sorted(keys):
             raise SystemExit("groups disagree on boolean options; wgpu-optim needs them equal")
     probe_of = {n: pr for g, pr in zip(our_groups, probes) for n in g["params"]}
+    # The state keys (torch's order) and shapes of each parameter, from a probe of its shape:
+    # they may depend on it (Adafactor keeps row_var and col_var for a matrix, variance for a
+    # vector).
+    kw_of = {n: torch_kwargs(kind, g)[1] for g in our_groups for n in g["params"]}
+    probed, state_shapes = {}, {}
+    for gi, g in enumerate(our_groups):
+        for n in g["params"]:
+            at = (gi, tuple(model[n].shape))
+            if at not in probed:
+                _, stepped = probe(cls, kw_of[n], at[1])
+                probed[at] = {k: v.shape for k, v in stepped.items()
+                              if k != "step" and k not in scalar_keys}
+            state_shapes[n] = probed[at]
+    all_keys = {k for shapes in state_shapes.values() for k in shapes}
 
     # One step count for all.
     steps = set()
@@ -424,7 +452,8 @@ def from_torch(src: str, dst: str) -> None:
         step = steps.pop()
     elif "step" in extra:
         step = int(extra["step"])
-    elif any(sd["state"].get(name_id[n], {}).get(k) is not None for n in names for k in keys):
+    elif any(sd["state"].get(name_id[n], {}).get(k) is not None for n in names
+             for k in all_keys):
         # torch keeps no step for this optimizer (SGD), but it has stepped: all it needs to
         # know is that the first step is done.
         step = 1
@@ -432,7 +461,6 @@ def from_torch(src: str, dst: str) -> None:
         step = 0
 
     # The derived scalars must be what the step count gives, or the resume would not be exact.
-    kw_of = {n: torch_kwargs(kind, g)[1] for g in our_groups for n in g["params"]}
     # Storage dtypes. Parameters keep torch's dtype unless `wgpu_optim.param_dtypes` names one
     # (a file that to-torch wrote); with master weights (`wgpu_optim.precision`) the torch
     # parameters are the f32 master copies and the stored parameters their rounding to nearest
@@ -450,7 +478,7 @@ def from_torch(src: str, dst: str) -> None:
     if master and not any(d != torch.float32 for d in param_dtype.values()):
         raise SystemExit("master weights need 16-bit parameters (wgpu_optim.param_dtypes)")
     state_dtypes = {v.dtype for n in names for k, v in sd["state"].get(name_id[n], {}).items()
-                    if k in keys and v is not None}
+                    if k in all_keys and v is not None}
     state_dtype = "BF16" if state_dtypes == {torch.bfloat16} else "F32"
     if precision is not None:
         state_dtype = precision["state"]
@@ -466,20 +494,22 @@ def from_torch(src: str, dst: str) -> None:
                                                   want[k]):
                     raise SystemExit(f"state {k} of {n} is {got}, step {step} gives "
                                      f"{want[k].item()}; wgpu-optim derives it from the step")
-        if st and sorted(k for k in st if k != "step") != sorted(keys):
-            raise SystemExit(f"state of {n} holds {sorted(st)}, torch keeps {keys} for its "
-                             "configuration")
+        shapes = state_shapes[n]
+        if st and sorted(k for k in st if k != "step") != sorted(shapes):
+            raise SystemExit(f"state of {n} holds {sorted(st)}, torch keeps {list(shapes)} for "
+                             "its configuration")
         fresh = probe_of[n][0]
-        for key in keys:
+        for key, shape in shapes.items():
             t = st.get(key)
             if t is None:
                 init = fresh[key].reshape(-1)[0].item() if key in fresh else 0.0
-                t = torch.full(p.shape, init, dtype=torch.float32)
-            if t.numel() != p.numel():
+                t = torch.full(shape, init, dtype=torch.float32)
+            if t.numel() != shape.numel():
                 raise SystemExit(f"state {key} of {n} has {t.numel()} elements, "
-                                 f"the parameter {p.numel()}")
-            out.append((f"state.{n}.{key}",
-                        t.detach().to(DTYPES[state_dtype]).reshape(p.shape)))
+                                 f"torch keeps {shape.numel()} ({list(shape)})")
+            # Adafactor's factored second moment is f32 on our side, whatever the state dtype.
+            dtype = "F32" if kind == "Adafactor" else state_dtype
+            out.append((f"state.{n}.{key}", t.detach().to(DTYPES[dtype]).reshape(shape)))
         if master and param_dtype[n] != torch.float32:
             out.append((f"state.{n}.master", p.detach().to(torch.float32)))
         out.append((f"state.{n}.step", torch.tensor(float(step), dtype=torch.float32)))
@@ -572,6 +602,11 @@ FIXTURE_CASES = [
                                           weight_decay=0.01, momentum_decay=0.004)),
       (["fc1.bias", "fc2.bias"], dict(lr=0.02, betas=(0.8, 0.99), eps=1e-8,
                                       weight_decay=0.0, momentum_decay=0.1))], True),
+    ("adafactor_groups", "Adafactor",
+     [(["fc1.weight", "fc2.weight"], dict(lr=0.02, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+                                          weight_decay=0.01)),
+      (["fc1.bias", "fc2.bias"], dict(lr=0.05, beta2_decay=-0.5, eps=(1e-4, 1e-3), d=2.0,
+                                      weight_decay=0.0))], True),
 ]
 
 
