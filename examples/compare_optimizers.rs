@@ -1,6 +1,6 @@
 //! Which optimizer should I use? The same 64-64-10 MLP on the handwritten digits, trained with
 //! SGD, SGD+momentum, Nesterov, RMSprop, Adagrad, Adadelta, Rprop, ASGD, Adam, AdamW, AdamW with
-//! 8-bit state, Adamax, RAdam, NAdam, Lion, LAMB and Schedule-Free AdamW for the same budget, each at the learning rate an
+//! 8-bit state, Adamax, RAdam, NAdam, Lion, LAMB, Adafactor and Schedule-Free AdamW for the same budget, each at the learning rate an
 //! LR range test suggests for it (Schedule-Free is evaluated at its average, after `eval()`).
 //! Writes `loss_curves.png` and prints final loss, test accuracy and time per step.
 //!
@@ -18,9 +18,10 @@ use nn::{Loss, Mlp};
 use rand::SeedableRng;
 use std::time::Instant;
 use wgpu_optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, FusedOptimizer, Gpu,
-    LambConfig, LionConfig, LrFinder, NAdamConfig, Optimizer, OptimizerConfig, Params, RAdamConfig,
-    RmsPropConfig, RpropConfig, ScheduleFreeAdamW, ScheduleFreeAdamWConfig, SgdConfig, StateFormat,
+    AdadeltaConfig, AdafactorConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig,
+    FusedOptimizer, Gpu, LambConfig, LionConfig, LrFinder, NAdamConfig, Optimizer, OptimizerConfig,
+    Params, RAdamConfig, RmsPropConfig, RpropConfig, ScheduleFreeAdamW, ScheduleFreeAdamWConfig,
+    SgdConfig, StateFormat,
 };
 
 type Build = fn(&Params, f32) -> Result<Trainer, wgpu_optim::Error>;
@@ -211,6 +212,15 @@ const CANDIDATES: &[(&str, Build)] = &[
         plain(
             p,
             LambConfig {
+                lr,
+                ..Default::default()
+            },
+        )
+    }),
+    ("Adafactor", |p, lr| {
+        plain(
+            p,
+            AdafactorConfig {
                 lr,
                 ..Default::default()
             },

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{Adam, AdamConfig, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params};
+use wgpu_optim::{Adam, AdamConfig, DType, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params};
 
 struct Args {
     sizes: Vec<usize>,
@@ -186,7 +186,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             }
             progress(&format!("{} {}", size_label(n), w.label()));
-            let mut params = Params::zeros(&gpu, &[("w", n)])?;
+            let mut params = Params::builder(&gpu)
+                .tensor("w", &w.shape(n), DType::F32)
+                .build()?;
             params.write("w", &bench::pattern(n, 3))?;
             params.write_grad("w", &bench::pattern(n, 2))?;
             let mut opt = w.optimizer(&params)?.expect("an optimizer");

@@ -65,6 +65,7 @@ type MakeReference = Arc<dyn Fn(usize) -> ReferenceStep + Send + Sync>;
 pub struct Workload {
     label: String,
     bytes_per_element: u64,
+    factored: bool,
     build: Option<Build>,
     reference: Option<MakeReference>,
 }
@@ -84,6 +85,7 @@ impl Workload {
         Workload {
             label: "copy".into(),
             bytes_per_element: COPY_BYTES_PER_ELEMENT,
+            factored: false,
             build: None,
             reference: Some(Arc::new(|_| {
                 Box::new(|dst: &mut Array1<f32>, src: &Array1<f32>| dst.assign(src))
@@ -96,6 +98,7 @@ impl Workload {
         Workload {
             label: label(&config),
             bytes_per_element: bytes_per_element(&config),
+            factored: C::FACTORED,
             build: Some(Arc::new(move |params: &Params| {
                 Ok(Box::new(FusedOptimizer::new(params, config.clone())?) as Box<dyn Optimizer>)
             })),
@@ -109,7 +112,11 @@ impl Workload {
         let cfg = config.clone();
         Workload {
             reference: Some(Arc::new(move |n| {
-                let (cfg, mut state) = (cfg.clone(), reference::State::new(&cfg, n));
+                let mut state = reference::State::new(&cfg, n);
+                if C::FACTORED {
+                    state = state.with_layout(&matrix_shape(n), &[n]);
+                }
+                let cfg = cfg.clone();
                 Box::new(move |p: &mut Array1<f32>, g: &Array1<f32>| step(&cfg, p, g, &mut state))
             })),
             ..Workload::new(config)
@@ -120,7 +127,7 @@ impl Workload {
     /// Adam amsgrad, AdamW, SGD, SGD momentum, SGD Nesterov, RMSprop, RMSprop centered with
     /// momentum, Adagrad, Lion, Adadelta, Rprop, ASGD, Adamax, RAdam, NAdam, Schedule-Free
     /// AdamW, LAMB (its bytes per element count one pass; its two passes and the reduction
-    /// move more).
+    /// move more), Adafactor (on a matrix: see [`Workload::shape`]).
     pub fn standard() -> Vec<Workload> {
         let momentum = SgdConfig {
             lr: 1e-2,
@@ -166,7 +173,28 @@ impl Workload {
                 reference::schedule_free_adamw,
             ),
             Workload::with_reference(crate::LambConfig::default(), reference::lamb),
+            Workload::with_reference(crate::AdafactorConfig::default(), reference::adafactor),
         ]
+    }
+
+    /// The shape of the one tensor of `n` elements the workload is measured on: `[n]`, or for
+    /// a factored second moment ([`OptimizerConfig::FACTORED`], Adafactor) the matrix
+    /// [`matrix_shape`]`(n)`, where its row and column passes do their work (a vector would
+    /// keep a value per element instead).
+    ///
+    /// ```
+    /// use wgpu_optim::bench::Workload;
+    /// use wgpu_optim::{reference, AdafactorConfig, AdamConfig};
+    /// let adafactor = Workload::with_reference(AdafactorConfig::default(), reference::adafactor);
+    /// assert_eq!(adafactor.shape(1 << 24), [4096, 4096]);
+    /// assert_eq!(Workload::new(AdamConfig::default()).shape(1000), [1000]);
+    /// ```
+    pub fn shape(&self, n: usize) -> Vec<usize> {
+        if self.factored {
+            matrix_shape(n).to_vec()
+        } else {
+            vec![n]
+        }
     }
 
     /// A short name with the options that change the kernel, e.g. `"Adam amsgrad"`,
@@ -279,6 +307,24 @@ impl StoragePath {
     }
 }
 
+/// The squarest matrix of `n` elements: `[rows, n / rows]` with `rows` the largest divisor of
+/// `n` that is at most `sqrt(n)` (`[1, n]` for a prime).
+///
+/// ```
+/// use wgpu_optim::bench::matrix_shape;
+/// assert_eq!(matrix_shape(1 << 24), [4096, 4096]);
+/// assert_eq!(matrix_shape(1 << 21), [1024, 2048]);
+/// assert_eq!(matrix_shape(1000), [25, 40]);
+/// assert_eq!(matrix_shape(7), [1, 7]);
+/// ```
+pub fn matrix_shape(n: usize) -> [usize; 2] {
+    let mut rows = ((n as f64).sqrt() as usize).max(1);
+    while n % rows != 0 {
+        rows -= 1;
+    }
+    [rows, n / rows]
+}
+
 /// The benchmark label of an optimizer configuration: [`OptimizerConfig::NAME`] and the shader
 /// options it turns on ([`OptimizerConfig::constants`], in lower case, joined by `+`), e.g.
 /// `"Adam"`, `"Adam amsgrad+decoupled"`, `"RMSprop centered+momentum"`.
@@ -301,10 +347,16 @@ pub fn label<C: OptimizerConfig>(config: &C) -> String {
 /// the configuration uses ([`OptimizerConfig::SLOTS`], [`OptimizerConfig::uses_state`]). So
 /// SGD 12, SGD with momentum 20, Adam/AdamW 28 (+8 amsgrad), RMSprop 20 (+8 centered, +8
 /// momentum), Adagrad 20, Lion 20, Adadelta 28, Rprop 28, ASGD 20, Adamax / RAdam / NAdam 28.
-/// The optional gradient-norm pass (clipping) is not counted.
+/// A factored second moment ([`OptimizerConfig::FACTORED`]) counts every pass over a matrix:
+/// its row and column sums read `g` (4), the first update pass reads `p` and `g` (8), the
+/// second the 12 above, so Adafactor 24 (its `rows + cols` state values per matrix are not
+/// counted). The optional gradient-norm pass (clipping) is not counted.
 pub fn bytes_per_element<C: OptimizerConfig>(config: &C) -> u64 {
     let slots = C::SLOTS.iter().filter(|k| config.uses_state(k)).count() as u64;
-    12 + 8 * slots
+    // A factored second moment on a matrix: the row and column sums read g, and the first of
+    // the update's two passes reads p and g, before the pass counted above.
+    let factored = if C::FACTORED { 12 } else { 0 };
+    12 + 8 * slots + factored
 }
 
 /// `bytes` moved in `time`, in GB/s (10^9 bytes per second).
@@ -794,6 +846,7 @@ mod tests {
             ("NAdam", 28),
             ("ScheduleFreeAdamW", 28),
             ("LAMB", 28),
+            ("Adafactor", 24),
         ];
         assert_eq!(
             got,

@@ -149,7 +149,9 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
 
     /// Bytes of GPU memory the optimizer's state takes (every state buffer, padding included,
     /// and the master copy; with 8-bit state, codes, absmax and the f32 state of small tensors,
-    /// not the block tables).
+    /// not the block tables; with a factored second moment, [`crate::Adafactor`], its f32
+    /// `row_var` and `col_var` per matrix and `variance` per vector, not the row means and
+    /// partial sums it recomputes each step).
     ///
     /// ```no_run
     /// use wgpu_optim::{Adam, AdamConfig, Gpu, Params, StateFormat};
@@ -159,6 +161,12 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// assert_eq!(opt.state_memory_bytes(), 8 << 20);
     /// opt.set_state_format(StateFormat::blockwise8())?;
     /// assert_eq!(opt.state_memory_bytes(), 2 * ((1 << 20) + 4 * (1 << 12))); // 2.03 B/element
+    ///
+    /// // Adafactor on a 1024 x 1024 matrix: 1024 + 1024 f32 values, 0.008 B/element.
+    /// use wgpu_optim::{Adafactor, AdafactorConfig, DType};
+    /// let params = Params::builder(&gpu).tensor("w", &[1024, 1024], DType::F32).build()?;
+    /// let opt = Adafactor::new(&params, AdafactorConfig::default())?;
+    /// assert_eq!(opt.state_memory_bytes(), 4 * 2048);
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn state_memory_bytes(&self) -> u64 {
