@@ -52,15 +52,28 @@ fn direction(i: u32, g: vec4<f32>, s: Scalars, update_var: bool) -> vec4<f32> {
     let a1 = tsum_table[ib + 4u];
     let a2 = tsum_table[ib + 5u];
     var v = vec4<f32>(1.0);
-    for (var l = 0u; l < 4u; l = l + 1u) {
-        if (lane0 + l >= valid) {
-            continue;
+    if (kind == KIND_MATRIX) {
+        // Element j = local + l is at (matrix b, row r, column c): divide once per vec4, then
+        // step along the row (integer division is slow on CPU drivers).
+        let per = rows * cols;
+        var b = local / per;
+        var r = (local - b * per) / cols;
+        var c = local - b * per - r * cols;
+        for (var l = 0u; l < 4u && lane0 + l < valid; l = l + 1u) {
+            v[l] = (tsums[a0 + b * rows + r] * tsums[a1 + b * cols + c]) / tsums[a2 + b];
+            c = c + 1u;
+            if (c == cols) {
+                c = 0u;
+                r = r + 1u;
+                if (r == rows) {
+                    r = 0u;
+                    b = b + 1u;
+                }
+            }
         }
-        let j = local + l;
-        if (kind == KIND_MATRIX) {
-            let b = j / (rows * cols);
-            v[l] = (tsums[a0 + j / cols] * tsums[a1 + b * cols + j % cols]) / tsums[a2 + b];
-        } else {
+    } else {
+        for (var l = 0u; l < 4u && lane0 + l < valid; l = l + 1u) {
+            let j = local + l;
             var x = tsums[a0 + j];
             if (update_var) {
                 x = lerp1(x, g[l] * g[l], s.beta2_weight);
@@ -114,11 +127,21 @@ fn main_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let stride = tsum_table[tb + 1u];
     let count = tsum_table[tb + 2u];
     var acc = 0.0;
-    for (var e = 0u; e < count; e = e + 1u) {
+    var e = 0u;
+    while (e < count) {
+        // One vec4 load for the elements of a row that share it; a column's one element.
         let at = start + e * stride;
         l1_at = at / 4u;
-        let g = prep_grad(load_grad(at / 4u))[at % 4u];
-        acc = fma(g, g, acc);
+        let g = prep_grad(load_grad(at / 4u));
+        var k = at % 4u;
+        loop {
+            acc = fma(g[k], g[k], acc);
+            e = e + 1u;
+            k = k + 1u;
+            if (stride != 1u || k == 4u || e == count) {
+                break;
+            }
+        }
     }
     tsums[tsum_table[tb + 3u]] = acc;
 }

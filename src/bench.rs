@@ -348,14 +348,14 @@ pub fn label<C: OptimizerConfig>(config: &C) -> String {
 /// SGD 12, SGD with momentum 20, Adam/AdamW 28 (+8 amsgrad), RMSprop 20 (+8 centered, +8
 /// momentum), Adagrad 20, Lion 20, Adadelta 28, Rprop 28, ASGD 20, Adamax / RAdam / NAdam 28.
 /// A factored second moment ([`OptimizerConfig::FACTORED`]) counts every pass over a matrix:
-/// its row and column sums read `g` (4), the first update pass reads `p` and `g` (8), the
-/// second the 12 above, so Adafactor 24 (its `rows + cols` state values per matrix are not
-/// counted). The optional gradient-norm pass (clipping) is not counted.
+/// its row sums and its column sums each read `g` (4 + 4), the first update pass reads `p`
+/// and `g` (8), the second the 12 above, so Adafactor 28 (its `rows + cols` state values per
+/// matrix are not counted). The optional gradient-norm pass (clipping) is not counted.
 pub fn bytes_per_element<C: OptimizerConfig>(config: &C) -> u64 {
     let slots = C::SLOTS.iter().filter(|k| config.uses_state(k)).count() as u64;
-    // A factored second moment on a matrix: the row and column sums read g, and the first of
-    // the update's two passes reads p and g, before the pass counted above.
-    let factored = if C::FACTORED { 12 } else { 0 };
+    // A factored second moment on a matrix: the row sums and the column sums each read g, and
+    // the first of the update's two passes reads p and g, before the pass counted above.
+    let factored = if C::FACTORED { 16 } else { 0 };
     12 + 8 * slots + factored
 }
 
@@ -846,7 +846,7 @@ mod tests {
             ("NAdam", 28),
             ("ScheduleFreeAdamW", 28),
             ("LAMB", 28),
-            ("Adafactor", 24),
+            ("Adafactor", 28),
         ];
         assert_eq!(
             got,

@@ -838,7 +838,8 @@ pub fn lamb(cfg: &LambConfig, param: &mut Array1<f32>, grad: &Array1<f32>, state
 /// `shaders/adafactor.wgsl` (see [`AdafactorConfig`] for the algorithm). The tensor's shape
 /// and pieces come from [`State::with_layout`] (a vector in one piece without it). The sums
 /// are added up in the GPU's order: a row's or a column's `g * g` by `fma` in index order
-/// within each piece, then the pieces' sums in order; the row mean over the rows in order;
+/// within each task (at most 256 elements, in one piece), then the tasks' sums in order; the
+/// row mean over the rows in order;
 /// the norms of `p` and `u` by [`tensor_sum`].
 pub fn adafactor(
     cfg: &AdafactorConfig,
@@ -857,25 +858,27 @@ pub fn adafactor(
         ranges.push(at..at + len);
         at += len;
     }
+    let grad: Array1<f32> = grad.mapv(|g| maybe_neg(g, cfg.maximize));
+    // A task of main_partials: at most FACTORED_TASK_LEN elements, all in one piece.
     let sq_sum = |elems: &mut dyn Iterator<Item = usize>| -> f32 {
         let mut total = 0.0f32;
         let mut part = None;
-        let mut piece = usize::MAX;
+        let (mut piece, mut len) = (usize::MAX, 0);
         for j in elems {
             let k = ranges
                 .iter()
                 .position(|r| r.contains(&j))
                 .expect("in a piece");
-            if k != piece {
+            if k != piece || len == crate::optim::FACTORED_TASK_LEN {
                 total += part.take().unwrap_or(0.0);
-                piece = k;
+                (piece, len) = (k, 0);
                 part = Some(0.0f32);
             }
+            len += 1;
             part = part.map(|acc| fma(grad[j], grad[j], acc));
         }
         total + part.unwrap_or(0.0)
     };
-    let grad: Array1<f32> = grad.mapv(|g| maybe_neg(g, cfg.maximize));
     let pp = tensor_sum(&param.iter().map(|p| p * p).collect::<Vec<f32>>());
     let mut v = vec![0.0f32; n];
     if shape.len() >= 2 {

@@ -17,7 +17,10 @@ use std::sync::Arc;
 mod blockwise;
 mod factored;
 pub(crate) use blockwise::BlockwiseView;
-pub(crate) use factored::{state_shape as factored_state_shape, StateHome, KEYS as FACTORED_KEYS};
+pub(crate) use factored::{
+    state_shape as factored_state_shape, StateHome, KEYS as FACTORED_KEYS,
+    TASK_LEN as FACTORED_TASK_LEN,
+};
 mod l1;
 mod precision;
 mod tensor_sums;

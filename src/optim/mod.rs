@@ -36,7 +36,7 @@ pub use schedule_free::{ScheduleFreeAdamW, ScheduleFreeAdamWConfig, ScheduleFree
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;
-pub(crate) use engine::{factored_state_shape, StateHome, FACTORED_KEYS};
+pub(crate) use engine::{factored_state_shape, StateHome, FACTORED_KEYS, FACTORED_TASK_LEN};
 mod groups;
 mod persist;
 mod window;

@@ -6,8 +6,9 @@
 //!
 //! A step adds three small dispatches before the update's two passes, all in its submit and in
 //! a fixed order (deterministic, no atomics):
-//! 1. `main_partials`, per chunk, one thread per task: a task is the part of one row (stride 1)
-//!    or one column (stride `cols`) of a tensor that lies in one of its pieces; it adds up
+//! 1. `main_partials`, per chunk, one thread per task: a task is up to [`TASK_LEN`] elements
+//!    of one row (stride 1) or one column (stride `cols`) of a tensor, in one of its pieces
+//!    (neighbouring threads take neighbouring columns); it adds up
 //!    `g * g` of its elements in order (`fma(g, g, acc)`, `g` prepared as the update sees it).
 //!    A tensor lies in one piece unless it is larger than a chunk.
 //! 2. `main_factor`, one thread per row and per column: the sum of its tasks in piece order,
@@ -44,6 +45,11 @@ pub enum StateHome<'a> {
         shape: Vec<usize>,
     },
 }
+
+/// The most elements one task of `main_partials` adds up: a row's or a column's part in one
+/// piece is split into tasks of this many (the last shorter), for parallelism on large
+/// matrices. [`crate::reference::adafactor`] splits its sums the same way.
+pub(crate) const TASK_LEN: usize = 256;
 
 /// The state keys of a factored second moment, in this order.
 pub(crate) const KEYS: [&str; 3] = ["row_var", "col_var", "variance"];
@@ -160,6 +166,7 @@ impl Factored {
             .iter()
             .map(|&n| vec![0; n / super::tensor_sums::GRANULE])
             .collect();
+        let mut col_tasks: Vec<(usize, usize, usize, [u32; 4])> = Vec::new();
         for (t, (slot, region)) in layout.slots.iter().zip(&regions).enumerate() {
             // Each piece: (chunk, chunk offset, tensor-local start, len).
             let mut pieces = Vec::with_capacity(slot.pieces.len());
@@ -204,12 +211,12 @@ impl Factored {
                         let mut count = 0;
                         for &(chunk, offset, s, len) in &pieces {
                             let (a, b) = (lo.max(s), hi.min(s + len));
-                            if a < b {
+                            for a in (a..b).step_by(TASK_LEN) {
                                 let out = take(&mut at, 1);
                                 tasks[chunk].push([
                                     (offset + a - s) as u32,
                                     1,
-                                    (b - a) as u32,
+                                    (b - a).min(TASK_LEN) as u32,
                                     out as u32,
                                 ]);
                                 count += 1;
@@ -232,17 +239,25 @@ impl Factored {
                             if r_lo > r_hi {
                                 continue;
                             }
-                            let out = take(&mut at, 1);
-                            let start = j0 + r_lo * cols;
-                            tasks[chunk].push([
-                                (offset + start - s) as u32,
-                                cols as u32,
-                                (r_hi - r_lo + 1) as u32,
-                                out as u32,
-                            ]);
-                            count += 1;
+                            for (k, r) in (r_lo..=r_hi).step_by(TASK_LEN).enumerate() {
+                                let out = take(&mut at, 1);
+                                let start = j0 + r * cols;
+                                let task = [
+                                    (offset + start - s) as u32,
+                                    cols as u32,
+                                    (r_hi + 1 - r).min(TASK_LEN) as u32,
+                                    out as u32,
+                                ];
+                                col_tasks.push((chunk, r_lo / TASK_LEN + k, o, task));
+                                count += 1;
+                            }
                         }
                         outputs.push([t as u32, (col_at + o) as u32, first as u32, count | COL]);
+                    }
+                    // Neighbouring threads take neighbouring columns (coalesced loads).
+                    col_tasks.sort_by_key(|&(chunk, seg, o, _)| (chunk, seg, o));
+                    for (chunk, _, _, task) in col_tasks.drain(..) {
+                        tasks[chunk].push(task);
                     }
                     for b in 0..batch {
                         means.push([
