@@ -319,7 +319,7 @@ impl StoragePath {
 /// ```
 pub fn matrix_shape(n: usize) -> [usize; 2] {
     let mut rows = ((n as f64).sqrt() as usize).max(1);
-    while n % rows != 0 {
+    while !n.is_multiple_of(rows) {
         rows -= 1;
     }
     [rows, n / rows]
