@@ -12,7 +12,8 @@
 //! kernel's bandwidth, and the CPU reference's time per step (one thread; skipped above 2^24
 //! elements unless `--cpu-all`). Then, at the largest size: Adam with gradient clipping
 //! (`max_grad_norm`) against Adam alone, the norm passes alone (`Params::grad_norm`) against
-//! the copy kernel and Adam, GPT-2 small's 148-tensor layout against one tensor,
+//! the copy kernel and Adam, Adafactor's row and column passes against its whole step on a
+//! matrix, GPT-2 small's 148-tensor layout against one tensor,
 //! and that layout with AdamW's usual decay / no-decay parameter groups against one group;
 //! last, 10,000 tensors of 1-300 elements: Adam clipped against unclipped, and
 //! `Params::grad_norm` on them against one tensor of the same total size.
@@ -28,7 +29,10 @@ use std::time::{Duration, Instant};
 use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
-use wgpu_optim::{Adam, AdamConfig, DType, FusedOptimizer, Gpu, Optimizer, ParamGroup, Params};
+use wgpu_optim::{
+    Adafactor, AdafactorConfig, Adam, AdamConfig, DType, FusedOptimizer, Gpu, Optimizer,
+    ParamGroup, Params,
+};
 
 struct Args {
     sizes: Vec<usize>,
@@ -349,6 +353,38 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         ms(t_norm),
         norm_copies,
         norm_adam
+    );
+
+    // Adafactor on the squarest matrix: its row, column and row-mean passes alone against the
+    // whole step (the rest is the update's two passes and the reduction between them).
+    let shape = bench::matrix_shape(n);
+    let mut params = Params::builder(&gpu)
+        .tensor("w", &shape, DType::F32)
+        .build()?;
+    params.write("w", &bench::pattern(n, 3))?;
+    params.write_grad("w", &bench::pattern(n, 2))?;
+    let mut adafactor = Adafactor::new(&params, AdafactorConfig::default())?;
+    adafactor.step(&mut params)?;
+    let first = timer.time(1, || adafactor.step(&mut params))?[0];
+    let runs = args
+        .iters
+        .unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
+    let (adafactor, params) = (RefCell::new(adafactor), RefCell::new(params));
+    let mut a = || adafactor.borrow_mut().step(&mut params.borrow_mut());
+    let mut b = || {
+        assert!(adafactor.borrow().submit_factored_passes());
+        Ok(())
+    };
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
+    println!(
+        "Adafactor on a {} x {} matrix: {:.3} ms per step; its row, column and row-mean passes \
+         alone {:.3} ms, {:.3} of the step (the rest: the update's two passes and their \
+         per-tensor norms)",
+        shape[0],
+        shape[1],
+        ms(bench::median(&times[0])),
+        ms(bench::median(&times[1])),
+        paired(&times[1], &times[0])
     );
 
     // Many tensors at the cost of one: GPT-2 small's 148-tensor layout scaled to n elements

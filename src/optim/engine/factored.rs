@@ -415,4 +415,47 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     pub(super) fn factored_bytes(&self) -> u64 {
         self.factored.as_ref().map_or(0, Factored::state_bytes)
     }
+
+    /// For benchmarks (the `bench` feature): submit a factored second moment's row, column and
+    /// row-mean passes alone, as a step runs them before its update passes, so that their
+    /// share of a step can be timed (`examples/throughput.rs`). They move `row_var` and
+    /// `col_var` as the first half of a step would (with the last step's scalars). Returns
+    /// false, submitting nothing, for an optimizer without a factored second moment or before
+    /// its first step.
+    ///
+    /// ```
+    /// use wgpu_optim::{Adafactor, AdafactorConfig, DType, Gpu, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::builder(&gpu).tensor("w", &[64, 32], DType::F32).build()?;
+    /// let mut opt = Adafactor::new(&params, AdafactorConfig::default())?;
+    /// assert!(!opt.submit_factored_passes());
+    /// opt.step(&mut params)?;
+    /// assert!(opt.submit_factored_passes());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    #[cfg(feature = "bench")]
+    pub fn submit_factored_passes(&self) -> bool {
+        let Some(f) = &self.factored else {
+            return false;
+        };
+        if self.pipelines_factored.is_empty() || self.submitted == 0 {
+            return false;
+        }
+        let gpu = &self.gpu;
+        let mut enc = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("factored passes"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("factored passes"),
+                timestamp_writes: None,
+            });
+            self.scalars.record_select(&mut pass);
+            f.record(&mut pass, gpu, &self.pipelines_factored, &self.chunks);
+        }
+        gpu.queue().submit([enc.finish()]);
+        true
+    }
 }
