@@ -650,7 +650,15 @@ mod tests {
                 .iter()
                 .map(|e| e.name.as_str())
                 .collect();
-            let expected: &[&str] = if C::TENSOR_SUMS > 0 {
+            let expected: &[&str] = if C::FACTORED {
+                &[
+                    "main",
+                    "main_sums",
+                    "main_partials",
+                    "main_factor",
+                    "main_rowmean",
+                ]
+            } else if C::TENSOR_SUMS > 0 {
                 &["main", "main_sums"]
             } else {
                 &["main"]
@@ -720,6 +728,7 @@ mod tests {
         check_update_kernel::<crate::ScheduleFreeAdamWConfig>();
         check_update_kernel::<crate::LambConfig>();
         check_update_kernel::<crate::LionConfig>();
+        check_update_kernel::<crate::AdafactorConfig>();
     }
 
     #[test]

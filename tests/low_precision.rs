@@ -446,6 +446,20 @@ fn state_converts_between_dtypes() {
     assert_eq!(opt.step_count(), 2);
 }
 
+/// Adafactor's factored state is f32 whatever the state dtype: on vectors its `variance`.
+#[test]
+fn adafactor() {
+    every_storage(
+        wgpu_optim::AdafactorConfig {
+            lr: 5e-2,
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+        reference::adafactor,
+        &[],
+    );
+}
+
 #[test]
 fn lamb_and_schedule_free() {
     every_storage(
