@@ -298,9 +298,19 @@ fn bad_input_is_a_typed_error() {
             matches!(e, Error::InvalidHyperparameter { .. }),
             "{cfg:?}: {e}"
         );
+        // The same through a setter: refused, the old configuration kept.
+        let mut opt = Adafactor::new(&params, d.clone()).unwrap();
+        let e = opt.set_group_config(0, cfg.clone()).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidHyperparameter { .. }),
+            "{cfg:?}: {e}"
+        );
+        assert_eq!(opt.group_config(0).unwrap(), &d);
     }
+    let mut opt = Adafactor::new(&params, d.clone()).unwrap();
+    assert!(opt.set_lr(-0.1).is_err());
+    assert_eq!(opt.lr(), d.lr);
     // A factored second moment has no 8-bit form.
-    let mut opt = Adafactor::new(&params, d).unwrap();
     let e = opt
         .set_state_format(StateFormat::Blockwise8 { min_size: 4096 })
         .unwrap_err();
