@@ -12,8 +12,8 @@
 //! kernel's bandwidth, and the CPU reference's time per step (one thread; skipped above 2^24
 //! elements unless `--cpu-all`). Then, at the largest size: Adam with gradient clipping
 //! (`max_grad_norm`) against Adam alone, the norm passes alone (`Params::grad_norm`) against
-//! the copy kernel and Adam, Adafactor's row and column passes against its whole step on a
-//! matrix, GPT-2 small's 148-tensor layout against one tensor,
+//! the copy kernel and Adam, the passes of LAMB and Adafactor before their last pass against
+//! the whole step, GPT-2 small's 148-tensor layout against one tensor,
 //! and that layout with AdamW's usual decay / no-decay parameter groups against one group;
 //! last, 10,000 tensors of 1-300 elements: Adam clipped against unclipped, and
 //! `Params::grad_norm` on them against one tensor of the same total size.
@@ -30,8 +30,8 @@ use ndarray::Array1;
 use serde_json::json;
 use wgpu_optim::bench::{self, CopyKernel, GpuTimer, TimerMode, Workload, COPY_BYTES_PER_ELEMENT};
 use wgpu_optim::{
-    Adafactor, AdafactorConfig, Adam, AdamConfig, DType, FusedOptimizer, Gpu, Optimizer,
-    ParamGroup, Params,
+    Adafactor, AdafactorConfig, Adam, AdamConfig, DType, FusedOptimizer, Gpu, Lamb, LambConfig,
+    Optimizer, ParamGroup, Params,
 };
 
 struct Args {
@@ -355,8 +355,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         norm_adam
     );
 
-    // Adafactor on the squarest matrix: its row, column and row-mean passes alone against the
-    // whole step (the rest is the update's two passes and the reduction between them).
+    // The two-pass optimizers: what runs before the last pass (Adafactor's row and column
+    // passes, the first pass and the reduction between the passes) against the whole step.
+    // Adafactor on the squarest matrix, LAMB on one tensor.
     let shape = bench::matrix_shape(n);
     let mut params = Params::builder(&gpu)
         .tensor("w", &shape, DType::F32)
@@ -364,27 +365,54 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     params.write("w", &bench::pattern(n, 3))?;
     params.write_grad("w", &bench::pattern(n, 2))?;
     let mut adafactor = Adafactor::new(&params, AdafactorConfig::default())?;
+    let mut lamb = Lamb::new(&params, LambConfig::default())?;
     adafactor.step(&mut params)?;
+    lamb.step(&mut params)?;
     let first = timer.time(1, || adafactor.step(&mut params))?[0];
     let runs = args
         .iters
         .unwrap_or_else(|| adaptive_runs(first, 3.0, 5, 50));
-    let (adafactor, params) = (RefCell::new(adafactor), RefCell::new(params));
+    let (adafactor, lamb, params) = (
+        RefCell::new(adafactor),
+        RefCell::new(lamb),
+        RefCell::new(params),
+    );
     let mut a = || adafactor.borrow_mut().step(&mut params.borrow_mut());
     let mut b = || {
         assert!(adafactor.borrow().submit_factored_passes());
         Ok(())
     };
-    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b])?;
+    let mut c = || {
+        assert!(adafactor.borrow().submit_passes_before_update());
+        Ok(())
+    };
+    let mut d = || lamb.borrow_mut().step(&mut params.borrow_mut());
+    let mut e = || {
+        assert!(lamb.borrow().submit_passes_before_update());
+        Ok(())
+    };
+    let times = timer.time_interleaved(runs, &mut [&mut a, &mut b, &mut c, &mut d, &mut e])?;
     println!(
-        "Adafactor on a {} x {} matrix: {:.3} ms per step; its row, column and row-mean passes \
-         alone {:.3} ms, {:.3} of the step (the rest: the update's two passes and their \
-         per-tensor norms)",
+        "Adafactor on a {} x {} matrix: {:.3} ms per step; its row and column passes alone \
+         {:.3} ms ({:.3} of the step); everything before the last pass (those, the first pass \
+         and the reduction) {:.3} ms ({:.3}), so the last pass {:.3}",
         shape[0],
         shape[1],
         ms(bench::median(&times[0])),
         ms(bench::median(&times[1])),
-        paired(&times[1], &times[0])
+        paired(&times[1], &times[0]),
+        ms(bench::median(&times[2])),
+        paired(&times[2], &times[0]),
+        1.0 - paired(&times[2], &times[0])
+    );
+    println!(
+        "LAMB at {}: {:.3} ms per step; the first pass and the reduction alone {:.3} ms \
+         ({:.3} of the step), so the last pass {:.3}",
+        size_label(n),
+        ms(bench::median(&times[3])),
+        ms(bench::median(&times[4])),
+        paired(&times[4], &times[3]),
+        1.0 - paired(&times[4], &times[3])
     );
 
     // Many tensors at the cost of one: GPT-2 small's 148-tensor layout scaled to n elements

@@ -438,24 +438,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let Some(f) = &self.factored else {
             return false;
         };
-        if self.pipelines_factored.is_empty() || self.submitted == 0 {
-            return false;
-        }
-        let gpu = &self.gpu;
-        let mut enc = gpu
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("factored passes"),
-            });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("factored passes"),
-                timestamp_writes: None,
-            });
-            self.scalars.record_select(&mut pass);
-            f.record(&mut pass, gpu, &self.pipelines_factored, &self.chunks);
-        }
-        gpu.queue().submit([enc.finish()]);
-        true
+        self.submit_for_bench("factored passes", |pass, gpu| {
+            f.record(pass, gpu, &self.pipelines_factored, &self.chunks)
+        })
     }
 }

@@ -157,3 +157,63 @@ impl TensorSums {
         kernel::dispatch(pass, gpu, self.tensors);
     }
 }
+
+#[cfg(feature = "bench")]
+impl<C: crate::OptimizerConfig> super::FusedOptimizer<C> {
+    /// For benchmarks (the `bench` feature): submit what a step of a two-pass optimizer
+    /// ([`crate::OptimizerConfig::TENSOR_SUMS`]: LAMB, Adafactor) runs before its last pass:
+    /// Adafactor's row and column passes, the first pass over the tensors and the reduction of
+    /// the per-tensor sums between the passes, so that the last pass's share of a step can be
+    /// timed (`examples/throughput.rs`). They move the state as the first half of a step would
+    /// (with the last step's scalars). Returns false, submitting nothing, for a one-pass
+    /// optimizer or before the first step.
+    ///
+    /// ```
+    /// use wgpu_optim::{Gpu, Lamb, LambConfig, Optimizer, Params};
+    /// let gpu = Gpu::new()?;
+    /// let mut params = Params::zeros(&gpu, &[("w", 1000)])?;
+    /// let mut opt = Lamb::new(&params, LambConfig::default())?;
+    /// assert!(!opt.submit_passes_before_update());
+    /// opt.step(&mut params)?;
+    /// assert!(opt.submit_passes_before_update());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn submit_passes_before_update(&self) -> bool {
+        let Some(ts) = &self.tensor_sums else {
+            return false;
+        };
+        self.submit_for_bench("passes before the update", |pass, gpu| {
+            if let Some(f) = &self.factored {
+                f.record(pass, gpu, &self.pipelines_factored, &self.chunks);
+            }
+            crate::kernel::record(pass, gpu, &self.pipelines_sums, &self.chunks);
+            ts.record(pass, gpu);
+        })
+    }
+
+    /// Submit one compute pass that selects the scalars and runs `record` (nothing before the
+    /// first step, when the pipelines are not built yet). Whether it submitted.
+    pub(super) fn submit_for_bench(
+        &self,
+        label: &str,
+        record: impl FnOnce(&mut wgpu::ComputePass<'_>, &crate::gpu::Gpu),
+    ) -> bool {
+        if self.pipelines.is_empty() || self.submitted == 0 {
+            return false;
+        }
+        let gpu = &self.gpu;
+        let mut enc = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            self.scalars.record_select(&mut pass);
+            record(&mut pass, gpu);
+        }
+        gpu.queue().submit([enc.finish()]);
+        true
+    }
+}
