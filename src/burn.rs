@@ -39,12 +39,17 @@
 //! (`fc1.weight`). A step, all on Burn's own wgpu device and queue:
 //! 1. resolves every parameter and gradient to its CubeCL buffer (this submits Burn's pending
 //!    work, such as the backward pass, so it runs first) and records one device-side copy per
-//!    tensor of each into the arena, in one submit: nothing goes through the host;
-//! 2. runs the fused update (clipping, skipping and groups included) in one submit;
-//! 3. copies every updated parameter back in one submit. A parameter whose Burn handle is
-//!    exclusively owned (its fusion tensor has no other reference, Burn's own rule for
-//!    in-place kernels) is written in place; a shared one (for example, a clone of the model
-//!    is alive) is written into a fresh tensor, so the other holder keeps the old values.
+//!    tensor of each into the arena: nothing goes through the host;
+//! 2. records the fused update (clipping, skipping and groups included) after the copies;
+//! 3. records the copy of every updated parameter back, and submits all of it at once: one
+//!    submit per step, however many parameters. A parameter whose Burn handle is exclusively
+//!    owned (its fusion tensor has no other reference, Burn's own rule for in-place kernels)
+//!    is written in place, into the buffer range it was read from; a shared one (for example,
+//!    a clone of the model is alive) is written into a fresh tensor, so the other holder
+//!    keeps the old values.
+//!
+//! If the update cannot be recorded (an invalid hyperparameter, say), nothing is submitted
+//! and the error is returned.
 //!
 //! Nothing waits for the GPU. The copies cost 12 bytes per element over the update's own
 //! traffic (the parameter in and out, the gradient in): for Adam 40 bytes per element instead
@@ -515,41 +520,52 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         }
         let gpu = arena.gpu.clone();
 
-        // 1. Parameters and gradients into the arena: a copy per tensor, one submit.
+        // One encoder, one submit: the copies of parameters and gradients into the arena, the
+        // fused update, the copies of the new values back.
         let mut pins = Vec::new();
         let mut enc = gpu
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgpu-optim burn gather"),
+                label: Some("wgpu-optim burn step"),
             });
-        let mut has_grad = HashMap::with_capacity(found.len());
+        // The buffer range of each stepped parameter, pinned until the write-back is submitted.
+        let mut ranges = HashMap::with_capacity(found.len());
         for f in &found {
             let name = arena.names[arena.slot[&f.id]].clone();
-            has_grad.insert(f.id, f.tensors.is_some());
             match &f.tensors {
                 Some((p, g)) => {
-                    for (t, grad) in [(p, false), (g, true)] {
-                        let (buffer, base) = buffer_range(&f.path, t, f.len, &mut pins)?;
-                        copy_slot(&mut enc, &arena.params, &name, (&buffer, base), grad, true)?;
-                    }
+                    let param = buffer_range(&f.path, p, f.len, &mut pins)?;
+                    copy_slot(
+                        &mut enc,
+                        &arena.params,
+                        &name,
+                        (&param.0, param.1),
+                        false,
+                        true,
+                    )?;
+                    let grad = buffer_range(&f.path, g, f.len, &mut pins)?;
+                    copy_slot(
+                        &mut enc,
+                        &arena.params,
+                        &name,
+                        (&grad.0, grad.1),
+                        true,
+                        true,
+                    )?;
+                    ranges.insert(f.id, Some(param));
                 }
                 None => clear_grad(&mut enc, &arena.params, &name)?,
             }
         }
-        gpu.queue().submit([enc.finish()]);
 
-        // 2. The fused update, its own submit.
-        arena.opt.step(&mut arena.params)?;
+        // 2. The fused update (errors here leave everything as it was: nothing is submitted).
+        let recorded = gpu.scoped(|| arena.opt.record_checked_step(&arena.params, &mut enc))?;
 
-        // 3. The updated parameters back into Burn's tensors, one submit.
+        // 3. The updated parameters back into Burn's tensors.
         let mut writer = WriteBack {
             arena,
-            has_grad,
-            enc: gpu
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("wgpu-optim burn scatter"),
-                }),
+            ranges,
+            enc,
             pins: Vec::new(),
             path: Vec::new(),
             error: None,
@@ -566,10 +582,15 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             ..
         } = writer;
         self.last_writes = (in_place, fresh);
-        gpu.queue().submit([enc.finish()]);
+        let submitted = gpu.scoped(|| {
+            gpu.queue().submit([enc.finish()]);
+            Ok(())
+        });
+        recorded.submitted();
         drop(found);
         drop(pins);
         drop(out_pins);
+        submitted?;
         match error {
             Some(e) => Err(e),
             None => Ok(module),
@@ -669,7 +690,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
         checkpoint::load(path, &mut params, &mut opt)?;
         let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
-        let mut arena = Arena {
+        let arena = Arena {
             gpu: gpu.clone(),
             device: dev,
             params,
@@ -681,8 +702,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.norm_type = arena.opt.grad_norm_type();
         self.skip_nonfinite = arena.opt.skip_nonfinite();
         let mut writer = WriteBack {
-            arena: &mut arena,
-            has_grad: found.iter().map(|f| (f.id, true)).collect(),
+            arena: &arena,
+            ranges: found.iter().map(|f| (f.id, None)).collect(),
             enc: gpu
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -770,8 +791,10 @@ impl ModuleVisitor for FirstDevice {
 
 /// Writes the arena's parameters into the module's tensors.
 struct WriteBack<'a, C: OptimizerConfig> {
-    arena: &'a mut Arena<C>,
-    has_grad: HashMap<ParamId, bool>,
+    arena: &'a Arena<C>,
+    /// The parameters to write, each with the pinned buffer range it was read from, when the
+    /// step read it.
+    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
     enc: wgpu::CommandEncoder,
     pins: Vec<Pin>,
     path: Vec<String>,
@@ -790,7 +813,7 @@ impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.error.is_some() || !self.has_grad.get(&param.id).copied().unwrap_or(false) {
+        if self.error.is_some() || !self.ranges.contains_key(&param.id) {
             return param;
         }
         let (id, tensor, mapper) = param.consume();
@@ -831,19 +854,26 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
                 param: path.clone(),
                 reason: format!("not on Burn's CubeCL (wgpu) backend: {e:?}"),
             })?;
-        // Burn's own rule for in-place kernels: a fusion tensor nothing else refers to.
-        let target = if burn_backend::TensorMetadata::can_mut(&fused) {
+        let len = self.arena.params.len(&name)?;
+        // Burn's own rule for in-place kernels: a fusion tensor nothing else refers to. Such a
+        // tensor is the one the step read, so its buffer range (pinned since) is known.
+        let known = self.ranges.get(&id).cloned().flatten();
+        let (target, known) = if burn_backend::TensorMetadata::can_mut(&fused) {
             self.in_place += 1;
-            Tensor::<D>::from_primitive::<Cube>(fused)
+            (Tensor::<D>::from_primitive::<Cube>(fused), known)
         } else {
             drop(fused);
             self.fresh += 1;
-            Tensor::<D>::empty(shape, (&device, DType::F32))
+            (Tensor::<D>::empty(shape, (&device, DType::F32)), None)
         };
-        let cube = resolve(&path, target.clone())?;
-        check_device(&path, &cube, &self.arena.device)?;
-        let len = self.arena.params.len(&name)?;
-        let (buffer, base) = buffer_range(&path, &cube, len, &mut self.pins)?;
+        let (buffer, base) = match known {
+            Some(range) => range,
+            None => {
+                let cube = resolve(&path, target.clone())?;
+                check_device(&path, &cube, &self.arena.device)?;
+                buffer_range(&path, &cube, len, &mut self.pins)?
+            }
+        };
         copy_slot(
             &mut self.enc,
             &self.arena.params,

@@ -1,7 +1,7 @@
 //! [`FusedOptimizer`]: the part of every optimizer that is not its own algorithm.
 
 use super::groups::{self, ParamGroup};
-use super::window::ScalarWindow;
+use super::window::{self, ScalarWindow};
 use super::{Optimizer, OptimizerConfig, ReadFuture};
 use crate::arena::{self, Layout};
 use crate::dtype::{self, DType, Precision};
@@ -723,6 +723,36 @@ fn state_buffer(gpu: &Gpu, key: &str, bytes: u64, init: f32, dtype: DType) -> wg
 /// Recording and submitting one step (inside [`Gpu::scoped`]).
 impl<C: OptimizerConfig> FusedOptimizer<C> {
     fn record_step(&mut self) -> Result<()> {
+        let gpu = self.gpu.clone();
+        let mut enc = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some(C::NAME),
+            });
+        let recorded = self.record_step_into(&mut enc)?;
+        gpu.queue().submit([enc.finish()]);
+        recorded.submitted();
+        Ok(())
+    }
+
+    /// Check `params` and record one step into `enc`, for a caller that records its own copies
+    /// before and after it and submits them together (one submit per step). Call
+    /// [`RecordedStep::submitted`] right after submitting `enc`; the step counts from here on.
+    #[cfg(feature = "burn")]
+    pub(crate) fn record_checked_step(
+        &mut self,
+        params: &Params,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Result<RecordedStep> {
+        for c in &self.groups {
+            c.validate()?;
+            c.ready()?;
+        }
+        self.check_params(params)?;
+        self.record_step_into(enc)
+    }
+
+    fn record_step_into(&mut self, enc: &mut wgpu::CommandEncoder) -> Result<RecordedStep> {
         let active = self.norm_active();
         let groups = &self.groups;
         self.scalars
@@ -737,11 +767,6 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 .write_buffer(&self.rng, 0, bytemuck::bytes_of(&rng));
         }
         let gpu = self.gpu.clone();
-        let mut enc = gpu
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some(C::NAME),
-            });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(C::NAME),
@@ -760,14 +785,29 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             }
             kernel::record(&mut pass, &gpu, &self.pipelines, &self.chunks);
         }
-        let readback = self.scalars.queue_readback(&mut enc, &self.ctrl);
-        gpu.queue().submit([enc.finish()]);
+        let readback = self.scalars.queue_readback(enc, &self.ctrl);
         self.submitted += 1;
         self.norm_ran = active;
-        if let Some(r) = readback {
-            r.start(self.submitted);
+        Ok(RecordedStep {
+            readback,
+            at: self.submitted,
+        })
+    }
+}
+
+/// A step recorded into a command encoder, not yet submitted.
+#[must_use = "call `submitted` once the step's commands are submitted"]
+pub(crate) struct RecordedStep {
+    readback: Option<window::Readback>,
+    at: u64,
+}
+
+impl RecordedStep {
+    /// The step's commands are submitted: start reading back what the host waits for.
+    pub(crate) fn submitted(self) {
+        if let Some(r) = self.readback {
+            r.start(self.at);
         }
-        Ok(())
     }
 }
 
