@@ -6,7 +6,9 @@
 //!
 //! Then the same comparison on a model with GPT-2 small's 148 parameter tensors scaled to
 //! 2^20 and 2^24 parameters (`--many 20,24` to choose; gradients are random tensors in
-//! Burn's `GradientsParams`, so only the optimizer step runs).
+//! Burn's `GradientsParams`, so only the optimizer step runs), with the two optimizers' steps
+//! alternating, and with the time of our fused update alone on the same layout (a plain
+//! `FusedOptimizer` on an arena of its own): the floor of our step inside the Burn loop.
 //!
 //! `cargo run --release --features burn --example burn_mlp [-- --epochs 10 --many 20,24]`
 
@@ -24,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 use wgpu_optim::burn::{init, BurnOptimizer};
-use wgpu_optim::{AdamConfig, Gpu};
+use wgpu_optim::{AdamConfig, FusedOptimizer, Gpu, Optimizer, Params};
 
 /// AdamW's hyperparameters, the same for both optimizers.
 const LR: f64 = 3e-3;
@@ -172,15 +174,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn ours() -> BurnOptimizer<AdamConfig> {
-    BurnOptimizer::new(AdamConfig {
+fn adamw() -> AdamConfig {
+    AdamConfig {
         lr: LR as f32,
         betas: BETAS,
         eps: EPS,
         weight_decay: WEIGHT_DECAY,
         decoupled_weight_decay: true,
         ..Default::default()
-    })
+    }
+}
+
+fn ours() -> BurnOptimizer<AdamConfig> {
+    BurnOptimizer::new(adamw())
 }
 
 fn burn_adamw() -> burn::optim::ModuleOptimizer {
@@ -192,8 +198,22 @@ fn burn_adamw() -> burn::optim::ModuleOptimizer {
         .init()
 }
 
-/// Optimizer step time (ms, median of `steps` after 2 warm-up steps) on the many-tensor model.
-fn many_tensors(n: usize, steps: usize, device: &Device, gpu: &Gpu) -> (usize, usize, f64, f64) {
+/// Timed steps on the many-tensor models (after 2 warm-up steps).
+const STEPS_MANY: usize = 15;
+
+/// The many-tensor comparison: tensor and parameter counts, then step times in ms (medians of
+/// `steps` after 2 warm-up steps, the steps alternating): Burn's AdamW, ours in the Burn loop,
+/// and our fused update alone on the same layout in an arena of its own (no Burn tensors, no
+/// copies): the floor of ours in the Burn loop.
+struct ManyTimes {
+    tensors: usize,
+    params: usize,
+    burn: f64,
+    ours: f64,
+    update_alone: f64,
+}
+
+fn many_tensors(n: usize, steps: usize, device: &Device, gpu: &Gpu) -> ManyTimes {
     let sizes = gpt2_small_sizes(n);
     let make = || Many {
         tensors: sizes
@@ -219,26 +239,50 @@ fn many_tensors(n: usize, steps: usize, device: &Device, gpu: &Gpu) -> (usize, u
         }
         g
     };
-    let time = |mut step: Box<dyn FnMut(Many, GradientsParams) -> Many + '_>| {
-        let mut model = make();
-        let mut t = Vec::new();
-        for i in 0..steps + 2 {
-            let grads = grads_for(&model);
-            sync(device, gpu);
-            let start = Instant::now();
-            model = step(model, grads);
-            sync(device, gpu);
-            if i >= 2 {
-                t.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        median(t)
-    };
+    // The two optimizers' steps alternate, so that both see the same machine load.
     let mut b = burn_adamw();
-    let theirs = time(Box::new(move |m, g| b.step(LR, m, g)));
     let mut o = ours();
-    let mine = time(Box::new(move |m, g| o.step(LR, m, g).expect("step")));
-    (sizes.len(), sizes.iter().sum(), theirs, mine)
+    let (mut burn_model, mut our_model) = (make(), make());
+    let (mut theirs, mut mine, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+    let specs: Vec<(String, usize)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| (format!("t{i}"), len))
+        .collect();
+    let specs: Vec<(&str, usize)> = specs.iter().map(|(n, l)| (n.as_str(), *l)).collect();
+    let mut arena = Params::zeros(gpu, &specs).expect("arena");
+    let mut plain = FusedOptimizer::new(&arena, adamw()).expect("optimizer");
+    let timed = |model: Many, step: &mut dyn FnMut(Many, GradientsParams) -> Many| {
+        let grads = grads_for(&model);
+        sync(device, gpu);
+        let start = Instant::now();
+        let model = step(model, grads);
+        sync(device, gpu);
+        (model, start.elapsed().as_secs_f64() * 1e3)
+    };
+    for i in 0..steps + 2 {
+        let (m, t) = timed(burn_model, &mut |m, g| b.step(LR, m, g));
+        burn_model = m;
+        let (m, u) = timed(our_model, &mut |m, g| o.step(LR, m, g).expect("step"));
+        our_model = m;
+        sync(device, gpu);
+        let start = Instant::now();
+        plain.step(&mut arena).expect("step");
+        sync(device, gpu);
+        let a = start.elapsed().as_secs_f64() * 1e3;
+        if i >= 2 {
+            theirs.push(t);
+            mine.push(u);
+            alone.push(a);
+        }
+    }
+    ManyTimes {
+        tensors: sizes.len(),
+        params: sizes.iter().sum(),
+        burn: median(theirs),
+        ours: median(mine),
+        update_alone: median(alone),
+    }
 }
 
 fn main() -> Result<(), wgpu_optim::Error> {
@@ -304,25 +348,33 @@ fn main() -> Result<(), wgpu_optim::Error> {
     println!("wrote burn_loss_curves.png");
 
     let mut rows = vec![format!(
-        "| digits MLP 64-64-10 | 4 | {} | {burn_ms:.3} | {our_ms:.3} | {:.2} |",
+        "| digits MLP 64-64-10 | 4 | {} | {burn_ms:.3} | {our_ms:.3} | {:.2} | | |",
         64 * 64 + 64 + 64 * 10 + 10,
         our_ms / burn_ms
     )];
     for e in many {
-        let (tensors, params, theirs, mine) = many_tensors(1 << e, 5, &device, &gpu);
+        let ManyTimes {
+            tensors,
+            params,
+            burn,
+            ours,
+            update_alone,
+        } = many_tensors(1 << e, STEPS_MANY, &device, &gpu);
         println!(
-            "GPT-2 small layout, {tensors} tensors, {params} params (2^{e}): Burn AdamW {theirs:.2} ms/step, wgpu-optim {mine:.2} ms/step ({:.2}x)",
-            mine / theirs
+            "GPT-2 small layout, {tensors} tensors, {params} params (2^{e}): Burn AdamW {burn:.2} ms/step, wgpu-optim {ours:.2} ms/step ({:.2}x), the fused update alone {update_alone:.2} ms ({:.2}x)",
+            ours / burn,
+            update_alone / burn
         );
         rows.push(format!(
-            "| GPT-2 small layout (2^{e}) | {tensors} | {params} | {theirs:.2} | {mine:.2} | {:.2} |",
-            mine / theirs
+            "| GPT-2 small layout (2^{e}) | {tensors} | {params} | {burn:.2} | {ours:.2} | {:.2} | {update_alone:.2} | {:.2} |",
+            ours / burn,
+            update_alone / burn
         ));
     }
     println!(
-        "\n| model | tensors | parameters | Burn AdamW ms/step | wgpu-optim ms/step | ratio |"
+        "\n| model | tensors | parameters | Burn AdamW ms/step | wgpu-optim ms/step | ratio | fused update alone ms | its ratio |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!("{r}");
     }
