@@ -68,6 +68,9 @@
 //! - The `lr` argument sets the learning rate of every group, as Burn's `f64` learning rate
 //!   does: schedulers (`burn::lr_scheduler`) keep working; a group's own `lr` is used only
 //!   until the first step.
+//! - Checkpoints are in this crate's format ([`BurnOptimizer::save`] / [`BurnOptimizer::load`],
+//!   parameters included); for Adam and AdamW, [`BurnOptimizer::save_burn_record`] also writes
+//!   the state as a Burn optimizer record that Burn's `ModuleOptimizer::load` reads.
 //!
 //! # Devices
 //! The optimizer needs our handle ([`Gpu`]) on the wgpu device Burn runs on. [`init`] makes
@@ -78,11 +81,13 @@
 //! application that uses this module.
 
 use crate::checkpoint::{self, SaveOptions};
+use crate::dtype::DType as StateDType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::NormType;
 use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup};
 use crate::params::Params;
+use crate::{AdamConfig, StateFormat};
 use ::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use ::burn::optim::GradientsParams;
 use ::burn::tensor::{DType, Device, Tensor};
@@ -164,6 +169,8 @@ struct Found {
     id: ParamId,
     path: String,
     len: usize,
+    /// The parameter's shape.
+    shape: Vec<usize>,
     /// The resolved parameter and gradient, when the step has a gradient for it.
     tensors: Option<(CubeTensor, CubeTensor)>,
 }
@@ -226,6 +233,7 @@ impl ModuleVisitor for Collect<'_> {
                 id: param.id,
                 path,
                 len: param.lazy_shape().num_elements(),
+                shape: param.lazy_shape().to_vec(),
                 tensors,
             }),
             Err(e) => self.error = Some(e),
@@ -371,6 +379,8 @@ struct Arena<C: OptimizerConfig> {
     opt: FusedOptimizer<C>,
     /// Slot names (module paths), in arena order.
     names: Vec<String>,
+    /// Each slot's parameter id, module path and shape, in arena order.
+    slots: Vec<(ParamId, String, Vec<usize>)>,
     /// ParamId → slot.
     slot: HashMap<ParamId, usize>,
 }
@@ -632,6 +642,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             params,
             opt,
             names,
+            slots: slots_of(found),
             slot,
         })
     }
@@ -696,6 +707,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             params,
             opt,
             names,
+            slots: slots_of(&found),
             slot,
         };
         self.max_grad_norm = arena.opt.max_grad_norm();
@@ -726,6 +738,107 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         }
         self.arena = Some(arena);
         Ok(module)
+    }
+}
+
+fn slots_of(found: &[Found]) -> Vec<(ParamId, String, Vec<usize>)> {
+    found
+        .iter()
+        .map(|f| (f.id, f.path.clone(), f.shape.clone()))
+        .collect()
+}
+
+impl BurnOptimizer<AdamConfig> {
+    /// Write the optimizer state as a Burn optimizer record: the burnpack file Burn's own
+    /// `ModuleOptimizer::load` reads, so a run started here can go on with Burn's
+    /// `AdamConfig` / `AdamWConfig` optimizer (AdamW when `decoupled_weight_decay` is set).
+    /// Burn adds the `.bpk` extension to `path` when it has none, as its own `save` does.
+    ///
+    /// Each parameter's state is named as Burn names it (`{param id}.momentum.moment_1`,
+    /// `.moment_2`, `.max_moment_2` with `amsgrad`, and the step count `.momentum.time`), with
+    /// its rank and module path. The moments are torch's `exp_avg` and `exp_avg_sq`, which
+    /// Burn's are too; Burn rounds its update a little differently (bias corrections in f32),
+    /// so from the same state the two runs drift apart by a few ULP per step. Burn keeps a step
+    /// count per parameter where this optimizer keeps one for all: every parameter gets the
+    /// shared count.
+    ///
+    /// Errors: before the first step (nothing is laid out); with more than one parameter group
+    /// (Burn's record has one set of hyperparameters, from the Burn optimizer that loads it).
+    ///
+    /// ```no_run
+    /// # use burn::nn::{Linear, LinearConfig};
+    /// # use burn::optim::AdamWConfig;
+    /// use wgpu_optim::burn::BurnOptimizer;
+    /// use wgpu_optim::AdamConfig;
+    /// # let optim = BurnOptimizer::new(AdamConfig::adamw());
+    /// // ... steps ...
+    /// optim.save_burn_record("optim")?; // writes optim.bpk
+    /// let burn_optim = AdamWConfig::new().init().load("optim.bpk").expect("Burn reads it");
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn save_burn_record(&self, path: impl AsRef<Path>) -> Result<()> {
+        use burn_pack::{Bytes, Scalar, Shape, Tensor as PackTensor, Writer};
+        let a = self.arena.as_ref().ok_or_else(|| {
+            Error::Empty("nothing to save before the first step lays out the state".into())
+        })?;
+        if self.groups.len() > 1 {
+            return Err(Error::InvalidOptions(
+                "a Burn optimizer record has one set of hyperparameters; this optimizer has \
+                 several parameter groups"
+                    .into(),
+            ));
+        }
+        let format = a.opt.state_format();
+        if format != StateFormat::Dense || a.opt.precision().state != StateDType::F32 {
+            return Err(Error::InvalidOptions(format!(
+                "a Burn optimizer record holds f32 state; this optimizer keeps {format:?} state \
+                 in {:?}",
+                a.opt.precision().state
+            )));
+        }
+        let amsgrad = a.opt.config().amsgrad;
+        let steps = a.opt.step_count();
+        let mut tensors = Vec::new();
+        let mut writer_scalars = Vec::new();
+        let mut paths = Vec::new();
+        for (slot, (id, path, shape)) in a.slots.iter().enumerate() {
+            let prefix = id.val().to_string();
+            let name = &a.names[slot];
+            let mut leaves = vec![("moment_1", "exp_avg"), ("moment_2", "exp_avg_sq")];
+            if amsgrad {
+                leaves.push(("max_moment_2", "max_exp_avg_sq"));
+            }
+            for (leaf, key) in leaves {
+                let values = a.opt.state(key, name)?;
+                tensors.push(PackTensor::new(
+                    format!("{prefix}.momentum.{leaf}"),
+                    burn_pack::DType::F32,
+                    Shape::from(shape.clone()),
+                    Some(id.val()),
+                    Bytes::from_elems(values),
+                ));
+            }
+            writer_scalars.push((
+                format!("{prefix}.momentum.time"),
+                Scalar::from(steps as usize),
+            ));
+            writer_scalars.push((format!("{prefix}.__rank"), Scalar::from(shape.len())));
+            paths.push((prefix, path.clone()));
+        }
+        let mut writer = Writer::new(tensors);
+        for (k, v) in &writer_scalars {
+            writer = writer.with_scalar(k, *v);
+        }
+        for (k, v) in &paths {
+            writer = writer.with_metadata(k, v);
+        }
+        let path = path.as_ref();
+        writer.write_to_file(path).map_err(|e| Error::Io {
+            op: "write",
+            path: path.display().to_string(),
+            kind: std::io::ErrorKind::Other,
+            message: e.to_string(),
+        })
     }
 }
 

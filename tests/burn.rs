@@ -882,3 +882,166 @@ fn checkpoint_resume_in_a_fresh_process() {
     assert_ne!(whole[0], start[0]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Burn's AdamW from `model`, on the batches `from..from + steps` (lr 1e-2).
+fn burn_train(
+    seed: u64,
+    from: usize,
+    steps: usize,
+    mut model: Mlp,
+    optim: &mut burn::optim::ModuleOptimizer,
+    device: &Device,
+) -> Mlp {
+    for s in from..from + steps {
+        let (x, y) = batch(seed, s, device);
+        let loss = mse(&model, x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    model
+}
+
+#[test]
+fn a_burn_record_of_our_state_goes_on_in_burns_adamw() {
+    let (device, _gpu) = setup();
+    let mut rng = common::rng("burn_record");
+    let seed = rand::Rng::random::<u64>(&mut rng);
+    let start = init_values(&mut rng);
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 1e-2,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+    let burn_adamw = || {
+        AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(1e-2)
+            .init()
+    };
+    let (first, then) = (8, 8);
+
+    // Before the first step there is nothing to write.
+    let mut optim = BurnOptimizer::new(cfg.clone());
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-burn-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = optim.save_burn_record(dir.join("none")).unwrap_err();
+    assert!(matches!(e, Error::Empty(_)), "{e}");
+
+    // `first` steps here, then the state as a Burn record.
+    let mut model = mlp(&start, &device);
+    for s in 0..first {
+        let (x, y) = batch(seed, s, &device);
+        let loss = mse(&model, x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads).unwrap();
+    }
+    let path = dir.join("optim");
+    optim.save_burn_record(&path).unwrap();
+    let file = dir.join("optim.bpk");
+    assert!(file.exists(), "Burn's extension added");
+
+    // Burn reads every state tensor: its own record of what it loaded holds our values bit
+    // for bit, the step count and the module paths.
+    let mut loaded = burn_adamw().load(&file).unwrap();
+    let record = loaded.to_record();
+    assert_eq!(record.len(), 8, "two moments for each of the 4 parameters");
+    let reader = burn_pack::Reader::from_bytes(record.into_bytes().unwrap()).unwrap();
+    let scalars = reader.scalars().clone();
+    let paths = reader.metadata().clone();
+    let opt = optim.optimizer().unwrap();
+    let mut seen = 0;
+    for t in reader.into_tensors().unwrap() {
+        let (name, _, shape, param_id, bytes) = t.into_parts().unwrap();
+        let (id, leaf) = name.split_once('.').unwrap();
+        assert_eq!(param_id.unwrap().to_string(), id);
+        let k = ids(&model)
+            .iter()
+            .position(|p| p.val().to_string() == id)
+            .unwrap();
+        assert_eq!(paths[id], PATHS[k]);
+        assert_eq!(shape.to_vec(), shapes()[k], "{name}");
+        assert_eq!(
+            u64::try_from(scalars[&format!("{id}.momentum.time")]).unwrap(),
+            first as u64
+        );
+        let key = match leaf {
+            "momentum.moment_1" => "exp_avg",
+            "momentum.moment_2" => "exp_avg_sq",
+            other => panic!("unexpected leaf {other}"),
+        };
+        let got: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        compare(&name, &got, &opt.state(key, PATHS[k]).unwrap(), Bound::Bits);
+        seen += 1;
+    }
+    assert_eq!(seen, 8);
+
+    // Burn goes on from our state as it would from its own: against Burn's AdamW run for
+    // `first + then` steps from the start, within the rounding difference of the two (see
+    // `adamw_in_a_burn_loop_matches_the_reference_and_burns_adamw`); a fresh Burn AdamW from
+    // the same parameters (no state) is far outside it.
+    let go_on = burn_train(seed, first, then, model.clone(), &mut loaded, &device);
+    let mut fresh = burn_adamw();
+    let restarted = burn_train(seed, first, then, model, &mut fresh, &device);
+    let mut all_burn = burn_adamw();
+    let uninterrupted = burn_train(
+        seed,
+        0,
+        first + then,
+        mlp(&start, &device),
+        &mut all_burn,
+        &device,
+    );
+    let tol = Bound::Within {
+        atol: 2e-5,
+        rtol: 1e-4,
+    };
+    let (a, b, c) = (values(&go_on), values(&uninterrupted), values(&restarted));
+    let (mut worst, mut restart_worst) = (0.0f32, 0.0f32);
+    for k in 0..4 {
+        worst = worst.max(compare(
+            &format!("{} resumed in Burn", PATHS[k]),
+            &a[k],
+            &b[k],
+            tol,
+        ));
+        for (x, y) in c[k].iter().zip(&b[k]) {
+            restart_worst = restart_worst.max((x - y).abs() / (2e-5 + 1e-4 * y.abs()));
+        }
+    }
+    eprintln!(
+        "resumed in Burn: {worst:.3} of the bound from Burn's own run; restarted without \
+         the state: {restart_worst:.0} bounds"
+    );
+    assert!(
+        restart_worst > 10.0,
+        "without the state Burn lands {restart_worst} bounds away: the record matters"
+    );
+
+    // Several parameter groups are refused: Burn's record has one set of hyperparameters.
+    let no_decay = AdamConfig {
+        weight_decay: 0.0,
+        ..cfg.clone()
+    };
+    let mut grouped = BurnOptimizer::with_groups(vec![
+        ParamGroup::matching(|path| path.ends_with(".bias"), no_decay),
+        ParamGroup::rest(cfg.clone()),
+    ]);
+    let model = mlp(&start, &device);
+    let (x, y) = batch(seed, 0, &device);
+    let loss = mse(&model, x, y);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let _ = grouped.step(1e-2, model, grads).unwrap();
+    let e = grouped.save_burn_record(dir.join("grouped")).unwrap_err();
+    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
+    assert!(!dir.join("grouped.bpk").exists(), "nothing written");
+    eprintln!("{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
