@@ -211,8 +211,7 @@ async fn save_into<W: Write + Seek, O: Optimizer + ?Sized>(
     let meta = metadata(opt, steps, scaler, options.schedulers, plan.len()).await?;
     let metadata = Metadata::new(Some(meta.to_map()?), infos)
         .map_err(|e| format_err(format!("building the header: {e}")))?;
-    let mut header = serde_json::to_vec(&metadata)
-        .map_err(|e| format_err(format!("serializing the header: {e}")))?;
+    let mut header = header_bytes(&metadata)?;
     // Pad so the data starts 8-byte aligned, as the safetensors crate does.
     header.resize(header.len().next_multiple_of(8), b' ');
     let needle = b"\"tensor_crc32\":\"";
@@ -341,6 +340,25 @@ impl<W: Write> Batches<'_, W> {
         parts.clear();
         Ok(())
     }
+}
+
+/// The header's JSON with every object's keys in sorted order, so that one state always
+/// gives the same bytes (the metadata map and the tensor index are hash maps, iterated in no
+/// fixed order).
+fn header_bytes(metadata: &Metadata) -> Result<Vec<u8>> {
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let m: std::collections::BTreeMap<String, serde_json::Value> =
+                    m.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(m.into_iter().collect())
+            }
+            other => other,
+        }
+    }
+    let v = serde_json::to_value(metadata)
+        .map_err(|e| format_err(format!("serializing the header: {e}")))?;
+    serde_json::to_vec(&sorted(v)).map_err(|e| format_err(format!("serializing the header: {e}")))
 }
 
 /// The metadata of a checkpoint of `opt`, with `n` tensors' CRCs still zero.
