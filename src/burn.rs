@@ -70,7 +70,8 @@
 //!   until the first step.
 //! - Checkpoints are in this crate's format ([`BurnOptimizer::save`] / [`BurnOptimizer::load`],
 //!   parameters included); for Adam and AdamW, [`BurnOptimizer::save_burn_record`] also writes
-//!   the state as a Burn optimizer record that Burn's `ModuleOptimizer::load` reads.
+//!   the state as a Burn optimizer record that Burn's `ModuleOptimizer::load` reads, and
+//!   [`BurnOptimizer::load_burn_record`] takes over the state of Burn's own Adam or AdamW.
 //!
 //! # Devices
 //! The optimizer needs our handle ([`Gpu`]) on the wgpu device Burn runs on. [`init`] makes
@@ -677,20 +678,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// ```
     pub fn load<M: Module>(&mut self, path: impl AsRef<Path>, module: M) -> Result<M> {
         let found = collect(&module, None)?;
-        let (dev, gpu) = {
-            let mut v = FirstDevice { device: None };
-            module.visit(&mut v);
-            let dev = v.device.ok_or_else(|| {
-                Error::Empty("the model has no float parameter on a wgpu device".into())
-            })?;
-            let gpu = gpu_of(&dev).ok_or_else(|| Error::BurnTensor {
-                param: found.first().map(|f| f.path.clone()).unwrap_or_default(),
-                reason: format!(
-                    "its wgpu device {dev:?} was not set up with wgpu_optim::burn::init"
-                ),
-            })?;
-            (dev, gpu)
-        };
+        let (dev, gpu) = module_device(&module, &found)?;
         let names = slot_names(&found);
         let specs: Vec<(&str, usize)> = names
             .iter()
@@ -739,6 +727,20 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.arena = Some(arena);
         Ok(module)
     }
+}
+
+/// The wgpu device of a module's float parameters and our handle on it.
+fn module_device<M: Module>(module: &M, found: &[Found]) -> Result<(WgpuDevice, Gpu)> {
+    let mut v = FirstDevice { device: None };
+    module.visit(&mut v);
+    let dev = v
+        .device
+        .ok_or_else(|| Error::Empty("the model has no float parameter on a wgpu device".into()))?;
+    let gpu = gpu_of(&dev).ok_or_else(|| Error::BurnTensor {
+        param: found.first().map(|f| f.path.clone()).unwrap_or_default(),
+        reason: format!("its wgpu device {dev:?} was not set up with wgpu_optim::burn::init"),
+    })?;
+    Ok((dev, gpu))
 }
 
 fn slots_of(found: &[Found]) -> Vec<(ParamId, String, Vec<usize>)> {
@@ -839,6 +841,131 @@ impl BurnOptimizer<AdamConfig> {
             kind: std::io::ErrorKind::Other,
             message: e.to_string(),
         })
+    }
+}
+
+impl BurnOptimizer<AdamConfig> {
+    /// Take over the state of a Burn Adam or AdamW optimizer from its record (the burnpack
+    /// file Burn's `ModuleOptimizer::save` writes, or [`BurnOptimizer::save_burn_record`]):
+    /// lay out the state for `module`'s float parameters, fill it with each parameter's
+    /// moments (`{param id}.momentum.moment_1`, `.moment_2`, and `.max_moment_2` with
+    /// `amsgrad`) and set the step count, so a run started with Burn's optimizer goes on here.
+    /// The hyperparameters are this optimizer's own (Burn's record has none). The `.bpk`
+    /// extension is added to `path` when it has none and no such file exists, as Burn does.
+    ///
+    /// Everything is checked before anything changes; on `Err` the optimizer is as it was:
+    /// a file that is not a burnpack record, a parameter of `module` with no state in it or
+    /// with state of another shape or element type, step counts that differ between
+    /// parameters (this optimizer keeps one for all; Burn keeps one per parameter, which
+    /// differ when a parameter missed gradients), or a record without `max_moment_2` for an
+    /// `amsgrad` optimizer.
+    ///
+    /// ```no_run
+    /// # use burn::nn::{Linear, LinearConfig};
+    /// use wgpu_optim::burn::{init, BurnOptimizer};
+    /// use wgpu_optim::AdamConfig;
+    /// let (device, _) = init(Default::default())?;
+    /// let model: Linear = LinearConfig::new(4, 2).init(&device.autodiff());
+    /// // Burn's AdamW saved its state with `optim.save("optim")` (optim.bpk).
+    /// let mut optim = BurnOptimizer::new(AdamConfig::adamw());
+    /// optim.load_burn_record("optim.bpk", &model)?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn load_burn_record<M: Module>(
+        &mut self,
+        path: impl AsRef<Path>,
+        module: &M,
+    ) -> Result<()> {
+        let path = path.as_ref();
+        let bad = |why: String| Error::BurnRecord(format!("{}: {why}", path.display()));
+        let reader = burn_pack::Reader::from_file(path).map_err(|e| bad(e.to_string()))?;
+        let scalars = reader.scalars().clone();
+        let mut tensors = HashMap::new();
+        for t in reader.into_tensors().map_err(|e| bad(e.to_string()))? {
+            let (name, dtype, shape, _, bytes) = t.into_parts().map_err(|e| bad(e.to_string()))?;
+            tensors.insert(name, (dtype, shape.to_vec(), bytes));
+        }
+        let found = collect(module, None)?;
+        let amsgrad = self.groups.iter().any(|g| g.config.amsgrad);
+        let mut leaves = vec![("moment_1", "exp_avg"), ("moment_2", "exp_avg_sq")];
+        if amsgrad {
+            leaves.push(("max_moment_2", "max_exp_avg_sq"));
+        }
+        // Every value checked and decoded before any GPU work.
+        let mut values = Vec::with_capacity(found.len());
+        let mut steps: Option<(u64, String)> = None;
+        for f in &found {
+            let prefix = f.id.val().to_string();
+            let time_key = format!("{prefix}.momentum.time");
+            let time = scalars
+                .get(&time_key)
+                .and_then(|s| u64::try_from(*s).ok())
+                .ok_or_else(|| bad(format!("no step count for `{}` ({time_key})", f.path)))?;
+            match &steps {
+                Some((t, other)) if *t != time => {
+                    return Err(bad(format!(
+                        "`{}` has taken {time} steps and `{other}` {t}; this optimizer keeps one \
+                         step count for all parameters",
+                        f.path
+                    )))
+                }
+                Some(_) => {}
+                None => steps = Some((time, f.path.clone())),
+            }
+            let mut per_key = Vec::with_capacity(leaves.len());
+            for (leaf, key) in &leaves {
+                let name = format!("{prefix}.momentum.{leaf}");
+                let (dtype, shape, bytes) = tensors
+                    .get(&name)
+                    .ok_or_else(|| bad(format!("no `{leaf}` for `{}` ({name})", f.path)))?;
+                if *dtype != burn_pack::DType::F32 {
+                    return Err(bad(format!("`{name}` is {dtype:?}, not f32")));
+                }
+                if *shape != f.shape {
+                    return Err(bad(format!(
+                        "`{name}` has shape {shape:?}, the parameter `{}` {:?}",
+                        f.path, f.shape
+                    )));
+                }
+                let data: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                per_key.push((*key, data));
+            }
+            values.push(per_key);
+        }
+        let steps = steps.map_or(0, |s| s.0);
+
+        let (dev, gpu) = module_device(module, &found)?;
+        let names = slot_names(&found);
+        let specs: Vec<(&str, usize)> = names
+            .iter()
+            .zip(&found)
+            .map(|(n, f)| (n.as_str(), f.len))
+            .collect();
+        let params = Params::zeros(&gpu, &specs)?;
+        let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
+        opt.set_grad_norm_type(self.norm_type)?;
+        opt.set_max_grad_norm(self.max_grad_norm)?;
+        opt.set_skip_nonfinite(self.skip_nonfinite)?;
+        for (name, per_key) in names.iter().zip(&values) {
+            for (key, data) in per_key {
+                opt.set_state(key, name, data)?;
+            }
+        }
+        opt.set_step_count(steps);
+        let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+        self.arena = Some(Arena {
+            gpu,
+            device: dev,
+            params,
+            opt,
+            names,
+            slots: slots_of(&found),
+            slot,
+        });
+        Ok(())
     }
 }
 

@@ -297,6 +297,10 @@ pub enum Error {
     /// laid out for those).
     #[error("the model's parameters changed since the optimizer's first step: {0}")]
     ParamSetChanged(String),
+    /// A Burn optimizer record that cannot be loaded: not a burnpack file, or state that does
+    /// not fit the model's parameters or this optimizer.
+    #[error("cannot load the Burn optimizer record {0}")]
+    BurnRecord(String),
     /// Setting up Burn's wgpu device failed.
     #[error("Burn device setup failed: {0}")]
     BurnDevice(String),

@@ -1045,3 +1045,190 @@ fn a_burn_record_of_our_state_goes_on_in_burns_adamw() {
     eprintln!("{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_burn_adamw_run_goes_on_here_from_its_record() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("from_burn_record");
+    let seed = rand::Rng::random::<u64>(&mut rng);
+    let start = init_values(&mut rng);
+    let cfg = AdamConfig {
+        lr: 1e-2,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 1e-2,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+    let burn_adamw = || {
+        AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(1e-2)
+            .init()
+    };
+    let (first, then) = (8, 8);
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-from-burn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // `first` steps of Burn's AdamW, its record saved by Burn itself.
+    let mut theirs = burn_adamw();
+    let model = burn_train(seed, 0, first, mlp(&start, &device), &mut theirs, &device);
+    theirs.save(dir.join("burn")).unwrap();
+    let file = dir.join("burn.bpk");
+
+    // Our optimizer takes the moments over bit for bit, with the step count.
+    let mut optim = BurnOptimizer::new(cfg.clone());
+    optim.load_burn_record(&file, &model).unwrap();
+    assert_eq!(optim.step_count(), first as u64);
+    let reader = burn_pack::Reader::from_file(&file).unwrap();
+    let opt = optim.optimizer().unwrap();
+    let mut seen = 0;
+    for t in reader.into_tensors().unwrap() {
+        let (name, _, _, _, bytes) = t.into_parts().unwrap();
+        let (id, leaf) = name.split_once('.').unwrap();
+        let k = ids(&model)
+            .iter()
+            .position(|p| p.val().to_string() == id)
+            .unwrap();
+        let key = match leaf {
+            "momentum.moment_1" => "exp_avg",
+            "momentum.moment_2" => "exp_avg_sq",
+            other => panic!("unexpected leaf {other}"),
+        };
+        let want: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        compare(
+            &name,
+            &opt.state(key, PATHS[k]).unwrap(),
+            &want,
+            Bound::Bits,
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 8);
+
+    // And goes on as Burn's own run does, within the two's rounding difference; each of our
+    // steps is the reference's from Burn's state, bit for bit on lavapipe.
+    let mut p = to_arrays(values(&model));
+    let mut states: Vec<State> = p.iter().map(|t| State::new(&cfg, t.len())).collect();
+    for (k, s) in states.iter_mut().enumerate() {
+        s.step = first as u64;
+        for key in ["exp_avg", "exp_avg_sq"] {
+            *s.get_mut(key).unwrap() = Array1::from(opt.state(key, PATHS[k]).unwrap());
+        }
+    }
+    let mut ours = model;
+    for s in first..first + then {
+        let (x, y) = batch(seed, s, &device);
+        let loss = mse(&ours, x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &ours);
+        let g = read_grads(&ours, &grads);
+        ours = optim.step(1e-2, ours, grads).unwrap();
+        reference_step(reference::adam, &cfg, &mut p, &g, &mut states, 1.0);
+        for (k, got) in values(&ours).iter().enumerate() {
+            compare(
+                &format!("step {s} {}", PATHS[k]),
+                got,
+                p[k].as_slice().unwrap(),
+                bound(&gpu),
+            );
+        }
+    }
+    let mut all_burn = burn_adamw();
+    let uninterrupted = burn_train(
+        seed,
+        0,
+        first + then,
+        mlp(&start, &device),
+        &mut all_burn,
+        &device,
+    );
+    let tol = Bound::Within {
+        atol: 2e-5,
+        rtol: 1e-4,
+    };
+    let (a, b) = (values(&ours), values(&uninterrupted));
+    let mut worst = 0.0f32;
+    for k in 0..4 {
+        worst = worst.max(compare(
+            &format!("{} taken over from Burn", PATHS[k]),
+            &a[k],
+            &b[k],
+            tol,
+        ));
+    }
+    eprintln!("taken over from Burn's record: {worst:.3} of the bound from Burn's own run");
+
+    // Bad records: typed errors, nothing changed.
+    let before = optim
+        .optimizer()
+        .unwrap()
+        .state("exp_avg", PATHS[0])
+        .unwrap();
+    let model = mlp(&start, &device);
+    let e = optim
+        .load_burn_record(dir.join("missing.bpk"), &model)
+        .unwrap_err();
+    assert!(matches!(e, Error::BurnRecord(_)), "{e}");
+    eprintln!("{e}");
+    // A record of other parameters (another model's ids).
+    let e = optim.load_burn_record(&file, &model).unwrap_err();
+    assert!(
+        matches!(&e, Error::BurnRecord(m) if m.contains("no step count")),
+        "{e}"
+    );
+    eprintln!("{e}");
+    // amsgrad needs max_moment_2, which Burn's AdamW without amsgrad does not keep.
+    let mut one = burn_adamw();
+    let trained = burn_train(seed, 0, 1, mlp(&start, &device), &mut one, &device);
+    one.save(dir.join("one")).unwrap();
+    let mut ams = BurnOptimizer::new(AdamConfig {
+        amsgrad: true,
+        ..cfg.clone()
+    });
+    let e = ams
+        .load_burn_record(dir.join("one.bpk"), &trained)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BurnRecord(m) if m.contains("max_moment_2")),
+        "{e}"
+    );
+    assert!(ams.optimizer().is_none(), "nothing was laid out");
+    // Step counts that differ between parameters.
+    let mut uneven = burn_adamw();
+    let bias_id = trained.fc1.bias.as_ref().unwrap().id;
+    let mut m = trained;
+    for s in 0..2 {
+        let (x, y) = batch(seed, s, &device);
+        let loss = mse(&m, x, y);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &m);
+        if s == 1 {
+            grads.remove::<1>(bias_id);
+        }
+        m = uneven.step(1e-2, m, grads);
+    }
+    uneven.save(dir.join("uneven")).unwrap();
+    let e = optim
+        .load_burn_record(dir.join("uneven.bpk"), &m)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BurnRecord(m) if m.contains("step count for all")),
+        "{e}"
+    );
+    eprintln!("{e}");
+    assert_eq!(
+        optim
+            .optimizer()
+            .unwrap()
+            .state("exp_avg", PATHS[0])
+            .unwrap(),
+        before,
+        "the state is as it was"
+    );
+    assert_eq!(optim.step_count(), (first + then) as u64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
