@@ -883,6 +883,27 @@ fn checkpoint_resume_in_a_fresh_process() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// AdamW at lr 1e-2 as both optimizers name it: ours and Burn's.
+fn adamw_config() -> AdamConfig {
+    AdamConfig {
+        lr: 1e-2,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 1e-2,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    }
+}
+
+fn burn_adamw() -> burn::optim::ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(1e-2)
+        .init()
+}
+
 /// Burn's AdamW from `model`, on the batches `from..from + steps` (lr 1e-2).
 fn burn_train(
     seed: u64,
@@ -907,22 +928,7 @@ fn a_burn_record_of_our_state_goes_on_in_burns_adamw() {
     let mut rng = common::rng("burn_record");
     let seed = rand::Rng::random::<u64>(&mut rng);
     let start = init_values(&mut rng);
-    let cfg = AdamConfig {
-        lr: 1e-2,
-        betas: (0.9, 0.999),
-        eps: 1e-8,
-        weight_decay: 1e-2,
-        decoupled_weight_decay: true,
-        ..Default::default()
-    };
-    let burn_adamw = || {
-        AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(1e-8)
-            .with_weight_decay(1e-2)
-            .init()
-    };
+    let cfg = adamw_config();
     let (first, then) = (8, 8);
 
     // Before the first step there is nothing to write.
@@ -1052,22 +1058,7 @@ fn a_burn_adamw_run_goes_on_here_from_its_record() {
     let mut rng = common::rng("from_burn_record");
     let seed = rand::Rng::random::<u64>(&mut rng);
     let start = init_values(&mut rng);
-    let cfg = AdamConfig {
-        lr: 1e-2,
-        betas: (0.9, 0.999),
-        eps: 1e-8,
-        weight_decay: 1e-2,
-        decoupled_weight_decay: true,
-        ..Default::default()
-    };
-    let burn_adamw = || {
-        AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.999)
-            .with_epsilon(1e-8)
-            .with_weight_decay(1e-2)
-            .init()
-    };
+    let cfg = adamw_config();
     let (first, then) = (8, 8);
     let dir = std::env::temp_dir().join(format!("wgpu-optim-from-burn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
