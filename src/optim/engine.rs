@@ -744,12 +744,17 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         params: &Params,
         enc: &mut wgpu::CommandEncoder,
     ) -> Result<RecordedStep> {
+        self.check_step(params)?;
+        self.record_step_into(enc)
+    }
+
+    /// What a step checks before any GPU work: every group's hyperparameters, and `params`.
+    fn check_step(&self, params: &Params) -> Result<()> {
         for c in &self.groups {
             c.validate()?;
             c.ready()?;
         }
-        self.check_params(params)?;
-        self.record_step_into(enc)
+        self.check_params(params)
     }
 
     fn record_step_into(&mut self, enc: &mut wgpu::CommandEncoder) -> Result<RecordedStep> {
@@ -817,11 +822,7 @@ impl<C: OptimizerConfig> Optimizer for FusedOptimizer<C> {
     }
 
     fn step(&mut self, params: &mut Params) -> Result<()> {
-        for c in &self.groups {
-            c.validate()?;
-            c.ready()?;
-        }
-        self.check_params(params)?;
+        self.check_step(params)?;
         self.gpu.clone().scoped(|| self.record_step())
     }
 
