@@ -625,6 +625,12 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
                  before Burn first uses the device, and make the model on the device it returns)"
             ),
         })?;
+        self.new_arena(found, dev, gpu)
+    }
+
+    /// A fresh arena for `found` (state zero) with this optimizer's groups and clipping
+    /// settings.
+    fn new_arena(&self, found: &[Found], dev: WgpuDevice, gpu: Gpu) -> Result<Arena<C>> {
         let names = slot_names(found);
         let specs: Vec<(&str, usize)> = names
             .iter()
@@ -938,33 +944,14 @@ impl BurnOptimizer<AdamConfig> {
         let steps = steps.map_or(0, |s| s.0);
 
         let (dev, gpu) = module_device(module, &found)?;
-        let names = slot_names(&found);
-        let specs: Vec<(&str, usize)> = names
-            .iter()
-            .zip(&found)
-            .map(|(n, f)| (n.as_str(), f.len))
-            .collect();
-        let params = Params::zeros(&gpu, &specs)?;
-        let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
-        opt.set_grad_norm_type(self.norm_type)?;
-        opt.set_max_grad_norm(self.max_grad_norm)?;
-        opt.set_skip_nonfinite(self.skip_nonfinite)?;
-        for (name, per_key) in names.iter().zip(&values) {
+        let mut arena = self.new_arena(&found, dev, gpu)?;
+        for (name, per_key) in arena.names.iter().zip(&values) {
             for (key, data) in per_key {
-                opt.set_state(key, name, data)?;
+                arena.opt.set_state(key, name, data)?;
             }
         }
-        opt.set_step_count(steps);
-        let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
-        self.arena = Some(Arena {
-            gpu,
-            device: dev,
-            params,
-            opt,
-            names,
-            slots: slots_of(&found),
-            slot,
-        });
+        arena.opt.set_step_count(steps);
+        self.arena = Some(arena);
         Ok(())
     }
 }
