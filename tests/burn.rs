@@ -904,6 +904,69 @@ fn burn_adamw() -> burn::optim::ModuleOptimizer {
         .init()
 }
 
+/// One moment in a Burn Adam/AdamW record: the tensor's name, its parameter id, shape, the
+/// index of its parameter in `PATHS`, our state key for it, and its values.
+struct Moment {
+    name: String,
+    id: String,
+    param_id: Option<u64>,
+    shape: Vec<usize>,
+    k: usize,
+    key: &'static str,
+    values: Vec<f32>,
+}
+
+/// The moments a Burn record holds for `model`'s parameters.
+fn record_moments(reader: burn_pack::Reader, model: &Mlp) -> Vec<Moment> {
+    let mut out = Vec::new();
+    for t in reader.into_tensors().unwrap() {
+        let (name, _, shape, param_id, bytes) = t.into_parts().unwrap();
+        let (id, leaf) = name.split_once('.').unwrap();
+        let k = ids(model)
+            .iter()
+            .position(|p| p.val().to_string() == id)
+            .unwrap();
+        let key = match leaf {
+            "momentum.moment_1" => "exp_avg",
+            "momentum.moment_2" => "exp_avg_sq",
+            other => panic!("unexpected leaf {other}"),
+        };
+        let values = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        out.push(Moment {
+            id: id.to_string(),
+            name,
+            param_id,
+            shape: shape.to_vec(),
+            k,
+            key,
+            values,
+        });
+    }
+    out
+}
+
+/// Burn's AdamW for `steps` steps from `start`, the run the record tests compare against.
+fn burn_uninterrupted(seed: u64, steps: usize, start: &[Vec<f32>], device: &Device) -> Mlp {
+    burn_train(
+        seed,
+        0,
+        steps,
+        mlp(start, device),
+        &mut burn_adamw(),
+        device,
+    )
+}
+
+/// The rounding difference between our AdamW and Burn's over a few steps (see
+/// `adamw_in_a_burn_loop_matches_the_reference_and_burns_adamw`).
+const BURN_ADAMW_TOL: Bound = Bound::Within {
+    atol: 2e-5,
+    rtol: 1e-4,
+};
+
 /// Burn's AdamW from `model`, on the batches `from..from + steps` (lr 1e-2).
 fn burn_train(
     seed: u64,
@@ -960,34 +1023,19 @@ fn a_burn_record_of_our_state_goes_on_in_burns_adamw() {
     let scalars = reader.scalars().clone();
     let paths = reader.metadata().clone();
     let opt = optim.optimizer().unwrap();
-    let mut seen = 0;
-    for t in reader.into_tensors().unwrap() {
-        let (name, _, shape, param_id, bytes) = t.into_parts().unwrap();
-        let (id, leaf) = name.split_once('.').unwrap();
-        assert_eq!(param_id.unwrap().to_string(), id);
-        let k = ids(&model)
-            .iter()
-            .position(|p| p.val().to_string() == id)
-            .unwrap();
-        assert_eq!(paths[id], PATHS[k]);
-        assert_eq!(shape.to_vec(), shapes()[k], "{name}");
+    let moments = record_moments(reader, &model);
+    assert_eq!(moments.len(), 8);
+    for m in &moments {
+        assert_eq!(m.param_id.unwrap().to_string(), m.id);
+        assert_eq!(paths[&m.id], PATHS[m.k]);
+        assert_eq!(m.shape, shapes()[m.k], "{}", m.name);
         assert_eq!(
-            u64::try_from(scalars[&format!("{id}.momentum.time")]).unwrap(),
+            u64::try_from(scalars[&format!("{}.momentum.time", m.id)]).unwrap(),
             first as u64
         );
-        let key = match leaf {
-            "momentum.moment_1" => "exp_avg",
-            "momentum.moment_2" => "exp_avg_sq",
-            other => panic!("unexpected leaf {other}"),
-        };
-        let got: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        compare(&name, &got, &opt.state(key, PATHS[k]).unwrap(), Bound::Bits);
-        seen += 1;
+        let ours = opt.state(m.key, PATHS[m.k]).unwrap();
+        compare(&m.name, &m.values, &ours, Bound::Bits);
     }
-    assert_eq!(seen, 8);
 
     // Burn goes on from our state as it would from its own: against Burn's AdamW run for
     // `first + then` steps from the start, within the rounding difference of the two (see
@@ -996,19 +1044,8 @@ fn a_burn_record_of_our_state_goes_on_in_burns_adamw() {
     let go_on = burn_train(seed, first, then, model.clone(), &mut loaded, &device);
     let mut fresh = burn_adamw();
     let restarted = burn_train(seed, first, then, model, &mut fresh, &device);
-    let mut all_burn = burn_adamw();
-    let uninterrupted = burn_train(
-        seed,
-        0,
-        first + then,
-        mlp(&start, &device),
-        &mut all_burn,
-        &device,
-    );
-    let tol = Bound::Within {
-        atol: 2e-5,
-        rtol: 1e-4,
-    };
+    let uninterrupted = burn_uninterrupted(seed, first + then, &start, &device);
+    let tol = BURN_ADAMW_TOL;
     let (a, b, c) = (values(&go_on), values(&uninterrupted), values(&restarted));
     let (mut worst, mut restart_worst) = (0.0f32, 0.0f32);
     for k in 0..4 {
@@ -1075,32 +1112,12 @@ fn a_burn_adamw_run_goes_on_here_from_its_record() {
     assert_eq!(optim.step_count(), first as u64);
     let reader = burn_pack::Reader::from_file(&file).unwrap();
     let opt = optim.optimizer().unwrap();
-    let mut seen = 0;
-    for t in reader.into_tensors().unwrap() {
-        let (name, _, _, _, bytes) = t.into_parts().unwrap();
-        let (id, leaf) = name.split_once('.').unwrap();
-        let k = ids(&model)
-            .iter()
-            .position(|p| p.val().to_string() == id)
-            .unwrap();
-        let key = match leaf {
-            "momentum.moment_1" => "exp_avg",
-            "momentum.moment_2" => "exp_avg_sq",
-            other => panic!("unexpected leaf {other}"),
-        };
-        let want: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        compare(
-            &name,
-            &opt.state(key, PATHS[k]).unwrap(),
-            &want,
-            Bound::Bits,
-        );
-        seen += 1;
+    let moments = record_moments(reader, &model);
+    assert_eq!(moments.len(), 8);
+    for m in &moments {
+        let ours = opt.state(m.key, PATHS[m.k]).unwrap();
+        compare(&m.name, &ours, &m.values, Bound::Bits);
     }
-    assert_eq!(seen, 8);
 
     // And goes on as Burn's own run does, within the two's rounding difference; each of our
     // steps is the reference's from Burn's state, bit for bit on lavapipe.
@@ -1129,19 +1146,8 @@ fn a_burn_adamw_run_goes_on_here_from_its_record() {
             );
         }
     }
-    let mut all_burn = burn_adamw();
-    let uninterrupted = burn_train(
-        seed,
-        0,
-        first + then,
-        mlp(&start, &device),
-        &mut all_burn,
-        &device,
-    );
-    let tol = Bound::Within {
-        atol: 2e-5,
-        rtol: 1e-4,
-    };
+    let uninterrupted = burn_uninterrupted(seed, first + then, &start, &device);
+    let tol = BURN_ADAMW_TOL;
     let (a, b) = (values(&ours), values(&uninterrupted));
     let mut worst = 0.0f32;
     for k in 0..4 {
