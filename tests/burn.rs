@@ -9,19 +9,25 @@ mod common;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::Linear;
-use burn::optim::{AdamWConfig, GradientsParams, SgdConfig as BurnSgdConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{
+    AdaGradConfig, AdamWConfig, GradientsParams, LambConfig as BurnLambConfig,
+    LionConfig as BurnLionConfig, RmsPropConfig as BurnRmsPropConfig, SgdConfig as BurnSgdConfig,
+};
 use burn::tensor::{activation::relu, Device, Tensor, TensorData};
+use common::Bound::Bits;
 use common::{compare, randn, Bound};
 use ndarray::Array1;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::sync::OnceLock;
-use wgpu_optim::burn::{init, BurnOptimizer};
+use wgpu_optim::burn::{init, BurnOptimizer, BurnRecord};
 use wgpu_optim::reference::{self, State};
 use wgpu_optim::{
-    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, Error, Gpu, LionConfig,
-    NAdamConfig, NormType, Optimizer, OptimizerConfig, ParamGroup, RAdamConfig, RmsPropConfig,
-    RpropConfig, SgdConfig,
+    AdadeltaConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, Error, Gpu, LambConfig,
+    LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig, ParamGroup, RAdamConfig,
+    RmsPropConfig, RpropConfig, SgdConfig,
 };
 
 /// Burn's device (with autodiff) and our handle on it. No adapter is a loud failure.
@@ -782,20 +788,33 @@ fn own_setup() -> cubecl::wgpu::WgpuSetup {
     }
 }
 
-/// Train `steps` steps of the regression MLP from `start`, beginning at step `from`.
+/// Train `steps` steps of the regression MLP from `start`, beginning at step `from` (lr 3e-3).
 fn train(
     seed: u64,
     from: usize,
     steps: usize,
-    mut model: Mlp,
+    model: Mlp,
     optim: &mut BurnOptimizer<AdamConfig>,
+    device: &Device,
+) -> Mlp {
+    train_at(3e-3, seed, from, steps, model, optim, device)
+}
+
+/// [`train`] at learning rate `lr`, with any optimizer.
+fn train_at<C: OptimizerConfig>(
+    lr: f64,
+    seed: u64,
+    from: usize,
+    steps: usize,
+    mut model: Mlp,
+    optim: &mut BurnOptimizer<C>,
     device: &Device,
 ) -> Mlp {
     for s in from..from + steps {
         let (x, y) = batch(seed, s, device);
         let loss = mse(&model, x, y);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(3e-3, model, grads).unwrap();
+        model = optim.step(lr, model, grads).unwrap();
     }
     model
 }
@@ -1228,4 +1247,274 @@ fn a_burn_adamw_run_goes_on_here_from_its_record() {
     );
     assert_eq!(optim.step_count(), (first + then) as u64);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The tensors of a Burn optimizer record: `(parameter id, leaf under it, shape, values)`.
+fn record_tensors(reader: burn_pack::Reader) -> Vec<(String, String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    for t in reader.into_tensors().unwrap() {
+        let (name, dtype, shape, _, bytes) = t.into_parts().unwrap();
+        assert_eq!(dtype, burn_pack::DType::F32, "{name}");
+        let (id, leaf) = name.split_once('.').unwrap();
+        let values = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        out.push((id.to_string(), leaf.to_string(), shape.to_vec(), values));
+    }
+    out
+}
+
+/// Every state tensor `C` keeps for `model` is in the record, as `optim` holds it, bit for
+/// bit; the record's other tensors are `derived` ones. Returns how many were compared.
+fn state_matches_record<C: BurnRecord>(
+    label: &str,
+    optim: &BurnOptimizer<C>,
+    model: &Mlp,
+    reader: burn_pack::Reader,
+    derived: &[&str],
+) -> usize {
+    let opt = optim.optimizer().unwrap();
+    let ids = ids(model).map(|id| id.val().to_string());
+    let mut compared = 0;
+    for (id, leaf, shape, values) in record_tensors(reader) {
+        let k = ids.iter().position(|i| *i == id).expect("a parameter's id");
+        assert_eq!(shape, shapes()[k], "{label} {id}.{leaf}");
+        match C::BURN_STATE.iter().find(|(l, _)| *l == leaf) {
+            Some((_, key)) => {
+                let ours = opt.state(key, PATHS[k]).unwrap();
+                compare(
+                    &format!("{label} {}.{leaf}", PATHS[k]),
+                    &values,
+                    &ours,
+                    Bits,
+                );
+                compared += 1;
+            }
+            None => assert!(
+                derived.contains(&leaf.as_str()),
+                "{label}: unexpected {leaf}"
+            ),
+        }
+    }
+    compared
+}
+
+/// One optimizer both crates have, configured alike, through Burn's record both ways:
+/// - Burn's run for 6 steps, its record (written by Burn) taken over here bit for bit, and
+///   6 more steps here land within `tol` of Burn's uninterrupted 12 steps; the same 6 steps
+///   without the state land more than 10 times `tol` away (the state matters);
+/// - our state then written as a record, read by Burn bit for bit, and 6 more steps of
+///   Burn's from it land within `tol` of 6 more of ours.
+///
+/// `kept` is how many state tensors each parameter has, `derived` the leaves Burn's record
+/// holds besides (computed from the state).
+fn record_both_ways<C: BurnRecord + Clone>(
+    label: &str,
+    cfg: C,
+    burn: fn() -> burn::optim::ModuleOptimizer,
+    kept: usize,
+    derived: &[&str],
+    tol: Bound,
+) {
+    let (device, _gpu) = setup();
+    let mut rng = common::rng(label);
+    let seed = rand::Rng::random::<u64>(&mut rng);
+    let start = init_values(&mut rng);
+    let (lr, first, then) = (1e-2, 6, 6);
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-burn-{label}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Bound::Within { atol, rtol } = tol else {
+        panic!("a tolerance")
+    };
+
+    let mut theirs = burn();
+    let model = burn_train(seed, 0, first, mlp(&start, &device), &mut theirs, &device);
+    theirs.save(dir.join("burn")).unwrap();
+    let file = dir.join("burn.bpk");
+    let mut optim = BurnOptimizer::new(cfg.clone());
+    optim.load_burn_record(&file, &model).unwrap();
+    let reader = burn_pack::Reader::from_file(&file).unwrap();
+    let compared = state_matches_record(label, &optim, &model, reader, derived);
+    assert_eq!(compared, 4 * kept, "{label}: state tensors taken over");
+    let expected_steps = if C::BURN_TIME.is_some() { first } else { 1 };
+    assert_eq!(optim.step_count(), expected_steps as u64, "{label}");
+
+    let ours = train_at(lr, seed, first, then, model.clone(), &mut optim, &device);
+    let whole = burn_train(
+        seed,
+        0,
+        first + then,
+        mlp(&start, &device),
+        &mut burn(),
+        &device,
+    );
+    let mut fresh = BurnOptimizer::new(cfg.clone());
+    let restarted = train_at(lr, seed, first, then, model, &mut fresh, &device);
+    let (a, b, c) = (values(&ours), values(&whole), values(&restarted));
+    let (mut worst, mut restart_worst) = (0.0f32, 0.0f32);
+    for k in 0..4 {
+        let what = format!("{label} {} taken over from Burn", PATHS[k]);
+        worst = worst.max(compare(&what, &a[k], &b[k], tol));
+        for (x, y) in c[k].iter().zip(&b[k]) {
+            restart_worst = restart_worst.max((x - y).abs() / (atol + rtol * y.abs()));
+        }
+    }
+    assert!(
+        restart_worst > 10.0,
+        "{label}: without the state the run lands {restart_worst} bounds away: the record matters"
+    );
+
+    optim.save_burn_record(dir.join("ours")).unwrap();
+    let mut loaded = burn().load(dir.join("ours.bpk")).unwrap();
+    let reader = burn_pack::Reader::from_bytes(loaded.to_record().into_bytes().unwrap()).unwrap();
+    let compared = state_matches_record(label, &optim, &ours, reader, derived);
+    assert_eq!(compared, 4 * kept, "{label}: state tensors Burn read");
+    let from = first + then;
+    let theirs_on = burn_train(seed, from, then, ours.clone(), &mut loaded, &device);
+    let ours_on = train_at(lr, seed, from, then, ours, &mut optim, &device);
+    let (a, b) = (values(&theirs_on), values(&ours_on));
+    let mut back = 0.0f32;
+    for k in 0..4 {
+        let what = format!("{label} {} gone on in Burn", PATHS[k]);
+        back = back.max(compare(&what, &a[k], &b[k], tol));
+    }
+    eprintln!(
+        "{label}: taken over from Burn {worst:.3} of the bound from Burn's own run \
+         (without the state {restart_worst:.0}); gone on in Burn from ours {back:.3}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sgd_momentum_state_goes_both_ways_through_burns_record() {
+    let cfg = SgdConfig {
+        momentum: 0.9,
+        dampening: 0.1,
+        weight_decay: 1e-2,
+        ..Default::default()
+    };
+    let burn = || {
+        BurnSgdConfig::new()
+            .with_momentum(Some(MomentumConfig {
+                momentum: 0.9,
+                dampening: 0.1,
+                nesterov: false,
+            }))
+            .with_weight_decay(Some(WeightDecayConfig { penalty: 1e-2 }))
+            .init()
+    };
+    record_both_ways("sgd", cfg, burn, 1, &[], BURN_ADAMW_TOL);
+}
+
+#[test]
+fn rmsprop_state_goes_both_ways_through_burns_record() {
+    let cfg = RmsPropConfig {
+        alpha: 0.99,
+        eps: 1e-5,
+        momentum: 0.9,
+        centered: true,
+        ..Default::default()
+    };
+    let burn = || {
+        BurnRmsPropConfig::new()
+            .with_alpha(0.99)
+            .with_epsilon(1e-5)
+            .with_momentum(0.9)
+            .with_centered(true)
+            .init()
+    };
+    record_both_ways(
+        "rmsprop",
+        cfg.clone(),
+        burn,
+        3,
+        &["centered.avg"],
+        BURN_ADAMW_TOL,
+    );
+
+    // Burn's plain RMSprop keeps no `grad_avg`: a centered one here refuses its record and
+    // lays out nothing; a plain one takes it.
+    let (device, _gpu) = setup();
+    let mut rng = common::rng("rmsprop_plain");
+    let seed = rand::Rng::random::<u64>(&mut rng);
+    let start = init_values(&mut rng);
+    let mut plain = BurnRmsPropConfig::new()
+        .with_epsilon(1e-5)
+        .with_momentum(0.9)
+        .init();
+    let model = burn_train(seed, 0, 2, mlp(&start, &device), &mut plain, &device);
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-burn-plain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    plain.save(dir.join("plain")).unwrap();
+    let mut centered = BurnOptimizer::new(cfg.clone());
+    let e = centered
+        .load_burn_record(dir.join("plain.bpk"), &model)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BurnRecord(m) if m.contains("centered.grad_avg")),
+        "{e}"
+    );
+    assert!(centered.optimizer().is_none(), "nothing was laid out");
+    eprintln!("{e}");
+    let mut ours = BurnOptimizer::new(RmsPropConfig {
+        centered: false,
+        ..cfg
+    });
+    ours.load_burn_record(dir.join("plain.bpk"), &model)
+        .unwrap();
+    assert_eq!(ours.step_count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn adagrad_state_goes_both_ways_through_burns_record() {
+    let cfg = AdagradConfig {
+        lr_decay: 1e-2,
+        eps: 1e-5,
+        ..Default::default()
+    };
+    let burn = || {
+        AdaGradConfig::new()
+            .with_lr_decay(1e-2)
+            .with_epsilon(1e-5)
+            .init()
+    };
+    record_both_ways("adagrad", cfg, burn, 1, &[], BURN_ADAMW_TOL);
+}
+
+#[test]
+fn lion_state_goes_both_ways_through_burns_record() {
+    let cfg = LionConfig {
+        betas: (0.9, 0.99),
+        weight_decay: 1e-2,
+        ..Default::default()
+    };
+    let burn = || {
+        BurnLionConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.99)
+            .with_weight_decay(1e-2)
+            .init()
+    };
+    record_both_ways("lion", cfg, burn, 1, &[], BURN_ADAMW_TOL);
+}
+
+#[test]
+fn lamb_state_goes_both_ways_through_burns_record() {
+    let cfg = LambConfig {
+        betas: (0.9, 0.999),
+        eps: 1e-6,
+        weight_decay: 1e-2,
+        ..Default::default()
+    };
+    let burn = || {
+        BurnLambConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-6)
+            .with_weight_decay(1e-2)
+            .init()
+    };
+    record_both_ways("lamb", cfg, burn, 2, &[], BURN_ADAMW_TOL);
 }

@@ -69,9 +69,10 @@
 //!   does: schedulers (`burn::lr_scheduler`) keep working; a group's own `lr` is used only
 //!   until the first step.
 //! - Checkpoints are in this crate's format ([`BurnOptimizer::save`] / [`BurnOptimizer::load`],
-//!   parameters included); for Adam and AdamW, [`BurnOptimizer::save_burn_record`] also writes
-//!   the state as a Burn optimizer record that Burn's `ModuleOptimizer::load` reads, and
-//!   [`BurnOptimizer::load_burn_record`] takes over the state of Burn's own Adam or AdamW.
+//!   parameters included); for the optimizers Burn has too ([`BurnRecord`]: Adam, AdamW, SGD,
+//!   RMSprop, AdaGrad, Lion, LAMB), [`BurnOptimizer::save_burn_record`] also writes the state
+//!   as a Burn optimizer record that Burn's `ModuleOptimizer::load` reads, and
+//!   [`BurnOptimizer::load_burn_record`] takes over the state of Burn's own optimizer.
 //!
 //! # Devices
 //! The optimizer needs our handle ([`Gpu`]) on the wgpu device Burn runs on. [`init`] makes
@@ -82,13 +83,11 @@
 //! application that uses this module.
 
 use crate::checkpoint::{self, SaveOptions};
-use crate::dtype::DType as StateDType;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::norm::NormType;
 use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup};
 use crate::params::Params;
-use crate::{AdamConfig, StateFormat};
 use ::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use ::burn::optim::GradientsParams;
 use ::burn::tensor::{DType, Device, Tensor};
@@ -101,6 +100,9 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 pub use cubecl::wgpu::RuntimeOptions;
+pub use record::BurnRecord;
+
+mod record;
 
 /// Our handle on each wgpu device registered through [`init`] or [`init_setup`].
 fn registry() -> &'static Mutex<Vec<(WgpuDevice, Gpu)>> {
@@ -754,206 +756,6 @@ fn slots_of(found: &[Found]) -> Vec<(ParamId, String, Vec<usize>)> {
         .iter()
         .map(|f| (f.id, f.path.clone(), f.shape.clone()))
         .collect()
-}
-
-impl BurnOptimizer<AdamConfig> {
-    /// Write the optimizer state as a Burn optimizer record: the burnpack file Burn's own
-    /// `ModuleOptimizer::load` reads, so a run started here can go on with Burn's
-    /// `AdamConfig` / `AdamWConfig` optimizer (AdamW when `decoupled_weight_decay` is set).
-    /// Burn adds the `.bpk` extension to `path` when it has none, as its own `save` does.
-    ///
-    /// Each parameter's state is named as Burn names it (`{param id}.momentum.moment_1`,
-    /// `.moment_2`, `.max_moment_2` with `amsgrad`, and the step count `.momentum.time`), with
-    /// its rank and module path. The moments are torch's `exp_avg` and `exp_avg_sq`, which
-    /// Burn's are too; Burn rounds its update a little differently (bias corrections in f32),
-    /// so from the same state the two runs drift apart by a few ULP per step. Burn keeps a step
-    /// count per parameter where this optimizer keeps one for all: every parameter gets the
-    /// shared count.
-    ///
-    /// Errors: before the first step (nothing is laid out); with more than one parameter group
-    /// (Burn's record has one set of hyperparameters, from the Burn optimizer that loads it).
-    ///
-    /// ```no_run
-    /// # use burn::nn::{Linear, LinearConfig};
-    /// # use burn::optim::AdamWConfig;
-    /// use wgpu_optim::burn::BurnOptimizer;
-    /// use wgpu_optim::AdamConfig;
-    /// # let optim = BurnOptimizer::new(AdamConfig::adamw());
-    /// // ... steps ...
-    /// optim.save_burn_record("optim")?; // writes optim.bpk
-    /// let burn_optim = AdamWConfig::new().init().load("optim.bpk").expect("Burn reads it");
-    /// # Ok::<(), wgpu_optim::Error>(())
-    /// ```
-    pub fn save_burn_record(&self, path: impl AsRef<Path>) -> Result<()> {
-        use burn_pack::{Bytes, Scalar, Shape, Tensor as PackTensor, Writer};
-        let a = self.arena.as_ref().ok_or_else(|| {
-            Error::Empty("nothing to save before the first step lays out the state".into())
-        })?;
-        if self.groups.len() > 1 {
-            return Err(Error::InvalidOptions(
-                "a Burn optimizer record has one set of hyperparameters; this optimizer has \
-                 several parameter groups"
-                    .into(),
-            ));
-        }
-        let format = a.opt.state_format();
-        if format != StateFormat::Dense || a.opt.precision().state != StateDType::F32 {
-            return Err(Error::InvalidOptions(format!(
-                "a Burn optimizer record holds f32 state; this optimizer keeps {format:?} state \
-                 in {:?}",
-                a.opt.precision().state
-            )));
-        }
-        let amsgrad = a.opt.config().amsgrad;
-        let steps = a.opt.step_count();
-        let mut tensors = Vec::new();
-        let mut writer_scalars = Vec::new();
-        let mut paths = Vec::new();
-        for (slot, (id, path, shape)) in a.slots.iter().enumerate() {
-            let prefix = id.val().to_string();
-            let name = &a.names[slot];
-            let mut leaves = vec![("moment_1", "exp_avg"), ("moment_2", "exp_avg_sq")];
-            if amsgrad {
-                leaves.push(("max_moment_2", "max_exp_avg_sq"));
-            }
-            for (leaf, key) in leaves {
-                let values = a.opt.state(key, name)?;
-                tensors.push(PackTensor::new(
-                    format!("{prefix}.momentum.{leaf}"),
-                    burn_pack::DType::F32,
-                    Shape::from(shape.clone()),
-                    Some(id.val()),
-                    Bytes::from_elems(values),
-                ));
-            }
-            writer_scalars.push((
-                format!("{prefix}.momentum.time"),
-                Scalar::from(steps as usize),
-            ));
-            writer_scalars.push((format!("{prefix}.__rank"), Scalar::from(shape.len())));
-            paths.push((prefix, path.clone()));
-        }
-        let mut writer = Writer::new(tensors);
-        for (k, v) in &writer_scalars {
-            writer = writer.with_scalar(k, *v);
-        }
-        for (k, v) in &paths {
-            writer = writer.with_metadata(k, v);
-        }
-        let path = path.as_ref();
-        writer.write_to_file(path).map_err(|e| Error::Io {
-            op: "write",
-            path: path.display().to_string(),
-            kind: std::io::ErrorKind::Other,
-            message: e.to_string(),
-        })
-    }
-}
-
-impl BurnOptimizer<AdamConfig> {
-    /// Take over the state of a Burn Adam or AdamW optimizer from its record (the burnpack
-    /// file Burn's `ModuleOptimizer::save` writes, or [`BurnOptimizer::save_burn_record`]):
-    /// lay out the state for `module`'s float parameters, fill it with each parameter's
-    /// moments (`{param id}.momentum.moment_1`, `.moment_2`, and `.max_moment_2` with
-    /// `amsgrad`) and set the step count, so a run started with Burn's optimizer goes on here.
-    /// The hyperparameters are this optimizer's own (Burn's record has none). The `.bpk`
-    /// extension is added to `path` when it has none and no such file exists, as Burn does.
-    ///
-    /// Everything is checked before anything changes; on `Err` the optimizer is as it was:
-    /// a file that is not a burnpack record, a parameter of `module` with no state in it or
-    /// with state of another shape or element type, step counts that differ between
-    /// parameters (this optimizer keeps one for all; Burn keeps one per parameter, which
-    /// differ when a parameter missed gradients), or a record without `max_moment_2` for an
-    /// `amsgrad` optimizer.
-    ///
-    /// ```no_run
-    /// # use burn::nn::{Linear, LinearConfig};
-    /// use wgpu_optim::burn::{init, BurnOptimizer};
-    /// use wgpu_optim::AdamConfig;
-    /// let (device, _) = init(Default::default())?;
-    /// let model: Linear = LinearConfig::new(4, 2).init(&device.autodiff());
-    /// // Burn's AdamW saved its state with `optim.save("optim")` (optim.bpk).
-    /// let mut optim = BurnOptimizer::new(AdamConfig::adamw());
-    /// optim.load_burn_record("optim.bpk", &model)?;
-    /// # Ok::<(), wgpu_optim::Error>(())
-    /// ```
-    pub fn load_burn_record<M: Module>(
-        &mut self,
-        path: impl AsRef<Path>,
-        module: &M,
-    ) -> Result<()> {
-        let path = path.as_ref();
-        let bad = |why: String| Error::BurnRecord(format!("{}: {why}", path.display()));
-        let reader = burn_pack::Reader::from_file(path).map_err(|e| bad(e.to_string()))?;
-        let scalars = reader.scalars().clone();
-        let mut tensors = HashMap::new();
-        for t in reader.into_tensors().map_err(|e| bad(e.to_string()))? {
-            let (name, dtype, shape, _, bytes) = t.into_parts().map_err(|e| bad(e.to_string()))?;
-            tensors.insert(name, (dtype, shape.to_vec(), bytes));
-        }
-        let found = collect(module, None)?;
-        let amsgrad = self.groups.iter().any(|g| g.config.amsgrad);
-        let mut leaves = vec![("moment_1", "exp_avg"), ("moment_2", "exp_avg_sq")];
-        if amsgrad {
-            leaves.push(("max_moment_2", "max_exp_avg_sq"));
-        }
-        // Every value checked and decoded before any GPU work.
-        let mut values = Vec::with_capacity(found.len());
-        let mut steps: Option<(u64, String)> = None;
-        for f in &found {
-            let prefix = f.id.val().to_string();
-            let time_key = format!("{prefix}.momentum.time");
-            let time = scalars
-                .get(&time_key)
-                .and_then(|s| u64::try_from(*s).ok())
-                .ok_or_else(|| bad(format!("no step count for `{}` ({time_key})", f.path)))?;
-            match &steps {
-                Some((t, other)) if *t != time => {
-                    return Err(bad(format!(
-                        "`{}` has taken {time} steps and `{other}` {t}; this optimizer keeps one \
-                         step count for all parameters",
-                        f.path
-                    )))
-                }
-                Some(_) => {}
-                None => steps = Some((time, f.path.clone())),
-            }
-            let mut per_key = Vec::with_capacity(leaves.len());
-            for (leaf, key) in &leaves {
-                let name = format!("{prefix}.momentum.{leaf}");
-                let (dtype, shape, bytes) = tensors
-                    .get(&name)
-                    .ok_or_else(|| bad(format!("no `{leaf}` for `{}` ({name})", f.path)))?;
-                if *dtype != burn_pack::DType::F32 {
-                    return Err(bad(format!("`{name}` is {dtype:?}, not f32")));
-                }
-                if *shape != f.shape {
-                    return Err(bad(format!(
-                        "`{name}` has shape {shape:?}, the parameter `{}` {:?}",
-                        f.path, f.shape
-                    )));
-                }
-                let data: Vec<f32> = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                per_key.push((*key, data));
-            }
-            values.push(per_key);
-        }
-        let steps = steps.map_or(0, |s| s.0);
-
-        let (dev, gpu) = module_device(module, &found)?;
-        let mut arena = self.new_arena(&found, dev, gpu)?;
-        for (name, per_key) in arena.names.iter().zip(&values) {
-            for (key, data) in per_key {
-                arena.opt.set_state(key, name, data)?;
-            }
-        }
-        arena.opt.set_step_count(steps);
-        self.arena = Some(arena);
-        Ok(())
-    }
 }
 
 /// Unique slot names: the module paths, `#n` added to a repeated one.
