@@ -130,11 +130,12 @@
 
 mod io;
 mod meta;
+mod open;
 mod restore;
 mod save;
 mod upload;
 
-pub use restore::{Checkpoint, LoadReport, OptimizerKind};
+pub use open::{Checkpoint, LoadReport, OptimizerKind};
 
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;

@@ -3,7 +3,8 @@
 
 use super::format_err;
 use super::io::{read_blocks, widened, Realign, Segments};
-use super::restore::{Checkpoint, Dest};
+use super::open::{kind, Checkpoint, Kind};
+use super::restore::Dest;
 use super::BLOCK_BYTES;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -179,10 +180,7 @@ impl Checkpoint {
         let name = &self.order[t];
         let dtype = self.dtypes[t];
         h.update(bytes);
-        let codes = matches!(
-            super::restore::kind(name),
-            super::restore::Kind::Quant(_, _, super::CODES)
-        );
+        let codes = matches!(kind(name), Kind::Quant(_, _, super::CODES));
         if check_finite && !codes {
             if let Some((j, x)) = widened(dtype, bytes)
                 .enumerate()
