@@ -19,7 +19,7 @@ mod nn;
 #[path = "nn/plot.rs"]
 mod plot;
 
-use nn::{Loss, Mlp};
+use nn::Mlp;
 use rand::SeedableRng;
 use wgpu_optim::{Adam, AdamConfig, DType, Gpu, Optimizer, Precision};
 
@@ -63,17 +63,7 @@ fn main() -> Result<(), wgpu_optim::Error> {
     for (name, dtype, precision) in runs {
         // Same seed for every run: the same initial weights (rounded to bf16 for bf16 runs)
         // and the same batches.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let mut net = Mlp::with_dtype(
-            &gpu,
-            &[64, 64, 10],
-            Loss::SoftmaxXent,
-            (&train.0, &train.1),
-            (&test.0, &test.1),
-            32,
-            &mut rng,
-            dtype,
-        )?;
+        let mut net = Mlp::digits(&gpu, &train, &test, 1, dtype)?;
         let mut opt = Adam::new(
             &net.params,
             AdamConfig {

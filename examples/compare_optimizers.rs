@@ -14,7 +14,7 @@ mod nn;
 #[path = "nn/plot.rs"]
 mod plot;
 
-use nn::{Loss, Mlp};
+use nn::Mlp;
 use rand::SeedableRng;
 use std::time::Instant;
 use wgpu_optim::{
@@ -245,16 +245,7 @@ struct Data {
 fn net(gpu: &Gpu, data: &Data) -> Result<Mlp, wgpu_optim::Error> {
     // Same seed for every run: every optimizer starts from the same weights and sees the same
     // batches.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    Mlp::new(
-        gpu,
-        &[64, 64, 10],
-        Loss::SoftmaxXent,
-        (&data.train.0, &data.train.1),
-        (&data.test.0, &data.test.1),
-        32,
-        &mut rng,
-    )
+    Mlp::digits(gpu, &data.train, &data.test, 1, wgpu_optim::DType::F32)
 }
 
 /// Steps of the LR range test.

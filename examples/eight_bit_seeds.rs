@@ -12,7 +12,7 @@
 #[path = "nn/mod.rs"]
 mod nn;
 
-use nn::{Loss, Mlp};
+use nn::Mlp;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use wgpu_optim::{AdamConfig, FusedOptimizer, Gpu, Optimizer, StateFormat};
@@ -29,15 +29,7 @@ fn run(
     eight_bit: bool,
 ) -> Result<(f32, f32), wgpu_optim::Error> {
     let (train, test) = data;
-    let mut net = Mlp::new(
-        gpu,
-        &[64, 64, 10],
-        Loss::SoftmaxXent,
-        (&train.0, &train.1),
-        (&test.0, &test.1),
-        32,
-        &mut StdRng::seed_from_u64(seed),
-    )?;
+    let mut net = Mlp::digits(gpu, train, test, seed, wgpu_optim::DType::F32)?;
     let mut opt = FusedOptimizer::new(
         &net.params,
         AdamConfig {

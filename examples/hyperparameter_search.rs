@@ -16,7 +16,7 @@
 #[path = "nn/mod.rs"]
 mod nn;
 
-use nn::{Loss, Mlp, Split};
+use nn::{Mlp, Split};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -120,16 +120,7 @@ struct Trial {
 }
 
 fn mlp(gpu: &Gpu, train: &Split, test: &Split) -> Result<Mlp, wgpu_optim::Error> {
-    let mut rng = StdRng::seed_from_u64(1);
-    Mlp::new(
-        gpu,
-        &[64, 64, 10],
-        Loss::SoftmaxXent,
-        (&train.0, &train.1),
-        (&test.0, &test.1),
-        32,
-        &mut rng,
-    )
+    Mlp::digits(gpu, train, test, 1, wgpu_optim::DType::F32)
 }
 
 impl Trial {

@@ -87,6 +87,29 @@ fn dims(gpu: &Gpu, batch: usize, inp: usize, out: usize, flags: u32) -> wgpu::Bu
 }
 
 impl Mlp {
+    /// The digits classifier the examples train: 64 pixels in, 64 hidden units, 10 classes,
+    /// softmax cross-entropy, batches of 32, parameters in `dtype`. Weights and batch order
+    /// come from `seed`: the same seed gives every optimizer of a comparison the same start
+    /// and the same batches.
+    pub fn digits(
+        gpu: &Gpu,
+        train: &Split,
+        test: &Split,
+        seed: u64,
+        dtype: DType,
+    ) -> Result<Mlp, wgpu_optim::Error> {
+        Self::with_dtype(
+            gpu,
+            &[64, 64, 10],
+            Loss::SoftmaxXent,
+            (&train.0, &train.1),
+            (&test.0, &test.1),
+            32,
+            &mut rand::SeedableRng::seed_from_u64(seed),
+            dtype,
+        )
+    }
+
     /// Build the network with He-initialised f32 weights and upload both data sets.
     ///
     /// `train`/`test` are `(rows, targets)`: rows `[n x inputs]` row-major, one target per row
