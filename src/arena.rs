@@ -288,17 +288,6 @@ pub(crate) fn decode_pieces(bytes: &[u8], slot: &Slot, dtype: DType) -> Vec<f32>
 }
 
 /// Read one tensor's range out of per-chunk buffers of `dtype`, widened to f32.
-pub(crate) fn read_slot(
-    gpu: &Gpu,
-    bufs: &[wgpu::Buffer],
-    slot: &Slot,
-    dtype: DType,
-) -> Result<Vec<f32>> {
-    let pieces = piece_ranges(bufs, slot, dtype);
-    gpu.read_with(&pieces, |bytes| decode_pieces(bytes, slot, dtype))
-}
-
-/// Async form of [`read_slot`].
 pub(crate) async fn read_slot_async(
     gpu: &Gpu,
     bufs: &[wgpu::Buffer],
@@ -308,6 +297,23 @@ pub(crate) async fn read_slot_async(
     let pieces = piece_ranges(bufs, slot, dtype);
     gpu.read_with_async(&pieces, |bytes| decode_pieces(bytes, slot, dtype))
         .await
+}
+
+/// [`read_slot_async`] for many tensors, each `(slot, dtype)`, in as few read-backs as the
+/// bytes allow ([`Gpu::read_batched_async`]).
+pub(crate) async fn read_slots_async(
+    gpu: &Gpu,
+    bufs: &[wgpu::Buffer],
+    slots: &[(&Slot, DType)],
+) -> Result<Vec<Vec<f32>>> {
+    let items: Vec<_> = slots
+        .iter()
+        .map(|&(slot, dtype)| piece_ranges(bufs, slot, dtype))
+        .collect();
+    gpu.read_batched_async(&items, |i, bytes| {
+        decode_pieces(bytes, slots[i].0, slots[i].1)
+    })
+    .await
 }
 
 /// A zero-filled storage buffer of `bytes` in the arena's usage set.

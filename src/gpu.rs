@@ -407,10 +407,6 @@ impl Gpu {
         self.inner.uid == other.inner.uid
     }
 
-    /// A compute pipeline for `source`, specialised by `override` constants (booleans as 0/1), compiled once.
-    ///
-    /// `trusted`: the shader only indexes in bounds (checked by construction on the host), so
-    /// naga's runtime bounds checks are left out.
     /// How many times this crate blocked until the device finished its work (read-backs, and
     /// the rare waits documented on `Optimizer::step`). For tests that check that a call does
     /// not wait.
@@ -535,6 +531,11 @@ impl Gpu {
             .map_err(|e| Error::ReadBack(e.to_string()))
     }
 
+    /// A compute pipeline for `source`, specialised by `override` constants (booleans as 0/1),
+    /// compiled once per `key`.
+    ///
+    /// `trusted`: the shader only indexes in bounds (checked by construction on the host), so
+    /// naga's runtime bounds checks are left out.
     pub(crate) fn pipeline(
         &self,
         key: PipelineKey,
@@ -660,6 +661,7 @@ impl Gpu {
 
     /// Copy `(buffer, offset, length)` ranges into one staging buffer, wait, and hand the
     /// mapped bytes to `read` (no intermediate copy). Blocks.
+    #[cfg(test)]
     pub(crate) fn read_with<T>(
         &self,
         pieces: &[(&wgpu::Buffer, u64, u64)],
@@ -696,6 +698,47 @@ impl Gpu {
             read(&view)
         };
         staging.unmap();
+        Ok(out)
+    }
+
+    /// Read many items, each a list of `(buffer, offset, length)` ranges, in as few read-backs
+    /// as [`READ_BATCH_BYTES`] per staging buffer allows (an item larger than that is read
+    /// alone), and decode each item's bytes with `decode(index, bytes)`: the waits follow the
+    /// bytes, not the number of items.
+    pub(crate) async fn read_batched_async<T>(
+        &self,
+        items: &[Vec<(&wgpu::Buffer, u64, u64)>],
+        decode: impl Fn(usize, &[u8]) -> T,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            let (mut end, mut bytes) = (start, 0u64);
+            while end < items.len() {
+                let n: u64 = items[end].iter().map(|r| r.2).sum();
+                if end > start && bytes + n > READ_BATCH_BYTES {
+                    break;
+                }
+                bytes += n;
+                end += 1;
+            }
+            let pieces: Vec<_> = items[start..end].iter().flatten().copied().collect();
+            let batch = self
+                .read_with_async(&pieces, |all| {
+                    let mut at = 0usize;
+                    (start..end)
+                        .map(|i| {
+                            let n: u64 = items[i].iter().map(|r| r.2).sum();
+                            let item = decode(i, &all[at..at + n as usize]);
+                            at += n as usize;
+                            item
+                        })
+                        .collect::<Vec<T>>()
+                })
+                .await?;
+            out.extend(batch);
+            start = end;
+        }
         Ok(out)
     }
 
@@ -742,6 +785,9 @@ impl Gpu {
             .map_err(|e| Error::ReadBack(e.to_string()))
     }
 }
+
+/// The most bytes [`Gpu::read_batched_async`] reads through one staging buffer.
+pub(crate) const READ_BATCH_BYTES: u64 = 64 << 20;
 
 /// Where a staging buffer's `map_async` outcome arrives.
 type MapReceiver =

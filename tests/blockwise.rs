@@ -226,6 +226,149 @@ fn converting_a_running_state_to_8_bit_and_back() {
     );
 }
 
+/// Two optimizers on identical parameters of many tensors, after the same steps: one is
+/// converted with the blocking calls, the other with their async forms.
+struct Twins {
+    params: [wgpu_optim::Params; 2],
+    opts: [wgpu_optim::Adam; 2],
+    names: Vec<String>,
+}
+
+impl Twins {
+    fn new(gpu: &wgpu_optim::Gpu, dtype: DType) -> Twins {
+        use wgpu_optim::Optimizer;
+        let mut rng = common::rng("conversion twins");
+        // 1,200 small tensors and 3 large ones (8-bit state from 4096 elements).
+        let lens: Vec<usize> = (0..1203)
+            .map(|i| if i % 400 == 0 { 5000 + i } else { 1 + i % 300 })
+            .collect();
+        let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
+        let values: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| common::randn(&mut rng, n, 1.0))
+            .collect();
+        let grads: Vec<Vec<Vec<f32>>> = (0..2)
+            .map(|_| {
+                lens.iter()
+                    .map(|&n| common::randn(&mut rng, n, 1.0))
+                    .collect()
+            })
+            .collect();
+        let make = || {
+            let mut b = wgpu_optim::Params::builder(gpu);
+            for (name, &n) in names.iter().zip(&lens) {
+                b = b.tensor(name, &[n], dtype);
+            }
+            let mut p = b.build().unwrap();
+            for (name, v) in names.iter().zip(&values) {
+                p.write(name, v).unwrap();
+            }
+            let mut opt = wgpu_optim::Adam::new(&p, AdamConfig::adamw()).unwrap();
+            for g in &grads {
+                for (name, g) in names.iter().zip(g) {
+                    p.write_grad(name, g).unwrap();
+                }
+                opt.step(&mut p).unwrap();
+            }
+            (p, opt)
+        };
+        let (p0, o0) = make();
+        let (p1, o1) = make();
+        Twins {
+            params: [p0, p1],
+            opts: [o0, o1],
+            names,
+        }
+    }
+
+    /// Both optimizers hold the same state, bit for bit (and the same codes where 8-bit).
+    fn same_state(&self, keys: &[&str]) {
+        use wgpu_optim::Optimizer;
+        for key in keys {
+            for name in &self.names {
+                let [a, b] = [0, 1].map(|i| self.opts[i].state(key, name).unwrap());
+                common::compare(&format!("{key} {name}"), &a, &b, common::Bound::Bits);
+                if self.opts[0].state_format() != StateFormat::Dense && *key != "master" {
+                    let [qa, qb] = [0, 1].map(|i| self.opts[i].quantized_state(key, name).unwrap());
+                    assert_eq!(qa.map(|q| q.codes), qb.map(|q| q.codes), "{key} {name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conversions_after_steps_read_back_in_a_few_waits_and_their_async_forms_agree() {
+    use wgpu_optim::QuantMap;
+    // A handle of its own (same device), so that other tests' read-backs do not count.
+    let gpu = common::gpu().with_dispatch_dim_cap(u32::MAX);
+    let mut t = Twins::new(&gpu, DType::F32);
+    let keys = ["exp_avg", "exp_avg_sq"];
+    // 1,203 tensors: a read-back per state (two), not one per tensor and state.
+    let before = gpu.blocking_waits();
+    t.opts[0].set_state_format(q8()).unwrap();
+    let waits = gpu.blocking_waits() - before;
+    assert!(waits <= 2, "converting to 8-bit waited {waits} times");
+    pollster::block_on(t.opts[1].set_state_format_async(q8())).unwrap();
+    t.same_state(&keys);
+
+    let before = gpu.blocking_waits();
+    t.opts[0]
+        .set_quant_map("exp_avg_sq", QuantMap::Signed)
+        .unwrap();
+    let waits = gpu.blocking_waits() - before;
+    assert!(waits <= 1, "requantizing one state waited {waits} times");
+    pollster::block_on(t.opts[1].set_quant_map_async("exp_avg_sq", QuantMap::Signed)).unwrap();
+    assert_eq!(
+        t.opts[1].quant_map("exp_avg_sq").unwrap(),
+        Some(QuantMap::Signed)
+    );
+    t.same_state(&keys);
+
+    t.opts[0].set_state_format(StateFormat::Dense).unwrap();
+    pollster::block_on(t.opts[1].set_state_format_async(StateFormat::Dense)).unwrap();
+    assert_eq!(t.opts[1].state_format(), StateFormat::Dense);
+    t.same_state(&keys);
+
+    let bf16 = Precision {
+        state: DType::Bf16,
+        ..Precision::default()
+    };
+    let before = gpu.blocking_waits();
+    t.opts[0].set_precision(bf16).unwrap();
+    let waits = gpu.blocking_waits() - before;
+    assert!(waits <= 2, "converting to bf16 state waited {waits} times");
+    pollster::block_on(t.opts[1].set_precision_async(bf16)).unwrap();
+    assert_eq!(t.opts[1].precision(), bf16);
+    t.same_state(&keys);
+
+    // Master weights of bf16 parameters: copied in one read-back, the same both ways.
+    let mut t = Twins::new(&gpu, DType::Bf16);
+    let master = Precision {
+        master_weights: true,
+        ..Precision::default()
+    };
+    let before = gpu.blocking_waits();
+    t.opts[0].set_precision(master).unwrap();
+    let waits = gpu.blocking_waits() - before;
+    assert!(waits <= 1, "copying 1,203 parameters waited {waits} times");
+    pollster::block_on(t.opts[1].set_precision_async(master)).unwrap();
+    t.same_state(&["master"]);
+    let w = t.params[0].read("t1").unwrap();
+    use wgpu_optim::Optimizer;
+    assert_eq!(t.opts[0].state("master", "t1").unwrap(), w);
+    for i in 0..2 {
+        t.params[i].write("t1", &vec![0.25; w.len()]).unwrap();
+    }
+    t.opts[0].sync_master_weights(&t.params[0]).unwrap();
+    pollster::block_on(t.opts[1].sync_master_weights_async(&t.params[1])).unwrap();
+    t.same_state(&["master"]);
+    assert_eq!(
+        t.opts[1].state("master", "t1").unwrap(),
+        vec![0.25; w.len()]
+    );
+}
+
 #[test]
 fn bad_formats_and_bad_quantized_state_are_typed_errors_that_change_nothing() {
     use wgpu_optim::{Error, Optimizer, QuantizedState};

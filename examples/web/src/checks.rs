@@ -61,6 +61,21 @@ fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The tensors of the checks, one per length of [`LENS`].
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// Parameters [`NAMES`] of [`LENS`] elements with random values, and those values.
+fn random_params(gpu: &Gpu, rng: &mut StdRng) -> Result<(Params, Vec<Vec<f32>>), String> {
+    let init: Vec<Vec<f32>> = LENS.iter().map(|&n| random(rng, n, 1.0)).collect();
+    let tensors: Vec<(&str, &[f32])> = NAMES
+        .iter()
+        .copied()
+        .zip(init.iter().map(|v| &v[..]))
+        .collect();
+    let params = Params::new(gpu, &tensors).map_err(|e| e.to_string())?;
+    Ok((params, init))
+}
+
 /// `STEPS` steps of `cfg` on the GPU and in the reference, with the same random gradients
 /// (`clip`: clipped by the global L2 norm; `nan_at`: the step whose gradient holds a NaN and
 /// must be skipped), then params and every state tensor compared, read with the async API.
@@ -74,14 +89,8 @@ async fn vs_reference<C: OptimizerConfig>(
 ) -> Result<String, String> {
     let e = |e: Error| e.to_string();
     let mut rng = StdRng::seed_from_u64(seed);
-    let names = ["a", "b", "c"];
-    let init: Vec<Vec<f32>> = LENS.iter().map(|&n| random(&mut rng, n, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = names
-        .iter()
-        .copied()
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
-    let mut params = Params::new(gpu, &tensors).map_err(e)?;
+    let names = NAMES;
+    let (mut params, init) = random_params(gpu, &mut rng)?;
     let mut opt = FusedOptimizer::<C>::new(&params, cfg.clone()).map_err(e)?;
     opt.set_max_grad_norm(clip).map_err(e)?;
     if nan_at.is_some() {
@@ -194,14 +203,8 @@ async fn blockwise_vs_reference(gpu: &Gpu) -> Result<String, String> {
         ..AdamConfig::adamw()
     };
     let mut rng = StdRng::seed_from_u64(14);
-    let names = ["a", "b", "c"];
-    let init: Vec<Vec<f32>> = LENS.iter().map(|&n| random(&mut rng, n, 1.0)).collect();
-    let tensors: Vec<(&str, &[f32])> = names
-        .iter()
-        .copied()
-        .zip(init.iter().map(|v| &v[..]))
-        .collect();
-    let mut params = Params::new(gpu, &tensors).map_err(e)?;
+    let names = NAMES;
+    let (mut params, init) = random_params(gpu, &mut rng)?;
     let mut opt = FusedOptimizer::new(&params, cfg.clone()).map_err(e)?;
     let format = StateFormat::Blockwise8 { min_size: 1000 };
     opt.set_state_format(format).map_err(e)?;
@@ -269,6 +272,81 @@ async fn blockwise_vs_reference(gpu: &Gpu) -> Result<String, String> {
         "{STEPS} steps on {LENS:?} elements: {codes} codes, {midpoint} at a midpoint; params \
          within {worst:e}; {} bytes of state",
         opt.state_memory_bytes()
+    ))
+}
+
+/// AdamW for `STEPS` steps with f32 state, then converted to 8-bit state: the blocking
+/// `set_state_format` is a `WouldBlock` naming its async form and changes nothing; the async
+/// form quantizes each state exactly as the host does (`blockwise::quantize`), and the
+/// optimizer steps on; `set_quant_map_async` requantizes, and back to dense gives the values
+/// the codes hold.
+async fn converting_after_steps(gpu: &Gpu) -> Result<String, String> {
+    let e = |e: Error| e.to_string();
+    let mut rng = StdRng::seed_from_u64(15);
+    let names = NAMES;
+    let (mut params, _) = random_params(gpu, &mut rng)?;
+    let mut opt = FusedOptimizer::new(&params, AdamConfig::adamw()).map_err(e)?;
+    let step = |params: &mut Params, opt: &mut FusedOptimizer<AdamConfig>, rng: &mut StdRng| {
+        for (n, &len) in names.iter().zip(&LENS) {
+            params.write_grad(n, &random(rng, len, 2.0)).map_err(e)?;
+        }
+        opt.step(params).map_err(e)
+    };
+    for _ in 0..STEPS {
+        step(&mut params, &mut opt, &mut rng)?;
+    }
+    let format = StateFormat::Blockwise8 { min_size: 1000 };
+    match opt.set_state_format(format) {
+        Err(Error::WouldBlock { instead, .. }) if instead == "set_state_format_async" => {}
+        other => return Err(format!("set_state_format after steps gave {other:?}")),
+    }
+    if opt.state_format() != StateFormat::Dense {
+        return Err("the refused conversion changed the format".into());
+    }
+    let mut dense = Vec::new();
+    for key in ["exp_avg", "exp_avg_sq"] {
+        for n in names {
+            dense.push((key, n, opt.state_async(key, n).await.map_err(e)?));
+        }
+    }
+    opt.set_state_format_async(format).await.map_err(e)?;
+    let mut quantized = 0;
+    for (key, n, values) in &dense {
+        match opt.quantized_state_async(key, n).await.map_err(e)? {
+            Some(q) => {
+                let (codes, absmax) = wgpu_optim::blockwise::quantize(&q.map, values);
+                if (q.codes, q.absmax) != (codes, absmax) {
+                    return Err(format!("{key} of {n}: codes differ from the host's"));
+                }
+                quantized += 1;
+            }
+            None if values.len() < 1000 => {
+                if opt.state_async(key, n).await.map_err(e)? != *values {
+                    return Err(format!("{key} of {n}: the f32 state changed"));
+                }
+            }
+            None => return Err(format!("{key} of {n} is not 8-bit")),
+        }
+    }
+    step(&mut params, &mut opt, &mut rng)?;
+    opt.set_quant_map_async("exp_avg_sq", wgpu_optim::QuantMap::Signed)
+        .await
+        .map_err(e)?;
+    let q = opt
+        .quantized_state_async("exp_avg_sq", "c")
+        .await
+        .map_err(e)?
+        .ok_or("exp_avg_sq of c is not 8-bit")?;
+    opt.set_state_format_async(StateFormat::Dense)
+        .await
+        .map_err(e)?;
+    let back = opt.state_async("exp_avg_sq", "c").await.map_err(e)?;
+    if back != wgpu_optim::blockwise::dequantize(&q.map, &q.codes, &q.absmax) {
+        return Err("back to dense: not the values the codes held".into());
+    }
+    Ok(format!(
+        "after {STEPS} steps: {quantized} states quantized as the host does; blocking form \
+         refused; requantized and back to dense"
     ))
 }
 
@@ -577,6 +655,10 @@ pub async fn run_all(gpu: &Gpu) -> Vec<Value> {
     out.push(check(
         "AdamW with 8-bit state, code for code",
         blockwise_vs_reference(gpu).await,
+    ));
+    out.push(check(
+        "8-bit conversion after steps",
+        converting_after_steps(gpu).await,
     ));
     out.push(check("checkpoint bytes", checkpoint_bytes(gpu).await));
     out.push(check("deferred GPU error", deferred_error(gpu).await));

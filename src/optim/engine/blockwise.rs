@@ -240,6 +240,22 @@ impl Blockwise {
             .await
     }
 
+    /// Every tensor's state values in `bufs` (slot `k`), in layout order, in as few
+    /// read-backs as the bytes allow.
+    pub async fn read_all(
+        &self,
+        gpu: &Gpu,
+        bufs: &[wgpu::Buffer],
+        k: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let items: Vec<_> = (0..self.pieces.len())
+            .map(|t| self.ranges(t, bufs))
+            .collect();
+        let map = self.maps[k];
+        gpu.read_batched_async(&items, |t, bytes| self.decode(t, bytes, &map).0)
+            .await
+    }
+
     /// Write tensor `t`'s state (slot `k`) from f32 values, quantized on the host
     /// ([`blockwise::quantize`]) when the tensor has 8-bit state.
     pub fn write_values(&self, gpu: &Gpu, t: usize, bufs: &[wgpu::Buffer], k: usize, v: &[f32]) {
@@ -310,8 +326,10 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// any parameter dtype.
     ///
     /// Called before the first step, the state is built fresh; called later, the current
-    /// state is converted (quantized, or dequantized back with [`StateFormat::Dense`]), which
-    /// waits for the GPU once.
+    /// state is converted (quantized, or dequantized back with [`StateFormat::Dense`]) on the
+    /// host: it is read back in one wait per state and 64 MiB, however many tensors there are
+    /// ([`FusedOptimizer::set_state_format_async`] does not block, and is the form to use in a
+    /// browser).
     ///
     /// ```no_run
     /// use wgpu_optim::{Adam, AdamConfig, Gpu, Optimizer, Params, StateFormat};
@@ -328,34 +346,76 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         if format == self.state_format() {
             return Ok(());
         }
-        let maps = match format {
-            StateFormat::Dense => None,
-            StateFormat::Blockwise8 { min_size } => Some(self.check_blockwise(min_size)?),
+        let maps = self.format_maps(format)?;
+        let kept = if self.submitted > 0 {
+            Some(crate::gpu::block_on(
+                "set_state_format after steps",
+                "set_state_format_async",
+                self.read_all_state_async(),
+            )?)
+        } else {
+            None
         };
         let gpu = self.gpu.clone();
-        gpu.scoped(|| {
-            let kept = if self.submitted > 0 {
-                Some(self.read_all_state()?)
-            } else {
-                None
-            };
-            self.blockwise = match (format, maps) {
-                (StateFormat::Blockwise8 { min_size }, Some(maps)) => {
-                    Some(Blockwise::new(&self.gpu, &self.layout, min_size, maps))
-                }
-                _ => None,
-            };
-            self.fill_states()?;
-            if let Some(values) = kept {
-                for (k, per_tensor) in values.into_iter().enumerate() {
-                    for (t, v) in per_tensor.into_iter().enumerate() {
-                        self.write_state_values(k, t, &v);
-                    }
+        gpu.scoped(|| self.apply_state_format(format, maps, kept))
+    }
+
+    /// Async form of [`FusedOptimizer::set_state_format`], on every target: after steps, the
+    /// current state is read back without blocking (in a browser, the blocking form is an
+    /// [`Error::WouldBlock`] then).
+    ///
+    /// ```no_run
+    /// # async fn f(opt: &mut wgpu_optim::Adam) -> wgpu_optim::Result<()> {
+    /// opt.set_state_format_async(wgpu_optim::StateFormat::blockwise8()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_state_format_async(&mut self, format: StateFormat) -> Result<()> {
+        if format == self.state_format() {
+            return Ok(());
+        }
+        let maps = self.format_maps(format)?;
+        let kept = if self.submitted > 0 {
+            Some(self.read_all_state_async().await?)
+        } else {
+            None
+        };
+        let gpu = self.gpu.clone();
+        gpu.scoped_async(|| self.apply_state_format(format, maps, kept))
+            .await
+    }
+
+    /// The maps `format` needs (`None` for dense state), checked.
+    fn format_maps(&self, format: StateFormat) -> Result<Option<Vec<[f32; 256]>>> {
+        match format {
+            StateFormat::Dense => Ok(None),
+            StateFormat::Blockwise8 { min_size } => Ok(Some(self.check_blockwise(min_size)?)),
+        }
+    }
+
+    /// Lay out the state in `format` and write back the values `kept` (per state, per
+    /// tensor) from before the change.
+    fn apply_state_format(
+        &mut self,
+        format: StateFormat,
+        maps: Option<Vec<[f32; 256]>>,
+        kept: Option<Vec<Vec<Vec<f32>>>>,
+    ) -> Result<()> {
+        self.blockwise = match (format, maps) {
+            (StateFormat::Blockwise8 { min_size }, Some(maps)) => {
+                Some(Blockwise::new(&self.gpu, &self.layout, min_size, maps))
+            }
+            _ => None,
+        };
+        self.fill_states()?;
+        if let Some(values) = kept {
+            for (k, per_tensor) in values.into_iter().enumerate() {
+                for (t, v) in per_tensor.into_iter().enumerate() {
+                    self.write_state_values(k, t, &v);
                 }
             }
-            self.bind();
-            Ok(())
-        })
+        }
+        self.bind();
+        Ok(())
     }
 
     /// The maps of every slot, after checking that this optimizer and precision can keep
@@ -518,7 +578,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// 1-state optimizers (RMSprop8bit, Adagrad8bit) quantize their non-negative state with the
     /// signed map, which has half the codes for it; the default here is the unsigned map, and
     /// `set_quant_map("square_avg", QuantMap::Signed)` reproduces bitsandbytes exactly. The
-    /// current state is requantized with the new map (waits for the GPU once after steps).
+    /// current state is requantized with the new map (after steps it is read back first, in one
+    /// wait per 64 MiB; [`FusedOptimizer::set_quant_map_async`] does not block).
     ///
     /// ```no_run
     /// use wgpu_optim::{Gpu, Params, QuantMap, RmsProp, RmsPropConfig, StateFormat};
@@ -531,6 +592,37 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn set_quant_map(&mut self, key: &str, map: crate::QuantMap) -> Result<()> {
+        let k = self.check_quant_map(key)?;
+        let kept = if self.submitted > 0 {
+            Some(crate::gpu::block_on(
+                "set_quant_map after steps",
+                "set_quant_map_async",
+                self.read_key_values(k),
+            )?)
+        } else {
+            None
+        };
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| self.apply_quant_map(k, map, kept))
+    }
+
+    /// Async form of [`FusedOptimizer::set_quant_map`], on every target: after steps, the
+    /// current state is read back without blocking (in a browser, the blocking form is an
+    /// [`Error::WouldBlock`] then).
+    pub async fn set_quant_map_async(&mut self, key: &str, map: crate::QuantMap) -> Result<()> {
+        let k = self.check_quant_map(key)?;
+        let kept = if self.submitted > 0 {
+            Some(self.read_key_values(k).await?)
+        } else {
+            None
+        };
+        let gpu = self.gpu.clone();
+        gpu.scoped_async(|| self.apply_quant_map(k, map, kept))
+            .await
+    }
+
+    /// The index of state `key`, which must be kept in 8 bits.
+    fn check_quant_map(&self, key: &str) -> Result<usize> {
         let k = self.key_index(key)?;
         if self.blockwise.is_none() {
             return Err(Error::InvalidOptions(
@@ -539,34 +631,28 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     .into(),
             ));
         }
+        Ok(k)
+    }
+
+    /// Upload `map` for state `k` and requantize the values `kept` (per tensor) with it.
+    fn apply_quant_map(
+        &mut self,
+        k: usize,
+        map: crate::QuantMap,
+        kept: Option<Vec<Vec<f32>>>,
+    ) -> Result<()> {
         let slot = self.slot_of(k);
         let gpu = self.gpu.clone();
-        gpu.scoped(|| {
-            let kept = if self.submitted > 0 {
-                let values: Result<Vec<Vec<f32>>> = (0..self.layout.slots.len())
-                    .map(|t| {
-                        crate::gpu::block_on(
-                            "set_quant_map after steps",
-                            "set_quant_map before the first step",
-                            self.read_state_values(k, t),
-                        )
-                    })
-                    .collect();
-                Some(values?)
-            } else {
-                None
-            };
-            let q = self.blockwise.as_mut().expect("checked");
-            q.maps[slot] = map.values();
-            q.upload_tables(&gpu);
-            if let Some(values) = kept {
-                for (t, v) in values.iter().enumerate() {
-                    self.write_state_values(k, t, v);
-                }
+        let q = self.blockwise.as_mut().expect("checked");
+        q.maps[slot] = map.values();
+        q.upload_tables(&gpu);
+        if let Some(values) = kept {
+            for (t, v) in values.iter().enumerate() {
+                self.write_state_values(k, t, v);
             }
-            self.bind();
-            Ok(())
-        })
+        }
+        self.bind();
+        Ok(())
     }
 
     /// The map state `key` is quantized with (`None` with dense state).
@@ -648,6 +734,20 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 self.precision.state,
                 v,
             ),
+        }
+    }
+
+    /// State `states[k]` of every tensor as f32 values in the current format, in layout
+    /// order, in as few read-backs as the bytes allow.
+    pub(super) async fn read_key_values(&self, k: usize) -> Result<Vec<Vec<f32>>> {
+        let bufs = &self.states[k].1;
+        match &self.blockwise {
+            Some(q) => q.read_all(&self.gpu, bufs, self.slot_of(k)).await,
+            None => {
+                let dtype = self.precision.state;
+                let slots: Vec<_> = self.layout.slots.iter().map(|s| (s, dtype)).collect();
+                crate::arena::read_slots_async(&self.gpu, bufs, &slots).await
+            }
         }
     }
 

@@ -20,7 +20,9 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     ///   parameter, write it with [`FusedOptimizer::set_state`]`("master", ..)` (or
     ///   [`FusedOptimizer::sync_master_weights`] after writing the parameter).
     ///
-    /// Converting state or copying parameters waits for the GPU once.
+    /// Converting state or copying parameters reads them back first, in one wait per state (or
+    /// for the parameters) and 64 MiB, however many tensors there are;
+    /// [`FusedOptimizer::set_precision_async`] does not block.
     ///
     /// ```no_run
     /// use wgpu_optim::{Adam, AdamConfig, DType, Gpu, Optimizer, Params, Precision};
@@ -33,8 +35,42 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == self.precision {
+        if !self.check_precision(precision)? {
             return Ok(());
+        }
+        let reads = self.precision_reads(precision);
+        let kept = if reads != (false, false) {
+            crate::gpu::block_on(
+                "set_precision converting state or copying parameters",
+                "set_precision_async",
+                self.read_for_precision(reads),
+            )?
+        } else {
+            Kept::default()
+        };
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| self.apply_precision(precision, kept))
+    }
+
+    /// Async form of [`FusedOptimizer::set_precision`], on every target: the state and the
+    /// parameters it converts or copies are read back without blocking (in a browser, the
+    /// blocking form is an [`Error::WouldBlock`] when it would read back).
+    pub async fn set_precision_async(&mut self, precision: Precision) -> Result<()> {
+        if !self.check_precision(precision)? {
+            return Ok(());
+        }
+        let kept = self
+            .read_for_precision(self.precision_reads(precision))
+            .await?;
+        let gpu = self.gpu.clone();
+        gpu.scoped_async(|| self.apply_precision(precision, kept))
+            .await
+    }
+
+    /// Whether `precision` changes anything, after checking that it can be used.
+    fn check_precision(&self, precision: Precision) -> Result<bool> {
+        if precision == self.precision {
+            return Ok(false);
         }
         if precision.master_weights && !self.layout.chunk_dtypes.iter().any(|d| d.is_half()) {
             return Err(Error::InvalidOptions(
@@ -61,40 +97,53 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 C::NAME
             )));
         }
-        let gpu = self.gpu.clone();
-        gpu.scoped(|| {
-            let old = self.precision;
-            if precision.state != old.state {
-                let kept = if self.submitted > 0 {
-                    Some(self.read_all_state()?)
-                } else {
-                    None
-                };
-                self.precision.state = precision.state;
-                self.fill_states()?;
-                if let Some(values) = kept {
-                    for (k, per_tensor) in values.into_iter().enumerate() {
-                        for (slot, v) in self.layout.slots.iter().zip(per_tensor) {
-                            arena::write_slot(
-                                &self.gpu,
-                                &self.states[k].1,
-                                slot,
-                                precision.state,
-                                &v,
-                            );
-                        }
+        Ok(true)
+    }
+
+    /// What a change to `precision` reads back first: the state, to convert it after steps,
+    /// and the 16-bit parameters, for a new master copy.
+    fn precision_reads(&self, precision: Precision) -> (bool, bool) {
+        (
+            precision.state != self.precision.state && self.submitted > 0,
+            precision.master_weights && !self.precision.master_weights,
+        )
+    }
+
+    /// Read back what [`FusedOptimizer::precision_reads`] says.
+    async fn read_for_precision(&self, (state, params): (bool, bool)) -> Result<Kept> {
+        Ok(Kept {
+            state: match state {
+                true => Some(self.read_all_state_async().await?),
+                false => None,
+            },
+            half_params: match params {
+                true => Some(self.read_half_params_async().await?),
+                false => None,
+            },
+        })
+    }
+
+    /// Switch to `precision`, writing back what was `kept`.
+    fn apply_precision(&mut self, precision: Precision, kept: Kept) -> Result<()> {
+        if precision.state != self.precision.state {
+            self.precision.state = precision.state;
+            self.fill_states()?;
+            if let Some(values) = kept.state {
+                for (k, per_tensor) in values.into_iter().enumerate() {
+                    for (slot, v) in self.layout.slots.iter().zip(per_tensor) {
+                        arena::write_slot(&self.gpu, &self.states[k].1, slot, precision.state, &v);
                     }
                 }
             }
-            if precision.master_weights && !old.master_weights {
-                self.master = self.new_master()?;
-            } else if !precision.master_weights {
-                self.master.clear();
-            }
-            self.precision = precision;
-            self.bind();
-            Ok(())
-        })
+        }
+        if let Some(values) = kept.half_params {
+            self.master = self.new_master(values);
+        } else if !precision.master_weights {
+            self.master.clear();
+        }
+        self.precision = precision;
+        self.bind();
+        Ok(())
     }
 
     /// The state dtype, master weights and rounding in use ([`FusedOptimizer::set_precision`]).
@@ -130,21 +179,41 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     }
 
     /// Copy the current 16-bit parameters into the master copy (after you wrote parameters
-    /// yourself while master weights are on). Waits for the GPU once.
+    /// yourself while master weights are on). Waits for the GPU once per 64 MiB of parameters
+    /// ([`FusedOptimizer::sync_master_weights_async`] does not).
     pub fn sync_master_weights(&mut self, params: &Params) -> Result<()> {
+        self.check_master_sync(params)?;
+        let values = crate::gpu::block_on(
+            "sync_master_weights",
+            "sync_master_weights_async",
+            self.read_half_params_async(),
+        )?;
+        let gpu = self.gpu.clone();
+        gpu.scoped(|| self.apply_master(values))
+    }
+
+    /// Async form of [`FusedOptimizer::sync_master_weights`], on every target.
+    pub async fn sync_master_weights_async(&mut self, params: &Params) -> Result<()> {
+        self.check_master_sync(params)?;
+        let values = self.read_half_params_async().await?;
+        let gpu = self.gpu.clone();
+        gpu.scoped_async(|| self.apply_master(values)).await
+    }
+
+    fn check_master_sync(&self, params: &Params) -> Result<()> {
         self.check_params(params)?;
         if !self.precision.master_weights {
             return Err(Error::InvalidOptions(
                 "master weights are off (see set_precision)".into(),
             ));
         }
-        let gpu = self.gpu.clone();
-        gpu.scoped(|| {
-            let master = self.new_master()?;
-            self.master = master;
-            self.bind();
-            Ok(())
-        })
+        Ok(())
+    }
+
+    fn apply_master(&mut self, half_params: Vec<Vec<f32>>) -> Result<()> {
+        self.master = self.new_master(half_params);
+        self.bind();
+        Ok(())
     }
 
     /// Bytes of GPU memory the optimizer's state takes (every state buffer, padding included,
@@ -187,26 +256,30 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         per_state * self.states.len() as u64 + master + self.factored_bytes()
     }
 
-    /// Every state tensor's values, per state in order, per tensor in layout order (waits).
-    pub(super) fn read_all_state(&self) -> Result<Vec<Vec<Vec<f32>>>> {
-        (0..self.states.len())
-            .map(|k| {
-                (0..self.layout.slots.len())
-                    .map(|t| {
-                        crate::gpu::block_on(
-                            "converting the state after steps (set_precision, set_state_format)",
-                            "the conversion before the first step",
-                            self.read_state_values(k, t),
-                        )
-                    })
-                    .collect()
-            })
-            .collect()
+    /// Every state tensor's values, per state in order, per tensor in layout order.
+    pub(super) async fn read_all_state_async(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        let mut out = Vec::with_capacity(self.states.len());
+        for k in 0..self.states.len() {
+            out.push(self.read_key_values(k).await?);
+        }
+        Ok(out)
     }
 
-    /// Master copies of the current 16-bit parameters: an f32 buffer per 16-bit chunk, a
-    /// placeholder per f32 chunk (waits for the parameters).
-    fn new_master(&self) -> Result<Vec<wgpu::Buffer>> {
+    /// The values of the 16-bit parameters, in layout order.
+    async fn read_half_params_async(&self) -> Result<Vec<Vec<f32>>> {
+        let slots: Vec<_> = self
+            .layout
+            .slots
+            .iter()
+            .filter(|s| s.dtype.is_half())
+            .map(|s| (s, s.dtype))
+            .collect();
+        arena::read_slots_async(&self.gpu, &self.param_bufs, &slots).await
+    }
+
+    /// Master copies of the 16-bit parameters whose values are `half_params` (layout order):
+    /// an f32 buffer per 16-bit chunk, a placeholder per f32 chunk.
+    fn new_master(&self, half_params: Vec<Vec<f32>>) -> Vec<wgpu::Buffer> {
         let l = &self.layout;
         let bufs: Vec<wgpu::Buffer> = (0..l.chunk_lens.len())
             .map(|c| {
@@ -217,10 +290,18 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 }
             })
             .collect();
-        for slot in l.slots.iter().filter(|s| s.dtype.is_half()) {
-            let v = arena::read_slot(&self.gpu, &self.param_bufs, slot, slot.dtype)?;
+        let half = l.slots.iter().filter(|s| s.dtype.is_half());
+        for (slot, v) in half.zip(half_params) {
             arena::write_slot(&self.gpu, &bufs, slot, DType::F32, &v);
         }
-        Ok(bufs)
+        bufs
     }
+}
+
+/// What a change of precision read back before it: the state (per state, per tensor) and the
+/// 16-bit parameters.
+#[derive(Default)]
+struct Kept {
+    state: Option<Vec<Vec<Vec<f32>>>>,
+    half_params: Option<Vec<Vec<f32>>>,
 }
