@@ -173,6 +173,12 @@ impl<C: BurnRecord> BurnOptimizer<C> {
         let config = a.opt.config();
         let leaves = leaves::<C>(|key| config.uses_state(key));
         let steps = a.opt.step_count();
+        // Each state of every tensor in one read-back, in the layout's order.
+        let index = &a.opt.layout().index;
+        let mut all = HashMap::new();
+        for &(_, key) in &leaves {
+            all.insert(key, a.opt.state_of_all(key)?);
+        }
         let mut tensors = Vec::new();
         let mut scalars = Vec::new();
         let mut paths = Vec::new();
@@ -181,8 +187,9 @@ impl<C: BurnRecord> BurnOptimizer<C> {
             let name = &a.names[slot];
             let mut state = HashMap::new();
             let mut named = Vec::new();
+            let t = index[name.as_str()];
             for &(leaf, key) in &leaves {
-                let values = a.opt.state(key, name)?;
+                let values = std::mem::take(&mut all.get_mut(key).expect("read")[t]);
                 named.push((leaf, values.clone()));
                 state.insert(key, values);
             }

@@ -751,6 +751,18 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         }
     }
 
+    /// State `key` of every tensor as f32 values, in layout order, in one wait per 64 MiB
+    /// (blocks).
+    #[cfg(feature = "burn")]
+    pub(crate) fn state_of_all(&self, key: &str) -> Result<Vec<Vec<f32>>> {
+        let k = self.key_index(key)?;
+        crate::gpu::block_on(
+            "reading every tensor's state",
+            "its async form",
+            self.read_key_values(k),
+        )
+    }
+
     /// Read state `states[k]` of tensor `t` as f32 values in the current format.
     pub(super) async fn read_state_values(&self, k: usize, t: usize) -> Result<Vec<f32>> {
         let bufs = &self.states[k].1;
