@@ -575,16 +575,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         let recorded = gpu.scoped(|| arena.opt.record_checked_step(&arena.params, &mut enc))?;
 
         // 3. The updated parameters back into Burn's tensors.
-        let mut writer = WriteBack {
-            arena,
-            ranges,
-            enc,
-            pins: Vec::new(),
-            path: Vec::new(),
-            error: None,
-            in_place: 0,
-            fresh: 0,
-        };
+        let mut writer = WriteBack::new(arena, ranges, enc);
         let module = module.map(&mut writer);
         let WriteBack {
             enc,
@@ -709,20 +700,13 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.max_grad_norm = arena.opt.max_grad_norm();
         self.norm_type = arena.opt.grad_norm_type();
         self.skip_nonfinite = arena.opt.skip_nonfinite();
-        let mut writer = WriteBack {
-            arena: &arena,
-            ranges: found.iter().map(|f| (f.id, None)).collect(),
-            enc: gpu
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("wgpu-optim burn load"),
-                }),
-            pins: Vec::new(),
-            path: Vec::new(),
-            error: None,
-            in_place: 0,
-            fresh: 0,
-        };
+        let enc = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim burn load"),
+            });
+        let ranges = found.iter().map(|f| (f.id, None)).collect();
+        let mut writer = WriteBack::new(&arena, ranges, enc);
         let module = module.map(&mut writer);
         let WriteBack {
             enc, pins, error, ..
@@ -830,6 +814,26 @@ struct WriteBack<'a, C: OptimizerConfig> {
     error: Option<Error>,
     in_place: usize,
     fresh: usize,
+}
+
+impl<'a, C: OptimizerConfig> WriteBack<'a, C> {
+    /// A write-back of `arena`'s parameters named in `ranges`, recorded into `enc`.
+    fn new(
+        arena: &'a Arena<C>,
+        ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+        enc: wgpu::CommandEncoder,
+    ) -> Self {
+        WriteBack {
+            arena,
+            ranges,
+            enc,
+            pins: Vec::new(),
+            path: Vec::new(),
+            error: None,
+            in_place: 0,
+            fresh: 0,
+        }
+    }
 }
 
 impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
