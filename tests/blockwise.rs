@@ -304,6 +304,14 @@ fn conversions_after_steps_read_back_in_a_few_waits_and_their_async_forms_agree(
     let gpu = common::gpu().with_dispatch_dim_cap(u32::MAX);
     let mut t = Twins::new(&gpu, DType::F32);
     let keys = ["exp_avg", "exp_avg_sq"];
+    // The dense state each tensor holds before (read one tensor at a time).
+    let dense: Vec<Vec<f32>> = {
+        use wgpu_optim::Optimizer;
+        t.names
+            .iter()
+            .map(|n| t.opts[0].state("exp_avg_sq", n).unwrap())
+            .collect()
+    };
     // 1,203 tensors: a read-back per state (two), not one per tensor and state.
     let before = gpu.blocking_waits();
     t.opts[0].set_state_format(q8()).unwrap();
@@ -311,6 +319,23 @@ fn conversions_after_steps_read_back_in_a_few_waits_and_their_async_forms_agree(
     assert!(waits <= 2, "converting to 8-bit waited {waits} times");
     pollster::block_on(t.opts[1].set_state_format_async(q8())).unwrap();
     t.same_state(&keys);
+    // Each tensor got its own values: the large ones quantized as the host does, the small
+    // ones kept in f32.
+    let map = QuantMap::Unsigned.values();
+    for (name, values) in t.names.iter().zip(&dense) {
+        use wgpu_optim::Optimizer;
+        match t.opts[0].quantized_state("exp_avg_sq", name).unwrap() {
+            Some(q) => {
+                let (codes, absmax) = wgpu_optim::blockwise::quantize(&map, values);
+                assert_eq!((q.codes, q.absmax), (codes, absmax), "{name}");
+            }
+            None => assert_eq!(
+                &t.opts[0].state("exp_avg_sq", name).unwrap(),
+                values,
+                "{name}"
+            ),
+        }
+    }
 
     let before = gpu.blocking_waits();
     t.opts[0]
