@@ -618,7 +618,7 @@ impl Gpu {
     }
 
     /// Copy `pieces` (buffer, byte offset, byte length) into one host vector. Blocks.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "mpi", feature = "burn")), allow(dead_code))]
     pub(crate) fn read_pieces(&self, pieces: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
         block_on(
             "a read-back",

@@ -70,7 +70,7 @@
 //!   until the first step.
 //! - Checkpoints are in this crate's format ([`BurnOptimizer::save`] / [`BurnOptimizer::load`],
 //!   parameters included); for the optimizers Burn has too ([`BurnRecord`]: Adam, AdamW, SGD,
-//!   RMSprop, AdaGrad, Lion, LAMB), [`BurnOptimizer::save_burn_record`] also writes the state
+//!   RMSprop, AdaGrad, Lion, LAMB, Adafactor), [`BurnOptimizer::save_burn_record`] also writes the state
 //!   as a Burn optimizer record that Burn's `ModuleOptimizer::load` reads, and
 //!   [`BurnOptimizer::load_burn_record`] takes over the state of Burn's own optimizer.
 //!
@@ -395,7 +395,8 @@ struct Arena<C: OptimizerConfig> {
 /// [`crate::SgdConfig`], [`crate::RmsPropConfig`], [`crate::AdagradConfig`],
 /// [`crate::AdadeltaConfig`], [`crate::AdamaxConfig`], [`crate::NAdamConfig`],
 /// [`crate::RAdamConfig`], [`crate::RpropConfig`], [`crate::AsgdConfig`],
-/// [`crate::LionConfig`] and your own.
+/// [`crate::LionConfig`], [`crate::LambConfig`], [`crate::AdafactorConfig`] (which factors the
+/// second moment of every parameter of rank >= 2, in Burn's shape) and your own.
 pub struct BurnOptimizer<C: OptimizerConfig> {
     groups: Vec<ParamGroup<C>>,
     max_grad_norm: Option<f32>,
@@ -625,12 +626,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// settings.
     fn new_arena(&self, found: &[Found], dev: WgpuDevice, gpu: Gpu) -> Result<Arena<C>> {
         let names = slot_names(found);
-        let specs: Vec<(&str, usize)> = names
-            .iter()
-            .zip(found)
-            .map(|(n, f)| (n.as_str(), f.len))
-            .collect();
-        let params = Params::zeros(&gpu, &specs)?;
+        let params = params_of(&gpu, &names, found)?;
         let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
         opt.set_grad_norm_type(self.norm_type)?;
         opt.set_max_grad_norm(self.max_grad_norm)?;
@@ -679,12 +675,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         let found = collect(&module, None)?;
         let (dev, gpu) = module_device(&module, &found)?;
         let names = slot_names(&found);
-        let specs: Vec<(&str, usize)> = names
-            .iter()
-            .zip(&found)
-            .map(|(n, f)| (n.as_str(), f.len))
-            .collect();
-        let mut params = Params::zeros(&gpu, &specs)?;
+        let mut params = params_of(&gpu, &names, &found)?;
         let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
         checkpoint::load(path, &mut params, &mut opt)?;
         let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
@@ -733,6 +724,16 @@ fn module_device<M: Module>(module: &M, found: &[Found]) -> Result<(WgpuDevice, 
         reason: format!("its wgpu device {dev:?} was not set up with wgpu_optim::burn::init"),
     })?;
     Ok((dev, gpu))
+}
+
+/// Zeroed f32 tensors named `names` for `found`'s parameters, in their shapes (what Adafactor
+/// factors over, and what checkpoints record).
+fn params_of(gpu: &Gpu, names: &[String], found: &[Found]) -> Result<Params> {
+    let builder = Params::builder(gpu);
+    let builder = names.iter().zip(found).fold(builder, |b, (name, f)| {
+        b.tensor(name, &f.shape, crate::DType::F32)
+    });
+    builder.build()
 }
 
 fn slots_of(found: &[Found]) -> Vec<(ParamId, String, Vec<usize>)> {

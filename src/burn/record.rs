@@ -7,7 +7,8 @@ use crate::dtype::DType as StateDType;
 use crate::error::{Error, Result};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::StateFormat;
-use crate::{AdagradConfig, AdamConfig, LambConfig, LionConfig, RmsPropConfig, SgdConfig};
+use crate::{AdafactorConfig, AdagradConfig, AdamConfig, LambConfig, LionConfig};
+use crate::{RmsPropConfig, SgdConfig};
 use ::burn::module::Module;
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,9 +25,11 @@ use std::path::Path;
 /// | [`AdagradConfig`] | `AdaGradConfig` | `lr_decay.sum` (`sum`) | `lr_decay.time` |
 /// | [`LionConfig`] | `LionConfig` | `momentum` (`exp_avg`) | none |
 /// | [`LambConfig`] | `LambConfig` | `moment_1` (`exp_avg`), `moment_2` (`exp_avg_sq`) | `time` |
+/// | [`AdafactorConfig`] | `AdafactorConfig` | rank >= 2: `second_moment` (`row_var`, `[..., rows, 1]`), `column_second_moment` (`col_var`, `[..., 1, cols]`); a vector: `second_moment` (`variance`) | `time` |
 ///
 /// The two sides' tensors mean the same: torch's state, which Burn's optimizers keep as well
-/// (Burn's AdaGrad has no `initial_accumulator_value`; its `sum` holds ours with it).
+/// (Burn's AdaGrad has no `initial_accumulator_value`; its `sum` holds ours with it; Burn's
+/// Adafactor averages `g^2 + epsilon_1`, 1e-30 by default, where torch averages `g^2`).
 ///
 /// ```
 /// use wgpu_optim::burn::BurnRecord;
@@ -41,6 +44,28 @@ pub trait BurnRecord: OptimizerConfig {
     const BURN_STATE: &'static [(&'static str, &'static str)];
     /// Burn's per-parameter step count (`momentum.time`), where its optimizer keeps one.
     const BURN_TIME: Option<&'static str>;
+
+    /// The state tensors of a parameter of `shape` in Burn's record: Burn's name, our key and
+    /// the tensor's shape. By default those of [`BurnRecord::BURN_STATE`] the configuration
+    /// keeps, each in the parameter's shape.
+    ///
+    /// ```
+    /// use wgpu_optim::burn::BurnRecord;
+    /// use wgpu_optim::AdafactorConfig;
+    /// let cfg = AdafactorConfig::default();
+    /// assert_eq!(
+    ///     cfg.burn_state(&[3, 4]),
+    ///     [("second_moment", "row_var", vec![3, 1]), ("column_second_moment", "col_var", vec![1, 4])]
+    /// );
+    /// assert_eq!(cfg.burn_state(&[4]), [("second_moment", "variance", vec![4])]);
+    /// ```
+    fn burn_state(&self, shape: &[usize]) -> Vec<(&'static str, &'static str, Vec<usize>)> {
+        Self::BURN_STATE
+            .iter()
+            .filter(|(_, key)| self.uses_state(key))
+            .map(|&(leaf, key)| (leaf, key, shape.to_vec()))
+            .collect()
+    }
 
     /// Tensors Burn's record holds that Burn derives from the state each step: written from
     /// `state` (the tensors of [`BurnRecord::BURN_STATE`] the configuration keeps, by our
@@ -112,13 +137,42 @@ impl BurnRecord for LambConfig {
     const BURN_TIME: Option<&'static str> = Some("time");
 }
 
-/// The state tensors of [`BurnRecord::BURN_STATE`] that `keeps` says are kept.
-fn leaves<C: BurnRecord>(keeps: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
-    C::BURN_STATE
-        .iter()
-        .copied()
-        .filter(|(_, key)| keeps(key))
-        .collect()
+impl BurnRecord for AdafactorConfig {
+    const BURN_STATE: &'static [(&'static str, &'static str)] = &[
+        ("second_moment", "row_var"),
+        ("column_second_moment", "col_var"),
+        ("second_moment", "variance"),
+    ];
+    const BURN_TIME: Option<&'static str> = Some("time");
+
+    /// A tensor of rank >= 2 keeps `row_var` and `col_var`, any other `variance` (torch's
+    /// shapes, which are Burn's).
+    fn burn_state(&self, shape: &[usize]) -> Vec<(&'static str, &'static str, Vec<usize>)> {
+        Self::BURN_STATE
+            .iter()
+            .filter_map(|&(leaf, key)| {
+                crate::optim::factored_state_shape(key, shape).map(|s| (leaf, key, s))
+            })
+            .collect()
+    }
+}
+
+/// The state tensors of a parameter of `shape` that any of `configs` keeps, each once.
+fn leaves<'a, C: BurnRecord + 'a>(
+    configs: impl IntoIterator<Item = &'a C>,
+    shape: &[usize],
+) -> Vec<(&'static str, &'static str, Vec<usize>)> {
+    let mut out: Vec<(&'static str, &'static str, Vec<usize>)> = Vec::new();
+    for cfg in configs {
+        for leaf in cfg.burn_state(shape) {
+            if !out.iter().any(|(_, key, _)| *key == leaf.1) {
+                out.push(leaf);
+            }
+        }
+    }
+    // In `BURN_STATE`'s order, whichever configuration named a tensor first.
+    out.sort_by_key(|(_, key, _)| C::BURN_STATE.iter().position(|(_, k)| k == key));
+    out
 }
 
 impl<C: BurnRecord> BurnOptimizer<C> {
@@ -171,34 +225,41 @@ impl<C: BurnRecord> BurnOptimizer<C> {
             )));
         }
         let config = a.opt.config();
-        let leaves = leaves::<C>(|key| config.uses_state(key));
+        let per_slot: Vec<_> = a
+            .slots
+            .iter()
+            .map(|(_, _, shape)| config.burn_state(shape))
+            .collect();
         let steps = a.opt.step_count();
         // Each state of every tensor in one read-back, in the layout's order.
         let index = &a.opt.layout().index;
         let mut all = HashMap::new();
-        for &(_, key) in &leaves {
-            all.insert(key, a.opt.state_of_all(key)?);
+        for &(_, key, _) in per_slot.iter().flatten() {
+            if !all.contains_key(key) {
+                all.insert(key, a.opt.state_of_all(key)?);
+            }
         }
         let mut tensors = Vec::new();
         let mut scalars = Vec::new();
         let mut paths = Vec::new();
-        for (slot, (id, path, shape)) in a.slots.iter().enumerate() {
+        for (slot, ((id, path, shape), leaves)) in a.slots.iter().zip(per_slot).enumerate() {
             let prefix = id.val().to_string();
             let name = &a.names[slot];
             let mut state = HashMap::new();
             let mut named = Vec::new();
             let t = index[name.as_str()];
-            for &(leaf, key) in &leaves {
+            for (leaf, key, leaf_shape) in leaves {
                 let values = std::mem::take(&mut all.get_mut(key).expect("read")[t]);
-                named.push((leaf, values.clone()));
+                named.push((leaf, leaf_shape, values.clone()));
                 state.insert(key, values);
             }
-            named.extend(config.burn_derived(&state));
-            for (leaf, values) in named {
+            let derived = config.burn_derived(&state).into_iter();
+            named.extend(derived.map(|(leaf, values)| (leaf, shape.clone(), values)));
+            for (leaf, leaf_shape, values) in named {
                 tensors.push(PackTensor::new(
                     format!("{prefix}.{leaf}"),
                     burn_pack::DType::F32,
-                    Shape::from(shape.clone()),
+                    Shape::from(leaf_shape),
                     Some(id.val()),
                     Bytes::from_elems(values),
                 ));
@@ -271,7 +332,6 @@ impl<C: BurnRecord> BurnOptimizer<C> {
             tensors.insert(name, (dtype, shape.to_vec(), bytes));
         }
         let found = collect(module, None)?;
-        let leaves = leaves::<C>(|key| self.groups.iter().any(|g| g.config.uses_state(key)));
         // Every value checked and decoded before any GPU work.
         let mut values = Vec::with_capacity(found.len());
         let mut steps: Option<(u64, String)> = None;
@@ -295,8 +355,9 @@ impl<C: BurnRecord> BurnOptimizer<C> {
                     None => steps = Some((time, f.path.clone())),
                 }
             }
+            let leaves = leaves(self.groups.iter().map(|g| &g.config), &f.shape);
             let mut per_key = Vec::with_capacity(leaves.len());
-            for &(leaf, key) in &leaves {
+            for (leaf, key, want) in leaves {
                 let name = format!("{prefix}.{leaf}");
                 let (dtype, shape, bytes) = tensors
                     .get(&name)
@@ -304,9 +365,9 @@ impl<C: BurnRecord> BurnOptimizer<C> {
                 if *dtype != burn_pack::DType::F32 {
                     return Err(bad(format!("`{name}` is {dtype:?}, not f32")));
                 }
-                if *shape != f.shape {
+                if *shape != want {
                     return Err(bad(format!(
-                        "`{name}` has shape {shape:?}, the parameter `{}` {:?}",
+                        "`{name}` has shape {shape:?}, not {want:?} (the parameter `{}` is {:?})",
                         f.path, f.shape
                     )));
                 }
@@ -320,7 +381,7 @@ impl<C: BurnRecord> BurnOptimizer<C> {
         }
         let steps = match (C::BURN_TIME, steps) {
             (Some(_), steps) => steps.map_or(0, |s| s.0),
-            (None, _) => u64::from(!leaves.is_empty() && !found.is_empty()),
+            (None, _) => u64::from(values.iter().any(|per_key| !per_key.is_empty())),
         };
 
         let (dev, gpu) = module_device(module, &found)?;

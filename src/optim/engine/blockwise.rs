@@ -752,9 +752,13 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     }
 
     /// State `key` of every tensor as f32 values, in layout order, in one wait per 64 MiB
-    /// (blocks).
+    /// (blocks). A factored second moment's key reads in one wait, and is empty for the
+    /// tensors that do not keep it (a vector's `row_var`).
     #[cfg(feature = "burn")]
     pub(crate) fn state_of_all(&self, key: &str) -> Result<Vec<Vec<f32>>> {
+        if let Some(all) = self.factored_of_all(key)? {
+            return Ok(all);
+        }
         let k = self.key_index(key)?;
         crate::gpu::block_on(
             "reading every tensor's state",

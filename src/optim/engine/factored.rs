@@ -402,6 +402,41 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         })
     }
 
+    /// With a factored second moment and `key` one of its keys: that state of every tensor in
+    /// layout order (empty for those that do not keep it), in one read-back. `None` otherwise.
+    #[cfg(feature = "burn")]
+    pub(super) fn factored_of_all(&self, key: &str) -> Result<Option<Vec<Vec<f32>>>> {
+        let Some(f) = self.factored.as_ref().filter(|_| KEYS.contains(&key)) else {
+            return Ok(None);
+        };
+        let buffer = self.factored_buffer();
+        let at: Vec<_> = f
+            .regions
+            .iter()
+            .zip(&self.layout.slots)
+            .map(|(r, s)| r.state(key, &s.shape))
+            .collect();
+        let pieces: Vec<_> = at
+            .iter()
+            .flatten()
+            .map(|(at, len, _)| (buffer, 4 * *at as u64, 4 * *len as u64))
+            .collect();
+        let mut values = if pieces.is_empty() {
+            Vec::new()
+        } else {
+            self.gpu.read_pieces(&pieces)?
+        }
+        .into_iter();
+        Ok(Some(
+            at.iter()
+                .map(|a| match a {
+                    Some((_, len, _)) => values.by_ref().take(*len).collect(),
+                    None => Vec::new(),
+                })
+                .collect(),
+        ))
+    }
+
     /// The buffer holding the factored state.
     pub(super) fn factored_buffer(&self) -> &wgpu::Buffer {
         &self
