@@ -28,7 +28,7 @@ use wgpu_optim::reference::{self, State};
 use wgpu_optim::{
     AdadeltaConfig, AdafactorConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, Error,
     Gpu, LambConfig, LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig, ParamGroup,
-    RAdamConfig, RmsPropConfig, RpropConfig, SgdConfig,
+    RAdamConfig, RmsPropConfig, RpropConfig, ScheduleFreeAdamWConfig, SgdConfig,
 };
 
 /// Burn's device (with autodiff) and our handle on it. No adapter is a loud failure.
@@ -422,6 +422,109 @@ fn every_optimizer_steps_a_burn_model_as_its_reference() {
         ..Default::default()
     };
     run("Adafactor", adafactor, reference::adafactor, r, d, g);
+}
+
+#[test]
+fn schedule_free_switches_a_burn_model_between_its_sequences() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("schedule_free");
+    let start = init_values(&mut rng);
+    let cfg = ScheduleFreeAdamWConfig {
+        lr: 1e-2,
+        weight_decay: 1e-2,
+        warmup_steps: 2,
+        ..Default::default()
+    };
+    // The switch weights come from beta1 as written (0.9, not the f32's widened value).
+    assert_eq!(cfg.betas.0, 0.9);
+    let beta1 = 0.9f64;
+    let mut optim = BurnOptimizer::new(cfg.clone());
+    let random_grads = |rng: &mut StdRng| -> Vec<Vec<f32>> {
+        shapes()
+            .iter()
+            .map(|s| randn(rng, s.iter().product(), 1.0))
+            .collect()
+    };
+    let all = |g: &[Vec<f32>]| g.iter().cloned().map(Some).collect::<Vec<_>>();
+    let in_eval = |e: Error| assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
+
+    // Before the first step x = y: only the mode changes, and a step in eval mode is an error.
+    let mut model = optim.eval(mlp(&start, &device)).unwrap();
+    assert!(!optim.is_train_mode());
+    assert_eq!(values(&model), start);
+    let g = random_grads(&mut rng);
+    in_eval(
+        optim
+            .step(1e-2, model.clone(), grads_of(&model, &all(&g), &device))
+            .unwrap_err(),
+    );
+    model = optim.train(model).unwrap();
+    assert!(optim.is_train_mode());
+
+    let mut p = to_arrays(start);
+    let mut states: Vec<State> = p.iter().map(|t| State::new(&cfg, t.len())).collect();
+    let check = |what: &str, model: &Mlp, p: &[Array1<f32>]| {
+        for (k, got) in values(model).iter().enumerate() {
+            compare(
+                &format!("{what} {}", PATHS[k]),
+                got,
+                p[k].as_slice().unwrap(),
+                bound(&gpu),
+            );
+        }
+    };
+    let z_of = |optim: &BurnOptimizer<ScheduleFreeAdamWConfig>| -> Vec<Array1<f32>> {
+        let opt = optim.optimizer().unwrap();
+        PATHS
+            .iter()
+            .map(|path| Array1::from(opt.state("z", path).unwrap()))
+            .collect()
+    };
+    let switch = |p: &mut [Array1<f32>], z: &[Array1<f32>], w: f64| {
+        for (p, z) in p.iter_mut().zip(z) {
+            reference::schedule_free_switch(p, z, w as f32);
+        }
+    };
+    let step = |optim: &mut BurnOptimizer<ScheduleFreeAdamWConfig>,
+                model: Mlp,
+                p: &mut [Array1<f32>],
+                states: &mut [State],
+                rng: &mut StdRng| {
+        let g = random_grads(rng);
+        let grads = grads_of(&model, &all(&g), &device);
+        let model = optim.step(1e-2, model, grads).unwrap();
+        reference_step(reference::schedule_free_adamw, &cfg, p, &g, states, 1.0);
+        model
+    };
+    for _ in 0..3 {
+        model = step(&mut optim, model, &mut p, &mut states, &mut rng);
+    }
+    check("y after 3 steps", &model, &p);
+
+    // eval: the average x, from the GPU's own z; a second eval changes nothing.
+    let z = z_of(&optim);
+    model = optim.eval(model).unwrap();
+    switch(&mut p, &z, 1.0 - 1.0 / beta1);
+    check("x after eval", &model, &p);
+    let x = values(&model);
+    model = optim.eval(model).unwrap();
+    assert_eq!(values(&model), x, "eval in eval mode is a no-op");
+    in_eval(
+        optim
+            .step(1e-2, model.clone(), grads_of(&model, &all(&g), &device))
+            .unwrap_err(),
+    );
+    assert_eq!(optim.step_count(), 3, "nothing stepped");
+    assert_eq!(values(&model), x, "nothing changed");
+
+    // train: back to y, and the run goes on as the reference's.
+    model = optim.train(model).unwrap();
+    switch(&mut p, &z, 1.0 - beta1);
+    check("y after train", &model, &p);
+    model = step(&mut optim, model, &mut p, &mut states, &mut rng);
+    assert_eq!(optim.step_count(), 4);
+    check("y after a 4th step", &model, &p);
+    eprintln!("schedule-free: eval and train as the reference's switches, steps go on");
 }
 
 #[test]

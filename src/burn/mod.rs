@@ -103,6 +103,7 @@ pub use cubecl::wgpu::RuntimeOptions;
 pub use record::BurnRecord;
 
 mod record;
+mod schedule_free;
 
 /// Our handle on each wgpu device registered through [`init`] or [`init_setup`].
 fn registry() -> &'static Mutex<Vec<(WgpuDevice, Gpu)>> {
@@ -336,6 +337,22 @@ fn buffer_range(
 }
 
 /// Record the copies between a tensor's arena slot (param or grad buffers) and a buffer range.
+/// Record the copy of `t`, the parameter `f` (or with `grad` its gradient), into slot `name`
+/// of the arena; returns the pinned buffer range it was read from.
+fn copy_in(
+    enc: &mut wgpu::CommandEncoder,
+    params: &Params,
+    name: &str,
+    f: &Found,
+    t: &CubeTensor,
+    grad: bool,
+    pins: &mut Vec<Pin>,
+) -> Result<(wgpu::Buffer, u64)> {
+    let range = buffer_range(&f.path, t, f.len, pins)?;
+    copy_slot(enc, params, name, (&range.0, range.1), grad, true)?;
+    Ok(range)
+}
+
 fn copy_slot(
     enc: &mut wgpu::CommandEncoder,
     params: &Params,
@@ -396,7 +413,9 @@ struct Arena<C: OptimizerConfig> {
 /// [`crate::AdadeltaConfig`], [`crate::AdamaxConfig`], [`crate::NAdamConfig`],
 /// [`crate::RAdamConfig`], [`crate::RpropConfig`], [`crate::AsgdConfig`],
 /// [`crate::LionConfig`], [`crate::LambConfig`], [`crate::AdafactorConfig`] (which factors the
-/// second moment of every parameter of rank >= 2, in Burn's shape) and your own.
+/// second moment of every parameter of rank >= 2, in Burn's shape),
+/// [`crate::ScheduleFreeAdamWConfig`] (with [`BurnOptimizer::eval`] and
+/// [`BurnOptimizer::train`] to switch the model between its sequences) and your own.
 pub struct BurnOptimizer<C: OptimizerConfig> {
     groups: Vec<ParamGroup<C>>,
     max_grad_norm: Option<f32>,
@@ -548,24 +567,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             let name = arena.names[arena.slot[&f.id]].clone();
             match &f.tensors {
                 Some((p, g)) => {
-                    let param = buffer_range(&f.path, p, f.len, &mut pins)?;
-                    copy_slot(
-                        &mut enc,
-                        &arena.params,
-                        &name,
-                        (&param.0, param.1),
-                        false,
-                        true,
-                    )?;
-                    let grad = buffer_range(&f.path, g, f.len, &mut pins)?;
-                    copy_slot(
-                        &mut enc,
-                        &arena.params,
-                        &name,
-                        (&grad.0, grad.1),
-                        true,
-                        true,
-                    )?;
+                    let param = copy_in(&mut enc, &arena.params, &name, f, p, false, &mut pins)?;
+                    copy_in(&mut enc, &arena.params, &name, f, g, true, &mut pins)?;
                     ranges.insert(f.id, Some(param));
                 }
                 None => clear_grad(&mut enc, &arena.params, &name)?,

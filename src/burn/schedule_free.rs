@@ -1,0 +1,163 @@
+//! Schedule-Free AdamW's switch between its two sequences, on a Burn model.
+
+use super::{check_device, check_same, collect, copy_in, resolve, BurnOptimizer, WriteBack};
+use crate::error::{Error, Result};
+use crate::optim::Optimizer;
+use crate::ScheduleFreeAdamWConfig;
+use ::burn::module::{Module, ModuleVisitor, Param, ParamId};
+use ::burn::tensor::Tensor;
+use burn_cubecl::tensor::CubeTensor;
+use std::collections::HashMap;
+
+/// Schedule-Free AdamW steps the training sequence `y` and keeps the average `x` (what to
+/// evaluate and deploy) implicitly: call [`BurnOptimizer::eval`] before evaluating or saving
+/// the model and [`BurnOptimizer::train`] before stepping again, as with
+/// `schedulefree.AdamWScheduleFree`. A step in eval mode is an [`Error::InvalidOptions`].
+///
+/// ```no_run
+/// # use burn::nn::{Linear, LinearConfig};
+/// # use burn::optim::GradientsParams;
+/// use wgpu_optim::burn::{init, BurnOptimizer};
+/// use wgpu_optim::ScheduleFreeAdamWConfig;
+/// let (device, _) = init(Default::default())?;
+/// let mut model: Linear = LinearConfig::new(4, 2).init(&device.autodiff());
+/// let mut optim = BurnOptimizer::new(ScheduleFreeAdamWConfig::default());
+/// # let grads: GradientsParams = todo!();
+/// model = optim.step(2.5e-3, model, grads)?;
+/// model = optim.eval(model)?; // the average x: evaluate, save
+/// model = optim.train(model)?; // back to y, for the next step
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+impl BurnOptimizer<ScheduleFreeAdamWConfig> {
+    /// Put `module`'s parameters on the average `x` (`p = lerp(p, z, 1 - 1 / beta1)`), to
+    /// evaluate or save the model. A no-op in eval mode, and before the first step (where
+    /// `x = y`: only the mode changes). Takes the module's current values, so a model changed
+    /// since the step (loaded weights, say) is switched as it is now.
+    ///
+    /// Errors, with the optimizer and the model as they were: a model whose parameters are
+    /// not those the optimizer steps, or that are not on its device.
+    pub fn eval<M: Module>(&mut self, module: M) -> Result<M> {
+        self.switch_mode(module, false)
+    }
+
+    /// Put `module`'s parameters back on the training sequence `y` (`p = lerp(p, z, 1 -
+    /// beta1)`), for stepping. A no-op in train mode; see [`BurnOptimizer::eval`].
+    pub fn train<M: Module>(&mut self, module: M) -> Result<M> {
+        self.switch_mode(module, true)
+    }
+
+    /// Whether the parameters hold the training sequence (every group is in train mode).
+    pub fn is_train_mode(&self) -> bool {
+        match &self.arena {
+            Some(a) => a.opt.is_train_mode(),
+            None => self.groups.iter().all(|g| g.config.train_mode),
+        }
+    }
+
+    fn switch_mode<M: Module>(&mut self, module: M, train: bool) -> Result<M> {
+        let Some(arena) = self.arena.as_mut() else {
+            for g in &mut self.groups {
+                g.config.train_mode = train;
+            }
+            return Ok(module);
+        };
+        let all_in_mode = (0..arena.opt.group_count()).all(|g| {
+            arena
+                .opt
+                .group_config(g)
+                .is_ok_and(|c| c.train_mode == train)
+        });
+        if all_in_mode {
+            return Ok(module);
+        }
+        let found = collect(&module, None)?;
+        check_same(arena, &found)?;
+        let values = values(&module)?;
+        for f in &found {
+            check_device(&f.path, &values[&f.id], &arena.device)?;
+        }
+
+        // The model's values into the arena, the switch, and the new values back: three
+        // submits in queue order, no wait.
+        let gpu = arena.gpu.clone();
+        let encoder = |label| {
+            gpu.device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        };
+        let mut enc = encoder("wgpu-optim burn mode switch in");
+        let mut pins = Vec::new();
+        let mut ranges = HashMap::with_capacity(found.len());
+        for f in &found {
+            let name = &arena.names[arena.slot[&f.id]];
+            let range = copy_in(
+                &mut enc,
+                &arena.params,
+                name,
+                f,
+                &values[&f.id],
+                false,
+                &mut pins,
+            )?;
+            ranges.insert(f.id, Some(range));
+        }
+        gpu.queue().submit([enc.finish()]);
+        match train {
+            true => arena.opt.train(&arena.params)?,
+            false => arena.opt.eval(&arena.params)?,
+        }
+        let mut writer = WriteBack::new(arena, ranges, encoder("wgpu-optim burn mode switch out"));
+        let module = module.map(&mut writer);
+        let WriteBack {
+            enc,
+            pins: out_pins,
+            error,
+            ..
+        } = writer;
+        gpu.queue().submit([enc.finish()]);
+        drop(pins);
+        drop(out_pins);
+        match error {
+            Some(e) => Err(e),
+            None => Ok(module),
+        }
+    }
+}
+
+/// Every float parameter of a module, resolved to its CubeCL tensor.
+fn values<M: Module>(module: &M) -> Result<HashMap<ParamId, CubeTensor>> {
+    struct Values {
+        path: Vec<String>,
+        found: HashMap<ParamId, CubeTensor>,
+        error: Option<Error>,
+    }
+    impl ModuleVisitor for Values {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.error.is_none() {
+                match resolve(&self.path.join("."), param.val()) {
+                    Ok(t) => {
+                        self.found.insert(param.id, t);
+                    }
+                    Err(e) => self.error = Some(e),
+                }
+            }
+        }
+    }
+    let mut v = Values {
+        path: Vec::new(),
+        found: HashMap::new(),
+        error: None,
+    };
+    module.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(v.found),
+    }
+}
