@@ -834,6 +834,28 @@ fn errors_before_any_gpu_work() {
     assert!(matches!(e, Error::ParamSetChanged(_)), "{e}");
     eprintln!("{e}");
 
+    // A parameter reshaped since the first step (its id and length the same): Adafactor's
+    // state is laid out for the old shape.
+    let mut optim = BurnOptimizer::new(AdafactorConfig::default());
+    let mut model = mlp(&start, &device);
+    let grads = all(&model, &mut rng);
+    model = optim.step(1e-3, model, grads).unwrap();
+    let before = values(&model);
+    let [i, h, _] = DIMS;
+    let (id, w) = (model.fc1.weight.id, model.fc1.weight.val());
+    model.fc1.weight = Param::initialized(id, w.reshape([h, i]));
+    let mut grads = GradientsParams::new();
+    let g = TensorData::new(randn(&mut rng, i * h, 1.0), [h, i]);
+    grads.register(id, Tensor::<2>::from_data(g, &device.clone().inner()));
+    let e = optim.step(1e-3, model.clone(), grads).unwrap_err();
+    assert!(
+        matches!(&e, Error::ParamSetChanged(m) if m.contains("shape")),
+        "{e}"
+    );
+    assert_eq!(optim.step_count(), 1, "nothing stepped");
+    assert_eq!(values(&model), before, "nothing changed");
+    eprintln!("{e}");
+
     // A gradient that is not f32.
     let model = mlp(&start, &device);
     let mut grads = all(&model, &mut rng);

@@ -2,7 +2,8 @@
 //! as the record Burn's `ModuleOptimizer::load` reads, and take over the state Burn's
 //! `ModuleOptimizer::save` wrote.
 
-use super::{collect, module_device, BurnOptimizer};
+use super::bridge::collect;
+use super::{module_device, BurnOptimizer};
 use crate::dtype::DType as StateDType;
 use crate::error::{Error, Result};
 use crate::optim::{Optimizer, OptimizerConfig};

@@ -1,12 +1,11 @@
 //! Schedule-Free AdamW's switch between its two sequences, on a Burn model.
 
-use super::{check_device, check_same, collect, copy_in, resolve, BurnOptimizer, WriteBack};
-use crate::error::{Error, Result};
+use super::bridge::{check_device, check_same, collect, copy_in, values, WriteBack};
+use super::BurnOptimizer;
+use crate::error::Result;
 use crate::optim::Optimizer;
 use crate::ScheduleFreeAdamWConfig;
-use ::burn::module::{Module, ModuleVisitor, Param, ParamId};
-use ::burn::tensor::Tensor;
-use burn_cubecl::tensor::CubeTensor;
+use ::burn::module::Module;
 use std::collections::HashMap;
 
 /// Schedule-Free AdamW steps the training sequence `y` and keeps the average `x` (what to
@@ -120,44 +119,5 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
             Some(e) => Err(e),
             None => Ok(module),
         }
-    }
-}
-
-/// Every float parameter of a module, resolved to its CubeCL tensor.
-fn values<M: Module>(module: &M) -> Result<HashMap<ParamId, CubeTensor>> {
-    struct Values {
-        path: Vec<String>,
-        found: HashMap<ParamId, CubeTensor>,
-        error: Option<Error>,
-    }
-    impl ModuleVisitor for Values {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_string());
-        }
-
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
-        }
-
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.error.is_none() {
-                match resolve(&self.path.join("."), param.val()) {
-                    Ok(t) => {
-                        self.found.insert(param.id, t);
-                    }
-                    Err(e) => self.error = Some(e),
-                }
-            }
-        }
-    }
-    let mut v = Values {
-        path: Vec::new(),
-        found: HashMap::new(),
-        error: None,
-    };
-    module.visit(&mut v);
-    match v.error {
-        Some(e) => Err(e),
-        None => Ok(v.found),
     }
 }

@@ -1,0 +1,477 @@
+//! The bridge between a Burn module and the arena: the module's float parameters resolved to
+//! the wgpu buffers behind them, the optimizer's view of the model fixed on its first step, and
+//! the copies between the two (into the arena before a step, back into the module after).
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::optim::{FusedOptimizer, OptimizerConfig};
+use crate::params::Params;
+use ::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use ::burn::optim::GradientsParams;
+use ::burn::tensor::{DType, Tensor};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{Cube, CubeBackend, CubeDevice};
+use cubecl::wgpu::{AutoCompiler, WgpuDevice, WgpuResource, WgpuServer};
+use cubecl_runtime::storage::ManagedResource;
+use std::collections::HashMap;
+
+/// One float parameter of the model, as a step sees it.
+pub(super) struct Found {
+    pub(super) id: ParamId,
+    pub(super) path: String,
+    pub(super) len: usize,
+    /// The parameter's shape.
+    pub(super) shape: Vec<usize>,
+    /// The resolved parameter and gradient, when the step has a gradient for it.
+    pub(super) tensors: Option<(CubeTensor, CubeTensor)>,
+}
+
+/// Collects the float parameters (path, id, length) and, with `grads`, resolves each
+/// parameter that has a gradient together with its gradient.
+struct Collect<'a> {
+    path: Vec<String>,
+    grads: Option<&'a mut GradientsParams>,
+    found: Vec<Found>,
+    error: Option<Error>,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        let path = self.path.join(".");
+        let grad = self.grads.as_mut().and_then(|g| g.remove::<D>(param.id));
+        let tensors = match grad {
+            None => Ok(None),
+            Some(g) => {
+                let value = param.val();
+                if value.is_distributed() {
+                    Err(Error::BurnTensor {
+                        param: path.clone(),
+                        reason: "distributed parameters are not supported".into(),
+                    })
+                } else {
+                    resolve(&path, value)
+                        .and_then(|p| Ok(Some((p, resolve(&path, g)?))))
+                        .and_then(|t| {
+                            let (p, g) = t.as_ref().expect("just made");
+                            if p.meta.shape() != g.meta.shape() {
+                                return Err(Error::BurnTensor {
+                                    param: path.clone(),
+                                    reason: format!(
+                                        "the gradient has shape {:?}, the parameter {:?}",
+                                        g.meta.shape(),
+                                        p.meta.shape()
+                                    ),
+                                });
+                            }
+                            Ok(t)
+                        })
+                }
+            }
+        };
+        match tensors {
+            Ok(tensors) => self.found.push(Found {
+                id: param.id,
+                path,
+                len: param.lazy_shape().num_elements(),
+                shape: param.lazy_shape().to_vec(),
+                tensors,
+            }),
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+pub(super) fn collect<M: Module>(
+    module: &M,
+    grads: Option<&mut GradientsParams>,
+) -> Result<Vec<Found>> {
+    let mut v = Collect {
+        path: Vec::new(),
+        grads,
+        found: Vec::new(),
+        error: None,
+    };
+    module.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(v.found),
+    }
+}
+
+/// The CubeCL tensor behind a Burn tensor (autodiff or not), after the checks a step needs.
+/// Resolving submits Burn's pending work on it, so copies recorded afterwards see its values.
+pub(super) fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<CubeTensor> {
+    let bad = |reason: String| Error::BurnTensor {
+        param: path.to_string(),
+        reason,
+    };
+    let dtype = tensor.dtype();
+    if dtype != DType::F32 {
+        return Err(Error::BurnDtype {
+            param: path.to_string(),
+            dtype: format!("{dtype:?}"),
+        });
+    }
+    let fused = tensor
+        .inner()
+        .try_into_primitive::<Cube>()
+        .map_err(|e| bad(format!("not on Burn's CubeCL (wgpu) backend: {e:?}")))?;
+    let client = fused.client.clone();
+    let cube: CubeTensor = client.resolve_tensor_float::<CubeBackend>(fused);
+    if !matches!(cube.device, CubeDevice::Wgpu(_)) {
+        return Err(bad(format!("on {:?}, not a wgpu device", cube.device)));
+    }
+    // Row-major without gaps; the buffer range may be longer (allocations are rounded up).
+    if !cube.is_contiguous() {
+        return Err(bad("not contiguous in memory".into()));
+    }
+    Ok(cube)
+}
+
+pub(super) fn wgpu_device(t: &CubeTensor) -> Option<&WgpuDevice> {
+    match &t.device {
+        CubeDevice::Wgpu(d) => Some(d),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+pub(super) fn check_device(path: &str, t: &CubeTensor, device: &WgpuDevice) -> Result<()> {
+    match wgpu_device(t) {
+        Some(d) if d == device => Ok(()),
+        other => Err(Error::BurnTensor {
+            param: path.to_string(),
+            reason: format!(
+                "on {other:?}, the optimizer runs on {device:?} (the device of its first step)"
+            ),
+        }),
+    }
+}
+
+/// A Burn buffer kept from being freed, reused or moved while the copies that use it are
+/// recorded and submitted.
+pub(super) type Pin = ManagedResource<WgpuResource>;
+
+/// The buffer range of a resolved tensor, pinned (not freed or reused) while the pin lives.
+pub(super) fn buffer_range(
+    path: &str,
+    t: &CubeTensor,
+    len: usize,
+    pins: &mut Vec<Pin>,
+) -> Result<(wgpu::Buffer, u64)> {
+    let pin = t
+        .client
+        .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
+        .map_err(|e| Error::Gpu(format!("could not reach the buffer of `{path}`: {e:?}")))?;
+    let r = pin.resource();
+    let (buffer, offset, size) = (r.buffer.clone(), r.offset, r.size);
+    if size < (len * 4) as u64 {
+        return Err(Error::BurnTensor {
+            param: path.to_string(),
+            reason: format!("its buffer holds {size} bytes, {} needed", len * 4),
+        });
+    }
+    pins.push(pin);
+    Ok((buffer, offset))
+}
+
+/// Record the copy of `t`, the parameter `f` (or with `grad` its gradient), into slot `name`
+/// of the arena; returns the pinned buffer range it was read from.
+pub(super) fn copy_in(
+    enc: &mut wgpu::CommandEncoder,
+    params: &Params,
+    name: &str,
+    f: &Found,
+    t: &CubeTensor,
+    grad: bool,
+    pins: &mut Vec<Pin>,
+) -> Result<(wgpu::Buffer, u64)> {
+    let range = buffer_range(&f.path, t, f.len, pins)?;
+    copy_slot(enc, params, name, (&range.0, range.1), grad, true)?;
+    Ok(range)
+}
+
+/// Record the copies between a tensor's arena slot (param or grad buffers) and a buffer range.
+pub(super) fn copy_slot(
+    enc: &mut wgpu::CommandEncoder,
+    params: &Params,
+    name: &str,
+    (buffer, base): (&wgpu::Buffer, u64),
+    grad: bool,
+    into_arena: bool,
+) -> Result<()> {
+    let mut done = 0u64;
+    for piece in params.pieces(name)? {
+        let arena = if grad {
+            params.grad_buffer(piece.chunk)
+        } else {
+            params.param_buffer(piece.chunk)
+        }
+        .expect("the layout's chunks have buffers");
+        let at = (piece.offset * 4) as u64;
+        let bytes = (piece.len * 4) as u64;
+        if into_arena {
+            enc.copy_buffer_to_buffer(buffer, base + done, arena, at, bytes);
+        } else {
+            enc.copy_buffer_to_buffer(arena, at, buffer, base + done, bytes);
+        }
+        done += bytes;
+    }
+    Ok(())
+}
+
+pub(super) fn clear_grad(
+    enc: &mut wgpu::CommandEncoder,
+    params: &Params,
+    name: &str,
+) -> Result<()> {
+    for piece in params.pieces(name)? {
+        let buf = params
+            .grad_buffer(piece.chunk)
+            .expect("the layout's chunks have buffers");
+        enc.clear_buffer(buf, (piece.offset * 4) as u64, Some((piece.len * 4) as u64));
+    }
+    Ok(())
+}
+
+/// What the optimizer knows of the model, fixed on the first step.
+pub(super) struct Arena<C: OptimizerConfig> {
+    pub(super) gpu: Gpu,
+    pub(super) device: WgpuDevice,
+    pub(super) params: Params,
+    pub(super) opt: FusedOptimizer<C>,
+    /// Slot names (module paths), in arena order.
+    pub(super) names: Vec<String>,
+    /// Each slot's parameter id, module path and shape, in arena order.
+    pub(super) slots: Vec<(ParamId, String, Vec<usize>)>,
+    /// ParamId → slot.
+    pub(super) slot: HashMap<ParamId, usize>,
+}
+
+/// The parameters of this step against the arena's.
+pub(super) fn check_same<C: OptimizerConfig>(arena: &Arena<C>, found: &[Found]) -> Result<()> {
+    if found.len() != arena.names.len() {
+        return Err(Error::ParamSetChanged(format!(
+            "the model has {} float parameters, the optimizer's state {}",
+            found.len(),
+            arena.names.len()
+        )));
+    }
+    for f in found {
+        let Some(&slot) = arena.slot.get(&f.id) else {
+            return Err(Error::ParamSetChanged(format!(
+                "`{}` ({}) is a parameter the optimizer has no state for",
+                f.path, f.id
+            )));
+        };
+        let name = &arena.names[slot];
+        let len = arena.params.len(name)?;
+        if len != f.len {
+            return Err(Error::ParamSetChanged(format!(
+                "`{}` has {} elements, its state {len}",
+                f.path, f.len
+            )));
+        }
+        // A reshaped parameter: Adafactor's state is laid out for the old shape.
+        let shape = &arena.slots[slot].2;
+        if *shape != f.shape {
+            return Err(Error::ParamSetChanged(format!(
+                "`{}` has shape {:?}, its state {shape:?}",
+                f.path, f.shape
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first wgpu device a float parameter of the module lives on.
+pub(super) struct FirstDevice {
+    pub(super) device: Option<WgpuDevice>,
+}
+
+impl ModuleVisitor for FirstDevice {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.device.is_none() {
+            if let Ok(t) = resolve("", param.val()) {
+                self.device = wgpu_device(&t).cloned();
+            }
+        }
+    }
+}
+
+/// Writes the arena's parameters into the module's tensors.
+pub(super) struct WriteBack<'a, C: OptimizerConfig> {
+    pub(super) arena: &'a Arena<C>,
+    /// The parameters to write, each with the pinned buffer range it was read from, when the
+    /// step read it.
+    pub(super) ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    pub(super) enc: wgpu::CommandEncoder,
+    pub(super) pins: Vec<Pin>,
+    pub(super) path: Vec<String>,
+    pub(super) error: Option<Error>,
+    pub(super) in_place: usize,
+    pub(super) fresh: usize,
+}
+
+impl<'a, C: OptimizerConfig> WriteBack<'a, C> {
+    /// A write-back of `arena`'s parameters named in `ranges`, recorded into `enc`.
+    pub(super) fn new(
+        arena: &'a Arena<C>,
+        ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+        enc: wgpu::CommandEncoder,
+    ) -> Self {
+        WriteBack {
+            arena,
+            ranges,
+            enc,
+            pins: Vec::new(),
+            path: Vec::new(),
+            error: None,
+            in_place: 0,
+            fresh: 0,
+        }
+    }
+}
+
+impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() || !self.ranges.contains_key(&param.id) {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let (shape, device) = (tensor.shape(), tensor.device());
+        let updated = match self.write(id, tensor) {
+            Ok(t) => t,
+            Err(e) => {
+                // The step returns this error and drops the module.
+                self.error = Some(e);
+                Tensor::empty(shape, &device)
+            }
+        };
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+impl<C: OptimizerConfig> WriteBack<'_, C> {
+    /// Record the copy of the arena's values of `id` into `tensor`'s own buffer when Burn's
+    /// handle is exclusively owned, else into a fresh tensor; returns the tensor for the
+    /// module, with the autodiff settings `tensor` had.
+    fn write<const D: usize>(&mut self, id: ParamId, tensor: Tensor<D>) -> Result<Tensor<D>> {
+        let path = self.path.join(".");
+        let slot = *self.arena.slot.get(&id).ok_or_else(|| {
+            Error::ParamSetChanged(format!(
+                "`{path}` ({id}) has no slot in the optimizer's state"
+            ))
+        })?;
+        let name = self.arena.names[slot].clone();
+        let autodiff = tensor.is_autodiff();
+        let require_grad = autodiff && tensor.is_require_grad();
+        let checkpointing = tensor.gradient_checkpointing_strategy();
+        let shape = tensor.shape();
+        let device = tensor.device().inner();
+        let fused = tensor
+            .inner()
+            .try_into_primitive::<Cube>()
+            .map_err(|e| Error::BurnTensor {
+                param: path.clone(),
+                reason: format!("not on Burn's CubeCL (wgpu) backend: {e:?}"),
+            })?;
+        let len = self.arena.params.len(&name)?;
+        // Burn's own rule for in-place kernels: a fusion tensor nothing else refers to. Such a
+        // tensor is the one the step read, so its buffer range (pinned since) is known.
+        let known = self.ranges.get(&id).cloned().flatten();
+        let (target, known) = if burn_backend::TensorMetadata::can_mut(&fused) {
+            self.in_place += 1;
+            (Tensor::<D>::from_primitive::<Cube>(fused), known)
+        } else {
+            drop(fused);
+            self.fresh += 1;
+            (Tensor::<D>::empty(shape, (&device, DType::F32)), None)
+        };
+        let (buffer, base) = match known {
+            Some(range) => range,
+            None => {
+                let cube = resolve(&path, target.clone())?;
+                check_device(&path, &cube, &self.arena.device)?;
+                buffer_range(&path, &cube, len, &mut self.pins)?
+            }
+        };
+        copy_slot(
+            &mut self.enc,
+            &self.arena.params,
+            &name,
+            (&buffer, base),
+            false,
+            false,
+        )?;
+        if !autodiff {
+            return Ok(target);
+        }
+        let mut out = Tensor::from_inner(target);
+        if let Some(strategy) = checkpointing {
+            out = out.with_gradient_checkpointing_strategy(strategy);
+        }
+        if require_grad {
+            out = out.require_grad();
+        }
+        Ok(out)
+    }
+}
+
+/// Every float parameter of a module, resolved to its CubeCL tensor.
+pub(super) fn values<M: Module>(module: &M) -> Result<HashMap<ParamId, CubeTensor>> {
+    struct Values {
+        path: Vec<String>,
+        found: HashMap<ParamId, CubeTensor>,
+        error: Option<Error>,
+    }
+    impl ModuleVisitor for Values {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.error.is_none() {
+                match resolve(&self.path.join("."), param.val()) {
+                    Ok(t) => {
+                        self.found.insert(param.id, t);
+                    }
+                    Err(e) => self.error = Some(e),
+                }
+            }
+        }
+    }
+    let mut v = Values {
+        path: Vec::new(),
+        found: HashMap::new(),
+        error: None,
+    };
+    module.visit(&mut v);
+    match v.error {
+        Some(e) => Err(e),
+        None => Ok(v.found),
+    }
+}
