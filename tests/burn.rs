@@ -26,9 +26,10 @@ use std::sync::OnceLock;
 use wgpu_optim::burn::{init, BurnOptimizer, BurnRecord};
 use wgpu_optim::reference::{self, State};
 use wgpu_optim::{
-    AdadeltaConfig, AdafactorConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, Error,
-    Gpu, LambConfig, LionConfig, NAdamConfig, NormType, Optimizer, OptimizerConfig, ParamGroup,
-    RAdamConfig, RmsPropConfig, RpropConfig, ScheduleFreeAdamWConfig, SgdConfig,
+    AdadeltaConfig, AdafactorConfig, AdagradConfig, AdamConfig, AdamaxConfig, AsgdConfig, DType,
+    Error, FusedOptimizer, Gpu, LambConfig, LionConfig, NAdamConfig, NormType, Optimizer,
+    OptimizerConfig, ParamGroup, Params, Precision, RAdamConfig, RmsPropConfig, RpropConfig,
+    ScheduleFreeAdamWConfig, SgdConfig, StateFormat,
 };
 
 /// Burn's device (with autodiff) and our handle on it. No adapter is a loud failure.
@@ -525,6 +526,126 @@ fn schedule_free_switches_a_burn_model_between_its_sequences() {
     assert_eq!(optim.step_count(), 4);
     check("y after a 4th step", &model, &p);
     eprintln!("schedule-free: eval and train as the reference's switches, steps go on");
+}
+
+#[test]
+fn eight_bit_and_bf16_state_step_a_burn_model_as_the_fused_optimizer_does() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("eight_bit_state");
+    let start = init_values(&mut rng);
+    let cfg = AdamConfig::adamw();
+    let all = |g: &[Vec<f32>]| g.iter().cloned().map(Some).collect::<Vec<_>>();
+    let random_grads = |rng: &mut StdRng| -> Vec<Vec<f32>> {
+        start.iter().map(|t| randn(rng, t.len(), 1.0)).collect()
+    };
+    let f32_bytes = {
+        let mut dense = BurnOptimizer::new(cfg.clone());
+        let model = mlp(&start, &device);
+        let g = random_grads(&mut rng);
+        dense
+            .step(1e-3, model.clone(), grads_of(&model, &all(&g), &device))
+            .unwrap();
+        dense.optimizer().unwrap().state_memory_bytes()
+    };
+    let bf16 = Precision {
+        state: DType::Bf16,
+        ..Default::default()
+    };
+    // 8-bit state for the two weights (91 and 39 elements), f32 for the biases.
+    let eight_bit = StateFormat::Blockwise8 { min_size: 32 };
+    for (label, format, precision) in [
+        ("8-bit", eight_bit, Precision::default()),
+        ("bf16", StateFormat::Dense, bf16),
+    ] {
+        let mut optim = BurnOptimizer::new(cfg.clone())
+            .with_state_format(format)
+            .with_precision(precision);
+        assert_eq!(optim.state_format(), format);
+        let mut model = mlp(&start, &device);
+        // The same tensors as our own Params, stepped by the fused optimizer alone.
+        let builder = Params::builder(&gpu);
+        let builder = (0..4).fold(builder, |b, k| {
+            b.tensor_with_data(PATHS[k], &shapes()[k], DType::F32, &start[k])
+        });
+        let mut params = builder.build().unwrap();
+        let mut plain = FusedOptimizer::new(&params, cfg.clone()).unwrap();
+        plain.set_precision(precision).unwrap();
+        plain.set_state_format(format).unwrap();
+        for s in 0..4 {
+            let g = random_grads(&mut rng);
+            let grads = grads_of(&model, &all(&g), &device);
+            model = optim.step(cfg.lr as f64, model, grads).unwrap();
+            for (k, g) in g.iter().enumerate() {
+                params.write_grad(PATHS[k], g).unwrap();
+            }
+            plain.step(&mut params).unwrap();
+            for (k, got) in values(&model).iter().enumerate() {
+                let want = params.read(PATHS[k]).unwrap();
+                compare(&format!("{label} step {s} {}", PATHS[k]), got, &want, Bits);
+            }
+        }
+        let opt = optim.optimizer().unwrap();
+        assert_eq!(opt.state_format(), format, "{label}");
+        assert_eq!(opt.precision().state, precision.state, "{label}");
+        for key in ["exp_avg", "exp_avg_sq"] {
+            for path in PATHS {
+                let (a, b) = (
+                    opt.state(key, path).unwrap(),
+                    plain.state(key, path).unwrap(),
+                );
+                compare(&format!("{label} {key} of {path}"), &a, &b, Bits);
+            }
+        }
+        // A checkpoint resumes into the same format, bit for bit; into another it is refused.
+        let file = std::env::temp_dir().join(format!(
+            "wgpu-optim-burn-state-{}-{}.safetensors",
+            &label[..2],
+            std::process::id()
+        ));
+        optim.save(&file).unwrap();
+        let configured = || {
+            BurnOptimizer::new(cfg.clone())
+                .with_state_format(format)
+                .with_precision(precision)
+        };
+        let mut back = configured();
+        back.load(&file, mlp(&start, &device)).unwrap();
+        let mut dense = BurnOptimizer::new(cfg.clone());
+        let e = dense.load(&file, mlp(&start, &device)).unwrap_err();
+        assert!(dense.optimizer().is_none(), "{label}: {e}");
+        let _ = std::fs::remove_file(&file);
+        for key in ["exp_avg", "exp_avg_sq"] {
+            for path in PATHS {
+                let resumed = back.optimizer().unwrap().state(key, path).unwrap();
+                let ours = opt.state(key, path).unwrap();
+                compare(
+                    &format!("{label} resumed {key} of {path}"),
+                    &resumed,
+                    &ours,
+                    Bits,
+                );
+            }
+        }
+        let bytes = opt.state_memory_bytes();
+        assert_eq!(bytes, plain.state_memory_bytes(), "{label}");
+        assert!(
+            bytes < f32_bytes,
+            "{label}: {bytes} bytes of state, f32 {f32_bytes}"
+        );
+        eprintln!("{label}: as the fused optimizer, {bytes} bytes of state (f32: {f32_bytes})");
+    }
+
+    // An optimizer without an 8-bit form: a typed error of the first step, nothing laid out.
+    let mut optim =
+        BurnOptimizer::new(AdafactorConfig::default()).with_state_format(StateFormat::blockwise8());
+    let model = mlp(&start, &device);
+    let g = random_grads(&mut rng);
+    let e = optim
+        .step(1e-2, model.clone(), grads_of(&model, &all(&g), &device))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
+    assert!(optim.optimizer().is_none(), "nothing was laid out");
+    eprintln!("{e}");
 }
 
 #[test]

@@ -88,6 +88,7 @@ use crate::gpu::Gpu;
 use crate::norm::NormType;
 use crate::optim::{FusedOptimizer, Optimizer, OptimizerConfig, ParamGroup};
 use crate::params::Params;
+use crate::{Precision, StateFormat};
 use ::burn::module::{Module, ParamId};
 use ::burn::optim::GradientsParams;
 use ::burn::tensor::Device;
@@ -186,6 +187,8 @@ pub struct BurnOptimizer<C: OptimizerConfig> {
     max_grad_norm: Option<f32>,
     norm_type: NormType,
     skip_nonfinite: bool,
+    precision: Precision,
+    state_format: StateFormat,
     arena: Option<Arena<C>>,
     /// Parameters of the last step written in place and into fresh tensors.
     last_writes: (usize, usize),
@@ -236,6 +239,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             max_grad_norm: None,
             norm_type: NormType::L2,
             skip_nonfinite: false,
+            precision: Precision::default(),
+            state_format: StateFormat::Dense,
             arena: None,
             last_writes: (0, 0),
         }
@@ -261,6 +266,40 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     pub fn with_skip_nonfinite(mut self, skip: bool) -> Self {
         self.skip_nonfinite = skip;
         self
+    }
+
+    /// Keep the optimizer state in `format` from the first step on:
+    /// [`StateFormat::Blockwise8`] is bitsandbytes' 8-bit blockwise state (about 2 bytes per
+    /// element instead of 8 for Adam), for Adam/AdamW, SGD with momentum, RMSprop, Adagrad and
+    /// Lion ([`FusedOptimizer::set_state_format`]). An optimizer or setting that cannot keep
+    /// it is an error of the first step (or of [`BurnOptimizer::load`]), before anything runs.
+    ///
+    /// ```
+    /// use wgpu_optim::burn::BurnOptimizer;
+    /// use wgpu_optim::{AdamConfig, StateFormat};
+    /// let optim = BurnOptimizer::new(AdamConfig::adamw())
+    ///     .with_state_format(StateFormat::Blockwise8 { min_size: 4096 });
+    /// assert_eq!(optim.state_format(), StateFormat::Blockwise8 { min_size: 4096 });
+    /// ```
+    pub fn with_state_format(mut self, format: StateFormat) -> Self {
+        self.state_format = format;
+        self
+    }
+
+    /// The state's dtype ([`Precision::state`]: bf16 or f16 halves f32's state memory) from
+    /// the first step on ([`FusedOptimizer::set_precision`]). The parameters a Burn model
+    /// hands over are f32, so master weights and stochastic rounding have nothing to do here.
+    /// Errors as for [`BurnOptimizer::with_state_format`].
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The state format the state is kept in ([`BurnOptimizer::with_state_format`]).
+    pub fn state_format(&self) -> StateFormat {
+        self.arena
+            .as_ref()
+            .map_or(self.state_format, |a| a.opt.state_format())
     }
 
     /// The fused optimizer behind it, once the first step has laid out the arena: for
@@ -390,12 +429,21 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.new_arena(found, dev, gpu)
     }
 
+    /// The fused optimizer for `params` with this optimizer's groups, precision and state
+    /// format.
+    fn fused(&self, params: &Params) -> Result<FusedOptimizer<C>> {
+        let mut opt = FusedOptimizer::with_groups(params, self.groups.clone())?;
+        opt.set_precision(self.precision)?;
+        opt.set_state_format(self.state_format)?;
+        Ok(opt)
+    }
+
     /// A fresh arena for `found` (state zero) with this optimizer's groups and clipping
     /// settings.
     fn new_arena(&self, found: &[Found], dev: WgpuDevice, gpu: Gpu) -> Result<Arena<C>> {
         let names = slot_names(found);
         let params = params_of(&gpu, &names, found)?;
-        let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
+        let mut opt = self.fused(&params)?;
         opt.set_grad_norm_type(self.norm_type)?;
         opt.set_max_grad_norm(self.max_grad_norm)?;
         opt.set_skip_nonfinite(self.skip_nonfinite)?;
@@ -426,8 +474,10 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// Resume from a checkpoint written by [`BurnOptimizer::save`]: lay out the state for
     /// `module`'s parameters (every float parameter, by module path), restore the state, the
     /// hyperparameters, the clipping settings and the step count, and return `module` with the
-    /// saved parameter values. Everything is checked before anything changes; on `Err` the
-    /// optimizer is as it was.
+    /// saved parameter values. The state format and precision are this optimizer's
+    /// ([`BurnOptimizer::with_state_format`], [`BurnOptimizer::with_precision`]) and must be
+    /// those of the run that saved. Everything is checked before anything changes; on `Err`
+    /// the optimizer is as it was.
     ///
     /// ```no_run
     /// # use burn::nn::{Linear, LinearConfig};
@@ -444,7 +494,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         let (dev, gpu) = module_device(&module, &found)?;
         let names = slot_names(&found);
         let mut params = params_of(&gpu, &names, &found)?;
-        let mut opt = FusedOptimizer::with_groups(&params, self.groups.clone())?;
+        let mut opt = self.fused(&params)?;
         checkpoint::load(path, &mut params, &mut opt)?;
         let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
         let arena = Arena {
