@@ -11,7 +11,7 @@ use std::collections::HashMap;
 /// Schedule-Free AdamW steps the training sequence `y` and keeps the average `x` (what to
 /// evaluate and deploy) implicitly: call [`BurnOptimizer::eval`] before evaluating or saving
 /// the model and [`BurnOptimizer::train`] before stepping again, as with
-/// `schedulefree.AdamWScheduleFree`. A step in eval mode is an [`Error::InvalidOptions`].
+/// `schedulefree.AdamWScheduleFree`. A step in eval mode is an [`crate::Error::InvalidOptions`].
 ///
 /// ```no_run
 /// # use burn::nn::{Linear, LinearConfig};
