@@ -502,6 +502,11 @@ fn schedule_free_switches_a_burn_model_between_its_sequences() {
     }
     check("y after 3 steps", &model, &p);
 
+    // A model the optimizer does not step is refused, and the mode stays.
+    let e = optim.eval(mlp(&values(&model), &device)).unwrap_err();
+    assert!(matches!(e, Error::ParamSetChanged(_)), "{e}");
+    assert!(optim.is_train_mode());
+
     // eval: the average x, from the GPU's own z; a second eval changes nothing.
     let z = z_of(&optim);
     model = optim.eval(model).unwrap();

@@ -33,8 +33,9 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
     /// `x = y`: only the mode changes). Takes the module's current values, so a model changed
     /// since the step (loaded weights, say) is switched as it is now.
     ///
-    /// Errors, with the optimizer and the model as they were: a model whose parameters are
-    /// not those the optimizer steps, or that are not on its device.
+    /// Errors, checked before the optimizer changes (the module passed in is dropped, as by a
+    /// failed step): a model whose parameters are not those the optimizer steps, or that are
+    /// not on its device.
     pub fn eval<M: Module>(&mut self, module: M) -> Result<M> {
         self.switch_mode(module, false)
     }
