@@ -24,6 +24,7 @@ pub(crate) use factored::{
 mod l1;
 mod optimizer;
 mod precision;
+mod state_format;
 mod step;
 mod tensor_sums;
 
