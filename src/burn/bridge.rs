@@ -310,38 +310,61 @@ impl ModuleVisitor for FirstDevice {
     }
 }
 
-/// Writes the arena's parameters into the module's tensors.
-pub(super) struct WriteBack<'a, C: OptimizerConfig> {
-    pub(super) arena: &'a Arena<C>,
+/// Writes the arena's parameters into the module's tensors ([`write_back`]).
+struct WriteBack<'a, C: OptimizerConfig> {
+    arena: &'a Arena<C>,
     /// The parameters to write, each with the pinned buffer range it was read from, when the
     /// step read it.
-    pub(super) ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
-    pub(super) enc: wgpu::CommandEncoder,
-    pub(super) pins: Vec<Pin>,
-    pub(super) path: Vec<String>,
-    pub(super) error: Option<Error>,
-    pub(super) in_place: usize,
-    pub(super) fresh: usize,
+    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    enc: wgpu::CommandEncoder,
+    pins: Vec<Pin>,
+    path: Vec<String>,
+    error: Option<Error>,
+    in_place: usize,
+    fresh: usize,
 }
 
-impl<'a, C: OptimizerConfig> WriteBack<'a, C> {
-    /// A write-back of `arena`'s parameters named in `ranges`, recorded into `enc`.
-    pub(super) fn new(
-        arena: &'a Arena<C>,
-        ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
-        enc: wgpu::CommandEncoder,
-    ) -> Self {
-        WriteBack {
-            arena,
-            ranges,
-            enc,
-            pins: Vec::new(),
-            path: Vec::new(),
-            error: None,
-            in_place: 0,
-            fresh: 0,
-        }
-    }
+/// Record into `enc`, after what it holds, the copies of `arena`'s values of the parameters
+/// named in `ranges` into `module`'s tensors (in place where Burn's handle is exclusively
+/// owned, else into fresh tensors), and submit it all. Returns the module, or the first error
+/// (of a tensor, or of the submit), and how many parameters were written `(in place, fresh)`.
+/// The submit happens either way, so what `enc` recorded before always runs.
+pub(super) fn write_back<M: Module, C: OptimizerConfig>(
+    arena: &Arena<C>,
+    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    enc: wgpu::CommandEncoder,
+    module: M,
+) -> (Result<M>, (usize, usize)) {
+    let mut writer = WriteBack {
+        arena,
+        ranges,
+        enc,
+        pins: Vec::new(),
+        path: Vec::new(),
+        error: None,
+        in_place: 0,
+        fresh: 0,
+    };
+    let module = module.map(&mut writer);
+    let WriteBack {
+        enc,
+        pins,
+        error,
+        in_place,
+        fresh,
+        ..
+    } = writer;
+    let gpu = &arena.gpu;
+    let submitted = gpu.scoped(|| {
+        gpu.queue().submit([enc.finish()]);
+        Ok(())
+    });
+    drop(pins);
+    let result = submitted.and(match error {
+        Some(e) => Err(e),
+        None => Ok(module),
+    });
+    (result, (in_place, fresh))
 }
 
 impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {

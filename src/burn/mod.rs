@@ -106,7 +106,7 @@ mod record;
 mod schedule_free;
 
 use bridge::{check_device, check_same, collect, copy_in, wgpu_device};
-use bridge::{clear_grad, Arena, FirstDevice, Found, WriteBack};
+use bridge::{clear_grad, write_back, Arena, FirstDevice, Found};
 
 /// Our handle on each wgpu device registered through [`init`] or [`init_setup`].
 fn registry() -> &'static Mutex<Vec<(WgpuDevice, Gpu)>> {
@@ -383,30 +383,12 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         let recorded = gpu.scoped(|| arena.opt.record_checked_step(&arena.params, &mut enc))?;
 
         // 3. The updated parameters back into Burn's tensors.
-        let mut writer = WriteBack::new(arena, ranges, enc);
-        let module = module.map(&mut writer);
-        let WriteBack {
-            enc,
-            pins: out_pins,
-            error,
-            in_place,
-            fresh,
-            ..
-        } = writer;
-        self.last_writes = (in_place, fresh);
-        let submitted = gpu.scoped(|| {
-            gpu.queue().submit([enc.finish()]);
-            Ok(())
-        });
+        let (module, writes) = write_back(arena, ranges, enc, module);
+        self.last_writes = writes;
         recorded.submitted();
         drop(found);
         drop(pins);
-        drop(out_pins);
-        submitted?;
-        match error {
-            Some(e) => Err(e),
-            None => Ok(module),
-        }
+        module
     }
 
     /// Lay out the arena for the model's parameters that have a gradient now.
@@ -515,16 +497,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
                 label: Some("wgpu-optim burn load"),
             });
         let ranges = found.iter().map(|f| (f.id, None)).collect();
-        let mut writer = WriteBack::new(&arena, ranges, enc);
-        let module = module.map(&mut writer);
-        let WriteBack {
-            enc, pins, error, ..
-        } = writer;
-        gpu.queue().submit([enc.finish()]);
-        drop(pins);
-        if let Some(e) = error {
-            return Err(e);
-        }
+        let module = write_back(&arena, ranges, enc, module).0?;
         self.arena = Some(arena);
         Ok(module)
     }

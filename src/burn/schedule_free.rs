@@ -1,6 +1,6 @@
 //! Schedule-Free AdamW's switch between its two sequences, on a Burn model.
 
-use super::bridge::{check_device, check_same, collect, copy_in, values, WriteBack};
+use super::bridge::{check_device, check_same, collect, copy_in, values, write_back};
 use super::BurnOptimizer;
 use crate::error::Result;
 use crate::optim::Optimizer;
@@ -105,20 +105,9 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
             true => arena.opt.train(&arena.params)?,
             false => arena.opt.eval(&arena.params)?,
         }
-        let mut writer = WriteBack::new(arena, ranges, encoder("wgpu-optim burn mode switch out"));
-        let module = module.map(&mut writer);
-        let WriteBack {
-            enc,
-            pins: out_pins,
-            error,
-            ..
-        } = writer;
-        gpu.queue().submit([enc.finish()]);
+        let out = encoder("wgpu-optim burn mode switch out");
+        let module = write_back(arena, ranges, out, module).0;
         drop(pins);
-        drop(out_pins);
-        match error {
-            Some(e) => Err(e),
-            None => Ok(module),
-        }
+        module
     }
 }
