@@ -4,6 +4,11 @@
 //! perturbations, so the bounds are set from how far bitsandbytes' own result moves when its
 //! gradients are perturbed by 1e-6 relative (recorded with each case), and state agreement is
 //! the fraction of codes equal to bitsandbytes'.
+//!
+//! bitsandbytes has two CPU kernels for the requantization, and each is recorded: its native
+//! one (a 65536-bin table, what `bnb.optim.*8bit` runs on CPU) and its device-independent one
+//! (the nearest code, as its CUDA kernels and this crate compute it), in
+//! `tests/data/bnb_blockwise_nearest.json` (`--quantizer nearest`, the same inputs).
 
 mod common;
 use serde_json::Value;
@@ -12,17 +17,65 @@ use wgpu_optim::blockwise::dynamic_map;
 use wgpu_optim::{AdagradConfig, AdamConfig, LionConfig, RmsPropConfig, SgdConfig};
 use wgpu_optim::{FusedOptimizer, Optimizer, OptimizerConfig, Params, QuantMap, StateFormat};
 
+fn load(file: &str) -> Value {
+    let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path} (tools/bnb_blockwise.py writes it): {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
 fn fixture() -> &'static Value {
     static F: OnceLock<Value> = OnceLock::new();
-    F.get_or_init(|| {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/bnb_blockwise.json"
-        ))
-        .expect("tests/data/bnb_blockwise.json (tools/bnb_blockwise.py writes it)");
-        serde_json::from_str(&text).unwrap()
-    })
+    F.get_or_init(|| load("bnb_blockwise.json"))
 }
+
+/// Which of bitsandbytes' CPU requantization kernels a recording used.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Recorded {
+    /// Its native CPU kernel: a table of 65536 bins ([`bnb_cpu_quantize`]).
+    Native,
+    /// Its device-independent kernel: the nearest code.
+    Nearest,
+}
+
+impl Recorded {
+    /// The recorded cases, each whole: the nearest-code file keeps only what differs from the
+    /// native one (same seeds, so the same init and gradients), merged into the native case.
+    fn cases(self) -> Vec<Value> {
+        let native = fixture()["cases"].as_array().unwrap().clone();
+        if self == Recorded::Native {
+            return native;
+        }
+        let f = load("bnb_blockwise_nearest.json");
+        assert_eq!(f["quantizer"], "nearest");
+        assert_eq!(f["maps"], fixture()["maps"]);
+        let results = f["cases"].as_array().unwrap();
+        assert_eq!(results.len(), native.len(), "cases in the two recordings");
+        native
+            .into_iter()
+            .zip(results)
+            .map(|(mut case, r)| {
+                assert_eq!((&case["name"], &case["seed"]), (&r["name"], &r["seed"]));
+                let last = case["steps"].as_array_mut().unwrap().last_mut().unwrap();
+                last["params"] = r["last_params"].clone();
+                case["final_state"] = r["final_state"].clone();
+                case["perturbation"] = r["perturbation"].clone();
+                case
+            })
+            .collect()
+    }
+
+    /// The host's version of the recording's quantizer.
+    fn host_quantizer(self) -> Quantizer {
+        match self {
+            Recorded::Native => bnb_cpu_quantize,
+            Recorded::Nearest => wgpu_optim::blockwise::quantize,
+        }
+    }
+}
+
+/// A whole tensor's requantization: its codes and one absmax per block.
+type Quantizer = fn(&[f32; 256], &[f32]) -> (Vec<u8>, Vec<f32>);
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()
@@ -102,12 +155,13 @@ fn bnb_cpu_quantize(map: &[f32; 256], values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     (codes, absmax)
 }
 
-/// The CPU reference's f32 step with bitsandbytes' CPU quantizer after each step, over one
-/// recorded case: what bitsandbytes computes, on the host.
+/// The CPU reference's f32 step with `quantize` after each step, over one recorded case: with
+/// the recording's quantizer, what bitsandbytes computes, on the host.
 fn cpu_replay<C: OptimizerConfig>(
     case: &Value,
     cfg: &C,
     step: wgpu_optim::reference::Step<C>,
+    quantize: Quantizer,
 ) -> Agreement {
     let mut a = Agreement {
         max_param_diff: 0.0,
@@ -131,7 +185,7 @@ fn cpu_replay<C: OptimizerConfig>(
                         .try_into()
                         .unwrap();
                     let b = state.get_mut(key).unwrap();
-                    let (c, absmax) = bnb_cpu_quantize(&map, b.as_slice().unwrap());
+                    let (c, absmax) = quantize(&map, b.as_slice().unwrap());
                     let back = wgpu_optim::blockwise::dequantize(&map, &c, &absmax);
                     b.assign(&ndarray::Array1::from(back));
                     codes.push((key, c));
@@ -249,23 +303,24 @@ fn replay<C: OptimizerConfig>(case: &Value, cfg: C) -> Agreement {
     a
 }
 
-/// The GPU replay and the host replay with bitsandbytes' quantizer.
+/// The GPU replay and the host replay with `quantize`.
 fn both<C: OptimizerConfig>(
     case: &Value,
     cfg: C,
     step: wgpu_optim::reference::Step<C>,
+    quantize: Quantizer,
 ) -> (Agreement, Agreement) {
-    let cpu = cpu_replay(case, &cfg, step);
+    let cpu = cpu_replay(case, &cfg, step, quantize);
     (replay(case, cfg), cpu)
 }
 
-/// Every recorded case, replayed on the GPU (nearest-code quantization) and on the host with
-/// bitsandbytes' own CPU quantizer.
-fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
+/// Every case of one recording, replayed on the GPU (nearest-code quantization) and on the
+/// host with the recording's quantizer.
+fn replay_all(recorded: Recorded) -> Vec<(String, Agreement, Agreement, f32)> {
     use wgpu_optim::reference as r;
-    let f = fixture();
+    let q = recorded.host_quantizer();
     let mut out = Vec::new();
-    for case in f["cases"].as_array().unwrap() {
+    for case in &recorded.cases() {
         let c = &case["config"];
         let num = |k: &str| c[k].as_f64().unwrap() as f32;
         let pair = |k: &str| {
@@ -288,7 +343,7 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
                     weight_decay: num("weight_decay"),
                     ..base
                 };
-                both(case, cfg, r::adam)
+                both(case, cfg, r::adam, q)
             }
             "SGD" => {
                 let cfg = SgdConfig {
@@ -297,7 +352,7 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
                     weight_decay: num("weight_decay"),
                     ..Default::default()
                 };
-                both(case, cfg, r::sgd)
+                both(case, cfg, r::sgd, q)
             }
             "RMSprop" => {
                 let cfg = RmsPropConfig {
@@ -306,7 +361,7 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
                     eps: num("eps"),
                     ..Default::default()
                 };
-                both(case, cfg, r::rmsprop)
+                both(case, cfg, r::rmsprop, q)
             }
             "Adagrad" => {
                 let cfg = AdagradConfig {
@@ -314,7 +369,7 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
                     eps: num("eps"),
                     ..Default::default()
                 };
-                both(case, cfg, r::adagrad)
+                both(case, cfg, r::adagrad, q)
             }
             "Lion" => {
                 let cfg = LionConfig {
@@ -323,7 +378,7 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
                     weight_decay: num("weight_decay"),
                     ..Default::default()
                 };
-                both(case, cfg, r::lion)
+                both(case, cfg, r::lion, q)
             }
             other => panic!("unknown optimizer {other}"),
         };
@@ -331,10 +386,10 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
         let name = case["name"].as_str().unwrap().to_string();
         for (what, a) in [
             ("GPU, nearest code", &gpu),
-            ("host, bitsandbytes' quantizer", &cpu),
+            ("host, the recording's quantizer", &cpu),
         ] {
             eprintln!(
-                "{name} ({what}): params within {:.3e} of bitsandbytes (its own spread under a \
+                "{name}, {recorded:?} recording ({what}): params within {:.3e} of bitsandbytes (its own spread under a \
                  1e-6 perturbation: {own:.3e}); {:.3}% of {} codes equal",
                 a.max_param_diff,
                 100.0 * a.equal_codes as f64 / a.codes as f64,
@@ -348,7 +403,7 @@ fn replay_all() -> Vec<(String, Agreement, Agreement, f32)> {
 
 #[test]
 fn bitsandbytes_trajectories_replay() {
-    for (name, gpu, cpu, own) in replay_all() {
+    for (name, gpu, cpu, own) in replay_all(Recorded::Native) {
         let share = |a: &Agreement| a.equal_codes as f64 / a.codes as f64;
         // With bitsandbytes' quantizer the host reproduces bitsandbytes: the update is the
         // same, and what remains is within its own sensitivity.
@@ -376,6 +431,31 @@ fn bitsandbytes_trajectories_replay() {
             gpu.max_param_diff
         );
     }
+}
+
+/// Against bitsandbytes' nearest-code kernel, the quantizer this crate implements: the same
+/// update and the same rounding, so the codes agree as closely as bitsandbytes agrees with
+/// itself under a 1e-6 perturbation of its gradients.
+#[test]
+fn bitsandbytes_nearest_code_trajectories_replay() {
+    let (mut equal, mut codes) = (0, 0);
+    for (name, gpu, cpu, own) in replay_all(Recorded::Nearest) {
+        let share = |a: &Agreement| a.equal_codes as f64 / a.codes as f64;
+        for (what, a) in [("GPU", &gpu), ("host", &cpu)] {
+            assert!(
+                a.max_param_diff <= 10.0 * own + 1e-6,
+                "{name} ({what}): params {} from bitsandbytes, its own spread is {own}",
+                a.max_param_diff
+            );
+            assert!(share(a) >= 0.999, "{name} ({what}): codes {}", share(a));
+        }
+        equal += gpu.equal_codes;
+        codes += gpu.codes;
+    }
+    // Over all cases: the goal is 99% of codes equal to bitsandbytes'.
+    let share = equal as f64 / codes as f64;
+    eprintln!("all cases: {:.3}% of {codes} codes equal", 100.0 * share);
+    assert!(share >= 0.99, "{share}");
 }
 
 /// 5 steps in bitsandbytes, its state_dict converted by `tools/bnb_convert.py` into a

@@ -46,10 +46,26 @@ bitsandbytes 0.50's 8-bit optimizers are always blockwise (blocksize 256) and ha
 ``block_wise`` nor ``percentile_clipping`` arguments (no clipping: the kernel gets
 ``gnorm_scale = 1``); ``min_8bit_size`` is passed explicitly.
 
+Quantizers. bitsandbytes has two kernels for the requantization (``quantize_blockwise``) on
+CPU, and they do not agree on every code:
+
+* ``native`` (the default): its C++ CPU kernel (``quantize_cpu_impl`` in csrc/cpu_ops.cpp),
+  which is what ``bnb.optim.*8bit`` runs on CPU. It is not a nearest-code search but a table of
+  65536 bins over [-1, 1], each holding the code nearest to the bin's value; where codes are
+  closer together than a bin (values far below the block's absmax) it gives the bin's code.
+* ``nearest``: its device-independent kernel (the ``default`` backend of
+  ``bitsandbytes::quantize_blockwise``, ``bucketize`` over the midpoints between codes), the
+  nearest code as its CUDA kernels compute it. With ``--quantizer nearest`` the script runs the
+  same optimizer (the CPU update, ``_optimizer_update_8bit_blockwise_cpu``) with that kernel for
+  the requantization, and writes only what differs from the native file: per case its seed, the
+  last step's parameters, the final state and the perturbation measure. Init and gradients are
+  the native file's (same seeds); the test checks the seeds.
+
 Run (needs ``pip install torch bitsandbytes numpy``; bitsandbytes' 8-bit optimizers run on
 CPU)::
 
-    python3 tools/bnb_blockwise.py           # writes tests/data/bnb_blockwise.json
+    python3 tools/bnb_blockwise.py                       # tests/data/bnb_blockwise.json
+    python3 tools/bnb_blockwise.py --quantizer nearest   # tests/data/bnb_blockwise_nearest.json
     python3 tools/bnb_blockwise.py -o out.json
 
 Deterministic: each case seeds ``torch.manual_seed`` with its own seed; single-threaded torch.
@@ -152,6 +168,45 @@ def f32_list(t: torch.Tensor) -> list[float]:
 
 def u32_bits(t: torch.Tensor) -> list[int]:
     return t.detach().reshape(-1).to(torch.float32).numpy().view(np.uint32).tolist()
+
+
+# ---------------------------------------------------------------------------- quantizer
+
+def use_nearest_quantizer() -> None:
+    """Make bitsandbytes' CPU 8-bit update requantize with its device-independent kernel
+    (nearest code) instead of its native CPU table."""
+    import bitsandbytes.backends.cpu.ops as cpu_ops
+
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    kernel = torch.ops.bitsandbytes.quantize_blockwise.default
+
+    def requantize(a_fp32, code, absmax_out, out_uint8, blocksize):
+        out, absmax = kernel.redispatch(keys, a_fp32, code, blocksize)
+        out_uint8.copy_(out)
+        absmax_out.copy_(absmax)
+
+    if not hasattr(cpu_ops, "_quant_blockwise_fp32_direct"):
+        raise SystemExit("this bitsandbytes has no _quant_blockwise_fp32_direct to replace")
+    cpu_ops._quant_blockwise_fp32_direct = requantize
+    # Check: the replaced kernel is the nearest code.
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(1000, generator=gen) * 1e-2
+    code = F.create_dynamic_map(signed=True)
+    q = torch.empty(1000, dtype=torch.uint8)
+    am = torch.empty(4, dtype=torch.float32)
+    requantize(a, code, am, q, BLOCKSIZE)
+    scaled = torch.cat([a[i * 256:(i + 1) * 256] * (1.0 / am[i]) for i in range(3)]
+                       + [a[768:] / am[3]])
+    near = (scaled.unsqueeze(-1) - code).abs().argmin(dim=-1).to(torch.uint8)
+    if not torch.equal(near, q):
+        raise SystemExit("the default quantize_blockwise is not the nearest code here")
+
+
+def results_only(case: dict) -> dict:
+    """What a ``--quantizer nearest`` file keeps of a case: the rest is the native file's."""
+    return {"name": case["name"], "seed": case["seed"],
+            "last_params": case["steps"][-1]["params"],
+            "final_state": case["final_state"], "perturbation": case["perturbation"]}
 
 
 # ---------------------------------------------------------------------------- runs
@@ -293,11 +348,19 @@ def run_case(index: int, case) -> dict:
 def main() -> None:
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-o", "--output",
-                    default=os.path.join(repo_root, "tests", "data", "bnb_blockwise.json"))
+    ap.add_argument("-o", "--output", help="default: tests/data/bnb_blockwise.json, or "
+                    "tests/data/bnb_blockwise_nearest.json with --quantizer nearest")
+    ap.add_argument("--quantizer", choices=["native", "nearest"], default="native",
+                    help="bitsandbytes' CPU table (native) or its nearest-code kernel")
     ap.add_argument("--final-params-only", action="store_true",
                     help="record the parameters of the last step only (about 40%% smaller)")
     args = ap.parse_args()
+    nearest = args.quantizer == "nearest"
+    if args.output is None:
+        file = "bnb_blockwise_nearest.json" if nearest else "bnb_blockwise.json"
+        args.output = os.path.join(repo_root, "tests", "data", file)
+    if nearest:
+        use_nearest_quantizer()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
 
@@ -315,13 +378,16 @@ def main() -> None:
         "bitsandbytes_version": importlib.metadata.version("bitsandbytes"),
         "torch_version": torch.__version__.split("+")[0],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "generated_by": "python3 tools/bnb_blockwise.py",
+        "generated_by": "python3 tools/bnb_blockwise.py"
+                        + (" --quantizer nearest" if nearest else "")
+                        + (" --final-params-only" if args.final_params_only else ""),
+        "quantizer": args.quantizer,
         "blocksize": BLOCKSIZE,
         "min_8bit_size": MIN_8BIT_SIZE,
         "maps": {"signed": u32_bits(F.create_dynamic_map(signed=True)),
                  "unsigned": u32_bits(F.create_dynamic_map(signed=False))},
         "unsupported": unsupported,
-        "cases": cases,
+        "cases": [results_only(c) for c in cases] if nearest else cases,
     }
     tmp = f"{args.output}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
