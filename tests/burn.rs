@@ -1033,6 +1033,100 @@ fn errors_before_any_gpu_work() {
     eprintln!("{e}");
 }
 
+/// `try_step` gives the model back with each error raised before any GPU work, the optimizer
+/// unchanged: the run goes on from the returned model as if the refused steps had not been
+/// tried, and the model's handles are still its own (the next step writes in place).
+#[test]
+fn try_step_gives_the_model_back_with_the_error() {
+    let (device, _gpu) = setup();
+    let mut rng = common::rng("try_step_gives_the_model_back_with_the_error");
+    let start = init_values(&mut rng);
+    let grads: Vec<Vec<Option<Vec<f32>>>> = (0..2)
+        .map(|_| {
+            start
+                .iter()
+                .map(|t| Some(randn(&mut rng, t.len(), 1.0)))
+                .collect()
+        })
+        .collect();
+
+    // Two steps, no error in between.
+    let mut straight = BurnOptimizer::new(AdamConfig::default());
+    let mut want = mlp(&start, &device);
+    for g in &grads {
+        let gp = grads_of(&want, g, &device);
+        want = straight.step(1e-3, want, gp).unwrap();
+    }
+
+    // The same two steps with refused ones between them.
+    let mut optim = BurnOptimizer::new(AdamConfig::default());
+    let mut model = mlp(&start, &device);
+    let gp = grads_of(&model, &grads[0], &device);
+    model = optim.try_step(1e-3, model, gp).unwrap();
+    let before = values(&model);
+    let ids_before = ids(&model);
+
+    // An invalid learning rate.
+    let gp = grads_of(&model, &grads[1], &device);
+    let r = optim.try_step(-1.0, model, gp).unwrap_err();
+    assert!(
+        matches!(r.error, Error::InvalidHyperparameter { .. }),
+        "{r}"
+    );
+    assert_eq!(r.to_string(), r.error.to_string());
+    model = r.module;
+    // A gradient that is not f32.
+    let mut gp = grads_of(&model, &grads[1], &device);
+    let bias_id = model.fc1.bias.as_ref().unwrap().id;
+    gp.remove::<1>(bias_id);
+    let half = Tensor::<1>::from_data(
+        TensorData::new(start[1].clone(), [DIMS[1]]),
+        (&device.clone().inner(), burn::tensor::DType::F16),
+    );
+    gp.register(bias_id, half);
+    let r = optim.try_step(1e-3, model, gp).unwrap_err();
+    assert!(matches!(r.error, Error::BurnDtype { .. }), "{r}");
+    model = r.module;
+    // `?` turns the rejection into the crate's error.
+    let gp = grads_of(&model, &grads[1], &device);
+    let via_question_mark =
+        |optim: &mut BurnOptimizer<AdamConfig>, m: Mlp| -> wgpu_optim::Result<Mlp> {
+            Ok(optim.try_step(f64::NAN, m, gp)?)
+        };
+    let clone = model.clone();
+    let e = via_question_mark(&mut optim, clone).unwrap_err();
+    assert!(matches!(e, Error::InvalidHyperparameter { .. }), "{e}");
+
+    assert_eq!(optim.step_count(), 1, "nothing stepped");
+    assert_eq!(values(&model), before, "the model as it was");
+    assert_eq!(ids(&model), ids_before, "the same parameters");
+
+    // The run goes on from the returned model, in place, to the same values.
+    let gp = grads_of(&model, &grads[1], &device);
+    model = optim.try_step(1e-3, model, gp).unwrap();
+    assert_eq!(
+        optim.last_writes(),
+        (4, 0),
+        "every parameter written in place"
+    );
+    assert_eq!(optim.step_count(), 2);
+    let (got, want) = (values(&model), values(&want));
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        compare(&format!("tensor {k}"), a, b, Bits);
+    }
+
+    // A configuration the first step refuses (Adafactor has no 8-bit form): the model comes
+    // back and nothing is laid out.
+    let mut fresh = BurnOptimizer::new(AdafactorConfig::default())
+        .with_state_format(wgpu_optim::StateFormat::blockwise8());
+    let m = mlp(&start, &device);
+    let gp = grads_of(&m, &grads[0], &device);
+    let r = fresh.try_step(1e-3, m, gp).unwrap_err();
+    assert!(matches!(r.error, Error::InvalidOptions(_)), "{r}");
+    assert!(fresh.optimizer().is_none(), "nothing was laid out");
+    assert_eq!(values(&r.module), start, "the model as it was");
+}
+
 /// A wgpu device and queue of our own on the default adapter, for Burn to adopt.
 fn own_setup() -> cubecl::wgpu::WgpuSetup {
     use wgpu_optim::wgpu;

@@ -334,7 +334,7 @@ pub(super) fn write_back<M: Module, C: OptimizerConfig>(
     ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
     enc: wgpu::CommandEncoder,
     module: M,
-) -> (Result<M>, (usize, usize)) {
+) -> (M, Result<()>, (usize, usize)) {
     let mut writer = WriteBack {
         arena,
         ranges,
@@ -360,11 +360,8 @@ pub(super) fn write_back<M: Module, C: OptimizerConfig>(
         Ok(())
     });
     drop(pins);
-    let result = submitted.and(match error {
-        Some(e) => Err(e),
-        None => Ok(module),
-    });
-    (result, (in_place, fresh))
+    let result = submitted.and(error.map_or(Ok(()), Err));
+    (module, result, (in_place, fresh))
 }
 
 impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
@@ -385,7 +382,7 @@ impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
         let updated = match self.write(id, tensor) {
             Ok(t) => t,
             Err(e) => {
-                // The step returns this error and drops the module.
+                // The step returns this error; the parameter is left empty.
                 self.error = Some(e);
                 Tensor::empty(shape, &device)
             }

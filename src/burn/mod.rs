@@ -60,7 +60,8 @@
 //! # Differences from Burn's `ModuleOptimizer`
 //! - `step` returns a `Result`: a model on another backend or device, a parameter that is not
 //!   f32, or a model whose parameters changed since the first step is an [`Error`] before any
-//!   GPU work.
+//!   GPU work. [`BurnOptimizer::try_step`] gives the module back with the error
+//!   ([`Rejected`]), unchanged, so a training loop can recover without keeping a clone.
 //! - A parameter without a gradient is not changed, as in Burn. Its slot's gradient is zero
 //!   for that step, so it adds nothing to the global norm; as the state is one arena, its
 //!   moments decay as for a zero gradient and the step count is shared (Burn keeps both
@@ -106,7 +107,55 @@ mod record;
 mod schedule_free;
 
 use bridge::{check_device, check_same, collect, copy_in, wgpu_device};
-use bridge::{clear_grad, write_back, Arena, FirstDevice, Found};
+use bridge::{clear_grad, write_back, Arena, FirstDevice, Found, Pin};
+
+/// The error of [`BurnOptimizer::try_step`], with the module it was given.
+///
+/// It converts into [`Error`] (so `?` works where [`crate::Result`] is returned), displays as
+/// its error and has that error's source.
+pub struct Rejected<M> {
+    /// Why the step was refused.
+    pub error: Error,
+    /// The module: unchanged for every error raised before any GPU work.
+    pub module: M,
+}
+
+impl<M> std::fmt::Debug for Rejected<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> std::fmt::Display for Rejected<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<M> std::error::Error for Rejected<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl<M> From<Rejected<M>> for Error {
+    fn from(r: Rejected<M>) -> Error {
+        r.error
+    }
+}
+
+/// A step recorded up to the write-back, not submitted.
+struct RecordedBurnStep {
+    enc: wgpu::CommandEncoder,
+    /// The buffer range each stepped parameter was read from.
+    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    step: crate::optim::RecordedStep,
+    /// The parameters and gradients, alive until the submit.
+    found: Vec<Found>,
+    pins: Vec<Pin>,
+}
 
 /// Our handle on each wgpu device registered through [`init`] or [`init_setup`].
 fn registry() -> &'static Mutex<Vec<(WgpuDevice, Gpu)>> {
@@ -337,12 +386,71 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// returns the updated module. `lr` is the learning rate of every group for this step
     /// (what a Burn scheduler gives). See the [module documentation](self) for what runs.
     ///
-    /// Errors, raised before any GPU work (the module is dropped with the `Err`, as Burn's step
-    /// consumes it): a parameter on another backend or device, or on a wgpu device not set up
-    /// with [`init`]; a parameter or gradient that is not f32; a model whose parameters (ids or
-    /// lengths) differ from those of the first step; an invalid `lr`.
-    pub fn step<M: Module>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> Result<M> {
-        let found = collect(&module, Some(&mut grads))?;
+    /// Errors, raised before any GPU work: a parameter on another backend or device, or on a
+    /// wgpu device not set up with [`init`]; a parameter or gradient that is not f32; a model
+    /// whose parameters (ids or shapes) differ from those of the first step; an invalid `lr`
+    /// or configuration. As Burn's step consumes the module, so does this one, and an `Err`
+    /// drops it: [`BurnOptimizer::try_step`] gives it back with the error.
+    pub fn step<M: Module>(&mut self, lr: f64, module: M, grads: GradientsParams) -> Result<M> {
+        self.try_step(lr, module, grads).map_err(|r| r.error)
+    }
+
+    /// [`BurnOptimizer::step`], giving the module back with the error.
+    ///
+    /// For every error raised before any GPU work (all those [`BurnOptimizer::step`] lists),
+    /// the module comes back as it was passed in and the optimizer is unchanged, so the caller
+    /// can fix the cause and go on. Keeping a clone of the model instead would cost more:
+    /// parameters whose handle is shared are written into fresh tensors, not in place. After
+    /// an error of the device itself, reported when the step is submitted, the parameters'
+    /// values are unspecified.
+    ///
+    /// ```no_run
+    /// # use burn::{module::Module, nn::{Linear, LinearConfig}, optim::GradientsParams};
+    /// # use wgpu_optim::burn::BurnOptimizer;
+    /// # fn train(optim: &mut BurnOptimizer<wgpu_optim::AdamConfig>, model: Linear,
+    /// #          grads: GradientsParams) -> Linear {
+    /// match optim.try_step(1e-3, model, grads) {
+    ///     Ok(stepped) => stepped,
+    ///     Err(rejected) => {
+    ///         eprintln!("step skipped: {}", rejected.error);
+    ///         rejected.module
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn try_step<M: Module>(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> std::result::Result<M, Rejected<M>> {
+        let recorded = match self.record_step(lr, &module, &mut grads) {
+            Ok(r) => r,
+            Err(error) => return Err(Rejected { error, module }),
+        };
+        let arena = self.arena.as_ref().expect("laid out by record_step");
+        // 3. The updated parameters back into Burn's tensors.
+        let (module, done, writes) = write_back(arena, recorded.ranges, recorded.enc, module);
+        self.last_writes = writes;
+        recorded.step.submitted();
+        drop(recorded.found);
+        drop(recorded.pins);
+        match done {
+            Ok(()) => Ok(module),
+            Err(error) => Err(Rejected { error, module }),
+        }
+    }
+
+    /// Check the step and record everything before the write-back: the copies of parameters
+    /// and gradients into the arena and the fused update, in one encoder that nothing has
+    /// submitted yet (errors leave everything as it was).
+    fn record_step<M: Module>(
+        &mut self,
+        lr: f64,
+        module: &M,
+        grads: &mut GradientsParams,
+    ) -> Result<RecordedBurnStep> {
+        let found = collect(module, Some(grads))?;
         if self.arena.is_none() {
             self.arena = Some(self.build(&found)?);
         }
@@ -357,8 +465,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         }
         let gpu = arena.gpu.clone();
 
-        // One encoder, one submit: the copies of parameters and gradients into the arena, the
-        // fused update, the copies of the new values back.
+        // 1. One encoder for the whole step: the copies of parameters and gradients into the
+        // arena, the fused update, the copies of the new values back.
         let mut pins = Vec::new();
         let mut enc = gpu
             .device()
@@ -379,16 +487,15 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             }
         }
 
-        // 2. The fused update (errors here leave everything as it was: nothing is submitted).
-        let recorded = gpu.scoped(|| arena.opt.record_checked_step(&arena.params, &mut enc))?;
-
-        // 3. The updated parameters back into Burn's tensors.
-        let (module, writes) = write_back(arena, ranges, enc, module);
-        self.last_writes = writes;
-        recorded.submitted();
-        drop(found);
-        drop(pins);
-        module
+        // 2. The fused update.
+        let step = gpu.scoped(|| arena.opt.record_checked_step(&arena.params, &mut enc))?;
+        Ok(RecordedBurnStep {
+            enc,
+            ranges,
+            step,
+            found,
+            pins,
+        })
     }
 
     /// Lay out the arena for the model's parameters that have a gradient now.
@@ -497,7 +604,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
                 label: Some("wgpu-optim burn load"),
             });
         let ranges = found.iter().map(|f| (f.id, None)).collect();
-        let module = write_back(&arena, ranges, enc, module).0?;
+        let (module, done, _) = write_back(&arena, ranges, enc, module);
+        done?;
         self.arena = Some(arena);
         Ok(module)
     }

@@ -106,8 +106,8 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
             false => arena.opt.eval(&arena.params)?,
         }
         let out = encoder("wgpu-optim burn mode switch out");
-        let module = write_back(arena, ranges, out, module).0;
+        let (module, done, _) = write_back(arena, ranges, out, module);
         drop(pins);
-        module
+        done.map(|()| module)
     }
 }

@@ -21,6 +21,8 @@ pub(crate) use factored::{
     state_shape as factored_state_shape, StateHome, KEYS as FACTORED_KEYS,
     TASK_LEN as FACTORED_TASK_LEN,
 };
+#[cfg(feature = "burn")]
+pub(crate) use step::RecordedStep;
 mod l1;
 mod optimizer;
 mod precision;

@@ -36,6 +36,8 @@ pub use schedule_free::{ScheduleFreeAdamW, ScheduleFreeAdamWConfig, ScheduleFree
 pub use sgd::{Sgd, SgdConfig, SgdScalars};
 
 mod engine;
+#[cfg(feature = "burn")]
+pub(crate) use engine::RecordedStep;
 pub(crate) use engine::{factored_state_shape, StateHome, FACTORED_KEYS, FACTORED_TASK_LEN};
 mod groups;
 mod persist;
