@@ -10,7 +10,10 @@
 //! alternating, and with the time of our fused update alone on the same layout (a plain
 //! `FusedOptimizer` on an arena of its own): the floor of our step inside the Burn loop.
 //!
-//! `cargo run --release --features burn --example burn_mlp [-- --epochs 10 --many 20,24]`
+//! `cargo run --release --features burn --example burn_mlp [-- --epochs 10 --many 20,24
+//! --backend vulkan|gl|metal|dx12]` (without `--backend`, Burn picks the graphics API: the
+//! first of Vulkan, DX12 and GL with a hardware adapter, which on a machine with only Mesa's
+//! CPU drivers is llvmpipe's GL rather than lavapipe's Vulkan).
 
 #[path = "nn/mod.rs"]
 mod nn;
@@ -22,6 +25,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{activation::relu, Device, Distribution, Int, Tensor, TensorData};
+use cubecl::wgpu::{WgpuBackend, WgpuDevice};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -288,6 +292,8 @@ fn many_tensors(n: usize, steps: usize, device: &Device, gpu: &Gpu) -> ManyTimes
 fn main() -> Result<(), wgpu_optim::Error> {
     let mut epochs = 10;
     let mut many = vec![20u32, 24];
+    // Burn picks the graphics API itself unless told: `--backend vulkan|gl` pins it.
+    let mut backend = WgpuBackend::Auto;
     let args: Vec<String> = std::env::args().collect();
     for (i, a) in args.iter().enumerate() {
         match (a.as_str(), args.get(i + 1)) {
@@ -299,10 +305,19 @@ fn main() -> Result<(), wgpu_optim::Error> {
                     .map(|s| s.parse().expect("--many 20,24"))
                     .collect()
             }
+            ("--backend", Some(v)) => {
+                backend = match v.as_str() {
+                    "vulkan" => WgpuBackend::Vulkan,
+                    "gl" => WgpuBackend::Gl,
+                    "metal" => WgpuBackend::Metal,
+                    "dx12" => WgpuBackend::Dx12,
+                    _ => panic!("--backend vulkan|gl|metal|dx12"),
+                }
+            }
             _ => {}
         }
     }
-    let (device, gpu) = init(Default::default())?;
+    let (device, gpu) = init(WgpuDevice::default().on(backend))?;
     println!("adapter: {} ({:?})", gpu.info().name, gpu.info().backend);
     let device = device.autodiff();
     let (train_split, test_split) = nn::digits_split(&mut StdRng::seed_from_u64(7));
