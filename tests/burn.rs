@@ -936,6 +936,74 @@ fn exclusive_parameters_are_written_in_place_shared_ones_into_fresh_tensors() {
     }
 }
 
+/// A parameter still the tensor the last step wrote is not copied in again; one the model
+/// replaced, or one the last step did not write (no gradient: the arena's copy moved with the
+/// momentum), is. SGD with momentum against the reference, step by step.
+#[test]
+fn parameters_are_copied_in_only_where_the_model_changed_them() {
+    let (device, gpu) = setup();
+    let mut rng = common::rng("copied_in_only_where_changed");
+    let start = init_values(&mut rng);
+    let cfg = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Default::default()
+    };
+    let mut optim = BurnOptimizer::new(cfg.clone());
+    let mut model = mlp(&start, &device);
+    let mut p = to_arrays(start.clone());
+    let mut states: Vec<State> = p.iter().map(|t| State::new(&cfg, t.len())).collect();
+    // (which gradients the step has, the copies in it makes, its writes (in place, fresh)).
+    let plan: [(&[usize], usize, (usize, usize)); 5] = [
+        (&[0, 1, 2, 3], 4, (4, 0)), // the first step copies every parameter in
+        (&[0, 2, 3], 0, (3, 0)),    // fc1.bias has no gradient: not written back
+        (&[0, 1, 2, 3], 2, (4, 0)), // fc1.bias (not written) and fc2.weight (replaced)
+        (&[0, 1, 2, 3], 0, (0, 4)), // a clone is alive: fresh tensors
+        (&[0, 1, 2, 3], 0, (4, 0)), // the fresh tensors are the ones written
+    ];
+    for (s, (with, copies, writes)) in plan.into_iter().enumerate() {
+        if s == 2 {
+            // The model replaces fc2.weight by half of it: a new tensor.
+            let w = model.fc2.weight.clone();
+            let (id, t) = (w.id, w.val());
+            model.fc2.weight = Param::initialized(id, t.mul_scalar(0.5).detach().require_grad());
+            p[2].mapv_inplace(|x| x * 0.5);
+        }
+        let kept = (s == 3).then(|| model.clone());
+        let g: Vec<Option<Vec<f32>>> = (0..4)
+            .map(|k| {
+                with.contains(&k)
+                    .then(|| randn(&mut rng, start[k].len(), 1.0))
+            })
+            .collect();
+        let grads = grads_of(&model, &g, &device);
+        model = optim.step(0.1, model, grads).unwrap();
+        drop(kept);
+        for k in 0..4 {
+            match &g[k] {
+                Some(gk) => {
+                    reference::sgd(&cfg, &mut p[k], &Array1::from(gk.clone()), &mut states[k])
+                }
+                // The arena's copy moves with the momentum; the model's does not.
+                None => {
+                    let zero = Array1::zeros(p[k].len());
+                    reference::sgd(&cfg, &mut p[k].clone(), &zero, &mut states[k]);
+                }
+            }
+        }
+        for (k, got) in values(&model).iter().enumerate() {
+            compare(
+                &format!("step {s} {}", PATHS[k]),
+                got,
+                p[k].as_slice().unwrap(),
+                bound(&gpu),
+            );
+        }
+        assert_eq!(optim.last_copies_in(), copies, "step {s}: copies in");
+        assert_eq!(optim.last_writes(), writes, "step {s}: writes");
+    }
+}
+
 #[test]
 fn errors_before_any_gpu_work() {
     let (device, _gpu) = setup();

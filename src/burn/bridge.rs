@@ -22,8 +22,36 @@ pub(super) struct Found {
     pub(super) len: usize,
     /// The parameter's shape.
     pub(super) shape: Vec<usize>,
-    /// The resolved parameter and gradient, when the step has a gradient for it.
-    pub(super) tensors: Option<(CubeTensor, CubeTensor)>,
+    /// The resolved parameter and gradient, when the step has a gradient for it. The
+    /// parameter is `None` where it is the tensor the last write-back left ([`Written`]): the
+    /// arena holds its values, so it is neither resolved nor copied in.
+    pub(super) tensors: Option<(Option<CubeTensor>, CubeTensor)>,
+}
+
+/// A parameter as the last write-back left it: the fusion tensor written and its buffer range.
+///
+/// Burn never changes a live fusion tensor's values (an operation writes a new tensor, in
+/// place only into a buffer whose tensor it consumes), so while the module holds this tensor
+/// its values are the arena's. On another fusion stream than its gradient it is resolved
+/// anyway, as resolving is what runs the work that stream still queues on it.
+pub(super) struct Written {
+    tensor: burn_ir::TensorId,
+    range: (wgpu::Buffer, u64),
+}
+
+impl Written {
+    /// The buffer range the parameter was written to.
+    pub(super) fn range(&self) -> (wgpu::Buffer, u64) {
+        self.range.clone()
+    }
+}
+
+/// The fusion tensor behind a Burn tensor (autodiff or not), when it is on Burn's CubeCL
+/// backend: a clone, so the tensor stays as it is (no work runs).
+fn fusion_of<const D: usize>(
+    t: &Tensor<D>,
+) -> Option<<Cube as burn_backend::BackendTypes>::FloatTensorPrimitive> {
+    t.clone().inner().try_into_primitive::<Cube>().ok()
 }
 
 /// Collects the float parameters (path, id, length) and, with `grads`, resolves each
@@ -31,6 +59,8 @@ pub(super) struct Found {
 struct Collect<'a> {
     path: Vec<String>,
     grads: Option<&'a mut GradientsParams>,
+    /// What the last write-back left, for a step.
+    written: Option<&'a HashMap<ParamId, Written>>,
     found: Vec<Found>,
     error: Option<Error>,
 }
@@ -60,21 +90,33 @@ impl ModuleVisitor for Collect<'_> {
                         reason: "distributed parameters are not supported".into(),
                     })
                 } else {
-                    resolve(&path, value)
-                        .and_then(|p| Ok(Some((p, resolve(&path, g)?))))
-                        .and_then(|t| {
-                            let (p, g) = t.as_ref().expect("just made");
-                            if p.meta.shape() != g.meta.shape() {
+                    let unchanged = self
+                        .written
+                        .and_then(|w| w.get(&param.id))
+                        .is_some_and(|w| {
+                            fusion_of(&value).is_some_and(|p| {
+                                p.id == w.tensor
+                                    && fusion_of(&g).is_some_and(|g| g.stream == p.stream)
+                            })
+                        });
+                    let p = match unchanged {
+                        true => Ok(None),
+                        false => resolve(&path, value).map(Some),
+                    };
+                    p.and_then(|p| Ok((p, resolve(&path, g)?)))
+                        .and_then(|(p, g)| {
+                            let shape = param.lazy_shape();
+                            if g.meta.shape().to_vec() != shape.to_vec() {
                                 return Err(Error::BurnTensor {
                                     param: path.clone(),
                                     reason: format!(
                                         "the gradient has shape {:?}, the parameter {:?}",
                                         g.meta.shape(),
-                                        p.meta.shape()
+                                        shape
                                     ),
                                 });
                             }
-                            Ok(t)
+                            Ok(Some((p, g)))
                         })
                 }
             }
@@ -92,13 +134,18 @@ impl ModuleVisitor for Collect<'_> {
     }
 }
 
+///
+/// With `written` (a step's), a parameter that is still the tensor the last write-back left is
+/// not resolved ([`Found::tensors`]).
 pub(super) fn collect<M: Module>(
     module: &M,
     grads: Option<&mut GradientsParams>,
+    written: Option<&HashMap<ParamId, Written>>,
 ) -> Result<Vec<Found>> {
     let mut v = Collect {
         path: Vec::new(),
         grads,
+        written,
         found: Vec::new(),
         error: None,
     };
@@ -257,6 +304,9 @@ pub(super) struct Arena<C: OptimizerConfig> {
     pub(super) slots: Vec<(ParamId, String, Vec<usize>)>,
     /// ParamId → slot.
     pub(super) slot: HashMap<ParamId, usize>,
+    /// The parameters the last write-back left, each still holding the arena's values while
+    /// the module holds that tensor.
+    pub(super) written: HashMap<ParamId, Written>,
 }
 
 /// The parameters of this step against the arena's.
@@ -322,19 +372,31 @@ struct WriteBack<'a, C: OptimizerConfig> {
     error: Option<Error>,
     in_place: usize,
     fresh: usize,
+    written: HashMap<ParamId, Written>,
+}
+
+/// What [`write_back`] did.
+pub(super) struct Outcome<M> {
+    /// The module, its parameters written.
+    pub(super) module: M,
+    /// The first error (of a tensor, or of the submit), if any.
+    pub(super) done: Result<()>,
+    /// How many parameters were written `(in place, fresh)`.
+    pub(super) writes: (usize, usize),
+    /// The tensors written, for the next step ([`Arena::written`]); none after an error.
+    pub(super) written: HashMap<ParamId, Written>,
 }
 
 /// Record into `enc`, after what it holds, the copies of `arena`'s values of the parameters
 /// named in `ranges` into `module`'s tensors (in place where Burn's handle is exclusively
-/// owned, else into fresh tensors), and submit it all. Returns the module, or the first error
-/// (of a tensor, or of the submit), and how many parameters were written `(in place, fresh)`.
+/// owned, else into fresh tensors), and submit it all.
 /// The submit happens either way, so what `enc` recorded before always runs.
 pub(super) fn write_back<M: Module, C: OptimizerConfig>(
     arena: &Arena<C>,
     ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
     enc: wgpu::CommandEncoder,
     module: M,
-) -> (M, Result<()>, (usize, usize)) {
+) -> Outcome<M> {
     let mut writer = WriteBack {
         arena,
         ranges,
@@ -344,6 +406,7 @@ pub(super) fn write_back<M: Module, C: OptimizerConfig>(
         error: None,
         in_place: 0,
         fresh: 0,
+        written: HashMap::new(),
     };
     let module = module.map(&mut writer);
     let WriteBack {
@@ -352,6 +415,7 @@ pub(super) fn write_back<M: Module, C: OptimizerConfig>(
         error,
         in_place,
         fresh,
+        mut written,
         ..
     } = writer;
     let gpu = &arena.gpu;
@@ -360,8 +424,16 @@ pub(super) fn write_back<M: Module, C: OptimizerConfig>(
         Ok(())
     });
     drop(pins);
-    let result = submitted.and(error.map_or(Ok(()), Err));
-    (module, result, (in_place, fresh))
+    let done = submitted.and(error.map_or(Ok(()), Err));
+    if done.is_err() {
+        written.clear();
+    }
+    Outcome {
+        module,
+        done,
+        writes: (in_place, fresh),
+        written,
+    }
 }
 
 impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
@@ -427,6 +499,7 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
             self.fresh += 1;
             (Tensor::<D>::empty(shape, (&device, DType::F32)), None)
         };
+        let written = fusion_of(&target).map(|f| f.id);
         let (buffer, base) = match known {
             Some(range) => range,
             None => {
@@ -443,6 +516,10 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
             false,
             false,
         )?;
+        if let Some(tensor) = written {
+            let range = (buffer, base);
+            self.written.insert(id, Written { tensor, range });
+        }
         if !autodiff {
             return Ok(target);
         }

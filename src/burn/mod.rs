@@ -37,9 +37,12 @@
 //! model has a slot, laid out on the first step, and its state (`exp_avg`, ...) in the same
 //! layout; the state is keyed by Burn's [`ParamId`] and named by the parameter's module path
 //! (`fc1.weight`). A step, all on Burn's own wgpu device and queue:
-//! 1. resolves every parameter and gradient to its CubeCL buffer (this submits Burn's pending
-//!    work, such as the backward pass, so it runs first) and records one device-side copy per
-//!    tensor of each into the arena: nothing goes through the host;
+//! 1. resolves every gradient, and every parameter that is not the tensor the last step wrote
+//!    back ([`BurnOptimizer::last_copies_in`]), to its CubeCL buffer (this submits Burn's
+//!    pending work, such as the backward pass, so it runs first) and records one device-side
+//!    copy per tensor into the arena: nothing goes through the host. A parameter the last step
+//!    wrote holds the arena's values as long as the module holds that tensor (Burn makes a new
+//!    tensor for every change), so it is neither resolved nor copied;
 //! 2. records the fused update (clipping, skipping and groups included) after the copies;
 //! 3. records the copy of every updated parameter back, and submits all of it at once: one
 //!    submit per step, however many parameters. A parameter whose Burn handle is exclusively
@@ -51,9 +54,9 @@
 //! If the update cannot be recorded (an invalid hyperparameter, say), nothing is submitted
 //! and the error is returned.
 //!
-//! Nothing waits for the GPU. The copies cost 12 bytes per element over the update's own
-//! traffic (the parameter in and out, the gradient in): for Adam 40 bytes per element instead
-//! of 28. Binding Burn's pool buffers directly would save them, but Burn hands out a new
+//! Nothing waits for the GPU. The copies cost 8 bytes per element over the update's own
+//! traffic (the gradient in, the parameter out; the parameter in too, 12, on the first step
+//! and where the model replaced it): for Adam 36 bytes per element instead of 28. Binding Burn's pool buffers directly would save them, but Burn hands out a new
 //! gradient buffer every step and our bind groups are built once; the copies keep the fused
 //! kernels as they are.
 //!
@@ -155,6 +158,8 @@ struct RecordedBurnStep {
     /// The parameters and gradients, alive until the submit.
     found: Vec<Found>,
     pins: Vec<Pin>,
+    /// Parameters copied into the arena.
+    copies_in: usize,
 }
 
 /// Our handle on each wgpu device registered through [`init`] or [`init_setup`].
@@ -241,6 +246,8 @@ pub struct BurnOptimizer<C: OptimizerConfig> {
     arena: Option<Arena<C>>,
     /// Parameters of the last step written in place and into fresh tensors.
     last_writes: (usize, usize),
+    /// Parameters the last step copied into the arena.
+    last_copies_in: usize,
 }
 
 impl<C: OptimizerConfig> std::fmt::Debug for BurnOptimizer<C> {
@@ -292,6 +299,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             state_format: StateFormat::Dense,
             arena: None,
             last_writes: (0, 0),
+            last_copies_in: 0,
         }
     }
 
@@ -376,6 +384,15 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.last_writes
     }
 
+    /// How many parameters the last step copied into the optimizer's arena. A parameter that
+    /// is still the tensor the step before wrote back holds the arena's values, so it is
+    /// neither resolved nor copied: after the first step, only parameters the model replaced
+    /// since (a new tensor, a loaded record), those without a gradient at the step before, and
+    /// those on another fusion stream than their gradient are copied in.
+    pub fn last_copies_in(&self) -> usize {
+        self.last_copies_in
+    }
+
     /// The name a parameter has in the state and in checkpoints: its module path.
     pub fn path_of(&self, id: ParamId) -> Option<&str> {
         let a = self.arena.as_ref()?;
@@ -430,8 +447,11 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         };
         let arena = self.arena.as_ref().expect("laid out by record_step");
         // 3. The updated parameters back into Burn's tensors.
-        let (module, done, writes) = write_back(arena, recorded.ranges, recorded.enc, module);
-        self.last_writes = writes;
+        let out = write_back(arena, recorded.ranges, recorded.enc, module);
+        let (module, done) = (out.module, out.done);
+        self.last_writes = out.writes;
+        self.last_copies_in = recorded.copies_in;
+        self.arena.as_mut().expect("laid out").written = out.written;
         recorded.step.submitted();
         drop(recorded.found);
         drop(recorded.pins);
@@ -450,7 +470,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         module: &M,
         grads: &mut GradientsParams,
     ) -> Result<RecordedBurnStep> {
-        let found = collect(module, Some(grads))?;
+        let written = self.arena.as_ref().map(|a| &a.written);
+        let found = collect(module, Some(grads), written)?;
         if self.arena.is_none() {
             self.arena = Some(self.build(&found)?);
         }
@@ -459,7 +480,9 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         arena.opt.set_lr(lr as f32)?;
         for f in &found {
             if let Some((p, g)) = &f.tensors {
-                check_device(&f.path, p, &arena.device)?;
+                if let Some(p) = p {
+                    check_device(&f.path, p, &arena.device)?;
+                }
                 check_device(&f.path, g, &arena.device)?;
             }
         }
@@ -475,11 +498,18 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             });
         // The buffer range of each stepped parameter, pinned until the write-back is submitted.
         let mut ranges = HashMap::with_capacity(found.len());
+        let mut copies_in = 0;
         for f in &found {
             let name = arena.names[arena.slot[&f.id]].clone();
             match &f.tensors {
                 Some((p, g)) => {
-                    let param = copy_in(&mut enc, &arena.params, &name, f, p, false, &mut pins)?;
+                    let param = match p {
+                        Some(p) => {
+                            copies_in += 1;
+                            copy_in(&mut enc, &arena.params, &name, f, p, false, &mut pins)?
+                        }
+                        None => arena.written[&f.id].range(),
+                    };
                     copy_in(&mut enc, &arena.params, &name, f, g, true, &mut pins)?;
                     ranges.insert(f.id, Some(param));
                 }
@@ -495,6 +525,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             step,
             found,
             pins,
+            copies_in,
         })
     }
 
@@ -502,7 +533,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     fn build(&self, found: &[Found]) -> Result<Arena<C>> {
         let Some(dev) = found
             .iter()
-            .find_map(|f| f.tensors.as_ref().and_then(|t| wgpu_device(&t.0)).cloned())
+            .find_map(|f| f.tensors.as_ref().and_then(|t| wgpu_device(&t.1)).cloned())
         else {
             return Err(Error::Empty(
                 "no parameter of the model has a gradient; nothing to step".into(),
@@ -545,6 +576,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             names,
             slots: slots_of(found),
             slot,
+            written: HashMap::new(),
         })
     }
 
@@ -579,7 +611,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn load<M: Module>(&mut self, path: impl AsRef<Path>, module: M) -> Result<M> {
-        let found = collect(&module, None)?;
+        let found = collect(&module, None, None)?;
         let (dev, gpu) = module_device(&module, &found)?;
         let names = slot_names(&found);
         let mut params = params_of(&gpu, &names, &found)?;
@@ -594,6 +626,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             names,
             slots: slots_of(&found),
             slot,
+            written: HashMap::new(),
         };
         self.max_grad_norm = arena.opt.max_grad_norm();
         self.norm_type = arena.opt.grad_norm_type();
@@ -604,10 +637,13 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
                 label: Some("wgpu-optim burn load"),
             });
         let ranges = found.iter().map(|f| (f.id, None)).collect();
-        let (module, done, _) = write_back(&arena, ranges, enc, module);
-        done?;
-        self.arena = Some(arena);
-        Ok(module)
+        let out = write_back(&arena, ranges, enc, module);
+        out.done?;
+        self.arena = Some(Arena {
+            written: out.written,
+            ..arena
+        });
+        Ok(out.module)
     }
 }
 

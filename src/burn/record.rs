@@ -332,7 +332,7 @@ impl<C: BurnRecord> BurnOptimizer<C> {
             let (name, dtype, shape, _, bytes) = t.into_parts().map_err(|e| bad(e.to_string()))?;
             tensors.insert(name, (dtype, shape.to_vec(), bytes));
         }
-        let found = collect(module, None)?;
+        let found = collect(module, None, None)?;
         // Every value checked and decoded before any GPU work.
         let mut values = Vec::with_capacity(found.len());
         let mut steps: Option<(u64, String)> = None;

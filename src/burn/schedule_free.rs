@@ -70,7 +70,7 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
         if all_in_mode {
             return Ok(module);
         }
-        let found = collect(&module, None)?;
+        let found = collect(&module, None, None)?;
         check_same(arena, &found)?;
         let values = values(&module)?;
         for f in &found {
@@ -106,8 +106,9 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
             false => arena.opt.eval(&arena.params)?,
         }
         let out = encoder("wgpu-optim burn mode switch out");
-        let (module, done, _) = write_back(arena, ranges, out, module);
+        let out = write_back(arena, ranges, out, module);
+        arena.written = out.written;
         drop(pins);
-        done.map(|()| module)
+        out.done.map(|()| out.module)
     }
 }
