@@ -366,7 +366,10 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.arena.as_ref().map(|a| &a.opt)
     }
 
-    /// The arena holding the copies of the parameters and gradients of the last step.
+    /// The arena holding the copies of the parameters and gradients of the last step. Read it
+    /// rather than write it: a parameter the last step wrote back is not copied in again
+    /// ([`BurnOptimizer::last_copies_in`]), so a value written here goes into the next step
+    /// and from there into the model.
     pub fn params(&self) -> Option<&Params> {
         self.arena.as_ref().map(|a| &a.params)
     }
