@@ -134,9 +134,9 @@ impl ModuleVisitor for Collect<'_> {
     }
 }
 
-///
-/// With `written` (a step's), a parameter that is still the tensor the last write-back left is
-/// not resolved ([`Found::tensors`]).
+/// The module's float parameters in visiting order; with `grads`, each resolved with its
+/// gradient. With `written` (a step's), a parameter that is still the tensor the last
+/// write-back left is not resolved ([`Found::tensors`]).
 pub(super) fn collect<M: Module>(
     module: &M,
     grads: Option<&mut GradientsParams>,
