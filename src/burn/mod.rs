@@ -56,9 +56,10 @@
 //!
 //! Nothing waits for the GPU. The copies cost 8 bytes per element over the update's own
 //! traffic (the gradient in, the parameter out; the parameter in too, 12, on the first step
-//! and where the model replaced it): for Adam 36 bytes per element instead of 28. Binding Burn's pool buffers directly would save them, but Burn hands out a new
-//! gradient buffer every step and our bind groups are built once; the copies keep the fused
-//! kernels as they are.
+//! and where the model replaced it): for Adam 36 bytes per element instead of 28. Binding
+//! Burn's pool buffers directly would save them, but Burn hands out a new gradient buffer
+//! every step and our bind groups are built once; the copies keep the fused kernels as they
+//! are.
 //!
 //! # Differences from Burn's `ModuleOptimizer`
 //! - `step` returns a `Result`: a model on another backend or device, a parameter that is not

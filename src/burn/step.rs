@@ -68,8 +68,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// Errors, raised before any GPU work: a parameter on another backend or device, or on a
     /// wgpu device not set up with [`init`](super::init); a parameter or gradient that is not
     /// f32; a model whose parameters (ids or shapes) differ from those of the first step; an
-    /// invalid `lr` or configuration. As Burn's step consumes the module, so does this one, and an `Err`
-    /// drops it: [`BurnOptimizer::try_step`] gives it back with the error.
+    /// invalid `lr` or configuration. As Burn's step consumes the module, so does this one,
+    /// and an `Err` drops it: [`BurnOptimizer::try_step`] gives it back with the error.
     pub fn step<M: Module>(&mut self, lr: f64, module: M, grads: GradientsParams) -> Result<M> {
         self.try_step(lr, module, grads).map_err(|r| r.error)
     }
