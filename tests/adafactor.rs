@@ -317,3 +317,32 @@ fn bad_input_is_a_typed_error() {
     assert!(matches!(e, Error::InvalidOptions(_)), "{e}");
     assert_eq!(opt.state_format(), StateFormat::Dense);
 }
+
+/// `eps[0]` is PyTorch's `None` until set: read as f32's machine epsilon (what the update
+/// uses), set to a value of its own; the other options by name as every optimizer's.
+#[test]
+fn hyperparameters_by_name_with_eps0_unset() {
+    let mut cfg = AdafactorConfig::default();
+    assert_eq!(cfg.eps.0, None);
+    let read = |cfg: &AdafactorConfig, name: &str| {
+        cfg.hyperparameters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    };
+    // Widened as every option is (1.1920929e-7), rounding back to the f32 exactly.
+    assert_eq!(read(&cfg, "eps[0]").map(|v| v as f32), Some(f32::EPSILON));
+    assert_eq!(read(&cfg, "eps[1]"), Some(1e-3));
+    cfg.set_hyperparameter("eps[0]", 1e-30).unwrap();
+    assert_eq!(cfg.eps.0, Some(1e-30));
+    assert_eq!(read(&cfg, "eps[0]"), Some(1e-30));
+    cfg.set_hyperparameter("maximize", 1.0).unwrap();
+    assert!(cfg.maximize);
+    let before = cfg.clone();
+    assert!(cfg.set_hyperparameter("maximize", 0.5).is_err());
+    assert!(matches!(
+        cfg.set_hyperparameter("betas[0]", 0.9),
+        Err(Error::UnknownHyperparameter { .. })
+    ));
+    assert_eq!(cfg, before);
+}

@@ -1,6 +1,6 @@
 //! Adafactor (`torch.optim.Adafactor`).
 
-use super::{flag, hyper, unknown_hyperparameter, widen, FusedOptimizer, OptimizerConfig};
+use super::{widen, FusedOptimizer, OptimizerConfig};
 use crate::error::{check, Result};
 
 /// Adafactor (Shazeer & Stern 2018) as `torch.optim.Adafactor`: a second moment factored
@@ -170,30 +170,13 @@ impl OptimizerConfig for AdafactorConfig {
         }
     }
 
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", hyper(self.lr)),
-            ("beta2_decay", hyper(self.beta2_decay)),
-            ("eps[0]", hyper(self.eps1())),
-            ("eps[1]", hyper(self.eps.1)),
-            ("d", hyper(self.d)),
-            ("weight_decay", hyper(self.weight_decay)),
-            ("maximize", self.maximize as u8 as f64),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        let v = value as f32;
-        match name {
-            "lr" => self.lr = v,
-            "beta2_decay" => self.beta2_decay = v,
-            "eps[0]" => self.eps.0 = Some(v),
-            "eps[1]" => self.eps.1 = v,
-            "d" => self.d = v,
-            "weight_decay" => self.weight_decay = v,
-            "maximize" => self.maximize = flag("maximize", value)?,
-            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
-        }
-        Ok(())
+    crate::hyperparameters! {
+        "lr" => num lr,
+        "beta2_decay" => num beta2_decay,
+        "eps[0]" => num_or(f32::EPSILON) eps.0,
+        "eps[1]" => num eps.1,
+        "d" => num d,
+        "weight_decay" => num weight_decay,
+        "maximize" => flag maximize,
     }
 }

@@ -365,26 +365,38 @@ pub trait OptimizerConfig: Clone + std::fmt::Debug + Send + Sync + 'static {
 
 /// One table of an optimizer's options by PyTorch name, from which both
 /// [`OptimizerConfig::hyperparameters`] and [`OptimizerConfig::set_hyperparameter`] are
-/// generated (use it inside `impl OptimizerConfig for ...`). Each row is
-/// `"name" => num field` (an f32, [`hyper`]-widened) or `"name" => flag field` (a bool, 0 or 1);
-/// a field may be a path such as `betas.0`. The [`OptimizerConfig`] example uses it in full.
+/// generated (use it inside `impl OptimizerConfig for ...`). Each row is `"name" => kind
+/// field`, the field maybe a path such as `betas.0`, of one of these kinds:
+/// - `num`: an f32, [`hyper`]-widened;
+/// - `num_or(default)`: an `Option<f32>`, read as `default` where it is `None`, set to `Some`;
+/// - `flag`: a bool, 0 or 1;
+/// - `count`: a u64, a whole number from 0 to 2^53.
+///
+/// The [`OptimizerConfig`] example uses it in full.
 ///
 /// ```text
 /// wgpu_optim::hyperparameters! {
 ///     "lr" => num lr,
 ///     "betas[0]" => num betas.0,
+///     "eps[0]" => num_or(f32::EPSILON) eps.0,
 ///     "amsgrad" => flag amsgrad,
+///     "warmup_steps" => count warmup_steps,
 /// }
 /// ```
 #[macro_export]
 macro_rules! hyperparameters {
-    ($($name:literal => $kind:ident $first:ident $(. $rest:tt)*),* $(,)?) => {
+    ($($name:literal => $kind:ident $(($($arg:tt)*))? $first:ident $(. $rest:tt)*),* $(,)?) => {
         fn hyperparameters(&self) -> ::std::vec::Vec<(&'static str, f64)> {
-            ::std::vec![$(($name, $crate::hyperparameters!(@get $kind self.$first $(. $rest)*))),*]
+            ::std::vec![$((
+                $name,
+                $crate::hyperparameters!(@get $kind [$($($arg)*)?] self.$first $(. $rest)*)
+            )),*]
         }
         fn set_hyperparameter(&mut self, name: &str, value: f64) -> $crate::Result<()> {
             match name {
-                $($name => $crate::hyperparameters!(@set $kind $name, value, self.$first $(. $rest)*),)*
+                $($name => $crate::hyperparameters!(
+                    @set $kind [$($($arg)*)?] $name, value, self.$first $(. $rest)*
+                ),)*
                 _ => {
                     return ::std::result::Result::Err($crate::optim::unknown_hyperparameter(
                         <Self as $crate::OptimizerConfig>::NAME,
@@ -395,11 +407,19 @@ macro_rules! hyperparameters {
             ::std::result::Result::Ok(())
         }
     };
-    (@get num $($e:tt)+) => { $crate::optim::hyper($($e)+) };
-    (@get flag $($e:tt)+) => { ($($e)+) as u8 as f64 };
-    (@set num $name:literal, $v:ident, $($place:tt)+) => { $($place)+ = $v as f32 };
-    (@set flag $name:literal, $v:ident, $($place:tt)+) => {
+    (@get num [] $($e:tt)+) => { $crate::optim::hyper($($e)+) };
+    (@get num_or [$d:expr] $($e:tt)+) => { $crate::optim::hyper(($($e)+).unwrap_or($d)) };
+    (@get flag [] $($e:tt)+) => { ($($e)+) as u8 as f64 };
+    (@get count [] $($e:tt)+) => { ($($e)+) as f64 };
+    (@set num [] $name:literal, $v:ident, $($place:tt)+) => { $($place)+ = $v as f32 };
+    (@set num_or [$d:expr] $name:literal, $v:ident, $($place:tt)+) => {
+        $($place)+ = ::std::option::Option::Some($v as f32)
+    };
+    (@set flag [] $name:literal, $v:ident, $($place:tt)+) => {
         $($place)+ = $crate::optim::flag($name, $v)?
+    };
+    (@set count [] $name:literal, $v:ident, $($place:tt)+) => {
+        $($place)+ = $crate::optim::count($name, $v)?
     };
 }
 
@@ -457,6 +477,21 @@ pub fn flag(name: &'static str, value: f64) -> Result<bool> {
             name,
             value,
             rule: "a boolean option must be 0 or 1",
+        })
+    }
+}
+
+/// A whole-number hyperparameter from a value in 0 ..= 2^53 (used by
+/// [`hyperparameters!`](crate::hyperparameters)).
+#[doc(hidden)]
+pub fn count(name: &'static str, value: f64) -> Result<u64> {
+    if value >= 0.0 && value.fract() == 0.0 && value <= 2f64.powi(53) {
+        Ok(value as u64)
+    } else {
+        Err(crate::Error::InvalidHyperparameter {
+            name,
+            value,
+            rule: "must be a whole number from 0 to 2^53",
         })
     }
 }

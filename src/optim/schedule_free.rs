@@ -1,7 +1,7 @@
 //! Schedule-Free AdamW (Defazio et al. 2024, "The Road Less Scheduled"), as
 //! facebookresearch/schedule_free's `AdamWScheduleFree` steps it.
 
-use super::{check_adam_like, flag, hyper, unknown_hyperparameter, widen};
+use super::{check_adam_like, widen};
 use super::{FusedOptimizer, Optimizer, OptimizerConfig};
 use crate::error::{check, Error, Result};
 use crate::params::Params;
@@ -247,43 +247,16 @@ impl OptimizerConfig for ScheduleFreeAdamWConfig {
         }
     }
 
-    fn hyperparameters(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("lr", hyper(self.lr)),
-            ("betas[0]", hyper(self.betas.0)),
-            ("betas[1]", hyper(self.betas.1)),
-            ("eps", hyper(self.eps)),
-            ("weight_decay", hyper(self.weight_decay)),
-            ("warmup_steps", self.warmup_steps as f64),
-            ("r", hyper(self.r)),
-            ("weight_lr_power", hyper(self.weight_lr_power)),
-            ("train_mode", self.train_mode as u8 as f64),
-        ]
-    }
-
-    fn set_hyperparameter(&mut self, name: &str, value: f64) -> Result<()> {
-        match name {
-            "lr" => self.lr = value as f32,
-            "betas[0]" => self.betas.0 = value as f32,
-            "betas[1]" => self.betas.1 = value as f32,
-            "eps" => self.eps = value as f32,
-            "weight_decay" => self.weight_decay = value as f32,
-            "warmup_steps" => {
-                if !(value >= 0.0 && value.fract() == 0.0 && value < 2f64.powi(53)) {
-                    return Err(Error::InvalidHyperparameter {
-                        name: "warmup_steps",
-                        value,
-                        rule: "must be a whole number >= 0",
-                    });
-                }
-                self.warmup_steps = value as u64;
-            }
-            "r" => self.r = value as f32,
-            "weight_lr_power" => self.weight_lr_power = value as f32,
-            "train_mode" => self.train_mode = flag("train_mode", value)?,
-            _ => return Err(unknown_hyperparameter(Self::NAME, name)),
-        }
-        Ok(())
+    crate::hyperparameters! {
+        "lr" => num lr,
+        "betas[0]" => num betas.0,
+        "betas[1]" => num betas.1,
+        "eps" => num eps,
+        "weight_decay" => num weight_decay,
+        "warmup_steps" => count warmup_steps,
+        "r" => num r,
+        "weight_lr_power" => num weight_lr_power,
+        "train_mode" => flag train_mode,
     }
 }
 
