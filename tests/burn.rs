@@ -502,10 +502,19 @@ fn schedule_free_switches_a_burn_model_between_its_sequences() {
     }
     check("y after 3 steps", &model, &p);
 
-    // A model the optimizer does not step is refused, and the mode stays.
+    // A model the optimizer does not step is refused, and the mode stays; `try_eval` and
+    // `try_train` give that model back as it was.
     let e = optim.eval(mlp(&values(&model), &device)).unwrap_err();
     assert!(matches!(e, Error::ParamSetChanged(_)), "{e}");
     assert!(optim.is_train_mode());
+    let other = mlp(&values(&model), &device);
+    let other_ids = ids(&other);
+    let r = optim.try_eval(other).unwrap_err();
+    assert!(matches!(r.error, Error::ParamSetChanged(_)), "{r}");
+    assert!(optim.is_train_mode());
+    assert_eq!(ids(&r.module), other_ids, "the model given back");
+    assert_eq!(values(&r.module), values(&model));
+    assert_eq!(optim.step_count(), 3);
 
     // eval: the average x, from the GPU's own z; a second eval changes nothing.
     let z = z_of(&optim);
@@ -524,7 +533,11 @@ fn schedule_free_switches_a_burn_model_between_its_sequences() {
     assert_eq!(values(&model), x, "nothing changed");
 
     // train: back to y, and the run goes on as the reference's.
-    model = optim.train(model).unwrap();
+    let r = optim.try_train(mlp(&x, &device)).unwrap_err();
+    assert!(matches!(r.error, Error::ParamSetChanged(_)), "{r}");
+    assert!(!optim.is_train_mode(), "still in eval mode");
+    assert_eq!(values(&r.module), x);
+    model = optim.try_train(model).unwrap();
     switch(&mut p, &z, 1.0 - beta1);
     check("y after train", &model, &p);
     model = step(&mut optim, model, &mut p, &mut states, &mut rng);
@@ -1302,6 +1315,33 @@ fn checkpoint_resume_in_a_fresh_process() {
     let mut optim = BurnOptimizer::new(resume_config()).with_max_grad_norm(1.0);
     let _half = train(seed, 0, 6, mlp(&start, &device), &mut optim, &device);
     optim.save(dir.join("half.safetensors")).unwrap();
+
+    // `try_load` gives the model back, the optimizer unchanged, when there is nothing to
+    // resume from or the file is not this model's; then it resumes.
+    let mut resumed = BurnOptimizer::new(resume_config()).with_max_grad_norm(1.0);
+    let model = mlp(&start, &device);
+    let model_ids = ids(&model);
+    let r = resumed
+        .try_load(dir.join("missing.safetensors"), model)
+        .unwrap_err();
+    assert!(matches!(r.error, Error::Io { .. }), "{r}");
+    assert!(resumed.optimizer().is_none(), "nothing laid out");
+    assert_eq!(
+        (ids(&r.module), values(&r.module)),
+        (model_ids, start.clone())
+    );
+    let r = resumed
+        .try_load(dir.join("half.safetensors"), r.module.fc1)
+        .unwrap_err();
+    assert!(matches!(r.error, Error::CheckpointMismatch { .. }), "{r}");
+    assert!(resumed.optimizer().is_none(), "nothing laid out");
+    assert_eq!(r.module.weight.id, model_ids[0]);
+    let model = resumed
+        .try_load(dir.join("half.safetensors"), mlp(&start, &device))
+        .unwrap();
+    assert_eq!(resumed.step_count(), 6);
+    assert_ne!(values(&model), start, "the saved parameters");
+
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

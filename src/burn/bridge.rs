@@ -206,6 +206,10 @@ pub(super) fn check_device(path: &str, t: &CubeTensor, device: &WgpuDevice) -> R
     }
 }
 
+/// The parameters a write-back writes, each with the pinned buffer range it was read from
+/// when the step or switch read it (the range to write in place).
+pub(super) type Ranges = HashMap<ParamId, Option<(wgpu::Buffer, u64)>>;
+
 /// A Burn buffer kept from being freed, reused or moved while the copies that use it are
 /// recorded and submitted.
 pub(super) type Pin = ManagedResource<WgpuResource>;
@@ -365,7 +369,7 @@ struct WriteBack<'a, C: OptimizerConfig> {
     arena: &'a Arena<C>,
     /// The parameters to write, each with the pinned buffer range it was read from, when the
     /// step read it.
-    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    ranges: Ranges,
     enc: wgpu::CommandEncoder,
     pins: Vec<Pin>,
     path: Vec<String>,
@@ -393,7 +397,7 @@ pub(super) struct Outcome<M> {
 /// The submit happens either way, so what `enc` recorded before always runs.
 pub(super) fn write_back<M: Module, C: OptimizerConfig>(
     arena: &Arena<C>,
-    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    ranges: Ranges,
     enc: wgpu::CommandEncoder,
     module: M,
 ) -> Outcome<M> {
@@ -491,15 +495,17 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
         // Burn's own rule for in-place kernels: a fusion tensor nothing else refers to. Such a
         // tensor is the one the step read, so its buffer range (pinned since) is known.
         let known = self.ranges.get(&id).cloned().flatten();
-        let (target, known) = if burn_backend::TensorMetadata::can_mut(&fused) {
+        let (target, known, written) = if burn_backend::TensorMetadata::can_mut(&fused) {
             self.in_place += 1;
-            (Tensor::<D>::from_primitive::<Cube>(fused), known)
+            let id = fused.id;
+            (Tensor::<D>::from_primitive::<Cube>(fused), known, Some(id))
         } else {
             drop(fused);
             self.fresh += 1;
-            (Tensor::<D>::empty(shape, (&device, DType::F32)), None)
+            let fresh = Tensor::<D>::empty(shape, (&device, DType::F32));
+            let id = fusion_of(&fresh).map(|f| f.id);
+            (fresh, None, id)
         };
-        let written = fusion_of(&target).map(|f| f.id);
         let (buffer, base) = match known {
             Some(range) => range,
             None => {

@@ -65,7 +65,9 @@
 //! - `step` returns a `Result`: a model on another backend or device, a parameter that is not
 //!   f32, or a model whose parameters changed since the first step is an [`Error`] before any
 //!   GPU work. [`BurnOptimizer::try_step`] gives the module back with the error
-//!   ([`Rejected`]), unchanged, so a training loop can recover without keeping a clone.
+//!   ([`Rejected`]), unchanged, so a training loop can recover without keeping a clone; so do
+//!   [`BurnOptimizer::try_load`] and Schedule-Free's [`BurnOptimizer::try_eval`] and
+//!   [`BurnOptimizer::try_train`].
 //! - A parameter without a gradient is not changed, as in Burn. Its slot's gradient is zero
 //!   for that step, so it adds nothing to the global norm; as the state is one arena, its
 //!   moments decay as for a zero gradient and the step count is shared (Burn keeps both
@@ -423,7 +425,8 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// saved parameter values. The state format and precision are this optimizer's
     /// ([`BurnOptimizer::with_state_format`], [`BurnOptimizer::with_precision`]) and must be
     /// those of the run that saved. Everything is checked before anything changes; on `Err`
-    /// the optimizer is as it was.
+    /// the optimizer is as it was, and the module is dropped: [`BurnOptimizer::try_load`]
+    /// gives it back with the error.
     ///
     /// ```no_run
     /// # use burn::nn::{Linear, LinearConfig};
@@ -436,15 +439,77 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn load<M: Module>(&mut self, path: impl AsRef<Path>, module: M) -> Result<M> {
-        let found = collect(&module, None, None)?;
-        let (dev, gpu) = module_device(&module, &found)?;
+        self.try_load(path, module).map_err(|r| r.error)
+    }
+
+    /// [`BurnOptimizer::load`], giving the module back with the error ([`Rejected`]).
+    ///
+    /// For every error of the file or the model (a missing or damaged checkpoint, one of
+    /// another optimizer or layout, a model whose parameters are not the checkpoint's), the
+    /// module comes back as it was passed in and the optimizer is unchanged: a run can start
+    /// fresh when there is nothing to resume.
+    ///
+    /// ```no_run
+    /// # use burn::nn::{Linear, LinearConfig};
+    /// use wgpu_optim::burn::{init, BurnOptimizer};
+    /// use wgpu_optim::AdamConfig;
+    /// let (device, _) = init(Default::default())?;
+    /// let model: Linear = LinearConfig::new(4, 2).init(&device.autodiff());
+    /// let mut optim = BurnOptimizer::new(AdamConfig::default());
+    /// let model = match optim.try_load("run.safetensors", model) {
+    ///     Ok(resumed) => resumed,
+    ///     Err(fresh) => {
+    ///         eprintln!("starting afresh: {}", fresh.error);
+    ///         fresh.module
+    ///     }
+    /// };
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn try_load<M: Module>(
+        &mut self,
+        path: impl AsRef<Path>,
+        module: M,
+    ) -> std::result::Result<M, Rejected<M>> {
+        let (arena, found) = match self.restore(path.as_ref(), &module) {
+            Ok(r) => r,
+            Err(error) => return Err(Rejected { error, module }),
+        };
+        let enc = arena
+            .gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim burn load"),
+            });
+        let ranges = found.iter().map(|f| (f.id, None)).collect();
+        let out = write_back(&arena, ranges, enc, module);
+        if let Err(error) = out.done {
+            return Err(Rejected {
+                error,
+                module: out.module,
+            });
+        }
+        self.max_grad_norm = arena.opt.max_grad_norm();
+        self.norm_type = arena.opt.grad_norm_type();
+        self.skip_nonfinite = arena.opt.skip_nonfinite();
+        self.arena = Some(Arena {
+            written: out.written,
+            ..arena
+        });
+        Ok(out.module)
+    }
+
+    /// A new arena for `module`'s parameters with the checkpoint's state and parameters;
+    /// nothing of this optimizer or the module changes.
+    fn restore<M: Module>(&self, path: &Path, module: &M) -> Result<(Arena<C>, Vec<Found>)> {
+        let found = collect(module, None, None)?;
+        let (dev, gpu) = module_device(module, &found)?;
         let names = slot_names(&found);
         let mut params = params_of(&gpu, &names, &found)?;
         let mut opt = self.fused(&params)?;
         checkpoint::load(path, &mut params, &mut opt)?;
         let slot = found.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
         let arena = Arena {
-            gpu: gpu.clone(),
+            gpu,
             device: dev,
             params,
             opt,
@@ -453,22 +518,7 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             slot,
             written: HashMap::new(),
         };
-        self.max_grad_norm = arena.opt.max_grad_norm();
-        self.norm_type = arena.opt.grad_norm_type();
-        self.skip_nonfinite = arena.opt.skip_nonfinite();
-        let enc = gpu
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgpu-optim burn load"),
-            });
-        let ranges = found.iter().map(|f| (f.id, None)).collect();
-        let out = write_back(&arena, ranges, enc, module);
-        out.done?;
-        self.arena = Some(Arena {
-            written: out.written,
-            ..arena
-        });
-        Ok(out.module)
+        Ok((arena, found))
     }
 }
 

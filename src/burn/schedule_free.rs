@@ -1,7 +1,8 @@
 //! Schedule-Free AdamW's switch between its two sequences, on a Burn model.
 
 use super::bridge::{check_device, check_same, collect, copy_in, values, write_back};
-use super::BurnOptimizer;
+use super::bridge::{Arena, Pin, Ranges};
+use super::{BurnOptimizer, Rejected};
 use crate::error::Result;
 use crate::optim::Optimizer;
 use crate::ScheduleFreeAdamWConfig;
@@ -33,16 +34,47 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
     /// `x = y`: only the mode changes). Takes the module's current values, so a model changed
     /// since the step (loaded weights, say) is switched as it is now.
     ///
-    /// Errors, checked before the optimizer changes (the module passed in is dropped, as by a
-    /// failed step): a model whose parameters are not those the optimizer steps, or that are
-    /// not on its device.
+    /// Errors, checked before the optimizer changes: a model whose parameters are not those
+    /// the optimizer steps, or that are not on its device. As with [`BurnOptimizer::step`],
+    /// an `Err` drops the module: [`BurnOptimizer::try_eval`] gives it back with the error.
     pub fn eval<M: Module>(&mut self, module: M) -> Result<M> {
-        self.switch_mode(module, false)
+        self.try_eval(module).map_err(|r| r.error)
     }
 
     /// Put `module`'s parameters back on the training sequence `y` (`p = lerp(p, z, 1 -
-    /// beta1)`), for stepping. A no-op in train mode; see [`BurnOptimizer::eval`].
+    /// beta1)`), for stepping. A no-op in train mode; see [`BurnOptimizer::eval`], and
+    /// [`BurnOptimizer::try_train`] for the form that gives the module back with an error.
     pub fn train<M: Module>(&mut self, module: M) -> Result<M> {
+        self.try_train(module).map_err(|r| r.error)
+    }
+
+    /// [`BurnOptimizer::eval`], giving the module back with the error ([`Rejected`]).
+    ///
+    /// For every error raised before the switch runs (those [`BurnOptimizer::eval`] lists)
+    /// the module comes back as it was passed in and the optimizer is unchanged, as from
+    /// [`BurnOptimizer::try_step`].
+    ///
+    /// ```no_run
+    /// # use burn::nn::Linear;
+    /// # use wgpu_optim::burn::BurnOptimizer;
+    /// # use wgpu_optim::ScheduleFreeAdamWConfig;
+    /// # fn evaluate(optim: &mut BurnOptimizer<ScheduleFreeAdamWConfig>, model: Linear) -> Linear {
+    /// match optim.try_eval(model) {
+    ///     Ok(average) => average,
+    ///     Err(rejected) => {
+    ///         eprintln!("evaluating the training sequence: {}", rejected.error);
+    ///         rejected.module
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn try_eval<M: Module>(&mut self, module: M) -> std::result::Result<M, Rejected<M>> {
+        self.switch_mode(module, false)
+    }
+
+    /// [`BurnOptimizer::train`], giving the module back with the error; see
+    /// [`BurnOptimizer::try_eval`].
+    pub fn try_train<M: Module>(&mut self, module: M) -> std::result::Result<M, Rejected<M>> {
         self.switch_mode(module, true)
     }
 
@@ -54,7 +86,11 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
         }
     }
 
-    fn switch_mode<M: Module>(&mut self, module: M, train: bool) -> Result<M> {
+    fn switch_mode<M: Module>(
+        &mut self,
+        module: M,
+        train: bool,
+    ) -> std::result::Result<M, Rejected<M>> {
         let Some(arena) = self.arena.as_mut() else {
             for g in &mut self.groups {
                 g.config.train_mode = train;
@@ -70,45 +106,68 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
         if all_in_mode {
             return Ok(module);
         }
-        let found = collect(&module, None, None)?;
-        check_same(arena, &found)?;
-        let values = values(&module)?;
-        for f in &found {
-            check_device(&f.path, &values[&f.id], &arena.device)?;
-        }
-
-        // The model's values into the arena, the switch, and the new values back: three
-        // submits in queue order, no wait.
-        let gpu = arena.gpu.clone();
-        let encoder = |label| {
-            gpu.device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+        let (ranges, pins) = match copy_in_and_switch(arena, &module, train) {
+            Ok(r) => r,
+            Err(error) => return Err(Rejected { error, module }),
         };
-        let mut enc = encoder("wgpu-optim burn mode switch in");
-        let mut pins = Vec::new();
-        let mut ranges = HashMap::with_capacity(found.len());
-        for f in &found {
-            let name = &arena.names[arena.slot[&f.id]];
-            let range = copy_in(
-                &mut enc,
-                &arena.params,
-                name,
-                f,
-                &values[&f.id],
-                false,
-                &mut pins,
-            )?;
-            ranges.insert(f.id, Some(range));
-        }
-        gpu.queue().submit([enc.finish()]);
-        match train {
-            true => arena.opt.train(&arena.params)?,
-            false => arena.opt.eval(&arena.params)?,
-        }
-        let out = encoder("wgpu-optim burn mode switch out");
+        let gpu = arena.gpu.clone();
+        let out = gpu
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim burn mode switch out"),
+            });
         let out = write_back(arena, ranges, out, module);
         arena.written = out.written;
         drop(pins);
-        out.done.map(|()| out.module)
+        match out.done {
+            Ok(()) => Ok(out.module),
+            Err(error) => Err(Rejected {
+                error,
+                module: out.module,
+            }),
+        }
     }
+}
+
+/// The checks, then `module`'s values into the arena and the switch itself: two submits in
+/// queue order, no wait. Returns the pinned buffer range each parameter was read from, for
+/// the write-back. The module is only read.
+fn copy_in_and_switch<M: Module>(
+    arena: &mut Arena<ScheduleFreeAdamWConfig>,
+    module: &M,
+    train: bool,
+) -> Result<(Ranges, Vec<Pin>)> {
+    let found = collect(module, None, None)?;
+    check_same(arena, &found)?;
+    let values = values(module)?;
+    for f in &found {
+        check_device(&f.path, &values[&f.id], &arena.device)?;
+    }
+    let gpu = arena.gpu.clone();
+    let mut enc = gpu
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("wgpu-optim burn mode switch in"),
+        });
+    let mut pins = Vec::new();
+    let mut ranges = HashMap::with_capacity(found.len());
+    for f in &found {
+        let name = &arena.names[arena.slot[&f.id]];
+        let range = copy_in(
+            &mut enc,
+            &arena.params,
+            name,
+            f,
+            &values[&f.id],
+            false,
+            &mut pins,
+        )?;
+        ranges.insert(f.id, Some(range));
+    }
+    gpu.queue().submit([enc.finish()]);
+    match train {
+        true => arena.opt.train(&arena.params)?,
+        false => arena.opt.eval(&arena.params)?,
+    }
+    Ok((ranges, pins))
 }

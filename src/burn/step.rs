@@ -2,11 +2,11 @@
 //! one submit; [`BurnOptimizer::try_step`] gives the module back with an error.
 
 use super::bridge::{check_device, check_same, clear_grad, collect, copy_in, write_back};
-use super::bridge::{Found, Pin};
+use super::bridge::{Found, Pin, Ranges};
 use super::BurnOptimizer;
 use crate::error::{Error, Result};
 use crate::optim::{Optimizer, OptimizerConfig};
-use ::burn::module::{Module, ParamId};
+use ::burn::module::Module;
 use ::burn::optim::GradientsParams;
 use std::collections::HashMap;
 
@@ -51,7 +51,7 @@ impl<M> From<Rejected<M>> for Error {
 struct RecordedBurnStep {
     enc: wgpu::CommandEncoder,
     /// The buffer range each stepped parameter was read from.
-    ranges: HashMap<ParamId, Option<(wgpu::Buffer, u64)>>,
+    ranges: Ranges,
     step: crate::optim::RecordedStep,
     /// The parameters and gradients, alive until the submit.
     found: Vec<Found>,
