@@ -62,6 +62,9 @@
 //! are.
 //!
 //! # Differences from Burn's `ModuleOptimizer`
+//! - It is not a `ModuleOptimizer`, which is a struct of Burn's that steps one tensor at a
+//!   time: a custom training loop calls [`BurnOptimizer::step`] where it called Burn's, but
+//!   Burn's `Learner` (burn-train), which takes a `ModuleOptimizer`, cannot take it.
 //! - `step` returns a `Result`: a model on another backend or device, a parameter that is not
 //!   f32, or a model whose parameters changed since the first step is an [`Error`] before any
 //!   GPU work. [`BurnOptimizer::try_step`] gives the module back with the error
