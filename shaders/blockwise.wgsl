@@ -1,5 +1,5 @@
 // 8-bit blockwise optimizer state (bitsandbytes' scheme), the part of `main_q8` that does not
-// depend on the optimizer: src/shader.rs generates the entry point and each slot's accessors
+// depend on the optimizer: src/shader/kernel.rs generates the entry point and each slot's accessors
 // around these helpers. Host side and CPU reference: src/blockwise.rs,
 // src/optim/engine/blockwise.rs.
 //

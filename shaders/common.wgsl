@@ -1,6 +1,6 @@
 // The shared part of every optimizer's update kernel. The host assembles a kernel as: the
 // generated declarations of `Ctrl` and the optimizer's scalars struct (with `alias Scalars` and
-// `unpack_scalars`, see src/shader.rs), this file, dtype.wgsl, the generated buffer bindings
+// `unpack_scalars`, see src/shader/mod.rs), this file, dtype.wgsl, the generated buffer bindings
 // (param, grad, one per state slot named as the state, the master copy and the random key),
 // then the optimizer's own file, which defines `fn update(i: u32, s: Scalars)`: the update of
 // elements 4i .. 4i+3 of param, grad and state.

@@ -17,10 +17,10 @@ override NORM: u32 = 2u;
 override SCALED: bool = false;
 
 // Ctrl, ScalerState, NormLevel and NormSettings are generated from their Rust definitions
-// (src/shader.rs, src/scaler.rs, src/norm.rs) and put in front of this file.
+// (src/shader/mod.rs, src/scaler.rs, src/norm.rs) and put in front of this file.
 
 // Binding 0, `grad`, and binding 6, `grad_rw`, are generated for the gradients' dtype
-// (src/shader.rs, with dtype.wgsl): read through `load_grad(i)`, `load_grad_rw(i)`,
+// (src/shader/kernel.rs, with dtype.wgsl): read through `load_grad(i)`, `load_grad_rw(i)`,
 // `store_grad_rw(i, v)`, four elements at a time.
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read_write> scaler: ScalerState;

@@ -7,7 +7,7 @@
 override WINDOW: u32 = 8u;
 
 @group(0) @binding(0) var<storage, read> window: array<vec4<f32>>;
-// `Ctrl` is generated from its Rust definition (src/shader.rs) and put in front of this file.
+// `Ctrl` is generated from its Rust definition (src/shader/mod.rs) and put in front of this file.
 @group(0) @binding(1) var<storage, read> ctrl: Ctrl;
 @group(0) @binding(2) var<storage, read_write> live: array<vec4<f32>>;
 
