@@ -516,9 +516,30 @@ fn schedule_free_switches_a_burn_model_between_its_sequences() {
     assert_eq!(values(&r.module), values(&model));
     assert_eq!(optim.step_count(), 3);
 
-    // eval: the average x, from the GPU's own z; a second eval changes nothing.
+    // eval: the average x, from the GPU's own z; a second eval changes nothing. The
+    // parameters the last step wrote are not copied in, but one (whose resolve runs what
+    // Burn queued); work queued on them before the switch still reads y, though the switch
+    // writes in place.
     let z = z_of(&optim);
+    let (x_batch, _) = batch(7, 0, &device);
+    let y_model = mlp(&values(&model), &device);
+    let want = y_model.forward(x_batch.clone()).into_data();
+    let queued = model.forward(x_batch);
+    let want_scaled = y_model.fc2.weight.val().mul_scalar(2.0).into_data();
+    let queued_scaled = model.fc2.weight.val().mul_scalar(2.0);
     model = optim.eval(model).unwrap();
+    assert_eq!(optim.last_copies_in(), 1, "one parameter copied in");
+    assert_eq!(optim.last_writes(), (4, 0), "written in place");
+    assert_eq!(
+        queued.into_data(),
+        want,
+        "the forward pass queued before eval read y"
+    );
+    assert_eq!(
+        queued_scaled.into_data(),
+        want_scaled,
+        "an elementwise op queued before eval read y"
+    );
     switch(&mut p, &z, 1.0 - 1.0 / beta1);
     check("x after eval", &model, &p);
     let x = values(&model);
@@ -537,7 +558,16 @@ fn schedule_free_switches_a_burn_model_between_its_sequences() {
     assert!(matches!(r.error, Error::ParamSetChanged(_)), "{r}");
     assert!(!optim.is_train_mode(), "still in eval mode");
     assert_eq!(values(&r.module), x);
+    // A parameter the model replaced since is copied in as well.
+    let w = model.fc2.weight.clone();
+    let (id, t) = (w.id, w.val());
+    model.fc2.weight = Param::initialized(id, t.mul_scalar(1.0).detach().require_grad());
     model = optim.try_train(model).unwrap();
+    assert_eq!(
+        optim.last_copies_in(),
+        2,
+        "fc1.weight and the replaced fc2.weight"
+    );
     switch(&mut p, &z, 1.0 - beta1);
     check("y after train", &model, &p);
     model = step(&mut optim, model, &mut p, &mut states, &mut rng);

@@ -540,14 +540,25 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
     }
 }
 
-/// Every float parameter of a module, resolved to its CubeCL tensor.
-pub(super) fn values<M: Module>(module: &M) -> Result<HashMap<ParamId, CubeTensor>> {
-    struct Values {
+/// Every float parameter of a module, resolved to its CubeCL tensor; with `written` (what the
+/// last write-back left), except those still that tensor on this thread's fusion stream, once
+/// one parameter on that stream is resolved: its resolve runs the work the stream queued (a
+/// read of the skipped ones, say) and reaching its buffer flushes that work to the device, so
+/// the skipped ones hold the arena's values and can be written in place after it.
+pub(super) fn values<M: Module>(
+    module: &M,
+    written: Option<&HashMap<ParamId, Written>>,
+) -> Result<HashMap<ParamId, CubeTensor>> {
+    struct Values<'a> {
         path: Vec<String>,
+        written: Option<&'a HashMap<ParamId, Written>>,
+        stream: burn_backend::StreamId,
+        /// A parameter on `stream` is resolved.
+        anchored: bool,
         found: HashMap<ParamId, CubeTensor>,
         error: Option<Error>,
     }
-    impl ModuleVisitor for Values {
+    impl ModuleVisitor for Values<'_> {
         fn enter_module(&mut self, name: &str, _container_type: &str) {
             self.path.push(name.to_string());
         }
@@ -557,18 +568,34 @@ pub(super) fn values<M: Module>(module: &M) -> Result<HashMap<ParamId, CubeTenso
         }
 
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.error.is_none() {
-                match resolve(&self.path.join("."), param.val()) {
-                    Ok(t) => {
-                        self.found.insert(param.id, t);
-                    }
-                    Err(e) => self.error = Some(e),
+            if self.error.is_some() {
+                return;
+            }
+            let value = param.val();
+            let skip = match (self.written, fusion_of(&value)) {
+                (Some(w), Some(f)) if f.stream == self.stream => {
+                    let kept = self.anchored && w.get(&param.id).is_some_and(|w| w.tensor == f.id);
+                    self.anchored = true;
+                    kept
                 }
+                _ => false,
+            };
+            if skip {
+                return;
+            }
+            match resolve(&self.path.join("."), value) {
+                Ok(t) => {
+                    self.found.insert(param.id, t);
+                }
+                Err(e) => self.error = Some(e),
             }
         }
     }
     let mut v = Values {
         path: Vec::new(),
+        written,
+        stream: burn_backend::StreamId::current(),
+        anchored: false,
         found: HashMap::new(),
         error: None,
     };

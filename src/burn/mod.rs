@@ -344,11 +344,13 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         self.last_writes
     }
 
-    /// How many parameters the last step copied into the optimizer's arena. A parameter that
-    /// is still the tensor the step before wrote back holds the arena's values, so it is
-    /// neither resolved nor copied: after the first step, only parameters the model replaced
-    /// since (a new tensor, a loaded record), those without a gradient at the step before, and
-    /// those on another fusion stream than their gradient are copied in.
+    /// How many parameters the last step (or Schedule-Free switch) copied into the optimizer's
+    /// arena. A parameter that is still the tensor the step before wrote back holds the
+    /// arena's values, so it is neither resolved nor copied: after the first step, only
+    /// parameters the model replaced since (a new tensor, a loaded record), those without a
+    /// gradient at the step before, and those on another fusion stream than their gradient
+    /// are copied in. A switch copies in one parameter more: resolving one runs and flushes
+    /// what Burn queued on the others.
     pub fn last_copies_in(&self) -> usize {
         self.last_copies_in
     }

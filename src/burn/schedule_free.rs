@@ -106,10 +106,11 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
         if all_in_mode {
             return Ok(module);
         }
-        let (ranges, pins) = match copy_in_and_switch(arena, &module, train) {
+        let (ranges, pins, copies_in) = match copy_in_and_switch(arena, &module, train) {
             Ok(r) => r,
             Err(error) => return Err(Rejected { error, module }),
         };
+        self.last_copies_in = copies_in;
         let gpu = arena.gpu.clone();
         let out = gpu
             .device()
@@ -130,18 +131,24 @@ impl BurnOptimizer<ScheduleFreeAdamWConfig> {
 }
 
 /// The checks, then `module`'s values into the arena and the switch itself: two submits in
-/// queue order, no wait. Returns the pinned buffer range each parameter was read from, for
-/// the write-back. The module is only read.
+/// queue order, no wait. Returns the buffer range of each parameter (pinned where it was read
+/// now), for the write-back, and how many were copied in: as in a step, one still the tensor
+/// the last write-back left holds the arena's values already ([`values`]). The module is only
+/// read.
 fn copy_in_and_switch<M: Module>(
     arena: &mut Arena<ScheduleFreeAdamWConfig>,
     module: &M,
     train: bool,
-) -> Result<(Ranges, Vec<Pin>)> {
+) -> Result<(Ranges, Vec<Pin>, usize)> {
     let found = collect(module, None, None)?;
     check_same(arena, &found)?;
-    let values = values(module)?;
-    for f in &found {
-        check_device(&f.path, &values[&f.id], &arena.device)?;
+    let values = values(module, Some(&arena.written))?;
+    for (id, t) in &values {
+        let f = found
+            .iter()
+            .find(|f| f.id == *id)
+            .expect("a parameter of the module");
+        check_device(&f.path, t, &arena.device)?;
     }
     let gpu = arena.gpu.clone();
     let mut enc = gpu
@@ -152,16 +159,13 @@ fn copy_in_and_switch<M: Module>(
     let mut pins = Vec::new();
     let mut ranges = HashMap::with_capacity(found.len());
     for f in &found {
-        let name = &arena.names[arena.slot[&f.id]];
-        let range = copy_in(
-            &mut enc,
-            &arena.params,
-            name,
-            f,
-            &values[&f.id],
-            false,
-            &mut pins,
-        )?;
+        let range = match values.get(&f.id) {
+            Some(t) => {
+                let name = &arena.names[arena.slot[&f.id]];
+                copy_in(&mut enc, &arena.params, name, f, t, false, &mut pins)?
+            }
+            None => arena.written[&f.id].range(),
+        };
         ranges.insert(f.id, Some(range));
     }
     gpu.queue().submit([enc.finish()]);
@@ -169,5 +173,5 @@ fn copy_in_and_switch<M: Module>(
         true => arena.opt.train(&arena.params)?,
         false => arena.opt.eval(&arena.params)?,
     }
-    Ok((ranges, pins))
+    Ok((ranges, pins, values.len()))
 }
