@@ -9,11 +9,16 @@ use crate::params::Params;
 use ::burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use ::burn::optim::GradientsParams;
 use ::burn::tensor::{DType, Tensor};
+use burn_cubecl::fusion::{CubeFusionHandle, FusionCubeRuntime};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{Cube, CubeBackend, CubeDevice};
+use burn_fusion::stream::{Operation, StreamId};
+use burn_fusion::ExecutionError;
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use cubecl::wgpu::{AutoCompiler, WgpuDevice, WgpuResource, WgpuServer};
 use cubecl_runtime::storage::ManagedResource;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// One float parameter of the model, as a step sees it.
 pub(super) struct Found {
@@ -62,6 +67,9 @@ struct Collect<'a> {
     /// What the last write-back left, for a step.
     written: Option<&'a HashMap<ParamId, Written>>,
     found: Vec<Found>,
+    /// The fusion tensors to resolve once the visit is done: the index in `found`, whether it
+    /// is the parameter (else the gradient), and the tensor.
+    pending: Vec<(usize, bool, Fused)>,
     error: Option<Error>,
 }
 
@@ -80,8 +88,10 @@ impl ModuleVisitor for Collect<'_> {
         }
         let path = self.path.join(".");
         let grad = self.grads.as_mut().and_then(|g| g.remove::<D>(param.id));
-        let tensors = match grad {
-            None => Ok(None),
+        let shape = param.lazy_shape();
+        let index = self.found.len();
+        let with_grad = match grad {
+            None => Ok(false),
             Some(g) => {
                 let value = param.val();
                 if value.is_distributed() {
@@ -101,33 +111,35 @@ impl ModuleVisitor for Collect<'_> {
                         });
                     let p = match unchanged {
                         true => Ok(None),
-                        false => resolve(&path, value).map(Some),
+                        false => fused(&path, value).map(Some),
                     };
-                    p.and_then(|p| Ok((p, resolve(&path, g)?)))
+                    p.and_then(|p| Ok((p, fused(&path, g)?)))
                         .and_then(|(p, g)| {
-                            let shape = param.lazy_shape();
-                            if g.meta.shape().to_vec() != shape.to_vec() {
+                            if g.shape.to_vec() != shape.to_vec() {
                                 return Err(Error::BurnTensor {
                                     param: path.clone(),
                                     reason: format!(
                                         "the gradient has shape {:?}, the parameter {:?}",
-                                        g.meta.shape(),
-                                        shape
+                                        g.shape, shape
                                     ),
                                 });
                             }
-                            Ok(Some((p, g)))
+                            if let Some(p) = p {
+                                self.pending.push((index, true, p));
+                            }
+                            self.pending.push((index, false, g));
+                            Ok(true)
                         })
                 }
             }
         };
-        match tensors {
-            Ok(tensors) => self.found.push(Found {
+        match with_grad {
+            Ok(_) => self.found.push(Found {
                 id: param.id,
                 path,
-                len: param.lazy_shape().num_elements(),
-                shape: param.lazy_shape().to_vec(),
-                tensors,
+                len: shape.num_elements(),
+                shape: shape.to_vec(),
+                tensors: None,
             }),
             Err(e) => self.error = Some(e),
         }
@@ -147,22 +159,38 @@ pub(super) fn collect<M: Module>(
         grads,
         written,
         found: Vec::new(),
+        pending: Vec::new(),
         error: None,
     };
     module.visit(&mut v);
-    match v.error {
-        Some(e) => Err(e),
-        None => Ok(v.found),
+    if let Some(e) = v.error {
+        return Err(e);
     }
+    let (mut found, pending) = (v.found, v.pending);
+    let places: Vec<(usize, bool)> = pending.iter().map(|(i, p, _)| (*i, *p)).collect();
+    let tensors = pending
+        .into_iter()
+        .map(|(i, _, t)| (found[i].path.clone(), t))
+        .collect();
+    let mut params = HashMap::new();
+    for ((i, is_param), t) in places.into_iter().zip(resolve_all(tensors)?) {
+        match is_param {
+            true => drop(params.insert(i, t)),
+            false => found[i].tensors = Some((params.remove(&i), t)),
+        }
+    }
+    Ok(found)
 }
 
-/// The CubeCL tensor behind a Burn tensor (autodiff or not), after the checks a step needs.
-/// Resolving submits Burn's pending work on it, so copies recorded afterwards see its values.
-pub(super) fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<CubeTensor> {
-    let bad = |reason: String| Error::BurnTensor {
-        param: path.to_string(),
-        reason,
-    };
+/// A fusion tensor on Burn's CubeCL backend.
+type Fused = <Cube as burn_backend::BackendTypes>::FloatTensorPrimitive;
+
+/// The client of Burn's fusion server for one device.
+type Client = burn_fusion::client::GlobalFusionClient<FusionCubeRuntime>;
+
+/// The fusion tensor behind a Burn tensor (autodiff or not), when it is one a step can take:
+/// f32 and on Burn's CubeCL backend. No work runs.
+fn fused<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<Fused> {
     let dtype = tensor.dtype();
     if dtype != DType::F32 {
         return Err(Error::BurnDtype {
@@ -170,12 +198,21 @@ pub(super) fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<C
             dtype: format!("{dtype:?}"),
         });
     }
-    let fused = tensor
+    tensor
         .inner()
         .try_into_primitive::<Cube>()
-        .map_err(|e| bad(format!("not on Burn's CubeCL (wgpu) backend: {e:?}")))?;
-    let client = fused.client.clone();
-    let cube: CubeTensor = client.resolve_tensor_float::<CubeBackend>(fused);
+        .map_err(|e| Error::BurnTensor {
+            param: path.to_string(),
+            reason: format!("not on Burn's CubeCL (wgpu) backend: {e:?}"),
+        })
+}
+
+/// The checks a resolved tensor passes before a step copies from or into its buffer.
+fn checked(path: &str, cube: CubeTensor) -> Result<CubeTensor> {
+    let bad = |reason: String| Error::BurnTensor {
+        param: path.to_string(),
+        reason,
+    };
     if !matches!(cube.device, CubeDevice::Wgpu(_)) {
         return Err(bad(format!("on {:?}, not a wgpu device", cube.device)));
     }
@@ -184,6 +221,104 @@ pub(super) fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<C
         return Err(bad("not contiguous in memory".into()));
     }
     Ok(cube)
+}
+
+/// The CubeCL tensor behind a Burn tensor (autodiff or not), after the checks a step needs.
+/// Resolving submits Burn's pending work on it, so copies recorded afterwards see its values.
+pub(super) fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<CubeTensor> {
+    let fused = fused(path, tensor)?;
+    let client = fused.client.clone();
+    checked(path, client.resolve_tensor_float::<CubeBackend>(fused))
+}
+
+/// Hands the CubeCL tensors of its inputs out of the fusion server, where it runs.
+struct TakeHandles {
+    inputs: Vec<TensorIr>,
+    out: Arc<Mutex<Vec<CubeTensor>>>,
+}
+
+impl std::fmt::Debug for TakeHandles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TakeHandles")
+            .field("inputs", &self.inputs.len())
+            .finish()
+    }
+}
+
+impl Operation<FusionCubeRuntime> for TakeHandles {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<CubeFusionHandle>,
+    ) -> std::result::Result<(), ExecutionError> {
+        let taken = self
+            .inputs
+            .iter()
+            .map(|t| handles.get_float_tensor::<CubeBackend>(t))
+            .collect();
+        *self.out.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+        Ok(())
+    }
+}
+
+/// [`resolve`] for many tensors, in their order: one operation on the fusion server takes
+/// them all, so reaching them costs one round trip to its thread per device (the wait for the
+/// work queued before it) instead of one per tensor.
+pub(super) fn resolve_all(tensors: Vec<(String, Fused)>) -> Result<Vec<CubeTensor>> {
+    let n = tensors.len();
+    let mut paths = Vec::with_capacity(n);
+    // Per device: its fusion client, and the index and IR of each of its tensors.
+    let mut groups = Vec::new();
+    for (i, (path, t)) in tensors.into_iter().enumerate() {
+        paths.push(path);
+        let g = match groups
+            .iter()
+            .position(|(c, _, _): &(Client, Vec<usize>, Vec<TensorIr>)| {
+                c.device() == t.client.device()
+            }) {
+            Some(g) => g,
+            None => {
+                groups.push((t.client.clone(), Vec::new(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[g].1.push(i);
+        groups[g].2.push(t.into_ir());
+    }
+    // Every operation is registered before the first wait, so none of the tensors taken
+    // from the module is left unaccounted for in a fusion server.
+    let mut waits = Vec::with_capacity(groups.len());
+    for (client, at, inputs) in groups {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let ir = OperationIr::Custom(CustomOpIr::new("wgpu-optim take handles", &inputs, &[]));
+        let op = TakeHandles {
+            inputs,
+            out: out.clone(),
+        };
+        client.register(StreamId::current(), ir, op);
+        waits.push((client, at, out));
+    }
+    let mut resolved: Vec<Option<CubeTensor>> = (0..n).map(|_| None).collect();
+    for (client, at, out) in waits {
+        client.try_sync(|| ()).map_err(|e| {
+            Error::Gpu(format!(
+                "Burn's fusion server could not run the step's work: {e:?}"
+            ))
+        })?;
+        let taken = std::mem::take(&mut *out.lock().unwrap_or_else(|p| p.into_inner()));
+        if taken.len() != at.len() {
+            return Err(Error::Gpu(
+                "Burn's fusion server did not hand out the step's tensors".into(),
+            ));
+        }
+        for (i, t) in at.into_iter().zip(taken) {
+            resolved[i] = Some(t);
+        }
+    }
+    resolved
+        .into_iter()
+        .zip(&paths)
+        .map(|(t, path)| checked(path, t.expect("every tensor is in a device's group")))
+        .collect()
 }
 
 pub(super) fn wgpu_device(t: &CubeTensor) -> Option<&WgpuDevice> {
@@ -555,7 +690,7 @@ pub(super) fn values<M: Module>(
         stream: burn_backend::StreamId,
         /// A parameter on `stream` is resolved.
         anchored: bool,
-        found: HashMap<ParamId, CubeTensor>,
+        pending: Vec<(ParamId, (String, Fused))>,
         error: Option<Error>,
     }
     impl ModuleVisitor for Values<'_> {
@@ -583,10 +718,9 @@ pub(super) fn values<M: Module>(
             if skip {
                 return;
             }
-            match resolve(&self.path.join("."), value) {
-                Ok(t) => {
-                    self.found.insert(param.id, t);
-                }
+            let path = self.path.join(".");
+            match fused(&path, value) {
+                Ok(t) => self.pending.push((param.id, (path, t))),
                 Err(e) => self.error = Some(e),
             }
         }
@@ -596,12 +730,13 @@ pub(super) fn values<M: Module>(
         written,
         stream: burn_backend::StreamId::current(),
         anchored: false,
-        found: HashMap::new(),
+        pending: Vec::new(),
         error: None,
     };
     module.visit(&mut v);
-    match v.error {
-        Some(e) => Err(e),
-        None => Ok(v.found),
+    if let Some(e) = v.error {
+        return Err(e);
     }
+    let (ids, tensors): (Vec<ParamId>, Vec<_>) = v.pending.into_iter().unzip();
+    Ok(ids.into_iter().zip(resolve_all(tensors)?).collect())
 }

@@ -38,9 +38,11 @@
 //! layout; the state is keyed by Burn's [`ParamId`] and named by the parameter's module path
 //! (`fc1.weight`). A step, all on Burn's own wgpu device and queue:
 //! 1. resolves every gradient, and every parameter that is not the tensor the last step wrote
-//!    back ([`BurnOptimizer::last_copies_in`]), to its CubeCL buffer (this submits Burn's
-//!    pending work, such as the backward pass, so it runs first) and records one device-side
-//!    copy per tensor into the arena: nothing goes through the host. A parameter the last step
+//!    back ([`BurnOptimizer::last_copies_in`]), to its CubeCL buffer and records one
+//!    device-side copy per tensor into the arena: nothing goes through the host. The tensors
+//!    are resolved together, by one operation queued on Burn's fusion server that hands out
+//!    their handles: one wait for the work Burn queued before it (such as the backward pass,
+//!    which so runs first), not one per tensor. A parameter the last step
 //!    wrote holds the arena's values as long as the module holds that tensor (Burn makes a new
 //!    tensor for every change), so it is neither resolved nor copied;
 //! 2. records the fused update (clipping, skipping and groups included) after the copies;
