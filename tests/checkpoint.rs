@@ -1614,6 +1614,9 @@ fn variants(base: &[u8]) -> Vec<Variant> {
             q.set_meta("format_version", "3")
         }),
         ("format__step_not_integer", &|q| q.set_meta("step", "ten")),
+        ("format__step_above_2_53", &|q| {
+            q.set_meta("step", "9007199254740993")
+        }),
         ("format__step_tensor_disagrees", &|q| {
             q.set_f32("state.t0.step", 0, 7.0)
         }),

@@ -208,6 +208,33 @@ fn failed_step_changes_nothing() {
     assert_ne!(p.read("w").unwrap(), w);
 }
 
+/// A step count above 2^53 is refused and the count stays; at 2^53 the next step runs as
+/// step 2^53 + 1 (the bias corrections are 1 there), on the same values as a step at 10^6.
+#[test]
+fn step_counts_above_2_53_are_refused() {
+    let mut rng = rng("step_counts");
+    let (w, g) = (randn(&mut rng, 10, 1.0), randn(&mut rng, 10, 1.0));
+    let run = |count: u64| {
+        let mut p = Params::new(&gpu(), &[("w", &w[..])]).unwrap();
+        p.write_grad("w", &g).unwrap();
+        let mut opt = Adam::new(&p, AdamConfig::default()).unwrap();
+        opt.set_step_count(count).unwrap();
+        for bad in [(1 << 53) + 1, u64::MAX] {
+            match opt.set_step_count(bad) {
+                Err(Error::InvalidOptions(m)) => assert!(m.contains("2^53"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+            assert_eq!(opt.step_count(), count);
+        }
+        opt.step(&mut p).unwrap();
+        assert_eq!(opt.step_count(), count + 1);
+        p.read("w").unwrap()
+    };
+    let at_max = run(wgpu_optim::optim::MAX_STEP_COUNT);
+    assert!(at_max.iter().all(|x| x.is_finite()));
+    assert_eq!(at_max, run(1_000_000));
+}
+
 #[test]
 fn bad_names_and_lengths() {
     let p = params();

@@ -384,6 +384,11 @@ impl<C: BurnRecord> BurnOptimizer<C> {
             (Some(_), steps) => steps.map_or(0, |s| s.0),
             (None, _) => u64::from(values.iter().any(|per_key| !per_key.is_empty())),
         };
+        if steps > crate::optim::MAX_STEP_COUNT {
+            return Err(bad(format!(
+                "a step count of {steps} is more than 2^53, the most an optimizer counts"
+            )));
+        }
 
         let (dev, gpu) = module_device(module, &found)?;
         let mut arena = self.new_arena(&found, dev, gpu)?;
@@ -392,7 +397,7 @@ impl<C: BurnRecord> BurnOptimizer<C> {
                 arena.opt.set_state(key, name, data)?;
             }
         }
-        arena.opt.set_step_count(steps);
+        arena.opt.set_step_count(steps)?;
         self.arena = Some(arena);
         Ok(())
     }

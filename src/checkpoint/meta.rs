@@ -294,6 +294,12 @@ impl Header {
         if meta.tensors.is_empty() {
             return Err(format_err("`tensors` is empty"));
         }
+        if meta.step > crate::optim::MAX_STEP_COUNT {
+            return Err(format_err(format!(
+                "`step` is {}, more than 2^53, the most an optimizer counts",
+                meta.step
+            )));
+        }
         let (precision, rounding_seed, rounding_counter) = match &meta.precision {
             None => (Precision::default(), 0, 0),
             Some(p) => {

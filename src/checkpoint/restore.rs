@@ -441,7 +441,7 @@ impl Checkpoint {
         if let (Some(s), Some(rec)) = (scaler, &self.header.scaler) {
             s.set_state(rec.scale, rec.growth_tracker)?;
         }
-        opt.ck_set_step_count(self.header.step);
+        opt.ck_set_step_count(self.header.step)?;
         let h = &self.header;
         opt.ck_set_rounding(
             h.precision.stochastic_rounding,

@@ -131,7 +131,7 @@ impl<C: OptimizerConfig> Sharded<C> {
                 opt.set_max_grad_norm(self.max_grad_norm)?;
                 opt.set_grad_norm_type(self.norm_type)?;
                 opt.set_skip_nonfinite(self.skip_nonfinite)?;
-                opt.set_step_count(self.applied);
+                opt.set_step_count(self.applied)?;
                 Ok(opt)
             });
             built.map_err(|e| failure = Some(e)).ok()
@@ -289,7 +289,7 @@ impl<C: OptimizerConfig> Sharded<C> {
             for (key, name, v) in &state {
                 opt.set_state(key, name, v)?;
             }
-            opt.set_step_count(ck.step_count());
+            opt.set_step_count(ck.step_count())?;
         }
         self.config = cfg;
         self.max_grad_norm = ck.max_grad_norm();

@@ -141,15 +141,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         let gpu = params.gpu.clone();
         let layout = params.layout.clone();
         let slots = C::SLOTS.len();
-        let limit = gpu.limits().max_storage_buffers_per_shader_stage as usize;
         let sums = C::TENSOR_SUMS;
-        let need = 5 + slots + if sums > 0 { 2 } else { 0 };
-        if need > limit {
-            return Err(Error::DeviceLimit(format!(
-                "{} needs {need} storage buffers per shader stage, the device allows {limit}",
-                C::NAME,
-            )));
-        }
+        check_bindings::<C>(&gpu, "", false, false)?;
         if sums > 4 {
             return Err(Error::InvalidOptions(format!(
                 "{} asks for {sums} sums per tensor; at most 4 are supported",
@@ -588,7 +581,23 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
     }
 
     /// Set the number of steps already taken (e.g. when resuming): the next step is `steps + 1`.
-    pub fn set_step_count(&mut self, steps: u64) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] for more than [`MAX_STEP_COUNT`](crate::optim::MAX_STEP_COUNT)
+    /// steps; nothing changes.
+    ///
+    /// ```no_run
+    /// # use wgpu_optim::{Adam, AdamConfig, Gpu, Params};
+    /// # let gpu = Gpu::new()?;
+    /// # let params = Params::new(&gpu, &[("w", &[0.0; 4])])?;
+    /// let mut opt = Adam::new(&params, AdamConfig::default())?;
+    /// opt.set_step_count(1000)?; // the next step is step 1001
+    /// assert!(opt.set_step_count(u64::MAX).is_err());
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn set_step_count(&mut self, steps: u64) -> Result<()> {
+        crate::optim::check_step_count(steps)?;
         self.submitted = steps;
         self.rng_offset = 0;
         let ctrl = Ctrl {
@@ -602,6 +611,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             &bytemuck::bytes_of(&ctrl)[at..at + 4],
         );
         self.scalars.reset(steps);
+        Ok(())
     }
 
     fn state_buffers(&self, key: &str) -> Result<&[wgpu::Buffer]> {
@@ -691,6 +701,26 @@ fn update_pipeline<C: OptimizerConfig>(
         layout,
         true,
     )
+}
+
+/// [`Error::DeviceLimit`] unless the device binds the storage buffers of `C`'s update kernel,
+/// with master weights and 8-bit state as given (`with` names them in the message).
+fn check_bindings<C: OptimizerConfig>(
+    gpu: &Gpu,
+    with: &str,
+    master: bool,
+    blockwise: bool,
+) -> Result<()> {
+    let sums = C::TENSOR_SUMS > 0;
+    let need = kernel::update_storage_buffers(C::SLOTS.len(), master, sums, blockwise);
+    let limit = gpu.limits().max_storage_buffers_per_shader_stage as usize;
+    if need > limit {
+        return Err(Error::DeviceLimit(format!(
+            "{}{with} needs {need} storage buffers per shader stage, the device allows {limit}",
+            C::NAME,
+        )));
+    }
+    Ok(())
 }
 
 fn bad_group(group: usize, n: usize) -> Error {

@@ -496,6 +496,22 @@ pub fn count(name: &'static str, value: f64) -> Result<u64> {
     }
 }
 
+/// The most steps an optimizer counts: 2^53, the largest count an f64 (and so a Python int
+/// turned float, as torch's schedulers and bias corrections use it) holds exactly. Step counts
+/// set by hand, from a checkpoint or from a Burn record are checked against it.
+pub const MAX_STEP_COUNT: u64 = 1 << 53;
+
+/// `steps` when it is at most [`MAX_STEP_COUNT`].
+pub(crate) fn check_step_count(steps: u64) -> Result<u64> {
+    if steps <= MAX_STEP_COUNT {
+        Ok(steps)
+    } else {
+        Err(crate::Error::InvalidOptions(format!(
+            "a step count of {steps} is more than 2^53, the most an optimizer counts"
+        )))
+    }
+}
+
 /// The error for a hyperparameter name an optimizer does not have.
 #[doc(hidden)]
 pub fn unknown_hyperparameter(optimizer: &'static str, name: &str) -> crate::Error {

@@ -61,7 +61,7 @@ pub trait Persist {
     /// The attached loss scaler.
     fn ck_scaler(&self) -> Option<&GradScaler>;
     /// Set the number of steps taken.
-    fn ck_set_step_count(&mut self, steps: u64);
+    fn ck_set_step_count(&mut self, steps: u64) -> Result<()>;
     /// The state dtype, master weights and rounding; the rounding seed; and the counter the
     /// stochastic-rounding stream is at (steps submitted, skipped ones included).
     fn ck_precision(&self) -> (Precision, u64, u64);
@@ -249,7 +249,7 @@ impl<C: OptimizerConfig> Persist for FusedOptimizer<C> {
         self.grad_scaler()
     }
 
-    fn ck_set_step_count(&mut self, steps: u64) {
+    fn ck_set_step_count(&mut self, steps: u64) -> Result<()> {
         self.set_step_count(steps)
     }
 }
