@@ -83,6 +83,30 @@ pub(crate) fn update_layout(
     tensor_sums: bool,
     blockwise: bool,
 ) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    layout(gpu, &update_kinds(states, master, tensor_sums, blockwise))
+}
+
+/// How many storage buffers [`update_layout`]'s layout binds (the device's
+/// `max_storage_buffers_per_shader_stage` must allow them).
+pub(crate) fn update_storage_buffers(
+    states: usize,
+    master: bool,
+    tensor_sums: bool,
+    blockwise: bool,
+) -> usize {
+    update_kinds(states, master, tensor_sums, blockwise)
+        .iter()
+        .filter(|k| matches!(k, Some(Bind::Read | Bind::ReadWrite)))
+        .count()
+}
+
+/// The bindings of the update kernel, in binding order.
+fn update_kinds(
+    states: usize,
+    master: bool,
+    tensor_sums: bool,
+    blockwise: bool,
+) -> Vec<Option<Bind>> {
     let mut kinds = vec![
         Some(Bind::Read),
         Some(Bind::Read),
@@ -101,7 +125,7 @@ pub(crate) fn update_layout(
     if blockwise {
         kinds.push(Some(Bind::Read));
     }
-    layout(gpu, &kinds)
+    kinds
 }
 
 /// Bind group with `(binding number, buffer range)` entries.

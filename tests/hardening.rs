@@ -393,3 +393,64 @@ fn one_gpu_per_thread() {
         assert_eq!(got, &want, "thread {k}");
     }
 }
+
+/// A device of the default adapter with at most `storage` storage buffers per shader stage and
+/// bindings of at most `binding_bytes`.
+fn limited_gpu(storage: u32, binding_bytes: u64) -> Gpu {
+    use wgpu_optim::wgpu;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("an adapter");
+    let mut limits = adapter.limits();
+    limits.max_storage_buffers_per_shader_stage = storage;
+    limits.max_storage_buffer_binding_size = binding_bytes;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .expect("a device");
+    Gpu::from_device(device, queue)
+}
+
+/// A precision or state format the device cannot bind is refused before anything changes, so
+/// the optimizer goes on stepping as it was.
+#[test]
+fn settings_the_device_cannot_bind_are_refused_and_change_nothing() {
+    use wgpu_optim::{DType, Lamb, LambConfig, Precision, StateFormat};
+    // LAMB binds 5 + 2 states + 2 for its per-tensor sums = 9; master weights need a 10th.
+    let gpu = limited_gpu(9, 1 << 27);
+    let mut params = Params::builder(&gpu)
+        .tensor_with_data("w", &[64], DType::Bf16, &[0.5; 64])
+        .build()
+        .unwrap();
+    params.write_grad("w", &[0.1; 64]).unwrap();
+    let mut opt = Lamb::new(&params, LambConfig::default()).unwrap();
+    let master = Precision {
+        master_weights: true,
+        ..Default::default()
+    };
+    match opt.set_precision(master) {
+        Err(Error::DeviceLimit(m)) => assert!(m.contains("needs 10"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(opt.precision(), Precision::default());
+    opt.step(&mut params).unwrap();
+    assert_eq!(opt.step_count(), 1);
+
+    // 8-bit state: 4096 tensors below min_size keep f32 state in whole blocks of 256, 4 MiB
+    // per state in one chunk of 1 MiB parameters; the device binds 1 MiB.
+    let gpu = limited_gpu(16, 1 << 20);
+    let names: Vec<String> = (0..4096).map(|i| format!("t{i}")).collect();
+    let tensors: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 64)).collect();
+    let mut params = Params::zeros(&gpu, &tensors).unwrap();
+    let mut opt = Adam::new(&params, AdamConfig::default()).unwrap();
+    match opt.set_state_format(StateFormat::Blockwise8 { min_size: 4096 }) {
+        Err(Error::DeviceLimit(m)) => assert!(m.contains("min_size"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(opt.state_format(), StateFormat::Dense);
+    opt.step(&mut params).unwrap();
+    assert_eq!(opt.step_count(), 1);
+}

@@ -62,7 +62,9 @@ pub(super) struct Blockwise {
 }
 
 impl Blockwise {
-    pub fn new(gpu: &Gpu, layout: &Layout, min_size: usize, maps: Vec<[f32; 256]>) -> Blockwise {
+    /// The blocks of `layout` with `min_size`, planned on the host: the tables are uploaded
+    /// by [`Blockwise::upload_tables`].
+    pub fn plan(layout: &Layout, min_size: usize, maps: Vec<[f32; 256]>) -> Blockwise {
         let chunks = layout.chunk_lens.len();
         let mut entries = vec![Vec::new(); chunks];
         let mut words = vec![0usize; chunks];
@@ -115,16 +117,19 @@ impl Blockwise {
             }
             words[c] = (dense_at as usize).next_multiple_of(4).max(4);
         }
-        let mut q = Blockwise {
+        Blockwise {
             min_size,
             entries,
             words,
             pieces,
             maps,
             tables: Vec::new(),
-        };
-        q.upload_tables(gpu);
-        q
+        }
+    }
+
+    /// Bytes of chunk `c`'s table: the maps, then four words per block.
+    pub fn table_bytes(&self, c: usize) -> u64 {
+        ((self.maps.len() * 256 + self.entries[c].len() * 4) * 4) as u64
     }
 
     /// (Re)create every chunk's table from the maps and entries.

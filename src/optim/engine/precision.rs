@@ -85,18 +85,14 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                     .into(),
             ));
         }
-        let limit = self.gpu.limits().max_storage_buffers_per_shader_stage as usize;
-        let need = 5
-            + C::SLOTS.len()
-            + precision.master_weights as usize
-            + self.blockwise.is_some() as usize;
-        if need > limit {
-            return Err(Error::DeviceLimit(format!(
-                "{} with master weights needs {need} storage buffers per shader stage, the \
-                 device allows {limit}",
-                C::NAME
-            )));
-        }
+        let blockwise = self.blockwise_active().is_some();
+        let with = match (precision.master_weights, blockwise) {
+            (true, true) => " with master weights and 8-bit state",
+            (true, false) => " with master weights",
+            (false, true) => " with 8-bit state",
+            (false, false) => "",
+        };
+        super::check_bindings::<C>(&self.gpu, with, precision.master_weights, blockwise)?;
         Ok(true)
     }
 

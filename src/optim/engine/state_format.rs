@@ -43,7 +43,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         if format == self.state_format() {
             return Ok(());
         }
-        let maps = self.format_maps(format)?;
+        let planned = self.planned(format)?;
         let kept = if self.submitted > 0 {
             Some(crate::gpu::block_on(
                 "set_state_format after steps",
@@ -54,7 +54,7 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
             None
         };
         let gpu = self.gpu.clone();
-        gpu.scoped(|| self.apply_state_format(format, maps, kept))
+        gpu.scoped(|| self.apply_state_format(planned, kept))
     }
 
     /// Async form of [`FusedOptimizer::set_state_format`], on every target: after steps, the
@@ -70,39 +70,48 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
         if format == self.state_format() {
             return Ok(());
         }
-        let maps = self.format_maps(format)?;
+        let planned = self.planned(format)?;
         let kept = if self.submitted > 0 {
             Some(self.read_all_state_async().await?)
         } else {
             None
         };
         let gpu = self.gpu.clone();
-        gpu.scoped_async(|| self.apply_state_format(format, maps, kept))
+        gpu.scoped_async(|| self.apply_state_format(planned, kept))
             .await
     }
 
-    /// The maps `format` needs (`None` for dense state), checked.
-    fn format_maps(&self, format: StateFormat) -> Result<Option<Vec<[f32; 256]>>> {
-        match format {
-            StateFormat::Dense => Ok(None),
-            StateFormat::Blockwise8 { min_size } => Ok(Some(self.check_blockwise(min_size)?)),
+    /// The blocks `format` lays the state out in (`None` for dense state), planned on the
+    /// host and checked against the device's limits.
+    fn planned(&self, format: StateFormat) -> Result<Option<Blockwise>> {
+        let StateFormat::Blockwise8 { min_size } = format else {
+            return Ok(None);
+        };
+        let maps = self.check_blockwise(min_size)?;
+        let q = Blockwise::plan(&self.layout, min_size, maps);
+        let limit = self.gpu.max_binding_bytes();
+        for c in 0..self.layout.chunk_lens.len() {
+            let bytes = q.buffer_bytes(c).max(q.table_bytes(c));
+            if bytes > limit {
+                return Err(Error::DeviceLimit(format!(
+                    "8-bit state with min_size {min_size} needs {bytes} bytes in one binding                      for chunk {c} (each tensor below min_size keeps f32 state in whole blocks                      of 256), the device binds at most {limit}; use a larger min_size or                      smaller chunks (Params::with_max_chunk_bytes)"
+                )));
+            }
         }
+        Ok(Some(q))
     }
 
     /// Lay out the state in `format` and write back the values `kept` (per state, per
     /// tensor) from before the change.
     fn apply_state_format(
         &mut self,
-        format: StateFormat,
-        maps: Option<Vec<[f32; 256]>>,
+        planned: Option<Blockwise>,
         kept: Option<Vec<Vec<Vec<f32>>>>,
     ) -> Result<()> {
-        self.blockwise = match (format, maps) {
-            (StateFormat::Blockwise8 { min_size }, Some(maps)) => {
-                Some(Blockwise::new(&self.gpu, &self.layout, min_size, maps))
-            }
-            _ => None,
-        };
+        self.blockwise = planned.map(|mut q| {
+            q.upload_tables(&self.gpu);
+            q
+        });
         self.fill_states()?;
         if let Some(values) = kept {
             for (k, per_tensor) in values.into_iter().enumerate() {
@@ -151,15 +160,8 @@ impl<C: OptimizerConfig> FusedOptimizer<C> {
                 C::NAME
             )));
         }
-        let limit = self.gpu.limits().max_storage_buffers_per_shader_stage as usize;
-        let need = 6 + C::SLOTS.len() + self.precision.master_weights as usize;
-        if need > limit {
-            return Err(Error::DeviceLimit(format!(
-                "{} with 8-bit state needs {need} storage buffers per shader stage, the device \
-                 allows {limit}",
-                C::NAME
-            )));
-        }
+        let master = self.precision.master_weights;
+        super::check_bindings::<C>(&self.gpu, " with 8-bit state", master, true)?;
         Ok(maps)
     }
 
