@@ -1172,6 +1172,19 @@ fn try_step_gives_the_model_back_with_the_error() {
     // The same two steps with refused ones between them.
     let mut optim = BurnOptimizer::new(AdamConfig::default());
     let mut model = mlp(&start, &device);
+    // A refused first step lays nothing out: the optimizer is as new.
+    let gp = grads_of(&model, &grads[0], &device);
+    let r = optim.try_step(f64::NAN, model, gp).unwrap_err();
+    assert!(
+        matches!(r.error, Error::InvalidHyperparameter { .. }),
+        "{r}"
+    );
+    assert!(
+        optim.optimizer().is_none(),
+        "no arena after a refused first step"
+    );
+    model = r.module;
+    assert_eq!(values(&model), start);
     let gp = grads_of(&model, &grads[0], &device);
     model = optim.try_step(1e-3, model, gp).unwrap();
     let before = values(&model);

@@ -132,22 +132,33 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
         module: &M,
         grads: &mut GradientsParams,
     ) -> Result<RecordedBurnStep> {
+        let lr = lr as f32;
+        crate::error::check("lr", lr as f64, lr >= 0.0, "must be >= 0")?;
         let written = self.arena.as_ref().map(|a| &a.written);
         let found = collect(module, Some(grads), written)?;
-        if self.arena.is_none() {
-            self.arena = Some(self.build(&found)?);
-        }
-        let arena = self.arena.as_mut().expect("built above");
-        check_same(arena, &found)?;
-        arena.opt.set_lr(lr as f32)?;
-        for f in &found {
-            if let Some((p, g)) = &f.tensors {
-                if let Some(p) = p {
-                    check_device(&f.path, p, &arena.device)?;
+        // A first step's arena is kept only once the step is known to go ahead, so a refused
+        // first step leaves the optimizer unbuilt.
+        let fresh = match self.arena {
+            None => Some(self.build(&found)?),
+            Some(_) => None,
+        };
+        {
+            let arena = fresh.as_ref().or(self.arena.as_ref()).expect("built above");
+            check_same(arena, &found)?;
+            for f in &found {
+                if let Some((p, g)) = &f.tensors {
+                    if let Some(p) = p {
+                        check_device(&f.path, p, &arena.device)?;
+                    }
+                    check_device(&f.path, g, &arena.device)?;
                 }
-                check_device(&f.path, g, &arena.device)?;
             }
         }
+        if fresh.is_some() {
+            self.arena = fresh;
+        }
+        let arena = self.arena.as_mut().expect("built above");
+        arena.opt.set_lr(lr)?;
         let gpu = arena.gpu.clone();
 
         // 1. One encoder for the whole step: the copies of parameters and gradients into the
