@@ -98,7 +98,7 @@ impl NAdamConfig {
     /// float32 scalar tensor is (`mu_product *= mu`), 1 at `t = 0`.
     pub fn mu_product(&self, t: u64) -> f32 {
         // Steps come in order: continue from the last product computed on this thread for the
-        // same schedule instead of starting again from 1 (a product that reached 0 stays 0).
+        // same schedule instead of starting again from 1.
         thread_local! {
             static LAST: std::cell::Cell<[(u32, u32, u64, f32); 4]> =
                 const { std::cell::Cell::new([(0, 0, 0, 1.0); 4]) };
@@ -112,9 +112,15 @@ impl NAdamConfig {
                 .map(|e| (e.2, e.3))
                 .max_by_key(|e| e.0)
                 .unwrap_or((0, 1.0));
-            while k < t && prod != 0.0 {
-                k += 1;
-                prod *= self.mu(k) as f32;
+            // mu_k grows with k towards beta1 < 1 and rounding is monotone, so once a product
+            // no longer changes (0, or a subnormal that mu_k > 0.5 rounds back to itself) no
+            // later factor changes it: the loop ends there, not after t steps.
+            while k < t {
+                let next = prod * self.mu(k + 1) as f32;
+                if next == prod {
+                    break;
+                }
+                (k, prod) = (k + 1, next);
             }
             let slot = (key.0 ^ key.1.rotate_left(7)) as usize % cache.len();
             cache[slot] = (key.0, key.1, t, prod);
@@ -218,5 +224,21 @@ mod tests {
         assert_eq!(a.mu_product(0), 1.0);
         // beta1 0.9: the f32 product underflows to 0 and stays there.
         assert_eq!(a.mu_product(5000), 0.0);
+    }
+
+    /// With mu_k > 0.5 the f32 product sticks at a subnormal instead of reaching 0:
+    /// the answer for any later step is that value, found without multiplying up to it.
+    #[test]
+    fn mu_product_that_stops_changing_is_found_without_a_loop_to_t() {
+        let cfg = NAdamConfig {
+            momentum_decay: 100.0,
+            ..Default::default()
+        };
+        let stuck = direct(&cfg, 20_000);
+        assert!(stuck > 0.0 && stuck < f32::MIN_POSITIVE, "{stuck:e}");
+        assert_eq!(direct(&cfg, 20_001), stuck);
+        // Multiplying up to 2^53 would not end in any test's time.
+        assert_eq!(cfg.mu_product(1 << 53), stuck);
+        assert_eq!(cfg.mu_product(1 << 40), stuck);
     }
 }
