@@ -140,7 +140,10 @@ struct Sums {
 
 static SUMS: Mutex<Vec<Sums>> = Mutex::new(Vec::new());
 
-/// `sum(weight_1..t)` for `cfg`, added up in order in f64.
+/// `sum(weight_1..t)` for `cfg`, added up in order in f64. Past the warmup with `r = 0` a
+/// stretch of equal weights is added without a loop over its steps ([`add_repeatedly`]), so a
+/// run resumed at any step starts at once; with `r > 0` (weights that grow with `t`) or inside
+/// a long warmup, the first step after a resume adds up every weight before it.
 fn weight_sum(cfg: &ScheduleFreeAdamWConfig, t: u64) -> f64 {
     const KEEP: usize = 256;
     let key = [
@@ -173,6 +176,16 @@ fn weight_sum(cfg: &ScheduleFreeAdamWConfig, t: u64) -> f64 {
     while s.base + (s.sums.len() as u64) <= t {
         let next = s.base + s.sums.len() as u64;
         let prev = *s.sums.back().expect("never empty");
+        // After the warmup, and with r = 0, every weight is the same: far from `t`, add them
+        // up without a loop over the steps (the same f64 sum, each addition rounded).
+        let far = t - next + 1;
+        if cfg.r == 0.0 && next > cfg.warmup_steps && far > 2 * KEEP as u64 {
+            let jump = far - KEEP as u64;
+            let sum = add_repeatedly(prev, cfg.weight(next), jump);
+            s.base = next + jump - 1;
+            s.sums = VecDeque::from([sum]);
+            continue;
+        }
         s.sums.push_back(prev + cfg.weight(next));
         if s.sums.len() > KEEP {
             s.sums.pop_front();
@@ -180,6 +193,43 @@ fn weight_sum(cfg: &ScheduleFreeAdamWConfig, t: u64) -> f64 {
         }
     }
     s.sums[(t - s.base) as usize]
+}
+
+/// `s + c + c + ...` with `n` additions of `c >= 0`, each rounded to f64 as a loop would round
+/// it, in a few steps per binade of `s` instead of `n`.
+///
+/// Within a binade, `s` sits on a grid of spacing `u` and `s + c` rounds to a grid point:
+/// every addition moves `s` by the same amount, except that a tie (`c / u` a half-integer) is
+/// broken by the parity of `s / u`. Two equal moves in a row mean the parity no longer changes
+/// the move (it is an even number of `u` at a tie), so the same move repeats up to the binade's
+/// end; the steps near the end are taken one by one.
+fn add_repeatedly(mut s: f64, c: f64, mut n: u64) -> f64 {
+    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+    // The last move, and where it started.
+    let (mut last, mut from) = (f64::NAN, s);
+    while n > 0 {
+        let next = s + c;
+        n -= 1;
+        if next == s {
+            // `c` no longer moves `s`, nor will it at any later step (`s` only grows).
+            return s;
+        }
+        let moved = next - s;
+        let before = std::mem::replace(&mut from, s);
+        s = next;
+        // Both moves within one binade (so on one grid), and the move exact (Sterbenz).
+        let one_binade = before.to_bits() & EXPONENT == s.to_bits() & EXPONENT;
+        if moved == last && one_binade && c < s && s.is_normal() {
+            // The binade [2^e, 2^(e+1)) of `s`, and as many equal moves as surely stay in it.
+            let top = f64::from_bits((s.to_bits() & EXPONENT) + (1 << 52));
+            let room = ((top - s) / moved) as u64;
+            let jump = room.saturating_sub(2).min(n);
+            s += jump as f64 * moved;
+            n -= jump;
+        }
+        last = moved;
+    }
+    s
 }
 
 impl OptimizerConfig for ScheduleFreeAdamWConfig {
@@ -323,5 +373,67 @@ impl FusedOptimizer<ScheduleFreeAdamWConfig> {
             self.set_group_config(g, c)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{add_repeatedly, ScheduleFreeAdamWConfig};
+
+    fn looped(mut s: f64, c: f64, n: u64) -> f64 {
+        for _ in 0..n {
+            s += c;
+        }
+        s
+    }
+
+    #[test]
+    fn repeated_additions_round_as_a_loop_does() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut draw = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Ties included: powers of two and half-ulps of the start.
+        let mut cases = vec![
+            (0.0, 1e-6, 3_000_000),
+            (1.0, 2f64.powi(-53), 10),
+            (1.0, 2f64.powi(-52) * 1.5, 1000),
+        ];
+        cases.push((3.0, 2f64.powi(-51) * 0.5, 1000));
+        cases.push((0.0, 0.25, 100_000));
+        for _ in 0..200 {
+            let c = (draw() % 1000 + 1) as f64 * 10f64.powi(-((draw() % 12) as i32));
+            let s = (draw() % 100) as f64 * c;
+            cases.push((s, c, draw() % 200_000));
+        }
+        for (s, c, n) in cases {
+            assert_eq!(
+                add_repeatedly(s, c, n).to_bits(),
+                looped(s, c, n).to_bits(),
+                "{s} + {n} x {c}"
+            );
+        }
+    }
+
+    /// The weight sum far from anything remembered is the one added up step by step.
+    #[test]
+    fn weight_sums_far_ahead_are_the_step_by_step_sums() {
+        let cfg = ScheduleFreeAdamWConfig {
+            lr: 3e-3,
+            warmup_steps: 100,
+            ..Default::default()
+        };
+        let t = 1_000_000;
+        let looped = (1..=t).fold(0.0f64, |s, k| s + cfg.weight(k));
+        assert_eq!(super::weight_sum(&cfg, t).to_bits(), looped.to_bits());
+        let c = cfg.weight(t);
+        assert_eq!(
+            super::weight_sum(&cfg, t - 1).to_bits(),
+            (1..t).fold(0.0f64, |s, k| s + cfg.weight(k)).to_bits()
+        );
+        assert!(cfg.ckp1(1 << 53) > 0.0 && cfg.ckp1(1 << 53) <= c / looped);
     }
 }
