@@ -76,7 +76,8 @@ pub(crate) fn elements(name: &str, shape: &[usize]) -> Result<usize> {
 
 impl Layout {
     /// Pack `specs` (name, shape, dtype): each dtype's tensors in order into chunks of that
-    /// dtype; a chunk holds at most `cap` elements (a multiple of CHUNK_ALIGN).
+    /// dtype; a chunk holds at most `cap` elements (a multiple of CHUNK_ALIGN). A tensor whose
+    /// element count rounded up to its alignment overflows is [`Error::InvalidShape`].
     pub fn pack(specs: &[(&str, &[usize], DType)], cap: usize) -> Result<Layout> {
         if specs.is_empty() {
             return Err(Error::Empty("no tensors given".into()));
@@ -108,9 +109,16 @@ impl Layout {
                     chunk_dtypes.push(dtype);
                 }
                 let len = lens[t];
-                let padded = len.div_ceil(align) * align;
-                // Start a fresh chunk when the tensor would fit in one but not in what is left.
-                if used + padded > cap && padded <= cap && used > 0 {
+                let Some(padded) = len.checked_next_multiple_of(align) else {
+                    return Err(Error::InvalidShape {
+                        name: specs[t].0.to_string(),
+                        shape: specs[t].1.to_vec(),
+                        reason: "the number of elements with padding overflows",
+                    });
+                };
+                // Start a fresh chunk when the tensor would fit in one but not in what is left
+                // (`used <= cap`, so `cap - used` cannot underflow).
+                if padded > cap - used && padded <= cap && used > 0 {
                     chunk_lens.push(0);
                     chunk_dtypes.push(dtype);
                     used = 0;
@@ -418,5 +426,24 @@ mod tests {
             Layout::pack_f32(&[("a", 1), ("a", 2)], 1024),
             Err(Error::DuplicateName(_))
         ));
+    }
+
+    #[test]
+    fn packing_rejects_lengths_whose_padding_overflows() {
+        for (len, dtype) in [
+            (usize::MAX, DType::F32),
+            (usize::MAX - 62, DType::F32),
+            (usize::MAX - 100, DType::Bf16),
+        ] {
+            match Layout::pack(&[("w", &[len][..], dtype)], usize::MAX / 2) {
+                Err(Error::InvalidShape { name, shape, .. }) => {
+                    assert_eq!((name.as_str(), shape), ("w", vec![len]))
+                }
+                other => panic!("{len} elements of {dtype:?}: {other:?}"),
+            }
+        }
+        // The largest length that still rounds up is packed (as geometry; no buffer is made).
+        let l = Layout::pack_f32(&[("w", usize::MAX - 63)], usize::MAX / 2).unwrap();
+        assert_eq!(l.slots[0].len, usize::MAX - 63);
     }
 }

@@ -178,6 +178,12 @@ impl Params {
     /// one dispatch per tensor, all recorded in one compute pass and one submit.
     ///
     /// Buffers from another device are detected (wgpu validation, before any step) and rejected.
+    ///
+    /// Errors: [`Error::Empty`] / [`Error::DuplicateName`] for bad names or a zero length,
+    /// [`Error::InvalidShape`] for a length whose size in bytes overflows, [`Error::BufferUsage`]
+    /// and [`Error::BufferSize`] for buffers that lack a usage or room, [`Error::DeviceLimit`]
+    /// for a tensor larger than a storage binding, [`Error::ParamsMismatch`] for buffers of
+    /// another device.
     pub fn from_buffers(
         gpu: &Gpu,
         tensors: &[(&str, &wgpu::Buffer, &wgpu::Buffer, usize)],
@@ -197,7 +203,14 @@ impl Params {
         let mut index = HashMap::with_capacity(tensors.len());
         let mut chunk_lens = Vec::with_capacity(tensors.len());
         for (i, &(name, p, g, len)) in tensors.iter().enumerate() {
-            let bytes = (len.div_ceil(4) * 16) as u64;
+            let bytes = len
+                .checked_next_multiple_of(4)
+                .and_then(|n| n.checked_mul(4))
+                .ok_or_else(|| Error::InvalidShape {
+                    name: name.to_string(),
+                    shape: vec![len],
+                    reason: "its size in bytes overflows",
+                })? as u64;
             for (what, b) in [("param", p), ("grad", g)] {
                 if !b.usage().contains(need) {
                     return Err(Error::BufferUsage(format!(

@@ -436,6 +436,19 @@ fn bad_groups_and_buffers() {
     assert!(matches!(r, Err(Error::BufferSize(_))));
     let r = Params::from_buffers(&gpu, &[("w", &good, &good, 0)]);
     assert!(matches!(r, Err(Error::Empty(_))));
+    // Lengths whose byte size (or padded length) overflows are refused, not wrapped round to a
+    // size the 32-byte buffers pass; 2^61 elements fit a u64 of bytes but not these buffers.
+    for len in [usize::MAX, usize::MAX - 60, 1 << 62, (1 << 62) + 1] {
+        match Params::from_buffers(&gpu, &[("w", &good, &good, 8), ("huge", &good, &good, len)]) {
+            Err(Error::InvalidShape { name, shape, .. }) => {
+                assert_eq!((name.as_str(), shape), ("huge", vec![len]))
+            }
+            other => panic!("{len} elements: {other:?}"),
+        }
+    }
+    let r = Params::from_buffers(&gpu, &[("w", &good, &good, 1 << 61)]);
+    assert!(matches!(r, Err(Error::BufferSize(_))), "{r:?}");
+    assert_eq!(gpu.read_buffer_f32(&good, 8).unwrap(), vec![0.0; 8]);
     let r = Params::from_buffers(&gpu, &[("w", &good, &small, 4), ("w", &good, &small, 4)]);
     assert!(matches!(r, Err(Error::DuplicateName(_))));
     let other = Gpu::new().unwrap();
