@@ -287,6 +287,22 @@ fn zero_grad_clears_every_chunk_and_only_the_tensors_range_of_own_buffers() {
 }
 
 #[test]
+fn reading_more_f32_than_a_buffer_holds_is_an_error() {
+    let gpu = gpu();
+    let b = user_buffer(&gpu, 64);
+    gpu.queue()
+        .write_buffer(&b, 0, bytemuck::cast_slice(&[3.0f32; 16]));
+    // 17 f32 do not fit 64 bytes; 2^62 + 1 f32 are more bytes than a u64 (or usize) counts.
+    for len in [17, 1 << 62, (1 << 62) + 1, usize::MAX] {
+        match gpu.read_buffer_f32(&b, len) {
+            Err(Error::BufferSize(msg)) => assert!(msg.contains(&len.to_string()), "{msg}"),
+            other => panic!("{len} f32: {other:?}"),
+        }
+    }
+    assert_eq!(gpu.read_buffer_f32(&b, 16).unwrap(), vec![3.0; 16]);
+}
+
+#[test]
 fn errors_read_as_messages() {
     let gpu = gpu();
     let mut params = Params::zeros(&gpu, &[("w", 1)]).unwrap();

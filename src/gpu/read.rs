@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 impl Gpu {
     /// Read the first `len` f32 of any buffer with `COPY_SRC` usage. Blocks (in a browser, use
     /// [`Gpu::read_buffer_f32_async`]).
+    ///
+    /// Errors: [`Error::BufferSize`] when the buffer lacks `COPY_SRC` or holds fewer than `len`
+    /// f32 (also a `len` whose size in bytes overflows), checked before any GPU work.
     pub fn read_buffer_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
         block_on(
             "Gpu::read_buffer_f32",
@@ -23,17 +26,21 @@ impl Gpu {
         buffer: &wgpu::Buffer,
         len: usize,
     ) -> Result<Vec<f32>> {
-        if (len * 4) as u64 > buffer.size()
-            || !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC)
-        {
-            return Err(Error::BufferSize(format!(
+        // `len` f32 that do not fit a u64 of bytes do not fit any buffer either.
+        let bytes = len
+            .checked_mul(4)
+            .and_then(|b| u64::try_from(b).ok())
+            .filter(|&b| b <= buffer.size());
+        match bytes {
+            Some(bytes) if buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) => {
+                self.read_pieces_async(&[(buffer, 0, bytes)]).await
+            }
+            _ => Err(Error::BufferSize(format!(
                 "cannot read {len} f32 from a buffer of {} bytes with usage {:?}",
                 buffer.size(),
                 buffer.usage()
-            )));
+            ))),
         }
-        self.read_pieces_async(&[(buffer, 0, (len * 4) as u64)])
-            .await
     }
 
     /// Copy `pieces` (buffer, byte offset, byte length) into one host vector. Blocks.
