@@ -17,10 +17,13 @@
 //! let values: Vec<f32> = (0..600).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let (codes, absmax) = quantize(&map, &values);
 //! assert_eq!((codes.len(), absmax.len()), (600, 3)); // blocks of 256, the last one short
-//! let back = dequantize(&map, &codes, &absmax);
+//! let back = dequantize(&map, &codes, &absmax)?;
 //! let worst = values.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
 //! assert!(worst < 0.01);
+//! # Ok::<(), wgpu_optim::Error>(())
 //! ```
+
+use crate::error::{Error, Result};
 
 /// Elements per quantization block (bitsandbytes' blocksize for optimizer state).
 pub const BLOCK: usize = 256;
@@ -86,7 +89,10 @@ pub struct QuantizedState {
 
 impl QuantizedState {
     /// The values the codes stand for ([`dequantize`]).
-    pub fn values(&self) -> Vec<f32> {
+    ///
+    /// Errors: [`Error::LengthMismatch`] when `absmax` does not hold one scale per block of
+    /// `codes` (the fields are public, so a hand-built state can disagree with itself).
+    pub fn values(&self) -> Result<Vec<f32>> {
         dequantize(&self.map, &self.codes, &self.absmax)
     }
 }
@@ -249,12 +255,31 @@ pub fn quantize(map: &[f32; 256], values: &[f32]) -> (Vec<u8>, Vec<f32>) {
 }
 
 /// The values the codes stand for: `map[code] * absmax` of the element's block.
-pub fn dequantize(map: &[f32; 256], codes: &[u8], absmax: &[f32]) -> Vec<f32> {
-    codes
+///
+/// Errors: [`Error::LengthMismatch`] unless `absmax` holds exactly one scale per block of
+/// [`BLOCK`] codes ([`blocks`]`(codes.len())`, as [`quantize`] returns them).
+///
+/// ```
+/// use wgpu_optim::{blockwise::{dequantize, dynamic_map}, Error};
+/// let map = dynamic_map(true);
+/// assert!(matches!(
+///     dequantize(&map, &[0; 300], &[1.0]), // 300 codes are 2 blocks
+///     Err(Error::LengthMismatch { expected: 2, got: 1, .. })
+/// ));
+/// ```
+pub fn dequantize(map: &[f32; 256], codes: &[u8], absmax: &[f32]) -> Result<Vec<f32>> {
+    if absmax.len() != blocks(codes.len()) {
+        return Err(Error::LengthMismatch {
+            name: format!("absmax of {} codes", codes.len()),
+            expected: blocks(codes.len()),
+            got: absmax.len(),
+        });
+    }
+    Ok(codes
         .iter()
         .enumerate()
         .map(|(i, &c)| map[c as usize] * absmax[i / BLOCK])
-        .collect()
+        .collect())
 }
 
 /// Number of blocks of a tensor of `len` elements.

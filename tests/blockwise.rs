@@ -214,7 +214,7 @@ fn converting_a_running_state_to_8_bit_and_back() {
     assert!(opt.quantized_state("exp_avg_sq", "b").unwrap().is_none());
     // Codes (20 blocks of 256 B) + absmax (20 × 4 B) for w, 2 blocks of f32 for b, per state.
     assert_eq!(opt.state_memory_bytes(), 2 * (20 * 256 + 80 + 2 * 1024));
-    let back = wgpu_optim::blockwise::dequantize(&map, &codes, &absmax);
+    let back = wgpu_optim::blockwise::dequantize(&map, &codes, &absmax).unwrap();
     opt.step(&mut params).unwrap();
     opt.set_state_format(StateFormat::Dense).unwrap();
     assert_eq!(opt.state_format(), StateFormat::Dense);
@@ -471,6 +471,41 @@ fn bad_formats_and_bad_quantized_state_are_typed_errors_that_change_nothing() {
     q.absmax[3] = 0.25;
     opt.set_quantized_state("exp_avg", "w", &q).unwrap();
     assert_eq!(opt.quantized_state("exp_avg", "w").unwrap().unwrap(), q);
+}
+
+#[test]
+fn dequantize_refuses_absmax_that_do_not_fit_the_codes() {
+    use wgpu_optim::{blockwise, Error, QuantMap, QuantizedState};
+    let map = QuantMap::Signed.values();
+    let values: Vec<f32> = (0..600).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (codes, absmax) = blockwise::quantize(&map, &values);
+    assert_eq!(absmax.len(), 3);
+    // Too few scales (the last block's element would index past them), too many, or none.
+    let more = [&absmax[..], &[1.0]].concat();
+    for (codes, absmax) in [
+        (&codes[..], &absmax[..2]),
+        (&codes[..], &more[..]),
+        (&codes[..1], &[][..]),
+    ] {
+        match blockwise::dequantize(&map, codes, absmax) {
+            Err(Error::LengthMismatch { expected, got, .. }) => {
+                assert_eq!((expected, got), (codes.len().div_ceil(256), absmax.len()))
+            }
+            other => panic!("{} codes, {} absmax: {other:?}", codes.len(), absmax.len()),
+        }
+    }
+    let q = QuantizedState {
+        codes: codes.clone(),
+        absmax: absmax[..1].to_vec(),
+        map,
+    };
+    assert!(matches!(q.values(), Err(Error::LengthMismatch { .. })));
+    let whole = QuantizedState { absmax, ..q };
+    assert_eq!(
+        whole.values().unwrap(),
+        blockwise::dequantize(&map, &codes, &whole.absmax).unwrap()
+    );
+    assert!(blockwise::dequantize(&map, &[], &[]).unwrap().is_empty());
 }
 
 /// A run of 8-bit AdamW over three tensors (one below min_size), `steps` steps from a seed.

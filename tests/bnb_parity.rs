@@ -186,7 +186,7 @@ fn cpu_replay<C: OptimizerConfig>(
                         .unwrap();
                     let b = state.get_mut(key).unwrap();
                     let (c, absmax) = quantize(&map, b.as_slice().unwrap());
-                    let back = wgpu_optim::blockwise::dequantize(&map, &c, &absmax);
+                    let back = wgpu_optim::blockwise::dequantize(&map, &c, &absmax).unwrap();
                     b.assign(&ndarray::Array1::from(back));
                     codes.push((key, c));
                 }

@@ -921,7 +921,11 @@ impl<C: OptimizerConfig> Harness<C> {
                     );
                     let n = compare_codes(&what, &got.codes, q, before);
                     self.midpoint_codes.set(self.midpoint_codes.get() + n);
-                    assert_eq!(self.opt.state(k, t).unwrap(), got.values(), "{what} values");
+                    assert_eq!(
+                        self.opt.state(k, t).unwrap(),
+                        got.values().unwrap(),
+                        "{what} values"
+                    );
                     let start = q.map.iter().position(|&v| v == 0.0).unwrap() as u8;
                     unmoved += q.codes.iter().filter(|&&c| c == start).count();
                     total += q.codes.len();

@@ -341,7 +341,7 @@ async fn converting_after_steps(gpu: &Gpu) -> Result<String, String> {
         .await
         .map_err(e)?;
     let back = opt.state_async("exp_avg_sq", "c").await.map_err(e)?;
-    if back != wgpu_optim::blockwise::dequantize(&q.map, &q.codes, &q.absmax) {
+    if back != wgpu_optim::blockwise::dequantize(&q.map, &q.codes, &q.absmax).map_err(e)? {
         return Err("back to dense: not the values the codes held".into());
     }
     Ok(format!(

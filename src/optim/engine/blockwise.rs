@@ -239,7 +239,9 @@ impl Blockwise {
             }
         }
         if self.quantized(t) {
-            let values = blockwise::dequantize(map, &codes, &absmax);
+            // Pieces split on block boundaries, so their absmax are one per block of the whole.
+            let values = blockwise::dequantize(map, &codes, &absmax)
+                .expect("one absmax per block of the tensor");
             let q = QuantizedState {
                 codes,
                 absmax,
