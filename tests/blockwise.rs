@@ -508,6 +508,29 @@ fn dequantize_refuses_absmax_that_do_not_fit_the_codes() {
     assert!(blockwise::dequantize(&map, &[], &[]).unwrap().is_empty());
 }
 
+/// An optimizer without an 8-bit form: refused, and its reference state left as it was.
+#[test]
+fn requantize_refuses_an_optimizer_without_8_bit_state() {
+    use wgpu_optim::{AdadeltaConfig, Error};
+    let cfg = AdadeltaConfig::default();
+    let mut state = reference::State::new(&cfg, 300);
+    let mut p = ndarray::Array1::from_elem(300, 1.0f32);
+    reference::adadelta(
+        &cfg,
+        &mut p,
+        &ndarray::Array1::from_elem(300, 0.5),
+        &mut state,
+    );
+    let before = state.clone();
+    match reference::requantize(&cfg, &mut state) {
+        Err(Error::InvalidOptions(msg)) => {
+            assert!(msg.contains("Adadelta") && msg.contains("8-bit"), "{msg}")
+        }
+        other => panic!("Adadelta: {other:?}"),
+    }
+    assert_eq!(state, before);
+}
+
 /// A run of 8-bit AdamW over three tensors (one below min_size), `steps` steps from a seed.
 fn adamw_q8_run(
     gpu: &wgpu_optim::Gpu,

@@ -101,6 +101,10 @@ pub fn stored_step<C: OptimizerConfig>(
 /// ([`OptimizerConfig::quant_map`], [`crate::blockwise::quantize`]) and replaced by the values
 /// its codes stand for. Returns, per state, the codes and the f32 values they were made from.
 ///
+/// Errors: [`crate::Error::InvalidOptions`] when a state of `cfg` has no 8-bit form
+/// ([`OptimizerConfig::quant_map`] is `None`, e.g. Adadelta), as
+/// [`crate::FusedOptimizer::set_state_format`] refuses it; `state` is then left as it was.
+///
 /// ```
 /// use ndarray::Array1;
 /// use wgpu_optim::{reference, AdamConfig};
@@ -108,26 +112,37 @@ pub fn stored_step<C: OptimizerConfig>(
 /// let mut p = Array1::from_elem(300, 1.0f32);
 /// let mut state = reference::State::new(&cfg, 300);
 /// reference::adam(&cfg, &mut p, &Array1::from_elem(300, 0.5), &mut state);
-/// let q = reference::requantize(&cfg, &mut state);
+/// let q = reference::requantize(&cfg, &mut state)?;
 /// assert_eq!(q[0].0, "exp_avg");
 /// assert_eq!(q[0].1.absmax, vec![0.05, 0.05]); // every element at the block's absmax
 /// assert!(state.get("exp_avg").unwrap().iter().all(|&m| m == 0.05));
+/// # Ok::<(), wgpu_optim::Error>(())
 /// ```
 pub fn requantize<C: OptimizerConfig>(
     cfg: &C,
     state: &mut State,
-) -> Vec<(&'static str, crate::QuantizedState, Vec<f32>)> {
+) -> crate::Result<Vec<(&'static str, crate::QuantizedState, Vec<f32>)>> {
+    // Every state's map first, so that a refusal leaves all of them as they were.
+    let maps = state
+        .buffers
+        .iter()
+        .map(|(key, _)| {
+            cfg.quant_map(key).map(|m| m.values()).ok_or_else(|| {
+                crate::Error::InvalidOptions(format!(
+                    "{} has no 8-bit form of its state `{key}`; 8-bit state is supported by \
+                     Adam/AdamW, SGD, RMSprop, Adagrad and Lion",
+                    C::NAME
+                ))
+            })
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
     let mut out = Vec::new();
-    for (key, values) in &mut state.buffers {
-        let map = cfg
-            .quant_map(key)
-            .unwrap_or_else(|| panic!("state `{key}` has no 8-bit form"))
-            .values();
+    for ((key, values), map) in state.buffers.iter_mut().zip(maps) {
         let before = values.to_vec();
         let (codes, absmax) = crate::blockwise::quantize(&map, &before);
         let q = crate::QuantizedState { codes, absmax, map };
-        *values = Array1::from(q.values().expect("quantize gives one absmax per block"));
+        *values = Array1::from(q.values()?);
         out.push((*key, q, before));
     }
-    out
+    Ok(out)
 }

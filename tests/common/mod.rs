@@ -835,7 +835,8 @@ impl<C: OptimizerConfig> Harness<C> {
                     state,
                 );
                 if self.run.format.quantizes(p.len()) {
-                    self.quantized[i] = reference::requantize(&self.configs[i], state);
+                    self.quantized[i] = reference::requantize(&self.configs[i], state)
+                        .expect("a configuration with 8-bit state");
                 }
             }
             self.outcome.applied += 1;

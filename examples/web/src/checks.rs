@@ -223,7 +223,7 @@ async fn blockwise_vs_reference(gpu: &Gpu) -> Result<String, String> {
         for ((p, state), g) in cpu.iter_mut().zip(&grads) {
             reference::adam(&cfg, p, &Array1::from(g.clone()), state);
             let q = if format.quantizes(p.len()) {
-                reference::requantize(&cfg, state)
+                reference::requantize(&cfg, state).map_err(e)?
             } else {
                 Vec::new()
             };
