@@ -157,7 +157,7 @@ impl<C: OptimizerConfig> std::fmt::Debug for Sharded<C> {
             .field("optimizer", &C::NAME)
             .field("rank", &self.rank)
             .field("ranks", &self.plan.ranks())
-            .field("shard", &self.plan.flat_range(self.rank))
+            .field("shard", &self.plan.shard_range(self.rank))
             .field("config", &self.config)
             .finish()
     }
@@ -211,7 +211,7 @@ fn copy_shard(gpu: &Gpu, plan: &ShardPlan, rank: usize, full: &Params, shard: &P
         .create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("wgpu-optim shard params"),
         });
-    for (k, p) in plan.pieces(rank).iter().enumerate() {
+    for (k, p) in plan.shard_pieces(rank).iter().enumerate() {
         let src: Vec<_> = physical(&full.layout, p.index, p.range.clone()).collect();
         let dst: Vec<_> = physical(&shard.layout, k, 0..p.range.len()).collect();
         // Walk both lists of runs over the same elements, copying the overlap of each pair.
@@ -282,7 +282,7 @@ impl<C: OptimizerConfig> Sharded<C> {
         };
         let local = f32_only.and_then(|_| config.validate()).and_then(|_| {
             let plan = ShardPlan::new(&specs, ranks)?;
-            let counts: Vec<usize> = (0..ranks).map(|r| plan.flat_range(r).len()).collect();
+            let counts: Vec<usize> = (0..ranks).map(|r| plan.shard_range(r).len()).collect();
             comm::partition(&counts)?;
             comm::partition(&plan.granule_counts())?;
             Ok(plan)
@@ -298,7 +298,7 @@ impl<C: OptimizerConfig> Sharded<C> {
             ["tensors and lengths", "optimizer or options"],
         )?;
         let plan = plan.expect("agreed: every rank has a plan");
-        let counts: Vec<usize> = (0..ranks).map(|r| plan.flat_range(r).len()).collect();
+        let counts: Vec<usize> = (0..ranks).map(|r| plan.shard_range(r).len()).collect();
         let runs = comm::partition(&counts)?;
         let granule_runs = comm::partition(&plan.granule_counts())?;
         // Rank 0's values, everywhere.
@@ -354,7 +354,7 @@ impl<C: OptimizerConfig> Sharded<C> {
         flat: &[u32],
         config: &C,
     ) -> Result<Option<(Params, FusedOptimizer<C>)>> {
-        let pieces = plan.pieces(rank);
+        let pieces = plan.shard_pieces(rank);
         if pieces.is_empty() {
             return Ok(None);
         }

@@ -34,7 +34,7 @@ impl<C: OptimizerConfig> Sharded<C> {
         if let Some((_, opt)) = &self.shard {
             for p in self
                 .plan
-                .pieces(self.rank)
+                .shard_pieces(self.rank)
                 .iter()
                 .filter(|p| p.index == tensor)
             {
@@ -48,7 +48,7 @@ impl<C: OptimizerConfig> Sharded<C> {
     fn tensor_counts(&self, tensor: usize) -> Vec<usize> {
         (0..self.ranks())
             .map(|r| {
-                let pieces = self.plan.pieces(r);
+                let pieces = self.plan.shard_pieces(r);
                 pieces
                     .iter()
                     .filter(|p| p.index == tensor)
@@ -139,7 +139,7 @@ impl<C: OptimizerConfig> Sharded<C> {
             None
         };
         let counts: Vec<usize> = (0..self.ranks())
-            .map(|r| self.plan.flat_range(r).len())
+            .map(|r| self.plan.shard_range(r).len())
             .collect();
         for key in self.state_keys() {
             let mut mine = Vec::with_capacity(counts[self.rank]);
@@ -269,7 +269,7 @@ impl<C: OptimizerConfig> Sharded<C> {
         for (name, _) in self.plan.tensors() {
             values.push(ck.read(&format!("param.{name}"))?);
         }
-        let pieces = self.plan.pieces(self.rank);
+        let pieces = self.plan.shard_pieces(self.rank);
         let mut state = Vec::new();
         for key in self.state_keys() {
             for p in &pieces {

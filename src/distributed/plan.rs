@@ -38,9 +38,10 @@ pub struct ShardPiece {
 /// use wgpu_optim::distributed::ShardPlan;
 /// let plan = ShardPlan::new(&[("w", 5000), ("b", 10)], 2)?;
 /// // 5000 + 10 elements, padded to 5056 + 64, cut on 1024-element granules: 2 and 3 of them.
-/// assert_eq!(plan.flat_range(0), 0..2048);
-/// assert_eq!(plan.flat_range(1), 2048..5010);
-/// assert_eq!(plan.pieces(1)[0].range, 2048..5000);
+/// assert_eq!(plan.flat_range(0)?, 0..2048);
+/// assert_eq!(plan.flat_range(1)?, 2048..5010);
+/// assert_eq!(plan.pieces(1)?[0].range, 2048..5000);
+/// assert!(plan.flat_range(2).is_err()); // there is no third rank
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -58,6 +59,10 @@ impl ShardPlan {
     /// Cut `tensors` (name, elements, in the parameter set's order) into `ranks` shards of
     /// whole [`SHARD_ALIGN`]-element granules whose sizes differ by at most one granule. With
     /// more ranks than granules, some ranks own nothing.
+    ///
+    /// Errors: [`Error::InvalidOptions`] for zero ranks, [`Error::Empty`] for no tensors or an
+    /// empty one, [`Error::DeviceLimit`] when the padded tensors do not fit the address space.
+    /// Any plan that fits is cut exactly, however many ranks it has.
     pub fn new(tensors: &[(&str, usize)], ranks: usize) -> Result<ShardPlan> {
         if ranks == 0 {
             return Err(Error::InvalidOptions(
@@ -86,9 +91,11 @@ impl ShardPlan {
         }
         padded.push(p);
         flat.push(f);
-        let granules = p.div_ceil(SHARD_ALIGN);
-        let bounds = (0..=ranks)
-            .map(|r| ((r * granules / ranks) * SHARD_ALIGN).min(p))
+        // In u128: `r * granules` and the last granule's end may pass usize::MAX; the bounds
+        // themselves are at most `p`.
+        let granules = p.div_ceil(SHARD_ALIGN) as u128;
+        let bounds = (0..=ranks as u128)
+            .map(|r| ((r * granules / ranks as u128) * SHARD_ALIGN as u128).min(p as u128) as usize)
             .collect();
         Ok(ShardPlan {
             tensors: tensors.iter().map(|&(n, l)| (n.to_string(), l)).collect(),
@@ -123,13 +130,41 @@ impl ShardPlan {
         self.flat[t] + (at - self.padded[t]).min(self.tensors[t].1)
     }
 
+    /// [`Error::InvalidOptions`] unless `rank` is one of the plan's ranks.
+    fn check_rank(&self, rank: usize) -> Result<()> {
+        if rank < self.ranks() {
+            Ok(())
+        } else {
+            Err(Error::InvalidOptions(format!(
+                "rank {rank} is not in a shard plan of {} ranks",
+                self.ranks()
+            )))
+        }
+    }
+
     /// The run of the flat index (tensors end to end, no padding) shard `rank` owns.
-    pub fn flat_range(&self, rank: usize) -> Range<usize> {
+    ///
+    /// Errors: [`Error::InvalidOptions`] when `rank` is not below [`ShardPlan::ranks`].
+    pub fn flat_range(&self, rank: usize) -> Result<Range<usize>> {
+        self.check_rank(rank)?;
+        Ok(self.shard_range(rank))
+    }
+
+    /// [`ShardPlan::flat_range`] of a rank known to be in the plan.
+    pub(crate) fn shard_range(&self, rank: usize) -> Range<usize> {
         self.flat_of(self.bounds[rank])..self.flat_of(self.bounds[rank + 1])
     }
 
     /// The tensor runs shard `rank` owns, in order.
-    pub fn pieces(&self, rank: usize) -> Vec<ShardPiece> {
+    ///
+    /// Errors: [`Error::InvalidOptions`] when `rank` is not below [`ShardPlan::ranks`].
+    pub fn pieces(&self, rank: usize) -> Result<Vec<ShardPiece>> {
+        self.check_rank(rank)?;
+        Ok(self.shard_pieces(rank))
+    }
+
+    /// [`ShardPlan::pieces`] of a rank known to be in the plan.
+    pub(crate) fn shard_pieces(&self, rank: usize) -> Vec<ShardPiece> {
         let (lo, hi) = (self.bounds[rank], self.bounds[rank + 1]);
         let mut out = Vec::new();
         for (i, (name, len)) in self.tensors.iter().enumerate() {
@@ -198,10 +233,10 @@ mod tests {
         // The shards tile the flat index in order, and their pieces are exactly their runs.
         let mut at = 0;
         for r in 0..ranks {
-            let f = plan.flat_range(r);
+            let f = plan.flat_range(r).unwrap();
             assert_eq!(f.start, at);
             at = f.end;
-            let pieces = plan.pieces(r);
+            let pieces = plan.pieces(r).unwrap();
             let piece_total: usize = pieces.iter().map(|p| p.range.len()).sum();
             assert_eq!(piece_total, f.len());
             for p in &pieces {
@@ -247,25 +282,70 @@ mod tests {
     #[test]
     fn more_ranks_than_granules_leaves_ranks_empty() {
         let plan = check(&[("w", 100)], 3);
-        assert_eq!(plan.flat_range(0), 0..0);
-        assert_eq!(plan.flat_range(2), 0..100);
-        assert!(plan.pieces(0).is_empty());
+        assert_eq!(plan.flat_range(0).unwrap(), 0..0);
+        assert_eq!(plan.flat_range(2).unwrap(), 0..100);
+        assert!(plan.pieces(0).unwrap().is_empty());
     }
 
     #[test]
     fn cut_tensors_get_range_names() {
         let plan = check(&[("w", 3000)], 2);
-        let p = plan.pieces(1);
+        let p = plan.pieces(1).unwrap();
         assert_eq!(p[0].range, 1024..3000);
         assert_eq!(plan.piece_name(&p[0]), "w[1024..3000]");
         let whole = check(&[("w", 30)], 1);
-        assert_eq!(whole.piece_name(&whole.pieces(0)[0]), "w");
+        assert_eq!(whole.piece_name(&whole.pieces(0).unwrap()[0]), "w");
     }
 
     #[test]
     fn bad_plans_are_errors() {
-        assert!(ShardPlan::new(&[("w", 3)], 0).is_err());
-        assert!(ShardPlan::new(&[], 2).is_err());
-        assert!(ShardPlan::new(&[("w", 0)], 2).is_err());
+        assert!(matches!(
+            ShardPlan::new(&[("w", 3)], 0),
+            Err(Error::InvalidOptions(_))
+        ));
+        assert!(matches!(ShardPlan::new(&[], 2), Err(Error::Empty(_))));
+        assert!(matches!(
+            ShardPlan::new(&[("w", 0)], 2),
+            Err(Error::Empty(_))
+        ));
+        assert!(matches!(
+            ShardPlan::new(&[("w", usize::MAX - 10)], 2),
+            Err(Error::DeviceLimit(_))
+        ));
+    }
+
+    #[test]
+    fn ranks_outside_the_plan_are_errors() {
+        let plan = check(&[("w", 3000), ("b", 7)], 2);
+        for r in [2, 3, usize::MAX] {
+            match plan.flat_range(r) {
+                Err(Error::InvalidOptions(msg)) => {
+                    assert!(msg.contains(&format!("rank {r} ")), "{msg}")
+                }
+                other => panic!("flat_range({r}): {other:?}"),
+            }
+            assert!(matches!(plan.pieces(r), Err(Error::InvalidOptions(_))));
+        }
+        // The plan is unchanged and still answers for its own ranks.
+        assert_eq!(plan.ranks(), 2);
+        assert_eq!(plan.flat_range(1).unwrap(), 1024..3007);
+    }
+
+    #[test]
+    fn huge_tensors_over_many_ranks_are_cut_exactly() {
+        // `rank * granules` passes usize::MAX here (2^50 granules times up to 2^14 ranks).
+        let (len, ranks) = (1usize << 60, 1usize << 14);
+        let plan = ShardPlan::new(&[("w", len)], ranks).unwrap();
+        let share = len / ranks;
+        for r in [0, 1, ranks / 2, ranks - 1] {
+            assert_eq!(plan.flat_range(r).unwrap(), r * share..(r + 1) * share);
+        }
+        assert_eq!(plan.pieces(ranks - 1).unwrap()[0].range.end, len);
+        // Padded end at the very top of the address space: the last granule ends past it.
+        let top = usize::MAX - 63;
+        let plan = ShardPlan::new(&[("w", top)], 3).unwrap();
+        assert_eq!(plan.flat_range(2).unwrap().end, top);
+        let tiled: usize = (0..3).map(|r| plan.flat_range(r).unwrap().len()).sum();
+        assert_eq!(tiled, top);
     }
 }

@@ -63,7 +63,7 @@ impl<C: OptimizerConfig> Sharded<C> {
         agree(&self.comm, local, [hash, 0], ["optimizer settings", ""])?;
         let scaler_state = scaler_state.expect("agreed: no rank failed");
         let n = self.ranks();
-        let me = self.plan.flat_range(self.rank);
+        let me = self.plan.shard_range(self.rank);
         let c = me.len();
         let mut failure: Option<Error> = None;
 
