@@ -255,15 +255,18 @@ fn finalize() {
             scaler.scale = scaler.scale * scaler.backoff_factor;
             scaler.growth_tracker = 0u;
         } else {
-            let successful = scaler.growth_tracker + 1u;
-            if (successful == scaler.growth_interval) {
+            // torch's tracker + 1 == interval without wrapping: a tracker at u32::MAX stays
+            // there (it is past any interval) instead of wrapping to 0.
+            let tracker = scaler.growth_tracker;
+            let saturated = tracker == 0xffffffffu;
+            if (!saturated && tracker + 1u == scaler.growth_interval) {
                 let grown = scaler.scale * scaler.growth_factor;
                 if ((bitcast<u32>(grown) & 0x7f800000u) != 0x7f800000u) {
                     scaler.scale = grown;
                 }
                 scaler.growth_tracker = 0u;
             } else {
-                scaler.growth_tracker = successful;
+                scaler.growth_tracker = tracker + select(1u, 0u, saturated);
             }
         }
     }

@@ -126,6 +126,15 @@ impl GradScaler {
     }
 
     /// Overwrite the scale and growth tracker (e.g. when resuming). Scale must be finite > 0.
+    ///
+    /// Any tracker is stored as given, as torch's `GradScaler` stores it: the scale grows when
+    /// a clean step brings the tracker to `growth_interval`, so a tracker already at or past it
+    /// grows nothing until an overflow resets it to 0. The tracker counts up to `u32::MAX` and
+    /// stays there (the GPU update, the distributed one and [`crate::reference::ScalerState`]
+    /// alike).
+    ///
+    /// Errors: [`crate::Error::InvalidHyperparameter`] for a scale that is not finite and > 0;
+    /// nothing is written then.
     pub fn set_state(&self, scale: f32, growth_tracker: u32) -> Result<()> {
         check("scale", scale as f64, scale > 0.0, "must be > 0")?;
         let data = ScalerState {

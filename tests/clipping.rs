@@ -202,6 +202,67 @@ fn grad_scaler_reproduces_torch() {
     }
 }
 
+/// Growth trackers at or past `growth_interval` (set by hand or from a checkpoint) grow nothing,
+/// as in torch, and one at u32::MAX stays there instead of wrapping (GPU and reference alike);
+/// an overflow still resets it.
+#[test]
+fn grad_scaler_trackers_past_the_interval_saturate() {
+    let gpu = gpu();
+    let mut params = Params::new(&gpu, &[("w", &[1.0f32; 4][..])]).unwrap();
+    let mut opt = plain_sgd(&params, 0.1);
+    for (interval, tracker, after) in [
+        (3, 5, [(8.0, 6), (8.0, 7)]),
+        (3, u32::MAX - 1, [(8.0, u32::MAX), (8.0, u32::MAX)]),
+        (3, u32::MAX, [(8.0, u32::MAX), (8.0, u32::MAX)]),
+        (u32::MAX, u32::MAX - 1, [(16.0, 0), (16.0, 1)]),
+        (u32::MAX, u32::MAX, [(8.0, u32::MAX), (8.0, u32::MAX)]),
+    ] {
+        let config = ScalerConfig {
+            growth_interval: interval,
+            ..Default::default()
+        };
+        let scaler = GradScaler::new(&gpu, config.clone()).unwrap();
+        scaler.set_state(8.0, tracker).unwrap();
+        assert_eq!(scaler.growth_tracker().unwrap(), tracker, "stored as given");
+        opt.set_grad_scaler(Some(&scaler)).unwrap();
+        let mut cpu = ScalerState {
+            scale: 8.0,
+            growth_tracker: tracker,
+        };
+        for (i, want) in after.into_iter().enumerate() {
+            params.write_grad("w", &[1.0; 4]).unwrap();
+            opt.step(&mut params).unwrap();
+            cpu.update(false, &config);
+            let got = (scaler.scale().unwrap(), scaler.growth_tracker().unwrap());
+            assert_eq!(
+                got, want,
+                "interval {interval}, tracker {tracker}, step {i}"
+            );
+            assert_eq!((cpu.scale, cpu.growth_tracker), want, "reference");
+        }
+        params.write_grad("w", &[f32::INFINITY; 4]).unwrap();
+        opt.step(&mut params).unwrap();
+        cpu.update(true, &config);
+        let backed_off = after[1].0 * 0.5;
+        assert_eq!(scaler.growth_tracker().unwrap(), 0);
+        assert_eq!(scaler.scale().unwrap(), backed_off);
+        assert_eq!((cpu.scale, cpu.growth_tracker), (backed_off, 0));
+    }
+    // A scale that is not finite and > 0 is refused and writes nothing.
+    let scaler = GradScaler::new(&gpu, ScalerConfig::default()).unwrap();
+    scaler.set_state(4.0, 7).unwrap();
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            scaler.set_state(bad, 1),
+            Err(Error::InvalidHyperparameter { name: "scale", .. })
+        ));
+    }
+    assert_eq!(
+        (scaler.scale().unwrap(), scaler.growth_tracker().unwrap()),
+        (4.0, 7)
+    );
+}
+
 #[test]
 fn norm_is_deterministic() {
     let gpu = gpu();

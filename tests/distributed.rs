@@ -222,6 +222,10 @@ fn worker() {
             "scaler_skips_overflow_on_every_rank",
             scaler_skips_overflow_on_every_rank,
         ),
+        (
+            "scaler_tracker_saturates_as_one_gpu",
+            scaler_tracker_saturates_as_one_gpu,
+        ),
         ("state_memory_is_one_nth", state_memory_is_one_nth),
         (
             "tiny_model_leaves_ranks_empty",
@@ -651,6 +655,62 @@ fn scaler_skips_overflow_on_every_rank(ctx: &mut Ctx) {
         scaler.growth_tracker().unwrap(),
         plain_scaler.growth_tracker().unwrap()
     );
+    let got = read_all(&params);
+    assert_same_on_every_rank(ctx, "params", hash(&got));
+    for (t, &(name, _)) in TENSORS.iter().enumerate() {
+        assert_bits(name, &got[t], &plain_p.read(name).unwrap());
+    }
+}
+
+/// A growth tracker at u32::MAX (set by hand or from a checkpoint) stays there on every rank, as
+/// one GPU's scaler keeps it, instead of overflowing; an overflow resets both to 0.
+fn scaler_tracker_saturates_as_one_gpu(ctx: &mut Ctx) {
+    let values = init_values(ctx);
+    let mut params = model(ctx, &values);
+    let cfg = AdamConfig::default();
+    let sc = ScalerConfig {
+        growth_interval: 3,
+        ..Default::default()
+    };
+    let mut opt = Sharded::new(&ctx.world, &params, cfg.clone()).expect("sharded");
+    let scaler = GradScaler::new(&ctx.gpu, sc.clone()).unwrap();
+    scaler.set_state(64.0, u32::MAX).unwrap();
+    opt.set_grad_scaler(Some(&scaler)).unwrap();
+    let mut plain_p = model(ctx, &values);
+    let mut plain = Adam::new(&plain_p, cfg).unwrap();
+    let plain_scaler = GradScaler::new(&ctx.gpu, sc).unwrap();
+    plain_scaler.set_state(64.0, u32::MAX).unwrap();
+    plain.set_grad_scaler(Some(&plain_scaler)).unwrap();
+    for step in 0..3 {
+        let mut all: Vec<_> = (0..ctx.n)
+            .map(|r| {
+                grads_of(ctx, step, r, false)
+                    .into_iter()
+                    .map(|v| v.iter().map(|x| x * 64.0).collect())
+                    .collect::<Vec<Vec<f32>>>()
+            })
+            .collect();
+        if step == 2 {
+            all[0][0][0] = f32::NAN;
+        }
+        write_grads(&params, &all[ctx.rank]);
+        opt.step(&mut params).expect("step");
+        write_grads(&plain_p, &average(&all));
+        plain.step(&mut plain_p).unwrap();
+        let want = if step == 2 {
+            (32.0, 0)
+        } else {
+            (64.0, u32::MAX)
+        };
+        for s in [&scaler, &plain_scaler] {
+            assert_eq!(
+                (s.scale().unwrap(), s.growth_tracker().unwrap()),
+                want,
+                "step {step}"
+            );
+        }
+    }
+    assert_eq!(opt.step_count(), 2);
     let got = read_all(&params);
     assert_same_on_every_rank(ctx, "params", hash(&got));
     for (t, &(name, _)) in TENSORS.iter().enumerate() {

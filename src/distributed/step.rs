@@ -237,17 +237,17 @@ fn partial(norm: NormType, g: &[f32], inv: f32) -> f64 {
 }
 
 /// `torch.amp`'s `_amp_update_scale_`, as shaders/norm.wgsl's finalize does it: back off on an
-/// overflow, grow after `growth_interval` clean steps (unless that overflows f32).
+/// overflow, grow after `growth_interval` clean steps (unless that overflows f32). A tracker
+/// at or past the interval grows nothing; it counts up to `u32::MAX` and stays there.
 fn next_scale(s: &GradScaler, scale: f32, tracker: u32, found_inf: bool) -> (f32, u32) {
     let c = s.config();
     if found_inf {
         return (scale * c.backoff_factor, 0);
     }
-    let successful = tracker + 1;
-    if successful == c.growth_interval {
+    if tracker.checked_add(1) == Some(c.growth_interval) {
         let grown = scale * c.growth_factor;
         (if grown.is_finite() { grown } else { scale }, 0)
     } else {
-        (scale, successful)
+        (scale, tracker.saturating_add(1))
     }
 }

@@ -119,18 +119,22 @@ impl ScalerState {
     }
 
     /// One `scaler.update()` after a step that did (or did not) find an inf/NaN gradient.
+    ///
+    /// As torch, the scale grows when a clean step brings the tracker to `growth_interval`, so a
+    /// tracker already at or past it ([`crate::GradScaler::set_state`]) grows nothing until an
+    /// overflow resets it; the tracker counts up to `u32::MAX` and stays there.
     pub fn update(&mut self, found_inf: bool, config: &crate::ScalerConfig) {
         if found_inf {
             self.scale *= config.backoff_factor;
             self.growth_tracker = 0;
-        } else if self.growth_tracker + 1 == config.growth_interval {
+        } else if self.growth_tracker.checked_add(1) == Some(config.growth_interval) {
             let grown = self.scale * config.growth_factor;
             if grown.is_finite() {
                 self.scale = grown;
             }
             self.growth_tracker = 0;
         } else {
-            self.growth_tracker += 1;
+            self.growth_tracker = self.growth_tracker.saturating_add(1);
         }
     }
 }
