@@ -106,23 +106,35 @@ pub fn calculate_gain(nonlinearity: Nonlinearity, param: Option<f64>) -> f64 {
 /// torch's `_calculate_fan_in_and_fan_out`: for a shape `[out, in, k...]`, fan in is
 /// `in × Πk` and fan out `out × Πk`. Fewer than 2 dimensions is an error, as in torch.
 ///
+/// Errors: [`Error::InvalidShape`] for fewer than 2 dimensions or a fan that overflows `usize`.
+///
 /// ```
 /// use wgpu_optim::init::fan_in_and_fan_out;
 /// assert_eq!(fan_in_and_fan_out("w", &[256, 784])?, (784, 256));
 /// assert_eq!(fan_in_and_fan_out("conv", &[16, 3, 5, 5])?, (75, 400));
 /// assert!(fan_in_and_fan_out("b", &[256]).is_err());
+/// assert!(fan_in_and_fan_out("w", &[2, usize::MAX, 2]).is_err());
 /// # Ok::<(), wgpu_optim::Error>(())
 /// ```
 pub fn fan_in_and_fan_out(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
+    let bad = |reason| Error::InvalidShape {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        reason,
+    };
     if shape.len() < 2 {
-        return Err(Error::InvalidShape {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            reason: "fan in and fan out need at least 2 dimensions",
-        });
+        return Err(bad("fan in and fan out need at least 2 dimensions"));
     }
-    let receptive: usize = shape[2..].iter().product();
-    Ok((shape[1] * receptive, shape[0] * receptive))
+    let fans = shape[2..]
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|receptive| {
+            Some((
+                shape[1].checked_mul(receptive)?,
+                shape[0].checked_mul(receptive)?,
+            ))
+        });
+    fans.ok_or_else(|| bad("fan in or fan out overflows"))
 }
 
 /// Options of [`kaiming_uniform_with`] and [`kaiming_normal_with`], with torch's defaults

@@ -155,6 +155,23 @@ fn fans_and_gains_follow_torch() {
         init::fan_in_and_fan_out("b", &[3]),
         Err(Error::InvalidShape { .. })
     ));
+    // Fans that overflow usize: in the receptive field, or in `in` / `out` times it.
+    for shape in [
+        &[2, usize::MAX, 2][..],
+        &[usize::MAX, 1, 2],
+        &[1, 1, usize::MAX, 3],
+    ] {
+        match init::fan_in_and_fan_out("w", shape) {
+            Err(Error::InvalidShape { name, shape: s, .. }) => {
+                assert_eq!((name.as_str(), &s[..]), ("w", shape))
+            }
+            other => panic!("{shape:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        init::fan_in_and_fan_out("w", &[1, usize::MAX]).unwrap(),
+        (usize::MAX, 1)
+    );
     assert_eq!(init::calculate_gain(Nonlinearity::Linear, None), 1.0);
     assert_eq!(init::calculate_gain(Nonlinearity::Sigmoid, None), 1.0);
     assert_eq!(init::calculate_gain(Nonlinearity::Tanh, None), 5.0 / 3.0);
