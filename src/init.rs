@@ -186,6 +186,9 @@ pub fn normal(params: &mut Params, name: &str, mean: f32, std: f32, seed: u64) -
 /// `torch.nn.init.trunc_normal_(t, mean, std, a, b)`: a normal truncated to [a, b], drawn as
 /// torch draws it (a uniform between the CDF values of the bounds, through the inverse error
 /// function).
+///
+/// Errors: [`Error::InvalidHyperparameter`] for a `std` not finite and > 0, a `mean` not finite
+/// (as [`normal`]) or a `b` not finite and > `a`, before anything is written.
 pub fn trunc_normal(
     params: &mut Params,
     name: &str,
@@ -201,6 +204,7 @@ pub fn trunc_normal(
         std > 0.0 && std.is_finite(),
         "must be > 0 and finite",
     )?;
+    check("mean", mean as f64, mean.is_finite(), "must be finite")?;
     check("b", b as f64, b > a, "must be > a")?;
     let cdf = |x: f32| 0.5 * (1.0 + erf((x as f64 - mean as f64) / (std as f64 * 2f64.sqrt())));
     let (lo, hi) = (2.0 * cdf(a) - 1.0, 2.0 * cdf(b) - 1.0);

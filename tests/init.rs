@@ -220,3 +220,30 @@ fn fans_and_gains_follow_torch() {
     ));
     assert_eq!(p.read("b").unwrap(), vec![0.0; 64]);
 }
+
+#[test]
+fn trunc_normal_rejects_a_non_finite_mean_as_normal_does() {
+    let mut p = Params::zeros(&gpu(), &[("b", 64)]).unwrap();
+    init::constant(&mut p, "b", 0.25).unwrap();
+    for mean in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for r in [
+            init::trunc_normal(&mut p, "b", mean, 1.0, -2.0, 2.0, 3),
+            init::normal(&mut p, "b", mean, 1.0, 3),
+        ] {
+            match r {
+                Err(Error::InvalidHyperparameter { name, value, .. }) => {
+                    assert_eq!(name, "mean");
+                    assert!(
+                        value == mean as f64 || value.is_nan() && mean.is_nan(),
+                        "{value}"
+                    );
+                }
+                other => panic!("mean {mean}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(p.read("b").unwrap(), vec![0.25; 64], "nothing written");
+    // A finite mean still draws inside [a, b].
+    init::trunc_normal(&mut p, "b", 0.0, 1.0, -2.0, 2.0, 3).unwrap();
+    assert!(p.read("b").unwrap().iter().all(|x| x.abs() <= 2.0));
+}
