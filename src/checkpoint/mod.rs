@@ -101,8 +101,9 @@
 //! anything: the header (sizes, offsets, dtypes, checksum), the optimizer kind, tensor names and
 //! lengths, the groups and their tensors, every hyperparameter (PyTorch's rules), the boolean
 //! options (they select the compiled kernel and must match the optimizer's), the clipping
-//! settings and the loss scaler, and then, in one pass over the data, every tensor's checksum
-//! and that every value is finite. Only then are parameters, state, hyperparameters, clipping
+//! settings, the loss scaler and the step count (at most
+//! [`MAX_STEP_COUNT`](crate::optim::MAX_STEP_COUNT)), and then, in one pass over the data,
+//! every tensor's checksum and that every value is finite. Only then are parameters, state, hyperparameters, clipping
 //! settings, scaler and step count overwritten. Any problem is a typed [`Error`]
 //! ([`Error::CheckpointFormat`], [`Error::CheckpointChecksum`], [`Error::CheckpointMismatch`],
 //! [`Error::CheckpointNonFinite`], [`Error::Io`], [`Error::InvalidHyperparameter`], ...) and
