@@ -30,7 +30,7 @@ pub(super) struct Found {
     /// The resolved parameter and gradient, when the step has a gradient for it. The
     /// parameter is `None` where it is the tensor the last write-back left ([`Written`]): the
     /// arena holds its values, so it is neither resolved nor copied in.
-    pub(super) tensors: Option<(Option<CubeTensor>, CubeTensor)>,
+    pub(super) tensors: Option<(Option<Resolved>, Resolved)>,
 }
 
 /// A parameter as the last write-back left it: the fusion tensor written and its buffer range.
@@ -223,18 +223,27 @@ fn checked(path: &str, cube: CubeTensor) -> Result<CubeTensor> {
     Ok(cube)
 }
 
-/// The CubeCL tensor behind a Burn tensor (autodiff or not), after the checks a step needs.
-/// Resolving submits Burn's pending work on it, so copies recorded afterwards see its values.
-pub(super) fn resolve<const D: usize>(path: &str, tensor: Tensor<D>) -> Result<CubeTensor> {
-    let fused = fused(path, tensor)?;
-    let client = fused.client.clone();
-    checked(path, client.resolve_tensor_float::<CubeBackend>(fused))
+/// A tensor a step reads or writes: its CubeCL tensor, checked ([`checked`]), and its buffer,
+/// pinned while this (or a clone of the pin) lives.
+pub(super) struct Resolved {
+    pub(super) tensor: CubeTensor,
+    pin: Pin,
 }
 
-/// Hands the CubeCL tensors of its inputs out of the fusion server, where it runs.
+/// What [`TakeHandles`] hands out for one tensor: its CubeCL tensor and, where the tensor is a
+/// contiguous one on a wgpu device, its buffer (or why it could not be reached).
+type Taken = (
+    CubeTensor,
+    Option<std::result::Result<ManagedResource<WgpuResource>, String>>,
+);
+
+/// Hands the CubeCL tensors of its inputs, and their buffers, out of the fusion server.
+///
+/// It runs on the device's runner thread, where the compute server's calls that reach a
+/// buffer (`get_resource`) run at once instead of each being a round trip to that thread.
 struct TakeHandles {
     inputs: Vec<TensorIr>,
-    out: Arc<Mutex<Vec<CubeTensor>>>,
+    out: Arc<Mutex<Vec<Taken>>>,
 }
 
 impl std::fmt::Debug for TakeHandles {
@@ -253,17 +262,28 @@ impl Operation<FusionCubeRuntime> for TakeHandles {
         let taken = self
             .inputs
             .iter()
-            .map(|t| handles.get_float_tensor::<CubeBackend>(t))
+            .map(|t| {
+                let t = handles.get_float_tensor::<CubeBackend>(t);
+                let reachable = matches!(t.device, CubeDevice::Wgpu(_)) && t.is_contiguous();
+                let pin = reachable.then(|| {
+                    t.client
+                        .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
+                        .map_err(|e| format!("{e:?}"))
+                });
+                (t, pin)
+            })
             .collect();
         *self.out.lock().unwrap_or_else(|p| p.into_inner()) = taken;
         Ok(())
     }
 }
 
-/// [`resolve`] for many tensors, in their order: one operation on the fusion server takes
-/// them all, so reaching them costs one round trip to its thread per device (the wait for the
-/// work queued before it) instead of one per tensor.
-pub(super) fn resolve_all(tensors: Vec<(String, Fused)>) -> Result<Vec<CubeTensor>> {
+/// The CubeCL tensors behind fusion tensors, in their order, checked and with their buffers
+/// pinned. One operation on the fusion stream takes them all, after the work Burn queued on
+/// them, and reaches their buffers, which flushes that work to the device (so copies recorded
+/// afterwards see its values): one round trip to the device's thread per device (the wait for
+/// the work queued before it), not two per tensor.
+pub(super) fn resolve_all(tensors: Vec<(String, Fused)>) -> Result<Vec<Resolved>> {
     let n = tensors.len();
     let mut paths = Vec::with_capacity(n);
     // Per device: its fusion client, and the index and IR of each of its tensors.
@@ -297,7 +317,7 @@ pub(super) fn resolve_all(tensors: Vec<(String, Fused)>) -> Result<Vec<CubeTenso
         client.register(StreamId::current(), ir, op);
         waits.push((client, at, out));
     }
-    let mut resolved: Vec<Option<CubeTensor>> = (0..n).map(|_| None).collect();
+    let mut resolved: Vec<Option<Taken>> = (0..n).map(|_| None).collect();
     for (client, at, out) in waits {
         client.try_sync(|| ()).map_err(|e| {
             Error::Gpu(format!(
@@ -317,7 +337,17 @@ pub(super) fn resolve_all(tensors: Vec<(String, Fused)>) -> Result<Vec<CubeTenso
     resolved
         .into_iter()
         .zip(&paths)
-        .map(|(t, path)| checked(path, t.expect("every tensor is in a device's group")))
+        .map(|(t, path)| {
+            let (tensor, pin) = t.expect("every tensor is in a device's group");
+            let tensor = checked(path, tensor)?;
+            let pin = pin
+                .unwrap_or_else(|| Err("not a contiguous wgpu tensor".into()))
+                .map_err(|e| Error::Gpu(format!("could not reach the buffer of `{path}`: {e}")))?;
+            Ok(Resolved {
+                tensor,
+                pin: Arc::new(pin),
+            })
+        })
         .collect()
 }
 
@@ -347,19 +377,16 @@ pub(super) type Ranges = HashMap<ParamId, Option<(wgpu::Buffer, u64)>>;
 
 /// A Burn buffer kept from being freed, reused or moved while the copies that use it are
 /// recorded and submitted.
-pub(super) type Pin = ManagedResource<WgpuResource>;
+pub(super) type Pin = Arc<ManagedResource<WgpuResource>>;
 
-/// The buffer range of a resolved tensor, pinned (not freed or reused) while the pin lives.
+/// The buffer range of a resolved tensor, kept pinned (not freed or reused) by `pins`.
 pub(super) fn buffer_range(
     path: &str,
-    t: &CubeTensor,
+    t: &Resolved,
     len: usize,
     pins: &mut Vec<Pin>,
 ) -> Result<(wgpu::Buffer, u64)> {
-    let pin = t
-        .client
-        .get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone())
-        .map_err(|e| Error::Gpu(format!("could not reach the buffer of `{path}`: {e:?}")))?;
+    let pin = t.pin.clone();
     let r = pin.resource();
     let (buffer, offset, size) = (r.buffer.clone(), r.offset, r.size);
     if size < (len * 4) as u64 {
@@ -379,7 +406,7 @@ pub(super) fn copy_in(
     params: &Params,
     name: &str,
     f: &Found,
-    t: &CubeTensor,
+    t: &Resolved,
     grad: bool,
     pins: &mut Vec<Pin>,
 ) -> Result<(wgpu::Buffer, u64)> {
@@ -492,8 +519,10 @@ pub(super) struct FirstDevice {
 impl ModuleVisitor for FirstDevice {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.device.is_none() {
-            if let Ok(t) = resolve("", param.val()) {
-                self.device = wgpu_device(&t).cloned();
+            if let Ok(CubeDevice::Wgpu(d)) =
+                fused("", param.val()).map(|t| t.client.device().clone())
+            {
+                self.device = Some(d);
             }
         }
     }
@@ -512,6 +541,8 @@ struct WriteBack<'a, C: OptimizerConfig> {
     in_place: usize,
     fresh: usize,
     written: HashMap<ParamId, Written>,
+    /// The tensors to write whose buffer is not known yet: id, path, slot name, tensor.
+    pending: Vec<(ParamId, String, String, Fused)>,
 }
 
 /// What [`write_back`] did.
@@ -546,8 +577,14 @@ pub(super) fn write_back<M: Module, C: OptimizerConfig>(
         in_place: 0,
         fresh: 0,
         written: HashMap::new(),
+        pending: Vec::new(),
     };
     let module = module.map(&mut writer);
+    if writer.error.is_none() {
+        if let Err(e) = writer.write_pending() {
+            writer.error = Some(e);
+        }
+    }
     let WriteBack {
         enc,
         pins,
@@ -603,6 +640,39 @@ impl<C: OptimizerConfig> ModuleMapper for WriteBack<'_, C> {
 }
 
 impl<C: OptimizerConfig> WriteBack<'_, C> {
+    /// Record the copy of the arena's values of slot `name` into a buffer range.
+    fn copy_out(&mut self, name: &str, (buffer, base): (wgpu::Buffer, u64)) -> Result<()> {
+        copy_slot(
+            &mut self.enc,
+            &self.arena.params,
+            name,
+            (&buffer, base),
+            false,
+            false,
+        )
+    }
+
+    /// Record the copies into the tensors [`WriteBack::write`] left for later (those whose
+    /// buffer the step did not read), all reached in one go.
+    fn write_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let (rest, tensors): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|(id, path, name, fused)| {
+                let tensor = fused.id;
+                ((id, path.clone(), name, tensor), (path, fused))
+            })
+            .unzip();
+        for ((id, path, name, tensor), r) in rest.into_iter().zip(resolve_all(tensors)?) {
+            check_device(&path, &r.tensor, &self.arena.device)?;
+            let len = self.arena.params.len(&name)?;
+            let range = buffer_range(&path, &r, len, &mut self.pins)?;
+            self.copy_out(&name, range.clone())?;
+            self.written.insert(id, Written { tensor, range });
+        }
+        Ok(())
+    }
+
     /// Record the copy of the arena's values of `id` into `tensor`'s own buffer when Burn's
     /// handle is exclusively owned, else into a fresh tensor; returns the tensor for the
     /// module, with the autodiff settings `tensor` had.
@@ -626,40 +696,34 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
                 param: path.clone(),
                 reason: format!("not on Burn's CubeCL (wgpu) backend: {e:?}"),
             })?;
-        let len = self.arena.params.len(&name)?;
         // Burn's own rule for in-place kernels: a fusion tensor nothing else refers to. Such a
         // tensor is the one the step read, so its buffer range (pinned since) is known.
         let known = self.ranges.get(&id).cloned().flatten();
-        let (target, known, written) = if burn_backend::TensorMetadata::can_mut(&fused) {
+        let (target, known) = if burn_backend::TensorMetadata::can_mut(&fused) {
             self.in_place += 1;
-            let id = fused.id;
-            (Tensor::<D>::from_primitive::<Cube>(fused), known, Some(id))
+            let tensor = fused.id;
+            let target = Tensor::<D>::from_primitive::<Cube>(fused);
+            (target, known.map(|range| (tensor, range)))
         } else {
             drop(fused);
             self.fresh += 1;
-            let fresh = Tensor::<D>::empty(shape, (&device, DType::F32));
-            let id = fusion_of(&fresh).map(|f| f.id);
-            (fresh, None, id)
+            (Tensor::<D>::empty(shape, (&device, DType::F32)), None)
         };
-        let (buffer, base) = match known {
-            Some(range) => range,
-            None => {
-                let cube = resolve(&path, target.clone())?;
-                check_device(&path, &cube, &self.arena.device)?;
-                buffer_range(&path, &cube, len, &mut self.pins)?
+        match known {
+            Some((tensor, range)) => {
+                self.copy_out(&name, range.clone())?;
+                self.written.insert(id, Written { tensor, range });
             }
-        };
-        copy_slot(
-            &mut self.enc,
-            &self.arena.params,
-            &name,
-            (&buffer, base),
-            false,
-            false,
-        )?;
-        if let Some(tensor) = written {
-            let range = (buffer, base);
-            self.written.insert(id, Written { tensor, range });
+            // Reached, with the others like it, once every parameter is mapped.
+            None => match fusion_of(&target) {
+                Some(fused) => self.pending.push((id, path, name, fused)),
+                None => {
+                    return Err(Error::BurnTensor {
+                        param: path,
+                        reason: "not on Burn's CubeCL (wgpu) backend".into(),
+                    })
+                }
+            },
         }
         if !autodiff {
             return Ok(target);
@@ -683,7 +747,7 @@ impl<C: OptimizerConfig> WriteBack<'_, C> {
 pub(super) fn values<M: Module>(
     module: &M,
     written: Option<&HashMap<ParamId, Written>>,
-) -> Result<HashMap<ParamId, CubeTensor>> {
+) -> Result<HashMap<ParamId, Resolved>> {
     struct Values<'a> {
         path: Vec<String>,
         written: Option<&'a HashMap<ParamId, Written>>,

@@ -365,10 +365,12 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
 
     /// Lay out the arena for the model's parameters that have a gradient now.
     fn build(&self, found: &[Found]) -> Result<Arena<C>> {
-        let Some(dev) = found
-            .iter()
-            .find_map(|f| f.tensors.as_ref().and_then(|t| wgpu_device(&t.1)).cloned())
-        else {
+        let Some(dev) = found.iter().find_map(|f| {
+            f.tensors
+                .as_ref()
+                .and_then(|t| wgpu_device(&t.1.tensor))
+                .cloned()
+        }) else {
             return Err(Error::Empty(
                 "no parameter of the model has a gradient; nothing to step".into(),
             ));

@@ -145,7 +145,7 @@ fn copy_in_and_switch<M: Module>(
     let values = values(module, Some(&arena.written))?;
     for f in &found {
         if let Some(t) = values.get(&f.id) {
-            check_device(&f.path, t, &arena.device)?;
+            check_device(&f.path, &t.tensor, &arena.device)?;
         }
     }
     let gpu = arena.gpu.clone();

@@ -148,9 +148,9 @@ impl<C: OptimizerConfig> BurnOptimizer<C> {
             for f in &found {
                 if let Some((p, g)) = &f.tensors {
                     if let Some(p) = p {
-                        check_device(&f.path, p, &arena.device)?;
+                        check_device(&f.path, &p.tensor, &arena.device)?;
                     }
-                    check_device(&f.path, g, &arena.device)?;
+                    check_device(&f.path, &g.tensor, &arena.device)?;
                 }
             }
         }
