@@ -41,7 +41,8 @@
 //!    back ([`BurnOptimizer::last_copies_in`]), to its CubeCL buffer and records one
 //!    device-side copy per tensor into the arena: nothing goes through the host. The tensors
 //!    are resolved together, by one operation queued on Burn's fusion server that hands out
-//!    their handles: one wait for the work Burn queued before it (such as the backward pass,
+//!    their handles and buffers (it runs on the device's thread, where reaching a buffer is a
+//!    plain call): one wait for the work Burn queued before it (such as the backward pass,
 //!    which so runs first), not one per tensor. A parameter the last step
 //!    wrote holds the arena's values as long as the module holds that tensor (Burn makes a new
 //!    tensor for every change), so it is neither resolved nor copied;
@@ -51,7 +52,8 @@
 //!    owned (its fusion tensor has no other reference, Burn's own rule for in-place kernels)
 //!    is written in place, into the buffer range it was read from; a shared one (for example,
 //!    a clone of the model is alive) is written into a fresh tensor, so the other holder
-//!    keeps the old values.
+//!    keeps the old values; the fresh tensors' buffers are reached together, in one more
+//!    such operation.
 //!
 //! If the update cannot be recorded (an invalid hyperparameter, say), nothing is submitted
 //! and the error is returned.
