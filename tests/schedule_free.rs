@@ -251,6 +251,10 @@ fn bad_options_are_typed_errors() {
             ..Default::default()
         },
         ScheduleFreeAdamWConfig {
+            r: 16.5,
+            ..Default::default()
+        },
+        ScheduleFreeAdamWConfig {
             weight_lr_power: f32::NAN,
             ..Default::default()
         },

@@ -51,7 +51,8 @@ pub struct ScheduleFreeAdamWConfig {
     pub weight_decay: f32,
     /// Linear warm-up of the learning rate over this many steps (0).
     pub warmup_steps: u64,
-    /// Polynomial weighting of the average, `t^r` (0).
+    /// Polynomial weighting of the average, `t^r` (0); at most 16, where the weight sum, about
+    /// `t^(r + 1) / (r + 1)`, still fits in f64 at the step-count cap (2^53).
     pub r: f32,
     /// The average's weights are `lr_max` to this power (2).
     pub weight_lr_power: f32,
@@ -220,6 +221,11 @@ fn weight_sum(cfg: &ScheduleFreeAdamWConfig, t: u64) -> f64 {
     s.sums[(t - s.base) as usize]
 }
 
+/// The largest `r` of [`ScheduleFreeAdamWConfig`]: the weight sum, about `t^(r + 1) / (r + 1)`,
+/// stays finite in f64 up to the step-count cap (2^53) for `r` up to 18; beyond it `c_t`
+/// would be NaN.
+const MAX_R: f32 = 16.0;
+
 /// The shortest stretch of steps [`weight_sum`] sums in closed form where it cannot add them up
 /// exactly without a loop: about 30 ms of steps added one by one.
 const CLOSED_FORM_STEPS: u64 = 1 << 20;
@@ -294,7 +300,8 @@ impl OptimizerConfig for ScheduleFreeAdamWConfig {
     const SLOTS: &'static [&'static str] = &["z", "exp_avg_sq"];
 
     /// torch.optim's rules for Adam's options (`lr`, `eps`, `weight_decay` >= 0, betas in
-    /// [0, 1)), with `betas[0]` > 0 (eval mode divides by it), `r` and `weight_lr_power` >= 0.
+    /// [0, 1)), with `betas[0]` > 0 (eval mode divides by it), `r` in [0, 16] and
+    /// `weight_lr_power` >= 0.
     fn validate(&self) -> Result<()> {
         check_adam_like(self.lr, self.eps, self.betas, self.weight_decay)?;
         check(
@@ -303,7 +310,12 @@ impl OptimizerConfig for ScheduleFreeAdamWConfig {
             self.betas.0 > 0.0,
             "must be in (0, 1)",
         )?;
-        check("r", self.r as f64, self.r >= 0.0, "must be >= 0")?;
+        check(
+            "r",
+            self.r as f64,
+            (0.0..=MAX_R).contains(&self.r),
+            "must be in [0, 16] (the weight sum grows as t^(r + 1))",
+        )?;
         check(
             "weight_lr_power",
             self.weight_lr_power as f64,
