@@ -198,19 +198,23 @@ fn weight_sum(cfg: &ScheduleFreeAdamWConfig, t: u64) -> f64 {
         // Weights that change from step to step: a long stretch up to the warmup's end, or
         // after it, in closed form. Each is `scale * k^q` for step `k` (the warmed-up lr is
         // `lr * k / warmup_steps`).
-        let (r, power) = (widen(cfg.r), widen(cfg.weight_lr_power));
-        let (end, scale, q) = match next <= cfg.warmup_steps {
-            true => {
-                let w = cfg.warmup_steps as f64;
-                let end = cfg.warmup_steps.min(t - KEEP as u64 / 2);
-                (end, (widen(cfg.lr) / w).powf(power), r + power)
+        if far > CLOSED_FORM_STEPS {
+            let (r, power) = (widen(cfg.r), widen(cfg.weight_lr_power));
+            // `t - next >= CLOSED_FORM_STEPS`, far more than the steps kept before `t`.
+            let last = t - KEEP as u64 / 2;
+            let (end, scale, q) = match next <= cfg.warmup_steps {
+                true => {
+                    let w = cfg.warmup_steps as f64;
+                    let end = cfg.warmup_steps.min(last);
+                    (end, (widen(cfg.lr) / w).powf(power), r + power)
+                }
+                false => (last, widen(cfg.lr).powf(power), r),
+            };
+            if end - next >= CLOSED_FORM_STEPS {
+                s.base = end;
+                s.sums = VecDeque::from([prev + scale * power_sum(q, next, end)]);
+                continue;
             }
-            false => (t - KEEP as u64 / 2, widen(cfg.lr).powf(power), r),
-        };
-        if far > 2 * KEEP as u64 && end >= next && end - next >= CLOSED_FORM_STEPS {
-            s.base = end;
-            s.sums = VecDeque::from([prev + scale * power_sum(q, next, end)]);
-            continue;
         }
         s.sums.push_back(prev + cfg.weight(next));
         if s.sums.len() > KEEP {
